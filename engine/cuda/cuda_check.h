@@ -1,0 +1,39 @@
+// The one checking macro for CUDA runtime calls.
+//
+// SPARK_CUDA_RETURN_IF_ERROR(expr): evaluates a cudaError_t expression; on failure returns a
+//   spark::Status naming the statement, file, line and CUDA's error string.
+// SPARK_CUDA_CHECK(expr): the same for broken invariants (aborts).
+// Kernels themselves return cudaError_t (raw pointers + stream); these macros are for callers.
+//
+// Thread safety: stateless.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "common/check.h"
+#include "common/status.h"
+
+namespace spark::cuda {
+
+inline Status CudaError(cudaError_t err, const char* expr, const char* file, int line) {
+  return Internal(std::string(expr) + " failed at " + file + ":" + std::to_string(line) + ": " +
+                  cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
+}
+
+}  // namespace spark::cuda
+
+#define SPARK_CUDA_RETURN_IF_ERROR(expr)                                    \
+  do {                                                                      \
+    cudaError_t spark_cuda_err_ = (expr);                                   \
+    if (spark_cuda_err_ != cudaSuccess)                                     \
+      return ::spark::cuda::CudaError(spark_cuda_err_, #expr, __FILE__, __LINE__); \
+  } while (0)
+
+#define SPARK_CUDA_CHECK(expr)                                              \
+  do {                                                                      \
+    cudaError_t spark_cuda_err_ = (expr);                                   \
+    SPARK_CHECK(spark_cuda_err_ == cudaSuccess)                             \
+        << #expr << ": " << cudaGetErrorString(spark_cuda_err_);           \
+  } while (0)

@@ -1,0 +1,55 @@
+#include "engine/cuda/rmsnorm.h"
+
+namespace spark::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+__global__ void RmsNormResidualKernel(const __nv_bfloat16* __restrict__ x,
+                                      __nv_bfloat16* __restrict__ residual,
+                                      const __nv_bfloat16* __restrict__ weight,
+                                      __nv_bfloat16* __restrict__ out, int hidden, float eps) {
+  const int64_t row = blockIdx.x;
+  __nv_bfloat16* r = residual + row * hidden;
+  const __nv_bfloat16* xr = x ? x + row * hidden : nullptr;
+  float sum_sq = 0.f;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    float v = __bfloat162float(r[i]);
+    if (xr) {
+      v += __bfloat162float(xr[i]);
+      r[i] = __float2bfloat16(v);
+      v = __bfloat162float(r[i]);  // the stored (rounded) residual is what the norm sees
+    }
+    sum_sq += v * v;
+  }
+  __shared__ float warp_sums[kThreads / 32];
+  for (int off = 16; off > 0; off >>= 1) sum_sq += __shfl_xor_sync(0xffffffffu, sum_sq, off);
+  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = sum_sq;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float s = threadIdx.x < (blockDim.x >> 5) ? warp_sums[threadIdx.x] : 0.f;
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (threadIdx.x == 0) warp_sums[0] = s;
+  }
+  __syncthreads();
+  const float inv = rsqrtf(warp_sums[0] / hidden + eps);
+  __nv_bfloat16* o = out + row * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    // HF: cast the normalised value to the activation dtype before multiplying by the weight.
+    __nv_bfloat16 normed = __float2bfloat16(__bfloat162float(r[i]) * inv);
+    o[i] = __float2bfloat16(__bfloat162float(weight[i]) * __bfloat162float(normed));
+  }
+}
+
+}  // namespace
+
+cudaError_t RmsNormResidual(const __nv_bfloat16* x, __nv_bfloat16* residual,
+                            const __nv_bfloat16* weight, __nv_bfloat16* out, int64_t rows,
+                            int hidden, float eps, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  RmsNormResidualKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, residual, weight,
+                                                                             out, hidden, eps);
+  return cudaGetLastError();
+}
+
+}  // namespace spark::cuda
