@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
@@ -23,9 +24,9 @@ enum class Architecture { kGlm4Moe, kLlama, kQwen3, kQwen3Moe };
 enum class RouterScoring { kSigmoid, kSoftmax };
 
 enum class QuantMethod {
-  kNone,            // BF16/F16/F32 weights
-  kFp8PerChannel,   // compressed-tensors, weights strategy=channel, activations per token
-  kFp8Block,        // compressed-tensors block or DeepSeek-style `quant_method: fp8`
+  kNone,           // BF16/F16/F32 weights
+  kFp8PerChannel,  // compressed-tensors, weights strategy=channel, activations per token
+  kFp8Block,       // compressed-tensors block or DeepSeek-style `quant_method: fp8`
 };
 
 struct QuantConfig {
@@ -94,5 +95,13 @@ struct ModelConfig {
 Result<ModelConfig> ParseModelConfig(const std::string& json_text);
 // Reads DIR/config.json.
 Result<ModelConfig> LoadModelConfig(const std::filesystem::path& dir);
+
+// Built-in configs of the released checkpoints ("glm-4.7", "glm-4.6", "glm-4.5", "glm-4.5-air"),
+// numbers from shared/docs/glm4-moe.md §1.1, FP8 per-channel like the official -FP8 repos. Used
+// with load_format=dummy (MakeDummyWeights) by benchmarks. NotFound lists the known names.
+Result<ModelConfig> BuiltinConfig(std::string_view name);
+
+// "Glm4MoeForCausalLM" etc. for an Architecture.
+std::string_view ArchitectureName(Architecture arch);
 
 }  // namespace spark::engine

@@ -10,6 +10,7 @@
 // mmapped files). Thread safety: immutable after loading; safe to read from many threads.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -59,8 +60,8 @@ struct LayerWeights {
   ExpertWeights mlp;  // dense layers: gate/up/down with I_local
 
   // MoE layers.
-  std::vector<float> router;       // [E, H] fp32 (replicated)
-  std::vector<float> router_bias;  // [E] e_score_correction_bias, empty if none
+  std::vector<float> router;           // [E, H] fp32 (replicated)
+  std::vector<float> router_bias;      // [E] e_score_correction_bias, empty if none
   std::vector<ExpertWeights> experts;  // E entries, each sliced over Im
   bool has_shared_expert = false;
   ExpertWeights shared;  // sliced over Im * n_shared
@@ -87,7 +88,8 @@ struct ModelWeights {
 
   // Local sizes for this rank.
   int local_q_heads() const { return config.num_attention_heads / tp_size; }
-  int local_kv_heads() const { return config.num_key_value_heads / tp_size; }
+  // KV heads are replicated when tp_size > num_key_value_heads (one head per rank).
+  int local_kv_heads() const { return std::max(1, config.num_key_value_heads / tp_size); }
 };
 
 }  // namespace spark::engine
