@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <net/if.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <gloo/allgather.h>
@@ -164,6 +165,13 @@ Result<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Create(int rank, int
     return InvalidArgument(
         "Gloo group: GlooOptions.host is empty; give an interface name, a "
         "hostname or an IP address to bind (e.g. 127.0.0.1)");
+  }
+
+  // Gloo writes to sockets without MSG_NOSIGNAL: a dead peer would kill the process with SIGPIPE
+  // instead of failing the collective. Ignore it unless the program installed its own handler.
+  struct sigaction current {};
+  if (sigaction(SIGPIPE, nullptr, &current) == 0 && current.sa_handler == SIG_DFL) {
+    signal(SIGPIPE, SIG_IGN);
   }
 
   auto impl = std::make_unique<Impl>();

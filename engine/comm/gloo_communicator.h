@@ -14,7 +14,9 @@
 //
 // Thread safety: a GlooCommunicator belongs to one thread (its rank's engine loop). The stores
 // are thread-safe. Ownership: Create() does not keep `store`; it is used during Create() only.
-// No exception escapes this API (Gloo's are caught and turned into Status).
+// No exception escapes this API (Gloo's are caught and turned into Status). Create() sets SIGPIPE
+// to SIG_IGN when it still has the default action, so that a dead peer fails a collective instead
+// of killing the process.
 #pragma once
 
 #include <condition_variable>
