@@ -31,7 +31,7 @@ struct ForwardBatch {
 
 struct ForwardOutput {
   int64_t vocab_size = 0;
-  std::vector<float> logits;     // [rows, vocab_size] row-major
+  std::vector<float> logits;       // [rows, vocab_size] row-major
   std::vector<int64_t> row_begin;  // first row of each chunk, in batch order
 };
 
