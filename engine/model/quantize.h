@@ -61,13 +61,12 @@ struct QuantizeOptions {
   Fp8Scheme scheme = Fp8Scheme::kPerChannel;
   Fp8Format format = Fp8Format::kCompressedTensors;
   int block_size = 128;  // block scheme: block_n = block_k
-  // Upper bound of one output shard (bytes); 0 = a single model.safetensors.
-  int64_t max_shard_bytes = 0;
 };
 
 // Quantises the checkpoint in in_dir into out_dir (created if needed; files there are
-// overwritten). Errors: missing/unsupported input, already-quantised input, deepseek format with
-// the per-channel scheme.
+// overwritten). The output has the same safetensors files as the input (one shard in memory at a
+// time) and an index.json when the input was sharded. Errors: missing/unsupported input,
+// already-quantised input, deepseek format with the per-channel scheme.
 Status QuantizeCheckpoint(const std::filesystem::path& in_dir, const std::filesystem::path& out_dir,
                           const QuantizeOptions& options);
 
