@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <string_view>
 
 #include "common/status.h"
 #include "engine/model/config.h"
@@ -63,8 +64,10 @@ Result<ModelWeights> LoadModelWeights(const std::filesystem::path& dir, const Lo
 // Deterministic random weights of the shapes `config` describes, sliced for options.tp_rank.
 Result<ModelWeights> MakeDummyWeights(const ModelConfig& config, const LoadOptions& options);
 
-// The value MakeDummyWeights assigns to element (row, col) of the full (unsliced) tensor `name`
-// before dtype rounding/quantisation; exposed for tests and cross-checks.
+// The value MakeDummyWeights assigns to element (row, col) of the full (unsliced) 2-D weight
+// `name` ("model.layers.0.self_attn.q_proj.weight", [out, in_features]) before dtype rounding or
+// FP8 quantisation (FP8 uses the static scale sqrt(3 / in_features) / 448 for every channel or
+// block). Exposed for tests and cross-checks.
 float DummyWeightValue(uint64_t seed, std::string_view name, int64_t row, int64_t col,
                        int64_t in_features);
 

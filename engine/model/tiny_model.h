@@ -43,4 +43,11 @@ std::string TinyModelConfigJson(const TinyModelOptions& options);
 // Writes the model directory (created if needed).
 Status WriteTinyModel(const std::filesystem::path& dir, const TinyModelOptions& options);
 
+// Writes `config_json` as DIR/config.json and random values for every tensor the config
+// describes (tensor_names.h; MTP layers when num_nextn_predict_layers > 0) with the
+// distributions above, stored as `dtype` (e_score_correction_bias always F32). One
+// model.safetensors, or shards + index.json when max_shard_bytes > 0 and the tensors exceed it.
+Status WriteRandomCheckpoint(const std::filesystem::path& dir, const std::string& config_json,
+                             uint64_t seed, DType dtype, int64_t max_shard_bytes = 0);
+
 }  // namespace spark::engine
