@@ -476,7 +476,9 @@ Result<ModelConfig> ParseJson(const Json& root) {
     c.router_scoring = RouterScoring::kSigmoid;
     c.router_correction_bias = true;
   } else if (c.architecture == Architecture::kQwen3Moe) {
-    SPARK_ASSIGN_OR_RETURN(int64_t e, r.Int("num_experts"));
+    // transformers 4.x writes "num_experts", 5.x "num_local_experts".
+    const char* experts_key = r.Has("num_local_experts") ? "num_local_experts" : "num_experts";
+    SPARK_ASSIGN_OR_RETURN(int64_t e, r.Int(experts_key));
     c.n_routed_experts = static_cast<int>(e);
     SPARK_ASSIGN_OR_RETURN(c.moe_intermediate_size, r.Int("moe_intermediate_size"));
     SPARK_ASSIGN_OR_RETURN(int64_t k, r.Int("num_experts_per_tok"));
