@@ -20,7 +20,6 @@ constexpr int64_t kMinChunkWork = 1 << 16;
 // Rows of W dequantised together, and rows of x per GEMM job.
 constexpr int64_t kTileN = 16;
 constexpr int64_t kBlockM = 32;
-constexpr int kLanes = 8;
 
 std::array<float, 256> MakeFp8Table() {
   std::array<float, 256> table{};
@@ -46,35 +45,106 @@ const std::array<float, 256>& Fp8Table() {
   return table;
 }
 
-inline float Reduce8(const float* acc) {
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+// Four-lane fp32 vectors (GCC/Clang vector extension: SSE on x86-64, NEON on arm64).
+typedef float V4 __attribute__((vector_size(16)));
+
+inline V4 Load4(const float* p) {
+  V4 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
 }
 
-// Four dot products of `a` with b0..b3, each with exactly Dot()'s accumulation order.
-inline void Dot4(const float* a, const float* b0, const float* b1, const float* b2, const float* b3,
-                 int64_t n, float* out) {
-  float acc0[kLanes] = {}, acc1[kLanes] = {}, acc2[kLanes] = {}, acc3[kLanes] = {};
+inline V4 LoadTail(const float* p, int64_t count) {
+  V4 v = {0.0f, 0.0f, 0.0f, 0.0f};
+  std::memcpy(&v, p, static_cast<size_t>(count) * sizeof(float));
+  return v;
+}
+
+typedef uint32_t U4 __attribute__((vector_size(16)));
+typedef int32_t I4 __attribute__((vector_size(16)));
+typedef uint8_t B4 __attribute__((vector_size(4)));
+
+// out[i] = e4m3(src[i]) * scale, exactly (the e4m3 value is exact in fp32; one fp32 product).
+// Four codes at a time with bit manipulation (vector casts reinterpret bits): normal codes map to
+// (em << 20) + (120 << 23) (exponent rebias 7 -> 127), subnormals (exponent 0) to em * 2^-9, 0x7f /
+// 0xff to NaN.
+inline V4 Fp8x4ToFloat(U4 v, float scale) {
+  const U4 em = v & 0x7fu;
+  const U4 normal = (em << 20) + (120u << 23);
+  const V4 sub_f = __builtin_convertvector((I4)em, V4) * 0x1p-9f;
+  const U4 sub = (U4)sub_f;
+  const U4 is_sub = (U4)(em < 8u);
+  const U4 is_nan = (U4)(em == 0x7fu);
+  U4 mag = (sub & is_sub) | (normal & ~is_sub);
+  mag = (mag & ~is_nan) | (0x7fc00000u & is_nan);
+  const U4 bits = mag | ((v & 0x80u) << 24);
+  return (V4)bits * scale;
+}
+
+inline void Fp8RowToFloat(const uint8_t* src, int64_t n, float scale, float* out) {
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    B4 bytes;
+    std::memcpy(&bytes, src + i, sizeof(bytes));
+    const V4 f = Fp8x4ToFloat(__builtin_convertvector(bytes, U4), scale);
+    std::memcpy(out + i, &f, sizeof(f));
+  }
+  const float* table = Fp8Table().data();
+  for (; i < n; ++i) out[i] = table[src[i]] * scale;
+}
+
+inline float Sum4(V4 v) { return (v[0] + v[1]) + (v[2] + v[3]); }
+
+// c[i * ldc + j] = dot(a row i, b row j) over n, for MR x NR rows. Every dot product uses the
+// same lane assignment (element k goes to lane k % 4) and final reduction whatever MR and NR
+// are, so a result never depends on how rows were grouped.
+template <int MR, int NR>
+inline void MicroKernel(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t n,
+                        float* c, int64_t ldc) {
+  V4 acc[MR][NR] = {};
   int64_t k = 0;
-  for (; k + kLanes <= n; k += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      const float x = a[k + l];
-      acc0[l] += x * b0[k + l];
-      acc1[l] += x * b1[k + l];
-      acc2[l] += x * b2[k + l];
-      acc3[l] += x * b3[k + l];
+  for (; k + 4 <= n; k += 4) {
+    V4 bv[NR];
+    for (int j = 0; j < NR; ++j) bv[j] = Load4(b + j * ldb + k);
+    for (int i = 0; i < MR; ++i) {
+      const V4 av = Load4(a + i * lda + k);
+      for (int j = 0; j < NR; ++j) acc[i][j] += av * bv[j];
     }
   }
-  for (int l = 0; k + l < n; ++l) {
-    const float x = a[k + l];
-    acc0[l] += x * b0[k + l];
-    acc1[l] += x * b1[k + l];
-    acc2[l] += x * b2[k + l];
-    acc3[l] += x * b3[k + l];
+  if (k < n) {
+    const int64_t rem = n - k;
+    V4 bv[NR];
+    for (int j = 0; j < NR; ++j) bv[j] = LoadTail(b + j * ldb + k, rem);
+    for (int i = 0; i < MR; ++i) {
+      const V4 av = LoadTail(a + i * lda + k, rem);
+      for (int j = 0; j < NR; ++j) acc[i][j] += av * bv[j];
+    }
   }
-  out[0] = Reduce8(acc0);
-  out[1] = Reduce8(acc1);
-  out[2] = Reduce8(acc2);
-  out[3] = Reduce8(acc3);
+  for (int i = 0; i < MR; ++i) {
+    for (int j = 0; j < NR; ++j) c[i * ldc + j] = Sum4(acc[i][j]);
+  }
+}
+
+// c[i, j] = a[i] . b[j] for i < m, j < n (row-major, leading dims lda / ldb / ldc).
+void DotBlock(const float* a, int64_t lda, int64_t m, const float* b, int64_t ldb, int64_t n,
+              int64_t k, float* c, int64_t ldc) {
+  int64_t i = 0;
+  for (; i + 2 <= m; i += 2) {
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+      MicroKernel<2, 4>(a + i * lda, lda, b + j * ldb, ldb, k, c + i * ldc + j, ldc);
+    }
+    for (; j < n; ++j)
+      MicroKernel<2, 1>(a + i * lda, lda, b + j * ldb, ldb, k, c + i * ldc + j, ldc);
+  }
+  for (; i < m; ++i) {
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+      MicroKernel<1, 4>(a + i * lda, lda, b + j * ldb, ldb, k, c + i * ldc + j, ldc);
+    }
+    for (; j < n; ++j)
+      MicroKernel<1, 1>(a + i * lda, lda, b + j * ldb, ldb, k, c + i * ldc + j, ldc);
+  }
 }
 
 void ParallelOrInline(ThreadPool* pool, int64_t n, int64_t grain,
@@ -89,16 +159,12 @@ void ParallelOrInline(ThreadPool* pool, int64_t n, int64_t grain,
 // y rows [m_begin, m_end) for W rows [n_begin, n_begin + rows), W tile already in fp32.
 void GemmTile(const float* x, int64_t m_begin, int64_t m_end, int64_t k, const float* tile,
               int64_t n_begin, int64_t rows, int64_t n_total, const float* bias, float* y) {
-  for (int64_t i = m_begin; i < m_end; ++i) {
-    const float* xi = x + i * k;
-    float* yi = y + i * n_total + n_begin;
-    int64_t r = 0;
-    for (; r + 4 <= rows; r += 4) {
-      Dot4(xi, tile + r * k, tile + (r + 1) * k, tile + (r + 2) * k, tile + (r + 3) * k, k, yi + r);
-    }
-    for (; r < rows; ++r) yi[r] = Dot(xi, tile + r * k, k);
-    if (bias != nullptr) {
-      for (r = 0; r < rows; ++r) yi[r] += bias[n_begin + r];
+  DotBlock(x + m_begin * k, k, m_end - m_begin, tile, k, rows, k, y + m_begin * n_total + n_begin,
+           n_total);
+  if (bias != nullptr) {
+    for (int64_t i = m_begin; i < m_end; ++i) {
+      float* yi = y + i * n_total + n_begin;
+      for (int64_t r = 0; r < rows; ++r) yi[r] += bias[n_begin + r];
     }
   }
 }
@@ -219,11 +285,11 @@ void DequantizeTile(const LinearWeight& w, int64_t row_begin, int64_t rows, int6
             const int64_t kb = col / w.block_k;
             const int64_t seg_end = std::min(cols, (kb + 1) * w.block_k - col_begin);
             const float s = srow[kb];
-            for (; c < seg_end; ++c) o[c] = table[src[c]] * s;
+            Fp8RowToFloat(src + c, seg_end - c, s, o + c);
+            c = seg_end;
           }
         } else if (w.scale_kind == ScaleKind::kPerChannel) {
-          const float s = w.scale[row];
-          for (int64_t c = 0; c < cols; ++c) o[c] = table[src[c]] * s;
+          Fp8RowToFloat(src, cols, w.scale[row], o);
         } else {
           for (int64_t c = 0; c < cols; ++c) o[c] = table[src[c]];
         }
@@ -239,13 +305,9 @@ void DequantizeTile(const LinearWeight& w, int64_t row_begin, int64_t rows, int6
 }
 
 float Dot(const float* a, const float* b, int64_t n) {
-  float acc[kLanes] = {};
-  int64_t k = 0;
-  for (; k + kLanes <= n; k += kLanes) {
-    for (int l = 0; l < kLanes; ++l) acc[l] += a[k + l] * b[k + l];
-  }
-  for (int l = 0; k + l < n; ++l) acc[l] += a[k + l] * b[k + l];
-  return Reduce8(acc);
+  float c;
+  MicroKernel<1, 1>(a, 0, b, 0, n, &c, 1);
+  return c;
 }
 
 void Linear(const float* x, int64_t m, const LinearWeight& w, float* y, ThreadPool* pool) {
@@ -281,14 +343,7 @@ void LinearF32(const float* x, int64_t m, const float* w, int64_t n, int64_t k, 
   if (m <= 0) return;
   const int64_t grain = std::max<int64_t>(1, kMinChunkWork / std::max<int64_t>(1, n * k));
   ParallelOrInline(pool, m, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      int64_t r = 0;
-      for (; r + 4 <= n; r += 4) {
-        Dot4(x + i * k, w + r * k, w + (r + 1) * k, w + (r + 2) * k, w + (r + 3) * k, k,
-             y + i * n + r);
-      }
-      for (; r < n; ++r) y[i * n + r] = Dot(x + i * k, w + r * k, k);
-    }
+    DotBlock(x + begin * k, k, end - begin, w, k, n, k, y + begin * n, n);
   });
 }
 

@@ -84,6 +84,38 @@ TEST(ConversionTest, Fp8MatchesOcpTable) {
   }
 }
 
+TEST(ConversionTest, Fp8DequantizationIsExactForEveryCode) {
+  for (ScaleKind kind : {ScaleKind::kPerChannel, ScaleKind::kBlock}) {
+    LinearWeight w;
+    w.dtype = DType::kF8E4M3;
+    w.out = 2;
+    w.in = 256;
+    w.scale_kind = kind;
+    w.data.resize(512);
+    for (int i = 0; i < 512; ++i) w.data[i] = static_cast<std::byte>(i % 256);
+    if (kind == ScaleKind::kPerChannel) {
+      w.scale = {1.0f, 0.0123f};
+    } else {
+      w.block_n = 1;
+      w.block_k = 64;
+      w.scale = {1.0f, 3.5f, 1e-3f, 0.25f, 7.0f, 0.0625f, 1.0f / 448.0f, 2.0f};
+    }
+    ASSERT_EQ(DescribeLinearWeightError(w), "");
+    std::vector<float> out(512);
+    DequantizeTile(w, 0, 2, 0, 256, out.data(), 256);
+    for (int r = 0; r < 2; ++r) {
+      for (int c = 0; c < 256; ++c) {
+        const float want = w.At(r, c);
+        if (std::isnan(want)) {
+          EXPECT_TRUE(std::isnan(out[r * 256 + c])) << c;
+        } else {
+          ASSERT_EQ(out[r * 256 + c], want) << "row " << r << " code " << c;
+        }
+      }
+    }
+  }
+}
+
 struct FormatCase {
   const char* name;
   WeightFormat format;
