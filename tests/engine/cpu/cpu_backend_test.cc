@@ -4,9 +4,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <map>
 #include <vector>
 
+#include "engine/model/loader.h"
+#include "engine/model/tiny_model.h"
 #include "tests/engine/cpu/test_model.h"
 #include "tests/engine/cpu/thread_communicator.h"
 
@@ -95,9 +98,9 @@ const ModelCase kModels[] = {
     {"qwen3moe_bf16", testing::TinyQwen3MoeConfig, {DType::kBF16, ScaleKind::kNone, 0}},
 };
 
-class ReferenceTest : public ::testing::TestWithParam<ModelCase> {};
+class CpuReferenceTest : public ::testing::TestWithParam<ModelCase> {};
 
-TEST_P(ReferenceTest, PrefillLogitsMatchDoublePrecisionReference) {
+TEST_P(CpuReferenceTest, PrefillLogitsMatchDoublePrecisionReference) {
   const ModelConfig config = GetParam().config();
   const ModelWeights full = MakeTestWeights(config, GetParam().format, kSeed, 0, 1);
   const std::vector<int32_t> tokens = Tokens(21, config.vocab_size, 1);
@@ -117,10 +120,10 @@ TEST_P(ReferenceTest, PrefillLogitsMatchDoublePrecisionReference) {
   EXPECT_EQ(backend->CachedTokens(7), 21);
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, ReferenceTest, ::testing::ValuesIn(kModels),
+INSTANTIATE_TEST_SUITE_P(Models, CpuReferenceTest, ::testing::ValuesIn(kModels),
                          [](const auto& info) { return std::string(info.param.name); });
 
-TEST(ReferenceTest, ExercisesRouterGroupsAndSeveralSharedExperts) {
+TEST(CpuReferenceTest, ExercisesRouterGroupsAndSeveralSharedExperts) {
   ModelConfig config = testing::TinyGlmConfig();
   config.n_group = 4;
   config.topk_group = 2;
@@ -372,9 +375,9 @@ const TpCase kTpCases[] = {
     {"qwen3moe_tp4", testing::TinyQwen3MoeConfig, {DType::kBF16, ScaleKind::kNone, 0}, 4},
 };
 
-class TensorParallelTest : public ::testing::TestWithParam<TpCase> {};
+class CpuTensorParallelTest : public ::testing::TestWithParam<TpCase> {};
 
-TEST_P(TensorParallelTest, EqualsSingleRank) {
+TEST_P(CpuTensorParallelTest, EqualsSingleRank) {
   const TpCase& tc = GetParam();
   const ModelConfig config = tc.config();
   auto single = MakeBackend(config, tc.format);
@@ -403,8 +406,88 @@ TEST_P(TensorParallelTest, EqualsSingleRank) {
   EXPECT_GT(MaxAbs(want[0]), 0.1);
 }
 
-INSTANTIATE_TEST_SUITE_P(Plans, TensorParallelTest, ::testing::ValuesIn(kTpCases),
+INSTANTIATE_TEST_SUITE_P(Plans, CpuTensorParallelTest, ::testing::ValuesIn(kTpCases),
                          [](const auto& info) { return std::string(info.param.name); });
+
+// ---- Weights from the loader (engine/model/loader.h) -------------------------------------------
+
+// Runs RunScript on `tp` ranks with weights from `load(rank, tp)`; returns rank 0's steps and
+// checks that all ranks agree.
+template <typename LoadFn>
+std::vector<std::vector<float>> RunLoaded(int tp, LoadFn load, int64_t vocab) {
+  ThreadCommunicatorGroup group(tp);
+  std::vector<std::vector<std::vector<float>>> got(tp);
+  RunRanks(&group, [&](int rank, Communicator* comm) {
+    Result<ModelWeights> weights = load(rank, tp);
+    ASSERT_TRUE(weights.ok()) << weights.status().ToString();
+    auto b = CpuBackend::Create(std::move(weights).value(), tp > 1 ? comm : nullptr, Options(1));
+    ASSERT_TRUE(b.ok()) << b.status().ToString();
+    got[rank] = RunScript(b->get(), vocab);
+  });
+  for (int rank = 1; rank < tp; ++rank) EXPECT_EQ(got[rank], got[0]) << "rank " << rank;
+  return got[0];
+}
+
+void ExpectSameSteps(const std::vector<std::vector<float>>& got,
+                     const std::vector<std::vector<float>>& want, double tolerance) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t s = 0; s < want.size(); ++s) {
+    ASSERT_EQ(got[s].size(), want[s].size());
+    EXPECT_LT(RelDiff(got[s].data(), want[s].data(), want[s].size()), tolerance) << "step " << s;
+  }
+}
+
+TEST(CpuLoadedWeightsTest, DummyWeightsAgreeAcrossTpSizes) {
+  for (QuantMethod quant : {QuantMethod::kNone, QuantMethod::kFp8PerChannel}) {
+    auto config = ParseModelConfig(TinyModelConfigJson(TinyModelOptions{}));
+    ASSERT_TRUE(config.ok()) << config.status().ToString();
+    config->quant.method = quant;
+    auto load = [&](int rank, int tp) {
+      LoadOptions o;
+      o.dummy = true;
+      o.seed = 3;
+      o.tp_rank = rank;
+      o.tp_size = tp;
+      return MakeDummyWeights(*config, o);
+    };
+    const auto want = RunLoaded(1, load, config->vocab_size);
+    ASSERT_EQ(want.size(), 4u);
+    EXPECT_GT(MaxAbs(want[0]), 0.01);
+    ExpectSameSteps(RunLoaded(2, load, config->vocab_size), want, 1e-4);
+    ExpectSameSteps(RunLoaded(4, load, config->vocab_size), want, 1e-4);
+  }
+}
+
+TEST(CpuLoadedWeightsTest, TinyCheckpointMatchesReferenceAtEveryTpSize) {
+  const std::filesystem::path dir =
+      std::filesystem::path(::testing::TempDir()) / "spark_cpu_backend_tiny";
+  std::filesystem::remove_all(dir);
+  TinyModelOptions tiny;
+  tiny.seed = 11;
+  ASSERT_TRUE(WriteTinyModel(dir, tiny).ok());
+  auto load = [&](int rank, int tp) {
+    LoadOptions o;
+    o.tp_rank = rank;
+    o.tp_size = tp;
+    return LoadModelWeights(dir, o);
+  };
+  auto full = load(0, 1);
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  const int64_t vocab = full->config.vocab_size;
+
+  // One prompt through the independent double-precision reference.
+  const std::vector<int32_t> tokens = Tokens(11, vocab, 6);
+  const std::vector<double> ref = ReferenceLogits(*full, tokens);
+  const auto steps = RunLoaded(1, load, vocab);
+  ASSERT_EQ(steps.size(), 4u);
+  std::vector<float> ref_f(ref.begin(), ref.end());
+  // RunScript's first step returns all 11 logits rows of sequence 1, then sequence 2's last row.
+  EXPECT_LT(RelDiff(steps[0].data(), ref_f.data(), ref_f.size()), 1e-5);
+
+  ExpectSameSteps(RunLoaded(2, load, vocab), steps, 1e-4);
+  ExpectSameSteps(RunLoaded(4, load, vocab), steps, 1e-4);
+  std::filesystem::remove_all(dir);
+}
 
 }  // namespace
 }  // namespace spark::engine

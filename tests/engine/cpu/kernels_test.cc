@@ -25,7 +25,7 @@ std::vector<float> RandomVector(const std::string& name, int64_t n, float amp = 
   return v;
 }
 
-TEST(ThreadPoolTest, CoversEveryIndexOnceForAnySize) {
+TEST(CpuThreadPoolTest, CoversEveryIndexOnceForAnySize) {
   for (int threads : {1, 2, 5}) {
     ThreadPool pool(threads);
     EXPECT_EQ(pool.size(), threads);
@@ -41,7 +41,7 @@ TEST(ThreadPoolTest, CoversEveryIndexOnceForAnySize) {
   }
 }
 
-TEST(ThreadPoolTest, NestedParallelForRunsInline) {
+TEST(CpuThreadPoolTest, NestedParallelForRunsInline) {
   ThreadPool pool(3);
   std::atomic<int64_t> total{0};
   pool.ParallelFor(10, 1, [&](int64_t b, int64_t e) {
@@ -52,7 +52,7 @@ TEST(ThreadPoolTest, NestedParallelForRunsInline) {
   EXPECT_EQ(total.load(), 1000);
 }
 
-TEST(ConversionTest, HalfMatchesDtypeLibraryForAllCodes) {
+TEST(CpuConversionTest, HalfMatchesDtypeLibraryForAllCodes) {
   for (uint32_t v = 0; v < 65536; ++v) {
     const float a = HalfToFloat(static_cast<uint16_t>(v));
     const float b = F16ToFloat(static_cast<uint16_t>(v));
@@ -67,7 +67,7 @@ TEST(ConversionTest, HalfMatchesDtypeLibraryForAllCodes) {
   EXPECT_EQ(HalfToFloat(0xc000), -2.0f);
 }
 
-TEST(ConversionTest, Fp8MatchesOcpTable) {
+TEST(CpuConversionTest, Fp8MatchesOcpTable) {
   EXPECT_EQ(Fp8E4M3ToFloatExact(0x7e), 448.0f);
   EXPECT_EQ(Fp8E4M3ToFloatExact(0xfe), -448.0f);
   EXPECT_EQ(Fp8E4M3ToFloatExact(0x38), 1.0f);
@@ -84,7 +84,7 @@ TEST(ConversionTest, Fp8MatchesOcpTable) {
   }
 }
 
-TEST(ConversionTest, Fp8DequantizationIsExactForEveryCode) {
+TEST(CpuConversionTest, Fp8DequantizationIsExactForEveryCode) {
   for (ScaleKind kind : {ScaleKind::kPerChannel, ScaleKind::kBlock}) {
     LinearWeight w;
     w.dtype = DType::kF8E4M3;
@@ -129,9 +129,9 @@ const FormatCase kFormats[] = {
     {"fp8_block16", {DType::kF8E4M3, ScaleKind::kBlock, 16}},
 };
 
-class GemmTest : public ::testing::TestWithParam<FormatCase> {};
+class CpuGemmTest : public ::testing::TestWithParam<FormatCase> {};
 
-TEST_P(GemmTest, DequantizeTileEqualsAtExactly) {
+TEST_P(CpuGemmTest, DequantizeTileEqualsAtExactly) {
   // Shapes not multiple of the tile sizes or of the block size.
   const LinearWeight w = MakeLinear(3, "w", 37, 70, GetParam().format, false);
   std::vector<float> tile(13 * 41);
@@ -144,7 +144,7 @@ TEST_P(GemmTest, DequantizeTileEqualsAtExactly) {
   EXPECT_EQ(DescribeLinearWeightError(w), "");
 }
 
-TEST_P(GemmTest, MatchesDoubleReference) {
+TEST_P(CpuGemmTest, MatchesDoubleReference) {
   for (int64_t m : {1, 3, 45}) {
     for (bool bias : {false, true}) {
       const LinearWeight w = MakeLinear(5, "gemm", 37, 70, GetParam().format, bias);
@@ -168,7 +168,7 @@ TEST_P(GemmTest, MatchesDoubleReference) {
   }
 }
 
-TEST_P(GemmTest, RowResultIndependentOfBatchAndThreads) {
+TEST_P(CpuGemmTest, RowResultIndependentOfBatchAndThreads) {
   const LinearWeight w = MakeLinear(9, "det", 50, 133, GetParam().format, true);
   const int64_t m = 40;
   const std::vector<float> x = RandomVector("xd", m * w.in);
@@ -183,10 +183,10 @@ TEST_P(GemmTest, RowResultIndependentOfBatchAndThreads) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Formats, GemmTest, ::testing::ValuesIn(kFormats),
+INSTANTIATE_TEST_SUITE_P(Formats, CpuGemmTest, ::testing::ValuesIn(kFormats),
                          [](const auto& info) { return std::string(info.param.name); });
 
-TEST(LinearF32Test, MatchesDoubleReference) {
+TEST(CpuLinearF32Test, MatchesDoubleReference) {
   const int64_t m = 5, n = 11, k = 29;
   const std::vector<float> x = RandomVector("x", m * k);
   const std::vector<float> w = RandomVector("w", n * k);
@@ -202,7 +202,7 @@ TEST(LinearF32Test, MatchesDoubleReference) {
   }
 }
 
-TEST(RmsNormTest, MatchesDoubleReferenceAndWorksInPlace) {
+TEST(CpuRmsNormTest, MatchesDoubleReferenceAndWorksInPlace) {
   const int64_t rows = 3, dim = 77;
   std::vector<float> x = RandomVector("rms", rows * dim, 3.0f);
   const std::vector<float> weight = RandomVector("rmsw", dim);
@@ -221,7 +221,7 @@ TEST(RmsNormTest, MatchesDoubleReferenceAndWorksInPlace) {
   EXPECT_EQ(x, y);
 }
 
-TEST(SiluMulTest, MatchesClosedForm) {
+TEST(CpuSiluMulTest, MatchesClosedForm) {
   const std::vector<float> g = RandomVector("g", 100, 8.0f);
   const std::vector<float> u = RandomVector("u", 100, 2.0f);
   std::vector<float> out(100);
@@ -232,7 +232,7 @@ TEST(SiluMulTest, MatchesClosedForm) {
   }
 }
 
-TEST(EmbeddingTest, CopiesDequantisedRows) {
+TEST(CpuEmbeddingTest, CopiesDequantisedRows) {
   const LinearWeight table =
       MakeLinear(1, "emb", 20, 12, {DType::kBF16, ScaleKind::kNone, 0}, false);
   const int32_t ids[] = {19, 0, 7, 7};
@@ -252,7 +252,7 @@ ModelConfig RopeConfig(int head_dim, double partial, double theta) {
   return c;
 }
 
-TEST(RopeTest, PartialNeoxRotationMatchesClosedForm) {
+TEST(CpuRopeTest, PartialNeoxRotationMatchesClosedForm) {
   const ModelConfig c = RopeConfig(16, 0.5, 10000.0);
   RotaryEmbedding rope(c);
   ASSERT_EQ(rope.rotary_dim(), 8);
@@ -281,7 +281,7 @@ TEST(RopeTest, PartialNeoxRotationMatchesClosedForm) {
   }
 }
 
-TEST(RopeTest, PositionZeroIsIdentityAndFullRotaryTouchesAllDims) {
+TEST(CpuRopeTest, PositionZeroIsIdentityAndFullRotaryTouchesAllDims) {
   const ModelConfig c = RopeConfig(8, 1.0, 1e6);
   RotaryEmbedding rope(c);
   std::vector<float> x = RandomVector("r0", 8);
@@ -292,7 +292,7 @@ TEST(RopeTest, PositionZeroIsIdentityAndFullRotaryTouchesAllDims) {
   for (int d = 0; d < 8; ++d) EXPECT_NE(x[d], y[d]) << d;
 }
 
-TEST(RopeTest, Llama3ScalingFollowsTheThreeBands) {
+TEST(CpuRopeTest, Llama3ScalingFollowsTheThreeBands) {
   ModelConfig c = RopeConfig(16, 1.0, 500000.0);
   c.rope_llama3_factor = 8.0;
   c.rope_llama3_low_freq_factor = 1.0;
@@ -317,7 +317,7 @@ TEST(RopeTest, Llama3ScalingFollowsTheThreeBands) {
 
 // ---- Attention ---------------------------------------------------------------------------
 
-TEST(AttentionTest, PagedGqaMatchesNaiveCausalAttention) {
+TEST(CpuAttentionTest, PagedGqaMatchesNaiveCausalAttention) {
   const int q_heads = 6, kv_heads = 2, hd = 8, block = 4;
   const int64_t ctx = 19, start = 12, n = ctx - start;
   const std::vector<float> k = RandomVector("k", ctx * kv_heads * hd, 2.0f);
@@ -367,7 +367,7 @@ TEST(AttentionTest, PagedGqaMatchesNaiveCausalAttention) {
   }
 }
 
-TEST(AttentionTest, FirstTokenReturnsItsOwnValue) {
+TEST(CpuAttentionTest, FirstTokenReturnsItsOwnValue) {
   const int hd = 4;
   const float k[] = {1, 2, 3, 4};
   const float v[] = {0.5f, -1, 2, 7};
@@ -394,7 +394,7 @@ RouterParams Sigmoid(int experts, int k) {
   return p;
 }
 
-TEST(RouterTest, SigmoidTopKRenormalisedAndScaled) {
+TEST(CpuRouterTest, SigmoidTopKRenormalisedAndScaled) {
   RouterParams p = Sigmoid(4, 2);
   p.routed_scaling_factor = 2.5f;
   const float logits[] = {Logit(0.2), Logit(0.9), Logit(0.6), Logit(0.1)};
@@ -411,7 +411,7 @@ TEST(RouterTest, SigmoidTopKRenormalisedAndScaled) {
   EXPECT_NEAR(w[1], 0.6 * 2.5, 1e-6);
 }
 
-TEST(RouterTest, CorrectionBiasSelectsButDoesNotWeigh) {
+TEST(CpuRouterTest, CorrectionBiasSelectsButDoesNotWeigh) {
   RouterParams p = Sigmoid(4, 2);
   const float logits[] = {Logit(0.2), Logit(0.9), Logit(0.6), Logit(0.1)};
   const float bias[] = {0.5f, 0.0f, 0.0f, 0.0f};  // expert 0 beats expert 2 only through bias
@@ -425,7 +425,7 @@ TEST(RouterTest, CorrectionBiasSelectsButDoesNotWeigh) {
   EXPECT_NEAR(w[1], 0.9 / 1.1, 1e-6);
 }
 
-TEST(RouterTest, TiesGoToTheLowerExpertIndex) {
+TEST(CpuRouterTest, TiesGoToTheLowerExpertIndex) {
   RouterParams p = Sigmoid(6, 2);
   const float logits[] = {0.0f, 1.0f, 0.5f, 1.0f, 1.0f, 0.5f};
   int32_t ids[2];
@@ -437,7 +437,7 @@ TEST(RouterTest, TiesGoToTheLowerExpertIndex) {
   EXPECT_NEAR(w[1], 0.5, 1e-6);
 }
 
-TEST(RouterTest, GroupLimitedSelectionUsesSumOfTopTwo) {
+TEST(CpuRouterTest, GroupLimitedSelectionUsesSumOfTopTwo) {
   // 8 experts in 4 groups of 2, keep 2 groups, top-3.
   RouterParams p = Sigmoid(8, 3);
   p.n_group = 4;
@@ -459,7 +459,7 @@ TEST(RouterTest, GroupLimitedSelectionUsesSumOfTopTwo) {
   EXPECT_NEAR(w[2], 0.9, 1e-6);
 }
 
-TEST(RouterTest, MaskedGroupsScoreZeroLikeTransformers) {
+TEST(CpuRouterTest, MaskedGroupsScoreZeroLikeTransformers) {
   // Negative biased scores in the kept group lose to masked experts (masked to 0.0, as HF does).
   RouterParams p = Sigmoid(4, 2);
   p.n_group = 2;
@@ -476,7 +476,7 @@ TEST(RouterTest, MaskedGroupsScoreZeroLikeTransformers) {
   EXPECT_NEAR(w[1], 0.1 / 0.6, 1e-6);
 }
 
-TEST(RouterTest, SoftmaxScoringForQwen3Moe) {
+TEST(CpuRouterTest, SoftmaxScoringForQwen3Moe) {
   RouterParams p;
   p.scoring = RouterScoring::kSoftmax;
   p.num_experts = 4;

@@ -61,7 +61,7 @@ void ExpectContents(CpuKvCache* cache, uint64_t seq, int64_t length) {
   }
 }
 
-TEST(KvCacheTest, CapacityFromByteBudget) {
+TEST(CpuKvCacheTest, CapacityFromByteBudget) {
   auto cache = MakeCache(10);
   EXPECT_EQ(cache->block_bytes(), kBlockBytes);
   EXPECT_EQ(cache->num_blocks(), 10);
@@ -69,7 +69,7 @@ TEST(KvCacheTest, CapacityFromByteBudget) {
   EXPECT_EQ(cache->FreeTokens(), 40);
 }
 
-TEST(KvCacheTest, RejectsTooSmallBudgetAndBadShape) {
+TEST(CpuKvCacheTest, RejectsTooSmallBudgetAndBadShape) {
   auto small = CpuKvCache::Create(Shape(), kBlockBytes - 1);
   ASSERT_FALSE(small.ok());
   EXPECT_EQ(small.status().code(), StatusCode::kInvalidArgument);
@@ -79,7 +79,7 @@ TEST(KvCacheTest, RejectsTooSmallBudgetAndBadShape) {
   EXPECT_FALSE(CpuKvCache::Create(bad, 1 << 20).ok());
 }
 
-TEST(KvCacheTest, GrowAllocatesWholeBlocks) {
+TEST(CpuKvCacheTest, GrowAllocatesWholeBlocks) {
   auto cache = MakeCache(10);
   EXPECT_EQ(cache->BlocksToGrow(1, 5), 2);
   ASSERT_TRUE(cache->Grow(1, 5).ok());
@@ -93,7 +93,7 @@ TEST(KvCacheTest, GrowAllocatesWholeBlocks) {
   EXPECT_EQ(cache->Grow(1, 3).code(), StatusCode::kInvalidArgument);
 }
 
-TEST(KvCacheTest, ExhaustionChangesNothing) {
+TEST(CpuKvCacheTest, ExhaustionChangesNothing) {
   auto cache = MakeCache(3);
   ASSERT_TRUE(cache->Grow(1, 8).ok());
   Status st = cache->Grow(2, 5);
@@ -107,7 +107,7 @@ TEST(KvCacheTest, ExhaustionChangesNothing) {
   EXPECT_EQ(cache->Length(1), 8);
 }
 
-TEST(KvCacheTest, ManySequencesInterleavedKeepTheirData) {
+TEST(CpuKvCacheTest, ManySequencesInterleavedKeepTheirData) {
   auto cache = MakeCache(64);
   std::map<uint64_t, int64_t> lengths;
   // Sequences grow one token at a time in round-robin order, so their blocks interleave.
@@ -136,7 +136,7 @@ TEST(KvCacheTest, ManySequencesInterleavedKeepTheirData) {
   }
 }
 
-TEST(KvCacheTest, ReleaseReturnsBlocksForReuse) {
+TEST(CpuKvCacheTest, ReleaseReturnsBlocksForReuse) {
   auto cache = MakeCache(6);
   ASSERT_TRUE(cache->Grow(1, 12).ok());
   ASSERT_TRUE(cache->Grow(2, 12).ok());
@@ -157,7 +157,7 @@ TEST(KvCacheTest, ReleaseReturnsBlocksForReuse) {
   EXPECT_EQ(cache->Length(1), 0);
 }
 
-TEST(KvCacheTest, TruncateFreesTrailingBlocks) {
+TEST(CpuKvCacheTest, TruncateFreesTrailingBlocks) {
   auto cache = MakeCache(8);
   ASSERT_TRUE(cache->Grow(1, 14).ok());
   Fill(cache.get(), 1, 0, 14);
