@@ -180,7 +180,8 @@ void BpeModel::MergeWord(std::string_view word, std::vector<int32_t>* ids) const
   };
 
   // Initial symbols: one per character, with unknown handling as HF's BPE::merge_word.
-  std::optional<std::pair<int32_t, uint32_t>> pending_unk;
+  int32_t unk_pending_id = -1;  // an unknown run waiting to be added (HF fuse_unk)
+  uint32_t unk_pending_len = 0;
   std::string decorated;
   size_t i = 0;
   while (i < word.size()) {
@@ -199,9 +200,9 @@ void BpeModel::MergeWord(std::string_view word, std::vector<int32_t>* ids) const
     i += char_len;
 
     if (const std::optional<int32_t> id = SymbolId(symbol)) {
-      if (pending_unk) {
-        add(pending_unk->first, pending_unk->second);
-        pending_unk.reset();
+      if (unk_pending_id >= 0) {
+        add(unk_pending_id, unk_pending_len);
+        unk_pending_id = -1;
       }
       add(*id, char_len);
       continue;
@@ -215,16 +216,17 @@ void BpeModel::MergeWord(std::string_view word, std::vector<int32_t>* ids) const
       }
     }
     if (unk_id_) {
-      if (pending_unk && config_.fuse_unk) {
-        pending_unk->second += char_len;
+      if (unk_pending_id >= 0 && config_.fuse_unk) {
+        unk_pending_len += char_len;
       } else {
-        if (pending_unk) add(pending_unk->first, pending_unk->second);
-        pending_unk = std::make_pair(*unk_id_, char_len);
+        if (unk_pending_id >= 0) add(unk_pending_id, unk_pending_len);
+        unk_pending_id = *unk_id_;
+        unk_pending_len = char_len;
       }
     }
     // Without unk_token an unknown character is dropped, as in HF.
   }
-  if (pending_unk) add(pending_unk->first, pending_unk->second);
+  if (unk_pending_id >= 0) add(unk_pending_id, unk_pending_len);
 
   // Merge loop of HF's Word::merge_all (without dropout).
   std::vector<QueuedMerge> heap;

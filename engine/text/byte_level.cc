@@ -12,7 +12,11 @@ constexpr char32_t kAlphabetEnd = 0x144;  // every mapped code point is below th
 struct Tables {
   std::array<char32_t, 256> byte_to_cp{};
   std::array<int16_t, kAlphabetEnd> cp_to_byte{};
-  std::array<std::string, 256> byte_to_utf8;
+  struct Encoded {
+    char bytes[2];
+    uint8_t length;
+  };
+  std::array<Encoded, 256> byte_to_utf8{};  // every code point is below U+0800: 1 or 2 bytes
 
   Tables() {
     cp_to_byte.fill(-1);
@@ -22,7 +26,10 @@ struct Tables {
       const char32_t cp = printable ? static_cast<char32_t>(b) : next++;
       byte_to_cp[b] = cp;
       cp_to_byte[cp] = static_cast<int16_t>(b);
-      AppendUtf8(cp, &byte_to_utf8[b]);
+      std::string utf8;
+      AppendUtf8(cp, &utf8);
+      byte_to_utf8[b].length = static_cast<uint8_t>(utf8.size());
+      for (size_t i = 0; i < utf8.size(); ++i) byte_to_utf8[b].bytes[i] = utf8[i];
     }
   }
 };
@@ -40,7 +47,16 @@ int CodepointToByte(char32_t cp) { return cp < kAlphabetEnd ? GetTables().cp_to_
 
 void AppendByteLevel(std::string_view bytes, std::string* out) {
   const Tables& t = GetTables();
-  for (char c : bytes) out->append(t.byte_to_utf8[static_cast<uint8_t>(c)]);
+  const size_t start = out->size();
+  out->resize(start + 2 * bytes.size());
+  char* p = out->data() + start;
+  for (char c : bytes) {
+    const Tables::Encoded& e = t.byte_to_utf8[static_cast<uint8_t>(c)];
+    p[0] = e.bytes[0];
+    p[1] = e.bytes[1];
+    p += e.length;
+  }
+  out->resize(static_cast<size_t>(p - out->data()));
 }
 
 bool AppendBytesFromByteLevel(std::string_view token, std::string* out) {

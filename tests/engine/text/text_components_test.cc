@@ -3,10 +3,15 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <utf8proc.h>
+
+#include <cstdlib>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "engine/text/byte_level.h"
+#include "engine/text/normalizer.h"
 #include "engine/text/pre_tokenizer.h"
 #include "engine/text/regex.h"
 #include "engine/text/utf8.h"
@@ -122,6 +127,48 @@ TEST(ByteLevelTest, RoundTripsEveryByte) {
   std::string out = "keep";
   EXPECT_FALSE(AppendBytesFromByteLevel("a b", &out));
   EXPECT_EQ(out, "keep");
+}
+
+std::string ReferenceNfc(const std::string& s) {
+  utf8proc_uint8_t* out = utf8proc_NFC(reinterpret_cast<const utf8proc_uint8_t*>(s.c_str()));
+  std::string result(reinterpret_cast<const char*>(out));
+  std::free(out);
+  return result;
+}
+
+TEST(NormalizerTest, NfcMatchesUtf8procOnRandomText) {
+  // Characters that exercise composition, reordering and singletons: Latin letters with
+  // combining marks, Hangul L/V/T jamo and syllables, Indic vowel signs, CJK and emoji.
+  const char32_t pool[] = {
+      U'a',      U'e',      U'A',      U'o',      U' ',      U'\u00e9', U'\u00c0',     U'\u0301',
+      U'\u0300', U'\u0323', U'\u0302', U'\u0308', U'\u0327', U'\u031b', U'\u212b',     U'\u2126',
+      U'\u1100', U'\u1161', U'\u11a8', U'\uac00', U'\ud55c', U'\u0b47', U'\u0b3e',     U'\u0b57',
+      U'\u0dd9', U'\u0dcf', U'\u0dca', U'\u3099', U'\u304b', U'\u4e2d', U'\U0001F600', U'\u0958',
+      U'\u0915', U'\u093c', U'\u1e9b', U'\u0344', U'\u0f73', U'\u05b8'};
+  std::mt19937 rng(7);
+  const Normalizer nfc({NormalizationForm::kNfc});
+  for (int iter = 0; iter < 3000; ++iter) {
+    std::string s;
+    const int n = static_cast<int>(rng() % 16);
+    for (int i = 0; i < n; ++i) AppendUtf8(pool[rng() % std::size(pool)], &s);
+    std::string got;
+    nfc.Normalize(s, &got);
+    ASSERT_EQ(got, ReferenceNfc(s)) << "iteration " << iter;
+  }
+}
+
+TEST(NormalizerTest, FormsAndSequences) {
+  std::string out;
+  Normalizer({NormalizationForm::kNfd}).Normalize("\u00e9", &out);
+  EXPECT_EQ(out, "e\u0301");
+  Normalizer({NormalizationForm::kNfkc}).Normalize("\ufb01\u2460", &out);
+  EXPECT_EQ(out, "fi1");
+  Normalizer({NormalizationForm::kNfkd}).Normalize("\u00bd", &out);
+  EXPECT_EQ(out, "1\u20442");
+  Normalizer({NormalizationForm::kNfd, NormalizationForm::kNfc}).Normalize("A\u030a", &out);
+  EXPECT_EQ(out, "\u00c5");
+  Normalizer({}).Normalize("e\u0301", &out);
+  EXPECT_EQ(out, "e\u0301");
 }
 
 std::vector<std::string> FindAll(const Regex& re, std::string_view text) {
