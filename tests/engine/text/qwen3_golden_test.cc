@@ -2,9 +2,11 @@
 // over tests/data/tokenizer/corpus.txt (see tests/reference/tokenizer_golden.py).
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -120,6 +122,25 @@ TEST_F(Qwen3GoldenTest, EncodeMatchesGolden) {
     }
   }
   EXPECT_EQ(failures, 0);
+}
+
+TEST_F(Qwen3GoldenTest, ConcurrentEncodesShareTheCacheSafely) {
+  // Several threads encode the corpus at once from a fresh tokenizer (empty word cache).
+  auto fresh = Tokenizer::FromFile(kTokenizerPath);
+  ASSERT_TRUE(fresh.ok());
+  const Tokenizer& tok = **fresh;
+  std::atomic<int> mismatches{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (size_t k = 0; k < records_->size(); ++k) {
+        const GoldenRecord& r = (*records_)[(k + static_cast<size_t>(t) * 37) % records_->size()];
+        if (tok.Encode(r.text) != r.ids) mismatches.fetch_add(1);
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  EXPECT_EQ(mismatches.load(), 0);
 }
 
 TEST_F(Qwen3GoldenTest, DecodeRoundTripIsNfc) {
