@@ -449,6 +449,12 @@ Result<ModelConfig> ParseJson(const Json& root) {
                          "\" is not supported (only silu)");
   }
   SPARK_ASSIGN_OR_RETURN(c.intermediate_size, r.Int("intermediate_size", 0));
+  SPARK_ASSIGN_OR_RETURN(bool mlp_bias, r.Bool("mlp_bias", false));
+  if (mlp_bias) {
+    return Unimplemented(
+        "config.json: \"mlp_bias\": true is not supported (MLP projections "
+        "without biases only)");
+  }
 
   if (glm) {
     SPARK_ASSIGN_OR_RETURN(int64_t e, r.Int("n_routed_experts"));

@@ -151,6 +151,14 @@ Result<CheckpointSummary> InspectCheckpoint(const std::filesystem::path& dir, in
         static_cast<int64_t>(static_cast<double>(view.numel()) * fraction) * elem_bytes;
     (mtp ? s.mtp_weight_bytes_per_rank : s.weight_bytes_per_rank) += bytes;
   }
+  if (c.tie_word_embeddings && ckpt.Has("model.embed_tokens.weight")) {
+    // The loader copies this rank's vocabulary rows of the embedding as lm_head.
+    TensorView embed = *ckpt.Get("model.embed_tokens.weight");
+    TensorSpec head{
+        "lm_head.weight", {c.vocab_size, c.hidden_size}, TensorRole::kLinear, TpSplit::kVocabRows};
+    s.weight_bytes_per_rank +=
+        LocalElements(head, c, tp_size) * static_cast<int64_t>(DTypeSize(embed.dtype));
+  }
   s.mtp_layers = static_cast<int>(mtp_layers.size());
   s.active_params = s.total_params;
   if (c.n_routed_experts > 0) {

@@ -233,6 +233,7 @@ TEST(ConfigTest, BadValuesNameTheKey) {
       {"num_experts_per_tok", 200, "num_experts_per_tok"},
       {"rope_theta", "big", "\"rope_theta\" must be a number"},
       {"hidden_act", "gelu", "hidden_act"},
+      {"mlp_bias", true, "mlp_bias"},
       {"architectures", Json::array({"MixtralForCausalLM"}), "MixtralForCausalLM"},
   };
   for (const Case& c : cases) {

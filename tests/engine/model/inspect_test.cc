@@ -90,6 +90,16 @@ TEST(InspectTest, CountsParametersAndPerRankMemory) {
   EXPECT_EQ(j["total_params"], total);
   EXPECT_EQ(j["tp_size"], 2);
 
+  // Tied embeddings: lm_head is the rank's vocabulary rows of the embedding.
+  nlohmann::json tied = nlohmann::json::parse(TinyModelConfigJson(TinyModelOptions{}));
+  tied["tie_word_embeddings"] = true;
+  ASSERT_TRUE(WriteRandomCheckpoint(dir / "tied", tied.dump(), 1, DType::kBF16).ok());
+  s = InspectCheckpoint(dir / "tied", 4);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  lo.tp_size = 4;
+  EXPECT_EQ(s->weight_bytes_per_rank, LoadedBytes(*LoadModelWeights(dir / "tied", lo)));
+  EXPECT_EQ(s->total_params, total - 512 * 128);
+
   Result<CheckpointSummary> bad = InspectCheckpoint(dir / "bf16", 3);
   ASSERT_FALSE(bad.ok());
   EXPECT_THAT(bad.status().message(), HasSubstr("tp_size 3"));
