@@ -217,6 +217,7 @@ Result<std::unique_ptr<CpuBackend>> CpuBackend::Create(ModelWeights weights, Com
   std::unique_ptr<CpuBackend> backend(new CpuBackend(std::move(weights), comm, options));
   backend->local_q_heads_ = local_q;
   backend->local_kv_heads_ = local_kv;
+  backend->rope_ = std::make_unique<RotaryEmbedding>(backend->weights_.config);
   backend->pool_ = std::make_unique<ThreadPool>(options.threads);
   KvCacheShape shape;
   shape.num_layers = backend->weights_.config.num_hidden_layers;
@@ -341,7 +342,7 @@ Result<ForwardOutput> CpuBackend::Forward(const ForwardBatch& batch) {
   s.mlp_out.resize(total * hidden);
   EmbeddingLookup(weights_.embed, s.ids.data(), total, s.x.data());
 
-  const RotaryEmbedding rope(c);
+  const RotaryEmbedding& rope = *rope_;
   const float scale = static_cast<float>(std::pow(static_cast<double>(hd), -0.5));
   const RouterParams router = RouterParams::FromConfig(c);
   ThreadPool* pool = pool_.get();

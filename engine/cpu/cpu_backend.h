@@ -41,6 +41,7 @@ struct CpuBackendOptions {
 };
 
 class CpuKvCache;
+class RotaryEmbedding;
 class ThreadPool;
 
 class CpuBackend final : public Backend {
@@ -94,6 +95,7 @@ class CpuBackend final : public Backend {
   CpuBackendOptions options_;
   int local_q_heads_ = 0;
   int local_kv_heads_ = 0;
+  std::unique_ptr<RotaryEmbedding> rope_;
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<CpuKvCache> kv_;
   std::unique_ptr<Scratch> scratch_;
