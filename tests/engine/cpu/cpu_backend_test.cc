@@ -96,6 +96,7 @@ const ModelCase kModels[] = {
     {"glm_fp8_block", testing::TinyGlmConfig, {DType::kF8E4M3, ScaleKind::kBlock, 32}},
     {"llama_bf16", testing::TinyLlamaConfig, {DType::kBF16, ScaleKind::kNone, 0}},
     {"qwen3moe_bf16", testing::TinyQwen3MoeConfig, {DType::kBF16, ScaleKind::kNone, 0}},
+    {"qwen3_f16", testing::TinyQwen3Config, {DType::kF16, ScaleKind::kNone, 0}},
 };
 
 class CpuReferenceTest : public ::testing::TestWithParam<ModelCase> {};
@@ -373,6 +374,10 @@ const TpCase kTpCases[] = {
     {"glm_fp8_block_tp4", testing::TinyGlmConfig, {DType::kF8E4M3, ScaleKind::kBlock, 32}, 4},
     {"llama_tp2", testing::TinyLlamaConfig, {DType::kBF16, ScaleKind::kNone, 0}, 2},
     {"qwen3moe_tp4", testing::TinyQwen3MoeConfig, {DType::kBF16, ScaleKind::kNone, 0}, 4},
+    {"qwen3_fp8_channel_tp4",
+     testing::TinyQwen3Config,
+     {DType::kF8E4M3, ScaleKind::kPerChannel, 0},
+     4},
 };
 
 class CpuTensorParallelTest : public ::testing::TestWithParam<TpCase> {};

@@ -209,6 +209,24 @@ ModelConfig TinyLlamaConfig() {
   return c;
 }
 
+ModelConfig TinyQwen3Config() {
+  ModelConfig c;
+  c.architecture = Architecture::kQwen3;
+  c.architecture_name = "Qwen3ForCausalLM";
+  c.vocab_size = 150;
+  c.hidden_size = 64;
+  c.intermediate_size = 80;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = 4;
+  c.head_dim = 16;
+  c.rope_theta = 1000000.0;
+  c.rotary_dim = 16;
+  c.rms_norm_eps = 1e-6;
+  c.use_qk_norm = true;
+  return c;
+}
+
 ModelConfig TinyQwen3MoeConfig() {
   ModelConfig c;
   c.architecture = Architecture::kQwen3Moe;

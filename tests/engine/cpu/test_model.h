@@ -40,6 +40,8 @@ LinearWeight SliceCols(const LinearWeight& w, int64_t begin, int64_t count);
 ModelConfig TinyGlmConfig();
 // Dense Llama: no bias, no QK-norm, full rotary, llama3 rope scaling.
 ModelConfig TinyLlamaConfig();
+// Dense Qwen3: QK-norm, no bias, full rotary.
+ModelConfig TinyQwen3Config();
 // Qwen3-MoE: softmax router, no shared expert, QK-norm, decoder_sparse_step 1, mlp_only layer 0.
 ModelConfig TinyQwen3MoeConfig();
 
