@@ -195,6 +195,30 @@ class CheckpointSource : public WeightSource {
 // ---------------------------------------------------------------------------------------------
 // Dummy source
 
+// Runs fn(i) for i in [0, n) on up to hardware_concurrency threads; returns the first error.
+Status ParallelFor(int n, const std::function<Status(int)>& fn) {
+  const int threads =
+      std::max(1, std::min<int>(n, static_cast<int>(std::thread::hardware_concurrency())));
+  if (threads <= 1) {
+    for (int i = 0; i < n; ++i) SPARK_RETURN_IF_ERROR(fn(i));
+    return Status::Ok();
+  }
+  std::atomic<int> next{0};
+  std::vector<Status> errors(static_cast<size_t>(n));
+  std::vector<std::thread> pool;
+  pool.reserve(static_cast<size_t>(threads));
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&] {
+      for (int i = next.fetch_add(1); i < n; i = next.fetch_add(1)) {
+        errors[static_cast<size_t>(i)] = fn(i);
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  for (const Status& s : errors) SPARK_RETURN_IF_ERROR(s);
+  return Status::Ok();
+}
+
 uint64_t SplitMix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -264,16 +288,30 @@ class DummySource : public WeightSource {
     // Static scale from the distribution's bound, so every rank's scales equal the full
     // tensor's.
     const float scale = bound / kF8E4M3Max;
-    for (int64_t r = 0; r < w.out; ++r) {
-      for (int64_t c = 0; c < w.in; ++c) {
-        const float v = UnitValue(key, rows.begin + r, cols.begin + c) * bound;
-        std::byte* dst = w.data.data() + static_cast<size_t>(r * w.in + c) * elem;
-        if (fp8) {
-          *dst = static_cast<std::byte>(FloatToF8E4M3(v / scale));
-        } else {
-          StoreFloat(w.dtype, v, dst);
+    auto fill_rows = [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t c = 0; c < w.in; ++c) {
+          const float v = UnitValue(key, rows.begin + r, cols.begin + c) * bound;
+          std::byte* dst = w.data.data() + static_cast<size_t>(r * w.in + c) * elem;
+          if (fp8) {
+            *dst = static_cast<std::byte>(FloatToF8E4M3(v / scale));
+          } else {
+            StoreFloat(w.dtype, v, dst);
+          }
         }
       }
+    };
+    // Large tensors (embeddings, dense MLPs of real models) are filled by several threads.
+    constexpr int64_t kRowsPerTask = 256;
+    if (w.out * w.in >= (int64_t{1} << 22) && w.out > kRowsPerTask) {
+      const int tasks = static_cast<int>((w.out + kRowsPerTask - 1) / kRowsPerTask);
+      Status s = ParallelFor(tasks, [&](int t) {
+        fill_rows(t * kRowsPerTask, std::min(w.out, (t + 1) * kRowsPerTask));
+        return Status::Ok();
+      });
+      SPARK_CHECK(s.ok());
+    } else {
+      fill_rows(0, w.out);
     }
     if (fp8) {
       if (config_.quant.method == QuantMethod::kFp8PerChannel) {
@@ -345,30 +383,6 @@ class DummySource : public WeightSource {
 
 // ---------------------------------------------------------------------------------------------
 // The TP plan (shared/docs/glm4-moe.md §2.9), shared by both sources.
-
-// Runs fn(i) for i in [0, n) on up to hardware_concurrency threads; returns the first error.
-Status ParallelFor(int n, const std::function<Status(int)>& fn) {
-  const int threads =
-      std::max(1, std::min<int>(n, static_cast<int>(std::thread::hardware_concurrency())));
-  if (threads <= 1) {
-    for (int i = 0; i < n; ++i) SPARK_RETURN_IF_ERROR(fn(i));
-    return Status::Ok();
-  }
-  std::atomic<int> next{0};
-  std::vector<Status> errors(static_cast<size_t>(n));
-  std::vector<std::thread> pool;
-  pool.reserve(static_cast<size_t>(threads));
-  for (int t = 0; t < threads; ++t) {
-    pool.emplace_back([&] {
-      for (int i = next.fetch_add(1); i < n; i = next.fetch_add(1)) {
-        errors[static_cast<size_t>(i)] = fn(i);
-      }
-    });
-  }
-  for (auto& th : pool) th.join();
-  for (const Status& s : errors) SPARK_RETURN_IF_ERROR(s);
-  return Status::Ok();
-}
 
 class Builder {
  public:

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <nlohmann/json.hpp>
 
@@ -521,6 +522,39 @@ TEST(DummyWeightsTest, BuiltinConfigWithMaxLayersAndBlockFp8Checks) {
   EXPECT_TRUE(ValidateTensorParallel(*glm46, 8).ok());
   EXPECT_TRUE(ValidateTensorParallel(*glm46, 16).ok());  // kv heads replicated
   EXPECT_FALSE(ValidateTensorParallel(*glm46, 12).ok());
+}
+
+}  // namespace
+}  // namespace spark::engine
+
+namespace spark::engine {
+namespace {
+
+TEST(DummyWeightsTest, LargeTensorsFilledInParallelEqualSerialSlices) {
+  TinyModelOptions t;
+  t.dtype = DType::kF32;
+  Result<ModelConfig> config = ParseModelConfig(TinyModelConfigJson(t));
+  ASSERT_TRUE(config.ok());
+  config->vocab_size = 40000;  // [40000, 128] = 5.1M elements: filled by several threads
+  LoadOptions o;
+  o.max_layers = 1;
+  Result<ModelWeights> full = MakeDummyWeights(*config, o);
+  ASSERT_TRUE(full.ok());
+  for (int64_t r : {0, 255, 256, 20000, 39999}) {
+    for (int64_t c : {0, 77, 127}) {
+      EXPECT_EQ(full->embed.At(r, c), DummyWeightValue(0, "model.embed_tokens.weight", r, c, 128));
+    }
+  }
+  o.tp_size = 4;  // 10000-row lm_head slices: filled serially
+  for (int rank = 0; rank < 4; ++rank) {
+    o.tp_rank = rank;
+    Result<ModelWeights> part = MakeDummyWeights(*config, o);
+    ASSERT_TRUE(part.ok());
+    ASSERT_EQ(part->lm_head.out, 10000);
+    EXPECT_EQ(0, std::memcmp(part->lm_head.data.data(),
+                             full->lm_head.data.data() + rank * 10000 * 128 * 4,
+                             part->lm_head.data.size()));
+  }
 }
 
 }  // namespace
