@@ -5,6 +5,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
@@ -104,6 +105,29 @@ TEST_F(Qwen3GoldenTest, KnownSentence) {
                                           220,  707, 282,  2075, 982, 853,    856,   334, 17,
                                           220,  671, 220,  16,   17,  18,     19,    20};
   EXPECT_EQ(ids, reference);
+}
+
+TEST_F(Qwen3GoldenTest, GoldenFileCoversTheCorpus) {
+  // The scripts' split: the file minus one trailing newline, cut on "\n%%%%\n", then the
+  // whole file as a last entry. A changed corpus needs a regenerated golden file.
+  std::ifstream in(kSource / "tests/data/tokenizer/corpus.txt", std::ios::binary);
+  const std::string raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string body = raw;
+  if (!body.empty() && body.back() == '\n') body.pop_back();
+  std::vector<std::string> entries;
+  const std::string sep = "\n%%%%\n";
+  for (size_t pos = 0;;) {
+    const size_t next = body.find(sep, pos);
+    entries.push_back(body.substr(pos, next - pos));
+    if (next == std::string::npos) break;
+    pos = next + sep.size();
+  }
+  entries.push_back(raw);
+  ASSERT_EQ(entries.size(), records_->size())
+      << source_ << " is stale: regenerate it with tests/reference/tokenizer_golden.py";
+  for (size_t i = 0; i < entries.size(); ++i) {
+    EXPECT_EQ(entries[i], (*records_)[i].text) << "entry " << i << " differs from " << source_;
+  }
 }
 
 TEST_F(Qwen3GoldenTest, EncodeMatchesGolden) {

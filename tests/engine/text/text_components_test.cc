@@ -199,11 +199,13 @@ TEST(RegexTest, CaseInsensitiveGroupAndUnicodeClasses) {
               ElementsAre("IT", "'S", "we", "'LL", "\u4f60\u597d", "4", "2"));
 }
 
-TEST(RegexTest, MongolianVowelSeparatorIsNotWhitespace) {
+TEST(RegexTest, WhitespaceIsUnicodeWhiteSpace) {
   // Oniguruma's \s is White_Space; PCRE2's own \s would also match U+180E.
   auto re = Regex::Compile(R"(\s+)");
   ASSERT_TRUE(re.ok());
   EXPECT_THAT(FindAll(*re, "a\u180eb\u00a0c"), ElementsAre("\u00a0"));
+  // Neither is U+FEFF (ECMAScript's \s would match it).
+  EXPECT_TRUE(FindAll(*re, "a\ufeffb").empty());
 }
 
 TEST(RegexTest, EmptyMatchesAdvanceLikeOniguruma) {
