@@ -1,8 +1,10 @@
 #include "engine/text/bpe_model.h"
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <mutex>
+#include <shared_mutex>
 
 #include "engine/text/utf8.h"
 

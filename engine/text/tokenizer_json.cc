@@ -1,8 +1,13 @@
 // Tokenizer::FromFile / FromJson: reads a Hugging Face tokenizer.json into the pipeline
 // components (engine/text/*). Every error names the JSON path and, where possible, the fix.
 
+#include <algorithm>
+#include <cstdint>
 #include <fstream>
 #include <sstream>
+#include <string>
+#include <unordered_map>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
