@@ -30,11 +30,10 @@ struct GoldenRecord {
   std::vector<int32_t> ids_no_special;
 };
 
-// qwen3_golden.jsonl (HF `tokenizers`) when present, else the provisional transformers.js file.
+// qwen3_golden.jsonl: ids made by Hugging Face `tokenizers` (tests/reference/tokenizer_golden.py).
 std::vector<GoldenRecord> LoadGolden(std::string* source) {
   const std::filesystem::path dir = kSource / "tests/data/tokenizer";
   std::filesystem::path path = dir / "qwen3_golden.jsonl";
-  if (!std::filesystem::exists(path)) path = dir / "qwen3_golden_js.jsonl";
   *source = path.filename().string();
   std::vector<GoldenRecord> records;
   std::ifstream in(path);
