@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <ostream>
 #include <sstream>
 #include <string>
 
@@ -31,6 +32,8 @@ constexpr GoldenFile kGoldenFiles[] = {
     {"llama31", ChatTemplateKind::kLlama3, true, false},
     {"llama3", ChatTemplateKind::kLlama3, false, true},
 };
+
+void PrintTo(const GoldenFile& golden, std::ostream* os) { *os << golden.name; }
 
 std::filesystem::path GoldenDir() {
   if (const char* dir = std::getenv("SPARK_CHAT_GOLDEN_DIR"); dir != nullptr && *dir != '\0') {
@@ -108,6 +111,59 @@ TEST_P(ChatTemplateGoldenTest, RendersLikeTransformers) {
 
 INSTANTIATE_TEST_SUITE_P(Templates, ChatTemplateGoldenTest, ::testing::ValuesIn(kGoldenFiles),
                          [](const auto& info) { return std::string(info.param.name); });
+
+}  // namespace
+}  // namespace spark::engine::chat
+
+namespace spark::engine::chat {
+namespace {
+
+std::vector<ChatMessage> Messages(const char* json) {
+  auto messages = ParseChatMessages(Json::parse(json));
+  EXPECT_TRUE(messages.ok()) << messages.status().ToString();
+  return messages.ok() ? *messages : std::vector<ChatMessage>();
+}
+
+// Refusals of the Llama-3.1 template that the golden conversations do not reach.
+TEST(ChatTemplateRenderTest, LlamaRefusals) {
+  auto tools = ParseChatTools(
+      Json::parse(R"([{"type": "function", "function": {"name": "f", "parameters": {}}}])"));
+  ASSERT_TRUE(tools.ok());
+  auto no_user = RenderChat(ChatTemplateKind::kLlama3,
+                            Messages(R"([{"role": "system", "content": "s"}])"), *tools, {}, true);
+  ASSERT_FALSE(no_user.ok());
+  EXPECT_NE(no_user.status().message().find("no first user message"), std::string::npos);
+  ChatTemplateKwargs builtin;
+  builtin.extra["builtin_tools"] = Json::array({"brave_search"});
+  auto unsupported =
+      RenderChat(ChatTemplateKind::kLlama3, Messages(R"([{"role": "user", "content": "u"}])"), {},
+                 builtin, true);
+  ASSERT_FALSE(unsupported.ok());
+  EXPECT_EQ(unsupported.status().code(), StatusCode::kUnimplemented);
+}
+
+// Keyword arguments that only some templates read.
+TEST(ChatTemplateRenderTest, LlamaToolsInSystemMessageAndDate) {
+  auto tools = ParseChatTools(
+      Json::parse(R"([{"type": "function", "function": {"name": "f", "parameters": {}}}])"));
+  ASSERT_TRUE(tools.ok());
+  ChatTemplateKwargs kwargs;
+  kwargs.tools_in_user_message = false;
+  kwargs.date_string = "02 Jan 2025";
+  auto text =
+      RenderChat(ChatTemplateKind::kLlama3, Messages(R"([{"role": "user", "content": " q "}])"),
+                 *tools, kwargs, false);
+  ASSERT_TRUE(text.ok()) << text.status().ToString();
+  EXPECT_EQ(
+      *text,
+      "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\n"
+      "Cutting Knowledge Date: December 2023\nToday Date: 02 Jan 2025\n\nYou have access to "
+      "the following functions. To call a function, please respond with JSON for a function "
+      "call.Respond in the format {\"name\": function name, \"parameters\": dictionary of "
+      "argument name and its value}.Do not use variables.\n\n{\n    \"type\": \"function\",\n"
+      "    \"function\": {\n        \"name\": \"f\",\n        \"parameters\": {}\n    }\n}\n\n"
+      "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nq<|eot_id|>");
+}
 
 }  // namespace
 }  // namespace spark::engine::chat
