@@ -6,6 +6,7 @@ find_package(cppzmq REQUIRED)                 # target cppzmq (libzmq through pk
 find_package(SQLite3 REQUIRED)                # SQLite::SQLite3
 find_package(nlohmann_json 3.11 REQUIRED)     # nlohmann_json::nlohmann_json
 find_package(CLI11 REQUIRED)                  # CLI11::CLI11
+find_package(Boost 1.81 REQUIRED)             # Boost::headers (Asio, Beast: header-only)
 pkg_check_modules(SYSTEMD REQUIRED IMPORTED_TARGET libsystemd)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 pkg_check_modules(SODIUM REQUIRED IMPORTED_TARGET libsodium)

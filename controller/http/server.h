@@ -53,6 +53,10 @@
 
 namespace spark::http {
 
+namespace internal {
+class HttpServerCore;
+}  // namespace internal
+
 struct HttpServerOptions {
   std::string host = "127.0.0.1";  // IPv4/IPv6 literal or a resolvable name; "0.0.0.0" = all
   uint16_t port = 0;               // 0: ephemeral port chosen by the kernel, read it with port()
@@ -111,8 +115,8 @@ class HttpServer {
   Stats stats() const;
 
  private:
-  class Impl;
-  std::shared_ptr<Impl> impl_;  // shared with connections and writers that outlive Stop
+  // Shared with connections and writers, which may outlive Stop and the server object.
+  std::shared_ptr<internal::HttpServerCore> impl_;
 };
 
 }  // namespace spark::http
