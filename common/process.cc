@@ -63,8 +63,8 @@ Result<bool> PollReadable(int fd, std::chrono::milliseconds timeout) {
   while (true) {
     int wait_ms = -1;
     if (timeout.count() >= 0) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now());
+      const auto left =
+          std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       wait_ms = static_cast<int>(std::clamp<int64_t>(left.count(), 0, INT_MAX));
     }
     pollfd p{fd, POLLIN, 0};

@@ -72,18 +72,18 @@ struct ExitInfo {
 
 struct SpawnOptions {
   // args[0] is the program: a path, or a name looked up in the child's PATH.
-  std::vector<std::string> args;
+  std::vector<std::string> args{};
   // The child's environment: this process's environment (when inherit_env), minus unset_env,
   // plus env (which overrides inherited values).
   bool inherit_env = true;
-  std::map<std::string, std::string> env;
-  std::vector<std::string> unset_env;
+  std::map<std::string, std::string> env{};
+  std::vector<std::string> unset_env{};
   // Working directory of the child; empty: this process's.
-  std::string cwd;
+  std::string cwd{};
   // Empty: inherited. Otherwise the file is opened with O_APPEND | O_CREAT (mode 0644). When both
   // name the same path, stdout and stderr share one descriptor (lines interleave in order).
-  std::string stdout_path;
-  std::string stderr_path;
+  std::string stdout_path{};
+  std::string stderr_path{};
   // The child leads a new process group (pgid == pid); Kill and Terminate signal the group.
   bool new_process_group = true;
   // PR_SET_PDEATHSIG(SIGKILL): the kernel kills the child when the *thread* that spawned it

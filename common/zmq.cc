@@ -90,7 +90,7 @@ Result<bool> WaitSocket(void* socket, short events, std::chrono::milliseconds ti
   while (true) {
     long wait_ms = -1;
     if (timeout.count() >= 0) {
-      wait_ms = std::max<long>(0, std::chrono::duration_cast<std::chrono::milliseconds>(
+      wait_ms = std::max<long>(0, std::chrono::ceil<std::chrono::milliseconds>(
                                       deadline - std::chrono::steady_clock::now())
                                       .count());
     }
@@ -360,9 +360,9 @@ Result<ZmqMessage> ZmqSocket::Recv(std::chrono::milliseconds timeout) {
   while (true) {
     auto left = timeout;
     if (timeout.count() >= 0) {
-      left = std::max(std::chrono::milliseconds(0),
-                      std::chrono::duration_cast<std::chrono::milliseconds>(
-                          deadline - std::chrono::steady_clock::now()));
+      left =
+          std::max(std::chrono::milliseconds(0), std::chrono::ceil<std::chrono::milliseconds>(
+                                                     deadline - std::chrono::steady_clock::now()));
     }
     SPARK_ASSIGN_OR_RETURN(bool readable, WaitSocket(socket_.handle(), ZMQ_POLLIN, left));
     if (readable) {
@@ -555,6 +555,13 @@ struct ZapAuthenticator::State {
         if (e.num() == ETERM) break;
         SPARK_LOG(ERROR) << "ZAP handler: " << e.what();
       }
+    }
+    // Unbinding is synchronous for inproc (closing is not), so a new authenticator can bind the
+    // ZAP endpoint as soon as this one's destructor returns.
+    try {
+      socket.unbind(kZapEndpoint);
+    } catch (const zmq::error_t&) {
+      // ETERM: the context is going away anyway.
     }
     socket.close();
   }
