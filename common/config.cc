@@ -175,8 +175,7 @@ struct Problem {
 
 class Validator {
  public:
-  Validator(const std::deque<ConfigField>& fields, std::string_view source)
-      : fields_(fields), source_(source) {}
+  explicit Validator(const std::deque<ConfigField>& fields) : fields_(fields) {}
 
   void Walk(const toml::table& table, const std::string& prefix, ParsedValues& out) {
     for (auto&& [key, node] : table) {
@@ -325,7 +324,6 @@ class Validator {
   }
 
   const std::deque<ConfigField>& fields_;
-  std::string_view source_;
   std::vector<Problem> problems_;
   std::set<std::string> seen_;
 };
@@ -457,7 +455,7 @@ Result<Config> ConfigSchema::Parse(std::string_view toml_text, std::string_view 
 
   Config config;
   config.source_name_ = std::string(source_name);
-  Validator validator(fields_, source_name);
+  Validator validator(fields_);
   ParsedValues parsed;
   validator.Walk(table, "", parsed);
   for (auto& [key, p] : parsed)

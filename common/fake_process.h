@@ -8,12 +8,12 @@
 //   EXPECT_EQ(launcher.process(0)->options().args[0], "spark-shard");
 //   launcher.process(0)->Exit(ExitInfo::Signal(SIGSEGV));   // pidfd() becomes readable
 //
-// Fake behaviour: pid() is a unique fake number (>= 4000000, above any real pid_max); pidfd() is an
-// eventfd that becomes readable on Exit(). Kill(SIGKILL) exits the fake with signal 9;
-// Kill(SIGTERM) exits it with signal 15 unless set_ignores_sigterm(true); other signals are only
-// recorded. Terminate(grace) does not wait: SIGTERM, and if the fake ignores it, SIGKILL at once.
-// Every signal is recorded in signals(). Destroying the handle of a running fake records SIGKILL
-// and exits it, as the real policy does; Detach() marks it detached.
+// Fake behaviour: pid() is a unique fake number (>= 2^30, above the kernel's largest pid_max of
+// 2^22); pidfd() is an eventfd that becomes readable on Exit(). Kill(SIGKILL) exits the fake with
+// signal 9; Kill(SIGTERM) exits it with signal 15 unless set_ignores_sigterm(true); other signals
+// are only recorded. Terminate(grace) does not wait: SIGTERM, and if the fake ignores it, SIGKILL
+// at once. Every signal is recorded in signals(). Destroying the handle of a running fake records
+// SIGKILL and exits it, as the real policy does; Detach() marks it detached.
 //
 // Thread safety: all methods of the launcher, the controls and the fake handles are safe to call
 // from any thread; the test may Exit() a fake while the code under test waits on it.
@@ -91,7 +91,7 @@ class FakeProcessLauncher : public ProcessLauncher {
   mutable std::condition_variable spawned_cv_;
   std::vector<std::shared_ptr<FakeProcessControl>> processes_;
   std::optional<Status> fail_next_;
-  pid_t next_pid_ = 4000000;
+  pid_t next_pid_ = 1 << 30;
 };
 
 }  // namespace spark

@@ -226,8 +226,9 @@ inline constexpr LogLevel kLogLevel_ERROR = LogLevel::kError;
 }  // namespace spark
 
 // SPARK_LOG(DEBUG|INFO|WARN|ERROR) << ...;  The stream expressions are not evaluated when the
-// level is disabled.
-#define SPARK_LOG(severity)                                              \
-  if (!::spark::IsLogEnabled(::spark::internal::kLogLevel_##severity)) { \
-  } else                                                                 \
-    ::spark::internal::LogMessage(::spark::internal::kLogLevel_##severity)
+// level is disabled. (A one-shot for loop rather than if/else, so that the macro nests inside an
+// unbraced if/else without a dangling-else.)
+#define SPARK_LOG(severity)                                                                      \
+  for (bool spark_log_enabled_ = ::spark::IsLogEnabled(::spark::internal::kLogLevel_##severity); \
+       spark_log_enabled_; spark_log_enabled_ = false)                                           \
+  ::spark::internal::LogMessage(::spark::internal::kLogLevel_##severity)

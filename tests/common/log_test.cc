@@ -47,6 +47,20 @@ TEST(LogTest, MacroCapturesMessageFieldsAndLocation) {
   EXPECT_EQ(r.file, "tests/common/log_test.cc");
 }
 
+TEST(LogTest, MacroNestsInUnbracedIfElse) {
+  ScopedLogCapture capture;
+  for (int i = 0; i < 2; ++i) {
+    if (i == 0)
+      SPARK_LOG(INFO) << "then " << i;
+    else
+      SPARK_LOG(INFO) << "else " << i;
+  }
+  const auto records = capture.records();
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[0].message, "then 0");
+  EXPECT_EQ(records[1].message, "else 1");
+}
+
 TEST(LogTest, FunctionFormWithFieldList) {
   ScopedLogCapture capture;
   Log(LogLevel::kInfo, "shard exited", {{"rank", "1"}, {"status", "137"}});
