@@ -70,10 +70,10 @@ Result<MemberPhase> ParseMemberPhase(std::string_view name);
 // --- nodes -------------------------------------------------------------------------------------
 
 struct NodeRecord {
-  std::string name;               // unique; the agent's --node-name
-  std::string boot_id;            // /proc/sys/kernel/random/boot_id at registration
-  std::string agent_version;      // spark-agent version string
-  std::string backend;            // "cpu" or "cuda"
+  std::string name{};             // unique; the agent's --node-name
+  std::string boot_id{};          // /proc/sys/kernel/random/boot_id at registration
+  std::string agent_version{};    // spark-agent version string
+  std::string backend{};          // "cpu" or "cuda"
   std::string facts_json = "{}";  // GPUs, RDMA devices, preflight results (controller's format)
   NodeState state = NodeState::kAlive;
   int64_t registered_at_ms = 0;  // last registration
@@ -86,28 +86,28 @@ struct NodeRecord {
 
 // What POST /api/v1/models stores.
 struct DeploymentSpec {
-  std::string name;                       // unique among deployments that are not deleted
-  std::string model_path;                 // checkpoint directory on the nodes
-  int tp = 1;                             // tensor-parallel size (number of shards), >= 1
-  std::string backend;                    // "cpu", "cuda", or "" (any)
-  std::vector<std::string> pinned_nodes;  // nodes to place on (rank order), empty = any
-  std::string options_json = "{}";        // engine options (controller's format)
+  std::string name{};                       // unique among deployments that are not deleted
+  std::string model_path{};                 // checkpoint directory on the nodes
+  int tp = 1;                               // tensor-parallel size (number of shards), >= 1
+  std::string backend{};                    // "cpu", "cuda", or "" (any)
+  std::vector<std::string> pinned_nodes{};  // nodes to place on (rank order), empty = any
+  std::string options_json = "{}";          // engine options (controller's format)
 };
 
 struct DeploymentRecord {
   int64_t id = 0;
-  std::string name;
-  std::string model_path;
+  std::string name{};
+  std::string model_path{};
   int tp = 1;
-  std::string backend;
-  std::vector<std::string> pinned_nodes;
+  std::string backend{};
+  std::vector<std::string> pinned_nodes{};
   std::string options_json = "{}";
   Desired desired = Desired::kRunning;
   DeploymentState state = DeploymentState::kPending;
-  int64_t generation = 0;  // generation of the newest run (0: none yet); grows by one per run
-  int restarts = 0;        // restarts after failures (the controller resets it as it sees fit)
-  std::string last_error;  // why the last run ended or the deployment failed ("" when none)
-  bool deleted = false;    // undeployed: hidden from ListDeployments unless asked for
+  int64_t generation = 0;    // generation of the newest run (0: none yet); grows by one per run
+  int restarts = 0;          // restarts after failures (the controller resets it as it sees fit)
+  std::string last_error{};  // why the last run ended or the deployment failed ("" when none)
+  bool deleted = false;      // undeployed: hidden from ListDeployments unless asked for
   int64_t created_at_ms = 0;
   int64_t updated_at_ms = 0;
 
@@ -116,13 +116,13 @@ struct DeploymentRecord {
 
 // Fields to change in UpdateDeployment; unset fields keep their value. updated_at_ms is stamped.
 struct DeploymentPatch {
-  std::optional<Desired> desired;
-  std::optional<DeploymentState> state;
-  std::optional<int> restarts;
-  std::optional<std::string> last_error;
-  std::optional<bool> deleted;
-  std::optional<std::vector<std::string>> pinned_nodes;
-  std::optional<std::string> options_json;
+  std::optional<Desired> desired{};
+  std::optional<DeploymentState> state{};
+  std::optional<int> restarts{};
+  std::optional<std::string> last_error{};
+  std::optional<bool> deleted{};
+  std::optional<std::vector<std::string>> pinned_nodes{};
+  std::optional<std::string> options_json{};
 };
 
 // --- runs and their members --------------------------------------------------------------------
@@ -131,14 +131,14 @@ struct DeploymentPatch {
 struct RunRecord {
   int64_t id = 0;
   int64_t deployment_id = 0;
-  std::string deployment;  // the deployment's name
+  std::string deployment{};  // the deployment's name
   int64_t generation = 0;
   RunState state = RunState::kStarting;
   int64_t started_at_ms = 0;
-  int64_t ready_at_ms = 0;             // 0 until ready
-  int64_t ended_at_ms = 0;             // 0 until ended
-  std::string end_reason;              // "" until ended
-  std::vector<std::string> placement;  // node name per rank: placement[rank]
+  int64_t ready_at_ms = 0;               // 0 until ready
+  int64_t ended_at_ms = 0;               // 0 until ended
+  std::string end_reason{};              // "" until ended
+  std::vector<std::string> placement{};  // node name per rank: placement[rank]
 
   friend bool operator==(const RunRecord&, const RunRecord&) = default;
 };
@@ -146,12 +146,12 @@ struct RunRecord {
 struct RunMemberRecord {
   int64_t run_id = 0;
   int rank = 0;
-  std::string node_name;
+  std::string node_name{};
   int64_t pid = 0;  // shard process id on its node (0: not spawned yet)
   MemberPhase phase = MemberPhase::kAssigned;
-  std::optional<int> exit_status;  // exit code when the shard exited normally
-  std::optional<int> signal;       // terminating signal when it was killed
-  std::string failure_reason;      // "" unless failed
+  std::optional<int> exit_status{};  // exit code when the shard exited normally
+  std::optional<int> signal{};       // terminating signal when it was killed
+  std::string failure_reason{};      // "" unless failed
   int64_t updated_at_ms = 0;
 
   friend bool operator==(const RunMemberRecord&, const RunMemberRecord&) = default;
@@ -159,17 +159,17 @@ struct RunMemberRecord {
 
 // Fields to change in UpdateRunMember; unset fields keep their value. updated_at_ms is stamped.
 struct RunMemberPatch {
-  std::optional<int64_t> pid;
-  std::optional<MemberPhase> phase;
-  std::optional<int> exit_status;
-  std::optional<int> signal;
-  std::optional<std::string> failure_reason;
+  std::optional<int64_t> pid{};
+  std::optional<MemberPhase> phase{};
+  std::optional<int> exit_status{};
+  std::optional<int> signal{};
+  std::optional<std::string> failure_reason{};
 };
 
 // A run with its members in rank order.
 struct RunDetail {
-  RunRecord run;
-  std::vector<RunMemberRecord> members;
+  RunRecord run{};
+  std::vector<RunMemberRecord> members{};
 
   friend bool operator==(const RunDetail&, const RunDetail&) = default;
 };
@@ -181,12 +181,12 @@ struct RunDetail {
 struct EventRecord {
   int64_t id = 0;  // strictly increasing, never reused
   int64_t ts_ms = 0;
-  std::string kind;        // short machine-readable kind: "node_dead", "run_ended", ...
-  std::string deployment;  // "" when not about a deployment
-  std::string node;        // "" when not about a node
-  int64_t run_id = 0;      // 0 when not about a run
-  int64_t generation = 0;  // 0 when not about a run
-  std::string message;     // one human-readable line
+  std::string kind{};        // short machine-readable kind: "node_dead", "run_ended", ...
+  std::string deployment{};  // "" when not about a deployment
+  std::string node{};        // "" when not about a node
+  int64_t run_id = 0;        // 0 when not about a run
+  int64_t generation = 0;    // 0 when not about a run
+  std::string message{};     // one human-readable line
   std::string data_json = "{}";
 
   friend bool operator==(const EventRecord&, const EventRecord&) = default;
@@ -196,8 +196,8 @@ struct EventRecord {
 
 // A measured kernel configuration, shared by every node of one device class.
 struct KernelTuning {
-  std::string device_class;  // e.g. "NVIDIA H100 80GB HBM3/sm90"
-  std::string key;           // problem key: kernel, shapes, dtype, batch bucket
+  std::string device_class{};  // e.g. "NVIDIA H100 80GB HBM3/sm90"
+  std::string key{};           // problem key: kernel, shapes, dtype, batch bucket
   std::string config_json = "{}";
   double measured_us = 0;  // time of the chosen configuration, microseconds
   int64_t updated_at_ms = 0;

@@ -62,7 +62,7 @@ class Connection;
 }  // namespace internal
 
 struct StoreOptions {
-  std::string path;            // database file; its directory must exist and be writable
+  std::string path{};          // database file; its directory must exist and be writable
   int busy_timeout_ms = 5000;  // how long a statement waits for a lock held by another process
   int read_connections = 4;    // size of the read-only connection pool, >= 1
   bool full_integrity_check = false;  // integrity_check instead of quick_check at open (slower)
@@ -75,8 +75,8 @@ struct StoreOptions {
 
 // Filter of ListRuns.
 struct RunFilter {
-  std::string deployment;  // "" = runs of every deployment
-  int limit = 100;         // newest first, at most this many (>= 1)
+  std::string deployment{};  // "" = runs of every deployment
+  int limit = 100;           // newest first, at most this many (>= 1)
 };
 
 // Read operations; valid only inside the Read/Write call that handed it out.
@@ -225,7 +225,7 @@ class WriteTaskImpl final : public WriteTask {
 
  private:
   Fn fn_;
-  std::optional<R> result_;
+  std::optional<R> result_{};
   std::promise<R> promise_;
 };
 
@@ -277,6 +277,7 @@ class Store {
   struct Shared;
   Store(StoreOptions options, Clock& clock);
   void PostWrite(std::unique_ptr<internal::WriteTask> task);
+  void WriterLoop();
   Status RunRead(const std::function<Status(ReadTxn&)>& body);
 
   StoreOptions options_;
