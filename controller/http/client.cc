@@ -131,7 +131,7 @@ class HttpClient::Impl {
         parser.get().body().data = chunk;
         parser.get().body().size = sizeof(chunk);
         stream_.expires_after(options_.request_timeout);
-        ec = Run([&](auto done) { bhttp::async_read(stream_, buffer_, parser, done); });
+        ec = Run([&](auto done) { bhttp::async_read_some(stream_, buffer_, parser, done); });
         if (ec == bhttp::error::need_buffer) ec = {};
         size_t n = sizeof(chunk) - parser.get().body().size;
         if (ec) {

@@ -590,6 +590,11 @@ void Connection::FailRead(beast::error_code ec) {
                     "invalid_request_error", "headers_too_large", /*close=*/true);
     return;
   }
+  if (ec == bhttp::error::bad_version) {
+    SendServerError(505, "only HTTP/1.0 and HTTP/1.1 are supported; send HTTP/1.1",
+                    "invalid_request_error", "http_version_not_supported", /*close=*/true);
+    return;
+  }
   if (ec == bhttp::error::body_limit) {
     SendServerError(413, "request body too large for this endpoint; send a smaller body",
                     "invalid_request_error", "body_too_large", /*close=*/true);
@@ -630,11 +635,6 @@ void Connection::OnHeader(beast::error_code ec) {
   // Errors answered before the body is read close the connection when a body follows.
   bool close_on_error = has_body || !request.keep_alive;
 
-  if (msg.version() != 10 && msg.version() != 11) {
-    SendServerError(505, "only HTTP/1.0 and HTTP/1.1 are supported", "invalid_request_error",
-                    "http_version_not_supported", /*close=*/true);
-    return;
-  }
   std::string_view target = request.target;
   if (target.empty() || target.front() != '/') {
     SendServerError(400,
@@ -869,8 +869,9 @@ void Connection::WriteNext() {
   while (!out_.empty()) {
     in_flight_.push_back(std::move(out_.front()));
     out_.pop_front();
-    buffers.emplace_back(asio::buffer(in_flight_.back()));
   }
+  // Built after the moves: a short string's bytes live inside the string object itself.
+  for (const std::string& piece : in_flight_) buffers.emplace_back(asio::buffer(piece));
   ArmTimer(TimerOwner::kWrite, server_->options.write_timeout);
   asio::async_write(
       socket_, buffers,
