@@ -20,7 +20,7 @@
 
 namespace spark::store {
 
-// --- enums and their stable names (the names are what the database and the REST API hold) ----
+// --- enums and their stable names (the names are what the database and the REST API hold) ---
 
 enum class NodeState { kAlive, kDead };
 // "alive", "dead".
@@ -67,7 +67,7 @@ enum class MemberPhase {
 std::string_view MemberPhaseName(MemberPhase phase);
 Result<MemberPhase> ParseMemberPhase(std::string_view name);
 
-// --- nodes -------------------------------------------------------------------------------------
+// --- nodes ---
 
 struct NodeRecord {
   std::string name{};             // unique; the agent's --node-name
@@ -82,7 +82,7 @@ struct NodeRecord {
   friend bool operator==(const NodeRecord&, const NodeRecord&) = default;
 };
 
-// --- deployments -------------------------------------------------------------------------------
+// --- deployments ---
 
 // What POST /api/v1/models stores.
 struct DeploymentSpec {
@@ -125,7 +125,7 @@ struct DeploymentPatch {
   std::optional<std::string> options_json{};
 };
 
-// --- runs and their members --------------------------------------------------------------------
+// --- runs and their members ---
 
 // One attempt at running a deployment: one generation.
 struct RunRecord {
@@ -174,7 +174,7 @@ struct RunDetail {
   friend bool operator==(const RunDetail&, const RunDetail&) = default;
 };
 
-// --- events ------------------------------------------------------------------------------------
+// --- events ---
 
 // An entry of the event log (GET /api/v1/events). On AppendEvent, id and ts_ms are assigned by
 // the store (the values passed in are ignored).
@@ -192,7 +192,7 @@ struct EventRecord {
   friend bool operator==(const EventRecord&, const EventRecord&) = default;
 };
 
-// --- kernel tunings ----------------------------------------------------------------------------
+// --- kernel tunings ---
 
 // A measured kernel configuration, shared by every node of one device class.
 struct KernelTuning {

@@ -66,7 +66,7 @@ Status StatusFor(int rc, const std::string& path, std::string_view what, std::st
 
 }  // namespace
 
-// --- Statement --------------------------------------------------------------------------------
+// --- Statement ---
 
 Statement::Statement(Statement&& other) noexcept
     : connection_(other.connection_),
@@ -141,7 +141,7 @@ std::optional<int64_t> Statement::ColumnOptionalInt(int column) const {
   return ColumnInt(column);
 }
 
-// --- Connection -------------------------------------------------------------------------------
+// --- Connection ---
 
 Result<std::unique_ptr<Connection>> Connection::Open(const std::string& path, bool read_only,
                                                      int busy_timeout_ms) {

@@ -3,11 +3,14 @@
 #include <fcntl.h>
 #include <sys/file.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <exception>
+#include <filesystem>
 #include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -29,7 +32,7 @@ int64_t UnixMs(Clock::WallTimePoint time) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(time.time_since_epoch()).count();
 }
 
-// --- JSON fields --------------------------------------------------------------------------------
+// --- JSON fields ---
 
 // Normalises "" to "{}" and rejects text that is not JSON, naming the field.
 Result<std::string> CheckJson(std::string_view field, const std::string& text) {
@@ -76,7 +79,7 @@ Result<T> Column(Result<T> parsed, std::string_view column) {
   return parsed;
 }
 
-// --- row readers (column order fixed by the k*Columns strings) --------------------------------
+// --- row readers (column order fixed by the k*Columns strings) ---
 
 constexpr std::string_view kNodeColumns =
     "name, boot_id, agent_version, backend, facts_json, state, registered_at_ms, last_seen_at_ms";
@@ -187,7 +190,7 @@ Result<KernelTuning> ReadTuning(const Statement& row) {
   return t;
 }
 
-// --- query helpers ------------------------------------------------------------------------------
+// --- query helpers ---
 
 template <typename T, typename BindFn, typename ReadFn>
 Result<std::vector<T>> QueryAll(Connection& connection, const std::string& sql, BindFn bind,
@@ -253,7 +256,7 @@ class UpdateBuilder {
 
 }  // namespace
 
-// --- ReadTxn ------------------------------------------------------------------------------------
+// --- ReadTxn ---
 
 Result<NodeRecord> ReadTxn::GetNode(std::string_view name) {
   SPARK_ASSIGN_OR_RETURN(
@@ -410,7 +413,7 @@ Result<std::vector<KernelTuning>> ReadTxn::ListKernelTunings(std::string_view de
       [&](Statement& s) { s.Bind(1, device_class); }, ReadTuning);
 }
 
-// --- WriteTxn: nodes ----------------------------------------------------------------------------
+// --- WriteTxn: nodes ---
 
 Result<NodeRecord> WriteTxn::UpsertNode(const NodeRecord& node) {
   if (node.name.empty()) return InvalidArgument("node name is empty; give the agent --node-name");
@@ -460,7 +463,7 @@ Status WriteTxn::DeleteNode(std::string_view name) {
   return Status();
 }
 
-// --- WriteTxn: deployments ----------------------------------------------------------------------
+// --- WriteTxn: deployments ---
 
 Result<DeploymentRecord> WriteTxn::CreateDeployment(const DeploymentSpec& spec) {
   if (spec.name.empty()) return InvalidArgument("deployment name is empty; give it a name");
@@ -548,7 +551,7 @@ Result<DeploymentRecord> WriteTxn::UpdateDeployment(std::string_view name,
   return GetDeployment(name);
 }
 
-// --- WriteTxn: runs -----------------------------------------------------------------------------
+// --- WriteTxn: runs ---
 
 Result<RunDetail> WriteTxn::CreateRun(std::string_view deployment,
                                       const std::vector<std::string>& placement) {
@@ -660,7 +663,7 @@ Result<RunMemberRecord> WriteTxn::UpdateRunMember(int64_t run_id, int rank,
   return *std::move(member);
 }
 
-// --- WriteTxn: events and tunings ---------------------------------------------------------------
+// --- WriteTxn: events and tunings ---
 
 Result<EventRecord> WriteTxn::AppendEvent(const EventRecord& event) {
   if (event.kind.empty()) return InvalidArgument("event kind is empty; give every event a kind");
@@ -721,7 +724,7 @@ Result<KernelTuning> WriteTxn::UpsertKernelTuning(const KernelTuning& tuning) {
   return stored;
 }
 
-// --- Store --------------------------------------------------------------------------------------
+// --- Store ---
 
 struct Store::Shared {
   struct QueuedWrite {
@@ -743,6 +746,8 @@ struct Store::Shared {
   bool stopping = false;          // guarded by queue_mu
 
   int commits_since_checkpoint = 0;  // writer thread only
+  std::atomic<int64_t> committed{0};
+  std::atomic<int64_t> failed{0};
   std::thread writer;
 };
 
@@ -768,7 +773,7 @@ Result<UniqueFd> LockDatabase(const std::string& path) {
   return fd;
 }
 
-Status CheckIntegrity(Connection& connection, bool full) {
+Status RunIntegrityCheck(Connection& connection, bool full) {
   const std::string pragma = full ? "integrity_check" : "quick_check";
   SPARK_ASSIGN_OR_RETURN(Statement check, connection.Prepare("PRAGMA " + pragma));
   std::string problems;
@@ -776,9 +781,16 @@ Status CheckIntegrity(Connection& connection, bool full) {
   while (true) {
     SPARK_ASSIGN_OR_RETURN(bool row, check.Step());
     if (!row) break;
-    std::string line = check.ColumnText(0);
-    if (line == "ok") continue;
-    if (++count <= 5) problems += (problems.empty() ? "" : "; ") + line;
+    // A row may hold several problems, one per line, under a "*** in database main ***" title.
+    std::string text = check.ColumnText(0);
+    size_t start = 0;
+    while (start <= text.size()) {
+      size_t end = std::min(text.find('\n', start), text.size());
+      std::string line = text.substr(start, end - start);
+      start = end + 1;
+      if (line.empty() || line == "ok" || line.rfind("*** ", 0) == 0) continue;
+      if (++count <= 5) problems += (problems.empty() ? "" : "; ") + line;
+    }
   }
   if (count == 0) return Status();
   return DataLoss("database " + connection.path() + " failed " + pragma + " (" +
@@ -816,10 +828,13 @@ Result<std::unique_ptr<Store>> Store::Open(StoreOptions options, Clock& clock) {
   }
   SPARK_ASSIGN_OR_RETURN(shared.writer_connection,
                          Connection::Open(opts.path, /*read_only=*/false, opts.busy_timeout_ms));
-  SPARK_RETURN_IF_ERROR(CheckIntegrity(*shared.writer_connection, opts.full_integrity_check));
+  SPARK_RETURN_IF_ERROR(RunIntegrityCheck(*shared.writer_connection, opts.full_integrity_check));
   SPARK_ASSIGN_OR_RETURN(
       store->schema_version_,
       ApplyMigrations(*shared.writer_connection, Migrations(), UnixMs(clock.WallNow())));
+  if (!opts.writer_sql_for_test.empty()) {
+    SPARK_RETURN_IF_ERROR(shared.writer_connection->Exec(opts.writer_sql_for_test));
+  }
   for (int i = 0; i < opts.read_connections; ++i) {
     SPARK_ASSIGN_OR_RETURN(std::unique_ptr<Connection> reader,
                            Connection::Open(opts.path, /*read_only=*/true, opts.busy_timeout_ms));
@@ -903,6 +918,7 @@ void Store::WriterLoop() {
       if (outcome.ok()) outcome = connection.Exec("COMMIT");
       if (!outcome.ok() && !connection.autocommit()) connection.Exec("ROLLBACK").IgnoreError();
     }
+    (outcome.ok() ? shared.committed : shared.failed).fetch_add(1);
     item.task->Finish(outcome);
     if (outcome.ok() && options_.checkpoint_every_writes > 0 &&
         ++shared.commits_since_checkpoint >= options_.checkpoint_every_writes) {
@@ -911,6 +927,24 @@ void Store::WriterLoop() {
       shared.commits_since_checkpoint = 0;
     }
   }
+}
+
+Status Store::CheckIntegrity(bool full) {
+  return RunRead([full](ReadTxn& txn) { return RunIntegrityCheck(txn.connection_, full); });
+}
+
+StoreStats Store::Stats() const {
+  StoreStats stats;
+  {
+    std::lock_guard lock(shared_->queue_mu);
+    stats.queued_writes = shared_->queue.size();
+  }
+  stats.committed = shared_->committed.load();
+  stats.failed = shared_->failed.load();
+  std::error_code error;
+  const auto wal_bytes = std::filesystem::file_size(options_.path + "-wal", error);
+  stats.wal_bytes = error ? 0 : static_cast<int64_t>(wal_bytes);
+  return stats;
 }
 
 Status Store::RunRead(const std::function<Status(ReadTxn&)>& body) {

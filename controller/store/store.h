@@ -71,6 +71,17 @@ struct StoreOptions {
   bool exclusive_lock = true;
   int checkpoint_every_writes = 1000;  // commits between wal_checkpoint(TRUNCATE); 0 = never
   size_t max_queued_writes = 100000;   // Write beyond this resolves at once to ResourceExhausted
+  // Test hook: statements run on the write connection after the migrations (for example
+  // "PRAGMA max_page_count=N" to make the disk look full).
+  std::string writer_sql_for_test{};
+};
+
+// Counters of a store, for metrics and health checks.
+struct StoreStats {
+  size_t queued_writes = 0;  // writes waiting for the writer thread
+  int64_t committed = 0;     // write transactions committed since open
+  int64_t failed = 0;        // write transactions rolled back (body error or failed COMMIT)
+  int64_t wal_bytes = 0;     // size of the WAL file now (0 after a TRUNCATE checkpoint)
 };
 
 // Filter of ListRuns.
@@ -268,6 +279,12 @@ class Store {
 
   // Runs PRAGMA wal_checkpoint(TRUNCATE) on the writer thread, after the writes queued before.
   std::future<Status> Checkpoint();
+
+  // Runs PRAGMA quick_check (or integrity_check when `full`) on a read connection; DataLoss with
+  // the first problems when it does not say "ok".
+  Status CheckIntegrity(bool full = false);
+
+  StoreStats Stats() const;
 
   const std::string& path() const { return options_.path; }
   // Schema version after the migrations at open (schema.h: LatestSchemaVersion()).

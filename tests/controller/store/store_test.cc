@@ -84,8 +84,7 @@ TEST_F(StoreTest, OpenSetsDurabilityPragmas) {
   sqlite3_close(db);
 }
 
-// --- nodes
-// ----------------------------------------------------------------------------------------
+// --- nodes ---
 
 TEST_F(StoreTest, NodeUpsertGetListTouchStateDelete) {
   const int64_t t0 = WallMs(clock_);
@@ -162,8 +161,7 @@ TEST_F(StoreTest, NodeRejectsEmptyNameAndBadJson) {
   EXPECT_TRUE(nodes.empty());
 }
 
-// --- deployments
-// ----------------------------------------------------------------------------------
+// --- deployments ---
 
 TEST_F(StoreTest, DeploymentCreateGetListUpdate) {
   const int64_t t0 = WallMs(clock_);
@@ -304,8 +302,7 @@ TEST_F(StoreTest, DeletedDeploymentIsHiddenAndRevivedWithItsGenerationCounter) {
   EXPECT_EQ(next.run.generation, 4);
 }
 
-// --- runs
-// -----------------------------------------------------------------------------------------
+// --- runs ---
 
 TEST_F(StoreTest, RunLifecycle) {
   STORE_ASSERT_OK(Write([&](WriteTxn& txn) { return txn.CreateDeployment(Spec("glm", 2)); }));
@@ -468,8 +465,7 @@ TEST_F(StoreTest, ListRunsFiltersNewestFirstAndListOpenRuns) {
   EXPECT_EQ(open[1].members[0].node_name, "n2");
 }
 
-// --- events
-// ---------------------------------------------------------------------------------------
+// --- events ---
 
 TEST_F(StoreTest, EventsAppendListFilterPrune) {
   STORE_ASSERT_OK_AND_ASSIGN(int64_t empty_last,
@@ -541,8 +537,7 @@ TEST_F(StoreTest, EventsAppendListFilterPrune) {
             StatusCode::kInvalidArgument);
 }
 
-// --- kernel tunings
-// -------------------------------------------------------------------------------
+// --- kernel tunings ---
 
 TEST_F(StoreTest, KernelTuningsUpsertGetList) {
   KernelTuning t{.device_class = "H100/sm90",
@@ -586,8 +581,7 @@ TEST_F(StoreTest, KernelTuningsUpsertGetList) {
       StatusCode::kInvalidArgument);
 }
 
-// --- transactions
-// ---------------------------------------------------------------------------------
+// --- transactions ---
 
 TEST_F(StoreTest, FailedBodyRollsBackEverything) {
   Status failed = Write([&](WriteTxn& txn) -> Status {
@@ -739,8 +733,50 @@ TEST_F(StoreTest, AutomaticCheckpointEveryNWrites) {
   EXPECT_EQ(std::filesystem::file_size(db_path() + "-wal"), 0u);
 }
 
-// --- opening errors
-// -------------------------------------------------------------------------------
+TEST_F(StoreTest, FullDiskFailsTheWriteAndAcknowledgesNothing) {
+  STORE_ASSERT_OK(Write([](WriteTxn& txn) { return txn.UpsertNode({.name = "n1"}); }));
+  store_.reset();
+  // The database may not grow past its current size: any write needing a new page fails.
+  Result<std::unique_ptr<Store>> opened =
+      Store::Open({.path = db_path(), .writer_sql_for_test = "PRAGMA max_page_count=1"}, clock_);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  std::unique_ptr<Store> store = std::move(opened).value();
+  Result<EventRecord> big =
+      store
+          ->Write([](WriteTxn& txn) {
+            return txn.AppendEvent({.kind = "big", .message = std::string(200000, 'x')});
+          })
+          .get();
+  EXPECT_EQ(big.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_THAT(big.status().message(), HasSubstr("disk is full"));
+  EXPECT_EQ(store->Read([](ReadTxn& txn) { return txn.LastEventId(); }).value(), 0);
+  // An update in place still fits, and the writer goes on.
+  clock_.Advance(std::chrono::seconds(1));
+  STORE_ASSERT_OK(store->Write([](WriteTxn& txn) { return txn.TouchNode("n1"); }).get());
+  EXPECT_EQ(store->Read([](ReadTxn& txn) { return txn.GetNode("n1"); })->last_seen_at_ms,
+            WallMs(clock_));
+  StoreStats stats = store->Stats();
+  EXPECT_EQ(stats.committed, 1);
+  EXPECT_EQ(stats.failed, 1);
+  EXPECT_EQ(stats.queued_writes, 0u);
+}
+
+TEST_F(StoreTest, StatsAndIntegrityCheck) {
+  for (int i = 0; i < 5; ++i) {
+    STORE_ASSERT_OK(Write([](WriteTxn& txn) { return txn.AppendEvent({.kind = "k"}); }));
+  }
+  EXPECT_EQ(Write([](WriteTxn&) { return Cancelled("no"); }).code(), StatusCode::kCancelled);
+  StoreStats stats = store_->Stats();
+  EXPECT_EQ(stats.committed, 5);
+  EXPECT_EQ(stats.failed, 1);
+  EXPECT_GT(stats.wal_bytes, 0);
+  STORE_ASSERT_OK(store_->CheckIntegrity());
+  STORE_ASSERT_OK(store_->CheckIntegrity(/*full=*/true));
+  STORE_ASSERT_OK(store_->Checkpoint().get());
+  EXPECT_EQ(store_->Stats().wal_bytes, 0);
+}
+
+// --- opening errors ---
 
 TEST_F(StoreTest, SecondOpenOfTheSameFileIsRefused) {
   Result<std::unique_ptr<Store>> second = Store::Open({.path = db_path()}, clock_);
@@ -799,6 +835,45 @@ TEST(StoreOpenTest, CorruptDatabaseFailsTheCheck) {
   EXPECT_THAT(store.status().message(), HasSubstr("move it aside"));
 }
 
+TEST(StoreOpenTest, InconsistentIndexFailsQuickCheck) {
+  TempDir dir;
+  const std::string path = dir.File("index.db");
+  ManualClock clock;
+  {
+    Result<std::unique_ptr<Store>> store = Store::Open({.path = path}, clock);
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    for (int i = 0; i < 5; ++i) {
+      STORE_ASSERT_OK((*store)
+                          ->Write([](WriteTxn& txn) {
+                            return txn.AppendEvent({.kind = "k", .deployment = "d"});
+                          })
+                          .get());
+    }
+  }
+  // Point the events index at another b-tree: every page is sound, but the index's own pages
+  // are no longer reachable.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db,
+                         "CREATE TABLE junk (deployment TEXT, id INTEGER);"
+                         "CREATE INDEX junk_index ON junk (deployment, id);"
+                         "PRAGMA writable_schema=ON;"
+                         "UPDATE sqlite_schema SET rootpage = (SELECT rootpage FROM sqlite_schema "
+                         "WHERE name = 'junk_index') WHERE name = 'events_by_deployment';"
+                         "DELETE FROM sqlite_schema WHERE name IN ('junk', 'junk_index');",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK)
+      << sqlite3_errmsg(db);
+  sqlite3_close(db);
+  Result<std::unique_ptr<Store>> store = Store::Open({.path = path}, clock);
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.status().code(), StatusCode::kDataLoss);
+  EXPECT_THAT(store.status().message(), HasSubstr("failed quick_check"));
+  EXPECT_THAT(store.status().message(), HasSubstr("2 problems: Page "));
+  EXPECT_THAT(store.status().message(), HasSubstr("is never used"));
+  EXPECT_THAT(store.status().message(), HasSubstr("restore it from a backup"));
+}
+
 TEST(StoreOpenTest, MissingDirectoryNamesTheFix) {
   TempDir dir;
   ManualClock clock;
@@ -850,8 +925,7 @@ TEST(StoreOpenTest, NewerSchemaIsRefused) {
               HasSubstr("schema version " + std::to_string(LatestSchemaVersion() + 1)));
 }
 
-// --- records
-// --------------------------------------------------------------------------------------
+// --- records ---
 
 TEST(RecordsTest, EnumNamesRoundTrip) {
   for (NodeState s : {NodeState::kAlive, NodeState::kDead}) {
