@@ -244,6 +244,9 @@ void ShardSupervisor::OnExit(const ShardKey& key) {
   auto it = shards_.find(key);
   if (it == shards_.end()) return;
   Shard& shard = it->second;
+  // The pidfd is readable: the shard has exited but is not reaped, so its process group id cannot
+  // be reused yet. Fail-stop: whatever it left running in its group dies with it.
+  shard.process->Kill(SIGKILL).IgnoreError();
   Result<std::optional<ExitInfo>> waited = shard.process->TryWait();
   if (!waited.ok()) {
     SPARK_LOG(ERROR).With("shard", key.ToString()).With("error", waited.status())
