@@ -1,0 +1,441 @@
+// Unit tests of the spark-shard pieces that run in-process: endpoints, settings, the assignment
+// file, the envelope stamper, the watchdog (manual clock), the controller link and its
+// key-value store and status reporter (against a FakeController), and the wire conversions.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "common/clock.h"
+#include "engine/shard/controller_kv_store.h"
+#include "engine/shard/controller_link.h"
+#include "engine/shard/endpoints.h"
+#include "engine/shard/envelope_stamper.h"
+#include "engine/shard/shard_settings.h"
+#include "engine/shard/status_reporter.h"
+#include "engine/shard/watchdog.h"
+#include "engine/shard/wire_conversions.h"
+#include "tests/engine/shard/fake_controller.h"
+
+namespace spark::shard {
+namespace {
+
+namespace fs = std::filesystem;
+using std::chrono::milliseconds;
+using testing::FakeController;
+
+// Polls `done` for up to `timeout` of real time.
+template <typename Fn>
+bool Eventually(Fn done, milliseconds timeout = milliseconds(5000)) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < until) {
+    if (done()) return true;
+    std::this_thread::sleep_for(milliseconds(2));
+  }
+  return done();
+}
+
+TEST(EndpointsTest, ParsesAndFormatsTcpEndpoints) {
+  auto hp = ParseTcpEndpoint("tcp://10.0.0.1:7440");
+  ASSERT_TRUE(hp.ok());
+  EXPECT_EQ(hp->host, "10.0.0.1");
+  EXPECT_EQ(hp->port, "7440");
+  hp = ParseTcpEndpoint("[fe80::1]:80");
+  ASSERT_TRUE(hp.ok());
+  EXPECT_EQ(hp->host, "fe80::1");
+  EXPECT_EQ(FormatTcpEndpoint("fe80::1", "80"), "tcp://[fe80::1]:80");
+  EXPECT_EQ(ParseTcpEndpoint("host:*")->port, "*");
+  for (const char* bad :
+       {"", "tcp://host", "ipc:///tmp/x", "host:port", "host:70000", ":80", "fe80::1:80"}) {
+    auto r = ParseTcpEndpoint(bad);
+    EXPECT_FALSE(r.ok()) << bad;
+    if (!r.ok()) {
+      EXPECT_NE(r.status().message().find("tcp://HOST:PORT"), std::string::npos);
+    }
+  }
+}
+
+TEST(EndpointsTest, DataPlaneBindAndAdvertisedEndpoints) {
+  EXPECT_EQ(*DataBindEndpoint("", "10.0.0.5"), "tcp://10.0.0.5:*");
+  EXPECT_EQ(*DataBindEndpoint("127.0.0.1:0", "10.0.0.5"), "tcp://127.0.0.1:*");
+  EXPECT_EQ(*DataBindEndpoint("tcp://0.0.0.0:7500", "10.0.0.5"), "tcp://0.0.0.0:7500");
+  EXPECT_EQ(*DataBindEndpoint("*:7500", "10.0.0.5"), "tcp://0.0.0.0:7500");
+  EXPECT_FALSE(DataBindEndpoint("nonsense", "10.0.0.5").ok());
+  EXPECT_EQ(*AdvertisedEndpoint("tcp://0.0.0.0:40123", "10.1.2.3"), "tcp://10.1.2.3:40123");
+  EXPECT_EQ(*AdvertisedEndpoint("tcp://127.0.0.1:40123", "10.1.2.3"), "tcp://127.0.0.1:40123");
+}
+
+TEST(EndpointsTest, LocalAddressTowardLoopbackIsLoopback) {
+  auto address = LocalAddressToward("tcp://127.0.0.1:7440");
+  ASSERT_TRUE(address.ok()) << address.status().ToString();
+  EXPECT_EQ(*address, "127.0.0.1");
+  EXPECT_FALSE(LocalAddressToward("tcp://*:7440").ok());
+  EXPECT_FALSE(LocalAddressToward("tcp://no-such-host.invalid:7440").ok());
+}
+
+spark::v1::ShardAssignment ValidAssignment() {
+  spark::v1::ShardAssignment a;
+  a.set_deployment("glm");
+  a.set_generation(17);
+  a.set_rank(1);
+  a.set_world_size(2);
+  a.set_model_path("/models/glm");
+  a.mutable_options()->set_tp(2);
+  return a;
+}
+
+TEST(ShardSettingsTest, ValidatesAssignments) {
+  EXPECT_TRUE(ValidateAssignment(ValidAssignment()).ok());
+  EXPECT_EQ(ShardSenderId(ValidAssignment()), "shard/glm/17/1");
+
+  auto a = ValidAssignment();
+  a.set_rank(2);
+  EXPECT_NE(ValidateAssignment(a).message().find("rank 2 is outside world_size 2"),
+            std::string::npos);
+  a = ValidAssignment();
+  a.mutable_options()->set_tp(4);
+  EXPECT_EQ(ValidateAssignment(a).code(), StatusCode::kInvalidArgument);
+  a = ValidAssignment();
+  a.set_deployment(std::string(300, 'x'));
+  EXPECT_EQ(ValidateAssignment(a).code(), StatusCode::kInvalidArgument);
+  a = ValidAssignment();
+  a.mutable_options()->mutable_speculative()->set_steps(3);
+  EXPECT_EQ(ValidateAssignment(a).code(), StatusCode::kUnimplemented);
+  a = ValidAssignment();
+  a.set_world_size(0);
+  EXPECT_EQ(ValidateAssignment(a).code(), StatusCode::kInvalidArgument);
+}
+
+TEST(ShardSettingsTest, ReadsTheAssignmentFile) {
+  const fs::path dir = fs::temp_directory_path() / ("shard_settings_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  {
+    std::ofstream out(dir / "a.pb", std::ios::binary);
+    out << ValidAssignment().SerializeAsString();
+  }
+  auto read = ReadAssignmentFile(dir / "a.pb");
+  ASSERT_TRUE(read.ok());
+  EXPECT_EQ(read->SerializeAsString(), ValidAssignment().SerializeAsString());
+  {
+    std::ofstream out(dir / "bad.pb", std::ios::binary);
+    out << "\xff\xff\xff garbage";
+  }
+  EXPECT_EQ(ReadAssignmentFile(dir / "bad.pb").status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(ReadAssignmentFile(dir / "missing.pb").status().code(), StatusCode::kNotFound);
+  fs::remove_all(dir);
+}
+
+TEST(ShardSettingsTest, EngineOptionsAndExtraKeys) {
+  spark::v1::EngineOptions options;
+  options.set_max_batch(8);
+  options.set_max_seq_len(512);
+  auto s = ResolveEngineSettings(options);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->max_running, 8);
+  EXPECT_EQ(s->max_model_len, 512);
+  EXPECT_EQ(s->step_timeout, milliseconds(30000));
+  EXPECT_EQ(s->keepalive, milliseconds(1000));
+
+  (*options.mutable_extra())["step_timeout_ms"] = "2000";
+  (*options.mutable_extra())["threads"] = "3";
+  (*options.mutable_extra())["max_batch_tokens"] = "4";
+  s = ResolveEngineSettings(options);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->step_timeout, milliseconds(2000));
+  EXPECT_EQ(s->keepalive, milliseconds(500));  // a quarter of the step deadline
+  EXPECT_EQ(s->threads, 3);
+  EXPECT_EQ(s->max_batch_tokens, 4);
+  EXPECT_EQ(s->max_running, 4);  // capped at the token budget
+
+  (*options.mutable_extra())["keepalive_ms"] = "2000";
+  EXPECT_NE(ResolveEngineSettings(options).status().message().find("shorter than"),
+            std::string::npos);
+  options.mutable_extra()->erase("keepalive_ms");
+  (*options.mutable_extra())["threads"] = "many";
+  EXPECT_NE(ResolveEngineSettings(options).status().message().find("threads=\"many\""),
+            std::string::npos);
+  options.mutable_extra()->erase("threads");
+  (*options.mutable_extra())["thread"] = "2";
+  auto unknown = ResolveEngineSettings(options);
+  EXPECT_NE(unknown.status().message().find("unknown engine option 'thread'"), std::string::npos);
+  EXPECT_NE(unknown.status().message().find("threads"), std::string::npos);
+}
+
+TEST(ShardSettingsTest, KvCacheBytes) {
+  engine::ModelConfig config;
+  config.num_hidden_layers = 3;
+  config.num_key_value_heads = 2;
+  config.head_dim = 64;
+  config.max_position_embeddings = 4096;
+  spark::v1::EngineOptions options;
+  // Nothing set: the default.
+  EXPECT_EQ(*ResolveKvCacheBytes(options, config, 2, int64_t{1} << 40), int64_t{256} << 20);
+  // Explicit bytes win.
+  options.set_kv_cache_bytes(12345);
+  EXPECT_EQ(*ResolveKvCacheBytes(options, config, 2, int64_t{1} << 40), 12345);
+  // A fraction of MemAvailable, capped at what max_batch x max_seq_len tokens can use:
+  // per token per rank 3 layers * 2 (K, V) * 1 local kv head * 64 * 4 bytes = 1536 bytes.
+  options.set_kv_cache_bytes(0);
+  options.set_kv_cache_fraction(0.5);
+  options.set_max_batch(4);
+  options.set_max_seq_len(100);
+  EXPECT_EQ(*ResolveKvCacheBytes(options, config, 2, int64_t{1} << 40), 1536 * 100 * 4);
+  EXPECT_EQ(*ResolveKvCacheBytes(options, config, 2, 200000), 100000);
+  options.set_kv_cache_fraction(1.5);
+  EXPECT_FALSE(ResolveKvCacheBytes(options, config, 2, 200000).ok());
+  EXPECT_GT(MemAvailableBytes(), 0);
+}
+
+TEST(EnvelopeStamperTest, SequencesFromOneWithOneIncarnation) {
+  EnvelopeStamper stamper("shard/glm/3/0", 3);
+  EXPECT_NE(stamper.incarnation(), 0u);
+  EXPECT_NE(EnvelopeStamper("x", 1).incarnation(), stamper.incarnation());
+  for (uint64_t i = 1; i <= 3; ++i) {
+    spark::v1::Envelope e;
+    stamper.Stamp(e);
+    EXPECT_EQ(e.sequence(), i);
+    EXPECT_EQ(e.sender_id(), "shard/glm/3/0");
+    EXPECT_EQ(e.generation(), 3u);
+    EXPECT_EQ(e.sender_incarnation(), stamper.incarnation());
+  }
+}
+
+class WatchdogTest : public ::testing::Test {
+ protected:
+  ManualClock clock_;
+  std::atomic<int> fired_{0};
+  std::string reason_;
+  std::mutex mu_;
+  std::unique_ptr<Watchdog> Make() {
+    return std::make_unique<Watchdog>(
+        clock_, milliseconds(30000),
+        [this](const std::string& reason) {
+          std::lock_guard<std::mutex> lock(mu_);
+          reason_ = reason;
+          fired_.fetch_add(1);
+        },
+        milliseconds(1));
+  }
+  std::string Reason() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return reason_;
+  }
+};
+
+TEST_F(WatchdogTest, AStepPastTheDeadlineFiresOnceNamingTheCollective) {
+  auto watchdog = Make();
+  {
+    Watchdog::Scope step = watchdog->Watch("scheduler step");
+    {
+      // Nested: the outer scope is what is timed.
+      Watchdog::Scope inner = watchdog->Watch("AllReduceSum");
+      clock_.Advance(std::chrono::seconds(29));
+      std::this_thread::sleep_for(milliseconds(30));
+      EXPECT_EQ(fired_.load(), 0);
+    }
+    clock_.Advance(std::chrono::seconds(2));
+    ASSERT_TRUE(Eventually([&] { return fired_.load() == 1; }));
+  }
+  EXPECT_NE(Reason().find("collective hung: scheduler step"), std::string::npos) << Reason();
+  EXPECT_NE(Reason().find("step_timeout_ms"), std::string::npos);
+  EXPECT_TRUE(watchdog->expired());
+  {
+    Watchdog::Scope again = watchdog->Watch("Broadcast");
+    clock_.Advance(std::chrono::seconds(60));
+    std::this_thread::sleep_for(milliseconds(30));
+  }
+  EXPECT_EQ(fired_.load(), 1);
+}
+
+TEST_F(WatchdogTest, ClosedScopesAndIdleTimeNeverFire) {
+  auto watchdog = Make();
+  for (int i = 0; i < 5; ++i) {
+    Watchdog::Scope s = watchdog->Watch("Broadcast");
+    clock_.Advance(std::chrono::seconds(20));
+  }
+  clock_.Advance(std::chrono::hours(1));
+  std::this_thread::sleep_for(milliseconds(30));
+  EXPECT_EQ(fired_.load(), 0);
+}
+
+TEST_F(WatchdogTest, StartupDeadline) {
+  auto watchdog = Make();
+  watchdog->SetStartupDeadline(clock_.Now() + std::chrono::seconds(10), "joining the rendezvous");
+  clock_.Advance(std::chrono::seconds(5));
+  watchdog->SetStartupDeadline(clock_.Now() + std::chrono::seconds(5), "loading the weights");
+  std::this_thread::sleep_for(milliseconds(20));
+  EXPECT_EQ(fired_.load(), 0);
+  clock_.Advance(std::chrono::seconds(6));
+  ASSERT_TRUE(Eventually([&] { return fired_.load() == 1; }));
+  EXPECT_NE(Reason().find("not READY within"), std::string::npos) << Reason();
+  EXPECT_NE(Reason().find("loading the weights"), std::string::npos) << Reason();
+
+  auto cleared = Make();
+  fired_ = 0;
+  cleared->SetStartupDeadline(clock_.Now() + std::chrono::seconds(1), "starting");
+  cleared->ClearStartupDeadline();
+  clock_.Advance(std::chrono::seconds(5));
+  std::this_thread::sleep_for(milliseconds(20));
+  EXPECT_EQ(fired_.load(), 0);
+}
+
+class ControllerLinkTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<ControllerLink> Connect(const std::string& endpoint,
+                                          milliseconds margin = milliseconds(5000)) {
+    ControllerLinkOptions options;
+    options.endpoint = endpoint;
+    options.routing_id = "shard/glm/7/1";
+    options.reply_margin = margin;
+    auto link = ControllerLink::Connect(options, &stamper_);
+    EXPECT_TRUE(link.ok()) << link.status().ToString();
+    return std::move(link).value();
+  }
+  EnvelopeStamper stamper_{"shard/glm/7/1", 7};
+};
+
+TEST_F(ControllerLinkTest, KeyValueStoreScopesKeysAndNamesMissingRanks) {
+  FakeController controller(3);
+  auto link = Connect(controller.endpoint());
+  ControllerKeyValueStore store(link.get(), {"glm", 7, 1, "glm/7/"});
+  ASSERT_TRUE(store.Set("addr/1", std::string("\x01\x00\x02", 3)).ok());
+  auto value = store.Get("addr/1", 1000);
+  ASSERT_TRUE(value.ok()) << value.status().ToString();
+  EXPECT_EQ(*value, std::string("\x01\x00\x02", 3));
+  EXPECT_EQ(controller.Store().count("glm/7/addr/1"), 1u);
+
+  // A key nobody publishes: the broker's error names the ranks it has not heard from.
+  auto missing = store.Get("addr/2", 200);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), StatusCode::kDeadlineExceeded);
+  EXPECT_NE(missing.status().message().find("glm/7/addr/2"), std::string::npos);
+  EXPECT_NE(missing.status().message().find("0, 2"), std::string::npos)
+      << missing.status().message();
+
+  // A lookup that a later publish answers.
+  std::thread later([&] {
+    std::this_thread::sleep_for(milliseconds(100));
+    ControllerKeyValueStore other(link.get(), {"glm", 7, 2, "glm/7/"});
+    EXPECT_TRUE(other.Set("addr/2", "two").ok());
+  });
+  auto waited = store.Get("addr/2", 5000);
+  later.join();
+  ASSERT_TRUE(waited.ok()) << waited.status().ToString();
+  EXPECT_EQ(*waited, "two");
+
+  // Lookups and publishes carry the run's identity.
+  bool saw_lookup = false;
+  for (const auto& r : controller.Received()) {
+    EXPECT_EQ(r.peer, "shard/glm/7/1");
+    if (!r.envelope.has_rendezvous_lookup()) continue;
+    saw_lookup = true;
+    EXPECT_EQ(r.envelope.rendezvous_lookup().deployment(), "glm");
+    EXPECT_EQ(r.envelope.rendezvous_lookup().generation(), 7u);
+    EXPECT_EQ(r.envelope.rendezvous_lookup().rank(), 1u);
+    EXPECT_EQ(r.envelope.generation(), 7u);
+  }
+  EXPECT_TRUE(saw_lookup);
+}
+
+TEST_F(ControllerLinkTest, ASilentControllerIsUnavailableNotAHang) {
+  // Nothing listens there.
+  auto link = Connect("tcp://127.0.0.1:1", milliseconds(200));
+  ControllerKeyValueStore store(link.get(), {"glm", 7, 1, "glm/7/"});
+  const auto start = std::chrono::steady_clock::now();
+  auto value = store.Get("k", 100);
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  ASSERT_FALSE(value.ok());
+  EXPECT_EQ(value.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(value.status().message().find("tcp://127.0.0.1:1"), std::string::npos);
+  EXPECT_LT(elapsed, milliseconds(2000));
+  link->Close(milliseconds(0));
+  EXPECT_EQ(link->Send(spark::v1::Envelope()).code(), StatusCode::kFailedPrecondition);
+}
+
+TEST_F(ControllerLinkTest, ReporterSendsOneTerminalStatus) {
+  FakeController controller(2);
+  auto link = Connect(controller.endpoint());
+  ManualClock clock;
+  StatusReporter reporter(link.get(), {"glm", 9, 7, 1, 4242, 1700000000000}, clock);
+  ASSERT_TRUE(reporter.Report(spark::v1::SHARD_PHASE_STARTING).ok());
+  clock.Advance(milliseconds(1500));
+  ASSERT_TRUE(reporter.ReportProgress(10, 100, 0.09).ok());
+  EXPECT_TRUE(reporter.ReportFailed("it broke; fix it", 3));
+  EXPECT_FALSE(reporter.ReportStopped("late", 0));
+  EXPECT_FALSE(reporter.ReportFailed("again", 1));
+  ASSERT_TRUE(reporter.Report(spark::v1::SHARD_PHASE_READY).ok());  // ignored
+  link->Close(milliseconds(2000));                                  // flushes
+
+  ASSERT_TRUE(
+      controller.WaitFor([](const auto& all) { return all.size() >= 3; }, milliseconds(5000)));
+  std::this_thread::sleep_for(milliseconds(100));
+  auto statuses = controller.Statuses(1);
+  ASSERT_EQ(statuses.size(), 3u);
+  EXPECT_EQ(statuses[0].phase(), spark::v1::SHARD_PHASE_STARTING);
+  EXPECT_EQ(statuses[1].phase(), spark::v1::SHARD_PHASE_LOADING);
+  EXPECT_EQ(statuses[1].progress().bytes_done(), 10u);
+  EXPECT_EQ(statuses[1].progress().bytes_total(), 100u);
+  EXPECT_EQ(statuses[1].phase_since_unix_ms() - statuses[0].phase_since_unix_ms(), 1500);
+  EXPECT_EQ(statuses[2].phase(), spark::v1::SHARD_PHASE_FAILED);
+  EXPECT_EQ(statuses[2].failure_reason(), "it broke; fix it");
+  EXPECT_EQ(statuses[2].exit_status(), 3);
+  for (const auto& s : statuses) {
+    EXPECT_EQ(s.deployment(), "glm");
+    EXPECT_EQ(s.run_id(), 9u);
+    EXPECT_EQ(s.generation(), 7u);
+    EXPECT_EQ(s.pid(), 4242);
+    EXPECT_EQ(s.started_unix_ms(), 1700000000000);
+  }
+}
+
+TEST(WireConversionsTest, SamplingParamsAreCopiedWithoutDefaults) {
+  spark::v1::SamplingParams p;
+  p.set_temperature(0.7f);
+  p.set_top_p(0.9f);
+  p.set_top_k(40);
+  p.set_min_p(0.05f);
+  p.set_seed(99);
+  p.set_repetition_penalty(1.1f);
+  p.set_presence_penalty(0.5f);
+  p.set_frequency_penalty(-0.5f);
+  p.set_max_tokens(64);
+  p.add_stop_token_ids(2);
+  p.add_stop_token_ids(3);
+  p.set_logprobs(true);
+  p.set_top_logprobs(5);
+  p.set_ignore_eos(true);
+  const engine::SamplingParams e = SamplingParamsFromProto(p);
+  EXPECT_FLOAT_EQ(e.temperature, 0.7f);
+  EXPECT_FLOAT_EQ(e.top_p, 0.9f);
+  EXPECT_EQ(e.top_k, 40);
+  EXPECT_FLOAT_EQ(e.min_p, 0.05f);
+  EXPECT_EQ(e.seed, std::optional<uint64_t>(99));
+  EXPECT_FLOAT_EQ(e.repetition_penalty, 1.1f);
+  EXPECT_FLOAT_EQ(e.presence_penalty, 0.5f);
+  EXPECT_FLOAT_EQ(e.frequency_penalty, -0.5f);
+  EXPECT_EQ(e.max_tokens, 64);
+  EXPECT_EQ(e.stop_token_ids, (std::vector<int32_t>{2, 3}));
+  EXPECT_TRUE(e.logprobs);
+  EXPECT_EQ(e.top_logprobs, 5);
+  EXPECT_TRUE(e.ignore_eos);
+  EXPECT_TRUE(e.Validate().ok());
+
+  // Unset fields stay zero: no seed, and the validation names what is missing.
+  const engine::SamplingParams empty = SamplingParamsFromProto(spark::v1::SamplingParams());
+  EXPECT_FALSE(empty.seed.has_value());
+  EXPECT_FALSE(empty.Validate().ok());
+
+  EXPECT_EQ(FinishReasonToProto(engine::FinishReason::kStop), spark::v1::FINISH_REASON_STOP);
+  EXPECT_EQ(FinishReasonToProto(engine::FinishReason::kLength), spark::v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(FinishReasonToProto(engine::FinishReason::kCancelled),
+            spark::v1::FINISH_REASON_CANCELLED);
+  EXPECT_EQ(FinishReasonToProto(engine::FinishReason::kError), spark::v1::FINISH_REASON_ERROR);
+  EXPECT_EQ(FinishReasonToProto(engine::FinishReason::kNone), spark::v1::FINISH_REASON_NONE);
+}
+
+}  // namespace
+}  // namespace spark::shard
