@@ -7,8 +7,8 @@
 //   Result<DeploymentRecord> d =
 //       store->Write([spec](WriteTxn& txn) { return txn.CreateDeployment(spec); }).get();
 //   // Reads run on the calling thread, in one read transaction (a consistent snapshot).
-//   Result<std::vector<NodeRecord>> nodes = store->Read([](ReadTxn& txn) { return txn.ListNodes();
-//   });
+//   Result<std::vector<NodeRecord>> nodes =
+//       store->Read([](ReadTxn& txn) { return txn.ListNodes(); });
 //
 // Opening: the file is created when missing; journal_mode=WAL, synchronous=FULL, busy_timeout,
 // foreign_keys=ON on every connection; an exclusive lock file ("<path>-lock") keeps a second
@@ -19,11 +19,13 @@
 // Writes: ONE writer thread owns the only read-write connection. Write(fn) queues fn; the writer
 // runs queued bodies one at a time in FIFO order, each inside BEGIN IMMEDIATE ... COMMIT. A body
 // that returns an error (Status or Result) is rolled back and its error is the future's value; a
-// failing COMMIT is reported the same way, so an OK future always means "committed". Bodies must
-// be short and must not block (no waiting on other futures of this store: that deadlocks), and
-// must only use the WriteTxn they are given, only during the call. Each body may be a mix of
-// reads and writes; it sees its own writes. Every `checkpoint_every_writes` commits the writer runs
-// PRAGMA wal_checkpoint(TRUNCATE) so the WAL cannot grow without bound.
+// failing COMMIT is reported the same way, so an OK future always means "committed" (a body that
+// throws is rolled back and reported as Internal). Bodies must be short and must not block (no
+// waiting on other futures of this store: that deadlocks), and must only use the WriteTxn they
+// are given, only during the call. Each body may be a mix of reads and writes; it sees its own
+// writes. Every `checkpoint_every_writes` commits the writer runs PRAGMA
+// wal_checkpoint(TRUNCATE) so the WAL cannot grow without bound (it waits at most
+// busy_timeout_ms for readers of older snapshots).
 //
 // Reads: Read(fn) takes one of `read_connections` read-only connections (waiting while all are
 // busy), runs fn inside one read transaction and returns fn's result. Readers never block the
