@@ -1,0 +1,184 @@
+#include "controller/deployment_options.h"
+
+#include <charconv>
+#include <cstdint>
+#include <limits>
+#include <set>
+#include <string_view>
+
+namespace spark::controller {
+namespace {
+
+using nlohmann::json;
+
+constexpr std::string_view kUnsignedKeys[] = {
+    "max_batch",           "max_seq_len",           "kv_cache_bytes",
+    "shared_memory_cap_bytes", "seed",             "speculative_steps",
+    "speculative_topk",    "speculative_draft_tokens", "rendezvous_timeout_ms",
+    "load_timeout_ms",     "first_generation_timeout_ms"};
+
+bool IsUnsignedKey(std::string_view key) {
+  for (std::string_view k : kUnsignedKeys) {
+    if (k == key) return true;
+  }
+  return false;
+}
+
+std::string KnownKeys() {
+  std::string keys;
+  for (std::string_view k : kUnsignedKeys) keys += std::string(k) + ", ";
+  return keys + "kv_cache_fraction, load_format, dtype, extra";
+}
+
+Result<uint64_t> UnsignedValue(const std::string& key, const json& value) {
+  if (value.is_number_unsigned()) return value.get<uint64_t>();
+  if (value.is_number_integer() && value.get<int64_t>() >= 0) {
+    return static_cast<uint64_t>(value.get<int64_t>());
+  }
+  if (value.is_string()) {
+    const std::string& s = value.get_ref<const std::string&>();
+    uint64_t parsed = 0;
+    auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), parsed);
+    if (ec == std::errc() && end == s.data() + s.size() && !s.empty()) return parsed;
+  }
+  return InvalidArgument("option \"" + key + "\" must be a non-negative integer, got " +
+                         value.dump());
+}
+
+Result<double> NumberValue(const std::string& key, const json& value) {
+  if (value.is_number()) return value.get<double>();
+  if (value.is_string()) {
+    const std::string& s = value.get_ref<const std::string&>();
+    try {
+      size_t used = 0;
+      double d = std::stod(s, &used);
+      if (used == s.size()) return d;
+    } catch (const std::exception&) {
+    }
+  }
+  return InvalidArgument("option \"" + key + "\" must be a number, got " + value.dump());
+}
+
+Result<json> NormalizeImpl(const json& options) {
+  if (options.is_null()) return json::object();
+  if (!options.is_object()) {
+    return InvalidArgument("\"options\" must be a JSON object of engine options, got " +
+                           options.dump());
+  }
+  json out = json::object();
+  for (auto it = options.begin(); it != options.end(); ++it) {
+    const std::string& key = it.key();
+    const json& value = it.value();
+    if (IsUnsignedKey(key)) {
+      SPARK_ASSIGN_OR_RETURN(uint64_t v, UnsignedValue(key, value));
+      if (key != "kv_cache_bytes" && key != "shared_memory_cap_bytes" && key != "seed" &&
+          v > std::numeric_limits<uint32_t>::max()) {
+        return InvalidArgument("option \"" + key + "\" is too large: " + value.dump());
+      }
+      out[key] = v;
+    } else if (key == "kv_cache_fraction") {
+      SPARK_ASSIGN_OR_RETURN(double v, NumberValue(key, value));
+      if (!(v > 0.0 && v <= 1.0)) {
+        return InvalidArgument("option \"kv_cache_fraction\" must be in (0, 1], got " +
+                               value.dump());
+      }
+      out[key] = v;
+    } else if (key == "load_format") {
+      if (!value.is_string() || (value != "auto" && value != "dummy")) {
+        return InvalidArgument("option \"load_format\" must be \"auto\" or \"dummy\", got " +
+                               value.dump());
+      }
+      out[key] = value;
+    } else if (key == "dtype") {
+      if (!value.is_string()) {
+        return InvalidArgument("option \"dtype\" must be a string such as \"bfloat16\", got " +
+                               value.dump());
+      }
+      out[key] = value;
+    } else if (key == "extra") {
+      if (!value.is_object()) {
+        return InvalidArgument("option \"extra\" must be an object of string values");
+      }
+      json extra = json::object();
+      for (auto e = value.begin(); e != value.end(); ++e) {
+        extra[e.key()] = e.value().is_string() ? e.value().get<std::string>() : e.value().dump();
+      }
+      out[key] = extra;
+    } else {
+      return InvalidArgument("unknown option \"" + key + "\"; known options: " + KnownKeys());
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<json> NormalizeDeploymentOptions(const json& options) {
+  try {
+    return NormalizeImpl(options);
+  } catch (const std::exception& e) {
+    return InvalidArgument(std::string("bad options: ") + e.what());
+  }
+}
+
+Result<DeploymentOptions> ParseDeploymentOptions(const json& raw, int tp) {
+  SPARK_ASSIGN_OR_RETURN(json options, NormalizeDeploymentOptions(raw));
+  DeploymentOptions out;
+  spark::v1::EngineOptions& e = out.engine;
+  e.set_tp(static_cast<uint32_t>(tp));
+  e.set_load_format(spark::v1::LOAD_FORMAT_AUTO);
+  try {
+    auto u = [&](const char* key) { return options.at(key).get<uint64_t>(); };
+    if (options.contains("max_batch")) e.set_max_batch(static_cast<uint32_t>(u("max_batch")));
+    if (options.contains("max_seq_len")) {
+      e.set_max_seq_len(static_cast<uint32_t>(u("max_seq_len")));
+    }
+    if (options.contains("kv_cache_fraction")) {
+      e.set_kv_cache_fraction(options.at("kv_cache_fraction").get<double>());
+    }
+    if (options.contains("kv_cache_bytes")) e.set_kv_cache_bytes(u("kv_cache_bytes"));
+    if (options.contains("shared_memory_cap_bytes")) {
+      e.set_shared_memory_cap_bytes(u("shared_memory_cap_bytes"));
+    }
+    if (options.contains("load_format") && options.at("load_format") == "dummy") {
+      e.set_load_format(spark::v1::LOAD_FORMAT_DUMMY);
+    }
+    if (options.contains("dtype")) e.set_dtype(options.at("dtype").get<std::string>());
+    if (options.contains("seed")) e.set_seed(u("seed"));
+    if (options.contains("speculative_steps")) {
+      e.mutable_speculative()->set_steps(static_cast<uint32_t>(u("speculative_steps")));
+    }
+    if (options.contains("speculative_topk")) {
+      e.mutable_speculative()->set_topk(static_cast<uint32_t>(u("speculative_topk")));
+    }
+    if (options.contains("speculative_draft_tokens")) {
+      e.mutable_speculative()->set_draft_tokens(
+          static_cast<uint32_t>(u("speculative_draft_tokens")));
+    }
+    if (options.contains("extra")) {
+      for (auto it = options.at("extra").begin(); it != options.at("extra").end(); ++it) {
+        (*e.mutable_extra())[it.key()] = it.value().get<std::string>();
+      }
+    }
+    auto ms = [&](const char* key) -> std::optional<std::chrono::milliseconds> {
+      if (!options.contains(key)) return std::nullopt;
+      return std::chrono::milliseconds(static_cast<int64_t>(u(key)));
+    };
+    out.rendezvous_timeout = ms("rendezvous_timeout_ms");
+    out.load_timeout = ms("load_timeout_ms");
+    out.first_generation_timeout = ms("first_generation_timeout_ms");
+  } catch (const std::exception& ex) {
+    return InvalidArgument(std::string("bad options: ") + ex.what());
+  }
+  return out;
+}
+
+Result<DeploymentOptions> ParseDeploymentOptionsJson(const std::string& options_json, int tp) {
+  json parsed = json::parse(options_json, nullptr, /*allow_exceptions=*/false);
+  if (parsed.is_discarded()) {
+    return DataLoss("stored deployment options are not valid JSON: " + options_json);
+  }
+  return ParseDeploymentOptions(parsed, tp);
+}
+
+}  // namespace spark::controller

@@ -1,0 +1,59 @@
+// Views: snapshots of the controller's state handed to the REST API and tests (copied values,
+// taken on the controller's owner thread).
+//
+// Thread safety: plain values.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "controller/store/records.h"
+#include "spark.pb.h"
+
+namespace spark::controller {
+
+struct MemberView {
+  int rank = 0;
+  std::string node;
+  store::MemberPhase phase = store::MemberPhase::kAssigned;
+  int64_t pid = 0;
+  double progress = 0;  // loading progress in [0, 1]
+  std::optional<int> exit_status;
+  std::optional<int> signal;
+  std::string failure_reason;
+};
+
+struct DeploymentView {
+  store::DeploymentRecord record;  // name, spec, desired, state, generation, restarts, last_error
+  int64_t run_id = 0;              // current run; 0 when none
+  std::string run_state;           // "starting", "probing", "ready", "adopting"; "" when none
+  int64_t run_started_unix_ms = 0;
+  std::vector<MemberView> members;  // of the current run, rank order
+  std::string waiting_reason;       // why no run is starting now (placement, backoff)
+  bool serving = false;             // a generation can be served now
+};
+
+struct NodeView {
+  std::string name;
+  std::string state;  // "alive", "dead", or "unknown" (not registered since the controller started)
+  std::string boot_id;
+  std::string agent_version;
+  std::string backend;
+  int64_t last_seen_ms_ago = -1;  // -1 when never seen since the controller started
+  bool preflight_ok = false;
+  std::string preflight_problem;
+  spark::v1::NodeRegistration registration;  // facts (GPUs, RDMA, preflight, NCCL env)
+  std::vector<spark::v1::ShardSummary> shards;
+  std::vector<std::string> used_by;  // deployments whose current run has a member here
+};
+
+struct ReadinessView {
+  bool ready = false;
+  bool store_ok = false;
+  std::string store_error;
+  std::vector<std::string> not_ready;  // "name: state (reason)" for each deployment not ready
+};
+
+}  // namespace spark::controller
