@@ -24,8 +24,9 @@ Result<std::string> ControllerKeyValueStore::Get(const std::string& key, int64_t
   lookup.set_generation(scope_.generation);
   lookup.set_rank(scope_.rank);
   lookup.set_key(FullKey(key));
+  // "Answer now" goes out as 1 ms: a broker may read timeout_ms 0 as "use your default wait".
   lookup.set_timeout_ms(static_cast<uint32_t>(
-      std::clamp<int64_t>(timeout_ms, 0, std::numeric_limits<uint32_t>::max())));
+      std::clamp<int64_t>(timeout_ms, 1, std::numeric_limits<uint32_t>::max())));
   SPARK_ASSIGN_OR_RETURN(spark::v1::RendezvousReply reply, link_->Lookup(lookup));
   if (reply.found()) return reply.value();
   if (!reply.error().empty()) {

@@ -3,6 +3,7 @@
 // waits for the RendezvousReply. Every key is scoped with the run's key prefix from the
 // assignment (RendezvousEndpoint.key_prefix), so a new generation never sees an old one's keys.
 //
+// Get with timeout 0 asks for an immediate answer (sent as a 1 ms lookup).
 // Errors of Get: DeadlineExceeded when the key did not appear in time (the controller's error
 // text, which names the ranks that have not published, is kept); Unavailable when the controller
 // did not answer at all.

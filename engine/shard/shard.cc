@@ -255,8 +255,11 @@ int ShardRun::Run() {
     milliseconds connect = a.rendezvous().timeout_ms() > 0
                                ? milliseconds(a.rendezvous().timeout_ms())
                                : kDefaultRendezvousTimeout;
-    if (deadline_)
-      connect = std::min(connect, milliseconds(std::max<int64_t>(1, MsLeft(*deadline_))));
+    if (deadline_) {
+      // End a second before the startup deadline, so the failure names the missing ranks
+      // instead of the watchdog's generic "not READY".
+      connect = std::min(connect, milliseconds(std::max<int64_t>(1, MsLeft(*deadline_) - 1000)));
+    }
     gloo.connect_timeout_ms = connect.count();
     gloo.op_timeout_ms =
         (settings_.step_timeout + std::max(milliseconds(2000), settings_.step_timeout / 2)).count();
