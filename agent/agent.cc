@@ -44,7 +44,11 @@ std::string DefaultShardBinary() {
   std::error_code ec;
   const fs::path self = fs::read_symlink("/proc/self/exe", ec);
   if (ec) return "spark-shard";
-  return (self.parent_path() / "spark-shard").string();
+  const fs::path installed = self.parent_path() / "spark-shard";
+  // In a build tree the shard lives in engine/shard/ beside agent/.
+  const fs::path build_tree = self.parent_path().parent_path() / "engine" / "shard" / "spark-shard";
+  if (!fs::exists(installed, ec) && fs::exists(build_tree, ec)) return build_tree.string();
+  return installed.string();
 }
 
 Result<std::unique_ptr<Agent>> Agent::Create(AgentOptions options, NodeFacts facts,
@@ -345,8 +349,11 @@ void Agent::HandleError(const spark::v1::Envelope& envelope) {
   const Status status = proto::StatusFromError(envelope.error());
   SPARK_LOG(WARN).With("error", status).With("in_reply_to", envelope.error().in_reply_to_sequence())
       << "the controller reported an error";
-  if (!stopping_ && (status.code() == StatusCode::kNotFound ||
-                     status.code() == StatusCode::kFailedPrecondition)) {
+  // Only while registered: an Error answering a registration must not start a tight loop of
+  // registrations (the backoff schedules the next attempt).
+  if (!stopping_ && registered_ &&
+      (status.code() == StatusCode::kNotFound ||
+       status.code() == StatusCode::kFailedPrecondition)) {
     ReRegister("the controller does not know this node: " + status.message(), false);
   }
 }

@@ -57,7 +57,8 @@ struct AgentDependencies {
   Notifier* notifier = nullptr;         // nullptr: no service-manager notifications
 };
 
-// spark-shard next to the running executable (/proc/self/exe).
+// spark-shard next to the running executable (/proc/self/exe); in a build tree, where that does
+// not exist, <build>/engine/shard/spark-shard.
 std::string DefaultShardBinary();
 
 class Agent {

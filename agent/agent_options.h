@@ -35,7 +35,7 @@ struct AgentOptions {
   std::string node_name;                            // empty: the host name
   spark::v1::Backend backend = spark::v1::BACKEND_CPU;
   std::string state_dir = "/var/lib/spark-agent";  // shards/ (assignments, pids) and logs/
-  std::string shard_binary;                        // empty: spark-shard next to spark-agent
+  std::string shard_binary;  // empty: DefaultShardBinary() (next to spark-agent)
   // Rank 0's data-plane bind address "HOST:PORT" (port 0: any); empty: the controller's choice
   // in the assignment, else "0.0.0.0:0".
   std::string data_listen;

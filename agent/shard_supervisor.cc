@@ -324,7 +324,8 @@ std::vector<spark::v1::ShardSummary> ShardSupervisor::Summaries() const {
       summary.set_phase(own->phase());
       summary.set_data_endpoint(own->data_endpoint());
     } else {
-      summary.set_phase(spark::v1::SHARD_PHASE_STARTING);
+      // The shard has not reported through its status file: the agent does not know its phase.
+      summary.set_phase(spark::v1::SHARD_PHASE_UNSPECIFIED);
     }
     out.push_back(std::move(summary));
   }

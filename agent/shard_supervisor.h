@@ -97,7 +97,8 @@ class ShardSupervisor {
   std::vector<ShardKey> Running() const;
   std::optional<pid_t> PidOf(const ShardKey& key) const;
   size_t size() const { return shards_.size(); }
-  // One summary per running shard; phase and data endpoint from the shard's status file.
+  // One summary per running shard; phase and data endpoint from the shard's status file
+  // (SHARD_PHASE_UNSPECIFIED while the shard has not written one).
   std::vector<spark::v1::ShardSummary> Summaries() const;
 
  private:

@@ -19,7 +19,9 @@
 #include "agent/keys.h"
 #include "agent/node_facts.h"
 #include "agent/shard_files.h"
+#include "agent/shard_status_file.h"
 #include "agent/tokenizer_files.h"
+#include "common/log.h"
 #include "common/process.h"
 #include "tests/agent/fake_controller.h"
 #include "tests/agent/test_util.h"
@@ -266,9 +268,18 @@ TEST_F(AgentTest, ReadyOnlyAfterRegistrationAckAndWatchdogFromTheLoop) {
 }
 
 TEST_F(AgentTest, ReRegistersAfterControllerRestartAndReportsItsShards) {
+  spark::v1::ShardStatus ready;
+  ready.set_phase(spark::v1::SHARD_PHASE_READY);
+  ready.set_data_endpoint("tcp://127.0.0.1:41234");
+  ASSERT_TRUE(WriteShardStatusFile(dir_ / "bin/ready.status", ready).ok());
   ASSERT_NO_FATAL_FAILURE(StartRegistered());
   const pid_t pid = StartShard(Assignment("demo", 3, 1));
   ASSERT_GT(pid, 0);
+  const pid_t ready_pid = StartShard(Assignment("ready", 2, 0));
+  ASSERT_GT(ready_pid, 0);
+  ASSERT_TRUE(testing::WaitUntil(
+      [&] { return std::filesystem::exists(ShardPathsFor(dir_ / "state", "ready-2-0").status); },
+      milliseconds(3000)));
   const std::string endpoint = controller_->endpoint();
   controller_.reset();  // crash
   std::this_thread::sleep_for(milliseconds(300));
@@ -281,13 +292,22 @@ TEST_F(AgentTest, ReRegistersAfterControllerRestartAndReportsItsShards) {
   // No ack for 3 intervals (300 ms) plus at most one backoff step (500 ms cap) and reconnection.
   EXPECT_LT(std::chrono::duration_cast<milliseconds>(r->at - restarted).count(), 2500);
   const spark::v1::NodeRegistration& reg = r->envelope.node_registration();
-  ASSERT_EQ(reg.shards_size(), 1);
+  ASSERT_EQ(reg.shards_size(), 2);
+  // Sorted by deployment: "demo" then "ready". The shard that wrote its status file is READY
+  // with its data endpoint.
+  EXPECT_EQ(reg.shards(1).deployment(), "ready");
+  EXPECT_EQ(reg.shards(1).generation(), 2u);
+  EXPECT_EQ(reg.shards(1).rank(), 0u);
+  EXPECT_EQ(reg.shards(1).pid(), ready_pid);
+  EXPECT_EQ(reg.shards(1).phase(), spark::v1::SHARD_PHASE_READY);
+  EXPECT_EQ(reg.shards(1).data_endpoint(), "tcp://127.0.0.1:41234");
   EXPECT_EQ(reg.shards(0).deployment(), "demo");
   EXPECT_EQ(reg.shards(0).generation(), 3u);
   EXPECT_EQ(reg.shards(0).rank(), 1u);
   EXPECT_EQ(reg.shards(0).run_id(), 73u);
   EXPECT_EQ(reg.shards(0).pid(), pid);
-  EXPECT_EQ(reg.shards(0).phase(), spark::v1::SHARD_PHASE_STARTING);
+  // The fake shard writes no status file: the agent does not claim a phase.
+  EXPECT_EQ(reg.shards(0).phase(), spark::v1::SHARD_PHASE_UNSPECIFIED);
   EXPECT_TRUE(testing::ProcessAlive(pid));
   // Heartbeats resume to the new controller.
   const size_t from = controller_->received_count();
@@ -298,6 +318,7 @@ TEST_F(AgentTest, ReRegistersAfterControllerRestartAndReportsItsShards) {
 }
 
 TEST_F(AgentTest, ReRegistersAtOnceWhenARestartedControllerDoesNotKnowIt) {
+  ScopedLogCapture logs(LogLevel::kInfo);
   ASSERT_NO_FATAL_FAILURE(StartRegistered());
   const std::string endpoint = controller_->endpoint();
   controller_.reset();
@@ -310,10 +331,18 @@ TEST_F(AgentTest, ReRegistersAtOnceWhenARestartedControllerDoesNotKnowIt) {
   std::optional<Received> reg = controller_->WaitFor(IsRegistration, milliseconds(3000));
   ASSERT_TRUE(beat.has_value());
   ASSERT_TRUE(reg.has_value());
-  // The Error answer to the first unknown heartbeat triggers the registration at once, long
-  // before 3 missed acks (300 ms) would.
+  // The Error answer to the first unknown heartbeat triggers the registration at once.
   EXPECT_LT(beat->at, reg->at);
-  EXPECT_LT(std::chrono::duration_cast<milliseconds>(reg->at - beat->at).count(), 100);
+  EXPECT_LT(std::chrono::duration_cast<milliseconds>(reg->at - beat->at).count(), 250);
+  bool by_error = false;
+  for (const LogRecord& record : logs.records()) {
+    const std::string* reason = record.FindField("reason");
+    if (record.message == "re-registering with the controller" && reason != nullptr &&
+        reason->starts_with("the controller does not know this node")) {
+      by_error = true;
+    }
+  }
+  EXPECT_TRUE(by_error);
 }
 
 TEST_F(AgentTest, SpawnsShardWithAssignmentArgumentsEnvironmentAndFiles) {
@@ -471,6 +500,10 @@ TEST_F(AgentTest, StopShardTerminatesGracefully) {
   ASSERT_NO_FATAL_FAILURE(StartRegistered());
   const pid_t pid = StartShard(Assignment("demo", 6, 1));
   ASSERT_GT(pid, 0);
+  const std::string log = ShardPathsFor(dir_ / "state", "demo-6-1").log;
+  ASSERT_TRUE(
+      testing::WaitUntil([&] { return testing::ReadFile(log).find("ready") != std::string::npos; },
+                         milliseconds(3000)));
   const size_t from = controller_->received_count();
   const auto sent = steady_clock::now();
   controller_->Send("agent/node-a", testing::StopEnvelope("demo", 6, 1, 5000));

@@ -167,7 +167,7 @@ TEST_F(ShardSupervisorTest, SummariesUseTheShardStatusFile) {
   supervisor_->Start(Assignment(0));
   std::vector<spark::v1::ShardSummary> summaries = supervisor_->Summaries();
   ASSERT_EQ(summaries.size(), 1u);
-  EXPECT_EQ(summaries[0].phase(), spark::v1::SHARD_PHASE_STARTING);
+  EXPECT_EQ(summaries[0].phase(), spark::v1::SHARD_PHASE_UNSPECIFIED);  // no status file yet
   spark::v1::ShardStatus ready;
   ready.set_phase(spark::v1::SHARD_PHASE_READY);
   ready.set_data_endpoint("tcp://10.0.0.2:41000");

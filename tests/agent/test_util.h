@@ -19,7 +19,8 @@ namespace spark::agent::testing {
 
 // A fake spark-shard. It logs its arguments and environment, then behaves by the deployment named
 // in its assignment path ($2): exit3 (30 log lines, exit 3), exit0, ignoreterm (ignores SIGTERM),
-// anything else sleeps until SIGTERM and exits 0.
+// ready (copies ready.status from its own directory to $SPARK_SHARD_STATUS_FILE, then sleeps),
+// anything else sleeps until SIGTERM and exits 0. "ready" in the log: SIGTERM is handled.
 inline constexpr char kFakeShardScript[] = R"(echo "fake-shard args: $*"
 echo "env NCCL_NVLS_ENABLE=$NCCL_NVLS_ENABLE NCCL_SOCKET_IFNAME=$NCCL_SOCKET_IFNAME"
 echo "env SPARK_SHARD_STATUS_FILE=$SPARK_SHARD_STATUS_FILE"
@@ -27,8 +28,10 @@ echo "env NOTIFY_SOCKET=${NOTIFY_SOCKET:-unset}"
 case "$2" in
   */exit3-*) i=1; while [ $i -le 30 ]; do echo "log line $i"; i=$((i+1)); done; exit 3 ;;
   */exit0-*) exit 0 ;;
+  */ready-*) cp "$(dirname "$0")/ready.status" "$SPARK_SHARD_STATUS_FILE"
+             trap 'exit 0' TERM; sleep 1000 & wait ;;
   */ignoreterm-*) trap '' TERM; echo ready; while :; do sleep 0.05; done ;;
-  *) trap 'exit 0' TERM; sleep 1000 & wait ;;
+  *) trap 'exit 0' TERM; echo ready; sleep 1000 & wait ;;
 esac
 )";
 
