@@ -21,10 +21,12 @@
 //     HttpServerOptions::max_body_bytes); a larger declared Content-Length or chunked body is
 //     answered 413 and the connection closed. `Expect: 100-continue` is honoured.
 //   - Malformed HTTP is answered 400 and the connection closed; headers over max_header_bytes 431.
-//   - Deadlines: the whole header must arrive within header_timeout of its first byte (slowloris),
-//     the body within body_timeout, an idle keep-alive connection is closed after
-//     keep_alive_timeout, a write that makes no progress for write_timeout closes the connection.
-//     A request cut off by its deadline is answered 408 when the socket still accepts it.
+//   - Deadlines: a new connection must send its first request's headers within header_timeout;
+//     later requests' headers must arrive within header_timeout of their first byte (slowloris),
+//     the body within body_timeout; an idle keep-alive connection is closed after
+//     keep_alive_timeout; queued output not written within write_timeout (a client that stopped
+//     reading) closes the connection. A request cut off by its deadline is answered 408.
+//   - HEAD is routed like any method (register it to serve it); a HEAD response carries no body.
 //   - Keep-alive and pipelining (requests are answered in order, one at a time per connection).
 //   - A sync handler that throws, or an async handler that throws before answering, gives 500 JSON;
 //     the server never crashes on a handler exception.
@@ -61,10 +63,10 @@ struct HttpServerOptions {
   std::string host = "127.0.0.1";  // IPv4/IPv6 literal or a resolvable name; "0.0.0.0" = all
   uint16_t port = 0;               // 0: ephemeral port chosen by the kernel, read it with port()
   int io_threads = 2;              // >= 1
-  std::chrono::milliseconds header_timeout{10'000};      // first byte to end of headers
+  std::chrono::milliseconds header_timeout{10'000};      // (first) byte to end of headers
   std::chrono::milliseconds body_timeout{60'000};        // end of headers to end of body
   std::chrono::milliseconds keep_alive_timeout{60'000};  // idle connection between requests
-  std::chrono::milliseconds write_timeout{30'000};       // one socket write making no progress
+  std::chrono::milliseconds write_timeout{30'000};       // one batch of queued output
   size_t max_header_bytes = 16 * 1024;                   // request line + headers; more is 431
   size_t max_body_bytes = 1024 * 1024;  // default per-route body limit; more is 413
   // A stream whose unsent chunks exceed this (client not reading) is closed.
