@@ -666,7 +666,7 @@ void Connection::OnHeader(beast::error_code ec) {
     case Router::MatchKind::kNotFound:
       SendServerError(404,
                       "no endpoint " + request.method_name + " " + request.path +
-                          "; see docs/control-plane.md for the API",
+                          " on this server; check the URL and the API version",
                       "not_found_error", "not_found", close_on_error);
       return;
     case Router::MatchKind::kMethodNotAllowed: {

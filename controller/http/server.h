@@ -21,8 +21,8 @@
 //     HttpServerOptions::max_body_bytes); a larger declared Content-Length or chunked body is
 //     answered 413 and the connection closed. `Expect: 100-continue` is honoured.
 //   - Malformed HTTP is answered 400 and the connection closed; headers over max_header_bytes 431.
-//   - Deadlines: a new connection must send its first request's headers within header_timeout;
-//     later requests' headers must arrive within header_timeout of their first byte (slowloris),
+//   - Deadlines: a new connection must start its first request within header_timeout; every
+//     request's headers must arrive within header_timeout of their first byte (slowloris),
 //     the body within body_timeout; an idle keep-alive connection is closed after
 //     keep_alive_timeout; queued output not written within write_timeout (a client that stopped
 //     reading) closes the connection. A request cut off by its deadline is answered 408.
