@@ -72,8 +72,9 @@ Result<CurveKeyPair> LoadControllerKeys(const std::string& keys_dir) {
   if (!keys.ok()) {
     return Status(keys.status().code(),
                   "cannot read the controller's CURVE key " + path.string() + ": " +
-                      keys.status().message() + ". Create it with `spark-controller keygen --keys " +
-                      keys_dir + "`, put each agent's agent.pub into " + keys_dir +
+                      keys.status().message() +
+                      ". Create it with `spark-controller keygen --keys " + keys_dir +
+                      "`, put each agent's agent.pub into " + keys_dir +
                       "/trusted/<node>.pub, or run the whole cluster with --insecure");
   }
   return keys;
@@ -127,8 +128,8 @@ Result<std::unique_ptr<AgentPlane>> AgentPlane::Create(ZmqContext& context,
   }
   if (keys) SPARK_RETURN_IF_ERROR(socket.SetCurveServer(*keys));
   if (Status st = socket.Bind(options.listen); !st.ok()) {
-    return Status(st.code(), "cannot listen for agents on " + options.listen + ": " +
-                                 st.message() + "; pick another --agent-listen address");
+    return Status(st.code(), "cannot listen for agents on " + options.listen + ": " + st.message() +
+                                 "; pick another --agent-listen address");
   }
   SPARK_ASSIGN_OR_RETURN(std::string endpoint, socket.LastEndpoint());
   std::unique_ptr<AgentPlane> plane(new AgentPlane(std::move(socket), sequencer));

@@ -95,8 +95,8 @@ class AgentPlane {
   uint64_t dropped() const { return dropped_; }
 
  private:
-  AgentPlane(ZmqSocket socket, EnvelopeSequencer& sequencer) : socket_(std::move(socket)),
-                                                              sequencer_(sequencer) {}
+  AgentPlane(ZmqSocket socket, EnvelopeSequencer& sequencer)
+      : socket_(std::move(socket)), sequencer_(sequencer) {}
 
   std::unique_ptr<ZapAuthenticator> zap_;  // declared before socket_: destroyed after it
   ZmqSocket socket_;

@@ -48,7 +48,8 @@ Controller::Controller(ControllerOptions options, store::Store& store, Clock& cl
       store_(store),
       clock_(clock),
       nodes_(options_.heartbeat_interval, options_.missed_heartbeats) {
-  if (options_.adopt_timeout.count() <= 0) options_.adopt_timeout = options_.heartbeat_interval * 10;
+  if (options_.adopt_timeout.count() <= 0)
+    options_.adopt_timeout = options_.heartbeat_interval * 10;
 }
 
 Controller::~Controller() { Stop(); }
@@ -73,7 +74,8 @@ Status Controller::Start() {
   last_tick_real_ms_ = RealNowMs();
   started_ = true;
   stop_ = false;
-  SPARK_LOG(INFO).With("agent_endpoint", agent_plane_->endpoint())
+  SPARK_LOG(INFO)
+          .With("agent_endpoint", agent_plane_->endpoint())
           .With("insecure", options_.insecure)
       << "controller started";
   thread_ = std::thread([this] { Loop(); });
@@ -208,7 +210,10 @@ void Controller::PollWrites() {
 void Controller::RecordEvent(const std::string& kind, const std::string& deployment,
                              const std::string& node, int64_t run_id, int64_t generation,
                              const std::string& message, nlohmann::json data) {
-  SPARK_LOG(INFO).With("event", kind).With("deployment", deployment).With("node", node)
+  SPARK_LOG(INFO)
+          .With("event", kind)
+          .With("deployment", deployment)
+          .With("node", node)
           .With("generation", generation)
       << message;
   store::EventRecord event;
@@ -219,11 +224,8 @@ void Controller::RecordEvent(const std::string& kind, const std::string& deploym
   event.generation = generation;
   event.message = message;
   event.data_json = data.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  Fire(
-      [event](store::WriteTxn& txn) -> Status {
-        return txn.AppendEvent(event).status();
-      },
-      "event " + kind);
+  Fire([event](store::WriteTxn& txn) -> Status { return txn.AppendEvent(event).status(); },
+       "event " + kind);
 }
 
 Status Controller::LoadState() {
@@ -231,9 +233,10 @@ Status Controller::LoadState() {
                          store_.Read([](store::ReadTxn& txn) { return txn.ListNodes(); }));
   for (const store::NodeRecord& node : nodes) nodes_.Seed(node.name, node.boot_id, node.backend);
 
-  SPARK_ASSIGN_OR_RETURN(
-      std::vector<store::DeploymentRecord> records,
-      store_.Read([](store::ReadTxn& txn) { return txn.ListDeployments(/*include_deleted=*/true); }));
+  SPARK_ASSIGN_OR_RETURN(std::vector<store::DeploymentRecord> records,
+                         store_.Read([](store::ReadTxn& txn) {
+                           return txn.ListDeployments(/*include_deleted=*/true);
+                         }));
   SPARK_ASSIGN_OR_RETURN(std::vector<store::RunDetail> open_runs,
                          store_.Read([](store::ReadTxn& txn) { return txn.ListOpenRuns(); }));
   std::set<std::string> with_open_run;
@@ -298,12 +301,11 @@ Status Controller::LoadState() {
     d->run = std::move(run);
     d->waiting_reason = "adopting the running group after a controller restart";
     SetState(*d, store::DeploymentState::kLoading, std::nullopt);
-    RecordEvent("run_adopting", d->record.name, "", detail.run.id, detail.run.generation,
-                "controller restart: waiting up to " +
-                    std::to_string(options_.adopt_timeout.count()) +
-                    " ms for the agents to report the shards of run " +
-                    std::to_string(detail.run.id) + " (generation " +
-                    std::to_string(detail.run.generation) + ")");
+    RecordEvent(
+        "run_adopting", d->record.name, "", detail.run.id, detail.run.generation,
+        "controller restart: waiting up to " + std::to_string(options_.adopt_timeout.count()) +
+            " ms for the agents to report the shards of run " + std::to_string(detail.run.id) +
+            " (generation " + std::to_string(detail.run.generation) + ")");
   }
   return Status::Ok();
 }
@@ -324,8 +326,8 @@ void Controller::Deploy(DeployRequest request, Callback<Result<DeploymentView>> 
       return fail(InvalidArgument("\"path\" is required: the checkpoint directory on the nodes"));
     }
     if (request.tp < 1 || request.tp > 64) {
-      return fail(InvalidArgument("\"tp\" must be between 1 and 64, got " +
-                                  std::to_string(request.tp)));
+      return fail(
+          InvalidArgument("\"tp\" must be between 1 and 64, got " + std::to_string(request.tp)));
     }
     if (request.backend != "" && request.backend != "cpu" && request.backend != "cuda") {
       return fail(InvalidArgument("\"backend\" must be \"cpu\" or \"cuda\", got \"" +
@@ -366,9 +368,9 @@ void Controller::Deploy(DeployRequest request, Callback<Result<DeploymentView>> 
     spec.backend = request.backend;
     spec.pinned_nodes = request.nodes;
     spec.options_json = options->dump();
-    Result<store::DeploymentRecord> record = Await(
-        store_.Write([spec](store::WriteTxn& txn) { return txn.CreateDeployment(spec); }),
-        "the new deployment");
+    Result<store::DeploymentRecord> record =
+        Await(store_.Write([spec](store::WriteTxn& txn) { return txn.CreateDeployment(spec); }),
+              "the new deployment");
     if (!record.ok()) return fail(record.status());
     Deployment d;
     d.record = *record;
@@ -397,8 +399,8 @@ void Controller::Undeploy(std::string name, Callback<Result<DeploymentView>> don
     patch.state = store::DeploymentState::kStopping;
     Result<store::DeploymentRecord> record =
         Await(store_.Write([name, patch](store::WriteTxn& txn) {
-                return txn.UpdateDeployment(name, patch);
-              }),
+          return txn.UpdateDeployment(name, patch);
+        }),
               "the undeploy");
     if (!record.ok()) {
       done(record.status());
@@ -426,9 +428,11 @@ void Controller::Restart(std::string name, Callback<Result<DeploymentView>> done
       d->record.restarts = 0;
       store::DeploymentPatch patch;
       patch.restarts = 0;
-      Fire([name, patch](store::WriteTxn& txn) -> Status {
-        return txn.UpdateDeployment(name, patch).status();
-      }, "reset restarts");
+      Fire(
+          [name, patch](store::WriteTxn& txn) -> Status {
+            return txn.UpdateDeployment(name, patch).status();
+          },
+          "reset restarts");
     }
     SetState(*d, store::DeploymentState::kPending, std::string());
     d->next_attempt = clock_.Now();

@@ -204,7 +204,7 @@ class Controller {
     std::vector<std::string> last_placement;
     RestartPolicy restart_policy;
     Clock::TimePoint next_attempt{};
-    bool recovering = false;  // the last run failed; cleared when a run becomes ready
+    bool recovering = false;         // the last run failed; cleared when a run becomes ready
     bool waiting_for_nodes = false;  // placement failed; retried when a node registers
     std::string waiting_reason;
   };

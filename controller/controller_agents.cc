@@ -99,7 +99,8 @@ void Controller::HandleInbound(AgentPlane::Inbound& inbound) {
       if (from_agent) return HandleTokenizerFiles(inbound);
       break;
     case spark::v1::Envelope::kError:
-      SPARK_LOG(WARN).With("peer", inbound.routing_id)
+      SPARK_LOG(WARN)
+              .With("peer", inbound.routing_id)
               .With("error", proto::StatusFromError(inbound.envelope.error()))
           << "a peer reported an error";
       return;
@@ -107,7 +108,8 @@ void Controller::HandleInbound(AgentPlane::Inbound& inbound) {
       break;
   }
   ++stats_.dropped_messages;
-  SPARK_LOG(WARN).With("peer", inbound.routing_id)
+  SPARK_LOG(WARN)
+          .With("peer", inbound.routing_id)
           .With("message", std::string(proto::BodyName(inbound.envelope)))
       << "dropped a message this peer may not send to the controller";
 }
@@ -150,9 +152,8 @@ void Controller::HandleRegistration(const AgentPlane::Inbound& inbound) {
   }
   const std::string& node = reg.node_name();
   const Clock::TimePoint now = clock_.Now();
-  const RegistrationOutcome outcome =
-      nodes_.Register(reg, inbound.envelope.sender_incarnation(), inbound.routing_id,
-                      inbound.peer_key, now);
+  const RegistrationOutcome outcome = nodes_.Register(reg, inbound.envelope.sender_incarnation(),
+                                                      inbound.routing_id, inbound.peer_key, now);
   const NodeEntry* entry = nodes_.Find(node);
 
   spark::v1::Envelope ack;
@@ -176,8 +177,7 @@ void Controller::HandleRegistration(const AgentPlane::Inbound& inbound) {
 
   std::string message = "node " + node + " registered (" + RegistrationKindName(outcome.kind) +
                         ", " + std::to_string(reg.shards_size()) + " running shards, preflight " +
-                        (entry->preflight_ok ? "ok" : "failed: " + entry->preflight_problem) +
-                        ")";
+                        (entry->preflight_ok ? "ok" : "failed: " + entry->preflight_problem) + ")";
   RecordEvent("node_registered", "", node, 0, 0, message,
               {{"kind", RegistrationKindName(outcome.kind)},
                {"boot_id", reg.boot_id()},
@@ -297,8 +297,7 @@ void Controller::StopStaleShard(const std::string& node, const spark::v1::ShardS
   const NodeEntry* entry = nodes_.Find(node);
   if (entry == nullptr || !entry->alive) return;
   const std::string reason = "generation " + std::to_string(shard.generation()) +
-                             " of deployment \"" + shard.deployment() +
-                             "\" is not a current run";
+                             " of deployment \"" + shard.deployment() + "\" is not a current run";
   spark::v1::Envelope envelope;
   spark::v1::StopShard* stop = envelope.mutable_stop_shard();
   stop->set_deployment(shard.deployment());
@@ -314,8 +313,8 @@ void Controller::StopStaleShard(const std::string& node, const spark::v1::ShardS
   }
   ++stats_.stale_shards_stopped;
   if (first) {
-    RecordEvent("stale_shard_stopped", shard.deployment(), node, static_cast<int64_t>(shard.run_id()),
-                static_cast<int64_t>(shard.generation()),
+    RecordEvent("stale_shard_stopped", shard.deployment(), node,
+                static_cast<int64_t>(shard.run_id()), static_cast<int64_t>(shard.generation()),
                 "stopping rank " + std::to_string(shard.rank()) + " (pid " +
                     std::to_string(shard.pid()) + ") on node " + node + ": " + reason);
   }
@@ -361,13 +360,13 @@ void Controller::ReconcileNodeShards(const std::string& node, bool full_report) 
   }
   if (!full_report) return;
 
-  draining_.erase(std::remove_if(draining_.begin(), draining_.end(),
-                                 [&](const Draining& s) {
-                                   return s.node == node &&
-                                          !reported.count(ShardKey(node, s.deployment,
-                                                                   s.generation, s.rank));
-                                 }),
-                  draining_.end());
+  draining_.erase(
+      std::remove_if(draining_.begin(), draining_.end(),
+                     [&](const Draining& s) {
+                       return s.node == node &&
+                              !reported.count(ShardKey(node, s.deployment, s.generation, s.rank));
+                     }),
+      draining_.end());
 
   std::vector<std::string> names;
   for (const auto& [name, d] : deployments_) names.push_back(name);
@@ -400,9 +399,8 @@ void Controller::ReconcileNodeShards(const std::string& node, bool full_report) 
 // Run messages
 
 Controller::Member* Controller::AuthorizedMember(const AgentPlane::Inbound& inbound,
-                                                 const std::string& deployment,
-                                                 uint64_t generation, uint32_t rank,
-                                                 Deployment** deployment_out) {
+                                                 const std::string& deployment, uint64_t generation,
+                                                 uint32_t rank, Deployment** deployment_out) {
   Deployment* d = FindDeployment(deployment);
   if (d == nullptr || !d->run || d->run->generation != generation ||
       rank >= d->run->members.size()) {
@@ -439,8 +437,7 @@ void Controller::HandleShardStatus(const AgentPlane::Inbound& inbound) {
       draining_.erase(std::remove_if(draining_.begin(), draining_.end(),
                                      [&](const Draining& s) {
                                        return s.deployment == st.deployment() &&
-                                              s.generation == generation &&
-                                              s.rank == st.rank() &&
+                                              s.generation == generation && s.rank == st.rank() &&
                                               (node.empty() || s.node == node);
                                      }),
                       draining_.end());
@@ -525,8 +522,8 @@ void Controller::HandleRendezvousPublish(const AgentPlane::Inbound& inbound) {
     ++stats_.dropped_messages;
     return;
   }
-  SendRendezvousReplies(broker_.Publish(p.deployment(), generation, p.rank(), key,
-                                        std::move(value), inbound.routing_id));
+  SendRendezvousReplies(broker_.Publish(p.deployment(), generation, p.rank(), key, std::move(value),
+                                        inbound.routing_id));
 }
 
 void Controller::HandleRendezvousLookup(const AgentPlane::Inbound& inbound) {

@@ -33,9 +33,9 @@ std::string Join(const std::vector<std::string>& items) {
 void Controller::Reconcile(Deployment& d, Clock::TimePoint now) {
   if (d.record.desired == store::Desired::kStopped || d.record.deleted) {
     if (d.run) EndRun(d, d.record.deleted ? "undeployed" : "stopped", /*failure=*/false);
-    const bool draining =
-        std::any_of(draining_.begin(), draining_.end(),
-                    [&](const Draining& s) { return s.deployment == d.record.name; });
+    const bool draining = std::any_of(draining_.begin(), draining_.end(), [&](const Draining& s) {
+      return s.deployment == d.record.name;
+    });
     if (!draining) {
       SetState(d, store::DeploymentState::kStopped, std::nullopt);
     } else {
@@ -126,18 +126,16 @@ void Controller::StartRun(Deployment& d, Clock::TimePoint now) {
     d.waiting_reason = message;
     d.waiting_for_nodes = true;
     d.next_attempt = now + std::chrono::seconds(1);
-    SetState(d, d.recovering ? store::DeploymentState::kRecovering
-                             : store::DeploymentState::kPending,
+    SetState(d,
+             d.recovering ? store::DeploymentState::kRecovering : store::DeploymentState::kPending,
              std::nullopt);
     return;
   }
   d.waiting_for_nodes = false;
   const std::vector<std::string> nodes = *placement;
-  Result<store::RunDetail> detail =
-      [&]() -> Result<store::RunDetail> {
-    auto future = store_.Write([name, nodes](store::WriteTxn& txn) {
-      return txn.CreateRun(name, nodes);
-    });
+  Result<store::RunDetail> detail = [&]() -> Result<store::RunDetail> {
+    auto future =
+        store_.Write([name, nodes](store::WriteTxn& txn) { return txn.CreateRun(name, nodes); });
     if (future.wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
       return DeadlineExceeded("the store did not commit the new run within 30 s");
     }
@@ -159,8 +157,8 @@ void Controller::StartRun(Deployment& d, Clock::TimePoint now) {
   run.started = now;
   run.started_unix_ms = detail->run.started_at_ms;
   run.spawn_deadline = now + options_.spawn_timeout;
-  run.load_deadline = now + d.options.load_timeout.value_or(options_.load_timeout) +
-                      std::chrono::seconds(5);
+  run.load_deadline =
+      now + d.options.load_timeout.value_or(options_.load_timeout) + std::chrono::seconds(5);
   for (size_t rank = 0; rank < nodes.size(); ++rank) {
     Member m;
     m.rank = static_cast<int>(rank);
@@ -204,9 +202,9 @@ void Controller::EndRun(Deployment& d, const std::string& reason, bool failure) 
   Run run = std::move(*d.run);
   d.run.reset();
   const int64_t run_id = run.id;
-  Fire([run_id, reason](store::WriteTxn& txn) -> Status {
-    return txn.EndRun(run_id, reason).status();
-  }, "end run");
+  Fire([run_id,
+        reason](store::WriteTxn& txn) -> Status { return txn.EndRun(run_id, reason).status(); },
+       "end run");
   RecordEvent(failure ? "run_failed" : "run_ended", name, "", run.id,
               static_cast<int64_t>(run.generation),
               "run " + std::to_string(run.id) + " (generation " + std::to_string(run.generation) +
@@ -252,11 +250,12 @@ void Controller::EndRun(Deployment& d, const std::string& reason, bool failure) 
     const RestartPolicy::Decision decision = d.restart_policy.OnFailure(now);
     d.recovering = true;
     if (decision.give_up) {
-      const std::string error =
-          "restart budget exhausted (" + std::to_string(decision.restarts_in_window) +
-          " restarts within " + std::to_string(d.restart_policy.options().window.count() / 1000) +
-          " s); last failure: " + reason + ". Fix the cause, then restart it with POST /api/v1/models/" +
-          name + "/restart (sparkctl restart " + name + ")";
+      const std::string error = "restart budget exhausted (" +
+                                std::to_string(decision.restarts_in_window) + " restarts within " +
+                                std::to_string(d.restart_policy.options().window.count() / 1000) +
+                                " s); last failure: " + reason +
+                                ". Fix the cause, then restart it with POST /api/v1/models/" +
+                                name + "/restart (sparkctl restart " + name + ")";
       d.waiting_reason.clear();
       SetState(d, store::DeploymentState::kFailed, error);
       RecordEvent("deployment_failed", name, "", run.id, static_cast<int64_t>(run.generation),
@@ -266,9 +265,9 @@ void Controller::EndRun(Deployment& d, const std::string& reason, bool failure) 
     ++d.record.restarts;
     store::DeploymentPatch patch;
     patch.restarts = d.record.restarts;
-    Fire([name, patch](store::WriteTxn& txn) -> Status {
-      return txn.UpdateDeployment(name, patch).status();
-    }, "restarts");
+    Fire([name, patch](
+             store::WriteTxn& txn) -> Status { return txn.UpdateDeployment(name, patch).status(); },
+         "restarts");
     d.next_attempt = now + decision.delay;
     d.waiting_reason = "restarting in " + std::to_string(decision.delay.count()) + " ms";
     SetState(d, store::DeploymentState::kRecovering, reason);
@@ -294,8 +293,9 @@ void Controller::CheckRunDeadlines(Deployment& d, Clock::TimePoint now) {
           }
         }
         EndRun(d,
-               "controller restart: group incomplete (" + Join(missing) + " not reported READY within " +
-                   std::to_string(options_.adopt_timeout.count()) + " ms)",
+               "controller restart: group incomplete (" + Join(missing) +
+                   " not reported READY within " + std::to_string(options_.adopt_timeout.count()) +
+                   " ms)",
                /*failure=*/false);
       }
       return;
@@ -322,10 +322,10 @@ void Controller::CheckRunDeadlines(Deployment& d, Clock::TimePoint now) {
           }
           late.push_back(item);
         }
-        FailRun(d, "not every rank was ready within " +
-                       std::to_string(
-                           d.options.load_timeout.value_or(options_.load_timeout).count()) +
-                       " ms: " + Join(late) + "; raise load_timeout_ms if loading is just slow");
+        FailRun(d,
+                "not every rank was ready within " +
+                    std::to_string(d.options.load_timeout.value_or(options_.load_timeout).count()) +
+                    " ms: " + Join(late) + "; raise load_timeout_ms if loading is just slow");
       }
       return;
     }
@@ -380,8 +380,7 @@ void Controller::StartProbe(Deployment& d) {
   });
   run.stage = RunStage::kProbing;
   run.probe_deadline =
-      clock_.Now() +
-      d.options.first_generation_timeout.value_or(options_.first_generation_timeout);
+      clock_.Now() + d.options.first_generation_timeout.value_or(options_.first_generation_timeout);
   spark::v1::GenerateRequest request;
   run.probe_request_id = "probe-" + name + "-" + std::to_string(generation);
   request.set_request_id(run.probe_request_id);
@@ -397,10 +396,10 @@ void Controller::StartProbe(Deployment& d) {
   s->set_max_tokens(options_.probe_max_tokens);
   s->set_ignore_eos(true);
   d.waiting_reason = "running the first generation";
-  if (Status st = run.data->Send(request, [this, name, generation](
-                                              Result<spark::v1::TokenChunk> chunk) {
-        OnProbeDone(name, generation, chunk);
-      });
+  if (Status st = run.data->Send(request,
+                                 [this, name, generation](Result<spark::v1::TokenChunk> chunk) {
+                                   OnProbeDone(name, generation, chunk);
+                                 });
       !st.ok()) {
     FailRun(d, "cannot send the first generation to rank 0: " + st.message());
   }
@@ -457,9 +456,9 @@ void Controller::SetState(Deployment& d, store::DeploymentState state,
     patch.last_error = *error;
   }
   const std::string name = d.record.name;
-  Fire([name, patch](store::WriteTxn& txn) -> Status {
-    return txn.UpdateDeployment(name, patch).status();
-  }, "deployment state");
+  Fire([name, patch](
+           store::WriteTxn& txn) -> Status { return txn.UpdateDeployment(name, patch).status(); },
+       "deployment state");
   if (state_changed) {
     RecordEvent("deployment_state", name, "", d.run ? d.run->id : 0,
                 d.run ? static_cast<int64_t>(d.run->generation) : 0,
@@ -474,9 +473,11 @@ void Controller::UpdateMember(const Deployment& d, const Member& m, store::RunMe
   if (!d.run) return;
   const int64_t run_id = d.run->id;
   const int rank = m.rank;
-  Fire([run_id, rank, patch](store::WriteTxn& txn) -> Status {
-    return txn.UpdateRunMember(run_id, rank, patch).status();
-  }, "run member");
+  Fire(
+      [run_id, rank, patch](store::WriteTxn& txn) -> Status {
+        return txn.UpdateRunMember(run_id, rank, patch).status();
+      },
+      "run member");
 }
 
 }  // namespace spark::controller

@@ -79,7 +79,8 @@ void DataPlaneClient::OnReadable() {
         continue;
       }
       if (!envelope->has_token_chunk()) {
-        SPARK_LOG(WARN).With("endpoint", endpoint_)
+        SPARK_LOG(WARN)
+                .With("endpoint", endpoint_)
                 .With("message", std::string(proto::BodyName(*envelope)))
             << "dropped an unexpected data-plane message";
         continue;

@@ -36,12 +36,9 @@ class DataPlaneClient {
  public:
   // Connects (asynchronously: messages queue until the connection is up). `own_keys` nullptr means
   // insecure; otherwise `server_public_key` is the rank-0 agent's CURVE key.
-  static Result<std::unique_ptr<DataPlaneClient>> Connect(ZmqContext& context,
-                                                          const std::string& endpoint,
-                                                          const CurveKeyPair* own_keys,
-                                                          const std::string& server_public_key,
-                                                          EnvelopeSequencer& sequencer,
-                                                          uint64_t generation);
+  static Result<std::unique_ptr<DataPlaneClient>> Connect(
+      ZmqContext& context, const std::string& endpoint, const CurveKeyPair* own_keys,
+      const std::string& server_public_key, EnvelopeSequencer& sequencer, uint64_t generation);
 
   ZmqSocket& socket() { return socket_; }
   const std::string& endpoint() const { return endpoint_; }

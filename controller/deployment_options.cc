@@ -11,11 +11,17 @@ namespace {
 
 using nlohmann::json;
 
-constexpr std::string_view kUnsignedKeys[] = {
-    "max_batch",           "max_seq_len",           "kv_cache_bytes",
-    "shared_memory_cap_bytes", "seed",             "speculative_steps",
-    "speculative_topk",    "speculative_draft_tokens", "rendezvous_timeout_ms",
-    "load_timeout_ms",     "first_generation_timeout_ms"};
+constexpr std::string_view kUnsignedKeys[] = {"max_batch",
+                                              "max_seq_len",
+                                              "kv_cache_bytes",
+                                              "shared_memory_cap_bytes",
+                                              "seed",
+                                              "speculative_steps",
+                                              "speculative_topk",
+                                              "speculative_draft_tokens",
+                                              "rendezvous_timeout_ms",
+                                              "load_timeout_ms",
+                                              "first_generation_timeout_ms"};
 
 bool IsUnsignedKey(std::string_view key) {
   for (std::string_view k : kUnsignedKeys) {

@@ -89,8 +89,8 @@ RegistrationOutcome NodeRegistry::Register(const spark::v1::NodeRegistration& re
   return outcome;
 }
 
-HeartbeatResult NodeRegistry::Heartbeat(const spark::v1::Heartbeat& heartbeat,
-                                        uint64_t incarnation, Clock::TimePoint now) {
+HeartbeatResult NodeRegistry::Heartbeat(const spark::v1::Heartbeat& heartbeat, uint64_t incarnation,
+                                        Clock::TimePoint now) {
   auto it = nodes_.find(heartbeat.node_name());
   if (it == nodes_.end() || !it->second.alive || it->second.incarnation != incarnation) {
     return HeartbeatResult::kMustRegister;

@@ -29,7 +29,7 @@ namespace spark::controller {
 
 struct NodeEntry {
   std::string name;
-  std::string routing_id;        // agent/<name>
+  std::string routing_id;  // agent/<name>
   std::string boot_id;
   std::string agent_version;
   std::string backend;           // "cpu", "cuda" or "" (unknown)
@@ -39,9 +39,9 @@ struct NodeEntry {
   Clock::TimePoint registered_at{};
   Clock::TimePoint last_seen{};
   bool preflight_ok = false;
-  std::string preflight_problem;  // first failed check with its fix ("" when ok)
-  spark::v1::NodeRegistration registration;       // facts of the last registration
-  std::vector<spark::v1::ShardSummary> shards;    // shards reported last
+  std::string preflight_problem;                // first failed check with its fix ("" when ok)
+  spark::v1::NodeRegistration registration;     // facts of the last registration
+  std::vector<spark::v1::ShardSummary> shards;  // shards reported last
 };
 
 enum class RegistrationKind {

@@ -48,8 +48,8 @@ Result<std::vector<std::string>> PlaceRun(const PlacementRequest& request,
       if (!why.empty()) problems.push_back(name + ": " + why);
     }
     if (!problems.empty()) {
-      std::string message = "deployment \"" + request.deployment +
-                            "\" is pinned to nodes that cannot run it now: ";
+      std::string message =
+          "deployment \"" + request.deployment + "\" is pinned to nodes that cannot run it now: ";
       for (size_t i = 0; i < problems.size(); ++i) message += (i ? "; " : "") + problems[i];
       return Unavailable(message + ". Fix those nodes or deploy without --nodes");
     }
@@ -67,11 +67,10 @@ Result<std::vector<std::string>> PlaceRun(const PlacementRequest& request,
     }
   }
   if (static_cast<int>(eligible.size()) < request.tp) {
-    std::string message = "deployment \"" + request.deployment + "\" needs " +
-                          std::to_string(request.tp) + " nodes" +
-                          (request.backend.empty() ? "" : " with the " + request.backend +
-                                                              " backend") +
-                          ", " + std::to_string(eligible.size()) + " eligible";
+    std::string message =
+        "deployment \"" + request.deployment + "\" needs " + std::to_string(request.tp) + " nodes" +
+        (request.backend.empty() ? "" : " with the " + request.backend + " backend") + ", " +
+        std::to_string(eligible.size()) + " eligible";
     if (!eligible.empty()) {
       message += " (";
       for (size_t i = 0; i < eligible.size(); ++i) message += (i ? ", " : "") + eligible[i];

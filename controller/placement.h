@@ -33,9 +33,9 @@ struct PlacementCandidate {
 struct PlacementRequest {
   std::string deployment;
   int tp = 1;
-  std::string backend;                 // "" = any
-  std::vector<std::string> pinned;     // empty, or exactly tp node names (rank order)
-  std::vector<std::string> previous;   // the last run's placement (rank order); may be empty
+  std::string backend;                // "" = any
+  std::vector<std::string> pinned;    // empty, or exactly tp node names (rank order)
+  std::vector<std::string> previous;  // the last run's placement (rank order); may be empty
 };
 
 // Returns the node name of every rank (size tp).

@@ -44,9 +44,11 @@ RendezvousBroker::Reply RendezvousBroker::ErrorReply(const std::string& routing_
   return r;
 }
 
-std::vector<RendezvousBroker::Reply> RendezvousBroker::Publish(
-    const std::string& deployment, uint64_t generation, uint32_t rank, const std::string& key,
-    std::string value, const std::string& routing_id) {
+std::vector<RendezvousBroker::Reply> RendezvousBroker::Publish(const std::string& deployment,
+                                                               uint64_t generation, uint32_t rank,
+                                                               const std::string& key,
+                                                               std::string value,
+                                                               const std::string& routing_id) {
   std::vector<Reply> replies;
   auto it = scopes_.find({deployment, generation});
   if (it == scopes_.end()) {
@@ -136,8 +138,7 @@ std::string RendezvousBroker::TimeoutMessage(const ScopeKey& key, const Scope& s
   }
   std::string message = "rendezvous of deployment \"" + key.first + "\" generation " +
                         std::to_string(key.second) + ": key \"" + w.key +
-                        "\" was not published within " + std::to_string(w.timeout.count()) +
-                        " ms";
+                        "\" was not published within " + std::to_string(w.timeout.count()) + " ms";
   if (missing.empty()) {
     message += "; every rank has published something, but not this key";
   } else {

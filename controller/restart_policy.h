@@ -19,7 +19,7 @@ namespace spark::controller {
 struct RestartPolicyOptions {
   std::chrono::milliseconds initial_backoff{1000};
   std::chrono::milliseconds max_backoff{30000};
-  int budget = 5;                           // restarts allowed within `window`
+  int budget = 5;                            // restarts allowed within `window`
   std::chrono::milliseconds window{600000};  // sliding window of the budget
 };
 
@@ -28,7 +28,7 @@ class RestartPolicy {
   explicit RestartPolicy(RestartPolicyOptions options = {}) : options_(options) {}
 
   struct Decision {
-    bool give_up = false;               // budget spent: do not restart
+    bool give_up = false;                // budget spent: do not restart
     std::chrono::milliseconds delay{0};  // wait this long before the next run
     int restarts_in_window = 0;          // restarts counted in the window, this one included
   };

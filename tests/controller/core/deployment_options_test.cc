@@ -6,8 +6,8 @@
 namespace spark::controller {
 namespace {
 
-using ::testing::HasSubstr;
 using nlohmann::json;
+using ::testing::HasSubstr;
 
 TEST(DeploymentOptionsTest, ParsesEveryKeyIncludingStringNumbers) {
   json options = {{"max_batch", "8"},

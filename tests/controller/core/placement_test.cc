@@ -51,8 +51,8 @@ TEST(PlacementTest, ReplacesOnlyTheLostNodeOfThePreviousPlacement) {
 }
 
 TEST(PlacementTest, SkipsDeadFailedPreflightOtherBackendUsedAndDrainingNodes) {
-  std::vector<PlacementCandidate> nodes = {Node("a"), Node("b"), Node("c"), Node("d"), Node("e"),
-                                           Node("f")};
+  std::vector<PlacementCandidate> nodes = {Node("a"), Node("b"), Node("c"),
+                                           Node("d"), Node("e"), Node("f")};
   nodes[0].alive = false;
   nodes[1].preflight_ok = false;
   nodes[1].preflight_problem = "model_path: missing";

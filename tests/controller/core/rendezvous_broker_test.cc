@@ -6,8 +6,8 @@
 namespace spark::controller {
 namespace {
 
-using ::testing::HasSubstr;
 using std::chrono::milliseconds;
+using ::testing::HasSubstr;
 
 TEST(RendezvousBrokerTest, LookupOfAPublishedKeyAnswersAtOnce) {
   RendezvousBroker broker;
