@@ -1,0 +1,47 @@
+// The controller's REST API on an HttpServer (JSON; every error is
+// {"error": {"message", "type", "code"}} with the matching 4xx/5xx status):
+//
+//   GET    /healthz                        200 while the controller loop runs (liveness)
+//   GET    /readyz                         200 when every deployment that should run is ready and
+//                                          the store answers; 503 with the reasons otherwise
+//   GET    /api/v1/nodes                   {"nodes": [...]}
+//   POST   /api/v1/models                  {"name", "path", "tp", "backend"?, "nodes"?, "options"?}
+//                                          -> 202 once stored
+//   GET    /api/v1/models                  {"models": [...]}
+//   GET    /api/v1/models/{name}           one model: state, generation, members, restarts, ...
+//   DELETE /api/v1/models/{name}           202: undeploy (shards stopped)
+//   POST   /api/v1/models/{name}/restart   202: new run, restart budget reset
+//   GET    /api/v1/runs?model=NAME&limit=N {"runs": [...]} newest first, with members
+//   GET    /api/v1/events?since=ID&limit=N&model=NAME  {"events": [...], "last_id"}
+//   POST   /v1/completions                 token-id prompts to rank 0 (controller/completions.h);
+//                                          503 + Retry-After while the model is not ready
+//
+// When `api_token` is not empty every route except /healthz and /readyz requires
+// "Authorization: Bearer <token>".
+//
+// Thread safety: handlers run on the server's I/O threads and post to the Controller; the JSON
+// helpers are pure functions.
+#pragma once
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+#include "controller/controller.h"
+#include "controller/http/server.h"
+#include "controller/store/store.h"
+#include "controller/views.h"
+
+namespace spark::controller {
+
+Status AddRestRoutes(http::HttpServer& server, Controller& controller, store::Store& store,
+                     std::string api_token = "");
+
+nlohmann::json DeploymentJson(const DeploymentView& view);
+nlohmann::json NodeJson(const NodeView& view);
+nlohmann::json RunJson(const store::RunRecord& run,
+                       const std::vector<store::RunMemberRecord>& members);
+nlohmann::json EventJson(const store::EventRecord& event);
+
+}  // namespace spark::controller

@@ -1,0 +1,426 @@
+#include "controller/sparkctl.h"
+
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <ctime>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "controller/http/client.h"
+
+namespace spark::controller {
+namespace {
+
+using nlohmann::json;
+
+constexpr int kExitError = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitUnreachable = 3;
+constexpr int kExitWaitFailed = 4;
+
+// Left-aligned columns separated by two spaces.
+class Table {
+ public:
+  explicit Table(std::vector<std::string> header) { rows_.push_back(std::move(header)); }
+  void Add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
+  void Print(std::ostream& out) const {
+    std::vector<size_t> widths;
+    for (const auto& row : rows_) {
+      widths.resize(std::max(widths.size(), row.size()));
+      for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
+    }
+    for (const auto& row : rows_) {
+      std::string line;
+      for (size_t i = 0; i < row.size(); ++i) {
+        line += row[i];
+        if (i + 1 < row.size()) line += std::string(widths[i] - row[i].size() + 2, ' ');
+      }
+      while (!line.empty() && line.back() == ' ') line.pop_back();
+      out << line << "\n";
+    }
+  }
+
+ private:
+  std::vector<std::vector<std::string>> rows_;
+};
+
+std::string Str(const json& v) {
+  if (v.is_null()) return "-";
+  if (v.is_string()) return v.get<std::string>().empty() ? "-" : v.get<std::string>();
+  return v.dump();
+}
+
+std::string Join(const json& array, const char* separator = ",") {
+  std::string out;
+  if (!array.is_array()) return "-";
+  for (const json& item : array) out += (out.empty() ? "" : separator) + Str(item);
+  return out.empty() ? "-" : out;
+}
+
+std::string Truncate(std::string text, size_t width) {
+  if (text.size() > width) text = text.substr(0, width - 3) + "...";
+  return text;
+}
+
+std::string Time(const json& ms) {
+  if (!ms.is_number_integer() || ms.get<int64_t>() <= 0) return "-";
+  const time_t seconds = static_cast<time_t>(ms.get<int64_t>() / 1000);
+  std::tm tm{};
+  gmtime_r(&seconds, &tm);
+  char text[32];
+  std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return text;
+}
+
+std::string Duration(int64_t ms) {
+  if (ms < 0) return "-";
+  if (ms < 10000) return std::to_string(ms) + "ms";
+  if (ms < 600000) return std::to_string(ms / 1000) + "s";
+  return std::to_string(ms / 60000) + "m";
+}
+
+struct Context {
+  std::string url;
+  bool json_output = false;
+  std::string token;
+  std::ostream* out;
+  std::ostream* err;
+};
+
+// Performs one request; prints the error and returns its exit code on failure.
+struct Reply {
+  int exit_code = 0;
+  json body;
+};
+
+Reply Call(const Context& ctx, http::Method method, const std::string& target,
+           const json& body = nullptr) {
+  Reply reply;
+  http::HttpClientOptions options;
+  options.bearer_token = ctx.token;
+  options.connect_timeout = std::chrono::seconds(5);
+  options.request_timeout = std::chrono::seconds(60);
+  Result<http::HttpClient> client = http::HttpClient::Create(ctx.url, options);
+  if (!client.ok()) {
+    *ctx.err << "sparkctl: " << client.status().message() << "\n";
+    reply.exit_code = kExitUsage;
+    return reply;
+  }
+  Result<http::ClientResponse> response =
+      body.is_null() ? client->Send(method, target, "") : client->Send(method, target, body.dump());
+  if (!response.ok()) {
+    *ctx.err << "sparkctl: cannot reach the controller at " << ctx.url << ": "
+             << response.status().message()
+             << "\n(is spark-controller running? set --controller or SPARK_CONTROLLER)\n";
+    reply.exit_code = kExitUnreachable;
+    return reply;
+  }
+  Result<json> parsed = response->Json();
+  if (response->status >= 400) {
+    std::string message = response->body;
+    if (parsed.ok() && parsed->contains("error") && (*parsed)["error"].is_object()) {
+      message = (*parsed)["error"].value("message", response->body);
+    }
+    *ctx.err << "sparkctl: error " << response->status << ": " << message << "\n";
+    reply.exit_code = kExitError;
+    reply.body = parsed.ok() ? *parsed : json(nullptr);
+    return reply;
+  }
+  if (!parsed.ok()) {
+    *ctx.err << "sparkctl: the controller answered with something that is not JSON: "
+             << parsed.status().message() << "\n";
+    reply.exit_code = kExitError;
+    return reply;
+  }
+  reply.body = std::move(*parsed);
+  return reply;
+}
+
+void PrintModelTable(std::ostream& out, const json& models) {
+  Table table({"NAME", "STATE", "GEN", "TP", "SERVING", "RESTARTS", "NODES", "LAST_ERROR"});
+  for (const json& m : models) {
+    std::string nodes;
+    for (const json& member : m.value("members", json::array())) {
+      nodes += (nodes.empty() ? "" : ",") + Str(member["node"]);
+    }
+    table.Add({Str(m["name"]), Str(m["state"]), Str(m["generation"]), Str(m["tp"]),
+               m.value("serving", false) ? "yes" : "no", Str(m["restarts"]),
+               nodes.empty() ? "-" : nodes, Truncate(Str(m["last_error"]), 60)});
+  }
+  table.Print(out);
+}
+
+void PrintModel(std::ostream& out, const json& m) {
+  out << "name:        " << Str(m["name"]) << "\n"
+      << "path:        " << Str(m["path"]) << "\n"
+      << "tp:          " << Str(m["tp"]) << "\n"
+      << "backend:     " << Str(m["backend"]) << "\n"
+      << "desired:     " << Str(m["desired"]) << "\n"
+      << "state:       " << Str(m["state"]) << "\n"
+      << "serving:     " << (m.value("serving", false) ? "yes" : "no") << "\n"
+      << "generation:  " << Str(m["generation"]) << "\n"
+      << "restarts:    " << Str(m["restarts"]) << "\n";
+  if (!m["run"].is_null()) {
+    out << "run:         " << Str(m["run"]["id"]) << " (" << Str(m["run"]["state"]) << ", started "
+        << Time(m["run"]["started_at_ms"]) << ")\n";
+  }
+  if (!Str(m["waiting_reason"]).empty() && Str(m["waiting_reason"]) != "-") {
+    out << "waiting:     " << Str(m["waiting_reason"]) << "\n";
+  }
+  if (Str(m["last_error"]) != "-") out << "last error:  " << Str(m["last_error"]) << "\n";
+  if (!m["options"].empty()) out << "options:     " << m["options"].dump() << "\n";
+  if (!m["members"].empty()) {
+    out << "\n";
+    Table table({"RANK", "NODE", "PHASE", "PID", "PROGRESS", "EXIT"});
+    for (const json& member : m["members"]) {
+      std::string exit = "-";
+      if (member.contains("signal")) exit = "signal " + Str(member["signal"]);
+      if (member.contains("exit_status")) exit = "code " + Str(member["exit_status"]);
+      const int percent = static_cast<int>(member.value("progress", 0.0) * 100);
+      table.Add({Str(member["rank"]), Str(member["node"]), Str(member["phase"]), Str(member["pid"]),
+                 std::to_string(percent) + "%", exit});
+    }
+    table.Print(out);
+  }
+}
+
+int Nodes(const Context& ctx) {
+  Reply r = Call(ctx, http::Method::kGet, "/api/v1/nodes");
+  if (r.exit_code != 0) return r.exit_code;
+  if (ctx.json_output) {
+    *ctx.out << r.body.dump(2) << "\n";
+    return 0;
+  }
+  Table table({"NAME", "STATE", "BACKEND", "LAST_SEEN", "PREFLIGHT", "GPUS", "SHARDS", "USED_BY"});
+  for (const json& n : r.body["nodes"]) {
+    const int64_t seen = n.value("last_seen_ms_ago", int64_t{-1});
+    table.Add({Str(n["name"]), Str(n["state"]), Str(n["backend"]),
+               seen < 0 ? "-" : Duration(seen) + " ago",
+               n.value("preflight_ok", false) ? "ok" : Truncate(Str(n["preflight_problem"]), 40),
+               std::to_string(n.value("gpus", json::array()).size()),
+               std::to_string(n.value("shards", json::array()).size()), Join(n["used_by"])});
+  }
+  table.Print(*ctx.out);
+  return 0;
+}
+
+}  // namespace
+
+int RunSparkctl(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  CLI::App app("sparkctl: command-line client of spark-controller", "sparkctl");
+  app.require_subcommand(1);
+  Context ctx;
+  ctx.out = &out;
+  ctx.err = &err;
+  const char* env_url = std::getenv("SPARK_CONTROLLER");
+  ctx.url = env_url != nullptr && *env_url != '\0' ? env_url : "http://127.0.0.1:8080";
+  const char* env_token = std::getenv("SPARK_API_TOKEN");
+  if (env_token != nullptr) ctx.token = env_token;
+  app.add_option("--controller", ctx.url,
+                 "controller URL (default $SPARK_CONTROLLER or "
+                 "http://127.0.0.1:8080)");
+  app.add_flag("--json", ctx.json_output, "print the controller's JSON");
+  app.add_option("--token", ctx.token, "API bearer token (default $SPARK_API_TOKEN)");
+  app.fallthrough();
+
+  CLI::App* nodes = app.add_subcommand("nodes", "list the registered nodes");
+  std::string name, path, backend, node_list, runs_model, events_model, wait_state = "ready";
+  int tp = 1, runs_limit = 20, events_limit = 100, wait_timeout_s = 120;
+  int64_t since = 0;
+  std::vector<std::string> option_pairs;
+  CLI::App* deploy = app.add_subcommand("deploy", "deploy a model");
+  deploy->add_option("name", name, "model name")->required();
+  deploy->add_option("--path", path, "checkpoint directory on the nodes")->required();
+  deploy->add_option("--tp", tp, "tensor-parallel size (number of nodes)");
+  deploy->add_option("--backend", backend, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  deploy->add_option("--nodes", node_list, "pin ranks to nodes: a,b,...");
+  deploy->add_option("--option", option_pairs, "engine option KEY=VALUE (repeatable)");
+  CLI::App* ls = app.add_subcommand("ls", "list the models");
+  CLI::App* status = app.add_subcommand("status", "show one model");
+  status->add_option("name", name, "model name")->required();
+  CLI::App* undeploy = app.add_subcommand("undeploy", "stop and remove a model");
+  undeploy->add_option("name", name, "model name")->required();
+  CLI::App* restart = app.add_subcommand("restart", "start a new run of a model");
+  restart->add_option("name", name, "model name")->required();
+  CLI::App* runs = app.add_subcommand("runs", "run history");
+  runs->add_option("name", runs_model, "model name (default: all)");
+  runs->add_option("--limit", runs_limit, "newest N runs");
+  CLI::App* events = app.add_subcommand("events", "event log");
+  events->add_option("--since", since, "only events after this id");
+  events->add_option("--model", events_model, "only events of this model");
+  events->add_option("--limit", events_limit, "at most N events");
+  CLI::App* wait = app.add_subcommand("wait", "wait until a model reaches a state");
+  wait->add_option("name", name, "model name")->required();
+  wait->add_option("--state", wait_state, "state to wait for (default ready)");
+  wait->add_option("--timeout-s", wait_timeout_s, "give up after this long");
+
+  std::vector<std::string> reversed(args.size() > 1 ? args.begin() + 1 : args.end(), args.end());
+  std::reverse(reversed.begin(), reversed.end());
+  try {
+    app.parse(reversed);
+  } catch (const CLI::CallForHelp&) {
+    out << app.help();
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    err << "sparkctl: " << e.what() << " (see sparkctl --help)\n";
+    return kExitUsage;
+  }
+
+  if (nodes->parsed()) return Nodes(ctx);
+
+  if (deploy->parsed()) {
+    json body = {{"name", name}, {"path", path}, {"tp", tp}};
+    if (!backend.empty()) body["backend"] = backend;
+    if (!node_list.empty()) {
+      json list = json::array();
+      std::stringstream stream(node_list);
+      std::string node;
+      while (std::getline(stream, node, ',')) {
+        if (!node.empty()) list.push_back(node);
+      }
+      body["nodes"] = list;
+    }
+    json options = json::object();
+    for (const std::string& pair : option_pairs) {
+      const size_t eq = pair.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        err << "sparkctl: --option \"" << pair << "\" is not KEY=VALUE\n";
+        return kExitUsage;
+      }
+      const std::string key = pair.substr(0, eq);
+      const std::string value = pair.substr(eq + 1);
+      if (key.starts_with("extra.")) {
+        options["extra"][key.substr(6)] = value;
+      } else {
+        options[key] = value;
+      }
+    }
+    if (!options.empty()) body["options"] = options;
+    Reply r = Call(ctx, http::Method::kPost, "/api/v1/models", body);
+    if (r.exit_code != 0) return r.exit_code;
+    if (ctx.json_output) {
+      out << r.body.dump(2) << "\n";
+    } else {
+      out << "deployed " << name << " (state " << Str(r.body["state"])
+          << "); follow it with: sparkctl status " << name << "\n";
+    }
+    return 0;
+  }
+
+  if (ls->parsed()) {
+    Reply r = Call(ctx, http::Method::kGet, "/api/v1/models");
+    if (r.exit_code != 0) return r.exit_code;
+    if (ctx.json_output) {
+      out << r.body.dump(2) << "\n";
+    } else {
+      PrintModelTable(out, r.body["models"]);
+    }
+    return 0;
+  }
+
+  if (status->parsed()) {
+    Reply r = Call(ctx, http::Method::kGet, "/api/v1/models/" + http::PercentEncode(name));
+    if (r.exit_code != 0) return r.exit_code;
+    if (ctx.json_output) {
+      out << r.body.dump(2) << "\n";
+    } else {
+      PrintModel(out, r.body);
+    }
+    return 0;
+  }
+
+  if (undeploy->parsed() || restart->parsed()) {
+    const bool is_undeploy = undeploy->parsed();
+    Reply r =
+        is_undeploy
+            ? Call(ctx, http::Method::kDelete, "/api/v1/models/" + http::PercentEncode(name))
+            : Call(ctx, http::Method::kPost,
+                   "/api/v1/models/" + http::PercentEncode(name) + "/restart", json::object());
+    if (r.exit_code != 0) return r.exit_code;
+    if (ctx.json_output) {
+      out << r.body.dump(2) << "\n";
+    } else {
+      out << (is_undeploy ? "undeploying " : "restarting ") << name << " (state "
+          << Str(r.body["state"]) << ")\n";
+    }
+    return 0;
+  }
+
+  if (runs->parsed()) {
+    std::string target = "/api/v1/runs?limit=" + std::to_string(runs_limit);
+    if (!runs_model.empty()) target += "&model=" + http::PercentEncode(runs_model);
+    Reply r = Call(ctx, http::Method::kGet, target);
+    if (r.exit_code != 0) return r.exit_code;
+    if (ctx.json_output) {
+      out << r.body.dump(2) << "\n";
+      return 0;
+    }
+    Table table({"ID", "MODEL", "GEN", "STATE", "STARTED", "READY_AFTER", "LASTED", "PLACEMENT",
+                 "END_REASON"});
+    for (const json& run : r.body["runs"]) {
+      const int64_t started = run.value("started_at_ms", int64_t{0});
+      const int64_t ready = run.value("ready_at_ms", int64_t{0});
+      const int64_t ended = run.value("ended_at_ms", int64_t{0});
+      table.Add({Str(run["id"]), Str(run["model"]), Str(run["generation"]), Str(run["state"]),
+                 Time(run["started_at_ms"]), ready > 0 ? Duration(ready - started) : "-",
+                 ended > 0 ? Duration(ended - started) : "-", Join(run["placement"]),
+                 Truncate(Str(run["end_reason"]), 70)});
+    }
+    table.Print(out);
+    return 0;
+  }
+
+  if (events->parsed()) {
+    std::string target =
+        "/api/v1/events?since=" + std::to_string(since) + "&limit=" + std::to_string(events_limit);
+    if (!events_model.empty()) target += "&model=" + http::PercentEncode(events_model);
+    Reply r = Call(ctx, http::Method::kGet, target);
+    if (r.exit_code != 0) return r.exit_code;
+    if (ctx.json_output) {
+      out << r.body.dump(2) << "\n";
+      return 0;
+    }
+    Table table({"ID", "TIME", "KIND", "MODEL", "NODE", "MESSAGE"});
+    for (const json& e : r.body["events"]) {
+      table.Add({Str(e["id"]), Time(e["ts_ms"]), Str(e["kind"]), Str(e["model"]), Str(e["node"]),
+                 Str(e["message"])});
+    }
+    table.Print(out);
+    return 0;
+  }
+
+  if (wait->parsed()) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(wait_timeout_s);
+    std::string last_state;
+    while (true) {
+      Reply r = Call(ctx, http::Method::kGet, "/api/v1/models/" + http::PercentEncode(name));
+      if (r.exit_code == kExitUnreachable || r.exit_code == kExitUsage) return r.exit_code;
+      if (r.exit_code == 0) {
+        last_state = Str(r.body["state"]);
+        if (last_state == wait_state) {
+          out << name << " is " << last_state << "\n";
+          return 0;
+        }
+        if (last_state == "failed" && wait_state != "failed") {
+          err << "sparkctl: " << name << " failed: " << Str(r.body["last_error"]) << "\n";
+          return kExitWaitFailed;
+        }
+      }
+      if (std::chrono::steady_clock::now() >= deadline) {
+        err << "sparkctl: " << name << " did not reach \"" << wait_state << "\" within "
+            << wait_timeout_s << " s (last state: " << (last_state.empty() ? "-" : last_state)
+            << ")\n";
+        return kExitWaitFailed;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    }
+  }
+  return kExitUsage;
+}
+
+}  // namespace spark::controller
