@@ -296,6 +296,9 @@ Status Controller::LoadState() {
       run.members.push_back(member);
       placement.push_back(m.node_name);
     }
+    // Rank 0's data endpoint as recorded when the run became ready; an agent that reports the
+    // endpoint on re-registration overrides it.
+    if (!run.members.empty()) run.members[0].data_endpoint = RecordedDataEndpoint(detail.run);
     broker_.OpenScope(d->record.name, run.generation, placement);
     d->last_placement = placement;
     d->run = std::move(run);
@@ -308,6 +311,30 @@ Status Controller::LoadState() {
             " (generation " + std::to_string(detail.run.generation) + ")");
   }
   return Status::Ok();
+}
+
+std::string Controller::RecordedDataEndpoint(const store::RunRecord& run) {
+  Result<int64_t> last = store_.Read([](store::ReadTxn& txn) { return txn.LastEventId(); });
+  if (!last.ok()) return "";
+  constexpr int64_t kWindow = 1000;
+  // Newest events first, one window at a time, back to the run's start (at most 100 windows).
+  for (int64_t upper = *last, windows = 0; upper > 0 && windows < 100;
+       upper -= kWindow, ++windows) {
+    const int64_t since = std::max<int64_t>(0, upper - kWindow);
+    Result<std::vector<store::EventRecord>> events = store_.Read([&](store::ReadTxn& txn) {
+      return txn.ListEvents(since, static_cast<int>(kWindow), run.deployment);
+    });
+    if (!events.ok()) return "";
+    for (auto it = events->rbegin(); it != events->rend(); ++it) {
+      if (it->run_id != run.id || it->kind != "run_ready") continue;
+      nlohmann::json data = nlohmann::json::parse(it->data_json, nullptr, false);
+      if (data.is_object() && data.contains("data_endpoint") && data["data_endpoint"].is_string()) {
+        return data["data_endpoint"].get<std::string>();
+      }
+    }
+    if (!events->empty() && events->front().ts_ms < run.started_at_ms) break;
+  }
+  return "";
 }
 
 Controller::Deployment* Controller::FindDeployment(const std::string& name) {

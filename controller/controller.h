@@ -229,6 +229,8 @@ class Controller {
                    int64_t run_id, int64_t generation, const std::string& message,
                    nlohmann::json data = nlohmann::json::object());
   Status LoadState();
+  // Rank 0's data endpoint recorded in the run's run_ready event ("" when not found).
+  std::string RecordedDataEndpoint(const store::RunRecord& run);
 
   // --- agent plane (controller_agents.cc)
   void OnAgentPlaneReadable();

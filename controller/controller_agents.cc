@@ -431,14 +431,15 @@ void Controller::HandleShardStatus(const AgentPlane::Inbound& inbound) {
   std::optional<store::MemberPhase> phase = PhaseFromProto(st.phase());
   Deployment* d = FindDeployment(st.deployment());
   if (d == nullptr || !d->run || d->run->generation != generation) {
-    if (phase && IsTerminal(*phase)) {
-      const std::string node =
-          inbound.peer.kind == PeerId::Kind::kAgent ? inbound.peer.node : std::string();
+    // Only the agent's exit report (sent after it reaped the process) says a stopping shard is
+    // gone; a shard reports STOPPED itself just before it exits.
+    if (phase && IsTerminal(*phase) && inbound.peer.kind == PeerId::Kind::kAgent) {
+      const std::string& node = inbound.peer.node;
       draining_.erase(std::remove_if(draining_.begin(), draining_.end(),
                                      [&](const Draining& s) {
                                        return s.deployment == st.deployment() &&
                                               s.generation == generation && s.rank == st.rank() &&
-                                              (node.empty() || s.node == node);
+                                              s.node == node;
                                      }),
                       draining_.end());
     }
@@ -463,6 +464,7 @@ void Controller::HandleShardStatus(const AgentPlane::Inbound& inbound) {
     changed = true;
   }
   if (IsTerminal(*phase)) {
+    const bool was_in_rendezvous = m->phase == store::MemberPhase::kRendezvous;
     m->phase = *phase;
     m->failure_reason = st.failure_reason();
     if (st.has_exit_status()) m->exit_status = st.exit_status();
@@ -482,6 +484,19 @@ void Controller::HandleShardStatus(const AgentPlane::Inbound& inbound) {
     if (!st.failure_reason().empty()) reason += ": " + st.failure_reason();
     if (st.log_tail_size() > 0 && st.failure_reason().empty()) {
       reason += "; last log line: " + st.log_tail(st.log_tail_size() - 1);
+    }
+    if (was_in_rendezvous) {
+      // What the broker saw: the ranks that never published anything.
+      std::string missing;
+      for (uint32_t rank : broker_.MissingRanks(st.deployment(), generation)) {
+        if (rank == static_cast<uint32_t>(m->rank)) continue;
+        missing += (missing.empty() ? "" : ", ") + std::string("rank ") + std::to_string(rank) +
+                   " (node " + d->run->members[rank].node + ")";
+      }
+      if (!missing.empty()) {
+        reason += "; never joined the rendezvous: " + missing +
+                  ". Check the agent and shard logs on those nodes";
+      }
     }
     FailRun(*d, reason);
     return;

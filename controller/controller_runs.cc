@@ -439,7 +439,7 @@ void Controller::OnProbeDone(const std::string& name, uint64_t generation,
               "run " + std::to_string(run.id) + " (generation " + std::to_string(run.generation) +
                   ") is ready after " + std::to_string(ready_ms) + " ms; first generation gave " +
                   std::to_string(chunk->usage().completion_tokens()) + " tokens",
-              {{"ready_ms", ready_ms}});
+              {{"ready_ms", ready_ms}, {"data_endpoint", run.members[0].data_endpoint}});
 }
 
 void Controller::SetState(Deployment& d, store::DeploymentState state,

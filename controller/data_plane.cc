@@ -1,5 +1,6 @@
 #include "controller/data_plane.h"
 
+#include <cstdio>
 #include <vector>
 
 #include "common/log.h"
@@ -16,7 +17,12 @@ Result<std::unique_ptr<DataPlaneClient>> DataPlaneClient::Connect(
     ZmqContext& context, const std::string& endpoint, const CurveKeyPair* own_keys,
     const std::string& server_public_key, EnvelopeSequencer& sequencer, uint64_t generation) {
   SPARK_ASSIGN_OR_RETURN(ZmqSocket socket, ZmqSocket::Create(context, ZmqSocketType::kDealer));
-  SPARK_RETURN_IF_ERROR(socket.SetRoutingId("controller"));
+  // Unique per controller process: a restarted controller must not collide with the routing id
+  // of its predecessor's connection, which the shard's ROUTER may not have dropped yet.
+  char routing_id[32];
+  std::snprintf(routing_id, sizeof(routing_id), "controller-%016llx",
+                static_cast<unsigned long long>(sequencer.incarnation()));
+  SPARK_RETURN_IF_ERROR(socket.SetRoutingId(routing_id));
   SPARK_RETURN_IF_ERROR(socket.SetMaxMessageBytes(proto::kMaxBodyBytes + 1024));
   SPARK_RETURN_IF_ERROR(socket.SetSendHighWaterMark(100000));
   SPARK_RETURN_IF_ERROR(socket.SetRecvHighWaterMark(100000));
