@@ -225,6 +225,7 @@ Status Cluster::Start() {
     controller_address_ = "127.0.0.1";
     for (Agent& a : agents_) a.address = "127.0.0.1";
   }
+  if (options_.secure) SPARK_RETURN_IF_ERROR(SetUpKeys());
   SPARK_RETURN_IF_ERROR(StartController());
   for (int i = 0; i < agents(); ++i) SPARK_RETURN_IF_ERROR(StartAgent(i, /*new_boot_id=*/true));
   bool registered = WaitUntil(
@@ -240,12 +241,31 @@ Status Cluster::Start() {
   return Status::Ok();
 }
 
+std::string Cluster::keys_dir(int agent) const {
+  return root_ + "/keys/" + (agent < 0 ? std::string("controller") : node(agent));
+}
+
+Status Cluster::SetUpKeys() {
+  SPARK_RETURN_IF_ERROR(Run({binaries_.controller, "keygen", "--keys", keys_dir(-1)}));
+  for (int i = 0; i < agents(); ++i) {
+    SPARK_RETURN_IF_ERROR(Run({binaries_.agent, "keygen", "--keys", keys_dir(i)}));
+    std::error_code ec;
+    fs::copy_file(keys_dir(-1) + "/controller.pub", keys_dir(i) + "/controller.pub",
+                  fs::copy_options::overwrite_existing, ec);
+    if (ec) return Internal("cannot copy controller.pub: " + ec.message());
+    fs::create_directories(keys_dir(-1) + "/trusted");
+    fs::copy_file(keys_dir(i) + "/agent.pub", keys_dir(-1) + "/trusted/" + node(i) + ".pub",
+                  fs::copy_options::overwrite_existing, ec);
+    if (ec) return Internal("cannot copy agent.pub: " + ec.message());
+  }
+  return Status::Ok();
+}
+
 Status Cluster::StartController() {
   const std::string port_file = root_ + "/controller.ports.json";
   fs::remove(port_file);
   SpawnOptions options;
   options.args = {binaries_.controller,
-                  "--insecure",
                   "--db",
                   db_path(),
                   "--http-listen",
@@ -260,6 +280,11 @@ Status Cluster::StartController() {
                   "info",
                   "--stop-grace-ms",
                   "3000"};
+  if (options_.secure) {
+    options.args.insert(options.args.end(), {"--keys", keys_dir(-1)});
+  } else {
+    options.args.push_back("--insecure");
+  }
   for (const std::string& flag : options_.controller_flags) options.args.push_back(flag);
   options.stdout_path = controller_log();
   options.stderr_path = controller_log();
@@ -321,7 +346,6 @@ Status Cluster::StartAgent(int index, bool new_boot_id) {
       a.address + ":0",
       "--advertise-host",
       a.address,
-      "--insecure",
       "--boot-id-file",
       a.boot_id_file,
       "--heartbeat-ms",
@@ -330,6 +354,11 @@ Status Cluster::StartAgent(int index, bool new_boot_id) {
       "3000",
       "--log-sink",
       "stderr"};
+  if (options_.secure) {
+    agent_args.insert(agent_args.end(), {"--keys", keys_dir(index)});
+  } else {
+    agent_args.push_back("--insecure");
+  }
   args.insert(args.end(), agent_args.begin(), agent_args.end());
   SpawnOptions options;
   options.args = args;

@@ -39,6 +39,9 @@ struct ClusterOptions {
   std::vector<std::string> controller_flags;
   // Agent index -> shard binary to use instead of spark-shard.
   std::map<int, std::string> shard_binary_override;
+  // CURVE everywhere: keys made with `spark-controller keygen` / `spark-agent keygen`, agents'
+  // public keys trusted by the controller. Otherwise every process runs with --insecure.
+  bool secure = false;
 };
 
 // Paths of the binaries under test (the build tree); empty when missing.
@@ -125,6 +128,8 @@ class Cluster {
     std::unique_ptr<Process> process;
   };
 
+  Status SetUpKeys();
+  std::string keys_dir(int agent) const;  // -1: the controller's
   Status SetUpNetwork();
   void TearDownNetwork();
   Status Run(const std::vector<std::string>& args);

@@ -387,6 +387,21 @@ TEST(ClusterTest, PartitionedAgentIsDeclaredDeadAndItsStaleGenerationIsIgnoredAf
   ASSERT_TRUE(c->Complete("tiny", {2, 7, 1}, 3).ok());
 }
 
+TEST(ClusterTest, SecureClusterServesOverCurve) {
+  ClusterOptions options = Agents(2);
+  options.secure = true;
+  START_CLUSTER(c, options);
+  ASSERT_EQ(c->Deploy("tiny", 2), 202);
+  ASSERT_FALSE(c->WaitReady("tiny", seconds(90)).is_null()) << c->LogTails();
+  Result<std::vector<int>> tokens = c->Complete("tiny", {1, 2, 3}, 4);
+  ASSERT_TRUE(tokens.ok()) << tokens.status().ToString();
+  EXPECT_EQ(*tokens, ReferenceTokens(*c, {1, 2, 3}, 4, 2));
+  // The controller knows each agent's authenticated key (used for the rank-0 data plane).
+  json n0 = c->Node("n0");
+  ASSERT_FALSE(n0.is_null());
+  EXPECT_EQ(n0["state"], "alive");
+}
+
 TEST(ClusterTest, TwoDeploymentsOnFourNodes) {
   START_CLUSTER(c, Agents(4));
   ASSERT_EQ(c->Deploy("alpha", 2), 202);
