@@ -181,6 +181,22 @@ void Controller::OnTimers(Clock::TimePoint now) {
       deployments_.erase(name);
     }
   }
+  if (missing_nodes_check_ && now >= *missing_nodes_check_) {
+    missing_nodes_check_.reset();
+    for (const std::string& node_name : stored_alive_nodes_) {
+      const NodeEntry* node = nodes_.Find(node_name);
+      if (node == nullptr || node->incarnation != 0) continue;  // registered since the start
+      Fire(
+          [node_name](store::WriteTxn& txn) -> Status {
+            return txn.SetNodeState(node_name, store::NodeState::kDead);
+          },
+          "node missing " + node_name);
+      RecordEvent("node_dead", "", node_name, 0, 0,
+                  "node " + node_name + " did not register within " +
+                      std::to_string(options_.adopt_timeout.count()) +
+                      " ms of the controller's start");
+    }
+  }
   if (now >= next_key_reload_) {
     agent_plane_->ReloadTrustedKeys();
     next_key_reload_ = now + std::chrono::seconds(10);
@@ -231,7 +247,10 @@ void Controller::RecordEvent(const std::string& kind, const std::string& deploym
 Status Controller::LoadState() {
   SPARK_ASSIGN_OR_RETURN(std::vector<store::NodeRecord> nodes,
                          store_.Read([](store::ReadTxn& txn) { return txn.ListNodes(); }));
-  for (const store::NodeRecord& node : nodes) nodes_.Seed(node.name, node.boot_id, node.backend);
+  for (const store::NodeRecord& node : nodes) {
+    nodes_.Seed(node.name, node.boot_id, node.backend);
+    if (node.state == store::NodeState::kAlive) stored_alive_nodes_.push_back(node.name);
+  }
 
   SPARK_ASSIGN_OR_RETURN(std::vector<store::DeploymentRecord> records,
                          store_.Read([](store::ReadTxn& txn) {
@@ -243,6 +262,7 @@ Status Controller::LoadState() {
   for (const store::RunDetail& run : open_runs) with_open_run.insert(run.run.deployment);
 
   const Clock::TimePoint now = clock_.Now();
+  if (!stored_alive_nodes_.empty()) missing_nodes_check_ = now + options_.adopt_timeout;
   for (const store::DeploymentRecord& record : records) {
     if (record.deleted && record.state == store::DeploymentState::kStopped &&
         !with_open_run.count(record.name)) {

@@ -300,6 +300,9 @@ class Controller {
   std::vector<std::unique_ptr<DataPlaneClient>> graveyard_;  // destroyed at the next loop turn
   std::deque<std::pair<std::future<Status>, std::string>> writes_;
   Clock::TimePoint next_key_reload_{};
+  // Nodes known from the store that have not registered by then are recorded as dead.
+  std::optional<Clock::TimePoint> missing_nodes_check_;
+  std::vector<std::string> stored_alive_nodes_;
   uint64_t next_request_id_ = 1;
   Stats stats_;
 };

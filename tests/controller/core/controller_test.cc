@@ -660,6 +660,15 @@ TEST_F(ControllerTest, AdoptionTimesOutWhenAnAgentNeverComesBack) {
   std::optional<Envelope> stop = a->WaitFor(Envelope::kStopShard);
   ASSERT_TRUE(stop.has_value());
   EXPECT_EQ(stop->stop_shard().generation(), 1u);
+  // b never registered again: the store records it dead; a stays alive.
+  EXPECT_TRUE(WaitUntil([&] {
+    auto b_row = store_->Read([](store::ReadTxn& txn) { return txn.GetNode("b"); });
+    return b_row.ok() && b_row->state == store::NodeState::kDead;
+  }));
+  auto a_row = store_->Read([](store::ReadTxn& txn) { return txn.GetNode("a"); });
+  ASSERT_TRUE(a_row.ok());
+  EXPECT_EQ(a_row->state, store::NodeState::kAlive);
+  EXPECT_EQ(NodeState("b"), "unknown");
 }
 
 TEST_F(ControllerTest, UnknownShardsReportedByAnAgentAreStopped) {
