@@ -104,10 +104,16 @@ Result<DeployRequest> ParseDeployRequest(const json& body) {
       }
     }
     if (body.contains("options")) request.options = body["options"];
+    if (body.contains("engine_options")) {
+      if (body.contains("options")) {
+        return InvalidArgument("give either \"options\" or \"engine_options\", not both");
+      }
+      request.options = body["engine_options"];
+    }
     for (auto it = body.begin(); it != body.end(); ++it) {
       const std::string& key = it.key();
       if (key != "name" && key != "path" && key != "tp" && key != "backend" && key != "nodes" &&
-          key != "options") {
+          key != "options" && key != "engine_options") {
         return InvalidArgument("unknown field \"" + key +
                                "\"; fields: name, path, tp, backend, nodes, options");
       }

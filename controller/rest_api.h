@@ -5,7 +5,9 @@
 //   GET    /readyz                         200 when every deployment that should run is ready and
 //                                          the store answers; 503 with the reasons otherwise
 //   GET    /api/v1/nodes                   {"nodes": [...]}
-//   POST   /api/v1/models                  {"name", "path", "tp", "backend"?, "nodes"?, "options"?}
+//   POST   /api/v1/models                  {"name", "path", "tp", "backend"?, "nodes"?, "options"?
+//                                          (alias "engine_options";
+//                                          controller/deployment_options.h)}
 //                                          -> 202 once stored
 //   GET    /api/v1/models                  {"models": [...]}
 //   GET    /api/v1/models/{name}           one model: state, generation, members, restarts, ...

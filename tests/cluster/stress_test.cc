@@ -1,7 +1,8 @@
-// Stress (label `stress`, not in the default run): random kill -9 of the controller, agents and
-// shards while a tp=2 deployment runs; at the end the deployment is ready again, no shard is left
-// over, the database passes integrity_check and holds exactly one open run.
-// SPARK_STRESS_KILLS (default 200) and SPARK_STRESS_SEED (default: random, printed) tune it.
+// Stress (label `stress`, only run when asked for: ctest -C stress -L stress): random kill -9 of
+// the controller, agents and shards while a tp=2 deployment runs; at the end the deployment is
+// ready again, no shard is left over, the database passes integrity_check and holds exactly one
+// open run. SPARK_STRESS_KILLS (default 200) and SPARK_STRESS_SEED (default: random, printed) tune
+// it.
 #include <signal.h>
 
 #include <gtest/gtest.h>
