@@ -299,6 +299,29 @@ TEST_F(ControllerTest, DeployPlacesRanksAndBecomesReadyAfterTheFirstGeneration) 
   EXPECT_EQ(future.get(), (std::vector<int>{11, 12}));
 }
 
+TEST_F(ControllerTest, InFlightRequestsFailWhenTheRunFails) {
+  auto a = Agent("a");
+  auto b = Agent("b");
+  ASSERT_TRUE(Deploy("m", 2).ok());
+  auto gen1 = Assignments({a.get(), b.get()});
+  BringUp("m", {a.get(), b.get()}, gen1);
+  data_.set_silent(true);
+  spark::v1::GenerateRequest request;
+  request.add_prompt_token_ids(1);
+  auto result = std::make_shared<std::promise<Status>>();
+  controller_->Generate("m", request, [result](Result<spark::v1::TokenChunk> chunk) {
+    if (!chunk.ok()) result->set_value(chunk.status());
+  });
+  ASSERT_TRUE(WaitUntil([&] { return data_.requests().size() == 2; }));  // probe + this one
+  b->Status(gen1[1], spark::v1::SHARD_PHASE_FAILED, "", 11);
+  auto future = result->get_future();
+  ASSERT_EQ(future.wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  Status st = future.get();
+  EXPECT_EQ(st.code(), StatusCode::kUnavailable);
+  EXPECT_THAT(st.message(), HasSubstr("model \"m\" failed: rank 1 on node b failed"));
+  EXPECT_THAT(st.message(), HasSubstr("retry"));
+}
+
 TEST_F(ControllerTest, GenerateOnAModelThatIsNotReadyIsUnavailable) {
   auto a = Agent("a");
   ASSERT_TRUE(Deploy("m", 1).ok());

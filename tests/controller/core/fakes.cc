@@ -275,6 +275,7 @@ void FakeDataPlane::Run() {
       std::lock_guard<std::mutex> lock(mu_);
       requests_.push_back(request);
     }
+    if (silent_) continue;
     auto reply = [&](spark::v1::TokenChunk chunk) {
       spark::v1::Envelope out;
       out.set_sender_id("shard");

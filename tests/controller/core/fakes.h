@@ -134,6 +134,8 @@ class FakeDataPlane {
   ~FakeDataPlane();
   const std::string& endpoint() const { return endpoint_; }
   void set_fail(bool fail) { fail_ = fail; }
+  // Records requests without answering them.
+  void set_silent(bool silent) { silent_ = silent; }
   std::vector<spark::v1::GenerateRequest> requests() const;
 
  private:
@@ -142,6 +144,7 @@ class FakeDataPlane {
   std::string endpoint_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> fail_{false};
+  std::atomic<bool> silent_{false};
   mutable std::mutex mu_;
   std::vector<spark::v1::GenerateRequest> requests_;
   std::thread thread_;
