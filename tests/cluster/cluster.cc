@@ -109,6 +109,17 @@ bool IsZombie(pid_t pid) {
 
 std::atomic<int> g_cluster_counter{0};
 
+// The iproute2 binary ("" when not installed).
+const std::string& IpTool() {
+  static const std::string path = [] {
+    for (const char* candidate : {"/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"}) {
+      if (fs::exists(candidate)) return std::string(candidate);
+    }
+    return std::string();
+  }();
+  return path;
+}
+
 }  // namespace
 
 Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
@@ -149,6 +160,7 @@ Cluster::~Cluster() {
 Status Cluster::Run(const std::vector<std::string>& args) {
   SpawnOptions options;
   options.args = args;
+  if (options.args[0] == "ip") options.args[0] = IpTool();
   options.stdout_path = root_ + "/setup.log";
   options.stderr_path = root_ + "/setup.log";
   SPARK_ASSIGN_OR_RETURN(std::unique_ptr<Process> process, launcher_.Spawn(options));
@@ -210,7 +222,7 @@ Status Cluster::Start() {
   }
   model_dir_ = root_ + "/model";
   SPARK_RETURN_IF_ERROR(Run({binaries_.model_tool, "tiny", model_dir_}));
-  netns_ = options_.allow_netns && geteuid() == 0 && fs::exists("/usr/sbin/ip") &&
+  netns_ = options_.allow_netns && geteuid() == 0 && !IpTool().empty() &&
            std::getenv("SPARK_CLUSTER_NO_NETNS") == nullptr;
   if (netns_) {
     Status st = SetUpNetwork();
@@ -329,7 +341,7 @@ Status Cluster::StartAgent(int index, bool new_boot_id) {
   }
   auto shard = options_.shard_binary_override.find(index);
   std::vector<std::string> args;
-  if (netns_) args = {"ip", "netns", "exec", a.ns};
+  if (netns_) args = {IpTool(), "netns", "exec", a.ns};
   std::vector<std::string> agent_args = {
       binaries_.agent,
       "--controller",
