@@ -41,8 +41,8 @@ Status SyscallError(const char* expr, const char* file, int line, int err);
 #define SPARK_CHECK_LE(a, b) SPARK_CHECK((a) <= (b)) << (a) << " vs " << (b) << " "
 
 // Evaluates to ::spark::Status: OK when `expr` did not return -1.
-#define SPARK_SYSCALL(expr)                                                          \
-  ([&]() -> ::spark::Status {                                                        \
+#define SPARK_SYSCALL(expr)                                                                     \
+  ([&]() -> ::spark::Status {                                                                   \
     if ((expr) == -1) return ::spark::internal::SyscallError(#expr, __FILE__, __LINE__, errno); \
-    return ::spark::Status();                                                        \
+    return ::spark::Status();                                                                   \
   }())

@@ -20,17 +20,17 @@ namespace spark {
 
 enum class StatusCode {
   kOk = 0,
-  kInvalidArgument,     // bad input from a caller or a user (config, request, command line)
-  kNotFound,            // a file, tensor, model, node... that does not exist
+  kInvalidArgument,  // bad input from a caller or a user (config, request, command line)
+  kNotFound,         // a file, tensor, model, node... that does not exist
   kAlreadyExists,
   kFailedPrecondition,  // the system is not in a state that allows the call
   kOutOfRange,
-  kUnimplemented,       // a valid request that spark does not support yet
-  kUnavailable,         // transient: retry later (peer down, model recovering)
+  kUnimplemented,  // a valid request that spark does not support yet
+  kUnavailable,    // transient: retry later (peer down, model recovering)
   kDeadlineExceeded,
   kCancelled,
-  kResourceExhausted,   // memory, queue space, KV blocks
-  kDataLoss,            // corrupt or truncated data (checkpoint, frame, database)
+  kResourceExhausted,  // memory, queue space, KV blocks
+  kDataLoss,           // corrupt or truncated data (checkpoint, frame, database)
   kPermissionDenied,
   kInternal,
 };
@@ -85,7 +85,7 @@ Status Internal(std::string message);
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  Result(T value) : v_(std::move(value)) {}        // NOLINT(google-explicit-constructor)
   Result(Status status) : v_(std::move(status)) {  // NOLINT(google-explicit-constructor)
     assert(!std::get<Status>(v_).ok() && "Result constructed from an OK Status");
     if (std::get<Status>(v_).ok()) v_ = Status(StatusCode::kInternal, "Result from OK Status");
@@ -129,9 +129,9 @@ T& Result<T>::CheckedValue() {
 #define SPARK_STATUS_CONCAT_(a, b) SPARK_STATUS_CONCAT_INNER_(a, b)
 
 // Returns the Status from the enclosing function if `expr` (a Status) is not OK.
-#define SPARK_RETURN_IF_ERROR(expr)            \
-  do {                                         \
-    ::spark::Status spark_status_ = (expr);    \
+#define SPARK_RETURN_IF_ERROR(expr)                \
+  do {                                             \
+    ::spark::Status spark_status_ = (expr);        \
     if (!spark_status_.ok()) return spark_status_; \
   } while (0)
 

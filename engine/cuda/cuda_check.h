@@ -24,16 +24,16 @@ inline Status CudaError(cudaError_t err, const char* expr, const char* file, int
 
 }  // namespace spark::cuda
 
-#define SPARK_CUDA_RETURN_IF_ERROR(expr)                                    \
-  do {                                                                      \
-    cudaError_t spark_cuda_err_ = (expr);                                   \
-    if (spark_cuda_err_ != cudaSuccess)                                     \
+#define SPARK_CUDA_RETURN_IF_ERROR(expr)                                           \
+  do {                                                                             \
+    cudaError_t spark_cuda_err_ = (expr);                                          \
+    if (spark_cuda_err_ != cudaSuccess)                                            \
       return ::spark::cuda::CudaError(spark_cuda_err_, #expr, __FILE__, __LINE__); \
   } while (0)
 
-#define SPARK_CUDA_CHECK(expr)                                              \
-  do {                                                                      \
-    cudaError_t spark_cuda_err_ = (expr);                                   \
-    SPARK_CHECK(spark_cuda_err_ == cudaSuccess)                             \
-        << #expr << ": " << cudaGetErrorString(spark_cuda_err_);           \
+#define SPARK_CUDA_CHECK(expr)                                   \
+  do {                                                           \
+    cudaError_t spark_cuda_err_ = (expr);                        \
+    SPARK_CHECK(spark_cuda_err_ == cudaSuccess)                  \
+        << #expr << ": " << cudaGetErrorString(spark_cuda_err_); \
   } while (0)

@@ -48,7 +48,7 @@ cudaError_t RmsNormResidual(const __nv_bfloat16* x, __nv_bfloat16* residual,
                             int hidden, float eps, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   RmsNormResidualKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, residual, weight,
-                                                                             out, hidden, eps);
+                                                                              out, hidden, eps);
   return cudaGetLastError();
 }
 

@@ -74,7 +74,8 @@ TEST(CheckTest, SyscallReportsErrno) {
 }
 
 TEST(CheckDeathTest, CheckAbortsWithMessage) {
-  EXPECT_DEATH({ SPARK_CHECK(1 + 1 == 3) << "arithmetic"; }, "check failed: 1 \\+ 1 == 3 arithmetic");
+  EXPECT_DEATH({ SPARK_CHECK(1 + 1 == 3) << "arithmetic"; },
+               "check failed: 1 \\+ 1 == 3 arithmetic");
 }
 
 }  // namespace
