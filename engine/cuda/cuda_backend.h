@@ -1,0 +1,129 @@
+// CudaBackend: one tensor-parallel rank's forward pass on one CUDA device, with its paged KV
+// cache in device memory. Same contract as CpuBackend (engine/cpu/cpu_backend.h): same batch
+// semantics, same errors, same TP collectives, logits of the full vocabulary.
+//
+// Numerics: BF16 activations into every GEMM, fp32 accumulation, fp32 residual stream, norms,
+// RoPE, softmax and router in fp32; weights stay in their stored dtype on the device (BF16, or
+// FP8 E4M3 with per-channel or 128x128 block scales). Dense linears pick per batch size: an own
+// split-K GEMV kernel for M <= 16 (BF16 and FP8, weights dequantised exactly like the CPU), and
+// cuBLASLt for larger M (BF16; FP8 with per-channel x per-token scaling when the device offers
+// it, otherwise the weight tile is dequantised to BF16 first).
+//
+// Weights: Create() uploads a ModelWeights layer by layer and frees each host layer once it is
+// on the device, so host memory shrinks while the device fills. CreateDummy() generates the
+// values of MakeDummyWeights (engine/model/loader.h) directly on the device: bit-identical to
+// Create(MakeDummyWeights(...)), without a host copy (load_format=dummy for large models).
+//
+// KV cache: BF16 K and V of the rank's local kv heads, paged in blocks of kv_block_tokens; the
+// pool is sized after the weights and workspace are allocated, from kv_cache_bytes when given
+// (unified-memory devices such as GB10), else kv_cache_fraction of the device's free memory.
+// ResourceExhausted names the numbers when the weights or a single KV block do not fit.
+//
+// Tensor parallelism: collectives per layer as CpuBackend (all-reduce after o_proj and after the
+// MLP/MoE block, all-gather of the vocab-parallel logits). With CollectiveMode::kDevice the
+// Communicator receives device pointers (fp32) and must enqueue its collectives on
+// options.stream (NcclCommunicator created on the same stream); with kHost the backend stages
+// the data through host memory and synchronises around each collective (GlooCommunicator).
+//
+// Ownership: the backend owns its device memory, cuBLASLt handle and (unless options.stream is
+// given) its stream; the Communicator is borrowed and must outlive the backend.
+// Thread safety: single owner thread (the rank's engine loop); the device must not be shared
+// with another backend's allocations between Create() and the first Forward().
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "common/status.h"
+#include "engine/comm/communicator.h"
+#include "engine/model/config.h"
+#include "engine/model/weights.h"
+#include "engine/runtime/backend.h"
+
+namespace spark::cuda {
+
+enum class CollectiveMode {
+  kDevice,  // Communicator takes device pointers, stream-ordered on options.stream (NCCL)
+  kHost,    // backend copies to host, synchronises, calls the Communicator, copies back (Gloo)
+};
+
+struct CudaBackendOptions {
+  int device = 0;
+  // Stream for every kernel of the backend; nullptr = the backend creates its own.
+  cudaStream_t stream = nullptr;
+  CollectiveMode collectives = CollectiveMode::kDevice;
+  // KV cache: an explicit byte budget (> 0) wins; else this fraction of the free device memory
+  // left after weights and workspace.
+  int64_t kv_cache_bytes = 0;
+  double kv_cache_fraction = 0.9;
+  int kv_block_tokens = 16;
+  // Tokens (summed over the chunks) one Forward may carry; sizes the activation workspace.
+  int64_t max_batch_tokens = 4096;
+  // Caps the shared memory per block a kernel may use (0 = the device's opt-in limit);
+  // 101376 emulates GB10 on an H100/H200.
+  int64_t smem_cap_bytes = 0;
+  // Dense linears with at most this many rows use the own GEMV kernel, larger ones cuBLASLt.
+  int gemv_max_rows = 16;
+  // Large-M FP8 linears: quantise activations per token and run cuBLASLt FP8 (true), or
+  // dequantise weights to BF16 and run cuBLASLt BF16 (false; closer to the fp32 reference).
+  bool fp8_activations = true;
+};
+
+// Which weights CreateDummy generates (the LoadOptions of MakeDummyWeights that apply).
+struct DummyWeightsSpec {
+  int tp_rank = 0;
+  int tp_size = 1;
+  uint64_t seed = 0;
+  int max_layers = -1;  // -1 = config.num_hidden_layers
+};
+
+class CudaBackend final : public engine::Backend {
+ public:
+  // Validates the weights like CpuBackend::Create, checks they fit, uploads them (freeing the
+  // host copy layer by layer) and allocates workspace and KV cache. `comm` may be nullptr only
+  // when weights.tp_size == 1.
+  static Result<std::unique_ptr<CudaBackend>> Create(engine::ModelWeights weights,
+                                                     engine::Communicator* comm,
+                                                     const CudaBackendOptions& options);
+  // Generates MakeDummyWeights(config, {tp_rank, tp_size, seed, max_layers}) on the device.
+  static Result<std::unique_ptr<CudaBackend>> CreateDummy(const engine::ModelConfig& config,
+                                                          const DummyWeightsSpec& spec,
+                                                          engine::Communicator* comm,
+                                                          const CudaBackendOptions& options);
+  ~CudaBackend() override;
+
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  const engine::ModelConfig& config() const override;
+
+  // As CpuBackend::Forward: InvalidArgument for an empty chunk, an out-of-vocabulary token, a
+  // start_pos different from the cached length, a sequence twice in a batch, or more tokens than
+  // max_batch_tokens; ResourceExhausted when the KV cache cannot hold the new tokens (nothing is
+  // modified then). CUDA and collective failures return Internal / the collective's Status.
+  Result<engine::ForwardOutput> Forward(const engine::ForwardBatch& batch) override;
+  void Release(uint64_t seq_id) override;
+  int64_t FreeKvTokens() const override;
+
+  int64_t CachedTokens(uint64_t seq_id) const;
+  Status TruncateSequence(uint64_t seq_id, int64_t length);
+  int64_t KvCapacityTokens() const;
+
+  // Device bytes held by the weights, the workspace and the KV cache pool.
+  int64_t weight_bytes() const;
+  int64_t workspace_bytes() const;
+  int64_t kv_cache_bytes() const;
+  cudaStream_t stream() const;
+  const CudaBackendOptions& options() const;
+
+  struct Impl;
+
+ private:
+  explicit CudaBackend(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace spark::cuda
