@@ -3,11 +3,13 @@
 // SPARK_CUDA_RETURN_IF_ERROR(expr): evaluates a cudaError_t expression; on failure returns a
 //   spark::Status naming the statement, file, line and CUDA's error string.
 // SPARK_CUDA_CHECK(expr): the same for broken invariants (aborts).
+// SPARK_CUBLAS_RETURN_IF_ERROR(expr): the same for cublasStatus_t (cuBLASLt calls).
 // Kernels themselves return cudaError_t (raw pointers + stream); these macros are for callers.
 //
 // Thread safety: stateless.
 #pragma once
 
+#include <cublasLt.h>
 #include <cuda_runtime.h>
 
 #include <string>
@@ -20,6 +22,11 @@ namespace spark::cuda {
 inline Status CudaError(cudaError_t err, const char* expr, const char* file, int line) {
   return Internal(std::string(expr) + " failed at " + file + ":" + std::to_string(line) + ": " +
                   cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
+}
+
+inline Status CublasError(cublasStatus_t err, const char* expr, const char* file, int line) {
+  return Internal(std::string(expr) + " failed at " + file + ":" + std::to_string(line) + ": " +
+                  cublasLtGetStatusName(err) + ": " + cublasLtGetStatusString(err));
 }
 
 }  // namespace spark::cuda
@@ -36,4 +43,11 @@ inline Status CudaError(cudaError_t err, const char* expr, const char* file, int
     cudaError_t spark_cuda_err_ = (expr);                        \
     SPARK_CHECK(spark_cuda_err_ == cudaSuccess)                  \
         << #expr << ": " << cudaGetErrorString(spark_cuda_err_); \
+  } while (0)
+
+#define SPARK_CUBLAS_RETURN_IF_ERROR(expr)                                            \
+  do {                                                                                \
+    cublasStatus_t spark_cublas_st_ = (expr);                                         \
+    if (spark_cublas_st_ != CUBLAS_STATUS_SUCCESS)                                    \
+      return ::spark::cuda::CublasError(spark_cublas_st_, #expr, __FILE__, __LINE__); \
   } while (0)

@@ -1,5 +1,7 @@
 #include "engine/cuda/rmsnorm.h"
 
+#include "engine/cuda/device_math.cuh"
+
 namespace spark::cuda {
 namespace {
 
@@ -41,7 +43,44 @@ __global__ void RmsNormResidualKernel(const __nv_bfloat16* __restrict__ x,
   }
 }
 
+__global__ void RmsNormF32Kernel(const float* __restrict__ add, float* __restrict__ residual,
+                                 const float* __restrict__ weight, __nv_bfloat16* __restrict__ out,
+                                 float* __restrict__ out_f32, int hidden, float eps,
+                                 const int32_t* __restrict__ row_index) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  const int64_t src = row_index ? row_index[row] : row;
+  float* r = residual + src * hidden;
+  const float* a = add ? add + src * hidden : nullptr;
+  float sum_sq = 0.f;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    float v = r[i];
+    if (a) {
+      v += a[i];
+      r[i] = v;
+    }
+    sum_sq += v * v;
+  }
+  const float total = BlockSum(sum_sq, scratch);
+  const float inv = rsqrtf(total / static_cast<float>(hidden) + eps);
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    const float y = weight[i] * (r[i] * inv);
+    out[row * hidden + i] = __float2bfloat16(y);
+    if (out_f32) out_f32[row * hidden + i] = y;
+  }
+}
+
 }  // namespace
+
+cudaError_t RmsNormF32(const float* add, float* residual, const float* weight, __nv_bfloat16* out,
+                       float* out_f32, int64_t rows, int hidden, float eps,
+                       const int32_t* row_index, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  if (add != nullptr && row_index != nullptr) return cudaErrorInvalidValue;
+  RmsNormF32Kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
+      add, residual, weight, out, out_f32, hidden, eps, row_index);
+  return cudaGetLastError();
+}
 
 cudaError_t RmsNormResidual(const __nv_bfloat16* x, __nv_bfloat16* residual,
                             const __nv_bfloat16* weight, __nv_bfloat16* out, int64_t rows,

@@ -1,0 +1,298 @@
+#include "engine/cuda/attention.h"
+
+#include <cmath>
+
+#include "engine/cuda/device_math.cuh"
+
+namespace spark::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kRowsPerWarp = kAttentionRowsPerTile / kWarps;
+constexpr int kKeyTile = 32;
+
+template <int HD>
+struct Smem {
+  static constexpr int kKStride = HD + 1;  // padded: lane j reads key j without bank conflicts
+  static constexpr int64_t kBytes =
+      (static_cast<int64_t>(kAttentionRowsPerTile) * HD + kKeyTile * kKStride + kKeyTile * HD) * 4;
+};
+
+template <int HD>
+__global__ void __launch_bounds__(kWarps * 32)
+    PagedAttentionKernel(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ kc,
+                         const __nv_bfloat16* __restrict__ vc, AttentionBatch batch,
+                         AttentionShape shape, int splits, int split_keys,
+                         float* __restrict__ partial_o, float* __restrict__ partial_ml,
+                         __nv_bfloat16* __restrict__ out) {
+  constexpr int kDpl = (HD + 31) / 32;  // output dims per lane
+  extern __shared__ float smem[];
+  float* qs = smem;                                // [16][HD]
+  float* ks = qs + kAttentionRowsPerTile * HD;     // [32][HD + 1]
+  float* vs = ks + kKeyTile * Smem<HD>::kKStride;  // [32][HD]
+
+  const int2 tile = batch.tiles[blockIdx.x];
+  const int chunk = tile.x;
+  const int row_begin = tile.y;
+  const int g = blockIdx.y;
+  const int split = blockIdx.z;
+  const int group = shape.q_heads / shape.kv_heads;
+  const int start = batch.start[chunk];
+  const int len = batch.len[chunk];
+  const int offset = batch.offset[chunk];
+  const int rows = len * group;
+  const int row_end = min(rows, row_begin + kAttentionRowsPerTile);
+  const int* table = batch.block_tables + static_cast<int64_t>(chunk) * batch.max_blocks;
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+
+  // Keys this block covers.
+  const int last_token = (row_end - 1) / group;
+  int key_end = start + last_token + 1;
+  int key_begin = 0;
+  if (splits > 1) {
+    key_begin = split * split_keys;
+    key_end = min(key_end, key_begin + split_keys);
+  }
+
+  // Query rows into shared memory (fp32).
+  for (int idx = threadIdx.x; idx < kAttentionRowsPerTile * HD; idx += blockDim.x) {
+    const int r = idx / HD;
+    const int d = idx - r * HD;
+    const int row = row_begin + r;
+    float v = 0.f;
+    if (row < row_end) {
+      const int token = row / group;
+      const int head = g * group + row % group;
+      v = __bfloat162float(
+          q[(static_cast<int64_t>(offset + token) * shape.q_heads + head) * HD + d]);
+    }
+    qs[idx] = v;
+  }
+
+  float m[kRowsPerWarp], l[kRowsPerWarp], o[kRowsPerWarp][kDpl];
+  int qpos[kRowsPerWarp];
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+    m[i] = -INFINITY;
+    l[i] = 0.f;
+#pragma unroll
+    for (int dd = 0; dd < kDpl; ++dd) o[i][dd] = 0.f;
+    const int row = row_begin + warp * kRowsPerWarp + i;
+    qpos[i] = row < row_end ? start + row / group : -1;
+  }
+
+  for (int kt = key_begin; kt < key_end; kt += kKeyTile) {
+    __syncthreads();  // previous tile fully consumed (and qs written on the first pass)
+    // Load 32 keys of K and V (8 BF16 per 16-byte load); keys outside the range are zero.
+    constexpr int kVecPerKey = HD / 8;
+    for (int idx = threadIdx.x; idx < kKeyTile * kVecPerKey; idx += blockDim.x) {
+      const int j = idx / kVecPerKey;
+      const int d0 = (idx - j * kVecPerKey) * 8;
+      const int key = kt + j;
+      float kv[8], vv[8];
+      if (key < key_end) {
+        const int block = table[key / shape.block_tokens];
+        const int off = key % shape.block_tokens;
+        const int64_t base =
+            ((static_cast<int64_t>(block) * shape.kv_heads + g) * shape.block_tokens + off) * HD +
+            d0;
+        const uint4 kraw = *reinterpret_cast<const uint4*>(kc + base);
+        const uint4 vraw = *reinterpret_cast<const uint4*>(vc + base);
+        const __nv_bfloat16* kb = reinterpret_cast<const __nv_bfloat16*>(&kraw);
+        const __nv_bfloat16* vb = reinterpret_cast<const __nv_bfloat16*>(&vraw);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          kv[e] = __bfloat162float(kb[e]);
+          vv[e] = __bfloat162float(vb[e]);
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) kv[e] = vv[e] = 0.f;
+      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        ks[j * Smem<HD>::kKStride + d0 + e] = kv[e];
+        vs[j * HD + d0 + e] = vv[e];
+      }
+    }
+    __syncthreads();
+
+    // Scores of this lane's key for the warp's rows.
+    float s[kRowsPerWarp];
+#pragma unroll
+    for (int i = 0; i < kRowsPerWarp; ++i) s[i] = 0.f;
+    const float* krow = ks + lane * Smem<HD>::kKStride;
+    const float* qw = qs + warp * kRowsPerWarp * HD;
+#pragma unroll 8
+    for (int d = 0; d < HD; ++d) {
+      const float kd = krow[d];
+#pragma unroll
+      for (int i = 0; i < kRowsPerWarp; ++i) s[i] += qw[i * HD + d] * kd;
+    }
+    const int key = kt + lane;
+    float p[kRowsPerWarp];
+#pragma unroll
+    for (int i = 0; i < kRowsPerWarp; ++i) {
+      const bool valid = key < key_end && key <= qpos[i];
+      const float score = valid ? s[i] * shape.scale : -INFINITY;
+      const float m_new = fmaxf(m[i], WarpMax(score));
+      float alpha = 1.f;
+      if (m_new == -INFINITY) {
+        p[i] = 0.f;
+      } else {
+        p[i] = valid ? expf(score - m_new) : 0.f;
+        alpha = m[i] == -INFINITY ? 0.f : expf(m[i] - m_new);
+      }
+      l[i] = l[i] * alpha + WarpSum(p[i]);
+      m[i] = m_new;
+#pragma unroll
+      for (int dd = 0; dd < kDpl; ++dd) o[i][dd] *= alpha;
+    }
+#pragma unroll 4
+    for (int j = 0; j < kKeyTile; ++j) {
+      float pj[kRowsPerWarp];
+#pragma unroll
+      for (int i = 0; i < kRowsPerWarp; ++i) pj[i] = __shfl_sync(0xffffffffu, p[i], j);
+#pragma unroll
+      for (int dd = 0; dd < kDpl; ++dd) {
+        const int d = lane + 32 * dd;
+        if (d < HD) {
+          const float v = vs[j * HD + d];
+#pragma unroll
+          for (int i = 0; i < kRowsPerWarp; ++i) o[i][dd] += pj[i] * v;
+        }
+      }
+    }
+  }
+
+  // Write the rows.
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+    const int row = row_begin + warp * kRowsPerWarp + i;
+    if (row >= row_end) continue;
+    const int token = offset + row / group;
+    const int head = g * group + row % group;
+    const int64_t grow = static_cast<int64_t>(token) * shape.q_heads + head;
+    if (splits == 1) {
+      const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+#pragma unroll
+      for (int dd = 0; dd < kDpl; ++dd) {
+        const int d = lane + 32 * dd;
+        if (d < HD) out[grow * HD + d] = __float2bfloat16(o[i][dd] * inv);
+      }
+    } else {
+      const int64_t prow = static_cast<int64_t>(split) * batch.total_tokens * shape.q_heads + grow;
+#pragma unroll
+      for (int dd = 0; dd < kDpl; ++dd) {
+        const int d = lane + 32 * dd;
+        if (d < HD) partial_o[prow * HD + d] = o[i][dd];
+      }
+      if (lane == 0) {
+        partial_ml[prow * 2] = m[i];
+        partial_ml[prow * 2 + 1] = l[i];
+      }
+    }
+  }
+}
+
+__global__ void CombineKernel(const float* __restrict__ partial_o,
+                              const float* __restrict__ partial_ml, int splits, int64_t rows,
+                              int hd, __nv_bfloat16* __restrict__ out) {
+  const int64_t row = blockIdx.x;
+  float big = -INFINITY;
+  for (int s = 0; s < splits; ++s) big = fmaxf(big, partial_ml[(s * rows + row) * 2]);
+  float total = 0.f;
+  for (int s = 0; s < splits; ++s) {
+    const float ms = partial_ml[(s * rows + row) * 2];
+    if (ms != -INFINITY) total += partial_ml[(s * rows + row) * 2 + 1] * expf(ms - big);
+  }
+  const float inv = total > 0.f ? 1.f / total : 0.f;
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float acc = 0.f;
+    for (int s = 0; s < splits; ++s) {
+      const float ms = partial_ml[(s * rows + row) * 2];
+      if (ms != -INFINITY) acc += partial_o[(s * rows + row) * hd + d] * expf(ms - big);
+    }
+    out[row * hd + d] = __float2bfloat16(acc * inv);
+  }
+}
+
+template <int HD>
+cudaError_t Launch(const __nv_bfloat16* q, const __nv_bfloat16* k_cache,
+                   const __nv_bfloat16* v_cache, const AttentionBatch& batch,
+                   const AttentionShape& shape, int splits, int split_keys, float* partial_o,
+                   float* partial_ml, __nv_bfloat16* out, int64_t max_smem_bytes,
+                   cudaStream_t stream) {
+  const int64_t smem = Smem<HD>::kBytes;
+  if (smem > max_smem_bytes) return cudaErrorInvalidConfiguration;
+  if (smem > 48 * 1024) {
+    cudaError_t err =
+        cudaFuncSetAttribute(PagedAttentionKernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  dim3 grid(static_cast<unsigned>(batch.num_tiles), static_cast<unsigned>(shape.kv_heads),
+            static_cast<unsigned>(splits));
+  PagedAttentionKernel<HD><<<grid, kWarps * 32, static_cast<size_t>(smem), stream>>>(
+      q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o, partial_ml, out);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess || splits == 1) return err;
+  const int64_t rows = static_cast<int64_t>(batch.total_tokens) * shape.q_heads;
+  CombineKernel < <<static_cast<unsigned>(rows), HD<128 ? 32 : 128, 0, stream>>>(
+                      partial_o, partial_ml, splits, rows, HD, out);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+int64_t AttentionSmemBytes(int head_dim) {
+  switch (head_dim) {
+    case 16:
+      return Smem<16>::kBytes;
+    case 32:
+      return Smem<32>::kBytes;
+    case 64:
+      return Smem<64>::kBytes;
+    case 128:
+      return Smem<128>::kBytes;
+    case 256:
+      return Smem<256>::kBytes;
+    default:
+      return -1;
+  }
+}
+
+cudaError_t PagedAttention(const __nv_bfloat16* q, const __nv_bfloat16* k_cache,
+                           const __nv_bfloat16* v_cache, const AttentionBatch& batch,
+                           const AttentionShape& shape, int splits, int split_keys,
+                           float* partial_o, float* partial_ml, __nv_bfloat16* out,
+                           int64_t max_smem_bytes, cudaStream_t stream) {
+  if (batch.num_tiles == 0) return cudaSuccess;
+  if (shape.kv_heads <= 0 || shape.q_heads % shape.kv_heads != 0 || splits < 1 ||
+      (splits > 1 && (split_keys <= 0 || split_keys % kKeyTile != 0 || partial_o == nullptr ||
+                      partial_ml == nullptr))) {
+    return cudaErrorInvalidValue;
+  }
+  switch (shape.head_dim) {
+    case 16:
+      return Launch<16>(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
+                        partial_ml, out, max_smem_bytes, stream);
+    case 32:
+      return Launch<32>(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
+                        partial_ml, out, max_smem_bytes, stream);
+    case 64:
+      return Launch<64>(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
+                        partial_ml, out, max_smem_bytes, stream);
+    case 128:
+      return Launch<128>(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
+                         partial_ml, out, max_smem_bytes, stream);
+    case 256:
+      return Launch<256>(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
+                         partial_ml, out, max_smem_bytes, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace spark::cuda

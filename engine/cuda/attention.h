@@ -1,0 +1,60 @@
+// Paged causal GQA attention over the KV cache, for prefill chunks and decode steps alike.
+//
+// The batch is a list of chunks; chunk c has len[c] query tokens at positions start[c] ..
+// start[c] + len[c] - 1, stored from row offset[c] of q / out, and its K/V (already written for
+// positions 0 .. start[c] + len[c] - 1) in the blocks block_tables[c * max_blocks + i]. Query head
+// h reads kv head h / (q_heads / kv_heads). scores = (q . k) * scale, masked causally, softmax in
+// fp32 with the online (running max / sum) formulation over key tiles, so memory is linear in
+// the sequence length. Work is split into tiles of 16 (token, head) rows of one kv head and,
+// when `splits` > 1, along the keys (split-K for long contexts with few queries): each split
+// writes an unnormalised partial result and AttentionCombine merges them.
+//
+// q / out: [tokens, q_heads * head_dim] BF16. Cache layout (one layer): [num_blocks][kv_heads]
+// [block_tokens][head_dim] BF16. head_dim in {16, 32, 64, 128, 256}.
+// Raw device pointers; stream-ordered; callers own all buffers.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace spark::cuda {
+
+constexpr int kAttentionRowsPerTile = 16;
+
+struct AttentionBatch {
+  const int32_t* start = nullptr;         // [chunks]
+  const int32_t* len = nullptr;           // [chunks]
+  const int32_t* offset = nullptr;        // [chunks]
+  const int32_t* block_tables = nullptr;  // [chunks, max_blocks]
+  int max_blocks = 0;
+  // Work tiles: (chunk, first row) pairs; rows of a chunk are token-major, head-minor within the
+  // kv head's group: row r -> token r / group, q head kv_head * group + r % group.
+  const int2* tiles = nullptr;
+  int num_tiles = 0;
+  int total_tokens = 0;
+};
+
+struct AttentionShape {
+  int q_heads = 0;
+  int kv_heads = 0;
+  int head_dim = 0;
+  int block_tokens = 16;
+  float scale = 1.f;
+};
+
+// Keys per split are `split_keys` (a multiple of 32) when splits > 1. partial_o: [splits,
+// total_tokens * q_heads, head_dim] fp32 and partial_ml: [splits, total_tokens * q_heads, 2]
+// (running max, sum); both unused when splits == 1. max_smem_bytes caps the shared memory of a
+// block (the kernel needs (3 * 16 + 32) * head_dim * 4 bytes + padding).
+cudaError_t PagedAttention(const __nv_bfloat16* q, const __nv_bfloat16* k_cache,
+                           const __nv_bfloat16* v_cache, const AttentionBatch& batch,
+                           const AttentionShape& shape, int splits, int split_keys,
+                           float* partial_o, float* partial_ml, __nv_bfloat16* out,
+                           int64_t max_smem_bytes, cudaStream_t stream);
+
+// Shared memory one attention block needs for a head_dim.
+int64_t AttentionSmemBytes(int head_dim);
+
+}  // namespace spark::cuda

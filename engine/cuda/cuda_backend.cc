@@ -1,0 +1,1302 @@
+#include "engine/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <unordered_set>
+#include <utility>
+
+#include "common/check.h"
+#include "engine/cpu/kernels.h"
+#include "engine/cuda/activation.h"
+#include "engine/cuda/attention.h"
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/dense_linear.h"
+#include "engine/cuda/device_info.h"
+#include "engine/cuda/dummy_weights.h"
+#include "engine/cuda/embedding.h"
+#include "engine/cuda/kv_cache.h"
+#include "engine/cuda/moe.h"
+#include "engine/cuda/moe_pack.h"
+#include "engine/cuda/rmsnorm.h"
+#include "engine/cuda/rope.h"
+#include "engine/model/dtype.h"
+#include "engine/model/loader.h"
+
+namespace spark::cuda {
+
+using engine::Communicator;
+using engine::DType;
+using engine::ExpertWeights;
+using engine::ForwardBatch;
+using engine::ForwardOutput;
+using engine::LayerWeights;
+using engine::LinearWeight;
+using engine::ModelConfig;
+using engine::ModelWeights;
+using engine::QuantMethod;
+using engine::ScaleKind;
+using engine::SequenceChunk;
+
+namespace {
+
+constexpr int64_t kLogitRowsPerPass = 256;
+constexpr int64_t kAttentionPartialBytes = int64_t{64} << 20;
+constexpr int kMaxAttentionSplits = 32;
+const char* kMismatchHint = "; the weights do not match their config.json (reload the checkpoint)";
+
+std::string GiB(int64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.2f GiB", static_cast<double>(bytes) / (1 << 30));
+  return buf;
+}
+
+// Owner of device allocations.
+class DeviceArena {
+ public:
+  DeviceArena() = default;
+  DeviceArena(const DeviceArena&) = delete;
+  DeviceArena& operator=(const DeviceArena&) = delete;
+  ~DeviceArena() {
+    for (void* p : ptrs_) cudaFree(p);
+  }
+  template <typename T>
+  Result<T*> Alloc(int64_t count) {
+    void* p = nullptr;
+    const size_t bytes = static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T);
+    cudaError_t err = cudaMalloc(&p, bytes);
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      return ResourceExhausted("cudaMalloc of " + std::to_string(bytes) + " bytes failed (" +
+                               cudaGetErrorString(err) + "); " + std::to_string(bytes_) +
+                               " bytes already allocated by this store");
+    }
+    ptrs_.push_back(p);
+    bytes_ += static_cast<int64_t>(bytes);
+    return static_cast<T*>(p);
+  }
+  template <typename T>
+  Result<T*> Upload(const T* host, int64_t count) {
+    SPARK_ASSIGN_OR_RETURN(T * p, Alloc<T>(count));
+    if (count > 0) {
+      SPARK_CUDA_RETURN_IF_ERROR(
+          cudaMemcpy(p, host, static_cast<size_t>(count) * sizeof(T), cudaMemcpyHostToDevice));
+    }
+    return p;
+  }
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  std::vector<void*> ptrs_;
+  int64_t bytes_ = 0;
+};
+
+// Pinned host memory.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  ~PinnedBuffer() {
+    if (ptr_) cudaFreeHost(ptr_);
+  }
+  Status Reserve(int64_t bytes) {
+    if (bytes <= bytes_) return Status::Ok();
+    if (ptr_) cudaFreeHost(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+    SPARK_CUDA_RETURN_IF_ERROR(cudaMallocHost(&ptr_, static_cast<size_t>(bytes)));
+    bytes_ = bytes;
+    return Status::Ok();
+  }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  int64_t bytes_ = 0;
+};
+
+std::string Shape(int64_t out, int64_t in) {
+  return "[" + std::to_string(out) + ", " + std::to_string(in) + "]";
+}
+
+Status CheckLinear(const LinearWeight& w, const std::string& name, int64_t out, int64_t in) {
+  if (w.out != out || w.in != in) {
+    return InvalidArgument("weight " + name + " has shape " + Shape(w.out, w.in) + ", expected " +
+                           Shape(out, in) + kMismatchHint);
+  }
+  std::string error = engine::DescribeLinearWeightError(w);
+  if (!error.empty()) return InvalidArgument("weight " + name + " " + error + kMismatchHint);
+  if (w.dtype == DType::kF8E4M3 && w.scale_kind == ScaleKind::kNone) {
+    return InvalidArgument("weight " + name + " is FP8 without scales" + kMismatchHint);
+  }
+  return Status::Ok();
+}
+
+Status CheckVector(const std::vector<float>& v, const std::string& name, int64_t size) {
+  if (static_cast<int64_t>(v.size()) != size) {
+    return InvalidArgument("weight " + name + " has " + std::to_string(v.size()) +
+                           " values, expected " + std::to_string(size) + kMismatchHint);
+  }
+  return Status::Ok();
+}
+
+Status CheckMlp(const ExpertWeights& w, const std::string& name, int64_t hidden) {
+  const int64_t inter = w.gate.out;
+  if (inter <= 0)
+    return InvalidArgument("weight " + name + ".gate_proj is missing" + kMismatchHint);
+  SPARK_RETURN_IF_ERROR(CheckLinear(w.gate, name + ".gate_proj", inter, hidden));
+  SPARK_RETURN_IF_ERROR(CheckLinear(w.up, name + ".up_proj", inter, hidden));
+  SPARK_RETURN_IF_ERROR(CheckLinear(w.down, name + ".down_proj", hidden, inter));
+  return Status::Ok();
+}
+
+// The checks of CpuBackend::Create, on the same ModelWeights.
+Status ValidateWeights(const ModelWeights& w, int local_q, int local_kv) {
+  const ModelConfig& c = w.config;
+  const int64_t hidden = c.hidden_size;
+  const int64_t hd = c.head_dim;
+  if (hidden <= 0 || hd <= 0 || c.num_attention_heads <= 0 || c.num_key_value_heads <= 0 ||
+      c.vocab_size <= 0) {
+    return InvalidArgument(
+        "model config: hidden_size, head_dim, num_attention_heads, num_key_value_heads and "
+        "vocab_size must be positive");
+  }
+  if (local_kv <= 0 || local_q % local_kv != 0) {
+    return InvalidArgument(std::to_string(local_q) + " local q heads cannot share " +
+                           std::to_string(local_kv) + " local kv heads; check tp size");
+  }
+  if (static_cast<int>(w.layers.size()) != c.num_hidden_layers) {
+    return InvalidArgument("weights hold " + std::to_string(w.layers.size()) +
+                           " layers, config num_hidden_layers is " +
+                           std::to_string(c.num_hidden_layers) + kMismatchHint);
+  }
+  SPARK_RETURN_IF_ERROR(CheckLinear(w.embed, "model.embed_tokens", c.vocab_size, hidden));
+  SPARK_RETURN_IF_ERROR(CheckVector(w.final_norm, "model.norm", hidden));
+  const int64_t per_rank = (c.vocab_size + w.tp_size - 1) / w.tp_size;
+  const int64_t begin = per_rank * w.tp_rank;
+  const int64_t local = std::max<int64_t>(0, std::min(c.vocab_size, begin + per_rank) - begin);
+  if (w.vocab_begin != begin) {
+    return InvalidArgument("lm_head slice of rank " + std::to_string(w.tp_rank) + " begins at " +
+                           std::to_string(w.vocab_begin) + ", expected " + std::to_string(begin) +
+                           kMismatchHint);
+  }
+  if (local > 0) SPARK_RETURN_IF_ERROR(CheckLinear(w.lm_head, "lm_head", local, hidden));
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const LayerWeights& L = w.layers[static_cast<size_t>(l)];
+    const std::string p = "model.layers." + std::to_string(l);
+    SPARK_RETURN_IF_ERROR(CheckVector(L.input_norm, p + ".input_layernorm", hidden));
+    SPARK_RETURN_IF_ERROR(CheckVector(L.post_attn_norm, p + ".post_attention_layernorm", hidden));
+    SPARK_RETURN_IF_ERROR(CheckLinear(L.q, p + ".self_attn.q_proj", local_q * hd, hidden));
+    SPARK_RETURN_IF_ERROR(CheckLinear(L.k, p + ".self_attn.k_proj", local_kv * hd, hidden));
+    SPARK_RETURN_IF_ERROR(CheckLinear(L.v, p + ".self_attn.v_proj", local_kv * hd, hidden));
+    SPARK_RETURN_IF_ERROR(CheckLinear(L.o, p + ".self_attn.o_proj", hidden, local_q * hd));
+    if (c.use_qk_norm) {
+      SPARK_RETURN_IF_ERROR(CheckVector(L.q_norm, p + ".self_attn.q_norm", hd));
+      SPARK_RETURN_IF_ERROR(CheckVector(L.k_norm, p + ".self_attn.k_norm", hd));
+    }
+    if (!L.is_moe) {
+      SPARK_RETURN_IF_ERROR(CheckMlp(L.mlp, p + ".mlp", hidden));
+      continue;
+    }
+    const int64_t experts = c.n_routed_experts;
+    if (experts <= 0 || c.num_experts_per_tok <= 0 || c.num_experts_per_tok > experts) {
+      return InvalidArgument(p + " is a MoE layer but the config has " + std::to_string(experts) +
+                             " experts and num_experts_per_tok " +
+                             std::to_string(c.num_experts_per_tok));
+    }
+    SPARK_RETURN_IF_ERROR(CheckVector(L.router, p + ".mlp.gate", experts * hidden));
+    if (!L.router_bias.empty()) {
+      SPARK_RETURN_IF_ERROR(
+          CheckVector(L.router_bias, p + ".mlp.gate.e_score_correction_bias", experts));
+    }
+    if (static_cast<int64_t>(L.experts.size()) != experts) {
+      return InvalidArgument(p + ".mlp holds " + std::to_string(L.experts.size()) +
+                             " experts, expected " + std::to_string(experts) + kMismatchHint);
+    }
+    for (int64_t e = 0; e < experts; ++e) {
+      SPARK_RETURN_IF_ERROR(CheckMlp(L.experts[static_cast<size_t>(e)],
+                                     p + ".mlp.experts." + std::to_string(e), hidden));
+    }
+    if (L.has_shared_expert) {
+      SPARK_RETURN_IF_ERROR(CheckMlp(L.shared, p + ".mlp.shared_experts", hidden));
+    }
+  }
+  return Status::Ok();
+}
+
+int64_t LinearBytes(const LinearWeight& w) {
+  // Device size: BF16 for non-FP8 weights.
+  const int64_t elem = w.dtype == DType::kF8E4M3 ? 1 : 2;
+  return w.out * w.in * elem + static_cast<int64_t>(w.scale.size() + w.bias.size()) * 4;
+}
+
+int64_t MlpBytes(const ExpertWeights& w) {
+  return LinearBytes(w.gate) + LinearBytes(w.up) + LinearBytes(w.down);
+}
+
+int64_t WeightBytes(const ModelWeights& w) {
+  int64_t total =
+      LinearBytes(w.embed) + LinearBytes(w.lm_head) + static_cast<int64_t>(w.final_norm.size()) * 4;
+  for (const LayerWeights& L : w.layers) {
+    total += LinearBytes(L.q) + LinearBytes(L.k) + LinearBytes(L.v) + LinearBytes(L.o);
+    total += static_cast<int64_t>(L.input_norm.size() + L.post_attn_norm.size() + L.q_norm.size() +
+                                  L.k_norm.size() + L.router.size() + L.router_bias.size()) *
+             4;
+    if (!L.is_moe) total += MlpBytes(L.mlp);
+    for (const ExpertWeights& e : L.experts) total += MlpBytes(e);
+    if (L.has_shared_expert) total += MlpBytes(L.shared);
+  }
+  return total;
+}
+
+// Host conversion of a weight element to float (exact, as LinearWeight::At).
+std::vector<uint16_t> ToBf16(const LinearWeight& w) {
+  std::vector<uint16_t> out(static_cast<size_t>(w.out * w.in));
+  if (w.dtype == DType::kBF16) {
+    std::memcpy(out.data(), w.data.data(), out.size() * 2);
+    return out;
+  }
+  std::vector<float> row(static_cast<size_t>(w.in));
+  for (int64_t r = 0; r < w.out; ++r) {
+    engine::DequantizeTile(w, r, 1, 0, w.in, row.data(), w.in);
+    for (int64_t c = 0; c < w.in; ++c) {
+      out[static_cast<size_t>(r * w.in + c)] = engine::FloatToBf16(row[static_cast<size_t>(c)]);
+    }
+  }
+  return out;
+}
+
+// Whether parts can be stacked into one FP8 weight (same scale kind, block rows aligned).
+bool StackableFp8(const std::vector<const LinearWeight*>& parts) {
+  const LinearWeight& first = *parts.front();
+  if (first.dtype != DType::kF8E4M3 || first.scale_kind == ScaleKind::kNone) return false;
+  for (const LinearWeight* p : parts) {
+    if (p->dtype != DType::kF8E4M3 || p->scale_kind != first.scale_kind || p->in != first.in) {
+      return false;
+    }
+    if (first.scale_kind == ScaleKind::kBlock &&
+        (p->block_n != first.block_n || p->block_k != first.block_k || p->out % p->block_n != 0)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+struct LayerDev {
+  DeviceLinear qkv;
+  DeviceLinear o;
+  const float* q_bias = nullptr;
+  const float* k_bias = nullptr;
+  const float* v_bias = nullptr;
+  const float* q_norm = nullptr;
+  const float* k_norm = nullptr;
+  const float* input_norm = nullptr;
+  const float* post_norm = nullptr;
+  bool is_moe = false;
+  DeviceLinear gate_up;  // dense MLP or shared expert, gate rows then up rows
+  DeviceLinear down;
+  bool has_mlp = false;  // dense layer, or MoE layer with a shared expert
+  MoeDeviceLayer moe_owned;
+  MoeLayerDevice moe;
+};
+
+struct CudaBackend::Impl {
+  ModelConfig config;
+  int tp_rank = 0;
+  int tp_size = 1;
+  Communicator* comm = nullptr;
+  CudaBackendOptions options;
+  DeviceInfo device;
+  cudaStream_t stream = nullptr;
+  bool own_stream = false;
+  int local_q = 0;
+  int local_kv = 0;
+  int64_t vocab_begin = 0;
+  int64_t vocab_local = 0;
+  int64_t vocab_padded = 0;  // per-rank slice width of the gathered logits
+
+  DeviceArena weights;
+  std::vector<LayerDev> layers;
+  const __nv_bfloat16* embed = nullptr;
+  const float* final_norm = nullptr;
+  DeviceLinear lm_head;
+  const float* inv_freq = nullptr;
+  int rotary_dim = 0;
+  int64_t max_inter = 0;  // largest local intermediate of a dense MLP / shared expert
+
+  std::unique_ptr<DenseLinear> linear;
+  std::optional<MoeConfigTable> moe_table;
+  MoeWorkspace moe_ws;
+  bool has_moe = false;
+  MoeWeightFormat moe_format = MoeWeightFormat::kBf16;
+  MoeShape moe_shape;
+
+  std::unique_ptr<CudaKvCache> kv;
+
+  // Workspace.
+  DeviceArena work;
+  int64_t max_tokens = 0;
+  float* x = nullptr;
+  __nv_bfloat16* h = nullptr;
+  float* qkv = nullptr;
+  __nv_bfloat16* q = nullptr;
+  __nv_bfloat16* attn = nullptr;
+  float* o = nullptr;
+  float* gate_up = nullptr;
+  __nv_bfloat16* act = nullptr;
+  float* mlp = nullptr;
+  float* shared = nullptr;
+  __nv_bfloat16* hsel = nullptr;
+  float* logits = nullptr;
+  float* logits_padded = nullptr;
+  float* gathered = nullptr;
+  float* attn_partial_o = nullptr;
+  float* attn_partial_ml = nullptr;
+  int64_t attn_partial_floats = 0;
+  // Per-batch metadata, uploaded in one copy.
+  void* meta = nullptr;
+  int64_t meta_bytes = 0;
+  PinnedBuffer meta_host;
+  PinnedBuffer staging;  // collectives in host mode and the logits download
+
+  ~Impl() {
+    if (stream) cudaStreamSynchronize(stream);
+    if (meta) cudaFree(meta);
+    if (own_stream && stream) cudaStreamDestroy(stream);
+  }
+
+  Status Init(const ModelConfig& cfg, int rank, int size, Communicator* c,
+              const CudaBackendOptions& opts);
+  Status CheckFits(int64_t weight_bytes) const;
+  Status UploadLayer(int l, LayerWeights& L);
+  Status UploadModel(ModelWeights& w);
+  Status GenerateModel(const DummyWeightsSpec& spec);
+  Result<DeviceLinear> UploadStacked(const std::vector<const LinearWeight*>& parts);
+  Status Finish();
+  int64_t WorkspaceEstimate() const;
+
+  Status AllReduce(float* data, int64_t count);
+  Status Gather(float* local, int64_t count, float* out_host);
+  Result<ForwardOutput> Forward(const ForwardBatch& batch);
+};
+
+Status CudaBackend::Impl::Init(const ModelConfig& cfg, int rank, int size, Communicator* c,
+                               const CudaBackendOptions& opts) {
+  config = cfg;
+  tp_rank = rank;
+  tp_size = size;
+  comm = c;
+  options = opts;
+  if (size > 1 && c == nullptr) {
+    return InvalidArgument("weights are rank " + std::to_string(rank) + " of tp " +
+                           std::to_string(size) +
+                           " but no communicator was given; pass the tensor-parallel group");
+  }
+  if (c != nullptr && (c->world_size() != size || c->rank() != rank)) {
+    return InvalidArgument("communicator is rank " + std::to_string(c->rank()) + " of " +
+                           std::to_string(c->world_size()) + " but the weights are rank " +
+                           std::to_string(rank) + " of " + std::to_string(size) +
+                           "; load the weights with the communicator's rank and size");
+  }
+  if (opts.kv_block_tokens <= 0) {
+    return InvalidArgument("kv_block_tokens " + std::to_string(opts.kv_block_tokens) +
+                           " must be positive (e.g. 16)");
+  }
+  if (opts.max_batch_tokens <= 0) {
+    return InvalidArgument("max_batch_tokens must be positive (e.g. 4096)");
+  }
+  if (opts.kv_cache_bytes <= 0 && (opts.kv_cache_fraction <= 0 || opts.kv_cache_fraction > 1)) {
+    return InvalidArgument("kv_cache_fraction " + std::to_string(opts.kv_cache_fraction) +
+                           " must be in (0, 1], or give kv_cache_bytes");
+  }
+  if (cfg.num_attention_heads <= 0 || size <= 0 || cfg.num_attention_heads % size != 0) {
+    return InvalidArgument(std::to_string(cfg.num_attention_heads) +
+                           " attention heads cannot be split over tp " + std::to_string(size) +
+                           "; choose a tp size dividing them");
+  }
+  if (AttentionSmemBytes(cfg.head_dim) < 0) {
+    return Unimplemented("head_dim " + std::to_string(cfg.head_dim) +
+                         " is not supported by the CUDA attention kernel (16, 32, 64, 128, 256)");
+  }
+  local_q = cfg.num_attention_heads / size;
+  local_kv = std::max(1, cfg.num_key_value_heads / size);
+  const int rd = cfg.rotary_dim > 0 ? cfg.rotary_dim
+                                    : static_cast<int>(cfg.head_dim * cfg.partial_rotary_factor);
+  if (rd % 2 != 0 || rd > cfg.head_dim || rd < 0) {
+    return InvalidArgument("rotary_dim " + std::to_string(rd) +
+                           " must be even and at most head_dim " + std::to_string(cfg.head_dim) +
+                           "; check partial_rotary_factor");
+  }
+  rotary_dim = rd;
+  vocab_padded = (cfg.vocab_size + size - 1) / size;
+  vocab_begin = vocab_padded * rank;
+  vocab_local =
+      std::max<int64_t>(0, std::min(cfg.vocab_size, vocab_begin + vocab_padded) - vocab_begin);
+  max_tokens = opts.max_batch_tokens;
+
+  SPARK_CUDA_RETURN_IF_ERROR(cudaSetDevice(opts.device));
+  SPARK_ASSIGN_OR_RETURN(device, QueryDevice(opts.device));
+  if (opts.stream != nullptr) {
+    stream = opts.stream;
+  } else {
+    SPARK_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    own_stream = true;
+  }
+  // RoPE frequencies from the CPU backend's definition (Llama-3 scaling included).
+  engine::ModelConfig rope_cfg = cfg;
+  rope_cfg.rotary_dim = rd;
+  engine::RotaryEmbedding rope(rope_cfg);
+  SPARK_ASSIGN_OR_RETURN(float* freq, weights.Upload(rope.inv_freq().data(),
+                                                     static_cast<int64_t>(rope.inv_freq().size())));
+  inv_freq = freq;
+  return Status::Ok();
+}
+
+int64_t CudaBackend::Impl::WorkspaceEstimate() const {
+  const int64_t t = max_tokens;
+  const int64_t hdim = config.hidden_size;
+  const int64_t qkv_dim = int64_t{local_q + 2 * local_kv} * config.head_dim;
+  const int64_t q_dim = int64_t{local_q} * config.head_dim;
+  const int64_t inter = std::max<int64_t>(
+      {config.intermediate_size / tp_size,
+       config.moe_intermediate_size * std::max(1, config.n_shared_experts) / tp_size, 1});
+  int64_t bytes =
+      t * hdim * (4 + 2 + 4 + 4 + 4 + 2) + t * qkv_dim * 4 + t * q_dim * 4 + t * inter * (8 + 2);
+  bytes += kLogitRowsPerPass * vocab_padded * 4 * (2 + tp_size);
+  bytes += kAttentionPartialBytes + (int64_t{128} << 20);  // partials, linear workspaces
+  if (config.n_routed_experts > 0) {
+    bytes += t * config.num_experts_per_tok * hdim * 6 + t * config.n_routed_experts * 4;
+  }
+  return bytes;
+}
+
+Status CudaBackend::Impl::CheckFits(int64_t weight_bytes) const {
+  size_t free_bytes = 0;
+  size_t total_bytes = 0;
+  SPARK_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes));
+  const int64_t work = WorkspaceEstimate();
+  const int64_t kv_min = int64_t{2} * config.num_hidden_layers * local_kv *
+                         options.kv_block_tokens * config.head_dim * 2;
+  const int64_t need = weight_bytes + work + kv_min;
+  if (need > static_cast<int64_t>(free_bytes)) {
+    return ResourceExhausted(
+        "the model does not fit on device " + std::to_string(options.device) + " (" + device.name +
+        "): weights of this rank need " + GiB(weight_bytes) + ", workspace for " +
+        std::to_string(max_tokens) + " batch tokens " + GiB(work) + ", one KV block " +
+        GiB(kv_min) + ", but only " + GiB(static_cast<int64_t>(free_bytes)) + " of " +
+        GiB(static_cast<int64_t>(total_bytes)) +
+        " are free; use more tensor-parallel ranks, an FP8 checkpoint, fewer layers or a "
+        "smaller max_batch_tokens");
+  }
+  return Status::Ok();
+}
+
+Result<DeviceLinear> CudaBackend::Impl::UploadStacked(
+    const std::vector<const LinearWeight*>& parts) {
+  DeviceLinear d;
+  d.in = parts.front()->in;
+  for (const LinearWeight* p : parts) d.out += p->out;
+  if (StackableFp8(parts)) {
+    const LinearWeight& first = *parts.front();
+    d.type = WeightType::kFP8;
+    d.scale_kind =
+        first.scale_kind == ScaleKind::kBlock ? WeightScale::kBlock : WeightScale::kPerChannel;
+    d.block_n = first.block_n;
+    d.block_k = first.block_k;
+    SPARK_ASSIGN_OR_RETURN(uint8_t * data, weights.Alloc<uint8_t>(d.out * d.in));
+    std::vector<float> scales;
+    int64_t row = 0;
+    for (const LinearWeight* p : parts) {
+      SPARK_CUDA_RETURN_IF_ERROR(cudaMemcpy(data + row * d.in, p->data.data(),
+                                            static_cast<size_t>(p->out * p->in),
+                                            cudaMemcpyHostToDevice));
+      scales.insert(scales.end(), p->scale.begin(), p->scale.end());
+      row += p->out;
+    }
+    SPARK_ASSIGN_OR_RETURN(float* s,
+                           weights.Upload(scales.data(), static_cast<int64_t>(scales.size())));
+    d.data = data;
+    d.scale = s;
+    return d;
+  }
+  d.type = WeightType::kBF16;
+  SPARK_ASSIGN_OR_RETURN(uint16_t * data, weights.Alloc<uint16_t>(d.out * d.in));
+  int64_t row = 0;
+  for (const LinearWeight* p : parts) {
+    std::vector<uint16_t> bf = ToBf16(*p);
+    SPARK_CUDA_RETURN_IF_ERROR(
+        cudaMemcpy(data + row * d.in, bf.data(), bf.size() * 2, cudaMemcpyHostToDevice));
+    row += p->out;
+  }
+  d.data = data;
+  return d;
+}
+
+Status CudaBackend::Impl::UploadLayer(int l, LayerWeights& L) {
+  LayerDev& D = layers[static_cast<size_t>(l)];
+  SPARK_ASSIGN_OR_RETURN(D.qkv, UploadStacked({&L.q, &L.k, &L.v}));
+  SPARK_ASSIGN_OR_RETURN(D.o, UploadStacked({&L.o}));
+  auto upload_vec = [&](const std::vector<float>& v, const float** out) -> Status {
+    if (v.empty()) return Status::Ok();
+    SPARK_ASSIGN_OR_RETURN(float* p, weights.Upload(v.data(), static_cast<int64_t>(v.size())));
+    *out = p;
+    return Status::Ok();
+  };
+  SPARK_RETURN_IF_ERROR(upload_vec(L.q.bias, &D.q_bias));
+  SPARK_RETURN_IF_ERROR(upload_vec(L.k.bias, &D.k_bias));
+  SPARK_RETURN_IF_ERROR(upload_vec(L.v.bias, &D.v_bias));
+  if (config.use_qk_norm) {
+    SPARK_RETURN_IF_ERROR(upload_vec(L.q_norm, &D.q_norm));
+    SPARK_RETURN_IF_ERROR(upload_vec(L.k_norm, &D.k_norm));
+  }
+  SPARK_RETURN_IF_ERROR(upload_vec(L.input_norm, &D.input_norm));
+  SPARK_RETURN_IF_ERROR(upload_vec(L.post_attn_norm, &D.post_norm));
+  D.is_moe = L.is_moe;
+  const ExpertWeights* mlp = L.is_moe ? (L.has_shared_expert ? &L.shared : nullptr) : &L.mlp;
+  if (mlp != nullptr) {
+    D.has_mlp = true;
+    SPARK_ASSIGN_OR_RETURN(D.gate_up, UploadStacked({&mlp->gate, &mlp->up}));
+    SPARK_ASSIGN_OR_RETURN(D.down, UploadStacked({&mlp->down}));
+    max_inter = std::max(max_inter, mlp->gate.out);
+  }
+  if (L.is_moe) {
+    Result<PackedMoeLayer> packed = PackMoeLayer(L, config);
+    if (!packed.ok()) return packed.status().WithContext("layer " + std::to_string(l));
+    SPARK_ASSIGN_OR_RETURN(D.moe_owned, MoeDeviceLayer::Upload(*packed, stream));
+    D.moe = D.moe_owned.view();
+    has_moe = true;
+    moe_format = packed->format;
+    moe_shape = packed->shape;
+  }
+  return Status::Ok();
+}
+
+Status CudaBackend::Impl::UploadModel(ModelWeights& w) {
+  {
+    std::vector<uint16_t> embed = ToBf16(w.embed);
+    SPARK_ASSIGN_OR_RETURN(uint16_t * e,
+                           weights.Upload(embed.data(), static_cast<int64_t>(embed.size())));
+    embed = {};
+    this->embed = reinterpret_cast<const __nv_bfloat16*>(e);
+    w.embed = LinearWeight{};
+  }
+  SPARK_ASSIGN_OR_RETURN(float* fn, weights.Upload(w.final_norm.data(), config.hidden_size));
+  final_norm = fn;
+  if (vocab_local > 0) {
+    SPARK_ASSIGN_OR_RETURN(lm_head, UploadStacked({&w.lm_head}));
+  }
+  w.lm_head = LinearWeight{};
+  layers.resize(static_cast<size_t>(config.num_hidden_layers));
+  for (int l = 0; l < config.num_hidden_layers; ++l) {
+    Status s = UploadLayer(l, w.layers[static_cast<size_t>(l)]);
+    if (!s.ok()) return s.WithContext("uploading layer " + std::to_string(l));
+    w.layers[static_cast<size_t>(l)] = LayerWeights{};  // free the host copy as we go
+  }
+  return Status::Ok();
+}
+
+namespace {
+
+struct Range {
+  int64_t begin = 0;
+  int64_t end = 0;
+  int64_t size() const { return end - begin; }
+};
+
+// One part of a generated (dummy) weight: the slice [rows) x [cols) of the full tensor `name`.
+struct DummyPart {
+  std::string name;  // module prefix, ".weight" is appended
+  int64_t in_features = 0;
+  Range rows;
+  Range cols;
+};
+
+}  // namespace
+
+Status CudaBackend::Impl::GenerateModel(const DummyWeightsSpec& spec) {
+  const ModelConfig& c = config;
+  const int64_t hsz = c.hidden_size;
+  const uint64_t seed = spec.seed;
+  const bool quantized = c.quant.method != QuantMethod::kNone;
+  const bool bf16_round = c.torch_dtype != "float32" && c.torch_dtype != "float16";
+  auto full = [](int64_t n) { return Range{0, n}; };
+  auto split = [&](int64_t n) {
+    const int64_t per = n / tp_size;
+    return Range{tp_rank * per, (tp_rank + 1) * per};
+  };
+  const Range q_rows = split(c.q_size());
+  Range kv_rows;
+  if (tp_size <= c.num_key_value_heads) {
+    const int64_t per = int64_t{c.num_key_value_heads / tp_size} * c.head_dim;
+    kv_rows = Range{tp_rank * per, (tp_rank + 1) * per};
+  } else {
+    const int64_t head = tp_rank / (tp_size / c.num_key_value_heads);
+    kv_rows = Range{head * c.head_dim, (head + 1) * c.head_dim};
+  }
+  enum class Kind { kNorm, kBias, kRouterBias };
+  auto vec = [&](const std::string& name, Range r, Kind kind) {
+    std::vector<float> out(static_cast<size_t>(r.size()));
+    for (int64_t i = 0; i < r.size(); ++i) {
+      const float u = engine::DummyWeightValue(seed, name, r.begin + i, 0, 3);
+      float v =
+          kind == Kind::kNorm ? 1.0f + 0.1f * u : (kind == Kind::kBias ? 0.02f * u : 0.05f * u);
+      if (kind != Kind::kRouterBias && bf16_round) v = engine::Bf16ToFloat(engine::FloatToBf16(v));
+      out[static_cast<size_t>(i)] = v;
+    }
+    return out;
+  };
+  auto upload_vec = [&](const std::vector<float>& v) -> Result<const float*> {
+    SPARK_ASSIGN_OR_RETURN(float* p, weights.Upload(v.data(), static_cast<int64_t>(v.size())));
+    return static_cast<const float*>(p);
+  };
+  auto linear = [&](const std::vector<DummyPart>& parts, bool quantizable) -> Result<DeviceLinear> {
+    DeviceLinear d;
+    d.in = parts.front().cols.size();
+    for (const DummyPart& p : parts) d.out += p.rows.size();
+    const bool fp8 = quantizable && quantized;
+    d.type = fp8 ? WeightType::kFP8 : WeightType::kBF16;
+    const int64_t elem = fp8 ? 1 : 2;
+    SPARK_ASSIGN_OR_RETURN(uint8_t * data, weights.Alloc<uint8_t>(d.out * d.in * elem));
+    d.data = data;
+    std::vector<float> scales;
+    int64_t row = 0;
+    for (const DummyPart& p : parts) {
+      SPARK_CUDA_RETURN_IF_ERROR(FillDummyMatrix(
+          DummyNameKey(seed, p.name + ".weight"), p.in_features, p.rows.begin, p.rows.size(),
+          p.cols.begin, p.cols.size(), fp8, data + row * d.in * elem, d.in, stream));
+      if (fp8) {
+        const float s = DummyFp8Scale(p.in_features);
+        if (c.quant.method == QuantMethod::kFp8PerChannel) {
+          scales.insert(scales.end(), static_cast<size_t>(p.rows.size()), s);
+        } else {
+          const int bn = c.quant.block_n;
+          const int bk = c.quant.block_k;
+          if (parts.size() > 1 && p.rows.size() % bn != 0) {
+            return Unimplemented(
+                "block FP8 dummy weight " + p.name + ": " + std::to_string(p.rows.size()) +
+                " rows per rank are not a multiple of the block " + std::to_string(bn));
+          }
+          const int64_t nb = (p.rows.size() + bn - 1) / bn;
+          const int64_t kb = (d.in + bk - 1) / bk;
+          scales.insert(scales.end(), static_cast<size_t>(nb * kb), s);
+        }
+      }
+      row += p.rows.size();
+    }
+    if (fp8) {
+      d.scale_kind = c.quant.method == QuantMethod::kFp8PerChannel ? WeightScale::kPerChannel
+                                                                   : WeightScale::kBlock;
+      d.block_n = c.quant.block_n;
+      d.block_k = c.quant.block_k;
+      SPARK_ASSIGN_OR_RETURN(d.scale, upload_vec(scales));
+    }
+    return d;
+  };
+
+  {
+    SPARK_ASSIGN_OR_RETURN(
+        DeviceLinear e,
+        linear({{"model.embed_tokens", hsz, full(c.vocab_size), full(hsz)}}, false));
+    embed = static_cast<const __nv_bfloat16*>(e.data);
+  }
+  SPARK_ASSIGN_OR_RETURN(final_norm, upload_vec(vec("model.norm.weight", full(hsz), Kind::kNorm)));
+  if (vocab_local > 0) {
+    const Range vocab{vocab_begin, vocab_begin + vocab_local};
+    const std::string name = c.tie_word_embeddings ? "model.embed_tokens" : "lm_head";
+    SPARK_ASSIGN_OR_RETURN(lm_head, linear({{name, hsz, vocab, full(hsz)}}, false));
+  }
+  layers.resize(static_cast<size_t>(c.num_hidden_layers));
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    LayerDev& D = layers[static_cast<size_t>(l)];
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const std::string a = p + "self_attn.";
+    SPARK_ASSIGN_OR_RETURN(D.input_norm,
+                           upload_vec(vec(p + "input_layernorm.weight", full(hsz), Kind::kNorm)));
+    SPARK_ASSIGN_OR_RETURN(D.post_norm, upload_vec(vec(p + "post_attention_layernorm.weight",
+                                                       full(hsz), Kind::kNorm)));
+    SPARK_ASSIGN_OR_RETURN(D.qkv, linear({{a + "q_proj", hsz, q_rows, full(hsz)},
+                                          {a + "k_proj", hsz, kv_rows, full(hsz)},
+                                          {a + "v_proj", hsz, kv_rows, full(hsz)}},
+                                         true));
+    SPARK_ASSIGN_OR_RETURN(D.o, linear({{a + "o_proj", c.q_size(), full(hsz), q_rows}}, true));
+    if (c.attention_bias) {
+      SPARK_ASSIGN_OR_RETURN(D.q_bias, upload_vec(vec(a + "q_proj.bias", q_rows, Kind::kBias)));
+      SPARK_ASSIGN_OR_RETURN(D.k_bias, upload_vec(vec(a + "k_proj.bias", kv_rows, Kind::kBias)));
+      SPARK_ASSIGN_OR_RETURN(D.v_bias, upload_vec(vec(a + "v_proj.bias", kv_rows, Kind::kBias)));
+    }
+    if (c.use_qk_norm) {
+      SPARK_ASSIGN_OR_RETURN(D.q_norm,
+                             upload_vec(vec(a + "q_norm.weight", full(c.head_dim), Kind::kNorm)));
+      SPARK_ASSIGN_OR_RETURN(D.k_norm,
+                             upload_vec(vec(a + "k_norm.weight", full(c.head_dim), Kind::kNorm)));
+    }
+    D.is_moe = c.IsMoeLayer(l);
+    auto mlp = [&](const std::string& prefix, int64_t inter) -> Status {
+      const Range r = split(inter);
+      SPARK_ASSIGN_OR_RETURN(D.gate_up, linear({{prefix + "gate_proj", hsz, r, full(hsz)},
+                                                {prefix + "up_proj", hsz, r, full(hsz)}},
+                                               true));
+      SPARK_ASSIGN_OR_RETURN(D.down, linear({{prefix + "down_proj", inter, full(hsz), r}}, true));
+      D.has_mlp = true;
+      max_inter = std::max(max_inter, r.size());
+      return Status::Ok();
+    };
+    if (!D.is_moe) {
+      SPARK_RETURN_IF_ERROR(mlp(p + "mlp.", c.intermediate_size));
+      continue;
+    }
+    if (c.n_shared_experts > 0) {
+      SPARK_RETURN_IF_ERROR(
+          mlp(p + "mlp.shared_experts.", c.moe_intermediate_size * c.n_shared_experts));
+    }
+    // Routed experts straight into MoeForward's layout (moe.h): w13 [E, 2*Im, H] with gate and
+    // up rows interleaved, w2 [E, H, Im].
+    const int e_count = c.n_routed_experts;
+    const Range r = split(c.moe_intermediate_size);
+    const int64_t im = r.size();
+    MoeLayerDevice& M = D.moe;
+    M.shape = MoeShapeFromConfig(c, static_cast<int>(im));
+    M.format = !quantized ? MoeWeightFormat::kBf16
+                          : (c.quant.method == QuantMethod::kFp8PerChannel
+                                 ? MoeWeightFormat::kFp8PerChannel
+                                 : MoeWeightFormat::kFp8Block);
+    SPARK_RETURN_IF_ERROR(M.shape.Validate(M.format));
+    {
+      std::vector<float> router(static_cast<size_t>(int64_t{e_count} * hsz));
+      const std::string name = p + "mlp.gate.weight";
+      for (int64_t i = 0; i < e_count; ++i) {
+        for (int64_t k = 0; k < hsz; ++k) {
+          float v = engine::DummyWeightValue(seed, name, i, k, hsz);
+          if (bf16_round) v = engine::Bf16ToFloat(engine::FloatToBf16(v));
+          router[static_cast<size_t>(i * hsz + k)] = v;
+        }
+      }
+      SPARK_ASSIGN_OR_RETURN(M.router, upload_vec(router));
+    }
+    if (c.router_correction_bias) {
+      SPARK_ASSIGN_OR_RETURN(M.router_bias, upload_vec(vec(p + "mlp.gate.e_score_correction_bias",
+                                                           full(e_count), Kind::kRouterBias)));
+    }
+    const bool fp8 = quantized;
+    const int64_t elem = fp8 ? 1 : 2;
+    SPARK_ASSIGN_OR_RETURN(uint8_t * w13,
+                           weights.Alloc<uint8_t>(int64_t{e_count} * 2 * im * hsz * elem));
+    SPARK_ASSIGN_OR_RETURN(uint8_t * w2,
+                           weights.Alloc<uint8_t>(int64_t{e_count} * hsz * im * elem));
+    for (int e = 0; e < e_count; ++e) {
+      const std::string ep = p + "mlp.experts." + std::to_string(e) + ".";
+      uint8_t* base = w13 + int64_t{e} * 2 * im * hsz * elem;
+      SPARK_CUDA_RETURN_IF_ERROR(FillDummyMatrix(DummyNameKey(seed, ep + "gate_proj.weight"), hsz,
+                                                 r.begin, im, 0, hsz, fp8, base, 2 * hsz, stream));
+      SPARK_CUDA_RETURN_IF_ERROR(FillDummyMatrix(DummyNameKey(seed, ep + "up_proj.weight"), hsz,
+                                                 r.begin, im, 0, hsz, fp8, base + hsz * elem,
+                                                 2 * hsz, stream));
+      SPARK_CUDA_RETURN_IF_ERROR(FillDummyMatrix(DummyNameKey(seed, ep + "down_proj.weight"),
+                                                 c.moe_intermediate_size, 0, hsz, r.begin, im, fp8,
+                                                 w2 + int64_t{e} * hsz * im * elem, im, stream));
+    }
+    M.w13 = w13;
+    M.w2 = w2;
+    if (fp8) {
+      const float s13 = DummyFp8Scale(hsz);
+      const float s2 = DummyFp8Scale(c.moe_intermediate_size);
+      const bool per_channel = M.format == MoeWeightFormat::kFp8PerChannel;
+      const int64_t n13 =
+          per_channel ? int64_t{e_count} * 2 * im : int64_t{e_count} * 2 * (im / 128) * (hsz / 128);
+      const int64_t n2 =
+          per_channel ? int64_t{e_count} * hsz : int64_t{e_count} * (hsz / 128) * (im / 128);
+      SPARK_ASSIGN_OR_RETURN(M.w13_scale,
+                             upload_vec(std::vector<float>(static_cast<size_t>(n13), s13)));
+      SPARK_ASSIGN_OR_RETURN(M.w2_scale,
+                             upload_vec(std::vector<float>(static_cast<size_t>(n2), s2)));
+    }
+    has_moe = true;
+    moe_format = M.format;
+    moe_shape = M.shape;
+  }
+  SPARK_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  return Status::Ok();
+}
+
+Status CudaBackend::Impl::Finish() {
+  const int64_t t = max_tokens;
+  const int64_t hsz = config.hidden_size;
+  const int64_t hd = config.head_dim;
+  const int64_t qkv_dim = int64_t{local_q + 2 * local_kv} * hd;
+  const int64_t q_dim = int64_t{local_q} * hd;
+  const int64_t inter = std::max<int64_t>(max_inter, 1);
+  SPARK_ASSIGN_OR_RETURN(x, work.Alloc<float>(t * hsz));
+  SPARK_ASSIGN_OR_RETURN(h, work.Alloc<__nv_bfloat16>(t * hsz));
+  SPARK_ASSIGN_OR_RETURN(qkv, work.Alloc<float>(t * qkv_dim));
+  SPARK_ASSIGN_OR_RETURN(q, work.Alloc<__nv_bfloat16>(t * q_dim));
+  SPARK_ASSIGN_OR_RETURN(attn, work.Alloc<__nv_bfloat16>(t * q_dim));
+  SPARK_ASSIGN_OR_RETURN(o, work.Alloc<float>(t * hsz));
+  SPARK_ASSIGN_OR_RETURN(gate_up, work.Alloc<float>(t * 2 * inter));
+  SPARK_ASSIGN_OR_RETURN(act, work.Alloc<__nv_bfloat16>(t * inter));
+  SPARK_ASSIGN_OR_RETURN(mlp, work.Alloc<float>(t * hsz));
+  SPARK_ASSIGN_OR_RETURN(shared, work.Alloc<float>(t * hsz));
+  SPARK_ASSIGN_OR_RETURN(hsel, work.Alloc<__nv_bfloat16>(t * hsz));
+  SPARK_ASSIGN_OR_RETURN(logits, work.Alloc<float>(kLogitRowsPerPass * vocab_padded));
+  if (tp_size > 1) {
+    SPARK_ASSIGN_OR_RETURN(logits_padded, work.Alloc<float>(kLogitRowsPerPass * vocab_padded));
+    SPARK_ASSIGN_OR_RETURN(gathered, work.Alloc<float>(tp_size * kLogitRowsPerPass * vocab_padded));
+  }
+  attn_partial_floats = kAttentionPartialBytes / 4;
+  SPARK_ASSIGN_OR_RETURN(attn_partial_o, work.Alloc<float>(attn_partial_floats));
+  SPARK_ASSIGN_OR_RETURN(attn_partial_ml,
+                         work.Alloc<float>(attn_partial_floats / std::max<int64_t>(hd, 1) * 2));
+
+  DenseLinearLimits limits;
+  limits.max_rows = std::max(t, kLogitRowsPerPass);
+  limits.sms = device.multiprocessors;
+  limits.gemv_max_rows = options.gemv_max_rows;
+  limits.fp8_activations = options.fp8_activations;
+  auto note = [&](const DeviceLinear& w) {
+    limits.max_in = std::max(limits.max_in, w.in);
+    limits.max_out = std::max(limits.max_out, w.out);
+    if (w.type == WeightType::kFP8) {
+      limits.max_fp8_weight_elems = std::max(limits.max_fp8_weight_elems, w.out * w.in);
+    }
+  };
+  note(lm_head);
+  for (const LayerDev& D : layers) {
+    note(D.qkv);
+    note(D.o);
+    if (D.has_mlp) {
+      note(D.gate_up);
+      note(D.down);
+    }
+  }
+  SPARK_ASSIGN_OR_RETURN(linear, DenseLinear::Create(limits));
+  if (has_moe) {
+    SPARK_ASSIGN_OR_RETURN(MoeConfigTable table,
+                           MoeConfigTable::Create(device, options.smem_cap_bytes));
+    moe_table.emplace(std::move(table));
+    SPARK_ASSIGN_OR_RETURN(moe_ws, MoeWorkspace::Create(moe_shape, moe_format, t));
+  }
+  SPARK_RETURN_IF_ERROR(
+      staging.Reserve(std::max(t * hsz, (tp_size + 1) * kLogitRowsPerPass * vocab_padded) * 4));
+
+  // KV cache from what is left.
+  size_t free_bytes = 0;
+  size_t total_bytes = 0;
+  SPARK_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes));
+  CudaKvShape shape;
+  shape.num_layers = config.num_hidden_layers;
+  shape.kv_heads = local_kv;
+  shape.head_dim = config.head_dim;
+  shape.block_tokens = options.kv_block_tokens;
+  int64_t budget = 0;
+  if (options.kv_cache_bytes > 0) {
+    budget = options.kv_cache_bytes;
+    if (budget > static_cast<int64_t>(free_bytes)) {
+      return ResourceExhausted("kv_cache_bytes " + GiB(budget) + " exceeds the " +
+                               GiB(static_cast<int64_t>(free_bytes)) + " free on device " +
+                               std::to_string(options.device) + " after weights (" +
+                               GiB(weights.bytes()) + ") and workspace (" +
+                               GiB(work.bytes() + linear->workspace_bytes() + moe_ws.bytes()) +
+                               "); lower kv_cache_bytes");
+    }
+  } else {
+    budget = static_cast<int64_t>(static_cast<double>(free_bytes) * options.kv_cache_fraction);
+  }
+  Result<std::unique_ptr<CudaKvCache>> cache = CudaKvCache::Create(shape, budget);
+  if (!cache.ok()) {
+    return cache.status().WithContext("device " + std::to_string(options.device) + " has " +
+                                      GiB(static_cast<int64_t>(free_bytes)) +
+                                      " free after weights (" + GiB(weights.bytes()) +
+                                      ") and workspace");
+  }
+  kv = std::move(*cache);
+  return Status::Ok();
+}
+
+Status CudaBackend::Impl::AllReduce(float* data, int64_t count) {
+  if (comm == nullptr || tp_size == 1) return Status::Ok();
+  if (options.collectives == CollectiveMode::kDevice) {
+    return comm->AllReduceSum(data, static_cast<size_t>(count));
+  }
+  float* host = staging.as<float>();
+  SPARK_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(host, data, static_cast<size_t>(count) * 4, cudaMemcpyDeviceToHost, stream));
+  SPARK_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  SPARK_RETURN_IF_ERROR(comm->AllReduceSum(host, static_cast<size_t>(count)));
+  SPARK_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(data, host, static_cast<size_t>(count) * 4, cudaMemcpyHostToDevice, stream));
+  return Status::Ok();
+}
+
+// All-gathers `count` floats of device memory per rank into host memory [tp, count].
+Status CudaBackend::Impl::Gather(float* local, int64_t count, float* out_host) {
+  if (options.collectives == CollectiveMode::kDevice) {
+    SPARK_RETURN_IF_ERROR(comm->AllGather(local, static_cast<size_t>(count), gathered));
+    SPARK_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out_host, gathered,
+                                               static_cast<size_t>(count * tp_size) * 4,
+                                               cudaMemcpyDeviceToHost, stream));
+    SPARK_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+    return Status::Ok();
+  }
+  float* in_host = out_host + count * tp_size;
+  SPARK_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(in_host, local, static_cast<size_t>(count) * 4,
+                                             cudaMemcpyDeviceToHost, stream));
+  SPARK_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  return comm->AllGather(in_host, static_cast<size_t>(count), out_host);
+}
+
+Result<ForwardOutput> CudaBackend::Impl::Forward(const ForwardBatch& batch) {
+  const ModelConfig& c = config;
+  const int64_t hsz = c.hidden_size;
+  const int hd = c.head_dim;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+
+  // Validate the whole batch before touching the cache.
+  std::unordered_set<uint64_t> seen;
+  int64_t total = 0;
+  int64_t blocks = 0;
+  int64_t rows = 0;
+  for (size_t i = 0; i < batch.chunks.size(); ++i) {
+    const SequenceChunk& ch = batch.chunks[i];
+    const std::string where =
+        "chunk " + std::to_string(i) + " (sequence " + std::to_string(ch.seq_id) + ")";
+    if (ch.tokens.empty()) return InvalidArgument(where + " has no tokens; send >= 1 token");
+    if (!seen.insert(ch.seq_id).second) {
+      return InvalidArgument(where + " appears twice in one batch; merge its chunks");
+    }
+    const int64_t cached = kv->Length(ch.seq_id);
+    if (ch.start_pos != cached) {
+      return InvalidArgument(where + " starts at position " + std::to_string(ch.start_pos) +
+                             " but " + std::to_string(cached) +
+                             " tokens are cached; start_pos must equal the cached length");
+    }
+    for (int32_t id : ch.tokens) {
+      if (id < 0 || id >= c.vocab_size) {
+        return InvalidArgument(where + " has token id " + std::to_string(id) +
+                               " outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
+      }
+    }
+    const int64_t n = static_cast<int64_t>(ch.tokens.size());
+    blocks += kv->BlocksToGrow(ch.seq_id, ch.start_pos + n);
+    total += n;
+    rows += ch.all_logits ? n : 1;
+  }
+  if (total > max_tokens) {
+    return InvalidArgument("the batch carries " + std::to_string(total) +
+                           " tokens, more than max_batch_tokens " + std::to_string(max_tokens) +
+                           " of the CUDA backend; send smaller batches or raise max_batch_tokens");
+  }
+  if (blocks > kv->free_blocks()) {
+    return ResourceExhausted("KV cache full: the batch needs " + std::to_string(blocks) +
+                             " blocks, " + std::to_string(kv->free_blocks()) +
+                             " free; preempt a sequence or raise the KV cache memory");
+  }
+  ForwardOutput output;
+  output.vocab_size = c.vocab_size;
+  if (batch.chunks.empty()) return output;
+
+  // Metadata.
+  const int chunks = static_cast<int>(batch.chunks.size());
+  const int group = local_q / local_kv;
+  const int bt = options.kv_block_tokens;
+  int max_blocks = 1;
+  int64_t num_tiles = 0;
+  int64_t max_ctx = 0;
+  for (const SequenceChunk& ch : batch.chunks) {
+    SPARK_CHECK(kv->Grow(ch.seq_id, ch.start_pos + static_cast<int64_t>(ch.tokens.size())).ok());
+    const int64_t ctx = ch.start_pos + static_cast<int64_t>(ch.tokens.size());
+    max_ctx = std::max(max_ctx, ctx);
+    max_blocks = std::max<int>(max_blocks, static_cast<int>((ctx + bt - 1) / bt));
+    const int64_t r = static_cast<int64_t>(ch.tokens.size()) * group;
+    num_tiles += (r + kAttentionRowsPerTile - 1) / kAttentionRowsPerTile;
+  }
+  auto align = [](int64_t v) { return (v + 15) / 16 * 16; };
+  const int64_t off_ids = 0;
+  const int64_t off_pos = off_ids + align(total * 4);
+  const int64_t off_slots = off_pos + align(total * 4);
+  const int64_t off_sel = off_slots + align(total * 8);
+  const int64_t off_start = off_sel + align(rows * 4);
+  const int64_t off_len = off_start + align(chunks * 4);
+  const int64_t off_offset = off_len + align(chunks * 4);
+  const int64_t off_tiles = off_offset + align(chunks * 4);
+  const int64_t off_tables = off_tiles + align(num_tiles * 8);
+  const int64_t meta_needed = off_tables + align(int64_t{chunks} * max_blocks * 4);
+  if (meta_needed > meta_bytes) {
+    SPARK_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+    if (meta) cudaFree(meta);
+    meta = nullptr;
+    meta_bytes = 0;
+    const int64_t bytes = meta_needed * 2;
+    SPARK_CUDA_RETURN_IF_ERROR(cudaMalloc(&meta, static_cast<size_t>(bytes)));
+    meta_bytes = bytes;
+    SPARK_RETURN_IF_ERROR(meta_host.Reserve(bytes));
+  } else {
+    // The previous batch's upload may still be reading the pinned buffer.
+    SPARK_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  }
+  char* mh = meta_host.as<char>();
+  auto* ids = reinterpret_cast<int32_t*>(mh + off_ids);
+  auto* pos = reinterpret_cast<int32_t*>(mh + off_pos);
+  auto* slots = reinterpret_cast<int64_t*>(mh + off_slots);
+  auto* sel = reinterpret_cast<int32_t*>(mh + off_sel);
+  auto* cstart = reinterpret_cast<int32_t*>(mh + off_start);
+  auto* clen = reinterpret_cast<int32_t*>(mh + off_len);
+  auto* coff = reinterpret_cast<int32_t*>(mh + off_offset);
+  auto* tiles = reinterpret_cast<int2*>(mh + off_tiles);
+  auto* tables = reinterpret_cast<int32_t*>(mh + off_tables);
+  output.row_begin.resize(static_cast<size_t>(chunks));
+  int64_t t = 0;
+  int64_t r = 0;
+  int64_t tile = 0;
+  for (int i = 0; i < chunks; ++i) {
+    const SequenceChunk& ch = batch.chunks[static_cast<size_t>(i)];
+    const int64_t n = static_cast<int64_t>(ch.tokens.size());
+    const std::vector<int32_t>& blk = kv->Blocks(ch.seq_id);
+    cstart[i] = static_cast<int32_t>(ch.start_pos);
+    clen[i] = static_cast<int32_t>(n);
+    coff[i] = static_cast<int32_t>(t);
+    for (int b = 0; b < max_blocks; ++b) {
+      tables[int64_t{i} * max_blocks + b] =
+          b < static_cast<int>(blk.size()) ? blk[static_cast<size_t>(b)] : 0;
+    }
+    output.row_begin[static_cast<size_t>(i)] = r;
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t p = ch.start_pos + k;
+      ids[t + k] = ch.tokens[static_cast<size_t>(k)];
+      pos[t + k] = static_cast<int32_t>(p);
+      slots[t + k] = int64_t{blk[static_cast<size_t>(p / bt)]} * bt + p % bt;
+    }
+    for (int64_t k = ch.all_logits ? 0 : n - 1; k < n; ++k) sel[r++] = static_cast<int32_t>(t + k);
+    for (int64_t row = 0; row < n * group; row += kAttentionRowsPerTile) {
+      tiles[tile++] = make_int2(i, static_cast<int>(row));
+    }
+    t += n;
+  }
+  SPARK_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(meta, mh, static_cast<size_t>(meta_needed), cudaMemcpyHostToDevice, stream));
+  char* md = static_cast<char*>(meta);
+  const auto* d_ids = reinterpret_cast<const int32_t*>(md + off_ids);
+  const auto* d_pos = reinterpret_cast<const int32_t*>(md + off_pos);
+  const auto* d_slots = reinterpret_cast<const int64_t*>(md + off_slots);
+  const auto* d_sel = reinterpret_cast<const int32_t*>(md + off_sel);
+
+  AttentionBatch ab;
+  ab.start = reinterpret_cast<const int32_t*>(md + off_start);
+  ab.len = reinterpret_cast<const int32_t*>(md + off_len);
+  ab.offset = reinterpret_cast<const int32_t*>(md + off_offset);
+  ab.block_tables = reinterpret_cast<const int32_t*>(md + off_tables);
+  ab.max_blocks = max_blocks;
+  ab.tiles = reinterpret_cast<const int2*>(md + off_tiles);
+  ab.num_tiles = static_cast<int>(num_tiles);
+  ab.total_tokens = static_cast<int>(total);
+  AttentionShape as;
+  as.q_heads = local_q;
+  as.kv_heads = local_kv;
+  as.head_dim = hd;
+  as.block_tokens = bt;
+  as.scale = static_cast<float>(std::pow(static_cast<double>(hd), -0.5));
+  // Split along the keys when few blocks would run over long contexts.
+  int splits = 1;
+  int split_keys = 0;
+  const int64_t ctas = num_tiles * local_kv;
+  const int64_t sms = std::max(1, device.multiprocessors);
+  if (ctas < 2 * sms && max_ctx > 512) {
+    int64_t want = std::min<int64_t>(
+        {kMaxAttentionSplits, (2 * sms + ctas - 1) / ctas, (max_ctx + 255) / 256});
+    const int64_t per_split = total * local_q * hd;
+    want = std::min<int64_t>(want, attn_partial_floats / std::max<int64_t>(per_split, 1));
+    if (want > 1) {
+      split_keys = static_cast<int>(((max_ctx + want - 1) / want + 31) / 32 * 32);
+      splits = static_cast<int>((max_ctx + split_keys - 1) / split_keys);
+    }
+  }
+  const int64_t smem_limit = device.EffectiveSmemPerBlock(options.smem_cap_bytes);
+
+  QkvRopeParams rp;
+  rp.q_heads = local_q;
+  rp.kv_heads = local_kv;
+  rp.head_dim = hd;
+  rp.rotary_dim = rotary_dim;
+  rp.inv_freq = inv_freq;
+  rp.eps = eps;
+  rp.block_tokens = bt;
+
+  SPARK_CUDA_RETURN_IF_ERROR(EmbeddingLookup(embed, hsz, d_ids, total, x, stream));
+  const float* pending = nullptr;
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const LayerDev& D = layers[static_cast<size_t>(l)];
+    SPARK_CUDA_RETURN_IF_ERROR(RmsNormF32(pending, x, D.input_norm, h, nullptr, total,
+                                          static_cast<int>(hsz), eps, nullptr, stream));
+    SPARK_RETURN_IF_ERROR(linear->Run(D.qkv, h, total, qkv, stream));
+    rp.q_bias = D.q_bias;
+    rp.k_bias = D.k_bias;
+    rp.v_bias = D.v_bias;
+    rp.q_norm = D.q_norm;
+    rp.k_norm = D.k_norm;
+    SPARK_CUDA_RETURN_IF_ERROR(
+        QkvRopeCacheWrite(qkv, total, d_pos, d_slots, rp, q, kv->keys(l), kv->values(l), stream));
+    SPARK_CUDA_RETURN_IF_ERROR(PagedAttention(q, kv->keys(l), kv->values(l), ab, as, splits,
+                                              split_keys, attn_partial_o, attn_partial_ml, attn,
+                                              smem_limit, stream));
+    SPARK_RETURN_IF_ERROR(linear->Run(D.o, attn, total, o, stream));
+    Status st = AllReduce(o, total * hsz);
+    if (!st.ok()) return st.WithContext("all-reduce after o_proj of layer " + std::to_string(l));
+    SPARK_CUDA_RETURN_IF_ERROR(RmsNormF32(o, x, D.post_norm, h, nullptr, total,
+                                          static_cast<int>(hsz), eps, nullptr, stream));
+    const float* addend = nullptr;
+    if (D.has_mlp) {
+      float* dst = D.is_moe ? shared : mlp;
+      const int64_t inter = D.gate_up.out / 2;
+      SPARK_RETURN_IF_ERROR(linear->Run(D.gate_up, h, total, gate_up, stream));
+      SPARK_CUDA_RETURN_IF_ERROR(SiluMul(gate_up, total, inter, act, stream));
+      SPARK_RETURN_IF_ERROR(linear->Run(D.down, act, total, dst, stream));
+      addend = shared;
+    }
+    if (D.is_moe) {
+      SPARK_CUDA_RETURN_IF_ERROR(
+          MoeForward(D.moe, h, total, mlp, addend, moe_ws, *moe_table, stream));
+    }
+    st = AllReduce(mlp, total * hsz);
+    if (!st.ok()) return st.WithContext("all-reduce after the MLP of layer " + std::to_string(l));
+    pending = mlp;
+  }
+  SPARK_CUDA_RETURN_IF_ERROR(RmsNormF32(pending, x, final_norm, h, nullptr, total,
+                                        static_cast<int>(hsz), eps, nullptr, stream));
+  SPARK_CUDA_RETURN_IF_ERROR(RmsNormF32(nullptr, x, final_norm, hsel, nullptr, rows,
+                                        static_cast<int>(hsz), eps, d_sel, stream));
+
+  const int64_t vocab = c.vocab_size;
+  output.logits.resize(static_cast<size_t>(rows * vocab));
+  for (int64_t r0 = 0; r0 < rows; r0 += kLogitRowsPerPass) {
+    const int64_t n = std::min(kLogitRowsPerPass, rows - r0);
+    if (vocab_local > 0) {
+      SPARK_RETURN_IF_ERROR(linear->Run(lm_head, hsel + r0 * hsz, n, logits, stream));
+    }
+    if (comm == nullptr || tp_size == 1) {
+      SPARK_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(output.logits.data() + r0 * vocab, logits,
+                                                 static_cast<size_t>(n * vocab) * 4,
+                                                 cudaMemcpyDeviceToHost, stream));
+      continue;
+    }
+    float* local = logits;
+    if (vocab_local != vocab_padded) {
+      SPARK_CUDA_RETURN_IF_ERROR(
+          cudaMemsetAsync(logits_padded, 0, static_cast<size_t>(n * vocab_padded) * 4, stream));
+      if (vocab_local > 0) {
+        SPARK_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(
+            logits_padded, static_cast<size_t>(vocab_padded) * 4, logits,
+            static_cast<size_t>(vocab_local) * 4, static_cast<size_t>(vocab_local) * 4,
+            static_cast<size_t>(n), cudaMemcpyDeviceToDevice, stream));
+      }
+      local = logits_padded;
+    }
+    float* host = staging.as<float>();
+    Status st = Gather(local, n * vocab_padded, host);
+    if (!st.ok()) return st.WithContext("all-gather of the logits");
+    for (int rank = 0; rank < tp_size; ++rank) {
+      const int64_t begin = rank * vocab_padded;
+      const int64_t count = std::max<int64_t>(0, std::min(vocab, begin + vocab_padded) - begin);
+      for (int64_t i = 0; i < n; ++i) {
+        std::memcpy(output.logits.data() + (r0 + i) * vocab + begin,
+                    host + (int64_t{rank} * n + i) * vocab_padded,
+                    static_cast<size_t>(count) * sizeof(float));
+      }
+    }
+  }
+  SPARK_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  return output;
+}
+
+// ---- CudaBackend -------------------------------------------------------------------------
+
+CudaBackend::CudaBackend(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CudaBackend::~CudaBackend() = default;
+
+Result<std::unique_ptr<CudaBackend>> CudaBackend::Create(ModelWeights weights, Communicator* comm,
+                                                         const CudaBackendOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  SPARK_RETURN_IF_ERROR(
+      impl->Init(weights.config, weights.tp_rank, weights.tp_size, comm, options));
+  const int local_kv = weights.config.head_dim > 0 && !weights.layers.empty()
+                           ? static_cast<int>(weights.layers[0].k.out / weights.config.head_dim)
+                           : impl->local_kv;
+  if (local_kv != impl->local_kv) {
+    return InvalidArgument("k_proj of layer 0 holds " + std::to_string(local_kv) +
+                           " kv heads, expected " + std::to_string(impl->local_kv) + kMismatchHint);
+  }
+  SPARK_RETURN_IF_ERROR(ValidateWeights(weights, impl->local_q, impl->local_kv));
+  SPARK_RETURN_IF_ERROR(impl->CheckFits(WeightBytes(weights)));
+  SPARK_RETURN_IF_ERROR(impl->UploadModel(weights));
+  SPARK_RETURN_IF_ERROR(impl->Finish());
+  return std::unique_ptr<CudaBackend>(new CudaBackend(std::move(impl)));
+}
+
+Result<std::unique_ptr<CudaBackend>> CudaBackend::CreateDummy(const ModelConfig& config,
+                                                              const DummyWeightsSpec& spec,
+                                                              Communicator* comm,
+                                                              const CudaBackendOptions& options) {
+  if (spec.max_layers == 0 || spec.max_layers < -1) {
+    return InvalidArgument("max_layers must be -1 (all) or > 0, got " +
+                           std::to_string(spec.max_layers));
+  }
+  SPARK_RETURN_IF_ERROR(engine::ValidateTensorParallel(config, std::max(1, spec.tp_size)));
+  ModelConfig cfg = config;
+  if (spec.max_layers > 0) cfg.num_hidden_layers = std::min(spec.max_layers, cfg.num_hidden_layers);
+  auto impl = std::make_unique<Impl>();
+  SPARK_RETURN_IF_ERROR(impl->Init(cfg, spec.tp_rank, spec.tp_size, comm, options));
+  // Weight bytes from the shapes.
+  const int64_t hsz = cfg.hidden_size;
+  const int64_t elem = cfg.quant.method != QuantMethod::kNone ? 1 : 2;
+  const int64_t qkv = int64_t{impl->local_q + 2 * impl->local_kv} * cfg.head_dim;
+  int64_t bytes = cfg.vocab_size * hsz * 2 + impl->vocab_local * hsz * 2;
+  for (int l = 0; l < cfg.num_hidden_layers; ++l) {
+    bytes += (qkv + int64_t{impl->local_q} * cfg.head_dim) * hsz * elem;
+    if (!cfg.IsMoeLayer(l)) {
+      bytes += 3 * cfg.intermediate_size / spec.tp_size * hsz * elem;
+    } else {
+      bytes += int64_t{cfg.n_routed_experts} * 3 * cfg.moe_intermediate_size / spec.tp_size * hsz *
+                   elem +
+               int64_t{cfg.n_routed_experts} * hsz * 4;
+      bytes +=
+          int64_t{cfg.n_shared_experts} * 3 * cfg.moe_intermediate_size / spec.tp_size * hsz * elem;
+    }
+  }
+  SPARK_RETURN_IF_ERROR(impl->CheckFits(bytes));
+  SPARK_RETURN_IF_ERROR(impl->GenerateModel(spec));
+  SPARK_RETURN_IF_ERROR(impl->Finish());
+  return std::unique_ptr<CudaBackend>(new CudaBackend(std::move(impl)));
+}
+
+const ModelConfig& CudaBackend::config() const { return impl_->config; }
+
+Result<ForwardOutput> CudaBackend::Forward(const ForwardBatch& batch) {
+  SPARK_CUDA_RETURN_IF_ERROR(cudaSetDevice(impl_->options.device));
+  return impl_->Forward(batch);
+}
+
+void CudaBackend::Release(uint64_t seq_id) { impl_->kv->Release(seq_id); }
+int64_t CudaBackend::FreeKvTokens() const { return impl_->kv->FreeTokens(); }
+int64_t CudaBackend::CachedTokens(uint64_t seq_id) const { return impl_->kv->Length(seq_id); }
+Status CudaBackend::TruncateSequence(uint64_t seq_id, int64_t length) {
+  return impl_->kv->Truncate(seq_id, length);
+}
+int64_t CudaBackend::KvCapacityTokens() const { return impl_->kv->CapacityTokens(); }
+int64_t CudaBackend::weight_bytes() const {
+  int64_t moe = 0;
+  for (const LayerDev& D : impl_->layers) moe += D.moe_owned.bytes();
+  return impl_->weights.bytes() + moe;
+}
+int64_t CudaBackend::workspace_bytes() const {
+  return impl_->work.bytes() + impl_->linear->workspace_bytes() + impl_->moe_ws.bytes();
+}
+int64_t CudaBackend::kv_cache_bytes() const { return impl_->kv->bytes(); }
+cudaStream_t CudaBackend::stream() const { return impl_->stream; }
+const CudaBackendOptions& CudaBackend::options() const { return impl_->options; }
+
+}  // namespace spark::cuda

@@ -1,0 +1,70 @@
+// DenseLinear: y[rows, out] (fp32) = x[rows, in] (BF16) . W^T for the backend's dense layers,
+// choosing the kernel per batch size and weight format:
+//   rows <= gemv_max_rows          own split-K GEMV (BF16 / FP8, exact dequantisation)
+//   BF16, larger                   cuBLASLt BF16
+//   FP8 per-channel, larger        per-token FP8 quantisation of x + cuBLASLt FP8 with
+//                                  OUTER_VEC scales (when fp8_activations and the device has
+//                                  an algorithm), else
+//   FP8 (any), larger              weight dequantised to BF16 in a scratch buffer + cuBLASLt BF16
+// and, when cuBLASLt has no algorithm for a shape, the GEMV kernel over 16-row slices.
+//
+// Thread safety: one owner thread. Ownership: owns its workspaces and the cuBLASLt handle.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "common/status.h"
+#include "engine/cuda/device_linear.h"
+#include "engine/cuda/lt_gemm.h"
+
+namespace spark::cuda {
+
+struct DenseLinearLimits {
+  int64_t max_rows = 0;              // rows of one call
+  int64_t max_in = 0;                // largest `in` of any weight
+  int64_t max_out = 0;               // largest `out`
+  int64_t max_fp8_weight_elems = 0;  // largest FP8 weight (out * in), 0 when none
+  int sms = 1;                       // multiprocessors of the device
+  int gemv_max_rows = 16;
+  bool fp8_activations = true;
+};
+
+enum class LinearPath : int { kGemv, kLtBf16, kLtFp8, kDequantLtBf16, kGemvSlices, kCount };
+const char* LinearPathName(LinearPath path);
+
+class DenseLinear {
+ public:
+  static Result<std::unique_ptr<DenseLinear>> Create(const DenseLinearLimits& limits);
+  ~DenseLinear();
+  DenseLinear(const DenseLinear&) = delete;
+  DenseLinear& operator=(const DenseLinear&) = delete;
+
+  Status Run(const DeviceLinear& w, const __nv_bfloat16* x, int64_t rows, float* y,
+             cudaStream_t stream);
+  // The path the last Run took, and how often each path ran.
+  LinearPath last_path() const { return last_path_; }
+  int64_t path_count(LinearPath path) const { return counts_[static_cast<int>(path)]; }
+  int64_t workspace_bytes() const { return workspace_bytes_; }
+
+ private:
+  DenseLinear() = default;
+  Status RunGemv(const DeviceLinear& w, const __nv_bfloat16* x, int64_t rows, float* y,
+                 cudaStream_t stream);
+
+  DenseLinearLimits limits_;
+  std::unique_ptr<LtGemm> lt_;
+  float* gemv_partial_ = nullptr;
+  int64_t gemv_partial_floats_ = 0;
+  uint8_t* x_q_ = nullptr;
+  float* x_scale_ = nullptr;
+  __nv_bfloat16* dequant_ = nullptr;
+  int64_t workspace_bytes_ = 0;
+  LinearPath last_path_ = LinearPath::kGemv;
+  int64_t counts_[static_cast<int>(LinearPath::kCount)] = {};
+};
+
+}  // namespace spark::cuda

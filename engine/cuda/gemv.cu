@@ -1,0 +1,168 @@
+#include "engine/cuda/gemv.h"
+
+#include <algorithm>
+
+#include "engine/cuda/device_math.cuh"
+
+namespace spark::cuda {
+namespace {
+
+constexpr int kWarps = 8;
+
+// One 16-byte weight vector: 8 BF16 or 16 FP8 elements.
+template <WeightType T>
+struct Vec;
+template <>
+struct Vec<WeightType::kBF16> {
+  static constexpr int kElems = 8;
+};
+template <>
+struct Vec<WeightType::kFP8> {
+  static constexpr int kElems = 16;
+};
+
+__device__ __forceinline__ void LoadX8(const __nv_bfloat16* p, float* out) {
+  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+  const __nv_bfloat16* b = reinterpret_cast<const __nv_bfloat16*>(&raw);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) out[e] = __bfloat162float(b[e]);
+}
+
+template <WeightType T, int MT>
+__global__ void __launch_bounds__(kWarps * 32)
+    GemvKernel(DeviceLinear w, const __nv_bfloat16* __restrict__ x, int rows, int64_t k_chunk,
+               float* __restrict__ partial, float* __restrict__ y, const float* __restrict__ bias,
+               int k_splits) {
+  constexpr int kE = Vec<T>::kElems;
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  if (n >= w.out) return;
+  const int64_t k_begin = blockIdx.y * k_chunk;
+  const int64_t k_end = min(w.in, k_begin + k_chunk);
+  float acc[MT];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) acc[m] = 0.f;
+  float channel_scale = 1.f;
+  if (T == WeightType::kFP8 && w.scale_kind == WeightScale::kPerChannel) channel_scale = w.scale[n];
+  const int64_t kb = (w.block_k > 0 ? (w.in + w.block_k - 1) / w.block_k : 0);
+  for (int64_t k0 = k_begin + static_cast<int64_t>(lane) * kE; k0 < k_end; k0 += 32 * kE) {
+    float wv[kE];
+    if constexpr (T == WeightType::kBF16) {
+      const __nv_bfloat16* row = static_cast<const __nv_bfloat16*>(w.data) + n * w.in;
+      LoadX8(row + k0, wv);
+    } else {
+      const uint8_t* row = static_cast<const uint8_t*>(w.data) + n * w.in;
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(row + k0));
+      const uint8_t* qb = reinterpret_cast<const uint8_t*>(&raw);
+      const float s = w.scale_kind == WeightScale::kBlock
+                          ? w.scale[(n / w.block_n) * kb + k0 / w.block_k]
+                          : channel_scale;
+#pragma unroll
+      for (int e = 0; e < kE; ++e) wv[e] = Fp8ToFloat(qb[e]) * s;
+    }
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      if (m < rows) {
+        const __nv_bfloat16* xr = x + static_cast<int64_t>(m) * w.in + k0;
+#pragma unroll
+        for (int h = 0; h < kE; h += 8) {
+          float xv[8];
+          LoadX8(xr + h, xv);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[m] = fmaf(wv[h + e], xv[e], acc[m]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    if (m >= rows) break;
+    const float v = WarpSum(acc[m]);
+    if (lane == 0) {
+      if (k_splits == 1) {
+        y[static_cast<int64_t>(m) * w.out + n] = v + (bias ? bias[n] : 0.f);
+      } else {
+        partial[(static_cast<int64_t>(blockIdx.y) * rows + m) * w.out + n] = v;
+      }
+    }
+  }
+}
+
+__global__ void ReduceKernel(const float* __restrict__ partial, int k_splits, int64_t count,
+                             int64_t out, const float* __restrict__ bias, float* __restrict__ y) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float s = 0.f;
+    for (int k = 0; k < k_splits; ++k) s += partial[k * count + i];
+    if (bias) s += bias[i % out];
+    y[i] = s;
+  }
+}
+
+template <WeightType T>
+cudaError_t LaunchRows(const DeviceLinear& w, const __nv_bfloat16* x, int rows, int64_t k_chunk,
+                       int k_splits, float* partial, float* y, const float* bias,
+                       cudaStream_t stream) {
+  dim3 grid(static_cast<unsigned>((w.out + kWarps - 1) / kWarps), static_cast<unsigned>(k_splits));
+  const unsigned threads = kWarps * 32;
+  if (rows <= 1) {
+    GemvKernel<T, 1><<<grid, threads, 0, stream>>>(w, x, rows, k_chunk, partial, y, bias, k_splits);
+  } else if (rows <= 2) {
+    GemvKernel<T, 2><<<grid, threads, 0, stream>>>(w, x, rows, k_chunk, partial, y, bias, k_splits);
+  } else if (rows <= 4) {
+    GemvKernel<T, 4><<<grid, threads, 0, stream>>>(w, x, rows, k_chunk, partial, y, bias, k_splits);
+  } else if (rows <= 8) {
+    GemvKernel<T, 8><<<grid, threads, 0, stream>>>(w, x, rows, k_chunk, partial, y, bias, k_splits);
+  } else {
+    GemvKernel<T, 16>
+        <<<grid, threads, 0, stream>>>(w, x, rows, k_chunk, partial, y, bias, k_splits);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+bool GemvSupports(const DeviceLinear& w) {
+  if (w.type == WeightType::kBF16) return w.in % 8 == 0;
+  if (w.in % 16 != 0) return false;
+  if (w.scale_kind == WeightScale::kBlock) return w.block_k % 16 == 0 && w.block_n > 0;
+  return w.scale_kind == WeightScale::kPerChannel;
+}
+
+int GemvKSplits(const DeviceLinear& w, int sms) {
+  const int64_t ctas = (w.out + kWarps - 1) / kWarps;
+  const int64_t elems = w.type == WeightType::kBF16 ? 8 : 16;
+  const int64_t step = 32 * elems * 4;  // at least four vectors per lane and split
+  const int64_t max_splits = std::max<int64_t>(1, w.in / step);
+  const int64_t want = (int64_t{4} * sms + ctas - 1) / ctas;
+  return static_cast<int>(std::clamp<int64_t>(want, 1, std::min<int64_t>(max_splits, 32)));
+}
+
+cudaError_t Gemv(const DeviceLinear& w, const __nv_bfloat16* x, int rows, const float* bias,
+                 int k_splits, float* partial, float* y, cudaStream_t stream) {
+  if (rows <= 0 || w.out == 0) return cudaSuccess;
+  if (rows > kGemvMaxRows || k_splits < 1 || !GemvSupports(w) ||
+      (k_splits > 1 && partial == nullptr)) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t elems = w.type == WeightType::kBF16 ? 8 : 16;
+  int64_t k_chunk = (w.in + k_splits - 1) / k_splits;
+  k_chunk = (k_chunk + elems - 1) / elems * elems;
+  if (w.type == WeightType::kFP8 && w.scale_kind == WeightScale::kBlock) {
+    k_chunk = (k_chunk + w.block_k - 1) / w.block_k * w.block_k;
+  }
+  const int splits = static_cast<int>((w.in + k_chunk - 1) / k_chunk);
+  cudaError_t err =
+      w.type == WeightType::kBF16
+          ? LaunchRows<WeightType::kBF16>(w, x, rows, k_chunk, splits, partial, y, bias, stream)
+          : LaunchRows<WeightType::kFP8>(w, x, rows, k_chunk, splits, partial, y, bias, stream);
+  if (err != cudaSuccess || splits == 1) return err;
+  const int64_t count = static_cast<int64_t>(rows) * w.out;
+  const int64_t blocks = std::min<int64_t>((count + 255) / 256, 4096);
+  ReduceKernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(partial, splits, count, w.out,
+                                                                  bias, y);
+  return cudaGetLastError();
+}
+
+}  // namespace spark::cuda

@@ -1,0 +1,33 @@
+// Split-K GEMV for small batches (decode): y[m, n] = sum_k x[m, k] * W[n, k] (+ bias[n]) for
+// m < rows <= 16, BF16 activations, BF16 or FP8 (per-channel / block) weights dequantised
+// element by element (float(q) * scale, like the CPU), fp32 accumulation, fp32 output.
+//
+// Each warp streams one weight row in 16-byte vectors; the K dimension is split over
+// `k_splits` blocks whose partial sums go to `partial` ([k_splits, rows, out] fp32) and are
+// summed in a fixed order by a second kernel, so results are deterministic. With k_splits == 1
+// no partial buffer is needed. Requirements: in % 16 == 0 (FP8) / in % 8 == 0 (BF16), 16-byte
+// aligned x and weights; block FP8 needs block_k % 16 == 0.
+// Raw device pointers; stream-ordered; callers own all buffers.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "engine/cuda/device_linear.h"
+
+namespace spark::cuda {
+
+constexpr int kGemvMaxRows = 16;
+
+// Chooses the K split for a weight on a device with `sms` multiprocessors.
+int GemvKSplits(const DeviceLinear& w, int sms);
+
+// True when the GEMV kernel supports this weight's shape and layout.
+bool GemvSupports(const DeviceLinear& w);
+
+cudaError_t Gemv(const DeviceLinear& w, const __nv_bfloat16* x, int rows, const float* bias,
+                 int k_splits, float* partial, float* y, cudaStream_t stream);
+
+}  // namespace spark::cuda
