@@ -239,8 +239,9 @@ cudaError_t Launch(const __nv_bfloat16* q, const __nv_bfloat16* k_cache,
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || splits == 1) return err;
   const int64_t rows = static_cast<int64_t>(batch.total_tokens) * shape.q_heads;
-  CombineKernel < <<static_cast<unsigned>(rows), HD<128 ? 32 : 128, 0, stream>>>(
-                      partial_o, partial_ml, splits, rows, HD, out);
+  const unsigned combine_threads = HD < 128 ? 32 : 128;
+  CombineKernel<<<static_cast<unsigned>(rows), combine_threads, 0, stream>>>(partial_o, partial_ml,
+                                                                             splits, rows, HD, out);
   return cudaGetLastError();
 }
 

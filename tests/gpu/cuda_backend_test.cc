@@ -1,0 +1,520 @@
+// CudaBackend end to end on the GPU:
+//   * every tiny transformers checkpoint of tests/data/models (and glm_fp8 quantised per channel
+//     and per 128x128 block) against its reference logits, and against CpuBackend on the same
+//     weights; greedy decoding through the paged KV cache;
+//   * tensor parallelism tp=2 in one process (two ranks on one GPU, Gloo collectives staged
+//     through host memory) against tp=1;
+//   * a random GLM-4 MoE at GLM-4.5-Air widths (1 dense + 1 MoE layer, BF16 and FP8 per-channel)
+//     against CpuBackend, with mixed prefill / decode batches; CreateDummy (weights generated on
+//     the GPU) against Create(MakeDummyWeights) bit for bit;
+//   * batch semantics: errors, ResourceExhausted, Release, FreeKvTokens, TruncateSequence,
+//     chunked prefill against one-shot prefill, and a clear error when a model does not fit.
+// Tolerances: logits vs the fp32 references within 3e-2 * max|ref| (BF16 activations into every
+// GEMM, FP8 activations in the FP8 MoE) and greedy tokens equal until the reference's top-2 gap
+// falls below the measured error.
+#include "engine/cuda/cuda_backend.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/check.h"
+#include "engine/comm/gloo_communicator.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/model/config.h"
+#include "engine/model/loader.h"
+#include "engine/model/quantize.h"
+
+namespace spark::cuda {
+namespace {
+
+namespace fs = std::filesystem;
+using engine::ForwardBatch;
+using engine::ForwardOutput;
+using engine::ModelConfig;
+using engine::ModelWeights;
+
+fs::path ModelsDir() { return fs::path(SPARK_SOURCE_DIR) / "tests" / "data" / "models"; }
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (fs::temp_directory_path() / "spark_cuda_test_XXXXXX").string();
+    if (char* made = ::mkdtemp(pattern.data()); made != nullptr) path_ = made;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    if (!path_.empty()) fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+struct Reference {
+  std::vector<int32_t> ids, greedy_prompt, greedy;
+  std::vector<double> greedy_gaps;
+  std::vector<float> logits;
+};
+
+Reference LoadReference(const fs::path& dir, const std::string& suffix, int64_t vocab) {
+  Reference ref;
+  std::ifstream in(dir / ("ref" + suffix + ".json"));
+  nlohmann::json j = nlohmann::json::parse(in);
+  ref.ids = j.at("ids").get<std::vector<int32_t>>();
+  ref.greedy_prompt = j.at("greedy_prompt").get<std::vector<int32_t>>();
+  ref.greedy = j.at("greedy").get<std::vector<int32_t>>();
+  if (j.contains("greedy_top2_gaps")) {
+    ref.greedy_gaps = j.at("greedy_top2_gaps").get<std::vector<double>>();
+  }
+  std::ifstream raw(dir / ("ref_logits" + suffix + ".f32"), std::ios::binary);
+  ref.logits.resize(ref.ids.size() * static_cast<size_t>(vocab));
+  raw.read(reinterpret_cast<char*>(ref.logits.data()),
+           static_cast<std::streamsize>(ref.logits.size() * sizeof(float)));
+  return ref;
+}
+
+int32_t Argmax(const float* row, int64_t n) {
+  return static_cast<int32_t>(std::max_element(row, row + n) - row);
+}
+
+double MaxAbs(const std::vector<float>& v) {
+  double m = 0;
+  for (float x : v) m = std::max(m, std::fabs(static_cast<double>(x)));
+  return m;
+}
+
+double MaxDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double m = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    m = std::max(m, std::fabs(static_cast<double>(a[i]) - b[i]));
+  }
+  return m;
+}
+
+CudaBackendOptions SmallOptions() {
+  CudaBackendOptions o;
+  o.kv_cache_bytes = int64_t{64} << 20;
+  o.max_batch_tokens = 512;
+  return o;
+}
+
+struct RunResult {
+  std::vector<float> prompt_logits;
+  std::vector<int32_t> greedy;
+};
+
+// Prompt logits (all positions) and greedy decoding, as the CPU reference test does.
+Result<RunResult> RunModel(engine::Backend& backend, const Reference& ref) {
+  const int64_t vocab = backend.config().vocab_size;
+  RunResult out;
+  ForwardBatch prompt;
+  prompt.chunks.push_back({.seq_id = 1, .start_pos = 0, .tokens = ref.ids, .all_logits = true});
+  SPARK_ASSIGN_OR_RETURN(ForwardOutput logits, backend.Forward(prompt));
+  out.prompt_logits = std::move(logits.logits);
+  backend.Release(1);
+  ForwardBatch step;
+  step.chunks.push_back({.seq_id = 2, .start_pos = 0, .tokens = ref.greedy_prompt});
+  for (size_t i = 0; i < ref.greedy.size(); ++i) {
+    SPARK_ASSIGN_OR_RETURN(ForwardOutput next, backend.Forward(step));
+    const int32_t token = Argmax(next.logits.data(), vocab);
+    out.greedy.push_back(token);
+    step.chunks[0].start_pos += static_cast<int64_t>(step.chunks[0].tokens.size());
+    step.chunks[0].tokens = {token};
+  }
+  backend.Release(2);
+  return out;
+}
+
+struct ModelCase {
+  std::string variant;
+  std::string scheme;  // bf16, fp8_channel, fp8_block
+};
+
+std::vector<ModelCase> Cases() {
+  std::vector<ModelCase> cases;
+  std::error_code ec;
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(ModelsDir(), ec)) {
+    if (e.is_directory() && fs::exists(e.path() / "ref.json")) {
+      names.push_back(e.path().filename().string());
+    }
+  }
+  std::sort(names.begin(), names.end());
+  for (const std::string& n : names) {
+    for (const char* scheme : {"bf16", "fp8_channel", "fp8_block"}) {
+      const std::string suffix = std::string(scheme) == "bf16" ? "" : std::string("_") + scheme;
+      if (fs::exists(ModelsDir() / n / ("ref" + suffix + ".json"))) cases.push_back({n, scheme});
+    }
+  }
+  return cases;
+}
+
+TEST(CudaBackendTest, TinyCheckpointsMatchReferenceLogitsAndCpuBackend) {
+  const std::vector<ModelCase> cases = Cases();
+  ASSERT_FALSE(cases.empty()) << "no reference models under " << ModelsDir();
+  for (const ModelCase& c : cases) {
+    SCOPED_TRACE(c.variant + " " + c.scheme);
+    const fs::path variant_dir = ModelsDir() / c.variant;
+    TempDir quantized;
+    fs::path dir = variant_dir;
+    if (c.scheme != "bf16") {
+      engine::QuantizeOptions q;
+      q.scheme =
+          c.scheme == "fp8_block" ? engine::Fp8Scheme::kBlock : engine::Fp8Scheme::kPerChannel;
+      ASSERT_TRUE(engine::QuantizeCheckpoint(variant_dir, quantized.path(), q).ok());
+      dir = quantized.path();
+    }
+    Result<ModelConfig> config = engine::LoadModelConfig(dir);
+    ASSERT_TRUE(config.ok()) << config.status().ToString();
+    const std::string suffix = c.scheme == "bf16" ? "" : "_" + c.scheme;
+    const Reference ref = LoadReference(variant_dir, suffix, config->vocab_size);
+
+    Result<ModelWeights> w = engine::LoadModelWeights(dir, {});
+    ASSERT_TRUE(w.ok()) << w.status().ToString();
+    Result<std::unique_ptr<CudaBackend>> gpu =
+        CudaBackend::Create(std::move(*w), nullptr, SmallOptions());
+    ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
+    Result<RunResult> got = RunModel(**gpu, ref);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+
+    Result<ModelWeights> w_cpu = engine::LoadModelWeights(dir, {});
+    ASSERT_TRUE(w_cpu.ok());
+    engine::CpuBackendOptions cpu_opts;
+    cpu_opts.kv_cache_bytes = int64_t{16} << 20;
+    Result<std::unique_ptr<engine::CpuBackend>> cpu =
+        engine::CpuBackend::Create(std::move(*w_cpu), nullptr, cpu_opts);
+    ASSERT_TRUE(cpu.ok());
+    Result<RunResult> cpu_run = RunModel(**cpu, ref);
+    ASSERT_TRUE(cpu_run.ok());
+
+    const double max_ref = MaxAbs(ref.logits);
+    const double diff = MaxDiff(got->prompt_logits, ref.logits);
+    const double diff_cpu = MaxDiff(got->prompt_logits, cpu_run->prompt_logits);
+    const int64_t vocab = config->vocab_size;
+    size_t argmax_agree = 0;
+    for (size_t p = 0; p < ref.ids.size(); ++p) {
+      const float* want = ref.logits.data() + p * vocab;
+      const int32_t a = Argmax(want, vocab);
+      const int32_t b = Argmax(got->prompt_logits.data() + p * vocab, vocab);
+      if (a == b || static_cast<double>(want[a]) - want[b] <= 2.0 * diff) ++argmax_agree;
+    }
+    size_t greedy_match = 0;
+    while (greedy_match < ref.greedy.size() &&
+           got->greedy[greedy_match] == ref.greedy[greedy_match]) {
+      ++greedy_match;
+    }
+    // Steps before the first whose reference top-2 gap is within twice the measured error.
+    size_t must_match = ref.greedy.size();
+    for (size_t i = 0; i < ref.greedy_gaps.size() && i < ref.greedy.size(); ++i) {
+      if (ref.greedy_gaps[i] <= 2.0 * diff) {
+        must_match = i;
+        break;
+      }
+    }
+    std::printf(
+        "[cuda-reference] %-11s %-11s max|gpu-ref|/max|ref| = %.3e, max|gpu-cpu|/max|ref| = "
+        "%.3e, argmax %zu/%zu agree, greedy %zu/%zu match (%zu required)\n",
+        c.variant.c_str(), c.scheme.c_str(), diff / max_ref, diff_cpu / max_ref, argmax_agree,
+        ref.ids.size(), greedy_match, ref.greedy.size(), must_match);
+    EXPECT_LE(diff / max_ref, 3e-2);
+    EXPECT_LE(diff_cpu / max_ref, 3e-2);
+    EXPECT_GE(argmax_agree, ref.ids.size() * 9 / 10);
+    EXPECT_GE(greedy_match, std::min<size_t>(must_match, 8));
+  }
+}
+
+TEST(CudaBackendTest, TensorParallelTwoRanksMatchOneRank) {
+  const fs::path dir = ModelsDir() / "glm_base";
+  Result<ModelConfig> config = engine::LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok());
+  const Reference ref = LoadReference(dir, "", config->vocab_size);
+  Result<ModelWeights> w = engine::LoadModelWeights(dir, {});
+  ASSERT_TRUE(w.ok());
+  Result<std::unique_ptr<CudaBackend>> one =
+      CudaBackend::Create(std::move(*w), nullptr, SmallOptions());
+  ASSERT_TRUE(one.ok()) << one.status().ToString();
+  Result<RunResult> want = RunModel(**one, ref);
+  ASSERT_TRUE(want.ok());
+
+  engine::LocalKeyValueStore store;
+  engine::GlooOptions gloo;
+  gloo.prefix = "cuda_tp_" + std::to_string(::getpid());
+  std::vector<Result<RunResult>> results(2, Result<RunResult>(Internal("rank did not run")));
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < 2; ++rank) {
+    threads.emplace_back([&, rank] {
+      Result<std::unique_ptr<engine::GlooCommunicator>> comm =
+          engine::GlooCommunicator::Create(rank, 2, &store, gloo);
+      if (!comm.ok()) {
+        results[rank] = comm.status();
+        return;
+      }
+      engine::LoadOptions load;
+      load.tp_rank = rank;
+      load.tp_size = 2;
+      Result<ModelWeights> rw = engine::LoadModelWeights(dir, load);
+      if (!rw.ok()) {
+        results[rank] = rw.status();
+        return;
+      }
+      CudaBackendOptions opts = SmallOptions();
+      opts.collectives = CollectiveMode::kHost;
+      Result<std::unique_ptr<CudaBackend>> b =
+          CudaBackend::Create(std::move(*rw), comm->get(), opts);
+      if (!b.ok()) {
+        results[rank] = b.status();
+        return;
+      }
+      results[rank] = RunModel(**b, ref);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int rank = 0; rank < 2; ++rank)
+    ASSERT_TRUE(results[rank].ok()) << results[rank].status().ToString();
+  const double max_ref = MaxAbs(want->prompt_logits);
+  const double diff = MaxDiff(results[0]->prompt_logits, want->prompt_logits);
+  std::printf("[cuda-tp] glm_base tp=2 vs tp=1: max|diff|/max|ref| = %.3e, greedy %s\n",
+              diff / max_ref, results[0]->greedy == want->greedy ? "equal" : "differs");
+  EXPECT_LE(diff / max_ref, 2e-2);
+  EXPECT_EQ(results[0]->prompt_logits, results[1]->prompt_logits);
+  EXPECT_EQ(results[0]->greedy, results[1]->greedy);
+}
+
+ModelConfig AirTwoLayers(bool fp8) {
+  Result<ModelConfig> c = engine::BuiltinConfig("glm-4.5-air");
+  SPARK_CHECK(c.ok());
+  ModelConfig cfg = *c;
+  cfg.num_hidden_layers = 2;  // layer 0 dense, layer 1 MoE
+  if (!fp8) cfg.quant = engine::QuantConfig{};
+  return cfg;
+}
+
+// Batches: two prefill chunks, then their decode steps together with a third prefill chunk.
+std::vector<ForwardBatch> MixedBatches(int64_t vocab) {
+  auto tokens = [&](int n, int salt) {
+    std::vector<int32_t> t;
+    for (int i = 0; i < n; ++i)
+      t.push_back(static_cast<int32_t>((i * 7919 + salt * 104729) % vocab));
+    return t;
+  };
+  std::vector<ForwardBatch> b(3);
+  b[0].chunks.push_back({.seq_id = 1, .start_pos = 0, .tokens = tokens(12, 1)});
+  b[0].chunks.push_back({.seq_id = 2, .start_pos = 0, .tokens = tokens(5, 2), .all_logits = true});
+  b[1].chunks.push_back({.seq_id = 1, .start_pos = 12, .tokens = tokens(1, 3)});
+  b[1].chunks.push_back({.seq_id = 3, .start_pos = 0, .tokens = tokens(9, 4)});
+  b[1].chunks.push_back({.seq_id = 2, .start_pos = 5, .tokens = tokens(1, 5)});
+  b[2].chunks.push_back({.seq_id = 2, .start_pos = 6, .tokens = tokens(1, 6)});
+  b[2].chunks.push_back({.seq_id = 3, .start_pos = 9, .tokens = tokens(1, 7)});
+  b[2].chunks.push_back({.seq_id = 1, .start_pos = 13, .tokens = tokens(1, 8)});
+  return b;
+}
+
+TEST(CudaBackendTest, RandomMoeAtAirWidthsMatchesCpuBackend) {
+  for (bool fp8 : {false, true}) {
+    SCOPED_TRACE(fp8 ? "fp8_channel" : "bf16");
+    const ModelConfig cfg = AirTwoLayers(fp8);
+    engine::LoadOptions load;
+    load.seed = 11;
+    Result<ModelWeights> wg = engine::MakeDummyWeights(cfg, load);
+    ASSERT_TRUE(wg.ok()) << wg.status().ToString();
+    CudaBackendOptions opts = SmallOptions();
+    opts.kv_cache_bytes = int64_t{256} << 20;
+    Result<std::unique_ptr<CudaBackend>> gpu = CudaBackend::Create(std::move(*wg), nullptr, opts);
+    ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
+    DummyWeightsSpec spec;
+    spec.seed = 11;
+    Result<std::unique_ptr<CudaBackend>> gen = CudaBackend::CreateDummy(cfg, spec, nullptr, opts);
+    ASSERT_TRUE(gen.ok()) << gen.status().ToString();
+    Result<ModelWeights> wc = engine::MakeDummyWeights(cfg, load);
+    ASSERT_TRUE(wc.ok());
+    engine::CpuBackendOptions cpu_opts;
+    cpu_opts.kv_cache_bytes = int64_t{64} << 20;
+    Result<std::unique_ptr<engine::CpuBackend>> cpu =
+        engine::CpuBackend::Create(std::move(*wc), nullptr, cpu_opts);
+    ASSERT_TRUE(cpu.ok());
+    int step = 0;
+    for (const ForwardBatch& batch : MixedBatches(cfg.vocab_size)) {
+      Result<ForwardOutput> a = (*gpu)->Forward(batch);
+      Result<ForwardOutput> g = (*gen)->Forward(batch);
+      Result<ForwardOutput> b = (*cpu)->Forward(batch);
+      ASSERT_TRUE(a.ok()) << a.status().ToString();
+      ASSERT_TRUE(g.ok()) << g.status().ToString();
+      ASSERT_TRUE(b.ok()) << b.status().ToString();
+      ASSERT_EQ(a->row_begin, b->row_begin);
+      const double max_ref = MaxAbs(b->logits);
+      const double diff = MaxDiff(a->logits, b->logits);
+      const int64_t rows = static_cast<int64_t>(b->logits.size()) / cfg.vocab_size;
+      int agree = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* want = b->logits.data() + r * cfg.vocab_size;
+        const int32_t x = Argmax(want, cfg.vocab_size);
+        const int32_t y = Argmax(a->logits.data() + r * cfg.vocab_size, cfg.vocab_size);
+        if (x == y || want[x] - want[y] <= 2.0 * diff) ++agree;
+      }
+      std::printf(
+          "[cuda-air] %-11s step %d: max|gpu-cpu|/max|cpu| = %.3e, argmax %d/%lld agree, "
+          "device-generated weights %s\n",
+          fp8 ? "fp8_channel" : "bf16", step, diff / max_ref, agree, static_cast<long long>(rows),
+          a->logits == g->logits ? "bit-identical" : "DIFFER");
+      EXPECT_LE(diff / max_ref, 5e-2);
+      EXPECT_EQ(agree, rows);
+      EXPECT_EQ(a->logits, g->logits) << "CreateDummy must equal Create(MakeDummyWeights)";
+      ++step;
+    }
+  }
+}
+
+TEST(CudaBackendTest, AirWidthsForwardTimings) {
+  ModelConfig cfg = AirTwoLayers(true);
+  cfg.num_hidden_layers = 4;
+  CudaBackendOptions opts;
+  opts.kv_cache_bytes = int64_t{2} << 30;
+  opts.max_batch_tokens = 2048;
+  Result<std::unique_ptr<CudaBackend>> b = CudaBackend::CreateDummy(cfg, {}, nullptr, opts);
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  auto time_ms = [&](const ForwardBatch& batch) {
+    cudaDeviceSynchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    Result<ForwardOutput> out = (*b)->Forward(batch);
+    EXPECT_TRUE(out.ok()) << out.status().ToString();
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  };
+  std::vector<int32_t> prompt(2048);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>(i * 31 % 151552);
+  ForwardBatch pre;
+  for (int s = 0; s < 32; ++s) {
+    pre.chunks.clear();
+    pre.chunks.push_back({.seq_id = static_cast<uint64_t>(s),
+                          .start_pos = 0,
+                          .tokens = std::vector<int32_t>(prompt.begin(), prompt.begin() + 1024)});
+    const double ms = time_ms(pre);
+    if (s == 0 || s == 31)
+      std::printf("[cuda-air-timing] 4 layers FP8, prefill 1024 tokens: %.1f ms\n", ms);
+  }
+  for (int batch : {1, 8, 32}) {
+    ForwardBatch dec;
+    for (int s = 0; s < batch; ++s) {
+      dec.chunks.push_back({.seq_id = static_cast<uint64_t>(s),
+                            .start_pos = (*b)->CachedTokens(static_cast<uint64_t>(s)),
+                            .tokens = {7}});
+    }
+    time_ms(dec);
+    for (auto& ch : dec.chunks) ch.start_pos += 1;
+    double total = 0;
+    const int steps = 5;
+    for (int i = 0; i < steps; ++i) {
+      total += time_ms(dec);
+      for (auto& ch : dec.chunks) ch.start_pos += 1;
+    }
+    std::printf(
+        "[cuda-air-timing] 4 layers FP8 (+embed, lm_head), decode batch %d at ~1030 context: %.2f "
+        "ms per step\n",
+        batch, total / steps);
+  }
+}
+
+TEST(CudaBackendTest, BatchSemanticsAndKvAccounting) {
+  const fs::path dir = ModelsDir() / "glm_base";
+  Result<ModelWeights> w = engine::LoadModelWeights(dir, {});
+  ASSERT_TRUE(w.ok());
+  CudaBackendOptions opts = SmallOptions();
+  opts.max_batch_tokens = 64;
+  Result<ModelConfig> cfg = engine::LoadModelConfig(dir);
+  ASSERT_TRUE(cfg.ok());
+  // KV for exactly 4 blocks of 16 tokens: layers * 2 (K, V) * kv heads * 16 * head_dim * 2 bytes.
+  opts.kv_block_tokens = 16;
+  opts.kv_cache_bytes =
+      int64_t{4} * 2 * cfg->num_hidden_layers * cfg->num_key_value_heads * 16 * cfg->head_dim * 2;
+  Result<std::unique_ptr<CudaBackend>> b = CudaBackend::Create(std::move(*w), nullptr, opts);
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  CudaBackend& be = **b;
+  EXPECT_EQ(be.KvCapacityTokens(), 64);
+  EXPECT_EQ(be.FreeKvTokens(), 64);
+  auto batch = [](uint64_t seq, int64_t start, std::vector<int32_t> t, bool all = false) {
+    ForwardBatch f;
+    f.chunks.push_back(
+        {.seq_id = seq, .start_pos = start, .tokens = std::move(t), .all_logits = all});
+    return f;
+  };
+  EXPECT_EQ(be.Forward(batch(1, 0, {})).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(be.Forward(batch(1, 0, {3, 256})).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(be.Forward(batch(1, 2, {3})).status().code(), StatusCode::kInvalidArgument);
+  ForwardBatch twice = batch(1, 0, {3});
+  twice.chunks.push_back(twice.chunks[0]);
+  EXPECT_EQ(be.Forward(twice).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(be.Forward(batch(1, 0, std::vector<int32_t>(65, 1))).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(be.FreeKvTokens(), 64) << "failed batches must not take KV blocks";
+
+  std::vector<int32_t> prompt = {5, 9, 200, 17,  33, 2,  8,  100, 101,
+                                 7, 1, 0,   255, 42, 43, 44, 45,  46};
+  Result<ForwardOutput> full = be.Forward(batch(1, 0, prompt, true));
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  EXPECT_EQ(be.CachedTokens(1), 18);
+  EXPECT_EQ(be.FreeKvTokens(), 32);
+  // Chunked prefill of the same prompt in another sequence: last-token logits agree.
+  Result<ForwardOutput> c1 =
+      be.Forward(batch(2, 0, std::vector<int32_t>(prompt.begin(), prompt.begin() + 7)));
+  ASSERT_TRUE(c1.ok());
+  Result<ForwardOutput> c2 =
+      be.Forward(batch(2, 7, std::vector<int32_t>(prompt.begin() + 7, prompt.end())));
+  ASSERT_TRUE(c2.ok());
+  const int64_t vocab = cfg->vocab_size;
+  std::vector<float> last(full->logits.end() - vocab, full->logits.end());
+  const double max_ref = MaxAbs(last);
+  EXPECT_LE(MaxDiff(c2->logits, last), 1e-2 * max_ref);
+  EXPECT_EQ(be.FreeKvTokens(), 0);
+  // No room for a third sequence: ResourceExhausted, nothing changes.
+  Result<ForwardOutput> full3 = be.Forward(batch(3, 0, {1, 2}));
+  EXPECT_EQ(full3.status().code(), StatusCode::kResourceExhausted) << full3.status().ToString();
+  EXPECT_EQ(be.CachedTokens(3), 0);
+  // Truncate sequence 2 to 7 tokens and replay the second chunk: the same logits again.
+  ASSERT_TRUE(be.TruncateSequence(2, 7).ok());
+  EXPECT_EQ(be.FreeKvTokens(), 16);
+  EXPECT_EQ(be.TruncateSequence(2, 8).code(), StatusCode::kInvalidArgument);
+  Result<ForwardOutput> c2b =
+      be.Forward(batch(2, 7, std::vector<int32_t>(prompt.begin() + 7, prompt.end())));
+  ASSERT_TRUE(c2b.ok());
+  EXPECT_EQ(c2b->logits, c2->logits);
+  be.Release(1);
+  be.Release(2);
+  be.Release(99);
+  EXPECT_EQ(be.FreeKvTokens(), 64);
+}
+
+TEST(CudaBackendTest, ModelThatDoesNotFitNamesTheNumbers) {
+  Result<ModelConfig> cfg = engine::BuiltinConfig("glm-4.7");
+  ASSERT_TRUE(cfg.ok());
+  Result<std::unique_ptr<CudaBackend>> b = CudaBackend::CreateDummy(*cfg, {}, nullptr, {});
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(b.status().message().find("GiB"), std::string::npos) << b.status().message();
+  std::printf("[cuda-fit] %s\n", b.status().message().c_str());
+  CudaBackendOptions opts;
+  opts.kv_cache_bytes = int64_t{1} << 50;
+  const fs::path dir = ModelsDir() / "glm_base";
+  Result<ModelWeights> w = engine::LoadModelWeights(dir, {});
+  ASSERT_TRUE(w.ok());
+  Result<std::unique_ptr<CudaBackend>> k = CudaBackend::Create(std::move(*w), nullptr, opts);
+  EXPECT_EQ(k.status().code(), StatusCode::kResourceExhausted) << k.status().ToString();
+}
+
+}  // namespace
+}  // namespace spark::cuda

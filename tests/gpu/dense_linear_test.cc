@@ -1,0 +1,219 @@
+// Dense linears on the GPU (split-K GEMV, cuBLASLt BF16 / FP8, dequantise + BF16) against the CPU
+// backend's Linear (engine/cpu/kernels.h) over GLM-4.5-Air and GLM-4.7 shapes per TP size, odd
+// and decode batch sizes, BF16 / FP8 per-channel / FP8 128x128 block weights. The error is
+// max|gpu - cpu| / max|cpu|: <= 1e-3 for paths that use the exact weights and BF16 activations
+// (GEMV, cuBLASLt BF16, dequantised BF16 weights: <= 1/256 relative per weight), <= 6e-2 for
+// cuBLASLt FP8 with per-token FP8 activations (e4m3 has 3 mantissa bits).
+// Timings (us, GB/s of weight traffic) of GEMV vs cuBLASLt at decode sizes are printed.
+#include "engine/cuda/dense_linear.h"
+
+#include <cuda_bf16.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/cpu/kernels.h"
+#include "engine/cpu/thread_pool.h"
+#include "engine/cuda/device_info.h"
+#include "engine/cuda/gemv.h"
+#include "engine/model/dtype.h"
+#include "engine/model/quantize.h"
+#include "tests/gpu/device_buffer.h"
+
+namespace spark::cuda {
+namespace {
+
+using engine::DType;
+using engine::LinearWeight;
+using engine::ScaleKind;
+
+enum class Fmt { kBf16, kFp8Channel, kFp8Block };
+const char* FmtName(Fmt f) {
+  return f == Fmt::kBf16 ? "bf16" : (f == Fmt::kFp8Channel ? "fp8_channel" : "fp8_block");
+}
+
+LinearWeight MakeWeight(int64_t out, int64_t in, Fmt fmt, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-1.f, 1.f);
+  const float bound = std::sqrt(3.f / static_cast<float>(in));
+  std::vector<float> w(static_cast<size_t>(out * in));
+  for (float& v : w) v = dist(rng) * bound;
+  LinearWeight lw;
+  lw.out = out;
+  lw.in = in;
+  if (fmt == Fmt::kBf16) {
+    lw.dtype = DType::kBF16;
+    lw.data.resize(w.size() * 2);
+    for (size_t i = 0; i < w.size(); ++i) {
+      const uint16_t b = engine::FloatToBf16(w[i]);
+      std::memcpy(lw.data.data() + i * 2, &b, 2);
+    }
+    return lw;
+  }
+  engine::Fp8Tensor t = fmt == Fmt::kFp8Channel ? engine::QuantizeFp8PerChannel(w, out, in)
+                                                : engine::QuantizeFp8Block(w, out, in);
+  lw.dtype = DType::kF8E4M3;
+  lw.data.resize(t.q.size());
+  std::memcpy(lw.data.data(), t.q.data(), t.q.size());
+  lw.scale = t.scale;
+  lw.scale_kind = fmt == Fmt::kFp8Channel ? ScaleKind::kPerChannel : ScaleKind::kBlock;
+  if (fmt == Fmt::kFp8Block) {
+    lw.block_n = 128;
+    lw.block_k = 128;
+  }
+  return lw;
+}
+
+struct Uploaded {
+  DeviceBuffer<uint8_t> data;
+  DeviceBuffer<float> scale;
+  DeviceLinear view;
+};
+
+Uploaded Upload(const LinearWeight& w) {
+  Uploaded u{DeviceBuffer<uint8_t>(std::vector<uint8_t>(
+                 reinterpret_cast<const uint8_t*>(w.data.data()),
+                 reinterpret_cast<const uint8_t*>(w.data.data()) + w.data.size())),
+             DeviceBuffer<float>(w.scale.empty() ? std::vector<float>{0.f} : w.scale),
+             {}};
+  u.view.type = w.dtype == DType::kF8E4M3 ? WeightType::kFP8 : WeightType::kBF16;
+  u.view.scale_kind =
+      w.scale_kind == ScaleKind::kNone
+          ? WeightScale::kNone
+          : (w.scale_kind == ScaleKind::kBlock ? WeightScale::kBlock : WeightScale::kPerChannel);
+  u.view.out = w.out;
+  u.view.in = w.in;
+  u.view.data = u.data.get();
+  u.view.scale = w.scale.empty() ? nullptr : u.scale.get();
+  u.view.block_n = w.block_n;
+  u.view.block_k = w.block_k;
+  return u;
+}
+
+struct Shape {
+  const char* name;
+  int64_t out, in;
+};
+
+// GLM-4.5-Air (H 4096, 96 q / 8 kv heads of 128, I 10944) and GLM-4.7 (H 5120, I 12288).
+const Shape kShapes[] = {
+    {"air_qkv_tp1", 14336, 4096},   {"air_o_tp2", 4096, 6144},     {"air_gate_up_tp4", 5472, 4096},
+    {"air_down_tp1", 4096, 10944},  {"glm47_qkv_tp8", 1792, 5120}, {"glm47_o_tp8", 5120, 1536},
+    {"glm47_down_tp8", 5120, 1536}, {"lm_head_tp8", 18944, 5120},
+};
+
+// SPARK_GPU_QUICK=1 (compute-sanitizer runs): two small shapes and two batch sizes.
+bool Quick() {
+  const char* q = std::getenv("SPARK_GPU_QUICK");
+  return q != nullptr && *q == '1';
+}
+
+TEST(DenseLinearTest, MatchesCpuOverShapesFormatsAndBatchSizes) {
+  Result<DeviceInfo> dev = QueryDevice(0);
+  ASSERT_TRUE(dev.ok()) << dev.status().ToString();
+  engine::ThreadPool pool(0);
+  for (bool fp8_act : {true, false}) {
+    DenseLinearLimits limits;
+    limits.max_rows = 64;
+    limits.max_in = 12288;
+    limits.max_out = 20000;
+    limits.max_fp8_weight_elems = int64_t{20000} * 12288;
+    limits.sms = dev->multiprocessors;
+    limits.fp8_activations = fp8_act;
+    Result<std::unique_ptr<DenseLinear>> lin = DenseLinear::Create(limits);
+    ASSERT_TRUE(lin.ok()) << lin.status().ToString();
+    for (const Shape& s : kShapes) {
+      if (Quick() && std::string(s.name) != "glm47_o_tp8") continue;
+      for (Fmt fmt : {Fmt::kBf16, Fmt::kFp8Channel, Fmt::kFp8Block}) {
+        if (!fp8_act && fmt == Fmt::kBf16) continue;
+        LinearWeight w = MakeWeight(s.out, s.in, fmt, static_cast<uint32_t>(s.out + s.in));
+        Uploaded dw = Upload(w);
+        for (int64_t m : {1, 3, 16, 17, 64}) {
+          if (Quick() && m != 3 && m != 17) continue;
+          std::mt19937 rng(static_cast<uint32_t>(m));
+          std::normal_distribution<float> dist(0.f, 1.f);
+          std::vector<float> x(static_cast<size_t>(m * s.in));
+          std::vector<__nv_bfloat16> xb(x.size());
+          for (size_t i = 0; i < x.size(); ++i) {
+            xb[i] = __float2bfloat16(dist(rng));
+            x[i] = __bfloat162float(xb[i]);
+          }
+          std::vector<float> want(static_cast<size_t>(m * s.out));
+          engine::Linear(x.data(), m, w, want.data(), &pool);
+          DeviceBuffer<__nv_bfloat16> dx(xb);
+          DeviceBuffer<float> dy(m * s.out);
+          Status st = (*lin)->Run(dw.view, dx.get(), m, dy.get(), nullptr);
+          ASSERT_TRUE(st.ok()) << st.ToString();
+          std::vector<float> got = dy.Download();
+          double max_ref = 0, max_diff = 0;
+          for (size_t i = 0; i < want.size(); ++i) {
+            max_ref = std::max(max_ref, std::fabs(static_cast<double>(want[i])));
+            max_diff = std::max(max_diff, std::fabs(static_cast<double>(got[i]) - want[i]));
+          }
+          const LinearPath path = (*lin)->last_path();
+          const double tol = path == LinearPath::kLtFp8 ? 6e-2 : 1e-3;
+          std::printf("[linear] %-16s %-11s m=%-3lld %-24s rel err %.3g\n", s.name, FmtName(fmt),
+                      static_cast<long long>(m), LinearPathName(path), max_diff / max_ref);
+          EXPECT_LE(max_diff / max_ref, tol) << s.name << " " << FmtName(fmt) << " m=" << m;
+        }
+      }
+    }
+  }
+}
+
+TEST(DenseLinearTest, DecodeTimingsGemvVersusCublasLt) {
+  if (Quick()) GTEST_SKIP() << "timings skipped in quick mode";
+  Result<DeviceInfo> dev = QueryDevice(0);
+  ASSERT_TRUE(dev.ok());
+  std::printf("[linear-timing] device %s\n", dev->name.c_str());
+  for (bool use_gemv : {true, false}) {
+    DenseLinearLimits limits;
+    limits.max_rows = 64;
+    limits.max_in = 12288;
+    limits.max_out = 20000;
+    limits.max_fp8_weight_elems = int64_t{20000} * 12288;
+    limits.sms = dev->multiprocessors;
+    limits.gemv_max_rows = use_gemv ? 16 : 0;
+    Result<std::unique_ptr<DenseLinear>> lin = DenseLinear::Create(limits);
+    ASSERT_TRUE(lin.ok());
+    for (const Shape& s : {kShapes[0], kShapes[3], kShapes[7]}) {
+      for (Fmt fmt : {Fmt::kBf16, Fmt::kFp8Channel}) {
+        LinearWeight w = MakeWeight(s.out, s.in, fmt, 7);
+        Uploaded dw = Upload(w);
+        for (int64_t m : {1, 8, 16}) {
+          DeviceBuffer<__nv_bfloat16> dx(m * s.in);
+          DeviceBuffer<float> dy(m * s.out);
+          for (int i = 0; i < 3; ++i) (void)(*lin)->Run(dw.view, dx.get(), m, dy.get(), nullptr);
+          cudaEvent_t a, b;
+          cudaEventCreate(&a);
+          cudaEventCreate(&b);
+          const int iters = 50;
+          cudaEventRecord(a);
+          for (int i = 0; i < iters; ++i) {
+            ASSERT_TRUE((*lin)->Run(dw.view, dx.get(), m, dy.get(), nullptr).ok());
+          }
+          cudaEventRecord(b);
+          cudaEventSynchronize(b);
+          float ms = 0;
+          cudaEventElapsedTime(&ms, a, b);
+          const double us = ms * 1000.0 / iters;
+          const double bytes = static_cast<double>(w.data.size());
+          std::printf("[linear-timing] %-14s %-11s m=%-2lld %-24s %8.1f us %7.0f GB/s\n", s.name,
+                      FmtName(fmt), static_cast<long long>(m), LinearPathName((*lin)->last_path()),
+                      us, bytes / (us * 1e3));
+          cudaEventDestroy(a);
+          cudaEventDestroy(b);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace spark::cuda
