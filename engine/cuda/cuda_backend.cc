@@ -858,12 +858,15 @@ Status CudaBackend::Impl::Finish() {
   limits.max_rows = std::max(t, kLogitRowsPerPass);
   limits.sms = device.multiprocessors;
   limits.gemv_max_rows = options.gemv_max_rows;
+  limits.gemv_bf16_rows = options.gemv_bf16_rows;
+  limits.gemv_fp8_rows = options.gemv_fp8_rows;
   limits.fp8_activations = options.fp8_activations;
   auto note = [&](const DeviceLinear& w) {
     limits.max_in = std::max(limits.max_in, w.in);
     limits.max_out = std::max(limits.max_out, w.out);
     if (w.type == WeightType::kFP8) {
       limits.max_fp8_weight_elems = std::max(limits.max_fp8_weight_elems, w.out * w.in);
+      limits.max_fp8_out = std::max(limits.max_fp8_out, w.out);
     }
   };
   note(lm_head);

@@ -65,8 +65,12 @@ struct CudaBackendOptions {
   // Caps the shared memory per block a kernel may use (0 = the device's opt-in limit);
   // 101376 emulates GB10 on an H100/H200.
   int64_t smem_cap_bytes = 0;
-  // Dense linears with at most this many rows use the own GEMV kernel, larger ones cuBLASLt.
-  int gemv_max_rows = 16;
+  // Dense linears (engine/cuda/dense_linear.h): the own split-K GEMV serves BF16 weights up to
+  // gemv_bf16_rows rows, per-channel FP8 up to gemv_fp8_rows, block FP8 (and shapes cuBLASLt has
+  // no algorithm for) up to gemv_max_rows (at most 16); cuBLASLt the rest.
+  int gemv_max_rows = 4;
+  int gemv_bf16_rows = 0;
+  int gemv_fp8_rows = 1;
   // Large-M FP8 linears: quantise activations per token and run cuBLASLt FP8 (true), or
   // dequantise weights to BF16 and run cuBLASLt BF16 (false; closer to the fp32 reference).
   bool fp8_activations = true;

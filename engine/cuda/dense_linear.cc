@@ -50,7 +50,9 @@ Result<std::unique_ptr<DenseLinear>> DenseLinear::Create(const DenseLinearLimits
         cudaMalloc(&d->x_scale_, static_cast<size_t>(std::max<int64_t>(limits.max_rows, 1)) * 4));
     const int64_t deq = limits.max_fp8_weight_elems * 2;
     SPARK_CUDA_RETURN_IF_ERROR(cudaMalloc(&d->dequant_, static_cast<size_t>(deq)));
-    d->workspace_bytes_ += q_bytes + limits.max_rows * 4 + deq;
+    const int64_t out_bytes = limits.max_rows * std::max<int64_t>(limits.max_fp8_out, 1) * 2;
+    SPARK_CUDA_RETURN_IF_ERROR(cudaMalloc(&d->fp8_out_, static_cast<size_t>(out_bytes)));
+    d->workspace_bytes_ += q_bytes + limits.max_rows * 4 + deq + out_bytes;
   }
   return d;
 }
@@ -60,6 +62,7 @@ DenseLinear::~DenseLinear() {
   if (x_q_) cudaFree(x_q_);
   if (x_scale_) cudaFree(x_scale_);
   if (dequant_) cudaFree(dequant_);
+  if (fp8_out_) cudaFree(fp8_out_);
 }
 
 Status DenseLinear::RunGemv(const DeviceLinear& w, const __nv_bfloat16* x, int64_t rows, float* y,
@@ -88,7 +91,12 @@ Status DenseLinear::Run(const DeviceLinear& w, const __nv_bfloat16* x, int64_t r
     ++counts_[static_cast<int>(path)];
     return Status::Ok();
   };
-  if (rows <= limits_.gemv_max_rows && gemv_ok) {
+  const int preferred = w.type == WeightType::kBF16
+                            ? limits_.gemv_bf16_rows
+                            : (w.scale_kind == WeightScale::kPerChannel && limits_.fp8_activations
+                                   ? limits_.gemv_fp8_rows
+                                   : limits_.gemv_max_rows);
+  if (rows <= std::min(preferred, kGemvMaxRows) && gemv_ok) {
     SPARK_RETURN_IF_ERROR(RunGemv(w, x, rows, y, stream));
     return done(LinearPath::kGemv);
   }
@@ -100,9 +108,14 @@ Status DenseLinear::Run(const DeviceLinear& w, const __nv_bfloat16* x, int64_t r
     if (limits_.fp8_activations && w.scale_kind == WeightScale::kPerChannel && x_q_ != nullptr) {
       SPARK_CUDA_RETURN_IF_ERROR(QuantizePerToken(x, rows, w.in, x_q_, x_scale_, stream));
       st = lt_->Fp8RowScaled(static_cast<const uint8_t*>(w.data), w.scale, x_q_, x_scale_, rows,
-                             w.out, w.in, y, stream);
+                             w.out, w.in, y, w.out <= limits_.max_fp8_out ? fp8_out_ : nullptr,
+                             stream);
       if (st.ok()) return done(LinearPath::kLtFp8);
       if (st.code() != StatusCode::kUnimplemented) return st;
+    }
+    if (rows <= limits_.gemv_max_rows && gemv_ok) {
+      SPARK_RETURN_IF_ERROR(RunGemv(w, x, rows, y, stream));
+      return done(LinearPath::kGemv);
     }
     if (dequant_ != nullptr && w.out * w.in <= limits_.max_fp8_weight_elems) {
       SPARK_CUDA_RETURN_IF_ERROR(DequantizeWeight(w, dequant_, stream));

@@ -1,12 +1,16 @@
 // DenseLinear: y[rows, out] (fp32) = x[rows, in] (BF16) . W^T for the backend's dense layers,
-// choosing the kernel per batch size and weight format:
-//   rows <= gemv_max_rows          own split-K GEMV (BF16 / FP8, exact dequantisation)
-//   BF16, larger                   cuBLASLt BF16
-//   FP8 per-channel, larger        per-token FP8 quantisation of x + cuBLASLt FP8 with
-//                                  OUTER_VEC scales (when fp8_activations and the device has
-//                                  an algorithm), else
-//   FP8 (any), larger              weight dequantised to BF16 in a scratch buffer + cuBLASLt BF16
-// and, when cuBLASLt has no algorithm for a shape, the GEMV kernel over 16-row slices.
+// choosing the kernel per batch size and weight format (thresholds from measurements on an
+// H200: cuBLASLt BF16 streams ~3.7 TB/s already at M = 1..16, the GEMV as much at M = 1 only;
+// the GEMV beats cuBLASLt FP8 at M = 1):
+//   BF16,            rows <= gemv_bf16_rows   own split-K GEMV
+//   BF16,            larger                   cuBLASLt BF16
+//   FP8 per-channel, rows <= gemv_fp8_rows    own split-K GEMV (exact dequantisation)
+//   FP8 per-channel, larger                   per-token FP8 quantisation of x + cuBLASLt FP8
+//                                             with OUTER_VEC scales (fp8_activations, when the
+//                                             device has an algorithm)
+//   FP8 block / no FP8 algorithm: rows <= gemv_max_rows the GEMV, else the weight dequantised
+//                                             to BF16 in a scratch buffer + cuBLASLt BF16
+// and, when cuBLASLt has no algorithm at all for a shape, the GEMV over 16-row slices.
 //
 // Thread safety: one owner thread. Ownership: owns its workspaces and the cuBLASLt handle.
 #pragma once
@@ -29,7 +33,10 @@ struct DenseLinearLimits {
   int64_t max_out = 0;               // largest `out`
   int64_t max_fp8_weight_elems = 0;  // largest FP8 weight (out * in), 0 when none
   int sms = 1;                       // multiprocessors of the device
+  int64_t max_fp8_out = 0;           // largest `out` of an FP8 weight
   int gemv_max_rows = 16;
+  int gemv_bf16_rows = 0;
+  int gemv_fp8_rows = 1;
   bool fp8_activations = true;
 };
 
@@ -62,6 +69,7 @@ class DenseLinear {
   uint8_t* x_q_ = nullptr;
   float* x_scale_ = nullptr;
   __nv_bfloat16* dequant_ = nullptr;
+  __nv_bfloat16* fp8_out_ = nullptr;  // BF16 output of cuBLASLt FP8 when fp32 is not offered
   int64_t workspace_bytes_ = 0;
   LinearPath last_path_ = LinearPath::kGemv;
   int64_t counts_[static_cast<int>(LinearPath::kCount)] = {};

@@ -46,7 +46,47 @@ __global__ void DequantKernel(DeviceLinear w, __nv_bfloat16* __restrict__ out) {
   }
 }
 
+// 16 elements per thread (one 16-byte load of FP8 codes); requires in % 16 == 0 and, for
+// block scales, block_k % 16 == 0.
+__global__ void DequantVecKernel(DeviceLinear w, __nv_bfloat16* __restrict__ out) {
+  const int64_t vecs = w.out * w.in / 16;
+  const uint4* q = static_cast<const uint4*>(w.data);
+  const int64_t kb = w.block_k > 0 ? (w.in + w.block_k - 1) / w.block_k : 0;
+  const int64_t vecs_per_row = w.in / 16;
+  for (int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; v < vecs;
+       v += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t n = v / vecs_per_row;
+    const int64_t k = (v - n * vecs_per_row) * 16;
+    const float s = w.scale_kind == WeightScale::kBlock
+                        ? w.scale[(n / w.block_n) * kb + k / w.block_k]
+                        : w.scale[n];
+    const uint4 raw = q[v];
+    const uint8_t* b = reinterpret_cast<const uint8_t*>(&raw);
+    __align__(16) __nv_bfloat16 o[16];
+#pragma unroll
+    for (int e = 0; e < 16; ++e) o[e] = __float2bfloat16(Fp8ToFloat(b[e]) * s);
+    uint4* dst = reinterpret_cast<uint4*>(out + v * 16);
+    dst[0] = reinterpret_cast<const uint4*>(o)[0];
+    dst[1] = reinterpret_cast<const uint4*>(o)[1];
+  }
+}
+
+__global__ void Bf16ToF32Kernel(const __nv_bfloat16* __restrict__ in, int64_t count,
+                                float* __restrict__ out) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = __bfloat162float(in[i]);
+  }
+}
+
 }  // namespace
+
+cudaError_t Bf16ToF32(const __nv_bfloat16* in, int64_t count, float* out, cudaStream_t stream) {
+  if (count == 0) return cudaSuccess;
+  const int64_t blocks = std::min<int64_t>((count + 255) / 256, 65535);
+  Bf16ToF32Kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(in, count, out);
+  return cudaGetLastError();
+}
 
 cudaError_t QuantizePerToken(const __nv_bfloat16* x, int64_t rows, int64_t cols, uint8_t* q,
                              float* scale, cudaStream_t stream) {
@@ -61,6 +101,12 @@ cudaError_t DequantizeWeight(const DeviceLinear& w, __nv_bfloat16* out, cudaStre
   }
   const int64_t total = w.out * w.in;
   if (total == 0) return cudaSuccess;
+  const bool vec = w.in % 16 == 0 && (w.scale_kind != WeightScale::kBlock || w.block_k % 16 == 0);
+  if (vec) {
+    const int64_t blocks = std::min<int64_t>((total / 16 + 255) / 256, 65535);
+    DequantVecKernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(w, out);
+    return cudaGetLastError();
+  }
   const int64_t blocks = std::min<int64_t>((total + 255) / 256, 65535);
   DequantKernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(w, out);
   return cudaGetLastError();

@@ -5,6 +5,7 @@
 //   saturating) - shared/docs/glm4-moe.md §6.2.
 // DequantizeWeight: FP8 weight (per-channel or block scales) -> BF16 [out, in], element
 //   bf16(float(q) * scale) (the fallback when cuBLASLt has no FP8 algorithm for a shape).
+// Bf16ToF32: out[i] = float(in[i]).
 // Raw device pointers; stream-ordered; callers own all buffers.
 #pragma once
 
@@ -21,5 +22,7 @@ cudaError_t QuantizePerToken(const __nv_bfloat16* x, int64_t rows, int64_t cols,
                              float* scale, cudaStream_t stream);
 
 cudaError_t DequantizeWeight(const DeviceLinear& w, __nv_bfloat16* out, cudaStream_t stream);
+
+cudaError_t Bf16ToF32(const __nv_bfloat16* in, int64_t count, float* out, cudaStream_t stream);
 
 }  // namespace spark::cuda

@@ -54,12 +54,17 @@ __global__ void __launch_bounds__(kWarps * 32)
     } else {
       const uint8_t* row = static_cast<const uint8_t*>(w.data) + n * w.in;
       const uint4 raw = __ldg(reinterpret_cast<const uint4*>(row + k0));
-      const uint8_t* qb = reinterpret_cast<const uint8_t*>(&raw);
+      const __nv_fp8x2_storage_t* q2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&raw);
+      // Per-channel scales are applied once at the end; block scales per 16-element vector.
       const float s = w.scale_kind == WeightScale::kBlock
                           ? w.scale[(n / w.block_n) * kb + k0 / w.block_k]
-                          : channel_scale;
+                          : 1.f;
 #pragma unroll
-      for (int e = 0; e < kE; ++e) wv[e] = Fp8ToFloat(qb[e]) * s;
+      for (int e = 0; e < kE / 2; ++e) {
+        const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(q2[e], __NV_E4M3)));
+        wv[2 * e] = f.x * s;
+        wv[2 * e + 1] = f.y * s;
+      }
     }
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
@@ -78,7 +83,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
     if (m >= rows) break;
-    const float v = WarpSum(acc[m]);
+    const float v = WarpSum(acc[m]) * channel_scale;
     if (lane == 0) {
       if (k_splits == 1) {
         y[static_cast<int64_t>(m) * w.out + n] = v + (bias ? bias[n] : 0.f);

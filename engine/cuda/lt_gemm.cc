@@ -3,6 +3,7 @@
 #include <string>
 
 #include "engine/cuda/cuda_check.h"
+#include "engine/cuda/fp8_convert.h"
 
 namespace spark::cuda {
 
@@ -42,7 +43,8 @@ Result<LtGemm::Plan*> LtGemm::GetPlan(Kind kind, int64_t m, int64_t n, int64_t k
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second.get();
   auto plan = std::make_unique<Plan>();
-  const bool fp8 = kind == Kind::kFp8RowScaled;
+  const bool fp8 = kind != Kind::kBf16;
+  const cudaDataType_t out_type = kind == Kind::kFp8RowScaledBf16Out ? CUDA_R_16BF : CUDA_R_32F;
   const cudaDataType_t in_type = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
   SPARK_CUBLAS_RETURN_IF_ERROR(
       cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -63,7 +65,7 @@ Result<LtGemm::Plan*> LtGemm::GetPlan(Kind kind, int64_t m, int64_t n, int64_t k
   // D = y^T stored [n, m] (ld n).
   SPARK_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->a, in_type, k, n, k));
   SPARK_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->b, in_type, k, m, k));
-  SPARK_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->d, CUDA_R_32F, n, m, n));
+  SPARK_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->d, out_type, n, m, n));
   cublasLtMatmulPreference_t pref = nullptr;
   SPARK_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceCreate(&pref));
   uint64_t ws = static_cast<uint64_t>(workspace_bytes_);
@@ -87,7 +89,7 @@ Result<LtGemm::Plan*> LtGemm::GetPlan(Kind kind, int64_t m, int64_t n, int64_t k
   return raw;
 }
 
-Status LtGemm::Run(Plan* plan, const void* a, const void* b, float* d, const float* a_scale,
+Status LtGemm::Run(Plan* plan, const void* a, const void* b, void* d, const float* a_scale,
                    const float* b_scale, cudaStream_t stream) {
   if (a_scale != nullptr) {
     SPARK_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
@@ -115,13 +117,18 @@ Status LtGemm::Bf16(const __nv_bfloat16* w, const __nv_bfloat16* x, int64_t m, i
 
 Status LtGemm::Fp8RowScaled(const uint8_t* w, const float* w_scale, const uint8_t* xq,
                             const float* x_scale, int64_t m, int64_t n, int64_t k, float* y,
-                            cudaStream_t stream) {
+                            __nv_bfloat16* bf16_scratch, cudaStream_t stream) {
   SPARK_ASSIGN_OR_RETURN(Plan * plan, GetPlan(Kind::kFp8RowScaled, m, n, k));
-  if (!plan->supported) {
+  if (plan->supported) return Run(plan, w, xq, y, w_scale, x_scale, stream);
+  SPARK_ASSIGN_OR_RETURN(Plan * bf16_plan, GetPlan(Kind::kFp8RowScaledBf16Out, m, n, k));
+  if (!bf16_plan->supported || bf16_scratch == nullptr) {
     return Unimplemented("cuBLASLt FP8 per-channel x per-token GEMM m=" + std::to_string(m) +
-                         " n=" + std::to_string(n) + " k=" + std::to_string(k) + ": " + plan->why);
+                         " n=" + std::to_string(n) + " k=" + std::to_string(k) +
+                         ": fp32 output: " + plan->why + "; bf16 output: " + bf16_plan->why);
   }
-  return Run(plan, w, xq, y, w_scale, x_scale, stream);
+  SPARK_RETURN_IF_ERROR(Run(bf16_plan, w, xq, bf16_scratch, w_scale, x_scale, stream));
+  SPARK_CUDA_RETURN_IF_ERROR(Bf16ToF32(bf16_scratch, m * n, y, stream));
+  return Status::Ok();
 }
 
 }  // namespace spark::cuda
