@@ -48,7 +48,13 @@ using engine::ForwardOutput;
 using engine::ModelConfig;
 using engine::ModelWeights;
 
-fs::path ModelsDir() { return fs::path(SPARK_SOURCE_DIR) / "tests" / "data" / "models"; }
+// The reference checkpoints; $SPARK_REFERENCE_MODELS_DIR overrides (binaries run elsewhere).
+fs::path ModelsDir() {
+  if (const char* env = std::getenv("SPARK_REFERENCE_MODELS_DIR"); env != nullptr && *env) {
+    return env;
+  }
+  return fs::path(SPARK_SOURCE_DIR) / "tests" / "data" / "models";
+}
 
 class TempDir {
  public:
