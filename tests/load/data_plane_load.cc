@@ -9,13 +9,65 @@
 
 namespace spark::load {
 
-Result<std::vector<StreamTrace>> DataPlaneLoad::Run(
-    const std::function<std::optional<spark::v1::GenerateRequest>()>& next) {
+struct DataPlaneLoad::Connection {
   ZmqContext context;
   controller::EnvelopeSequencer sequencer;
-  SPARK_ASSIGN_OR_RETURN(std::unique_ptr<controller::DataPlaneClient> client,
-                         controller::DataPlaneClient::Connect(context, options_.endpoint, nullptr,
-                                                              "", sequencer, /*generation=*/0));
+  std::unique_ptr<controller::DataPlaneClient> client;
+  Poller poller;
+};
+
+DataPlaneLoad::DataPlaneLoad(DataPlaneLoadOptions options) : options_(std::move(options)) {}
+DataPlaneLoad::~DataPlaneLoad() = default;
+
+Status DataPlaneLoad::Connect() {
+  auto connection = std::make_unique<Connection>();
+  SPARK_ASSIGN_OR_RETURN(connection->client, controller::DataPlaneClient::Connect(
+                                                 connection->context, options_.endpoint, nullptr,
+                                                 "", connection->sequencer, /*generation=*/0));
+  controller::DataPlaneClient* client = connection->client.get();
+  connection->poller.AddSocket(client->socket(), [client] { client->OnReadable(); });
+  // An untimed request: the connection is up once it came back.
+  spark::v1::GenerateRequest warm;
+  warm.set_request_id("serve-bench-warm-up-" + std::to_string(connection->sequencer.incarnation()));
+  warm.add_prompt_token_ids(10);
+  warm.mutable_sampling()->set_top_p(1);
+  warm.mutable_sampling()->set_repetition_penalty(1);
+  warm.mutable_sampling()->set_max_tokens(1);
+  Status warm_status = Unavailable("no answer");
+  bool warm_done = false;
+  SPARK_RETURN_IF_ERROR(client->Send(warm, [&](Result<spark::v1::TokenChunk> chunk) {
+    if (!chunk.ok()) {
+      warm_status = chunk.status();
+    } else if (!controller::IsFinalChunk(*chunk)) {
+      return;
+    } else if (chunk->finish_reason() == spark::v1::FINISH_REASON_ERROR) {
+      warm_status = Internal(chunk->error_message());
+    } else {
+      warm_status = Status::Ok();
+    }
+    warm_done = true;
+  }));
+  const Clock::time_point deadline = Clock::now() + options_.idle_timeout;
+  while (!warm_done && Clock::now() < deadline) {
+    SPARK_RETURN_IF_ERROR(connection->poller.PollOnce(std::chrono::milliseconds(100)).status());
+  }
+  if (!warm_done) {
+    return DeadlineExceeded("the data plane at " + options_.endpoint + " did not answer within " +
+                            std::to_string(options_.idle_timeout.count()) +
+                            " ms; is it the rank-0 endpoint of a ready, insecure cluster?");
+  }
+  SPARK_RETURN_IF_ERROR(warm_status);
+  connection_ = std::move(connection);
+  return Status::Ok();
+}
+
+Result<std::vector<StreamTrace>> DataPlaneLoad::Run(
+    const std::function<std::optional<spark::v1::GenerateRequest>()>& next) {
+  if (!connection_) SPARK_RETURN_IF_ERROR(Connect());
+  controller::DataPlaneClient* client = connection_->client.get();
+  Poller& poller = connection_->poller;
+  if (options_.on_ready) options_.on_ready();
+
   std::vector<StreamTrace> traces;
   std::map<std::string, StreamTrace> in_flight;
   bool source_dry = false;
@@ -60,8 +112,6 @@ Result<std::vector<StreamTrace>> DataPlaneLoad::Run(
 
   for (int i = 0; i < options_.clients && launch(); ++i) {
   }
-  Poller poller;
-  poller.AddSocket(client->socket(), [&] { client->OnReadable(); });
   Clock::time_point last_progress = Clock::now();
   size_t seen = 0;
   while (!in_flight.empty()) {

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -23,19 +24,30 @@ struct DataPlaneLoadOptions {
   std::string endpoint;                             // tcp://HOST:PORT of the rank-0 data plane
   int clients = 1;                                  // requests in flight at once
   std::chrono::milliseconds idle_timeout{120'000};  // longest wait for the next chunk
+  // Called once the connection is up (after one untimed 1-token request came back), before the
+  // first timed request is sent; lets a caller start a concurrent load at the same moment.
+  std::function<void()> on_ready;
 };
 
 class DataPlaneLoad {
  public:
-  explicit DataPlaneLoad(DataPlaneLoadOptions options) : options_(std::move(options)) {}
+  explicit DataPlaneLoad(DataPlaneLoadOptions options);
+  ~DataPlaneLoad();
+  DataPlaneLoad(const DataPlaneLoad&) = delete;
+  DataPlaneLoad& operator=(const DataPlaneLoad&) = delete;
 
   // Keeps `clients` requests in flight until `next` runs dry; one trace per request. Request ids
-  // must be unique. An error only when the data plane cannot be reached at all.
+  // must be unique. Connects on the first call (and keeps the connection for later calls); an
+  // error only when the data plane cannot be reached at all.
   Result<std::vector<StreamTrace>> Run(
       const std::function<std::optional<spark::v1::GenerateRequest>()>& next);
 
  private:
+  struct Connection;
+  Status Connect();
+
   DataPlaneLoadOptions options_;
+  std::unique_ptr<Connection> connection_;
 };
 
 }  // namespace spark::load

@@ -2,8 +2,8 @@
 //
 //   spark-serve-bench --url http://127.0.0.1:8080 --model tiny-glm [--api-key-file F]
 //                     [--clients 256] [--requests N] [--max-tokens 32] [--prompt-tokens 24]
-//                     [--data-endpoint tcp://127.0.0.1:P --relay-clients N]
-//                     [--controller-pid PID] [--json OUT]
+//                     [--data-endpoint tcp://127.0.0.1:P [--relay-clients N] [--relay-requests N]
+//                      [--relay-sequential] [--skip-chat]] [--controller-pid PID] [--json OUT]
 //
 // Phase "chat": `clients` concurrent streaming clients (SSE, keep-alive connections) send
 // `requests` chat completions (ignore_eos, exactly max_tokens tokens each) and the tool reports
@@ -11,20 +11,23 @@
 // between token arrivals a client sees) and time per output token, with p50/p90/p99.
 //
 // Phase "relay" (with --data-endpoint): the controller's added latency. `relay-clients` clients
-// stream /v1/completions over token-id prompts through the controller while, at the same time,
-// `relay-clients` clients send the same requests (same prompt ids and sampling) straight to the
-// rank-0 shard's data plane, so that both see the same engine load. Relay overhead per token =
-// mean token delivery latency through HTTP minus directly, where a token's delivery latency is
-// its arrival time minus the request's send time (the controller's queueing, HTTP and JSON work,
-// detokenization and SSE writing, per token); the TTFT difference is reported too. With
-// --controller-pid the controller's CPU time per relayed token is given as well (user + system
-// time from /proc over the phase).
-#include <unistd.h>
+// stream /v1/completions over token-id prompts through the controller, and `relay-clients`
+// clients send the same requests (same prompt ids and sampling) straight to the rank-0 shard's
+// data plane with the controller's own protocol: both at once by default (the same engine load
+// on both sides), or with --relay-sequential one request at a time alternating the sides (the
+// uncontended cost; background load on the machine hits both sides alike). Relay overhead per token
+// = token delivery latency through HTTP minus directly, where a token's delivery latency is its
+// arrival time minus its request's send time: a constant delay the controller adds to every token
+// (its queueing, HTTP and JSON work, detokenization, SSE writing) shifts this by that delay; mean
+// and p50 are given, and the TTFT p50 difference. With --controller-pid the controller's CPU time
+// per token is reported too (user + system time from /proc over the phase, less its idle rate
+// measured for 2 s before the phase).
 #include <CLI/CLI.hpp>
 
 #include <atomic>
 #include <cstdio>
 #include <fstream>
+#include <future>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -51,6 +54,8 @@ struct Options {
   std::string data_endpoint;
   int relay_clients = 0;   // 0: clients / 2
   int relay_requests = 0;  // 0: 2 * relay_clients per side
+  bool relay_sequential = false;
+  bool skip_chat = false;
   int controller_pid = 0;
   std::string json_out;
 };
@@ -68,6 +73,20 @@ double CpuSeconds(int pid) {
     if (i == 14 || i == 15) ticks += std::stod(field);  // utime, stime
   }
   return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// The controller's CPU use (seconds per second) while no request runs, over `window`.
+double IdleCpuRate(int pid, std::chrono::milliseconds window) {
+  const double before = CpuSeconds(pid);
+  std::this_thread::sleep_for(window);
+  const double after = CpuSeconds(pid);
+  return before < 0 || after < 0 ? 0
+                                 : (after - before) / std::chrono::duration<double>(window).count();
+}
+
+// The controller's CPU microseconds per token over a phase, its idle rate taken out.
+double CpuUsPerToken(double cpu_s, double idle_rate, double wall_s, size_t tokens) {
+  return std::max(0.0, cpu_s - idle_rate * wall_s) * 1e6 / static_cast<double>(tokens);
 }
 
 json StatsJson(const LoadStats& s) {
@@ -114,6 +133,163 @@ std::vector<std::vector<int32_t>> MakePrompts(int count, int length) {
     for (int i = 0; i < length; ++i) p.push_back(id(rng));
   }
   return prompts;
+}
+
+// The relay phase: the same token-id requests through the controller (HTTP /v1/completions)
+// and straight to the rank-0 data plane. Concurrent (default): both sides at once with
+// `relay_clients` clients each, so that both see the same engine load. Sequential: one request
+// at a time, alternating direct and HTTP, so that background load on the machine hits both sides
+// alike and the sides never contend.
+Result<json> RunRelay(const Options& o, const SseLoadOptions& http) {
+  const int per_side =
+      o.relay_sequential ? 1 : (o.relay_clients > 0 ? o.relay_clients : std::max(1, o.clients / 2));
+  const int requests = o.relay_requests > 0 ? o.relay_requests : 2 * per_side;
+  const std::vector<std::vector<int32_t>> prompts = MakePrompts(requests, o.prompt_tokens);
+  auto direct_request = [&](int i) {
+    spark::v1::GenerateRequest r;
+    r.set_request_id("serve-bench-" + std::to_string(getpid()) + "-" + std::to_string(i));
+    for (int32_t id : prompts[static_cast<size_t>(i)]) r.add_prompt_token_ids(id);
+    spark::v1::SamplingParams* s = r.mutable_sampling();
+    s->set_temperature(0);
+    s->set_top_p(1);
+    s->set_top_k(0);
+    s->set_min_p(0);
+    s->set_repetition_penalty(1);
+    s->set_max_tokens(static_cast<uint32_t>(o.max_tokens));
+    s->set_ignore_eos(true);
+    return r;
+  };
+  auto http_request = [&](int i) {
+    json body = {{"model", o.model},
+                 {"prompt", prompts[static_cast<size_t>(i)]},
+                 {"stream", true},
+                 {"stream_options", {{"include_usage", true}}},
+                 {"max_tokens", o.max_tokens},
+                 {"ignore_eos", true},
+                 {"temperature", 0}};
+    return SseRequest{"/v1/completions", body.dump()};
+  };
+
+  DataPlaneLoadOptions direct_options;
+  direct_options.endpoint = o.data_endpoint;
+  direct_options.clients = per_side;
+  SseLoadOptions http_options = http;
+  http_options.clients = per_side;
+  std::vector<StreamTrace> direct_traces, http_traces;
+  double direct_wall = 0, http_wall = 0;
+  const double idle_rate =
+      o.controller_pid > 0 ? IdleCpuRate(o.controller_pid, std::chrono::milliseconds(2000)) : 0;
+  const double cpu0 = o.controller_pid > 0 ? CpuSeconds(o.controller_pid) : -1;
+
+  if (o.relay_sequential) {
+    DataPlaneLoad direct(direct_options);
+    SseLoad through(http_options);
+    for (int i = 0; i < requests; ++i) {
+      bool given = false;
+      Clock::time_point start = Clock::now();
+      SPARK_ASSIGN_OR_RETURN(std::vector<StreamTrace> d,
+                             direct.Run([&]() -> std::optional<spark::v1::GenerateRequest> {
+                               if (given) return std::nullopt;
+                               given = true;
+                               start = Clock::now();
+                               return direct_request(i);
+                             }));
+      direct_wall += Seconds(Clock::now() - start);
+      direct_traces.insert(direct_traces.end(), d.begin(), d.end());
+      given = false;
+      start = Clock::now();
+      std::vector<StreamTrace> h = through.Run(
+          [&]() -> std::optional<SseRequest> {
+            if (given) return std::nullopt;
+            given = true;
+            return http_request(i);
+          },
+          CountCompletionTokens);
+      http_wall += Seconds(Clock::now() - start);
+      http_traces.insert(http_traces.end(), h.begin(), h.end());
+    }
+  } else {
+    Counter http_counter(requests);
+    Counter direct_counter(requests);
+    Status direct_status;
+    std::promise<void> ready;
+    std::future<void> ready_future = ready.get_future();
+    bool ready_signalled = false;
+    std::thread direct_thread([&] {
+      Clock::time_point start;
+      direct_options.on_ready = [&] {
+        ready_signalled = true;
+        start = Clock::now();
+        ready.set_value();
+      };
+      DataPlaneLoad direct(direct_options);
+      Result<std::vector<StreamTrace>> traces =
+          direct.Run([&]() -> std::optional<spark::v1::GenerateRequest> {
+            std::optional<int> i = direct_counter.Next();
+            if (!i) return std::nullopt;
+            return direct_request(*i);
+          });
+      direct_wall = Seconds(Clock::now() - start);
+      if (traces.ok()) {
+        direct_traces = std::move(*traces);
+      } else {
+        direct_status = traces.status();
+      }
+      if (!ready_signalled) ready.set_value();
+    });
+    ready_future.wait();  // both sides start together
+    const Clock::time_point start = Clock::now();
+    http_traces = SseLoad(http_options)
+                      .Run(
+                          [&]() -> std::optional<SseRequest> {
+                            std::optional<int> i = http_counter.Next();
+                            if (!i) return std::nullopt;
+                            return http_request(*i);
+                          },
+                          CountCompletionTokens);
+    http_wall = Seconds(Clock::now() - start);
+    direct_thread.join();
+    SPARK_RETURN_IF_ERROR(direct_status.WithContext("direct data plane"));
+  }
+
+  LoadStats via_http = Analyze(http_traces, http_wall);
+  LoadStats direct_stats = Analyze(direct_traces, direct_wall);
+  const std::string how = o.relay_sequential
+                              ? std::string("one request at a time, alternating the sides")
+                              : std::to_string(per_side) + " clients per side, both sides at once";
+  std::printf("%s", FormatStats("relay, through the controller (HTTP /v1/completions, token-id "
+                                "prompts; " +
+                                    how + ")",
+                                via_http)
+                        .c_str());
+  std::printf(
+      "%s", FormatStats("relay, straight to the rank-0 data plane (the same requests; " + how + ")",
+                        direct_stats)
+                .c_str());
+  const double mean_delta = via_http.token_latency_ms.mean - direct_stats.token_latency_ms.mean;
+  const double p50_delta = via_http.token_latency_ms.p50 - direct_stats.token_latency_ms.p50;
+  const double ttft_delta = via_http.ttft_ms.p50 - direct_stats.ttft_ms.p50;
+  std::printf(
+      "  controller relay overhead per token (token delivery latency, HTTP - direct): mean "
+      "%+.3f ms, p50 %+.3f ms; TTFT p50 %+.3f ms\n",
+      mean_delta, p50_delta, ttft_delta);
+  json out = {{"clients_per_side", per_side},
+              {"sequential", o.relay_sequential},
+              {"http", StatsJson(via_http)},
+              {"direct", StatsJson(direct_stats)},
+              {"overhead_ms_per_token_mean", mean_delta},
+              {"overhead_ms_per_token_p50", p50_delta},
+              {"overhead_ttft_p50_ms", ttft_delta}};
+  if (o.controller_pid > 0 && via_http.tokens > 0) {
+    const double cpu = CpuSeconds(o.controller_pid) - cpu0;
+    const double us_per_token =
+        CpuUsPerToken(cpu, idle_rate, http_wall + direct_wall, via_http.tokens);
+    std::printf(
+        "  controller CPU: %.2f s over the phase (idle %.1f%%), %.1f us per relayed token\n", cpu,
+        idle_rate * 100, us_per_token);
+    out["controller_cpu_us_per_token"] = us_per_token;
+  }
+  return out;
 }
 
 int Run(const Options& o) {
@@ -169,11 +345,13 @@ int Run(const Options& o) {
   }
 
   // Phase 1: chat at full concurrency.
-  {
+  if (!o.skip_chat) {
     const int requests = o.requests > 0 ? o.requests : 2 * o.clients;
     SseLoadOptions chat = http;
     chat.clients = o.clients;
     Counter counter(requests);
+    const double idle_rate =
+        o.controller_pid > 0 ? IdleCpuRate(o.controller_pid, std::chrono::milliseconds(2000)) : 0;
     const double cpu0 = o.controller_pid > 0 ? CpuSeconds(o.controller_pid) : -1;
     const Clock::time_point start = Clock::now();
     std::vector<StreamTrace> traces = SseLoad(chat).Run(
@@ -204,108 +382,28 @@ int Run(const Options& o) {
     report["chat"] = StatsJson(stats);
     if (o.controller_pid > 0 && stats.tokens > 0) {
       const double cpu = CpuSeconds(o.controller_pid) - cpu0;
-      const double us_per_token = cpu * 1e6 / static_cast<double>(stats.tokens);
-      std::printf("  controller CPU: %.2f s, %.1f us per streamed token\n", cpu, us_per_token);
+      const double us_per_token = CpuUsPerToken(cpu, idle_rate, wall, stats.tokens);
+      std::printf(
+          "  controller CPU: %.2f s over the phase (idle %.1f%%), %.1f us per streamed token\n",
+          cpu, idle_rate * 100, us_per_token);
       report["chat"]["controller_cpu_s"] = cpu;
       report["chat"]["controller_cpu_us_per_token"] = us_per_token;
     }
     if (stats.failed > 0) status = 1;
   }
 
-  // Phase 2: relay overhead, HTTP and direct side by side.
+  // Phase 2: relay overhead.
   if (!o.data_endpoint.empty()) {
-    const int per_side = o.relay_clients > 0 ? o.relay_clients : std::max(1, o.clients / 2);
-    const int requests = o.relay_requests > 0 ? o.relay_requests : 2 * per_side;
-    const std::vector<std::vector<int32_t>> prompts = MakePrompts(requests, o.prompt_tokens);
-    Counter http_counter(requests);
-    Counter direct_counter(requests);
-    std::vector<StreamTrace> direct_traces;
-    Status direct_status;
-    double direct_wall = 0;
-    const double cpu0 = o.controller_pid > 0 ? CpuSeconds(o.controller_pid) : -1;
-    std::thread direct([&] {
-      DataPlaneLoadOptions options;
-      options.endpoint = o.data_endpoint;
-      options.clients = per_side;
-      const Clock::time_point start = Clock::now();
-      Result<std::vector<StreamTrace>> traces =
-          DataPlaneLoad(options).Run([&]() -> std::optional<spark::v1::GenerateRequest> {
-            std::optional<int> i = direct_counter.Next();
-            if (!i) return std::nullopt;
-            spark::v1::GenerateRequest r;
-            r.set_request_id("serve-bench-" + std::to_string(getpid()) + "-" + std::to_string(*i));
-            for (int32_t id : prompts[static_cast<size_t>(*i)]) r.add_prompt_token_ids(id);
-            spark::v1::SamplingParams* s = r.mutable_sampling();
-            s->set_temperature(0);
-            s->set_top_p(1);
-            s->set_top_k(0);
-            s->set_min_p(0);
-            s->set_repetition_penalty(1);
-            s->set_max_tokens(static_cast<uint32_t>(o.max_tokens));
-            s->set_ignore_eos(true);
-            return r;
-          });
-      direct_wall = Seconds(Clock::now() - start);
-      if (traces.ok()) {
-        direct_traces = std::move(*traces);
-      } else {
-        direct_status = traces.status();
-      }
-    });
-    SseLoadOptions relay = http;
-    relay.clients = per_side;
-    const Clock::time_point start = Clock::now();
-    std::vector<StreamTrace> http_traces = SseLoad(relay).Run(
-        [&]() -> std::optional<SseRequest> {
-          std::optional<int> i = http_counter.Next();
-          if (!i) return std::nullopt;
-          json body = {{"model", o.model},
-                       {"prompt", prompts[static_cast<size_t>(*i)]},
-                       {"stream", true},
-                       {"stream_options", {{"include_usage", true}}},
-                       {"max_tokens", o.max_tokens},
-                       {"ignore_eos", true},
-                       {"temperature", 0}};
-          return SseRequest{"/v1/completions", body.dump()};
-        },
-        CountCompletionTokens);
-    const double http_wall = Seconds(Clock::now() - start);
-    direct.join();
-    if (!direct_status.ok()) {
-      std::fprintf(stderr, "spark-serve-bench: direct data plane: %s\n",
-                   direct_status.ToString().c_str());
+    Result<json> relay = RunRelay(o, http);
+    if (!relay.ok()) {
+      std::fprintf(stderr, "spark-serve-bench: %s\n", relay.status().ToString().c_str());
       return 1;
     }
-    LoadStats via_http = Analyze(http_traces, http_wall);
-    LoadStats direct_stats = Analyze(direct_traces, direct_wall);
-    const std::string side = std::to_string(per_side) + " clients";
-    std::printf("%s", FormatStats("relay, through the controller (HTTP /v1/completions, token-id "
-                                  "prompts, " +
-                                      side + ")",
-                                  via_http)
-                          .c_str());
-    std::printf("%s", FormatStats("relay, direct to the rank-0 data plane (same requests, " + side +
-                                      ", at the same time)",
-                                  direct_stats)
-                          .c_str());
-    const double per_token = via_http.token_latency_ms.mean - direct_stats.token_latency_ms.mean;
-    const double ttft = via_http.ttft_ms.p50 - direct_stats.ttft_ms.p50;
-    std::printf(
-        "  controller relay overhead: %+.3f ms per token (mean token delivery latency, HTTP - "
-        "direct), %+.3f ms on TTFT p50\n",
-        per_token, ttft);
-    report["relay"] = {{"clients_per_side", per_side},
-                       {"http", StatsJson(via_http)},
-                       {"direct", StatsJson(direct_stats)},
-                       {"overhead_ms_per_token", per_token},
-                       {"overhead_ttft_p50_ms", ttft}};
-    if (o.controller_pid > 0 && via_http.tokens > 0) {
-      const double cpu = CpuSeconds(o.controller_pid) - cpu0;
-      const double us_per_token = cpu * 1e6 / static_cast<double>(via_http.tokens);
-      std::printf("  controller CPU: %.2f s, %.1f us per relayed token\n", cpu, us_per_token);
-      report["relay"]["controller_cpu_us_per_token"] = us_per_token;
+    report["relay"] = *relay;
+    if ((*relay)["http"]["failed"].get<size_t>() > 0 ||
+        (*relay)["direct"]["failed"].get<size_t>() > 0) {
+      status = 1;
     }
-    if (via_http.failed > 0 || direct_stats.failed > 0) status = 1;
   }
 
   if (!o.json_out.empty()) {
@@ -320,6 +418,8 @@ int Run(const Options& o) {
 int main(int argc, char** argv) {
   spark::load::Options o;
   CLI::App app("spark-serve-bench: streaming load against spark-controller's OpenAI endpoint");
+  // A later flag overrides an earlier one (scripts pass defaults, users append their own).
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.add_option("--url", o.url, "controller base URL http://HOST:PORT")->capture_default_str();
   app.add_option("--model", o.model, "model (deployment) name")->capture_default_str();
   app.add_option("--api-key-file", o.api_key_file, "file whose first key line is the bearer key");
@@ -335,6 +435,9 @@ int main(int argc, char** argv) {
                  "relay phase clients per side (default clients / 2)");
   app.add_option("--relay-requests", o.relay_requests,
                  "relay phase requests per side (default 2 x relay clients)");
+  app.add_flag("--relay-sequential", o.relay_sequential,
+               "relay phase: one request at a time, alternating the sides");
+  app.add_flag("--skip-chat", o.skip_chat, "only the relay phase");
   app.add_option("--controller-pid", o.controller_pid, "report the controller's CPU per token");
   app.add_option("--json", o.json_out, "also write the figures as JSON here");
   CLI11_PARSE(app, argc, argv);
