@@ -387,7 +387,11 @@ class DummySource : public WeightSource {
 class Builder {
  public:
   Builder(const ModelConfig& config, const LoadOptions& options, WeightSource& source)
-      : c_(config), tp_(options.tp_size), rank_(options.tp_rank), src_(source) {}
+      : c_(config),
+        tp_(options.tp_size),
+        rank_(options.tp_rank),
+        on_layer_(options.on_layer),
+        src_(source) {}
 
   Result<ModelWeights> Build(bool load_mtp, bool mtp_present, int layers_to_load) {
     ModelWeights mw;
@@ -403,6 +407,11 @@ class Builder {
     for (int l = 0; l < layers_to_load; ++l) {
       Status s = BuildLayer(l, mw.layers[static_cast<size_t>(l)]);
       if (!s.ok()) return s.WithContext("layer " + std::to_string(l));
+      if (on_layer_) {
+        s = on_layer_(l, std::move(mw.layers[static_cast<size_t>(l)]));
+        mw.layers[static_cast<size_t>(l)] = LayerWeights{};
+        if (!s.ok()) return s.WithContext("layer " + std::to_string(l));
+      }
     }
     SPARK_ASSIGN_OR_RETURN(mw.final_norm,
                            src_.Vector("model.norm.weight", h, Full(h), VectorKind::kNorm));
@@ -529,6 +538,7 @@ class Builder {
   const ModelConfig& c_;
   const int tp_;
   const int rank_;
+  const std::function<Status(int, LayerWeights&&)> on_layer_;
   WeightSource& src_;
 };
 

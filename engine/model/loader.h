@@ -52,6 +52,11 @@ struct LoadOptions {
   int max_layers = -1;
   // Called after each tensor with checkpoint bytes processed so far and the total to process.
   std::function<void(int64_t bytes_done, int64_t bytes_total)> progress;
+  // Streaming: when set, each decoder layer is handed over as soon as it is built, in layer
+  // order (the embedding is built before layer 0; final norm and lm_head after the last layer),
+  // and ModelWeights::layers of the result holds empty LayerWeights. A backend uploads and frees
+  // each layer here, so no full host copy of the model exists. A non-OK status aborts the load.
+  std::function<Status(int layer, LayerWeights&& weights)> on_layer;
 };
 
 // Checks that `config` can be split over `tp_size` ranks (heads, kv heads, I, Im, block FP8

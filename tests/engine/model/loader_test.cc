@@ -353,6 +353,47 @@ TEST_F(LoaderTest, MtpMaxLayersAndProgress) {
   EXPECT_FALSE(w->layers[0].is_moe);
 }
 
+TEST_F(LoaderTest, StreamingHandsOverEachLayerInOrder) {
+  WriteTiny(dir_.path(), TinyArch::kGlm4Moe, DType::kBF16, /*mtp=*/false);
+  LoadOptions o;
+  o.tp_size = 2;
+  o.tp_rank = 1;
+  Result<ModelWeights> whole = LoadModelWeights(dir_.path(), o);
+  ASSERT_TRUE(whole.ok()) << whole.status().ToString();
+  std::vector<int> order;
+  std::vector<LayerWeights> streamed;
+  o.on_layer = [&](int layer, LayerWeights&& w) {
+    order.push_back(layer);
+    streamed.push_back(std::move(w));
+    return Status::Ok();
+  };
+  Result<ModelWeights> w = LoadModelWeights(dir_.path(), o);
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  ASSERT_EQ(w->layers.size(), whole->layers.size());
+  ASSERT_EQ(streamed.size(), whole->layers.size());
+  for (size_t l = 0; l < streamed.size(); ++l) {
+    EXPECT_EQ(order[l], static_cast<int>(l));
+    EXPECT_TRUE(w->layers[l].q.data.empty()) << "streamed layers are not kept";
+    EXPECT_EQ(streamed[l].q.data, whole->layers[l].q.data);
+    EXPECT_EQ(streamed[l].is_moe, whole->layers[l].is_moe);
+    EXPECT_EQ(streamed[l].experts.size(), whole->layers[l].experts.size());
+    if (!streamed[l].experts.empty()) {
+      EXPECT_EQ(streamed[l].experts.back().down.data, whole->layers[l].experts.back().down.data);
+    }
+  }
+  EXPECT_EQ(w->lm_head.data, whole->lm_head.data);
+  EXPECT_EQ(w->embed.data, whole->embed.data);
+
+  // A failing consumer aborts the load with its status, naming the layer.
+  o.on_layer = [](int layer, LayerWeights&&) {
+    return layer == 1 ? ResourceExhausted("device full") : Status::Ok();
+  };
+  w = LoadModelWeights(dir_.path(), o);
+  ASSERT_FALSE(w.ok());
+  EXPECT_EQ(w.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_THAT(w.status().message(), HasSubstr("layer 1"));
+}
+
 TEST_F(LoaderTest, ErrorsNameTheProblem) {
   WriteTiny(dir_.path(), TinyArch::kGlm4Moe, DType::kBF16);
   LoadOptions o;
