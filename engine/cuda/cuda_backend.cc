@@ -156,8 +156,8 @@ Status CheckMlp(const ExpertWeights& w, const std::string& name, int64_t hidden)
   return Status::Ok();
 }
 
-// The checks of CpuBackend::Create, on the same ModelWeights.
-Status ValidateWeights(const ModelWeights& w, int local_q, int local_kv) {
+// The checks of CpuBackend::Create: everything but the decoder layers...
+Status ValidateTop(const ModelWeights& w, int local_q, int local_kv) {
   const ModelConfig& c = w.config;
   const int64_t hidden = c.hidden_size;
   const int64_t hd = c.head_dim;
@@ -187,47 +187,69 @@ Status ValidateWeights(const ModelWeights& w, int local_q, int local_kv) {
                            kMismatchHint);
   }
   if (local > 0) SPARK_RETURN_IF_ERROR(CheckLinear(w.lm_head, "lm_head", local, hidden));
-  for (int l = 0; l < c.num_hidden_layers; ++l) {
-    const LayerWeights& L = w.layers[static_cast<size_t>(l)];
-    const std::string p = "model.layers." + std::to_string(l);
-    SPARK_RETURN_IF_ERROR(CheckVector(L.input_norm, p + ".input_layernorm", hidden));
-    SPARK_RETURN_IF_ERROR(CheckVector(L.post_attn_norm, p + ".post_attention_layernorm", hidden));
-    SPARK_RETURN_IF_ERROR(CheckLinear(L.q, p + ".self_attn.q_proj", local_q * hd, hidden));
-    SPARK_RETURN_IF_ERROR(CheckLinear(L.k, p + ".self_attn.k_proj", local_kv * hd, hidden));
-    SPARK_RETURN_IF_ERROR(CheckLinear(L.v, p + ".self_attn.v_proj", local_kv * hd, hidden));
-    SPARK_RETURN_IF_ERROR(CheckLinear(L.o, p + ".self_attn.o_proj", hidden, local_q * hd));
-    if (c.use_qk_norm) {
-      SPARK_RETURN_IF_ERROR(CheckVector(L.q_norm, p + ".self_attn.q_norm", hd));
-      SPARK_RETURN_IF_ERROR(CheckVector(L.k_norm, p + ".self_attn.k_norm", hd));
-    }
-    if (!L.is_moe) {
-      SPARK_RETURN_IF_ERROR(CheckMlp(L.mlp, p + ".mlp", hidden));
-      continue;
-    }
-    const int64_t experts = c.n_routed_experts;
-    if (experts <= 0 || c.num_experts_per_tok <= 0 || c.num_experts_per_tok > experts) {
-      return InvalidArgument(p + " is a MoE layer but the config has " + std::to_string(experts) +
-                             " experts and num_experts_per_tok " +
-                             std::to_string(c.num_experts_per_tok));
-    }
-    SPARK_RETURN_IF_ERROR(CheckVector(L.router, p + ".mlp.gate", experts * hidden));
-    if (!L.router_bias.empty()) {
-      SPARK_RETURN_IF_ERROR(
-          CheckVector(L.router_bias, p + ".mlp.gate.e_score_correction_bias", experts));
-    }
-    if (static_cast<int64_t>(L.experts.size()) != experts) {
-      return InvalidArgument(p + ".mlp holds " + std::to_string(L.experts.size()) +
-                             " experts, expected " + std::to_string(experts) + kMismatchHint);
-    }
-    for (int64_t e = 0; e < experts; ++e) {
-      SPARK_RETURN_IF_ERROR(CheckMlp(L.experts[static_cast<size_t>(e)],
-                                     p + ".mlp.experts." + std::to_string(e), hidden));
-    }
-    if (L.has_shared_expert) {
-      SPARK_RETURN_IF_ERROR(CheckMlp(L.shared, p + ".mlp.shared_experts", hidden));
-    }
+  return Status::Ok();
+}
+
+// ... and one decoder layer.
+Status ValidateLayer(const ModelConfig& c, int l, const LayerWeights& L, int local_q,
+                     int local_kv) {
+  const int64_t hidden = c.hidden_size;
+  const int64_t hd = c.head_dim;
+  const std::string p = "model.layers." + std::to_string(l);
+  SPARK_RETURN_IF_ERROR(CheckVector(L.input_norm, p + ".input_layernorm", hidden));
+  SPARK_RETURN_IF_ERROR(CheckVector(L.post_attn_norm, p + ".post_attention_layernorm", hidden));
+  SPARK_RETURN_IF_ERROR(CheckLinear(L.q, p + ".self_attn.q_proj", local_q * hd, hidden));
+  SPARK_RETURN_IF_ERROR(CheckLinear(L.k, p + ".self_attn.k_proj", local_kv * hd, hidden));
+  SPARK_RETURN_IF_ERROR(CheckLinear(L.v, p + ".self_attn.v_proj", local_kv * hd, hidden));
+  SPARK_RETURN_IF_ERROR(CheckLinear(L.o, p + ".self_attn.o_proj", hidden, local_q * hd));
+  if (c.use_qk_norm) {
+    SPARK_RETURN_IF_ERROR(CheckVector(L.q_norm, p + ".self_attn.q_norm", hd));
+    SPARK_RETURN_IF_ERROR(CheckVector(L.k_norm, p + ".self_attn.k_norm", hd));
+  }
+  if (!L.is_moe) return CheckMlp(L.mlp, p + ".mlp", hidden);
+  const int64_t experts = c.n_routed_experts;
+  if (experts <= 0 || c.num_experts_per_tok <= 0 || c.num_experts_per_tok > experts) {
+    return InvalidArgument(p + " is a MoE layer but the config has " + std::to_string(experts) +
+                           " experts and num_experts_per_tok " +
+                           std::to_string(c.num_experts_per_tok));
+  }
+  SPARK_RETURN_IF_ERROR(CheckVector(L.router, p + ".mlp.gate", experts * hidden));
+  if (!L.router_bias.empty()) {
+    SPARK_RETURN_IF_ERROR(
+        CheckVector(L.router_bias, p + ".mlp.gate.e_score_correction_bias", experts));
+  }
+  if (static_cast<int64_t>(L.experts.size()) != experts) {
+    return InvalidArgument(p + ".mlp holds " + std::to_string(L.experts.size()) +
+                           " experts, expected " + std::to_string(experts) + kMismatchHint);
+  }
+  for (int64_t e = 0; e < experts; ++e) {
+    SPARK_RETURN_IF_ERROR(CheckMlp(L.experts[static_cast<size_t>(e)],
+                                   p + ".mlp.experts." + std::to_string(e), hidden));
+  }
+  if (L.has_shared_expert) {
+    SPARK_RETURN_IF_ERROR(CheckMlp(L.shared, p + ".mlp.shared_experts", hidden));
   }
   return Status::Ok();
+}
+
+// Device bytes of a rank's weights, from the config alone (streamed and generated loads).
+int64_t EstimateWeightBytes(const ModelConfig& cfg, int tp, int local_q, int local_kv,
+                            int64_t vocab_local) {
+  const int64_t hsz = cfg.hidden_size;
+  const int64_t elem = cfg.quant.method != QuantMethod::kNone ? 1 : 2;
+  const int64_t qkv = int64_t{local_q + 2 * local_kv} * cfg.head_dim;
+  int64_t bytes = cfg.vocab_size * hsz * 2 + vocab_local * hsz * 2;
+  for (int l = 0; l < cfg.num_hidden_layers; ++l) {
+    bytes += (qkv + int64_t{local_q} * cfg.head_dim) * hsz * elem;
+    if (!cfg.IsMoeLayer(l)) {
+      bytes += 3 * cfg.intermediate_size / tp * hsz * elem;
+    } else {
+      bytes += int64_t{cfg.n_routed_experts} * 3 * cfg.moe_intermediate_size / tp * hsz * elem +
+               int64_t{cfg.n_routed_experts} * hsz * 4;
+      bytes += int64_t{cfg.n_shared_experts} * 3 * cfg.moe_intermediate_size / tp * hsz * elem;
+    }
+  }
+  return bytes;
 }
 
 int64_t LinearBytes(const LinearWeight& w) {
@@ -378,6 +400,7 @@ struct CudaBackend::Impl {
   Status CheckFits(int64_t weight_bytes) const;
   Status UploadLayer(int l, LayerWeights& L);
   Status UploadModel(ModelWeights& w);
+  Status UploadTop(ModelWeights& w);
   Status GenerateModel(const DummyWeightsSpec& spec);
   Result<DeviceLinear> UploadStacked(const std::vector<const LinearWeight*>& parts);
   Status Finish();
@@ -580,6 +603,17 @@ Status CudaBackend::Impl::UploadLayer(int l, LayerWeights& L) {
 }
 
 Status CudaBackend::Impl::UploadModel(ModelWeights& w) {
+  SPARK_RETURN_IF_ERROR(UploadTop(w));
+  layers.resize(static_cast<size_t>(config.num_hidden_layers));
+  for (int l = 0; l < config.num_hidden_layers; ++l) {
+    Status s = UploadLayer(l, w.layers[static_cast<size_t>(l)]);
+    if (!s.ok()) return s.WithContext("uploading layer " + std::to_string(l));
+    w.layers[static_cast<size_t>(l)] = LayerWeights{};  // free the host copy as we go
+  }
+  return Status::Ok();
+}
+
+Status CudaBackend::Impl::UploadTop(ModelWeights& w) {
   {
     std::vector<uint16_t> embed = ToBf16(w.embed);
     SPARK_ASSIGN_OR_RETURN(uint16_t * e,
@@ -594,12 +628,6 @@ Status CudaBackend::Impl::UploadModel(ModelWeights& w) {
     SPARK_ASSIGN_OR_RETURN(lm_head, UploadStacked({&w.lm_head}));
   }
   w.lm_head = LinearWeight{};
-  layers.resize(static_cast<size_t>(config.num_hidden_layers));
-  for (int l = 0; l < config.num_hidden_layers; ++l) {
-    Status s = UploadLayer(l, w.layers[static_cast<size_t>(l)]);
-    if (!s.ok()) return s.WithContext("uploading layer " + std::to_string(l));
-    w.layers[static_cast<size_t>(l)] = LayerWeights{};  // free the host copy as we go
-  }
   return Status::Ok();
 }
 
@@ -1233,7 +1261,11 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::Create(ModelWeights weights, C
     return InvalidArgument("k_proj of layer 0 holds " + std::to_string(local_kv) +
                            " kv heads, expected " + std::to_string(impl->local_kv) + kMismatchHint);
   }
-  SPARK_RETURN_IF_ERROR(ValidateWeights(weights, impl->local_q, impl->local_kv));
+  SPARK_RETURN_IF_ERROR(ValidateTop(weights, impl->local_q, impl->local_kv));
+  for (int l = 0; l < weights.config.num_hidden_layers; ++l) {
+    SPARK_RETURN_IF_ERROR(ValidateLayer(weights.config, l, weights.layers[static_cast<size_t>(l)],
+                                        impl->local_q, impl->local_kv));
+  }
   SPARK_RETURN_IF_ERROR(impl->CheckFits(WeightBytes(weights)));
   SPARK_RETURN_IF_ERROR(impl->UploadModel(weights));
   SPARK_RETURN_IF_ERROR(impl->Finish());
@@ -1253,25 +1285,40 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::CreateDummy(const ModelConfig&
   if (spec.max_layers > 0) cfg.num_hidden_layers = std::min(spec.max_layers, cfg.num_hidden_layers);
   auto impl = std::make_unique<Impl>();
   SPARK_RETURN_IF_ERROR(impl->Init(cfg, spec.tp_rank, spec.tp_size, comm, options));
-  // Weight bytes from the shapes.
-  const int64_t hsz = cfg.hidden_size;
-  const int64_t elem = cfg.quant.method != QuantMethod::kNone ? 1 : 2;
-  const int64_t qkv = int64_t{impl->local_q + 2 * impl->local_kv} * cfg.head_dim;
-  int64_t bytes = cfg.vocab_size * hsz * 2 + impl->vocab_local * hsz * 2;
-  for (int l = 0; l < cfg.num_hidden_layers; ++l) {
-    bytes += (qkv + int64_t{impl->local_q} * cfg.head_dim) * hsz * elem;
-    if (!cfg.IsMoeLayer(l)) {
-      bytes += 3 * cfg.intermediate_size / spec.tp_size * hsz * elem;
-    } else {
-      bytes += int64_t{cfg.n_routed_experts} * 3 * cfg.moe_intermediate_size / spec.tp_size * hsz *
-                   elem +
-               int64_t{cfg.n_routed_experts} * hsz * 4;
-      bytes +=
-          int64_t{cfg.n_shared_experts} * 3 * cfg.moe_intermediate_size / spec.tp_size * hsz * elem;
-    }
-  }
+  const int64_t bytes =
+      EstimateWeightBytes(cfg, spec.tp_size, impl->local_q, impl->local_kv, impl->vocab_local);
   SPARK_RETURN_IF_ERROR(impl->CheckFits(bytes));
   SPARK_RETURN_IF_ERROR(impl->GenerateModel(spec));
+  SPARK_RETURN_IF_ERROR(impl->Finish());
+  return std::unique_ptr<CudaBackend>(new CudaBackend(std::move(impl)));
+}
+
+Result<std::unique_ptr<CudaBackend>> CudaBackend::Load(const std::filesystem::path& dir,
+                                                       engine::LoadOptions load, Communicator* comm,
+                                                       const CudaBackendOptions& options) {
+  if (load.dummy) {
+    return InvalidArgument(
+        "CudaBackend::Load reads checkpoints; use CreateDummy for dummy weights");
+  }
+  SPARK_ASSIGN_OR_RETURN(ModelConfig cfg, engine::LoadModelConfig(dir));
+  if (load.max_layers > 0) cfg.num_hidden_layers = std::min(load.max_layers, cfg.num_hidden_layers);
+  auto impl = std::make_unique<Impl>();
+  SPARK_RETURN_IF_ERROR(impl->Init(cfg, load.tp_rank, load.tp_size, comm, options));
+  SPARK_RETURN_IF_ERROR(impl->CheckFits(
+      EstimateWeightBytes(cfg, load.tp_size, impl->local_q, impl->local_kv, impl->vocab_local)));
+  impl->layers.resize(static_cast<size_t>(cfg.num_hidden_layers));
+  Impl* raw = impl.get();
+  load.on_layer = [raw](int l, LayerWeights&& layer) -> Status {
+    if (l >= static_cast<int>(raw->layers.size())) {
+      return Internal("streamed layer " + std::to_string(l) + " beyond the config");
+    }
+    LayerWeights owned = std::move(layer);  // freed when this call returns
+    SPARK_RETURN_IF_ERROR(ValidateLayer(raw->config, l, owned, raw->local_q, raw->local_kv));
+    return raw->UploadLayer(l, owned);
+  };
+  SPARK_ASSIGN_OR_RETURN(ModelWeights top, engine::LoadModelWeights(dir, load));
+  SPARK_RETURN_IF_ERROR(ValidateTop(top, impl->local_q, impl->local_kv));
+  SPARK_RETURN_IF_ERROR(impl->UploadTop(top));
   SPARK_RETURN_IF_ERROR(impl->Finish());
   return std::unique_ptr<CudaBackend>(new CudaBackend(std::move(impl)));
 }

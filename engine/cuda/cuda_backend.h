@@ -9,8 +9,9 @@
 // cuBLASLt for larger M (BF16; FP8 with per-channel x per-token scaling when the device offers
 // it, otherwise the weight tile is dequantised to BF16 first).
 //
-// Weights: Create() uploads a ModelWeights layer by layer and frees each host layer once it is
-// on the device, so host memory shrinks while the device fills. CreateDummy() generates the
+// Weights: Load() streams a checkpoint layer by layer to the device (LoadOptions::on_layer), so
+// the host holds one layer at a time. Create() uploads a ModelWeights layer by layer and frees
+// each host layer once it is on the device. CreateDummy() generates the
 // values of MakeDummyWeights (engine/model/loader.h) directly on the device: bit-identical to
 // Create(MakeDummyWeights(...)), without a host copy (load_format=dummy for large models).
 //
@@ -34,12 +35,14 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <vector>
 
 #include "common/status.h"
 #include "engine/comm/communicator.h"
 #include "engine/model/config.h"
+#include "engine/model/loader.h"
 #include "engine/model/weights.h"
 #include "engine/runtime/backend.h"
 
@@ -92,6 +95,13 @@ class CudaBackend final : public engine::Backend {
   static Result<std::unique_ptr<CudaBackend>> Create(engine::ModelWeights weights,
                                                      engine::Communicator* comm,
                                                      const CudaBackendOptions& options);
+  // Loads the slice load.tp_rank / load.tp_size of the checkpoint in `dir` straight to the
+  // device, one layer in host memory at a time (load.progress reports bytes; load.max_layers
+  // and load.load_mtp as LoadModelWeights, the MTP block is not used).
+  static Result<std::unique_ptr<CudaBackend>> Load(const std::filesystem::path& dir,
+                                                   engine::LoadOptions load,
+                                                   engine::Communicator* comm,
+                                                   const CudaBackendOptions& options);
   // Generates MakeDummyWeights(config, {tp_rank, tp_size, seed, max_layers}) on the device.
   static Result<std::unique_ptr<CudaBackend>> CreateDummy(const engine::ModelConfig& config,
                                                           const DummyWeightsSpec& spec,

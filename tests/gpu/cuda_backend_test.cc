@@ -1,7 +1,8 @@
 // CudaBackend end to end on the GPU:
 //   * every tiny transformers checkpoint of tests/data/models (and glm_fp8 quantised per channel
 //     and per 128x128 block) against its reference logits, and against CpuBackend on the same
-//     weights; greedy decoding through the paged KV cache;
+//     weights; greedy decoding through the paged KV cache; Load (streamed layer by layer) equal
+//     to Create;
 //   * tensor parallelism tp=2 in one process (two ranks on one GPU, Gloo collectives staged
 //     through host memory) against tp=1;
 //   * a random GLM-4 MoE at GLM-4.5-Air widths (1 dense + 1 MoE layer, BF16 and FP8 per-channel)
@@ -199,6 +200,15 @@ TEST(CudaBackendTest, TinyCheckpointsMatchReferenceLogitsAndCpuBackend) {
     ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
     Result<RunResult> got = RunModel(**gpu, ref);
     ASSERT_TRUE(got.ok()) << got.status().ToString();
+    gpu->reset();
+    // Streaming load (one layer on the host at a time) gives the same model.
+    Result<std::unique_ptr<CudaBackend>> streamed =
+        CudaBackend::Load(dir, {}, nullptr, SmallOptions());
+    ASSERT_TRUE(streamed.ok()) << streamed.status().ToString();
+    Result<RunResult> got_streamed = RunModel(**streamed, ref);
+    ASSERT_TRUE(got_streamed.ok()) << got_streamed.status().ToString();
+    EXPECT_EQ(got_streamed->prompt_logits, got->prompt_logits);
+    EXPECT_EQ(got_streamed->greedy, got->greedy);
 
     Result<ModelWeights> w_cpu = engine::LoadModelWeights(dir, {});
     ASSERT_TRUE(w_cpu.ok());
