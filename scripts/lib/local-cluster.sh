@@ -52,10 +52,9 @@ lc_url() { printf 'http://127.0.0.1:%s\n' "$(lc_http_port)"; }
 lc_sparkctl() {
   local args=(--controller "$(lc_url)")
   if [ -n "${LC_ADMIN_KEY_FILE:-}" ]; then
-    SPARK_ADMIN_KEY=$(head -n1 "$LC_ADMIN_KEY_FILE") "$LC_BUILD/controller/sparkctl" "${args[@]}" "$@"
-  else
-    "$LC_BUILD/controller/sparkctl" "${args[@]}" "$@"
+    args+=(--token "$(grep -v '^#' "$LC_ADMIN_KEY_FILE" | head -n1)")
   fi
+  "$LC_BUILD/controller/sparkctl" "${args[@]}" "$@"
 }
 
 # Checks that the binaries exist in LC_BUILD.

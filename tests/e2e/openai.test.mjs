@@ -6,6 +6,7 @@
 //   SPARK_E2E_URL      http://127.0.0.1:PORT (the controller)
 //   SPARK_E2E_API_KEY  a key of the controller's --api-keys-file
 //   SPARK_E2E_MODEL    the deployment name
+//   SPARK_E2E_ADMIN_KEY  the key of the controller's --admin-key-file (lifecycle API)
 //
 // The model's weights are random, so no test looks at what the text says: they check the
 // protocol (shapes, counts, determinism, streaming equal to non-streaming, stop strings cut the
@@ -20,6 +21,7 @@ import OpenAI from 'openai';
 const BASE_URL = process.env.SPARK_E2E_URL;
 const API_KEY = process.env.SPARK_E2E_API_KEY;
 const MODEL = process.env.SPARK_E2E_MODEL ?? 'tiny-glm';
+const ADMIN_KEY = process.env.SPARK_E2E_ADMIN_KEY;
 // Larger than the controller's request body limit (8 MiB by default).
 const TOO_LARGE_BYTES = Number(process.env.SPARK_E2E_TOO_LARGE_BYTES ?? 20 * 1024 * 1024);
 
@@ -439,6 +441,16 @@ describe('errors', () => {
     await assert.rejects(
       wrong.chat.completions.create({ model: MODEL, messages: USER, max_tokens: 1 }),
       (err) => err instanceof OpenAI.AuthenticationError && err.status === 401);
+  });
+
+  test('the lifecycle API wants the admin key, not an inference key', { skip: !ADMIN_KEY && 'no SPARK_E2E_ADMIN_KEY' }, async () => {
+    const list = (authorization) => fetch(`${BASE_URL}/api/v1/models`,
+      { headers: authorization ? { Authorization: authorization } : {} });
+    assert.equal((await list(null)).status, 401);
+    assert.ok([401, 403].includes((await list(`Bearer ${API_KEY}`)).status));
+    const ok = await list(`Bearer ${ADMIN_KEY}`);
+    assert.equal(ok.status, 200);
+    assert.ok((await ok.json()).models.some((m) => m.name === MODEL));
   });
 
   test('limits: max_tokens above the ceiling and n above the maximum are 400s naming the limit', async () => {
