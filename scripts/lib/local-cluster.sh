@@ -164,6 +164,15 @@ $(lc_sparkctl status "$name" 2>&1 | head -n 20)"
   fi
 }
 
+# lc_undeploy NAME: removes the deployment (its shards stop) and waits up to 20 s until it is gone,
+# so that a later start deploys afresh (no run to recover, restart budget untouched).
+lc_undeploy() {
+  local name=$1
+  lc_sparkctl status "$name" >/dev/null 2>&1 || return 0
+  lc_sparkctl undeploy "$name" >/dev/null || return 1
+  lc_wait_for "! lc_sparkctl status '$name'" 20
+}
+
 lc_running() { lc_pid controller >/dev/null; }
 
 # Sends SIGTERM to PID and waits up to $2 seconds, then SIGKILL.
