@@ -112,6 +112,7 @@ Status DenseLinear::Run(const DeviceLinear& w, const __nv_bfloat16* x, int64_t r
                              stream);
       if (st.ok()) return done(LinearPath::kLtFp8);
       if (st.code() != StatusCode::kUnimplemented) return st;
+      fp8_fallback_reason_ = st.message();
     }
     if (rows <= limits_.gemv_max_rows && gemv_ok) {
       SPARK_RETURN_IF_ERROR(RunGemv(w, x, rows, y, stream));

@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "common/status.h"
 #include "engine/cuda/device_linear.h"
@@ -56,6 +57,8 @@ class DenseLinear {
   LinearPath last_path() const { return last_path_; }
   int64_t path_count(LinearPath path) const { return counts_[static_cast<int>(path)]; }
   int64_t workspace_bytes() const { return workspace_bytes_; }
+  // Why the last cuBLASLt FP8 attempt fell back (empty when it ran or was not tried).
+  const std::string& fp8_fallback_reason() const { return fp8_fallback_reason_; }
 
  private:
   DenseLinear() = default;
@@ -72,6 +75,7 @@ class DenseLinear {
   __nv_bfloat16* fp8_out_ = nullptr;  // BF16 output of cuBLASLt FP8 when fp32 is not offered
   int64_t workspace_bytes_ = 0;
   LinearPath last_path_ = LinearPath::kGemv;
+  std::string fp8_fallback_reason_;
   int64_t counts_[static_cast<int>(LinearPath::kCount)] = {};
 };
 

@@ -60,6 +60,13 @@ Result<LtGemm::Plan*> LtGemm::GetPlan(Kind kind, int64_t m, int64_t n, int64_t k
         plan->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof(mode)));
     SPARK_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
         plan->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof(mode)));
+    // The heuristic may inspect the scale pointers: give it aligned placeholders (the real
+    // vectors are set per call).
+    const void* placeholder = workspace_;
+    SPARK_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
+        plan->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &placeholder, sizeof(placeholder)));
+    SPARK_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
+        plan->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &placeholder, sizeof(placeholder)));
   }
   // Column-major views: A = W^T stored [k, n] (ld k), B = x^T stored [k, m] (ld k),
   // D = y^T stored [n, m] (ld n).

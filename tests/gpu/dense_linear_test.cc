@@ -183,6 +183,9 @@ TEST(DenseLinearTest, MatchesCpuOverShapesFormatsAndBatchSizes) {
                       LinearPathName(path), max_diff / max_ref);
           EXPECT_LE(max_diff / max_ref, tol)
               << s.name << " " << FmtName(fmt) << " m=" << m << " " << configs[ci].name;
+          if (!runners[ci]->fp8_fallback_reason().empty()) {
+            std::printf("[linear-fp8-fallback] %s\n", runners[ci]->fp8_fallback_reason().c_str());
+          }
         }
       }
     }
