@@ -14,16 +14,18 @@
 // stream /v1/completions over token-id prompts through the controller, and `relay-clients`
 // clients send the same requests (same prompt ids and sampling) straight to the rank-0 shard's
 // data plane with the controller's own protocol: both at once by default (the same engine load
-// on both sides), or with --relay-sequential one request at a time alternating the sides (the
-// uncontended cost; background load on the machine hits both sides alike). Relay overhead per token
-// = token delivery latency through HTTP minus directly, where a token's delivery latency is its
-// arrival time minus its request's send time: a constant delay the controller adds to every token
-// (its queueing, HTTP and JSON work, detokenization, SSE writing) shifts this by that delay; mean
-// and p50 are given, and the TTFT p50 difference. With --controller-pid the controller's CPU time
-// per token is reported too (user + system time from /proc over the phase, less its idle rate
-// measured for 2 s before the phase).
+// on both sides; 4 waves per side, the first left out of the figures: whichever burst reaches the
+// engine first gets the earlier queue positions), or with --relay-sequential one request at a
+// time alternating the sides (the uncontended cost; background load hits both sides alike). Relay
+// overhead per token = token delivery latency through HTTP minus directly, where a token's delivery
+// latency is its arrival time minus its request's send time: a constant delay the controller adds
+// to every token (its queueing, HTTP and JSON work, detokenization, SSE writing) shifts this by
+// that delay; mean and p50 are given, and the TTFT p50 difference. With --controller-pid the
+// controller's CPU time per token is reported too (user + system time from /proc over the phase,
+// less its idle rate measured for 2 s before the phase).
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <fstream>
@@ -143,7 +145,8 @@ std::vector<std::vector<int32_t>> MakePrompts(int count, int length) {
 Result<json> RunRelay(const Options& o, const SseLoadOptions& http) {
   const int per_side =
       o.relay_sequential ? 1 : (o.relay_clients > 0 ? o.relay_clients : std::max(1, o.clients / 2));
-  const int requests = o.relay_requests > 0 ? o.relay_requests : 2 * per_side;
+  const int requests =
+      o.relay_requests > 0 ? o.relay_requests : (o.relay_sequential ? 48 : 4 * per_side);
   const std::vector<std::vector<int32_t>> prompts = MakePrompts(requests, o.prompt_tokens);
   auto direct_request = [&](int i) {
     spark::v1::GenerateRequest r;
@@ -252,6 +255,16 @@ Result<json> RunRelay(const Options& o, const SseLoadOptions& http) {
     SPARK_RETURN_IF_ERROR(direct_status.WithContext("direct data plane"));
   }
 
+  if (!o.relay_sequential) {
+    // Steady state only: the first wave of each side is left out (which side's burst reaches
+    // the engine first decides its queue position, not the relay).
+    for (std::vector<StreamTrace>* traces : {&http_traces, &direct_traces}) {
+      std::sort(traces->begin(), traces->end(),
+                [](const StreamTrace& a, const StreamTrace& b) { return a.sent < b.sent; });
+      const size_t skip = std::min(traces->size(), static_cast<size_t>(per_side));
+      traces->erase(traces->begin(), traces->begin() + static_cast<std::ptrdiff_t>(skip));
+    }
+  }
   LoadStats via_http = Analyze(http_traces, http_wall);
   LoadStats direct_stats = Analyze(direct_traces, direct_wall);
   const std::string how = o.relay_sequential
@@ -433,8 +446,9 @@ int main(int argc, char** argv) {
                  "rank-0 data plane tcp://HOST:PORT: adds the relay-overhead phase");
   app.add_option("--relay-clients", o.relay_clients,
                  "relay phase clients per side (default clients / 2)");
-  app.add_option("--relay-requests", o.relay_requests,
-                 "relay phase requests per side (default 2 x relay clients)");
+  app.add_option(
+      "--relay-requests", o.relay_requests,
+      "relay phase requests per side (default 4 x relay clients; 48 with --relay-sequential)");
   app.add_flag("--relay-sequential", o.relay_sequential,
                "relay phase: one request at a time, alternating the sides");
   app.add_flag("--skip-chat", o.skip_chat, "only the relay phase");
