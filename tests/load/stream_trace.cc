@@ -50,7 +50,10 @@ LoadStats Analyze(const std::vector<StreamTrace>& traces, double wall_s) {
       if (s.first_error.empty()) s.first_error = t.ok() ? "no token arrived" : t.error;
       continue;
     }
-    s.tokens += t.token_times.size();
+    // The final usage counts every token; a chat stream carries no event for a token that adds no
+    // text (a special token, part of a UTF-8 character).
+    s.tokens += t.usage_completion_tokens >= 0 ? static_cast<size_t>(t.usage_completion_tokens)
+                                               : t.token_times.size();
     ttft.push_back(Ms(t.token_times.front() - t.sent));
     e2e.push_back(Ms(t.token_times.back() - t.sent));
     for (size_t i = 0; i < t.token_times.size(); ++i) {

@@ -39,10 +39,10 @@ struct LoadStats {
   double wall_s = 0;
   double requests_per_s = 0;       // successful requests / wall time
   double output_tokens_per_s = 0;  // tokens of successful requests / wall time
-  size_t tokens = 0;
-  Percentiles ttft_ms;           // send -> first token
-  Percentiles itl_ms;            // gaps between consecutive token arrivals (all requests)
-  Percentiles tpot_ms;           // per request: (last - first token) / (tokens - 1)
+  size_t tokens = 0;    // generated tokens of successful requests (final usage when reported)
+  Percentiles ttft_ms;  // send -> first token
+  Percentiles itl_ms;   // gaps between consecutive token-carrying events, all requests
+  Percentiles tpot_ms;  // per request: (last - first token) / (tokens - 1)
   Percentiles token_latency_ms;  // per token: arrival - send (mean = mean delivery latency)
   Percentiles e2e_ms;            // send -> last token
 };
