@@ -303,6 +303,81 @@ describe('chat completions', () => {
   });
 });
 
+// GET /metrics as { name{labels}: value } (Prometheus text exposition, version 0.0.4).
+async function metrics() {
+  const response = await fetch(`${BASE_URL}/metrics`, { headers: { Authorization: `Bearer ${API_KEY}` } });
+  assert.equal(response.status, 200);
+  assert.match(response.headers.get('content-type'), /^text\/plain/);
+  const values = new Map();
+  for (const line of (await response.text()).split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$/.exec(line);
+    assert.ok(match, `not a Prometheus sample line: ${JSON.stringify(line)}`);
+    const value = Number(match[2]);
+    assert.ok(!Number.isNaN(value) || match[2] === 'NaN', line);
+    values.set(match[1], value);
+  }
+  return values;
+}
+
+function sumOf(values, prefix) {
+  let sum = 0;
+  for (const [key, value] of values) if (key === prefix || key.startsWith(`${prefix}{`)) sum += value;
+  return sum;
+}
+
+describe('streaming clients', () => {
+  test('the SDK stream helper assembles the same message as the non-streaming call', async () => {
+    const params = { model: MODEL, messages: USER, max_tokens: 12, temperature: 0, ignore_eos: true,
+      chat_template_kwargs: { enable_thinking: false } };
+    const whole = await client.chat.completions.create(params);
+    const stream = client.chat.completions.stream(params);
+    const final = await stream.finalChatCompletion();
+    assert.equal(final.choices[0].message.content ?? '', whole.choices[0].message.content ?? '');
+    assert.equal(final.choices[0].finish_reason, 'length');
+  });
+
+  test('a client that goes away mid-stream stops its request within a second', async () => {
+    const stream = await client.chat.completions.create({
+      model: MODEL, messages: USER, max_tokens: 3000, ignore_eos: true, stream: true,
+    });
+    let chunks = 0;
+    for await (const chunk of stream) {
+      if (chunk.choices[0]?.delta?.content || chunk.choices[0]?.delta?.reasoning_content) chunks++;
+      if (chunks >= 3) break;  // leaving the loop aborts the HTTP request
+    }
+    const left = Date.now();
+    let running = Infinity;
+    while (Date.now() - left < 1500) {
+      const m = await metrics();
+      running = sumOf(m, 'spark_requests_running') + sumOf(m, 'spark_requests_queued');
+      if (running === 0) break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assert.equal(running, 0, 'the abandoned request still runs 1.5 s after the client left');
+    // The engine is free again: a short request completes promptly.
+    const started = Date.now();
+    const r = await client.chat.completions.create({ model: MODEL, messages: USER, max_tokens: 2, ignore_eos: true });
+    assert.equal(r.usage.completion_tokens, 2);
+    assert.ok(Date.now() - started < 10_000);
+  });
+});
+
+describe('metrics', () => {
+  test('GET /metrics: Prometheus text with request, token and latency figures', async () => {
+    await client.chat.completions.create({ model: MODEL, messages: USER, max_tokens: 3, ignore_eos: true, stream: false });
+    const m = await metrics();
+    const ok = [...m].filter(([k]) => k.startsWith('spark_http_requests_total{') && k.includes('status="200"'));
+    assert.ok(ok.length > 0 && ok.some(([, v]) => v >= 1), 'no answered request counted');
+    assert.ok(sumOf(m, 'spark_completion_tokens_total') >= 3);
+    assert.ok(sumOf(m, 'spark_prompt_tokens_total') >= 1);
+    assert.ok(sumOf(m, 'spark_time_to_first_token_seconds_count') >= 1);
+    assert.ok([...m.keys()].some((k) => k.startsWith('spark_deployment_state{') && k.includes(`model="${MODEL}"`)));
+    const unauthorized = await fetch(`${BASE_URL}/metrics`);
+    assert.equal(unauthorized.status, 401);
+  });
+});
+
 describe('completions', () => {
   test('text prompt: OpenAI shape and usage', async () => {
     const r = await client.completions.create({
