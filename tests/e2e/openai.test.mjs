@@ -149,6 +149,23 @@ describe('chat completions', () => {
     assert.notEqual(again.id, r.id);
   });
 
+  test('reasoning: thinking on by default, off with chat_template_kwargs; reasoning tokens counted', async () => {
+    const base = { model: MODEL, messages: USER, max_tokens: 24, temperature: 0, ignore_eos: true };
+    const thinking = await client.chat.completions.create(base);
+    const details = thinking.usage.completion_tokens_details;
+    assert.equal(typeof details?.reasoning_tokens, 'number', JSON.stringify(thinking.usage));
+    assert.ok(details.reasoning_tokens >= 0 && details.reasoning_tokens <= thinking.usage.completion_tokens);
+    const reasoning = thinking.choices[0].message.reasoning_content ?? '';
+    assert.equal(reasoning.length > 0, details.reasoning_tokens > 0,
+      `reasoning_content ${JSON.stringify(reasoning)} vs ${details.reasoning_tokens} reasoning tokens`);
+    assert.ok(!reasoning.includes('<think>') && !(thinking.choices[0].message.content ?? '').includes('<think>'));
+
+    const off = await client.chat.completions.create({ ...base, chat_template_kwargs: { enable_thinking: false } });
+    assert.ok(!off.choices[0].message.reasoning_content, 'reasoning with thinking off');
+    assert.equal(off.usage.completion_tokens_details?.reasoning_tokens ?? 0, 0);
+    assert.notEqual(off.usage.prompt_tokens, thinking.usage.prompt_tokens, 'thinking off renders another prompt');
+  });
+
   test('prompt_tokens grows with the conversation', async () => {
     const short = await client.chat.completions.create({ model: MODEL, messages: USER, max_tokens: 1 });
     const longer = await client.chat.completions.create({
