@@ -82,7 +82,7 @@ Result<ChatToolCall> ParseToolCall(const Json& call, size_t index, size_t call_i
                            "string, got " + TypeName(arguments));
   }
   out.arguments = arguments.get<std::string>();
-  Json parsed = Json::parse(out.arguments, nullptr, /*allow_exceptions=*/false);
+  Json parsed = PyJsonLoads(out.arguments);  // big integers stay exact, as in Python
   if (parsed.is_discarded() || !parsed.is_object()) {
     return InvalidArgument(where + ".function.arguments: not a JSON object (" +
                            (parsed.is_discarded() ? std::string("invalid JSON")

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <utility>
+#include <vector>
 
 #include "engine/text/utf8.h"
 
@@ -51,7 +53,12 @@ void Dump(const Json& value, const PyJsonOptions& options, int depth, std::strin
       out->append(PyJsonQuote(value.get_ref<const std::string&>(), options.ensure_ascii));
       return;
     case Json::value_t::binary:
-      out->append("null");
+      if (IsPyBigInt(value)) {
+        const Json::binary_t& digits = value.get_binary();
+        out->append(digits.begin(), digits.end());
+      } else {
+        out->append("null");
+      }
       return;
     case Json::value_t::array: {
       if (value.empty()) {
@@ -92,6 +99,81 @@ void Dump(const Json& value, const PyJsonOptions& options, int depth, std::strin
   }
 }
 
+// nlohmann SAX handler building a Json as json.loads would: like nlohmann's own DOM builder, but
+// an integer literal beyond 64 bits (which nlohmann reports as a float, with its text) becomes an
+// exact big integer.
+class PyLoadsHandler {
+ public:
+  using number_integer_t = Json::number_integer_t;
+  using number_unsigned_t = Json::number_unsigned_t;
+  using number_float_t = Json::number_float_t;
+  using string_t = Json::string_t;
+  using binary_t = Json::binary_t;
+
+  Json& root() { return root_; }
+
+  bool null() { return Put(Json(nullptr)) != nullptr; }
+  bool boolean(bool value) { return Put(Json(value)) != nullptr; }
+  bool number_integer(number_integer_t value) { return Put(Json(value)) != nullptr; }
+  bool number_unsigned(number_unsigned_t value) { return Put(Json(value)) != nullptr; }
+  bool number_float(number_float_t value, const string_t& text) {
+    if (text.find_first_of(".eE") == string_t::npos) {
+      Json big = Json::binary(binary_t::container_type(text.begin(), text.end()),
+                              static_cast<std::uint8_t>(kPyBigIntSubtype));
+      return Put(std::move(big)) != nullptr;
+    }
+    return Put(Json(value)) != nullptr;
+  }
+  bool string(string_t& value) { return Put(Json(std::move(value))) != nullptr; }
+  bool binary(binary_t& value) { return Put(Json::binary(std::move(value))) != nullptr; }
+  bool start_object(std::size_t /*elements*/) {
+    stack_.push_back(Put(Json::object()));
+    return true;
+  }
+  bool start_array(std::size_t /*elements*/) {
+    stack_.push_back(Put(Json::array()));
+    return true;
+  }
+  bool end_object() {
+    stack_.pop_back();
+    return true;
+  }
+  bool end_array() {
+    stack_.pop_back();
+    return true;
+  }
+  bool key(string_t& name) {
+    // operator[] keeps the first position of a repeated key; the later value overwrites it.
+    member_ = &(*stack_.back())[name];
+    return true;
+  }
+  bool parse_error(std::size_t /*position*/, const std::string& /*last_token*/,
+                   const nlohmann::detail::exception& /*error*/) {
+    return false;
+  }
+
+ private:
+  // Stores `value` where the parse is (the root, the current object member or a new array item)
+  // and returns where it now lives.
+  Json* Put(Json value) {
+    if (stack_.empty()) {
+      root_ = std::move(value);
+      return &root_;
+    }
+    Json& parent = *stack_.back();
+    if (parent.is_array()) {
+      parent.push_back(std::move(value));
+      return &parent.back();
+    }
+    *member_ = std::move(value);
+    return member_;
+  }
+
+  Json root_;
+  std::vector<Json*> stack_;  // the open containers, innermost last
+  Json* member_ = nullptr;    // the object member the next value goes to
+};
+
 // Byte offset just past the leading Python whitespace of `s`.
 size_t LeadingSpaceEnd(std::string_view s) {
   size_t i = 0;
@@ -117,6 +199,19 @@ size_t TrailingSpaceStart(std::string_view s) {
 }
 
 }  // namespace
+
+Json PyJsonLoads(std::string_view text) {
+  PyLoadsHandler handler;
+  if (!Json::sax_parse(text.begin(), text.end(), &handler)) {
+    return Json(Json::value_t::discarded);
+  }
+  return std::move(handler.root());
+}
+
+bool IsPyBigInt(const Json& value) {
+  return value.is_binary() && value.get_binary().has_subtype() &&
+         value.get_binary().subtype() == kPyBigIntSubtype;
+}
 
 std::string PyJsonDumps(const Json& value, const PyJsonOptions& options) {
   std::string out;

@@ -6,6 +6,8 @@
 //   PyJsonDumps   json.dumps(value, ensure_ascii=..., indent=...) with the default separators
 //                 (", " and ": "; "," and ": " with an indent), keys in insertion order, floats as
 //                 Python's repr (shortest round-trip, "1.0", "1e-07", "1e+16").
+//   PyJsonLoads   json.loads(text) into a Json: integer literals beyond 64 bits stay exact (Python
+//                 ints are unbounded) and PyJsonDumps writes them back digit for digit.
 //   PyStrip...    str.strip() / lstrip() / rstrip() without arguments: Python's whitespace
 //                 (str.isspace: Unicode White_Space plus U+001C..U+001F), UTF-8 aware.
 //
@@ -15,6 +17,7 @@
 // Thread safety: pure functions.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -31,6 +34,18 @@ struct PyJsonOptions {
 
 // json.dumps(value, ensure_ascii=options.ensure_ascii, indent=options.indent).
 std::string PyJsonDumps(const Json& value, const PyJsonOptions& options = {});
+
+// json.loads(text): the parsed value, or a discarded Json when `text` is not valid JSON (or has
+// a number beyond the double range). Duplicate object keys keep the last value at the first key's
+// position, as Python dicts do. An integer literal that does not fit 64 bits is held as a binary
+// Json value of subtype kPyBigIntSubtype carrying its digits (Json cannot hold it as a number);
+// PyJsonDumps writes it as those digits, and IsPyBigInt recognises it.
+Json PyJsonLoads(std::string_view text);
+
+inline constexpr std::uint64_t kPyBigIntSubtype = 0x69;  // 'i'
+
+// True for the exact big integers PyJsonLoads produces.
+bool IsPyBigInt(const Json& value);
 
 // json.dumps(str) of a UTF-8 string: the quoted, escaped literal.
 std::string PyJsonQuote(std::string_view utf8, bool ensure_ascii = false);

@@ -85,6 +85,15 @@ TEST(ChatMessageTest, ArgumentsObjectAndMissingArgumentsAreAccepted) {
   EXPECT_EQ((*messages)[0].tool_calls[1].arguments, "{}");
 }
 
+TEST(ChatMessageTest, ArgumentsKeepBigIntegersExact) {
+  // Python's json.loads keeps integers of any size; the templates print them back unchanged.
+  auto messages = ParseChatMessages(J(R"([{"role": "assistant", "tool_calls": [{"function":
+    {"name": "f", "arguments": "{\"id\": 123456789012345678901234567890, \"n\": 1.0}"}}]}])"));
+  ASSERT_TRUE(messages.ok()) << messages.status().ToString();
+  EXPECT_EQ(PyJsonDumps((*messages)[0].tool_calls[0].arguments_object),
+            R"({"id": 123456789012345678901234567890, "n": 1.0})");
+}
+
 TEST(ChatMessageTest, ParsesToolsAndKwargs) {
   auto tools = ParseChatTools(J(R"([{"type": "function", "function": {"name": "f",
     "parameters": {"type": "object", "properties": {"x": {"type": "string"}}}}},

@@ -59,6 +59,36 @@ TEST(PyJsonTest, KeepsKeyOrderAndNumberKinds) {
   EXPECT_EQ(PyJsonDumps(value), R"({"z": 1, "a": -2, "m": 1000.0, "big": 18446744073709551615})");
 }
 
+TEST(PyJsonTest, LoadsKeepsBigIntegersExactLikePython) {
+  // json.dumps(json.loads(text)) in CPython 3.11.
+  const Json value =
+      PyJsonLoads(R"({"a": 123456789012345678901234567890, "b": -12345678901234567890, "c": )"
+                  R"([18446744073709551616, 18446744073709551615, -9223372036854775808, )"
+                  R"(-9223372036854775809], "d": 1e2, "e": 10000000000000000000000.0})");
+  ASSERT_FALSE(value.is_discarded());
+  EXPECT_TRUE(IsPyBigInt(value["a"]));
+  EXPECT_FALSE(IsPyBigInt(value["c"][1]));  // fits 64 bits: an ordinary number
+  EXPECT_EQ(PyJsonDumps(value),
+            R"({"a": 123456789012345678901234567890, "b": -12345678901234567890, "c": )"
+            R"([18446744073709551616, 18446744073709551615, -9223372036854775808, )"
+            R"(-9223372036854775809], "d": 100.0, "e": 1e+22})");
+  EXPECT_EQ(PyJsonDumps(value, PyJsonOptions{.ensure_ascii = false, .indent = 1}),
+            "{\n \"a\": 123456789012345678901234567890,\n \"b\": -12345678901234567890,\n \"c\": "
+            "[\n  18446744073709551616,\n  18446744073709551615,\n  -9223372036854775808,\n  "
+            "-9223372036854775809\n ],\n \"d\": 100.0,\n \"e\": 1e+22\n}");
+}
+
+TEST(PyJsonTest, LoadsRepeatedKeysAndRejectsInvalidJson) {
+  // A repeated key keeps its first position and its last value, as a Python dict does.
+  EXPECT_EQ(PyJsonDumps(PyJsonLoads(R"({"a": 1, "b": {"x": [true, null]}, "a": 3})")),
+            R"({"a": 3, "b": {"x": [true, null]}})");
+  EXPECT_EQ(PyJsonDumps(PyJsonLoads(R"("s")")), R"("s")");
+  EXPECT_EQ(PyJsonDumps(PyJsonLoads("[]")), "[]");
+  EXPECT_TRUE(PyJsonLoads("{\"a\": }").is_discarded());
+  EXPECT_TRUE(PyJsonLoads("{} x").is_discarded());
+  EXPECT_TRUE(PyJsonLoads("").is_discarded());
+}
+
 TEST(PyJsonTest, EscapingPiecesEqualsEscapingTheWhole) {
   const std::string s = "a\"b\\c\nd\xe4\xbd\xa0\x01";
   std::string whole;
