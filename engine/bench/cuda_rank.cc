@@ -1,0 +1,82 @@
+#include "engine/bench/cuda_rank.h"
+
+#include <cuda_runtime.h>
+
+#include <memory>
+#include <utility>
+
+#include "engine/comm/nccl_communicator.h"
+#include "engine/cuda/cuda_backend.h"
+#include "engine/cuda/cuda_check.h"
+#include "engine/model/loader.h"
+
+namespace spark::bench {
+
+Status MakeCudaRank(const CudaRankSpec& spec, int rank, int tp, engine::KeyValueStore* store,
+                    RankParts* parts) {
+  int devices = 0;
+  SPARK_CUDA_RETURN_IF_ERROR(cudaGetDeviceCount(&devices));
+  if (rank >= devices) {
+    return InvalidArgument("--tp " + std::to_string(tp) + " needs " + std::to_string(tp) +
+                           " CUDA devices (one per rank); this process sees " +
+                           std::to_string(devices) + " (check CUDA_VISIBLE_DEVICES)");
+  }
+  SPARK_CUDA_RETURN_IF_ERROR(cudaSetDevice(rank));
+  cuda::CudaBackendOptions options;
+  options.device = rank;
+  options.kv_cache_bytes = spec.kv_cache_bytes;
+  options.max_batch_tokens = spec.max_batch_tokens;
+  engine::NcclCommunicator* nccl = nullptr;
+  if (tp > 1) {
+    engine::NcclOptions n;
+    n.device = rank;
+    n.prefix = spec.prefix;
+    n.init_timeout_ms = 120000;
+    n.op_timeout_ms = 600000;  // loading a large model on another rank may take minutes
+    SPARK_ASSIGN_OR_RETURN(std::unique_ptr<engine::NcclCommunicator> comm,
+                           engine::NcclCommunicator::Create(rank, tp, store, n));
+    nccl = comm.get();
+    options.stream = comm->stream();
+    options.collectives = cuda::CollectiveMode::kDevice;
+    parts->comm = std::move(comm);
+  }
+  if (spec.dummy || spec.model_dir.empty()) {
+    cuda::DummyWeightsSpec dummy;
+    dummy.tp_rank = rank;
+    dummy.tp_size = tp;
+    dummy.seed = spec.seed;
+    dummy.max_layers = spec.max_layers;
+    SPARK_ASSIGN_OR_RETURN(parts->backend,
+                           cuda::CudaBackend::CreateDummy(spec.config, dummy, nccl, options));
+  } else {
+    engine::LoadOptions load;
+    load.tp_rank = rank;
+    load.tp_size = tp;
+    load.max_layers = spec.max_layers;
+    SPARK_ASSIGN_OR_RETURN(engine::ModelWeights weights,
+                           engine::LoadModelWeights(spec.model_dir, load));
+    SPARK_ASSIGN_OR_RETURN(parts->backend,
+                           cuda::CudaBackend::Create(std::move(weights), nccl, options));
+  }
+  return Status::Ok();
+}
+
+Result<std::string> CudaDeviceName() {
+  cudaDeviceProp prop{};
+  SPARK_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, 0));
+  return std::string(prop.name);
+}
+
+double CudaPeakBandwidthGbs() {
+  int clock_khz = 0;
+  int bus_bits = 0;
+  if (cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, 0) != cudaSuccess ||
+      cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, 0) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  // Double data rate: two transfers per memory clock.
+  return 2.0 * clock_khz * 1e3 * (bus_bits / 8.0) / 1e9;
+}
+
+}  // namespace spark::bench

@@ -1,0 +1,40 @@
+// CUDA ranks for spark-bench (built with SPARK_CUDA only): rank r of a ThreadTpGroup on CUDA
+// device r, joined through NcclCommunicator (collectives on the backend's stream), with
+// CudaBackend over the checkpoint's slice or dummy weights generated on the device.
+//
+// Thread safety: MakeCudaRank runs on the rank's own thread. Ownership: the returned parts own
+// the communicator and backend; `store` must outlive the group's creation.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "common/status.h"
+#include "engine/bench/engine_throughput.h"
+#include "engine/bench/thread_tp_group.h"
+#include "engine/comm/communicator.h"
+#include "engine/model/config.h"
+
+namespace spark::bench {
+
+struct CudaRankSpec {
+  engine::ModelConfig config;       // num_hidden_layers already cut to the benchmarked layers
+  std::filesystem::path model_dir;  // empty or dummy: CreateDummy
+  bool dummy = true;
+  uint64_t seed = 0;
+  int max_layers = -1;
+  int64_t kv_cache_bytes = 0;
+  int64_t max_batch_tokens = 2048;
+  std::string prefix;  // rendezvous key prefix of the group
+};
+
+// A RankFactory body (engine/bench/thread_tp_group.h).
+Status MakeCudaRank(const CudaRankSpec& spec, int rank, int tp, engine::KeyValueStore* store,
+                    RankParts* parts);
+
+// Name of CUDA device 0 and its peak memory bandwidth in GB/s from the device attributes
+// (0 when the device does not report its memory clock, as unified-memory devices may).
+Result<std::string> CudaDeviceName();
+double CudaPeakBandwidthGbs();
+
+}  // namespace spark::bench

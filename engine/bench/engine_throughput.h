@@ -1,0 +1,91 @@
+// `spark-bench engine`: prefill and decode throughput of one backend over a model, next to the
+// memory-bandwidth roofline of a decode step.
+//
+// The model comes from a checkpoint directory (--model, real or dummy weights) or from a config
+// alone (--config: a built-in name such as glm-4.5-air, or a config.json path; dummy weights).
+// For each batch size B it prefills B sequences of input_len tokens (in steps of at most
+// max_batch_tokens tokens), then runs output_len decode steps of one token per sequence, and
+// reports prefill tokens/s, time to first token (the prefill of the whole batch), decode
+// tokens/s, inter-token latency (mean step time), and the roofline: the bytes one rank reads per
+// decode step (DecodeStepBytes) over the device's peak bandwidth, the measured step time, the
+// achieved bandwidth and its ratio to the peak.
+//
+// Thread safety: RunEngineBench runs on the calling thread (plus the TP group's worker threads).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "engine/model/config.h"
+
+namespace spark::bench {
+
+struct EngineBenchOptions {
+  std::filesystem::path model_dir;  // --model
+  std::string config;               // --config: built-in name or config.json path
+  bool dummy = false;               // --load-format dummy
+  std::string backend = "cpu";      // cpu | cuda
+  int layers = -1;                  // first N decoder layers only; -1 = all
+  int tp = 1;
+  std::vector<int> batch_sizes = {1};
+  int input_len = 128;
+  int output_len = 32;
+  int threads = 0;                  // CPU backend threads per rank; 0 = cores / tp
+  int64_t max_batch_tokens = 2048;  // tokens per prefill step
+  double peak_bandwidth_gbs = 0;    // 0 = the device's (CUDA) or a measured read rate (CPU)
+  uint64_t seed = 0;                // dummy weights
+  bool json = false;                // one JSON object per batch size instead of the table
+};
+
+// Bytes one rank reads in a decode step of `batch` sequences at context length `context`.
+struct StepBytes {
+  double weight_bytes = 0;      // dense weights + expected distinct routed experts + lm_head
+  double kv_bytes = 0;          // K and V of every cached token of every sequence (BF16)
+  double expected_experts = 0;  // distinct routed experts per MoE layer (uniform routing)
+  double total() const { return weight_bytes + kv_bytes; }
+};
+
+// Weights in their stored dtype (FP8: 1 byte + scales; BF16: 2), sliced by `tp`; routed experts
+// counted as E * (1 - (1 - k/E)^batch), the expected number of distinct experts that `batch`
+// tokens choose under uniform routing; KV in BF16 of the rank's kv heads.
+StepBytes DecodeStepBytes(const engine::ModelConfig& config, int tp, int batch, double context);
+
+struct BatchResult {
+  int batch = 0;
+  double prefill_ms = 0;
+  double prefill_tokens_per_s = 0;
+  double ttft_ms = 0;
+  double itl_ms = 0;  // mean decode step
+  double itl_p50_ms = 0;
+  double decode_tokens_per_s = 0;
+  StepBytes bytes;          // at the mean decode context
+  double roofline_ms = 0;   // bytes.total() / peak
+  double achieved_gbs = 0;  // bytes.total() / itl
+  double bandwidth_ratio = 0;
+};
+
+struct EngineBenchReport {
+  std::string model;   // name or path
+  std::string device;  // e.g. "NVIDIA H200" or "CPU (16 threads)"
+  double peak_bandwidth_gbs = 0;
+  std::string peak_source;  // "device attributes", "measured", "--peak-bandwidth-gbs"
+  int layers = 0;
+  std::string quant;  // bf16 | fp8-channel | fp8-block
+  double load_s = 0;
+  std::vector<BatchResult> batches;
+};
+
+// Resolves the model config (built-in name, config.json path, or model directory).
+Result<engine::ModelConfig> ResolveBenchConfig(const EngineBenchOptions& options);
+
+// Runs the benchmark; `log` receives progress lines (may be null).
+Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& options, std::ostream* log);
+
+// The table (or JSON lines) of a report.
+void PrintEngineBenchReport(const EngineBenchReport& report, bool json, std::ostream& out);
+
+}  // namespace spark::bench

@@ -1,0 +1,89 @@
+// spark-bench: benchmarks of the engine. Subcommands:
+//   engine  - prefill / decode throughput of a backend and its memory-bandwidth roofline
+//             (engine/bench/engine_throughput.h).
+#include <CLI/CLI.hpp>
+
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/bench/engine_throughput.h"
+
+namespace {
+
+std::vector<int> ParseSizes(const std::string& text, bool* ok) {
+  std::vector<int> sizes;
+  std::stringstream in(text);
+  std::string item;
+  *ok = true;
+  while (std::getline(in, item, ',')) {
+    try {
+      size_t used = 0;
+      const int v = std::stoi(item, &used);
+      if (used != item.size() || v < 1) *ok = false;
+      sizes.push_back(v);
+    } catch (...) {
+      *ok = false;
+    }
+  }
+  if (sizes.empty()) *ok = false;
+  return sizes;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"spark-bench: engine benchmarks"};
+  app.require_subcommand(1);
+
+  spark::bench::EngineBenchOptions o;
+  std::string model_dir;
+  std::string load_format = "auto";
+  std::string batch_sizes = "1";
+  CLI::App* engine = app.add_subcommand(
+      "engine", "prefill and decode throughput of one backend, next to the bandwidth roofline");
+  engine->add_option("--model", model_dir, "checkpoint directory (config.json + safetensors)");
+  engine->add_option("--config", o.config,
+                     "built-in config (glm-4.7, glm-4.6, glm-4.5, glm-4.5-air) or a config.json "
+                     "path; needs --load-format dummy");
+  engine->add_option("--load-format", load_format, "auto (the checkpoint) or dummy")
+      ->check(CLI::IsMember({"auto", "dummy"}));
+  engine->add_option("--backend", o.backend, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  engine->add_option("--layers", o.layers, "benchmark the first N decoder layers only");
+  engine->add_option("--tp", o.tp, "tensor-parallel ranks (threads; one GPU each with cuda)");
+  engine->add_option("--batch-sizes", batch_sizes, "comma-separated batch sizes, e.g. 1,8,32");
+  engine->add_option("--input-len", o.input_len, "prompt tokens per sequence");
+  engine->add_option("--output-len", o.output_len, "decode steps per sequence");
+  engine->add_option("--threads", o.threads, "CPU backend threads per rank (0 = cores / tp)");
+  engine->add_option("--max-batch-tokens", o.max_batch_tokens, "tokens per prefill step");
+  engine->add_option("--peak-bandwidth-gbs", o.peak_bandwidth_gbs,
+                     "memory bandwidth peak for the roofline (default: the device's, or a "
+                     "measured read rate on CPU)");
+  engine->add_option("--seed", o.seed, "dummy weights seed");
+  engine->add_flag("--json", o.json, "one JSON object per batch size");
+
+  CLI11_PARSE(app, argc, argv);
+
+  if (engine->parsed()) {
+    o.model_dir = model_dir;
+    o.dummy = load_format == "dummy";
+    bool ok = false;
+    o.batch_sizes = ParseSizes(batch_sizes, &ok);
+    if (!ok) {
+      std::cerr << "spark-bench engine: --batch-sizes must be positive integers separated by "
+                   "commas, got '"
+                << batch_sizes << "'\n";
+      return 2;
+    }
+    spark::Result<spark::bench::EngineBenchReport> report =
+        spark::bench::RunEngineBench(o, &std::cerr);
+    if (!report.ok()) {
+      std::cerr << "spark-bench engine: " << report.status().message() << "\n";
+      return 1;
+    }
+    spark::bench::PrintEngineBenchReport(*report, o.json, std::cout);
+    return 0;
+  }
+  return 2;
+}
