@@ -10,10 +10,11 @@
 //     the GPU) against Create(MakeDummyWeights) bit for bit;
 //   * batch semantics: errors, ResourceExhausted, Release, FreeKvTokens, TruncateSequence,
 //     chunked prefill against one-shot prefill, and a clear error when a model does not fit.
-// Tolerances: logits vs the fp32 references within 3e-2 * max|ref| (5e-2 for FP8 weights: FP8
-// activations in the MoE) at >= 90% of the prompt positions - BF16 activations into every GEMM
-// and into the router can flip a near-tie expert choice at a position - and nowhere beyond
-// 0.5 * max|ref|; argmax agreeing at >= 90% of the positions; greedy tokens equal until the
+// Tolerances: logits vs the fp32 references within 3e-2 * max|ref| (FP8 weights: 1.5e-1 with the
+// default per-token FP8 activations, 5e-2 with BF16 activations in the dense linears - the MoE
+// quantises its activations either way) at >= 90% of the prompt positions - BF16 activations into
+// every GEMM and into the router can flip a near-tie expert choice at a position - and nowhere
+// beyond 0.5 * max|ref|; argmax agreeing at >= 90% of the positions; greedy tokens equal until the
 // reference's top-2 gap falls below the measured error.
 #include "engine/cuda/cuda_backend.h"
 
@@ -248,7 +249,9 @@ TEST(CudaBackendTest, TinyCheckpointsMatchReferenceLogitsAndCpuBackend) {
     }
     // Per position: a routing decision on a near tie (BF16 router input vs fp32) changes one
     // token's expert mix; such positions are counted, not averaged away.
-    const double tol = c.scheme == "bf16" ? 3e-2 : 5e-2;
+    // FP8 checkpoints run W8A8 by default (per-token FP8 activations, as the official FP8
+    // checkpoints prescribe), while the reference dequantises the weights only.
+    const double tol = c.scheme == "bf16" ? 3e-2 : 1.5e-1;
     std::vector<std::pair<double, size_t>> per_pos;
     for (size_t p = 0; p < ref.ids.size(); ++p) {
       double m = 0;
@@ -272,6 +275,21 @@ TEST(CudaBackendTest, TinyCheckpointsMatchReferenceLogitsAndCpuBackend) {
     EXPECT_GE(within, per_pos.size() * 9 / 10);
     EXPECT_LE(diff / max_ref, 0.5);
     EXPECT_GE(argmax_agree, ref.ids.size() * 9 / 10);
+    if (c.scheme != "bf16") {
+      // Dense linears with BF16 activations (weights dequantised): closer to the reference.
+      CudaBackendOptions exact = SmallOptions();
+      exact.fp8_activations = false;
+      Result<std::unique_ptr<CudaBackend>> b = CudaBackend::Load(dir, {}, nullptr, exact);
+      ASSERT_TRUE(b.ok()) << b.status().ToString();
+      Result<RunResult> r = RunModel(**b, ref);
+      ASSERT_TRUE(r.ok()) << r.status().ToString();
+      const double d = MaxDiff(r->prompt_logits, ref.logits) / max_ref;
+      std::printf(
+          "[cuda-reference] %-11s %-11s without FP8 activations in the dense linears: "
+          "max|gpu-ref|/max|ref| = %.3e\n",
+          c.variant.c_str(), c.scheme.c_str(), d);
+      EXPECT_LE(d, 5e-2);
+    }
     EXPECT_GE(greedy_match, std::min<size_t>(must_match, 8));
   }
 }
@@ -378,12 +396,14 @@ TEST(CudaBackendTest, RandomMoeAtAirWidthsMatchesCpuBackend) {
     spec.seed = 11;
     Result<std::unique_ptr<CudaBackend>> gen = CudaBackend::CreateDummy(cfg, spec, nullptr, opts);
     ASSERT_TRUE(gen.ok()) << gen.status().ToString();
-    // GB10's shared memory per block (101,376 bytes) emulated: kernels pick configs that fit.
-    CudaBackendOptions capped_opts = opts;
-    capped_opts.smem_cap_bytes = 101376;
-    Result<std::unique_ptr<CudaBackend>> capped =
-        CudaBackend::CreateDummy(cfg, spec, nullptr, capped_opts);
-    ASSERT_TRUE(capped.ok()) << capped.status().ToString();
+    // FP8: the default W8A8 dense linears (per-token FP8 activations) and, closer to the fp32
+    // reference, BF16 activations with dequantised weights.
+    CudaBackendOptions exact_opts = opts;
+    exact_opts.fp8_activations = false;
+    Result<std::unique_ptr<CudaBackend>> exact =
+        CudaBackend::CreateDummy(cfg, spec, nullptr, exact_opts);
+    ASSERT_TRUE(exact.ok()) << exact.status().ToString();
+
     Result<ModelWeights> wc = engine::MakeDummyWeights(cfg, load);
     ASSERT_TRUE(wc.ok());
     engine::CpuBackendOptions cpu_opts;
@@ -396,8 +416,8 @@ TEST(CudaBackendTest, RandomMoeAtAirWidthsMatchesCpuBackend) {
       Result<ForwardOutput> a = (*gpu)->Forward(batch);
       Result<ForwardOutput> g = (*gen)->Forward(batch);
       Result<ForwardOutput> b = (*cpu)->Forward(batch);
-      Result<ForwardOutput> k = (*capped)->Forward(batch);
-      ASSERT_TRUE(k.ok()) << k.status().ToString();
+      Result<ForwardOutput> e = (*exact)->Forward(batch);
+      ASSERT_TRUE(e.ok()) << e.status().ToString();
       ASSERT_TRUE(a.ok()) << a.status().ToString();
       ASSERT_TRUE(g.ok()) << g.status().ToString();
       ASSERT_TRUE(b.ok()) << b.status().ToString();
@@ -417,14 +437,48 @@ TEST(CudaBackendTest, RandomMoeAtAirWidthsMatchesCpuBackend) {
           "device-generated weights %s\n",
           fp8 ? "fp8_channel" : "bf16", step, diff / max_ref, agree, static_cast<long long>(rows),
           a->logits == g->logits ? "bit-identical" : "DIFFER");
-      EXPECT_LE(diff / max_ref, 5e-2);
+      const double exact_diff = MaxDiff(e->logits, b->logits) / max_ref;
+      std::printf(
+          "[cuda-air] %-11s step %d: without FP8 activations in the dense linears "
+          "max|gpu-cpu|/max|cpu| = %.3e\n",
+          fp8 ? "fp8_channel" : "bf16", step, exact_diff);
+      // BF16: 6.3e-3..6.8e-3 measured on an H200; FP8 W8A8: ~0.11; FP8 with BF16 activations
+      // in the dense linears (the MoE still quantises its activations): ~1.2e-2.
+      EXPECT_LE(diff / max_ref, fp8 ? 1.5e-1 : 2e-2);
+      EXPECT_LE(exact_diff, fp8 ? 5e-2 : 2e-2);
       EXPECT_EQ(agree, rows);
       EXPECT_EQ(a->logits, g->logits) << "CreateDummy must equal Create(MakeDummyWeights)";
-      const double capped_diff = MaxDiff(k->logits, a->logits) / max_ref;
-      std::printf("[cuda-air] %-11s step %d: smem cap 101376 vs uncapped max|diff|/max = %.3e\n",
-                  fp8 ? "fp8_channel" : "bf16", step, capped_diff);
-      EXPECT_LE(capped_diff, 2e-2);
       ++step;
+    }
+  }
+}
+
+TEST(CudaBackendTest, AirWidthsUnderGb10SharedMemoryCap) {
+  // GB10's 101,376 bytes of shared memory per block emulated: every kernel (attention, MoE)
+  // must pick a configuration that fits and give the uncapped results.
+  for (bool fp8 : {false, true}) {
+    SCOPED_TRACE(fp8 ? "fp8_channel" : "bf16");
+    const ModelConfig cfg = AirTwoLayers(fp8);
+    CudaBackendOptions opts = SmallOptions();
+    opts.kv_cache_bytes = int64_t{256} << 20;
+    DummyWeightsSpec spec;
+    spec.seed = 11;
+    Result<std::unique_ptr<CudaBackend>> full = CudaBackend::CreateDummy(cfg, spec, nullptr, opts);
+    ASSERT_TRUE(full.ok()) << full.status().ToString();
+    opts.smem_cap_bytes = 101376;
+    Result<std::unique_ptr<CudaBackend>> capped =
+        CudaBackend::CreateDummy(cfg, spec, nullptr, opts);
+    ASSERT_TRUE(capped.ok()) << capped.status().ToString();
+    int step = 0;
+    for (const ForwardBatch& batch : MixedBatches(cfg.vocab_size)) {
+      Result<ForwardOutput> a = (*full)->Forward(batch);
+      Result<ForwardOutput> k = (*capped)->Forward(batch);
+      ASSERT_TRUE(a.ok()) << a.status().ToString();
+      ASSERT_TRUE(k.ok()) << k.status().ToString();
+      const double d = MaxDiff(k->logits, a->logits) / MaxAbs(a->logits);
+      std::printf("[cuda-air-gb10] %-11s step %d: capped vs uncapped max|diff|/max = %.3e\n",
+                  fp8 ? "fp8_channel" : "bf16", step++, d);
+      EXPECT_LE(d, 2e-2);
     }
   }
 }
