@@ -4,10 +4,11 @@
 //
 // Numerics: BF16 activations into every GEMM, fp32 accumulation, fp32 residual stream, norms,
 // RoPE, softmax and router in fp32; weights stay in their stored dtype on the device (BF16, or
-// FP8 E4M3 with per-channel or 128x128 block scales). Dense linears pick per batch size: an own
-// split-K GEMV kernel for M <= 16 (BF16 and FP8, weights dequantised exactly like the CPU), and
-// cuBLASLt for larger M (BF16; FP8 with per-channel x per-token scaling when the device offers
-// it, otherwise the weight tile is dequantised to BF16 first).
+// FP8 E4M3 with per-channel or 128x128 block scales). Dense linears pick a kernel per batch size
+// and format (engine/cuda/dense_linear.h): cuBLASLt BF16, cuBLASLt FP8 with per-token FP8
+// activations (W8A8, the official FP8 checkpoints' scheme; ~0.1 of max|logit| from the
+// dequantised fp32 reference on random weights, fp8_activations = false keeps BF16 activations,
+// ~1e-2), the own split-K GEMV at decode sizes, or FP8 weights dequantised to BF16.
 //
 // Weights: Load() streams a checkpoint layer by layer to the device (LoadOptions::on_layer), so
 // the host holds one layer at a time. Create() uploads a ModelWeights layer by layer and frees
@@ -74,8 +75,9 @@ struct CudaBackendOptions {
   int gemv_max_rows = 4;
   int gemv_bf16_rows = 0;
   int gemv_fp8_rows = 1;
-  // Large-M FP8 linears: quantise activations per token and run cuBLASLt FP8 (true), or
-  // dequantise weights to BF16 and run cuBLASLt BF16 (false; closer to the fp32 reference).
+  // FP8 per-channel linears: quantise activations per token and run cuBLASLt FP8 (true, W8A8),
+  // or keep BF16 activations with the GEMV / dequantised weights (false; closer to the fp32
+  // reference, slower prefill).
   bool fp8_activations = true;
 };
 
