@@ -22,6 +22,7 @@
 #include "engine/runtime/tp_engine.h"
 #include "engine/shard/controller_kv_store.h"
 #include "engine/shard/controller_link.h"
+#include "engine/shard/cuda_setup.h"
 #include "engine/shard/endpoints.h"
 #include "engine/shard/envelope_stamper.h"
 #include "engine/shard/leader_loop.h"
@@ -105,9 +106,9 @@ class ShardRun {
   std::unique_ptr<Watchdog> watchdog_;
   std::unique_ptr<SignalWatcher> signals_;
   std::unique_ptr<ControllerKeyValueStore> store_;
-  std::unique_ptr<engine::GlooCommunicator> comm_;
+  std::unique_ptr<engine::Communicator> comm_;  // Gloo (cpu) or NCCL (cuda)
   std::unique_ptr<WatchedCommunicator> watched_;
-  std::unique_ptr<engine::CpuBackend> backend_;
+  std::unique_ptr<engine::Backend> backend_;
   std::unique_ptr<engine::TpLeaderBackend> leader_;
   std::unique_ptr<LeaderLoop> loop_;
 };
@@ -228,10 +229,8 @@ int ShardRun::Run() {
   };
   phase("starting");
 
-  if (a.backend() == spark::v1::BACKEND_CUDA) {
-    return Fail(kExitUnsupported,
-                "not supported yet: the CUDA backend is not built; deploy with backend cpu");
-  }
+  const bool cuda = a.backend() == spark::v1::BACKEND_CUDA;
+  if (cuda && !BuiltWithCuda()) return Fail(kExitUnsupported, WithoutCudaMessage());
 
   advertise_host_ = args_.advertise_host;
   if (advertise_host_.empty()) {
@@ -264,8 +263,20 @@ int ShardRun::Run() {
     gloo.op_timeout_ms =
         (settings_.step_timeout + std::max(milliseconds(2000), settings_.step_timeout / 2)).count();
     gloo.prefix = a.deployment() + "/" + std::to_string(a.generation());
-    Result<std::unique_ptr<engine::GlooCommunicator>> comm =
-        engine::GlooCommunicator::Create(rank, world, store_.get(), gloo);
+    auto join = [&]() -> Result<std::unique_ptr<engine::Communicator>> {
+      if (cuda) {
+        NcclGroupOptions nccl;
+        nccl.device = static_cast<int>(a.gpu_index());
+        nccl.connect_timeout_ms = gloo.connect_timeout_ms;
+        nccl.op_timeout_ms = gloo.op_timeout_ms;
+        nccl.prefix = gloo.prefix;
+        return JoinNcclGroup(rank, world, store_.get(), nccl);
+      }
+      SPARK_ASSIGN_OR_RETURN(std::unique_ptr<engine::GlooCommunicator> joined,
+                             engine::GlooCommunicator::Create(rank, world, store_.get(), gloo));
+      return std::unique_ptr<engine::Communicator>(std::move(joined));
+    };
+    Result<std::unique_ptr<engine::Communicator>> comm = join();
     if (!comm.ok()) {
       return Fail(kExitRendezvous, "rendezvous failed: " + comm.status().message());
     }
@@ -292,29 +303,45 @@ int ShardRun::Run() {
     reporter_->ReportProgress(done, total, fraction).IgnoreError();
   };
   Status own = Status::Ok();
-  Result<engine::ModelWeights> weights = engine::LoadModelWeights(a.model_path(), load);
-  if (!weights.ok()) {
-    own = weights.status().WithContext("loading " + a.model_path());
-  } else {
-    const engine::ModelConfig config = weights->config;
-    Result<int64_t> kv_bytes = ResolveKvCacheBytes(a.options(), config, world, MemAvailableBytes());
-    if (!kv_bytes.ok()) {
-      own = kv_bytes.status();
+  if (cuda) {
+    CudaBackendSetup setup;
+    setup.device = static_cast<int>(a.gpu_index());
+    setup.max_batch_tokens = settings_.max_batch_tokens;
+    setup.kv_block_tokens = settings_.kv_block_tokens;
+    setup.progress = load.progress;
+    Result<std::unique_ptr<engine::Backend>> backend =
+        CreateShardCudaBackend(a, watched_.get(), comm_.get(), setup);
+    if (backend.ok()) {
+      backend_ = std::move(backend).value();
     } else {
-      engine::CpuBackendOptions cpu;
-      cpu.threads = settings_.threads;
-      cpu.kv_cache_bytes = *kv_bytes;
-      cpu.kv_block_tokens = settings_.kv_block_tokens;
-      Result<std::unique_ptr<engine::CpuBackend>> backend =
-          engine::CpuBackend::Create(std::move(weights).value(), watched_.get(), cpu);
-      if (backend.ok()) {
-        backend_ = std::move(backend).value();
-        SPARK_LOG(INFO)
-                .With("kv_cache_bytes", *kv_bytes)
-                .With("kv_capacity_tokens", backend_->KvCapacityTokens())
-            << "backend created";
+      own = backend.status().WithContext("creating the CUDA backend");
+    }
+  } else {
+    Result<engine::ModelWeights> weights = engine::LoadModelWeights(a.model_path(), load);
+    if (!weights.ok()) {
+      own = weights.status().WithContext("loading " + a.model_path());
+    } else {
+      const engine::ModelConfig config = weights->config;
+      Result<int64_t> kv_bytes =
+          ResolveKvCacheBytes(a.options(), config, world, MemAvailableBytes());
+      if (!kv_bytes.ok()) {
+        own = kv_bytes.status();
       } else {
-        own = backend.status().WithContext("creating the CPU backend");
+        engine::CpuBackendOptions cpu;
+        cpu.threads = settings_.threads;
+        cpu.kv_cache_bytes = *kv_bytes;
+        cpu.kv_block_tokens = settings_.kv_block_tokens;
+        Result<std::unique_ptr<engine::CpuBackend>> backend =
+            engine::CpuBackend::Create(std::move(weights).value(), watched_.get(), cpu);
+        if (backend.ok()) {
+          SPARK_LOG(INFO)
+                  .With("kv_cache_bytes", *kv_bytes)
+                  .With("kv_capacity_tokens", (*backend)->KvCapacityTokens())
+              << "backend created";
+          backend_ = std::move(backend).value();
+        } else {
+          own = backend.status().WithContext("creating the CPU backend");
+        }
       }
     }
   }

@@ -553,6 +553,9 @@ TEST_F(SparkShardTest, AHungCollectiveTripsTheWatchdog) {
 }
 
 TEST_F(SparkShardTest, TheCudaBackendIsRefusedClearly) {
+#if defined(SPARK_HAVE_CUDA)
+  GTEST_SKIP() << "this spark-shard has the CUDA backend (tests/gpu/cluster_gpu.sh runs it)";
+#endif
   FakeController controller(1);
   auto a = Assignment(0, 1);
   a.set_backend(spark::v1::BACKEND_CUDA);
@@ -561,6 +564,8 @@ TEST_F(SparkShardTest, TheCudaBackendIsRefusedClearly) {
   ASSERT_TRUE(failed.has_value());
   EXPECT_NE(failed->failure_reason().find("not supported yet: the CUDA backend is not built"),
             std::string::npos);
+  EXPECT_NE(failed->failure_reason().find("built without CUDA"), std::string::npos)
+      << failed->failure_reason();
   EXPECT_EQ(WaitExit(shard, milliseconds(5000)), ExitInfo::Code(5));
 }
 

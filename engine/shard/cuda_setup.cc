@@ -1,0 +1,130 @@
+#include "engine/shard/cuda_setup.h"
+
+#include <utility>
+
+#include "common/log.h"
+#include "engine/model/loader.h"
+#if defined(SPARK_HAVE_CUDA)
+#include <cuda_runtime.h>
+
+#include "engine/comm/nccl_communicator.h"
+#include "engine/cuda/cuda_backend.h"
+#include "engine/cuda/cuda_check.h"
+#endif
+
+namespace spark::shard {
+
+std::string WithoutCudaMessage() {
+  return "not supported yet: the CUDA backend is not built into this spark-shard (built "
+         "without CUDA); install a build made with the cuda preset, or deploy with backend cpu";
+}
+
+#if !defined(SPARK_HAVE_CUDA)
+
+bool BuiltWithCuda() { return false; }
+
+Result<std::unique_ptr<engine::Communicator>> JoinNcclGroup(int, int, engine::KeyValueStore*,
+                                                            const NcclGroupOptions&) {
+  return Unimplemented(WithoutCudaMessage());
+}
+
+Result<std::unique_ptr<engine::Backend>> CreateShardCudaBackend(const spark::v1::ShardAssignment&,
+                                                                engine::Communicator*,
+                                                                const engine::Communicator*,
+                                                                const CudaBackendSetup&) {
+  return Unimplemented(WithoutCudaMessage());
+}
+
+#else
+
+bool BuiltWithCuda() { return true; }
+
+namespace {
+
+Status CheckDevice(int device) {
+  int count = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    return Unavailable(std::string("no usable CUDA device: ") + cudaGetErrorString(err) +
+                       "; check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES");
+  }
+  if (device < 0 || device >= count) {
+    return InvalidArgument("GPU " + std::to_string(device) + " is not visible to this shard (" +
+                           std::to_string(count) +
+                           " visible); check the deployment's gpu_index and CUDA_VISIBLE_DEVICES");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<std::unique_ptr<engine::Communicator>> JoinNcclGroup(int rank, int world,
+                                                            engine::KeyValueStore* store,
+                                                            const NcclGroupOptions& options) {
+  SPARK_RETURN_IF_ERROR(CheckDevice(options.device));
+  engine::NcclOptions n;
+  n.device = options.device;
+  n.init_timeout_ms = options.connect_timeout_ms;
+  n.op_timeout_ms = options.op_timeout_ms;
+  n.prefix = options.prefix;
+  SPARK_ASSIGN_OR_RETURN(std::unique_ptr<engine::NcclCommunicator> comm,
+                         engine::NcclCommunicator::Create(rank, world, store, n));
+  return std::unique_ptr<engine::Communicator>(std::move(comm));
+}
+
+Result<std::unique_ptr<engine::Backend>> CreateShardCudaBackend(const spark::v1::ShardAssignment& a,
+                                                                engine::Communicator* comm,
+                                                                const engine::Communicator* nccl,
+                                                                const CudaBackendSetup& setup) {
+  SPARK_RETURN_IF_ERROR(CheckDevice(setup.device));
+  SPARK_CUDA_RETURN_IF_ERROR(cudaSetDevice(setup.device));
+  const spark::v1::EngineOptions& o = a.options();
+  cuda::CudaBackendOptions options;
+  options.device = setup.device;
+  options.kv_block_tokens = setup.kv_block_tokens;
+  options.max_batch_tokens = setup.max_batch_tokens;
+  options.kv_cache_bytes = static_cast<int64_t>(o.kv_cache_bytes());
+  if (o.kv_cache_fraction() < 0.0 || o.kv_cache_fraction() > 1.0) {
+    return InvalidArgument("engine option kv_cache_fraction " +
+                           std::to_string(o.kv_cache_fraction()) + " is outside (0, 1]");
+  }
+  if (o.kv_cache_fraction() > 0.0) options.kv_cache_fraction = o.kv_cache_fraction();
+  options.smem_cap_bytes = static_cast<int64_t>(o.shared_memory_cap_bytes());
+  if (nccl != nullptr) {
+    const auto* n = dynamic_cast<const engine::NcclCommunicator*>(nccl);
+    if (n == nullptr) return Internal("the CUDA backend needs an NcclCommunicator");
+    options.stream = n->stream();
+    options.collectives = cuda::CollectiveMode::kDevice;
+  }
+  const int rank = static_cast<int>(a.rank());
+  const int world = static_cast<int>(a.world_size());
+  std::unique_ptr<cuda::CudaBackend> backend;
+  if (o.load_format() == spark::v1::LOAD_FORMAT_DUMMY) {
+    SPARK_ASSIGN_OR_RETURN(engine::ModelConfig config, engine::LoadModelConfig(a.model_path()));
+    cuda::DummyWeightsSpec spec;
+    spec.tp_rank = rank;
+    spec.tp_size = world;
+    spec.seed = o.seed();
+    SPARK_ASSIGN_OR_RETURN(backend, cuda::CudaBackend::CreateDummy(config, spec, comm, options));
+    if (setup.progress) setup.progress(backend->weight_bytes(), backend->weight_bytes());
+  } else {
+    engine::LoadOptions load;
+    load.tp_rank = rank;
+    load.tp_size = world;
+    load.progress = setup.progress;
+    SPARK_ASSIGN_OR_RETURN(engine::ModelWeights weights,
+                           engine::LoadModelWeights(a.model_path(), load));
+    SPARK_ASSIGN_OR_RETURN(backend, cuda::CudaBackend::Create(std::move(weights), comm, options));
+  }
+  SPARK_LOG(INFO)
+          .With("device", setup.device)
+          .With("weight_bytes", backend->weight_bytes())
+          .With("kv_cache_bytes", backend->kv_cache_bytes())
+          .With("kv_capacity_tokens", backend->KvCapacityTokens())
+      << "CUDA backend created";
+  return std::unique_ptr<engine::Backend>(std::move(backend));
+}
+
+#endif
+
+}  // namespace spark::shard

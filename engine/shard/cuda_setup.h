@@ -1,0 +1,60 @@
+// The CUDA side of spark-shard: the NCCL group and the CudaBackend of one rank. Compiled in
+// every build; without SPARK_CUDA each function fails with Unimplemented ("built without CUDA").
+//
+// Device: the assignment's gpu_index, an ordinal among the devices this process sees (the agent
+// may narrow them with CUDA_VISIBLE_DEVICES). The NCCL unique id travels through the
+// controller's rendezvous store (rank 0 publishes it, see engine/comm/nccl_communicator.h).
+// KV cache: engine option kv_cache_bytes when > 0, else kv_cache_fraction (default 0.9) of the
+// device memory left after the weights. Weights: load_format=dummy generates them on the
+// device; otherwise the rank's slice is read from the checkpoint and uploaded layer by layer.
+//
+// Thread safety: call from the shard's main thread. Ownership: results are owned by the caller;
+// the backend borrows `comm`, which must outlive it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+#include "engine/comm/communicator.h"
+#include "engine/runtime/backend.h"
+#include "spark.pb.h"
+
+namespace spark::shard {
+
+// True when this spark-shard was built with the CUDA backend.
+bool BuiltWithCuda();
+
+// The message every CUDA entry point returns in a build without CUDA.
+std::string WithoutCudaMessage();
+
+struct NcclGroupOptions {
+  int device = 0;
+  int64_t connect_timeout_ms = 60000;
+  int64_t op_timeout_ms = 60000;
+  std::string prefix;
+};
+
+// Joins the rank's NCCL group. DeadlineExceeded names the ranks that never joined.
+Result<std::unique_ptr<engine::Communicator>> JoinNcclGroup(int rank, int world,
+                                                            engine::KeyValueStore* store,
+                                                            const NcclGroupOptions& options);
+
+struct CudaBackendSetup {
+  int device = 0;
+  int64_t max_batch_tokens = 2048;
+  int kv_block_tokens = 16;
+  // Weight bytes done / total (the checkpoint's; dummy weights report once at the end).
+  std::function<void(int64_t, int64_t)> progress;
+};
+
+// Loads (or generates) the rank's weights on its GPU. `comm` is the rank's NCCL communicator
+// (possibly wrapped, e.g. by WatchedCommunicator) or nullptr with one rank; `nccl_stream` is the
+// NCCL communicator's stream (collectives and kernels share it).
+Result<std::unique_ptr<engine::Backend>> CreateShardCudaBackend(
+    const spark::v1::ShardAssignment& assignment, engine::Communicator* comm,
+    const engine::Communicator* nccl, const CudaBackendSetup& setup);
+
+}  // namespace spark::shard
