@@ -522,6 +522,18 @@ describe('errors', () => {
       (err) => err instanceof OpenAI.NotFoundError && err.status === 404);
   });
 
+  test('unknown endpoints, methods and models: 404 / 405 with OpenAI error bodies', async () => {
+    assertOpenAiError(await rawPost('/v1/embeddings', JSON.stringify({ model: MODEL, input: 'x' })), 404);
+    const del = await fetch(`${BASE_URL}/v1/chat/completions`,
+      { method: 'DELETE', headers: { Authorization: `Bearer ${API_KEY}` } });
+    const text = await del.text();
+    assertOpenAiError({ status: del.status, text, json: JSON.parse(text) }, 405);
+    await assert.rejects(client.models.retrieve('no-such-model'),
+      (err) => err instanceof OpenAI.NotFoundError && err.status === 404);
+    const ours = await client.models.retrieve(MODEL);
+    assert.equal(ours.id, MODEL);
+  });
+
   test('a missing or wrong API key is a 401', async () => {
     const body = JSON.stringify({ model: MODEL, messages: USER, max_tokens: 1 });
     assertOpenAiError(await rawPost('/v1/chat/completions', body, { Authorization: null }), 401);
