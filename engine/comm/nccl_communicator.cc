@@ -149,6 +149,13 @@ struct NcclCommunicator::Impl {
            std::to_string(device) + ")";
   }
 
+  Status TimedOut(const char* op) const {
+    return DeadlineExceeded(std::string(op) + " did not complete within " +
+                            std::to_string(op_timeout_ms) + " ms" + Where() +
+                            "; a peer rank died, hung or called a different collective. The NCCL "
+                            "communicator was aborted; the group must be recreated");
+  }
+
   void WatchdogLoop() {
     cudaSetDevice(device);
     std::unique_lock<std::mutex> lock(mu);
@@ -179,11 +186,7 @@ struct NcclCommunicator::Impl {
       }
       if (!pending.empty() &&
           Clock::now() - pending.front().enqueued > milliseconds(op_timeout_ms)) {
-        BreakLocked(
-            DeadlineExceeded(std::string(pending.front().op) + " did not complete within " +
-                             std::to_string(op_timeout_ms) + " ms" + Where() +
-                             "; a peer rank died, hung or called a different collective. The NCCL "
-                             "communicator was aborted; the group must be recreated"));
+        BreakLocked(TimedOut(pending.front().op));
       }
     }
   }
@@ -195,10 +198,16 @@ struct NcclCommunicator::Impl {
     if (!broken.ok()) return broken;
     ncclResult_t r = launch(comm);
     if (r == ncclInProgress) {
+      // A non-blocking communicator may still be connecting to the peers (lazily, at the first
+      // use of a channel), which needs them to take part.
       const auto until = Clock::now() + milliseconds(op_timeout_ms);
       while (r == ncclInProgress && Clock::now() < until) {
         if (ncclCommGetAsyncError(comm, &r) != ncclSuccess) break;
         if (r == ncclInProgress) std::this_thread::yield();
+      }
+      if (r == ncclInProgress) {
+        BreakLocked(TimedOut(op));
+        return broken;
       }
     }
     if (r != ncclSuccess) {
@@ -361,7 +370,25 @@ Result<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(int rank, int
   impl->comm = comm;
   Impl* raw = impl.get();
   impl->watchdog = std::thread([raw] { raw->WatchdogLoop(); });
-  return std::unique_ptr<NcclCommunicator>(new NcclCommunicator(std::move(impl)));
+  std::unique_ptr<NcclCommunicator> self(new NcclCommunicator(std::move(impl)));
+  if (world > 1) {
+    // Connects the ranks now (NCCL connects lazily at the first collective), under the init
+    // deadline: a peer that joined but cannot be reached fails here, not in the first step.
+    {
+      std::lock_guard<std::mutex> lock(raw->mu);
+      raw->op_timeout_ms = std::max<int64_t>(1, MsLeft(deadline));
+    }
+    Status connected = self->Barrier();
+    {
+      std::lock_guard<std::mutex> lock(raw->mu);
+      raw->op_timeout_ms = options.op_timeout_ms;
+    }
+    if (!connected.ok()) {
+      return Status(connected.code(), "NCCL group: connecting rank " + std::to_string(rank) +
+                                          " to its peers failed: " + connected.message());
+    }
+  }
+  return self;
 }
 
 int NcclCommunicator::rank() const { return impl_->rank; }
