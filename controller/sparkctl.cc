@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "controller/http/client.h"
+#include "controller/trusted_keys.h"
 
 namespace spark::controller {
 namespace {
@@ -209,6 +210,121 @@ int Nodes(const Context& ctx) {
   return 0;
 }
 
+// `sparkctl keys ...`: the controller's key directory on this machine (controller/trusted_keys.h).
+struct KeysCommand {
+  std::string dir = "/etc/spark/keys";
+  std::string node;
+  std::string key;
+  bool force = false;
+  bool agent = false;
+  bool controller = false;
+};
+
+int KeysFailed(const Context& ctx, const Status& status) {
+  *ctx.err << "sparkctl keys: " << status.message() << "\n";
+  return status.code() == StatusCode::kInvalidArgument ? kExitUsage : kExitError;
+}
+
+int KeysList(const Context& ctx, const KeysCommand& k) {
+  Result<std::vector<TrustedKey>> trusted = ListTrustedKeys(k.dir);
+  if (!trusted.ok()) return KeysFailed(ctx, trusted.status());
+  Result<std::string> controller_key = ReadLocalPublicKey(k.dir, "controller.pub");
+  Result<std::string> agent_key = ReadLocalPublicKey(k.dir, "agent.pub");
+  std::string agent_trusted_as;
+  for (const TrustedKey& t : *trusted) {
+    if (agent_key.ok() && t.public_key == *agent_key) agent_trusted_as = t.node;
+  }
+  if (ctx.json_output) {
+    json out = {{"keys_dir", k.dir}, {"trusted", json::array()}};
+    out["controller_public_key"] = controller_key.ok() ? json(*controller_key) : json(nullptr);
+    out["agent_public_key"] = agent_key.ok() ? json(*agent_key) : json(nullptr);
+    out["agent_trusted_as"] = agent_trusted_as.empty() ? json(nullptr) : json(agent_trusted_as);
+    for (const TrustedKey& t : *trusted) {
+      out["trusted"].push_back({{"node", t.node}, {"public_key", t.public_key}, {"file", t.path}});
+    }
+    *ctx.out << out.dump(2) << "\n";
+    return 0;
+  }
+  *ctx.out << "controller public key: "
+           << (controller_key.ok() ? *controller_key + "  (copy " + k.dir +
+                                         "/controller.pub to every node's key directory)"
+                                   : std::string("- (no controller key pair in " + k.dir + ")"))
+           << "\n";
+  if (agent_key.ok()) {
+    *ctx.out << "this machine's agent key: " << *agent_key << "  "
+             << (agent_trusted_as.empty() ? "(not trusted here)"
+                                          : "(trusted as " + agent_trusted_as + ")")
+             << "\n";
+  }
+  *ctx.out << "trusted agents (" << trusted->size() << ", " << k.dir << "/trusted):\n";
+  Table table({"NODE", "PUBLIC KEY", "FILE"});
+  for (const TrustedKey& t : *trusted) {
+    table.Add({t.node, t.public_key.empty() ? "(unreadable)" : t.public_key, t.path});
+  }
+  table.Print(*ctx.out);
+  return 0;
+}
+
+int KeysShow(const Context& ctx, const KeysCommand& k) {
+  if (k.node.empty()) {
+    Result<std::string> key = ReadLocalPublicKey(k.dir, "controller.pub");
+    if (!key.ok()) key = ReadLocalPublicKey(k.dir, "agent.pub");
+    if (!key.ok()) {
+      return KeysFailed(
+          ctx, NotFound("neither controller.pub nor agent.pub in " + k.dir + "; pass --keys DIR"));
+    }
+    *ctx.out << *key << "\n";
+    return 0;
+  }
+  Result<std::vector<TrustedKey>> trusted = ListTrustedKeys(k.dir);
+  if (!trusted.ok()) return KeysFailed(ctx, trusted.status());
+  for (const TrustedKey& t : *trusted) {
+    if (t.node == k.node) {
+      *ctx.out << t.public_key << "\n";
+      return 0;
+    }
+  }
+  return KeysFailed(ctx, NotFound("node " + k.node + " is not trusted in " + k.dir + "/trusted"));
+}
+
+int Keys(const Context& ctx, const KeysCommand& k, const std::string& action) {
+  if (action == "list") return KeysList(ctx, k);
+  if (action == "show") return KeysShow(ctx, k);
+  if (action == "trust") {
+    Result<TrustedKey> t = TrustAgentKey(k.dir, k.node, k.key, k.force);
+    if (!t.ok()) return KeysFailed(ctx, t.status());
+    *ctx.out << "trusted " << t->node << " (" << t->public_key << ") in " << t->path
+             << "; the controller accepts it within 10 s\n";
+    return 0;
+  }
+  if (action == "revoke") {
+    if (Status st = RevokeAgentKey(k.dir, k.node); !st.ok()) return KeysFailed(ctx, st);
+    *ctx.out << "revoked " << k.node
+             << ": new connections with its key are refused within 10 s (restart "
+                "spark-controller to drop one that is open; its runs are adopted)\n";
+    return 0;
+  }
+  if (action == "rotate") {
+    if (k.agent == k.controller) {
+      *ctx.err << "sparkctl keys rotate: pass --agent or --controller (see sparkctl keys --help)\n";
+      return kExitUsage;
+    }
+    Result<std::string> key = k.agent ? RotateAgentKey(k.dir) : RotateControllerKey(k.dir);
+    if (!key.ok()) return KeysFailed(ctx, key.status());
+    if (k.agent) {
+      *ctx.out << "new agent key " << *key << " in " << k.dir
+               << "/agent.pub; trust it on the controller (sparkctl keys trust NODE '" << *key
+               << "' --force) and restart spark-agent\n";
+    } else {
+      *ctx.out << "new controller key " << *key << " in " << k.dir
+               << "/controller.pub; copy it to every node's key directory as controller.pub, "
+                  "then restart spark-controller and every spark-agent\n";
+    }
+    return 0;
+  }
+  return kExitUsage;
+}
+
 }  // namespace
 
 int RunSparkctl(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
@@ -258,6 +374,31 @@ int RunSparkctl(const std::vector<std::string>& args, std::ostream& out, std::os
   wait->add_option("name", name, "model name")->required();
   wait->add_option("--state", wait_state, "state to wait for (default ready)");
   wait->add_option("--timeout-s", wait_timeout_s, "give up after this long");
+  KeysCommand keys_command;
+  CLI::App* keys = app.add_subcommand(
+      "keys",
+      "CURVE keys of the controller's key directory on this machine (agents must be "
+      "trusted before they may join)");
+  keys->require_subcommand(1);
+  keys->add_option("--keys", keys_command.dir, "key directory (default /etc/spark/keys)");
+  keys->fallthrough();
+  keys->add_subcommand("list", "the controller's key, this machine's agent key, trusted agents");
+  CLI::App* keys_show =
+      keys->add_subcommand("show", "print a public key: the controller's, or NODE's trusted key");
+  keys_show->add_option("node", keys_command.node, "trusted node (default: the controller)");
+  CLI::App* keys_trust =
+      keys->add_subcommand("trust", "allow the agent with this public key to join as NODE");
+  keys_trust->add_option("node", keys_command.node, "node name")->required();
+  keys_trust->add_option("key", keys_command.key, "Z85 public key, or an agent.pub file")
+      ->required();
+  keys_trust->add_flag("--force", keys_command.force, "replace NODE's key / trust a key twice");
+  CLI::App* keys_revoke = keys->add_subcommand("revoke", "stop trusting NODE's key");
+  keys_revoke->add_option("node", keys_command.node, "node name")->required();
+  CLI::App* keys_rotate =
+      keys->add_subcommand("rotate", "replace this machine's agent or controller key pair");
+  keys_rotate->add_flag("--agent", keys_command.agent, "the agent key pair (agent.key)");
+  keys_rotate->add_flag("--controller", keys_command.controller,
+                        "the controller key pair (controller.key)");
 
   std::vector<std::string> reversed(args.size() > 1 ? args.begin() + 1 : args.end(), args.end());
   std::reverse(reversed.begin(), reversed.end());
@@ -272,6 +413,10 @@ int RunSparkctl(const std::vector<std::string>& args, std::ostream& out, std::os
   }
 
   if (nodes->parsed()) return Nodes(ctx);
+  if (keys->parsed()) {
+    for (const CLI::App* sub : keys->get_subcommands())
+      return Keys(ctx, keys_command, sub->get_name());
+  }
 
   if (deploy->parsed()) {
     json body = {{"name", name}, {"path", path}, {"tp", tp}};

@@ -9,6 +9,8 @@
 //     runs [NAME] [--limit N]                     run history, newest first
 //     events [--since ID] [--model NAME]          event log
 //     wait NAME [--state ready] [--timeout-s 60]  polls until the model reaches the state
+//     keys [--keys DIR] list | show [NODE] | trust NODE KEY|FILE [--force] | revoke NODE |
+//          rotate --agent|--controller         the key directory on this machine (trusted_keys.h)
 // --controller defaults to $SPARK_CONTROLLER or http://127.0.0.1:8080. --json prints the
 // controller's JSON; tables otherwise. `--option extra.KEY=V` goes into options.extra.
 //

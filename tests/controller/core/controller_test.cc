@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "common/clock.h"
+#include "controller/trusted_keys.h"
 #include "tests/controller/core/fakes.h"
 
 namespace spark::controller {
@@ -756,6 +757,43 @@ TEST_F(SecureControllerTest, OnlyTrustedAgentsGetThrough) {
   EXPECT_TRUE(bad.NothingOf(Envelope::kRegistrationAck, milliseconds(300)));
   EXPECT_EQ(NodeState("a"), "alive");
   EXPECT_EQ(NodeState("b"), "missing");
+}
+
+// `sparkctl keys trust` / `revoke` (controller/trusted_keys.h) change who may join: an unknown
+// key is refused at the CURVE handshake, so its frames never reach the controller (not even as
+// dropped messages); once trusted, a new connection with it registers; once revoked, a new
+// connection is refused again.
+TEST_F(SecureControllerTest, KeysTrustedAndRevokedWithSparkctlKeys) {
+  const std::string keys_dir = (dir_.path() / "keys").string();
+  FakeAgent good(context_, "a", endpoint_, "boot-1", &trusted_, controller_keys_.public_key);
+  ASSERT_TRUE(good.Register().has_value());
+  const Controller::Stats before = Stats();
+  {
+    FakeAgent refused(context_, "b", endpoint_, "boot-1", &untrusted_, controller_keys_.public_key);
+    spark::v1::Envelope registration;
+    registration.mutable_node_registration()->set_node_name("b");
+    for (int i = 0; i < 3; ++i) refused.Send(registration);
+    EXPECT_TRUE(refused.NothingOf(Envelope::kRegistrationAck, milliseconds(300)));
+  }
+  EXPECT_EQ(Stats().dropped_messages, before.dropped_messages);
+  EXPECT_EQ(NodeState("b"), "missing");
+
+  ASSERT_TRUE(TrustAgentKey(keys_dir, "b", untrusted_.public_key, false).ok());
+  Advance(milliseconds(11000), {&good});  // the controller re-reads trusted/ every 10 s
+  {
+    FakeAgent joined(context_, "b", endpoint_, "boot-1", &untrusted_, controller_keys_.public_key);
+    ASSERT_TRUE(joined.Register().has_value());
+    EXPECT_EQ(NodeState("b"), "alive");
+  }
+
+  ASSERT_TRUE(RevokeAgentKey(keys_dir, "b").ok());
+  Advance(milliseconds(11000), {&good});
+  FakeAgent revoked(context_, "b", endpoint_, "boot-2", &untrusted_, controller_keys_.public_key);
+  spark::v1::Envelope registration;
+  registration.mutable_node_registration()->set_node_name("b");
+  registration.mutable_node_registration()->set_boot_id("boot-2");
+  revoked.Send(registration);
+  EXPECT_TRUE(revoked.NothingOf(Envelope::kRegistrationAck, milliseconds(300)));
 }
 
 TEST(ControllerKeysTest, MissingKeyFileSaysHowToCreateIt) {
