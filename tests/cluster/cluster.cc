@@ -122,6 +122,117 @@ const std::string& IpTool() {
 
 }  // namespace
 
+Result<std::vector<std::string>> UnitExecStart(const std::string& unit_path) {
+  std::ifstream in(unit_path);
+  if (!in) return NotFound("cannot read the unit file " + unit_path);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.starts_with("ExecStart=")) continue;
+    std::istringstream words(line.substr(std::string("ExecStart=").size()));
+    std::vector<std::string> args;
+    std::string word;
+    while (words >> word) args.push_back(word);
+    if (args.empty()) break;
+    return args;
+  }
+  return InvalidArgument(unit_path + " has no ExecStart= command");
+}
+
+std::map<std::string, std::string> UnitEnvironment(const std::string& unit_path) {
+  std::map<std::string, std::string> env;
+  std::ifstream in(unit_path);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.starts_with("Environment=")) continue;
+    std::istringstream words(line.substr(std::string("Environment=").size()));
+    std::string word;
+    while (words >> word) {
+      const size_t eq = word.find('=');
+      if (eq != std::string::npos) env[word.substr(0, eq)] = word.substr(eq + 1);
+    }
+  }
+  return env;
+}
+
+std::string TomlString(const std::string& value) {
+  std::string out = "\"";
+  for (char c : value) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
+std::string RewriteToml(const std::string& text, const std::map<std::string, std::string>& values) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  std::map<std::string, bool> done;
+  std::string table;
+  std::vector<std::string> out;
+  // Keys of `table` not written yet, emitted before the next table starts (or at the end).
+  auto flush = [&](const std::string& ending) {
+    for (const auto& [key, value] : values) {
+      const size_t dot = key.rfind('.');
+      const std::string key_table = dot == std::string::npos ? "" : key.substr(0, dot);
+      if (key_table == ending && !done[key]) {
+        out.push_back(key.substr(dot == std::string::npos ? 0 : dot + 1) + " = " + value);
+        done[key] = true;
+      }
+    }
+  };
+  for (const std::string& line : lines) {
+    if (line.starts_with("[")) {
+      flush(table);
+      table = line.substr(1, line.find(']') - 1);
+      out.push_back(line);
+      continue;
+    }
+    const size_t eq = line.find('=');
+    if (!line.starts_with("#") && eq != std::string::npos) {
+      std::string key = line.substr(0, eq);
+      while (!key.empty() && key.back() == ' ') key.pop_back();
+      const std::string full = table.empty() ? key : table + "." + key;
+      auto it = values.find(full);
+      if (it != values.end()) {
+        out.push_back(key + " = " + it->second);
+        done[full] = true;
+        continue;
+      }
+    }
+    out.push_back(line);
+  }
+  flush(table);
+  std::string result;
+  for (const std::string& line : out) result += line + "\n";
+  return result;
+}
+
+Status Cluster::UnitCommand(const std::string& unit, const std::string& config,
+                            const std::map<std::string, std::string>& config_values,
+                            const std::string& config_path, const std::string& binary,
+                            SpawnOptions* options) {
+  const std::string source = SPARK_SOURCE_DIR;
+  SPARK_ASSIGN_OR_RETURN(std::vector<std::string> exec, UnitExecStart(source + "/systemd/" + unit));
+  const std::string packaged_config = "/etc/spark/" + config;
+  bool config_seen = false;
+  for (std::string& arg : exec) {
+    if (arg == packaged_config) {
+      arg = config_path;
+      config_seen = true;
+    } else if (arg.starts_with("/usr/bin/")) {
+      arg = binary;
+    }
+  }
+  if (!config_seen) return InvalidArgument(unit + "'s ExecStart does not use " + packaged_config);
+  std::ofstream(config_path) << RewriteToml(ReadFile(source + "/systemd/" + config), config_values);
+  options->args.insert(options->args.end(), exec.begin(), exec.end());
+  for (const auto& [key, value] : UnitEnvironment(source + "/systemd/" + unit)) {
+    options->env[key] = value;
+  }
+  return Status::Ok();
+}
+
 Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   binaries_ = FindBinaries();
   const int id = (static_cast<int>(getpid()) * 7 + g_cluster_counter++) % 9000 + 1000;
@@ -297,6 +408,20 @@ Status Cluster::StartController() {
   } else {
     options.args.push_back("--insecure");
   }
+  if (options_.packaged_units) {
+    std::map<std::string, std::string> config = {
+        {"db", TomlString(db_path())},
+        {"http_listen", TomlString("127.0.0.1:" + std::to_string(http_port_))},
+        {"agent_listen", TomlString(options.args[6])},
+        {"port_file", TomlString(port_file)},
+        {"insecure", options_.secure ? "false" : "true"},
+        {"keys", TomlString(keys_dir(-1))},
+        {"stop_grace_ms", "3000"},
+        {"log.sink", TomlString("stderr")}};
+    options.args.clear();
+    SPARK_RETURN_IF_ERROR(UnitCommand("spark-controller.service", "controller.toml", config,
+                                      root_ + "/controller.toml", binaries_.controller, &options));
+  }
   for (const std::string& flag : options_.controller_flags) options.args.push_back(flag);
   options.stdout_path = controller_log();
   options.stderr_path = controller_log();
@@ -371,9 +496,27 @@ Status Cluster::StartAgent(int index, bool new_boot_id) {
   } else {
     agent_args.push_back("--insecure");
   }
-  args.insert(args.end(), agent_args.begin(), agent_args.end());
   SpawnOptions options;
-  options.args = args;
+  if (options_.packaged_units) {
+    std::map<std::string, std::string> config = {{"controller", TomlString(agent_endpoint_)},
+                                                 {"node_name", TomlString(node(index))},
+                                                 {"backend", TomlString("cpu")},
+                                                 {"state_dir", TomlString(a.state_dir)},
+                                                 {"shard_binary", TomlString(agent_args[10])},
+                                                 {"data_listen", TomlString(a.address + ":0")},
+                                                 {"advertise_host", TomlString(a.address)},
+                                                 {"boot_id_file", TomlString(a.boot_id_file)},
+                                                 {"shutdown_grace_ms", "3000"},
+                                                 {"insecure", options_.secure ? "false" : "true"},
+                                                 {"keys", TomlString(keys_dir(index))},
+                                                 {"log.sink", TomlString("stderr")}};
+    agent_args.clear();
+    SPARK_RETURN_IF_ERROR(UnitCommand("spark-agent.service", "agent.toml", config,
+                                      root_ + "/agent-" + node(index) + ".toml", binaries_.agent,
+                                      &options));
+  }
+  args.insert(args.end(), agent_args.begin(), agent_args.end());
+  options.args.insert(options.args.begin(), args.begin(), args.end());
   options.stdout_path = agent_log(index);
   options.stderr_path = agent_log(index);
   SPARK_ASSIGN_OR_RETURN(a.process, launcher_.Spawn(options));

@@ -42,7 +42,23 @@ struct ClusterOptions {
   // CURVE everywhere: keys made with `spark-controller keygen` / `spark-agent keygen`, agents'
   // public keys trusted by the controller. Otherwise every process runs with --insecure.
   bool secure = false;
+  // Start the daemons as the packaged systemd units do: the command line (ExecStart) and
+  // environment (Environment=) of systemd/spark-{controller,agent}.service, with the unit's
+  // config path pointing at the packaged default config (systemd/*.toml) in which only what this
+  // cluster must differ in is rewritten (addresses, directories, keys, node name, CPU backend).
+  bool packaged_units = false;
 };
+
+// The ExecStart= command line of a unit file, split on blanks (no quoting is used in ours).
+Result<std::vector<std::string>> UnitExecStart(const std::string& unit_path);
+// The Environment= assignments of a unit file.
+std::map<std::string, std::string> UnitEnvironment(const std::string& unit_path);
+// `text` (TOML) with each "KEY" of `values` ("table.key" for keys inside [table]) set to the
+// given TOML value: an existing uncommented assignment is replaced in place, a missing top-level
+// key is added before the first table, a missing table key at the end of its table.
+std::string RewriteToml(const std::string& text, const std::map<std::string, std::string>& values);
+// A TOML basic string literal.
+std::string TomlString(const std::string& value);
 
 // Paths of the binaries under test (the build tree); empty when missing.
 struct Binaries {
@@ -129,6 +145,12 @@ class Cluster {
   };
 
   Status SetUpKeys();
+  // The command line and environment of a packaged unit, with its config replaced by the
+  // packaged default rewritten with `config_values` into `config_path`.
+  Status UnitCommand(const std::string& unit, const std::string& config,
+                     const std::map<std::string, std::string>& config_values,
+                     const std::string& config_path, const std::string& binary,
+                     SpawnOptions* options);
   std::string keys_dir(int agent) const;  // -1: the controller's
   Status SetUpNetwork();
   void TearDownNetwork();
