@@ -256,7 +256,7 @@ Result<StepStats> Scheduler::Step() {
   }
 
   stats.sequences = static_cast<int>(batch.chunks.size());
-  std::vector<Sequence*> finished;
+  std::vector<size_t> ready;  // chunks whose sequence samples its next token now
   for (size_t i = 0; i < batch.chunks.size(); ++i) {
     Sequence& seq = *owners[i];
     const int64_t n = static_cast<int64_t>(batch.chunks[i].tokens.size());
@@ -266,10 +266,40 @@ Result<StepStats> Scheduler::Step() {
       stats.prefill_tokens += n;
     }
     seq.cached += n;
-    if (seq.pending() > 0) continue;  // prompt chunk; more to read before sampling
+    if (seq.pending() == 0) ready.push_back(i);  // else a prompt chunk; more to read
+  }
 
-    const float* row = output.logits.data() + output.row_begin[i] * output.vocab_size;
-    SampleResult sample = seq.sampler->Sample({row, static_cast<size_t>(output.vocab_size)});
+  auto row_of = [&](size_t i) {
+    return output.logits.data() + output.row_begin[i] * output.vocab_size;
+  };
+  std::vector<SampleResult> samples;
+  if (options_.batch_sampler != nullptr && !ready.empty()) {
+    std::vector<BatchSampleRow> rows;
+    rows.reserve(ready.size());
+    for (size_t i : ready) {
+      const Sequence& seq = *owners[i];
+      const std::span<const int32_t> all(seq.tokens);
+      rows.push_back({row_of(i), &seq.request.params,
+                      all.first(static_cast<size_t>(seq.prompt_len)),
+                      all.subspan(static_cast<size_t>(seq.prompt_len)), seq.sampler->seed(),
+                      static_cast<uint64_t>(seq.generated)});
+    }
+    SPARK_ASSIGN_OR_RETURN(samples, options_.batch_sampler->SampleBatch(output.vocab_size, rows));
+    if (samples.size() != rows.size()) {
+      return Internal("batch sampler returned " + std::to_string(samples.size()) + " results for " +
+                      std::to_string(rows.size()) + " rows");
+    }
+  } else {
+    for (size_t i : ready) {
+      samples.push_back(
+          owners[i]->sampler->Sample({row_of(i), static_cast<size_t>(output.vocab_size)}));
+    }
+  }
+
+  std::vector<Sequence*> finished;
+  for (size_t k = 0; k < ready.size(); ++k) {
+    Sequence& seq = *owners[ready[k]];
+    SampleResult& sample = samples[k];
     seq.sampler->Accept(sample.token);
     seq.tokens.push_back(sample.token);
     ++seq.generated;

@@ -37,6 +37,7 @@
 
 #include "common/status.h"
 #include "engine/runtime/backend.h"
+#include "engine/runtime/batch_sampler.h"
 #include "engine/runtime/sampler.h"
 
 namespace spark::engine {
@@ -79,6 +80,9 @@ struct SchedulerOptions {
   int64_t max_model_len = 0;
   // EOS tokens that end a request (unless ignore_eos); nullopt = the backend config's.
   std::optional<std::vector<int32_t>> eos_token_ids;
+  // Samples every finished-prompt row of a step at once (e.g. on the GPU); nullptr = each
+  // request's CPU Sampler. Borrowed; must outlive the scheduler.
+  BatchSampler* batch_sampler = nullptr;
 };
 
 struct StepStats {

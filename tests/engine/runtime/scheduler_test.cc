@@ -337,3 +337,78 @@ TEST_F(SchedulerTest, BackendFailureIsReturnedByStep) {
 
 }  // namespace
 }  // namespace spark::engine
+
+namespace spark::engine {
+namespace {
+
+// A BatchSampler with the CPU Sampler's decisions: each row replays its request's history into a
+// fresh Sampler. It records what the scheduler hands it.
+class ReplayingBatchSampler final : public BatchSampler {
+ public:
+  Result<std::vector<SampleResult>> SampleBatch(int64_t vocab,
+                                                std::span<const BatchSampleRow> rows) override {
+    ++calls;
+    std::vector<SampleResult> out;
+    for (const BatchSampleRow& r : rows) {
+      seen.push_back({std::vector<int32_t>(r.prompt.begin(), r.prompt.end()),
+                      std::vector<int32_t>(r.output.begin(), r.output.end()), r.draw});
+      SamplingParams p = *r.params;
+      p.seed = r.seed;
+      Sampler s(p, r.prompt);
+      for (int32_t t : r.output) s.Accept(t);
+      out.push_back(s.Sample({r.logits, static_cast<size_t>(vocab)}));
+    }
+    return out;
+  }
+  struct Row {
+    std::vector<int32_t> prompt;
+    std::vector<int32_t> output;
+    uint64_t draw;
+  };
+  std::vector<Row> seen;
+  int calls = 0;
+};
+
+class BatchSamplerSchedulerTest : public SchedulerTest {};
+
+TEST_F(BatchSamplerSchedulerTest, BatchSamplerGetsEveryReadyRowWithItsHistory) {
+  std::map<uint64_t, Collected> want;
+  for (bool batched : {false, true}) {
+    results_.clear();
+    FakeBackend backend(kVocab, 1024);
+    ReplayingBatchSampler sampler;
+    SchedulerOptions options;
+    options.max_batch_tokens = 8;  // prompts of 11 tokens prefill in two steps
+    if (batched) options.batch_sampler = &sampler;
+    auto s = Make(&backend, options);
+    for (uint64_t id : {1, 2, 3}) {
+      Request r = Greedy(id, Prompt(11, static_cast<int>(id)), 6);
+      r.params.repetition_penalty = 1.5f;
+      r.params.frequency_penalty = 0.5f;
+      r.params.top_logprobs = 2;
+      ASSERT_TRUE(s->AddRequest(std::move(r)).ok());
+    }
+    RunToCompletion(*s);
+    if (!batched) {
+      want = results_;
+      continue;
+    }
+    for (uint64_t id : {1, 2, 3}) {
+      EXPECT_EQ(results_[id].tokens, want[id].tokens) << "request " << id;
+      ASSERT_EQ(results_[id].events.size(), want[id].events.size());
+      for (size_t k = 0; k < want[id].events.size(); ++k) {
+        EXPECT_EQ(results_[id].events[k].logprob, want[id].events[k].logprob);
+      }
+    }
+    // 3 requests x 6 tokens, each row with the prompt, the tokens so far and its draw index.
+    ASSERT_EQ(sampler.seen.size(), 18u);
+    for (const auto& row : sampler.seen) {
+      EXPECT_EQ(row.prompt.size(), 11u);
+      EXPECT_EQ(row.output.size(), row.draw);
+    }
+    EXPECT_LT(sampler.calls, 18);  // rows of one step arrive together
+  }
+}
+
+}  // namespace
+}  // namespace spark::engine
