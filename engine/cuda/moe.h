@@ -66,6 +66,14 @@ struct MoeLayerDevice {
   const float* w2_scale = nullptr;
 };
 
+// Phase times of the last MoeForward when phase timing is on (cudaEvent resolution, ~1 us).
+struct MoePhaseTimes {
+  float route_ms = 0;    // router logits, top-k, permutation
+  float gate_up_ms = 0;  // FP8 quantisation of x + gate/up GEMM with SiLU*up
+  float down_ms = 0;     // FP8 quantisation of the intermediate + down GEMM with routing weight
+  float combine_ms = 0;  // sum over the top-k
+};
+
 // What the last MoeForward launched (for tests, benchmarks and logs).
 struct MoePlan {
   int64_t tokens = 0;
@@ -89,6 +97,11 @@ class MoeWorkspace {
   int64_t bytes() const { return bytes_; }
   const MoePlan& last_plan() const { return last_plan_; }
 
+  // Records events between the phases of every forward (benchmarks); PhaseTimes() waits for the
+  // last forward and reads them.
+  Status SetPhaseTiming(bool on);
+  Result<MoePhaseTimes> PhaseTimes() const;
+
   // Router results of the last forward (device): [tokens, top_k], experts ascending per token.
   const int32_t* topk_ids() const { return topk_ids_; }
   const float* topk_weights() const { return topk_weights_; }
@@ -103,6 +116,8 @@ class MoeWorkspace {
   int64_t bytes_ = 0;
   int max_split_k_ = 1;
   MoePlan last_plan_;
+  cudaEvent_t events_[5] = {};
+  bool timing_ = false;
   void* base_ = nullptr;  // one allocation, carved into the buffers below
   float* logits_ = nullptr;
   int32_t* topk_ids_ = nullptr;

@@ -1,8 +1,9 @@
 // Tile configurations of the fused MoE grouped GEMM and the selector that picks one per GEMM.
 //
 // A MoeTileConfig is one compiled kernel variant (BLOCK_M x BLOCK_N tile, BLOCK_K bytes per
-// K step, warps) plus its run-time knobs (pipeline stages, split-K). Its shared memory is
-// stages * (BLOCK_M + BLOCK_N) * BLOCK_K bytes (A and B tiles; the epilogue reuses them).
+// K step, warps) plus its run-time knobs (pipeline stages, split-K). Its shared memory (all of
+// it dynamic) is a row table of 16 bytes per row, rounded up to 128, plus
+// stages * (BLOCK_M + BLOCK_N) * BLOCK_K bytes of A and B tiles.
 // MoeConfigTable knows the device's opt-in shared memory per block (or a lower cap that emulates
 // a smaller device such as GB10's 101,376 bytes) and NEVER hands out, or lets MoeForward launch,
 // a config above that limit. Per (GEMM, batch-size bucket) a tuned choice can be set (issue 7's
@@ -44,7 +45,10 @@ struct MoeTileConfig {
   int stages = 0;   // cp.async pipeline depth (run time)
   int split_k = 1;  // K split across thread blocks, reduced deterministically (run time)
 
-  int64_t SmemBytes() const { return int64_t{stages} * (block_m + block_n) * block_k_bytes; }
+  int64_t SmemBytes() const {
+    return (int64_t{block_m} * 16 + 16 + 127) / 128 * 128 +
+           int64_t{stages} * (block_m + block_n) * block_k_bytes;
+  }
   std::string ToString() const;
 };
 
@@ -58,7 +62,8 @@ const std::vector<MoeKernelVariant>& MoeKernelVariants();
 class MoeConfigTable {
  public:
   // Limit = the device's opt-in shared memory per block, or `smem_cap_bytes` when it is
-  // smaller and positive. Raises each variant's dynamic shared-memory attribute to the limit.
+  // smaller and positive. Raises each variant's dynamic shared-memory attribute to the device's
+  // limit (call with the device current); the cap is enforced by Select/Check/MoeForward.
   static Result<MoeConfigTable> Create(const DeviceInfo& device, int64_t smem_cap_bytes = 0);
 
   int64_t smem_limit_bytes() const { return smem_limit_bytes_; }

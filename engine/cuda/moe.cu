@@ -1,0 +1,724 @@
+#include "engine/cuda/moe.h"
+
+#include <cuda_fp8.h>
+
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/moe_gemm.h"
+
+namespace spark::cuda {
+
+struct MoeWorkspaceAccess;
+
+namespace {
+
+constexpr float kFp8Max = 448.0f;
+constexpr float kAmaxFloor = 1e-10f;
+constexpr int kMaxExpertsPerLane = 16;  // top-k kernel: E <= 512
+constexpr int kMaxTopK = 32;
+constexpr int kMaxGroups = 32;
+constexpr int64_t kSplitPartialFloats = int64_t{4} << 20;  // 16 MiB of split-K partial tiles
+constexpr int64_t kSplitCounters = 16384;
+
+// ---- Router ---------------------------------------------------------------------------------
+
+// One warp per expert, TT tokens per block row: logits[t, e] = Σ_h float(x[t,h]) * w[e,h].
+template <int TT>
+__global__ void RouterLogitsKernel(const __nv_bfloat16* __restrict__ x, const float* __restrict__ w,
+                                   int64_t tokens, int experts, int hidden,
+                                   float* __restrict__ logits) {
+  const int lane = threadIdx.x & 31;
+  const int e = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+  const int64_t t0 = int64_t{blockIdx.y} * TT;
+  if (e >= experts) return;
+  float sum[TT];
+#pragma unroll
+  for (int i = 0; i < TT; ++i) sum[i] = 0.f;
+  const float* wr = w + int64_t{e} * hidden;
+  for (int h = lane * 4; h < hidden; h += 128) {
+    const float4 wv = __ldg(reinterpret_cast<const float4*>(wr + h));
+#pragma unroll
+    for (int i = 0; i < TT; ++i) {
+      if (t0 + i < tokens) {
+        const uint2 raw = __ldg(reinterpret_cast<const uint2*>(x + (t0 + i) * hidden + h));
+        const __nv_bfloat162 a = *reinterpret_cast<const __nv_bfloat162*>(&raw.x);
+        const __nv_bfloat162 b = *reinterpret_cast<const __nv_bfloat162*>(&raw.y);
+        sum[i] += __low2float(a) * wv.x + __high2float(a) * wv.y + __low2float(b) * wv.z +
+                  __high2float(b) * wv.w;
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < TT; ++i) {
+    float s = sum[i];
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (lane == 0 && t0 + i < tokens) logits[(t0 + i) * experts + e] = s;
+  }
+}
+
+struct TopKArgs {
+  int experts, top_k, n_group, topk_group;
+  bool norm_topk_prob, softmax;
+  float scaling;
+};
+
+// (value, index) max with ties to the lower index; carries a payload.
+__device__ __forceinline__ void WarpArgMax(float& v, int& i, float& payload) {
+  for (int off = 16; off > 0; off >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, off);
+    const int oi = __shfl_xor_sync(0xffffffffu, i, off);
+    const float op = __shfl_xor_sync(0xffffffffu, payload, off);
+    if (oi >= 0 && (i < 0 || ov > v || (ov == v && oi < i))) {
+      v = ov;
+      i = oi;
+      payload = op;
+    }
+  }
+}
+
+// One warp per token: the exact selection of engine/cpu/kernels.h RouteToken.
+__global__ void TopKKernel(const float* __restrict__ logits, const float* __restrict__ bias,
+                           int64_t tokens, TopKArgs a, int32_t* __restrict__ ids,
+                           float* __restrict__ weights) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int64_t t = int64_t{blockIdx.x} * (blockDim.x / 32) + warp;
+  __shared__ float group_score[4][kMaxGroups];
+  __shared__ int sel_idx[4][kMaxTopK];
+  __shared__ float sel_score[4][kMaxTopK];
+  if (t >= tokens) return;
+  const float* l = logits + t * a.experts;
+  float s[kMaxExpertsPerLane], c[kMaxExpertsPerLane];
+  float mx = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < kMaxExpertsPerLane; ++j) {
+    const int e = lane + 32 * j;
+    s[j] = e < a.experts ? l[e] : -INFINITY;
+    mx = fmaxf(mx, s[j]);
+  }
+  if (a.softmax) {
+    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    float sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < kMaxExpertsPerLane; ++j) {
+      const int e = lane + 32 * j;
+      s[j] = e < a.experts ? expf(s[j] - mx) : 0.f;
+      sum += s[j];
+    }
+    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+#pragma unroll
+    for (int j = 0; j < kMaxExpertsPerLane; ++j) s[j] /= sum;
+  } else {
+#pragma unroll
+    for (int j = 0; j < kMaxExpertsPerLane; ++j) s[j] = 1.0f / (1.0f + expf(-s[j]));
+  }
+#pragma unroll
+  for (int j = 0; j < kMaxExpertsPerLane; ++j) {
+    const int e = lane + 32 * j;
+    c[j] = e < a.experts ? (bias != nullptr ? s[j] + bias[e] : s[j]) : 0.f;
+  }
+  if (a.n_group > 1) {
+    const int per = a.experts / a.n_group;
+    const int take = per < 2 ? per : 2;
+    for (int g = 0; g < a.n_group; ++g) {
+      float total = 0.f;
+      int first = -1;
+      for (int r = 0; r < take; ++r) {
+        float v = -INFINITY, pay = 0.f;
+        int idx = -1;
+#pragma unroll
+        for (int j = 0; j < kMaxExpertsPerLane; ++j) {
+          const int e = lane + 32 * j;
+          if (e / per == g && e < a.experts && e != first &&
+              (idx < 0 || c[j] > v || (c[j] == v && e < idx))) {
+            v = c[j];
+            idx = e;
+            pay = c[j];
+          }
+        }
+        WarpArgMax(v, idx, pay);
+        first = idx;
+        total += pay;
+      }
+      if (lane == 0) group_score[warp][g] = total;
+    }
+    __syncwarp();
+    unsigned keep_mask = 0;  // bit g: group kept
+    for (int r = 0; r < a.topk_group; ++r) {
+      float v = -INFINITY, pay = 0.f;
+      int idx = -1;
+      if (lane < a.n_group && !((keep_mask >> lane) & 1u)) {
+        v = group_score[warp][lane];
+        idx = lane;
+      }
+      WarpArgMax(v, idx, pay);
+      keep_mask |= 1u << idx;
+    }
+#pragma unroll
+    for (int j = 0; j < kMaxExpertsPerLane; ++j) {
+      const int e = lane + 32 * j;
+      if (e < a.experts && !((keep_mask >> (e / per)) & 1u)) c[j] = 0.f;
+    }
+  }
+  unsigned taken = 0;  // bit j: expert lane + 32 j selected
+  for (int r = 0; r < a.top_k; ++r) {
+    float v = -INFINITY, pay = 0.f;
+    int idx = -1;
+#pragma unroll
+    for (int j = 0; j < kMaxExpertsPerLane; ++j) {
+      const int e = lane + 32 * j;
+      if (e < a.experts && !((taken >> j) & 1u) &&
+          (idx < 0 || c[j] > v || (c[j] == v && e < idx))) {
+        v = c[j];
+        idx = e;
+        pay = s[j];
+      }
+    }
+    WarpArgMax(v, idx, pay);
+    if ((idx & 31) == lane) taken |= 1u << (idx >> 5);
+    if (lane == 0) {
+      sel_idx[warp][r] = idx;
+      sel_score[warp][r] = pay;
+    }
+  }
+  __syncwarp();
+  if (lane == 0) {
+    int* si = sel_idx[warp];
+    float* ss = sel_score[warp];
+    for (int i = 1; i < a.top_k; ++i) {  // ascending expert index
+      const int ki = si[i];
+      const float ks = ss[i];
+      int j = i - 1;
+      while (j >= 0 && si[j] > ki) {
+        si[j + 1] = si[j];
+        ss[j + 1] = ss[j];
+        --j;
+      }
+      si[j + 1] = ki;
+      ss[j + 1] = ks;
+    }
+    float sum = 0.f;
+    for (int i = 0; i < a.top_k; ++i) sum += ss[i];
+    const float denom = sum + 1e-20f;
+    for (int i = 0; i < a.top_k; ++i) {
+      float w = ss[i];
+      if (a.norm_topk_prob) w = w / denom;
+      ids[t * a.top_k + i] = si[i];
+      weights[t * a.top_k + i] = w * a.scaling;
+    }
+  }
+}
+
+// ---- Permutation ------------------------------------------------------------------------------
+
+// One block: pairs sorted by expert, each expert's segment padded to block_m rows (-1 = pad).
+__global__ void PermuteKernel(const int32_t* __restrict__ ids, int pairs, int experts, int block_m,
+                              int32_t* __restrict__ sorted_pairs,
+                              int32_t* __restrict__ mblock_expert, int32_t* __restrict__ num_rows) {
+  extern __shared__ int perm_smem[];
+  int* counts = perm_smem;          // [E]
+  int* offsets = counts + experts;  // [E]
+  int* cursor = offsets + experts;  // [E]
+  __shared__ int total;
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) {
+    counts[e] = 0;
+    cursor[e] = 0;
+  }
+  __syncthreads();
+  for (int p = threadIdx.x; p < pairs; p += blockDim.x) atomicAdd(&counts[ids[p]], 1);
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    int carry = 0;
+    for (int base = 0; base < experts; base += 32) {
+      const int e = base + lane;
+      const int padded = e < experts ? (counts[e] + block_m - 1) / block_m * block_m : 0;
+      int incl = padded;
+      for (int off = 1; off < 32; off <<= 1) {
+        const int o = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += o;
+      }
+      if (e < experts) offsets[e] = carry + incl - padded;
+      carry += __shfl_sync(0xffffffffu, incl, 31);
+    }
+    if (lane == 0) {
+      total = carry;
+      *num_rows = carry;
+    }
+  }
+  __syncthreads();
+  for (int r = threadIdx.x; r < total; r += blockDim.x) sorted_pairs[r] = -1;
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) {
+    const int padded = (counts[e] + block_m - 1) / block_m * block_m;
+    for (int r = offsets[e]; r < offsets[e] + padded; r += block_m) mblock_expert[r / block_m] = e;
+  }
+  __syncthreads();
+  for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+    const int e = ids[p];
+    sorted_pairs[offsets[e] + atomicAdd(&cursor[e], 1)] = p;
+  }
+}
+
+// ---- FP8 quantisation -----------------------------------------------------------------------
+
+__device__ __forceinline__ uint8_t ToE4M3(float v) {
+  return static_cast<uint8_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
+}
+
+__global__ void QuantRowKernel(const __nv_bfloat16* __restrict__ x, int64_t cols,
+                               uint8_t* __restrict__ q, float* __restrict__ scales,
+                               const int32_t* __restrict__ rows_device) {
+  const int64_t row = blockIdx.x;
+  if (rows_device != nullptr && row >= *rows_device) return;
+  const __nv_bfloat16* xr = x + row * cols;
+  float amax = 0.f;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x)
+    amax = fmaxf(amax, fabsf(__bfloat162float(xr[i])));
+  __shared__ float warp_max[32];
+  for (int off = 16; off > 0; off >>= 1)
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+  if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = amax;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float m = threadIdx.x < (blockDim.x >> 5) ? warp_max[threadIdx.x] : 0.f;
+    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    if (threadIdx.x == 0) warp_max[0] = m;
+  }
+  __syncthreads();
+  const float scale = fmaxf(warp_max[0], kAmaxFloor) / kFp8Max;
+  if (threadIdx.x == 0) scales[row] = scale;
+  uint8_t* qr = q + row * cols;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x)
+    qr[i] = ToE4M3(__bfloat162float(xr[i]) / scale);
+}
+
+// One warp per 1x128 group.
+__global__ void QuantGroupKernel(const __nv_bfloat16* __restrict__ x, int64_t rows, int64_t cols,
+                                 uint8_t* __restrict__ q, float* __restrict__ scales,
+                                 const int32_t* __restrict__ rows_device) {
+  const int lane = threadIdx.x & 31;
+  const int64_t groups_per_row = cols / 128;
+  const int64_t gid = int64_t{blockIdx.x} * (blockDim.x / 32) + (threadIdx.x >> 5);
+  const int64_t row = gid / groups_per_row;
+  if (row >= rows || (rows_device != nullptr && row >= *rows_device)) return;
+  const int64_t off = row * cols + (gid % groups_per_row) * 128 + lane * 4;
+  const uint2 raw = *reinterpret_cast<const uint2*>(x + off);
+  const __nv_bfloat162 a = *reinterpret_cast<const __nv_bfloat162*>(&raw.x);
+  const __nv_bfloat162 b = *reinterpret_cast<const __nv_bfloat162*>(&raw.y);
+  const float v[4] = {__low2float(a), __high2float(a), __low2float(b), __high2float(b)};
+  float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  const float scale = fmaxf(amax, kAmaxFloor) / kFp8Max;
+  if (lane == 0) scales[gid] = scale;
+  const uint32_t packed = uint32_t{ToE4M3(v[0] / scale)} | (uint32_t{ToE4M3(v[1] / scale)} << 8) |
+                          (uint32_t{ToE4M3(v[2] / scale)} << 16) |
+                          (uint32_t{ToE4M3(v[3] / scale)} << 24);
+  *reinterpret_cast<uint32_t*>(q + off) = packed;
+}
+
+// ---- Combine ----------------------------------------------------------------------------------
+
+__device__ __forceinline__ float4 Load4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+__device__ __forceinline__ float4 Load4(const __nv_bfloat16* p) {
+  const uint2 raw = *reinterpret_cast<const uint2*>(p);
+  const __nv_bfloat162 a = *reinterpret_cast<const __nv_bfloat162*>(&raw.x);
+  const __nv_bfloat162 b = *reinterpret_cast<const __nv_bfloat162*>(&raw.y);
+  return make_float4(__low2float(a), __high2float(a), __low2float(b), __high2float(b));
+}
+__device__ __forceinline__ void Store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+__device__ __forceinline__ void Store4(__nv_bfloat16* p, float4 v) {
+  __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y);
+  __nv_bfloat162 b = __floats2bfloat162_rn(v.z, v.w);
+  uint2 raw;
+  raw.x = *reinterpret_cast<uint32_t*>(&a);
+  raw.y = *reinterpret_cast<uint32_t*>(&b);
+  *reinterpret_cast<uint2*>(p) = raw;
+}
+
+// out[t] = (Σ_j pair_out[t*k + j]) (+ addend[t]), j in ascending expert order.
+template <class T>
+__global__ void CombineKernel(const float* __restrict__ pair_out, int64_t tokens, int top_k,
+                              int hidden, const T* __restrict__ addend, T* __restrict__ out) {
+  const int64_t quads = int64_t{hidden} / 4;
+  const int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (i >= tokens * quads) return;
+  const int64_t t = i / quads;
+  const int64_t h = (i % quads) * 4;
+  float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int j = 0; j < top_k; ++j) {
+    const float4 v = Load4(pair_out + (t * top_k + j) * hidden + h);
+    sum.x += v.x;
+    sum.y += v.y;
+    sum.z += v.z;
+    sum.w += v.w;
+  }
+  if (addend != nullptr) {
+    const float4 a = Load4(addend + t * hidden + h);
+    sum.x += a.x;
+    sum.y += a.y;
+    sum.z += a.z;
+    sum.w += a.w;
+  }
+  Store4(out + t * hidden + h, sum);
+}
+
+int64_t MaxMblocks(int64_t pairs, int experts, int block_m) {
+  return (pairs + block_m - 1) / block_m + std::min<int64_t>(experts, pairs);
+}
+
+bool SameShape(const MoeShape& a, const MoeShape& b) {
+  return a.num_experts == b.num_experts && a.hidden == b.hidden && a.inter == b.inter &&
+         a.top_k == b.top_k;
+}
+
+}  // namespace
+
+// ---- Shape --------------------------------------------------------------------------------------
+
+Status MoeShape::Validate(MoeWeightFormat format) const {
+  const std::string what = "MoE layer (E=" + std::to_string(num_experts) +
+                           ", H=" + std::to_string(hidden) + ", Im=" + std::to_string(inter) +
+                           ", top-" + std::to_string(top_k) + ", " + MoeWeightFormatName(format) +
+                           "): ";
+  if (num_experts <= 0 || hidden <= 0 || inter <= 0 || top_k <= 0)
+    return InvalidArgument(what + "experts, hidden, intermediate size and top_k must be positive");
+  if (num_experts > 32 * kMaxExpertsPerLane)
+    return Unimplemented(what + "more than 512 routed experts are not supported yet");
+  if (top_k > kMaxTopK || top_k > num_experts)
+    return InvalidArgument(what + "top_k must be at most min(32, experts)");
+  if (n_group < 1 || n_group > kMaxGroups || num_experts % n_group != 0 || topk_group < 1 ||
+      topk_group > n_group)
+    return InvalidArgument(what +
+                           "n_group must divide the experts (at most 32 groups) and "
+                           "topk_group must be in 1..n_group");
+  if (hidden % 16 != 0 || inter % 16 != 0)
+    return Unimplemented(what +
+                         "hidden and intermediate sizes must be multiples of 16; pick a "
+                         "tensor-parallel size that keeps Im/tp a multiple of 16");
+  if (format == MoeWeightFormat::kFp8Block && (hidden % 128 != 0 || inter % 128 != 0))
+    return InvalidArgument(what +
+                           "128x128 block FP8 needs hidden and Im/tp to be multiples of "
+                           "128 (a block would straddle ranks); use a smaller tp size");
+  return Status::Ok();
+}
+
+// ---- Workspace ----------------------------------------------------------------------------------
+
+Result<MoeWorkspace> MoeWorkspace::Create(const MoeShape& shape, MoeWeightFormat format,
+                                          int64_t max_tokens) {
+  SPARK_RETURN_IF_ERROR(shape.Validate(format));
+  if (max_tokens <= 0) return InvalidArgument("MoE workspace: max_tokens must be positive");
+  MoeWorkspace w;
+  w.shape_ = shape;
+  w.format_ = format;
+  w.max_tokens_ = max_tokens;
+  const int64_t e = shape.num_experts, h = shape.hidden, im = shape.inter, k = shape.top_k;
+  const int64_t pairs = max_tokens * k;
+  w.max_mblocks_ = MaxMblocks(pairs, shape.num_experts, 16);
+  w.max_rows_ = MaxMblocks(pairs, shape.num_experts, 128) * 128;
+  const bool fp8 = format != MoeWeightFormat::kBf16;
+  const bool block = format == MoeWeightFormat::kFp8Block;
+  const int64_t split_floats =
+      std::min<int64_t>(kSplitPartialFloats, w.max_rows_ * std::max(h, 2 * im) * 8);
+  struct Slot {
+    void** ptr;
+    int64_t bytes;
+  };
+  const Slot slots[] = {
+      {reinterpret_cast<void**>(&w.logits_), max_tokens * e * 4},
+      {reinterpret_cast<void**>(&w.topk_ids_), pairs * 4},
+      {reinterpret_cast<void**>(&w.topk_weights_), pairs * 4},
+      {reinterpret_cast<void**>(&w.sorted_pairs_), w.max_rows_ * 4},
+      {reinterpret_cast<void**>(&w.mblock_expert_), w.max_mblocks_ * 4},
+      {reinterpret_cast<void**>(&w.num_rows_), 4},
+      {&w.x_q_, fp8 ? max_tokens * h : 0},
+      {reinterpret_cast<void**>(&w.x_scale_), fp8 ? max_tokens * (block ? h / 128 : 1) * 4 : 0},
+      {reinterpret_cast<void**>(&w.inter_), w.max_rows_ * im * 2},
+      {&w.inter_q_, fp8 ? w.max_rows_ * im : 0},
+      {reinterpret_cast<void**>(&w.inter_scale_),
+       fp8 ? w.max_rows_ * (block ? im / 128 : 1) * 4 : 0},
+      {reinterpret_cast<void**>(&w.out_pairs_), pairs * h * 4},
+      {reinterpret_cast<void**>(&w.split_partials_), split_floats * 4},
+      {reinterpret_cast<void**>(&w.split_counters_), kSplitCounters * 4},
+  };
+  int64_t total = 0;
+  for (const Slot& s : slots) total += (s.bytes + 255) / 256 * 256;
+  void* base = nullptr;
+  cudaError_t err = cudaMalloc(&base, static_cast<size_t>(total));
+  if (err != cudaSuccess) {
+    return ResourceExhausted("MoE workspace for " + std::to_string(max_tokens) + " tokens needs " +
+                             std::to_string(total) + " bytes of GPU memory: " +
+                             cudaGetErrorString(err) + "; lower the batch token limit");
+  }
+  w.base_ = base;
+  w.bytes_ = total;
+  auto* p = static_cast<char*>(base);
+  for (const Slot& s : slots) {
+    *s.ptr = s.bytes > 0 ? p : nullptr;
+    p += (s.bytes + 255) / 256 * 256;
+  }
+  w.split_partial_floats_ = split_floats;
+  w.split_counter_count_ = kSplitCounters;
+  SPARK_CUDA_RETURN_IF_ERROR(cudaMemset(w.split_counters_, 0, kSplitCounters * 4));
+  return std::move(w);
+}
+
+MoeWorkspace::MoeWorkspace(MoeWorkspace&& other) noexcept { *this = std::move(other); }
+
+MoeWorkspace& MoeWorkspace::operator=(MoeWorkspace&& other) noexcept {
+  if (this != &other) {
+    Release();
+    shape_ = other.shape_;
+    format_ = other.format_;
+    max_tokens_ = std::exchange(other.max_tokens_, 0);
+    bytes_ = std::exchange(other.bytes_, 0);
+    max_split_k_ = other.max_split_k_;
+    for (int i = 0; i < 5; ++i) events_[i] = std::exchange(other.events_[i], nullptr);
+    timing_ = std::exchange(other.timing_, false);
+    last_plan_ = other.last_plan_;
+    base_ = std::exchange(other.base_, nullptr);
+    logits_ = other.logits_;
+    topk_ids_ = other.topk_ids_;
+    topk_weights_ = other.topk_weights_;
+    expert_counts_ = other.expert_counts_;
+    sorted_pairs_ = other.sorted_pairs_;
+    mblock_expert_ = other.mblock_expert_;
+    num_rows_ = other.num_rows_;
+    x_q_ = other.x_q_;
+    x_scale_ = other.x_scale_;
+    inter_ = other.inter_;
+    inter_q_ = other.inter_q_;
+    inter_scale_ = other.inter_scale_;
+    out_pairs_ = other.out_pairs_;
+    split_partials_ = other.split_partials_;
+    split_counters_ = other.split_counters_;
+    split_partial_floats_ = other.split_partial_floats_;
+    split_counter_count_ = other.split_counter_count_;
+    max_rows_ = other.max_rows_;
+    max_mblocks_ = other.max_mblocks_;
+  }
+  return *this;
+}
+
+MoeWorkspace::~MoeWorkspace() { Release(); }
+
+void MoeWorkspace::Release() {
+  if (base_ != nullptr) cudaFree(base_);
+  base_ = nullptr;
+  for (cudaEvent_t& e : events_) {
+    if (e != nullptr) cudaEventDestroy(e);
+    e = nullptr;
+  }
+  timing_ = false;
+}
+
+Status MoeWorkspace::SetPhaseTiming(bool on) {
+  if (on && events_[0] == nullptr) {
+    for (cudaEvent_t& e : events_) SPARK_CUDA_RETURN_IF_ERROR(cudaEventCreate(&e));
+  }
+  timing_ = on;
+  return Status::Ok();
+}
+
+Result<MoePhaseTimes> MoeWorkspace::PhaseTimes() const {
+  if (!timing_) return FailedPrecondition("MoE phase timing is off; call SetPhaseTiming(true)");
+  SPARK_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(events_[4]));
+  float ms[4];
+  for (int i = 0; i < 4; ++i)
+    SPARK_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms[i], events_[i], events_[i + 1]));
+  return MoePhaseTimes{ms[0], ms[1], ms[2], ms[3]};
+}
+
+// ---- Kernel entry points ------------------------------------------------------------------------
+
+cudaError_t MoeTopK(const MoeShape& shape, const float* logits, const float* correction_bias,
+                    int64_t tokens, int32_t* topk_ids, float* topk_weights, cudaStream_t stream) {
+  if (tokens == 0) return cudaSuccess;
+  if (shape.num_experts > 32 * kMaxExpertsPerLane || shape.top_k > kMaxTopK ||
+      shape.n_group > kMaxGroups || shape.top_k < 1)
+    return cudaErrorInvalidValue;
+  TopKArgs a{shape.num_experts,          shape.top_k,          shape.n_group,
+             shape.topk_group,           shape.norm_topk_prob, shape.softmax_scoring,
+             shape.routed_scaling_factor};
+  const unsigned blocks = static_cast<unsigned>((tokens + 3) / 4);
+  TopKKernel<<<blocks, 128, 0, stream>>>(logits, correction_bias, tokens, a, topk_ids,
+                                         topk_weights);
+  return cudaGetLastError();
+}
+
+cudaError_t MoeRoute(const MoeLayerDevice& layer, const __nv_bfloat16* x, int64_t tokens,
+                     float* logits, int32_t* topk_ids, float* topk_weights, cudaStream_t stream) {
+  if (tokens == 0) return cudaSuccess;
+  const MoeShape& s = layer.shape;
+  const dim3 block(256);
+  if (tokens < 64) {
+    const dim3 grid((s.num_experts + 7) / 8, static_cast<unsigned>((tokens + 7) / 8));
+    RouterLogitsKernel<8>
+        <<<grid, block, 0, stream>>>(x, layer.router, tokens, s.num_experts, s.hidden, logits);
+  } else {
+    const dim3 grid((s.num_experts + 7) / 8, static_cast<unsigned>((tokens + 31) / 32));
+    RouterLogitsKernel<32>
+        <<<grid, block, 0, stream>>>(x, layer.router, tokens, s.num_experts, s.hidden, logits);
+  }
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  return MoeTopK(s, logits, layer.router_bias, tokens, topk_ids, topk_weights, stream);
+}
+
+cudaError_t QuantizeFp8Rows(const __nv_bfloat16* x, int64_t rows, int64_t cols, int group_cols,
+                            void* q, float* scales, const int32_t* rows_device,
+                            cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  auto* qb = static_cast<uint8_t*>(q);
+  if (group_cols == 0) {
+    QuantRowKernel<<<static_cast<unsigned>(rows), 256, 0, stream>>>(x, cols, qb, scales,
+                                                                    rows_device);
+  } else if (group_cols == 128 && cols % 128 == 0) {
+    const int64_t warps = rows * (cols / 128);
+    QuantGroupKernel<<<static_cast<unsigned>((warps + 7) / 8), 256, 0, stream>>>(
+        x, rows, cols, qb, scales, rows_device);
+  } else {
+    return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+// The forward pass; a friend of MoeWorkspace for its buffers.
+struct MoeWorkspaceAccess {
+  template <class T>
+  static cudaError_t Run(const MoeLayerDevice& layer, const __nv_bfloat16* x, int64_t tokens,
+                         T* out, const T* addend, MoeWorkspace& w, const MoeConfigTable& table,
+                         const MoeTileConfig* forced_gate_up, const MoeTileConfig* forced_down,
+                         cudaStream_t stream) {
+    const MoeShape& s = layer.shape;
+    if (tokens < 0 || tokens > w.max_tokens_ || w.base_ == nullptr || !SameShape(s, w.shape_) ||
+        layer.format != w.format_)
+      return cudaErrorInvalidValue;
+    if (tokens == 0) return cudaSuccess;
+    const int64_t pairs = tokens * s.top_k;
+    const MoeWeightFormat format = layer.format;
+    const bool fp8 = format != MoeWeightFormat::kBf16;
+    const bool block = format == MoeWeightFormat::kFp8Block;
+
+    MoeTileConfig gate_up, down;
+    if (forced_gate_up != nullptr) {
+      gate_up = *forced_gate_up;
+      down = *forced_down;
+      if (gate_up.block_m != down.block_m) return cudaErrorInvalidConfiguration;
+    } else {
+      gate_up = table.Select(format, MoeGemm::kGateUp, pairs, s.num_experts, 2 * int64_t{s.inter},
+                             s.hidden, 8);
+      down = table.Select(format, MoeGemm::kDown, pairs, s.num_experts, s.hidden, s.inter, 8);
+    }
+    if (!table.Check(format, gate_up).ok() || !table.Check(format, down).ok())
+      return cudaErrorInvalidConfiguration;
+    const int bm = gate_up.block_m;
+    const int64_t mblocks = MaxMblocks(pairs, s.num_experts, bm);
+    if (mblocks > w.max_mblocks_ || mblocks * bm > w.max_rows_) return cudaErrorInvalidValue;
+    // Split-K only as far as the partial-tile scratch reaches.
+    auto fit_split = [&](MoeTileConfig& c, int64_t n) {
+      const int64_t tiles = mblocks * ((n + c.block_n - 1) / c.block_n);
+      while (c.split_k > 1 &&
+             (tiles * c.split_k * c.block_m * c.block_n > w.split_partial_floats_ ||
+              tiles > w.split_counter_count_))
+        c.split_k /= 2;
+    };
+    fit_split(gate_up, 2 * int64_t{s.inter});
+    fit_split(down, s.hidden);
+    w.last_plan_ = MoePlan{tokens, gate_up, down};
+    auto mark = [&](int i) {
+      return w.timing_ ? cudaEventRecord(w.events_[i], stream) : cudaSuccess;
+    };
+
+    cudaError_t err = mark(0);
+    if (err != cudaSuccess) return err;
+    err = MoeRoute(layer, x, tokens, w.logits_, w.topk_ids_, w.topk_weights_, stream);
+    if (err != cudaSuccess) return err;
+    const size_t perm_smem = size_t{3} * s.num_experts * sizeof(int);
+    PermuteKernel<<<1, 1024, perm_smem, stream>>>(w.topk_ids_, static_cast<int>(pairs),
+                                                  s.num_experts, bm, w.sorted_pairs_,
+                                                  w.mblock_expert_, w.num_rows_);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if ((err = mark(1)) != cudaSuccess) return err;
+
+    moe_internal::GemmParams g;
+    g.sorted_pairs = w.sorted_pairs_;
+    g.mblock_expert = w.mblock_expert_;
+    g.num_rows = w.num_rows_;
+    g.topk_weights = w.topk_weights_;
+    g.partials = w.split_partials_;
+    g.counters = w.split_counters_;
+    g.top_k = s.top_k;
+    g.mblocks = static_cast<int>(mblocks);
+
+    // Gate/up.
+    if (fp8) {
+      err = QuantizeFp8Rows(x, tokens, s.hidden, block ? 128 : 0, w.x_q_, w.x_scale_, nullptr,
+                            stream);
+      if (err != cudaSuccess) return err;
+    }
+    g.a = fp8 ? w.x_q_ : static_cast<const void*>(x);
+    g.a_scale = w.x_scale_;
+    g.b = layer.w13;
+    g.b_scale = layer.w13_scale;
+    g.n = 2 * s.inter;
+    g.k = s.hidden;
+    g.gemm = MoeGemm::kGateUp;
+    g.inter_out = w.inter_;
+    if ((err = moe_internal::LaunchMoeGemm(format, gate_up, g, stream)) != cudaSuccess) return err;
+    if ((err = mark(2)) != cudaSuccess) return err;
+
+    // Down.
+    if (fp8) {
+      err = QuantizeFp8Rows(w.inter_, mblocks * bm, s.inter, block ? 128 : 0, w.inter_q_,
+                            w.inter_scale_, w.num_rows_, stream);
+      if (err != cudaSuccess) return err;
+    }
+    g.a = fp8 ? w.inter_q_ : static_cast<const void*>(w.inter_);
+    g.a_scale = w.inter_scale_;
+    g.b = layer.w2;
+    g.b_scale = layer.w2_scale;
+    g.n = s.hidden;
+    g.k = s.inter;
+    g.gemm = MoeGemm::kDown;
+    g.inter_out = nullptr;
+    g.pair_out = w.out_pairs_;
+    if ((err = moe_internal::LaunchMoeGemm(format, down, g, stream)) != cudaSuccess) return err;
+    if ((err = mark(3)) != cudaSuccess) return err;
+
+    const int64_t quads = tokens * (s.hidden / 4);
+    CombineKernel<T><<<static_cast<unsigned>((quads + 255) / 256), 256, 0, stream>>>(
+        w.out_pairs_, tokens, s.top_k, s.hidden, addend, out);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    return mark(4);
+  }
+};
+
+cudaError_t MoeForward(const MoeLayerDevice& layer, const __nv_bfloat16* x, int64_t tokens,
+                       __nv_bfloat16* out, const __nv_bfloat16* addend, MoeWorkspace& workspace,
+                       const MoeConfigTable& table, cudaStream_t stream) {
+  return MoeWorkspaceAccess::Run(layer, x, tokens, out, addend, workspace, table, nullptr, nullptr,
+                                 stream);
+}
+
+cudaError_t MoeForward(const MoeLayerDevice& layer, const __nv_bfloat16* x, int64_t tokens,
+                       float* out, const float* addend, MoeWorkspace& workspace,
+                       const MoeConfigTable& table, cudaStream_t stream) {
+  return MoeWorkspaceAccess::Run(layer, x, tokens, out, addend, workspace, table, nullptr, nullptr,
+                                 stream);
+}
+
+cudaError_t MoeForwardWithConfigs(const MoeLayerDevice& layer, const __nv_bfloat16* x,
+                                  int64_t tokens, float* out, MoeWorkspace& workspace,
+                                  const MoeConfigTable& table, const MoeTileConfig& gate_up,
+                                  const MoeTileConfig& down, cudaStream_t stream) {
+  return MoeWorkspaceAccess::Run<float>(layer, x, tokens, out, nullptr, workspace, table, &gate_up,
+                                        &down, stream);
+}
+
+}  // namespace spark::cuda

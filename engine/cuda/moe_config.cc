@@ -1,0 +1,247 @@
+#include "engine/cuda/moe_config.h"
+
+#include <algorithm>
+
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/moe_gemm.h"
+
+namespace spark::cuda {
+namespace {
+
+constexpr int kMinStages = 2;
+constexpr int kMaxStages = 6;
+constexpr int kMaxSplitK = 16;
+
+bool Supports(const MoeKernelVariant& v, MoeWeightFormat format) {
+  switch (format) {
+    case MoeWeightFormat::kBf16:
+      return v.bf16;
+    case MoeWeightFormat::kFp8PerChannel:
+      return v.fp8_per_channel;
+    case MoeWeightFormat::kFp8Block:
+      return v.fp8_block;
+  }
+  return false;
+}
+
+MoeTileConfig FromVariant(int index, int stages, int split_k) {
+  const MoeKernelVariant& v = MoeKernelVariants()[index];
+  MoeTileConfig c;
+  c.kernel = index;
+  c.block_m = v.block_m;
+  c.block_n = v.block_n;
+  c.block_k_bytes = v.block_k_bytes;
+  c.warps = v.warps;
+  c.stages = stages;
+  c.split_k = split_k;
+  return c;
+}
+
+// Deepest pipeline of variant `index` within `limit` and `max_stages`; 0 if none fits.
+int DeepestStages(int index, int64_t limit, int max_stages) {
+  for (int s = max_stages; s >= kMinStages; --s) {
+    if (FromVariant(index, s, 1).SmemBytes() <= limit) return s;
+  }
+  return 0;
+}
+
+}  // namespace
+
+const char* MoeWeightFormatName(MoeWeightFormat format) {
+  switch (format) {
+    case MoeWeightFormat::kBf16:
+      return "bf16";
+    case MoeWeightFormat::kFp8PerChannel:
+      return "fp8-per-channel";
+    case MoeWeightFormat::kFp8Block:
+      return "fp8-block128";
+  }
+  return "unknown";
+}
+
+std::string MoeTileConfig::ToString() const {
+  return "m" + std::to_string(block_m) + "n" + std::to_string(block_n) + "k" +
+         std::to_string(block_k_bytes) + "B w" + std::to_string(warps) + " s" +
+         std::to_string(stages) + " split" + std::to_string(split_k) + " (" +
+         std::to_string(SmemBytes()) + " B smem)";
+}
+
+Result<MoeConfigTable> MoeConfigTable::Create(const DeviceInfo& device, int64_t smem_cap_bytes) {
+  MoeConfigTable t;
+  t.smem_limit_bytes_ = device.EffectiveSmemPerBlock(smem_cap_bytes);
+  t.multiprocessors_ = device.multiprocessors;
+  if (t.smem_limit_bytes_ <= 0) {
+    return InvalidArgument("device " + device.name +
+                           " reports no opt-in shared memory per block; query it with "
+                           "QueryDevice before creating the MoE config table");
+  }
+  bool any = false;
+  for (int v = 0; v < static_cast<int>(MoeKernelVariants().size()); ++v) {
+    any = any || DeepestStages(v, t.smem_limit_bytes_, kMaxStages) > 0;
+  }
+  if (!any) {
+    return InvalidArgument("no MoE tile config fits " + std::to_string(t.smem_limit_bytes_) +
+                           " bytes of shared memory per block; raise the shared-memory cap");
+  }
+  // The kernels may use up to the device limit; the cap is enforced by Check and Select, so
+  // tables with different caps can live side by side.
+  SPARK_CUDA_RETURN_IF_ERROR(moe_internal::SetMoeGemmSmemLimit(device.smem_optin_per_block_bytes));
+  return t;
+}
+
+std::vector<MoeTileConfig> MoeConfigTable::Candidates(MoeWeightFormat format) const {
+  std::vector<MoeTileConfig> out;
+  const auto& variants = MoeKernelVariants();
+  for (int v = 0; v < static_cast<int>(variants.size()); ++v) {
+    if (!Supports(variants[v], format)) continue;
+    for (int s = kMinStages; s <= kMaxStages; ++s) {
+      for (int split : {1, 2, 4, 8}) {
+        MoeTileConfig c = FromVariant(v, s, split);
+        if (c.SmemBytes() <= smem_limit_bytes_) out.push_back(c);
+      }
+    }
+  }
+  return out;
+}
+
+int MoeConfigTable::BlockMFor(MoeWeightFormat format, int64_t pairs, int experts) const {
+  const double rows_per_expert =
+      static_cast<double>(pairs) / static_cast<double>(std::max(1, experts));
+  int want = rows_per_expert <= 16   ? 16
+             : rows_per_expert <= 40 ? 32
+             : rows_per_expert <= 96 ? 64
+                                     : 128;
+  // The largest block_m not above `want` that some variant of this format can run here.
+  int best = 0;
+  const auto& variants = MoeKernelVariants();
+  for (int v = 0; v < static_cast<int>(variants.size()); ++v) {
+    if (!Supports(variants[v], format)) continue;
+    if (DeepestStages(v, smem_limit_bytes_, kMaxStages) < kMinStages) continue;
+    const int bm = variants[v].block_m;
+    if (bm <= want && bm > best) best = bm;
+  }
+  return best > 0 ? best : 16;
+}
+
+int MoeConfigTable::Bucket(int64_t pairs) {
+  int b = 0;
+  while ((int64_t{1} << b) < pairs) ++b;
+  return b;
+}
+
+MoeTileConfig MoeConfigTable::Select(MoeWeightFormat format, MoeGemm gemm, int64_t pairs,
+                                     int experts, int64_t n, int64_t k, int max_split_k) const {
+  const int bm = BlockMFor(format, pairs, experts);
+  const int bucket = Bucket(pairs);
+  for (const Tuned& t : tuned_) {
+    if (t.format == format && t.gemm == gemm && t.bucket == bucket && t.config.block_m == bm) {
+      MoeTileConfig c = t.config;
+      c.split_k = std::max(1, std::min(c.split_k, max_split_k));
+      return c;
+    }
+  }
+  // Preferred tiles per block_m (first that fits with a pipeline of >= 3 stages wins).
+  struct Pref {
+    int block_n, block_k_bytes, warps;
+  };
+  std::vector<Pref> prefs;
+  switch (bm) {
+    case 16:
+      prefs = {{64, 256, 4}, {64, 128, 4}, {128, 128, 4}};
+      break;
+    case 32:
+      prefs = {{128, 128, 4}};
+      break;
+    case 64:
+      prefs = {{128, 128, 4}, {256, 128, 8}};
+      break;
+    default:
+      prefs = {{256, 128, 8}, {128, 128, 8}};
+      break;
+  }
+  const auto& variants = MoeKernelVariants();
+  const int max_stages = bm <= 32 ? 5 : 4;
+  MoeTileConfig chosen;
+  for (int min_stages : {3, kMinStages}) {
+    for (const Pref& pref : prefs) {
+      for (int v = 0; v < static_cast<int>(variants.size()); ++v) {
+        const MoeKernelVariant& var = variants[v];
+        if (var.block_m != bm || var.block_n != pref.block_n ||
+            var.block_k_bytes != pref.block_k_bytes || var.warps != pref.warps ||
+            !Supports(var, format))
+          continue;
+        const int s = DeepestStages(v, smem_limit_bytes_, max_stages);
+        if (s >= min_stages) {
+          chosen = FromVariant(v, s, 1);
+          break;
+        }
+      }
+      if (chosen.kernel >= 0) break;
+    }
+    if (chosen.kernel >= 0) break;
+  }
+  if (chosen.kernel < 0) {
+    // Any variant of this block_m that fits.
+    for (int v = 0; v < static_cast<int>(variants.size()) && chosen.kernel < 0; ++v) {
+      if (variants[v].block_m != bm || !Supports(variants[v], format)) continue;
+      const int s = DeepestStages(v, smem_limit_bytes_, kMaxStages);
+      if (s >= kMinStages) chosen = FromVariant(v, s, 1);
+    }
+  }
+  // Split K until the grid has several waves of thread blocks (batch-1 decode).
+  const int64_t mblocks = std::min<int64_t>(experts, pairs) + pairs / bm;
+  const int64_t ctas = std::max<int64_t>(1, mblocks * ((n + chosen.block_n - 1) / chosen.block_n));
+  const int64_t target = int64_t{4} * std::max(1, multiprocessors_);
+  const int64_t ktiles =
+      (k * (format == MoeWeightFormat::kBf16 ? 2 : 1) + chosen.block_k_bytes - 1) /
+      chosen.block_k_bytes;
+  int split = 1;
+  while (split * 2 <= max_split_k && ctas * split < target && ktiles / (split * 2) >= 2) split *= 2;
+  chosen.split_k = split;
+  (void)gemm;
+  return chosen;
+}
+
+Status MoeConfigTable::Check(MoeWeightFormat format, const MoeTileConfig& c) const {
+  const auto& variants = MoeKernelVariants();
+  if (c.kernel < 0 || c.kernel >= static_cast<int>(variants.size())) {
+    return InvalidArgument("MoE tile config names kernel variant " + std::to_string(c.kernel) +
+                           ", which does not exist");
+  }
+  const MoeKernelVariant& v = variants[c.kernel];
+  if (v.block_m != c.block_m || v.block_n != c.block_n || v.block_k_bytes != c.block_k_bytes ||
+      v.warps != c.warps) {
+    return InvalidArgument("MoE tile config " + c.ToString() +
+                           " does not match its kernel variant's tile shape");
+  }
+  if (!Supports(v, format)) {
+    return InvalidArgument("MoE tile config " + c.ToString() + " cannot run " +
+                           MoeWeightFormatName(format) + " weights");
+  }
+  if (c.stages < kMinStages || c.stages > kMaxStages || c.split_k < 1 || c.split_k > kMaxSplitK) {
+    return InvalidArgument("MoE tile config " + c.ToString() +
+                           ": stages must be 2..6 and split-K 1..16");
+  }
+  if (c.SmemBytes() > smem_limit_bytes_) {
+    return InvalidArgument("MoE tile config " + c.ToString() +
+                           " needs more shared memory than the " +
+                           std::to_string(smem_limit_bytes_) + " bytes per block allowed here");
+  }
+  return Status::Ok();
+}
+
+Status MoeConfigTable::SetTuned(MoeWeightFormat format, MoeGemm gemm, int64_t pairs,
+                                const MoeTileConfig& config) {
+  SPARK_RETURN_IF_ERROR(Check(format, config));
+  const int bucket = Bucket(pairs);
+  for (Tuned& t : tuned_) {
+    if (t.format == format && t.gemm == gemm && t.bucket == bucket) {
+      t.config = config;
+      return Status::Ok();
+    }
+  }
+  tuned_.push_back({format, gemm, bucket, config});
+  return Status::Ok();
+}
+
+}  // namespace spark::cuda

@@ -1,0 +1,424 @@
+// CUDA MoE (engine/cuda/moe.h) against the CPU backend's MoE math over GLM-4.5-Air and GLM-4.7
+// (tp=4) expert shapes, tiny shapes and odd batch sizes, in BF16, FP8 per-channel and FP8
+// 128x128 block, with and without GB10's 101,376-byte shared-memory cap.
+//
+// Tolerances (max |gpu - ref| / max |ref| per token):
+//   vs `mirror` (the CPU math with the GPU's roundings: FP8 activations, BF16 intermediate):
+//     2e-3 BF16, 2e-2 FP8 (an intermediate element that lands on the other side of an FP8
+//     rounding boundary moves by one FP8 step).
+//   vs `plain` (the CPU backend exactly): 2e-2 BF16, 1.5e-1 FP8 (activation quantisation error).
+#include "engine/cuda/moe.h"
+
+#include <cuda_bf16.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/cpu/kernels.h"
+#include "engine/cpu/thread_pool.h"
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/device_info.h"
+#include "engine/cuda/moe_pack.h"
+#include "engine/model/dtype.h"
+#include "tests/gpu/moe_test_util.h"
+
+namespace spark::cuda {
+namespace {
+
+using testing::ComputeMoeReference;
+using testing::MakeMoeTestInput;
+using testing::MakeMoeTestLayer;
+using testing::MoeReference;
+using testing::MoeTestConfig;
+using testing::MoeTestShape;
+using testing::RowRelError;
+
+constexpr int64_t kGb10SmemBytes = 101376;
+
+const MoeTestShape kTiny{"tiny", 8, 256, 128, 2, 1, 1, 1.0f};
+const MoeTestShape kTinyGrouped{"tiny_grouped", 16, 128, 256, 4, 4, 2, 2.5f};
+const MoeTestShape kAir{"glm45air", 128, 4096, 1408, 8, 1, 1, 1.0f};
+const MoeTestShape kGlm47Tp4{"glm47_tp4", 160, 5120, 384, 8, 1, 1, 2.5f};
+
+engine::ThreadPool* Pool() {
+  static auto* pool = new engine::ThreadPool(0);
+  return pool;
+}
+
+const DeviceInfo& Device() {
+  static DeviceInfo* info = [] {
+    auto r = QueryDevice(0);
+    SPARK_CHECK(r.ok()) << r.status().ToString();
+    return new DeviceInfo(*r);
+  }();
+  return *info;
+}
+
+template <class T>
+struct DeviceBuffer {
+  T* ptr = nullptr;
+  explicit DeviceBuffer(size_t n) {
+    SPARK_CUDA_CHECK(cudaMalloc(&ptr, std::max<size_t>(1, n) * sizeof(T)));
+  }
+  ~DeviceBuffer() { cudaFree(ptr); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+};
+
+float MirrorTol(MoeWeightFormat f) { return f == MoeWeightFormat::kBf16 ? 2e-3f : 2e-2f; }
+float PlainTol(MoeWeightFormat f) { return f == MoeWeightFormat::kBf16 ? 2e-2f : 1.5e-1f; }
+
+// A layer packed and uploaded once, with its host weights for the reference.
+struct Fixture {
+  MoeTestShape shape;
+  MoeWeightFormat format;
+  engine::ModelConfig config;
+  engine::LayerWeights layer;
+  MoeDeviceLayer device;
+};
+
+std::unique_ptr<Fixture> MakeFixture(const MoeTestShape& shape, MoeWeightFormat format,
+                                     uint64_t seed) {
+  auto f = std::make_unique<Fixture>();
+  f->shape = shape;
+  f->format = format;
+  f->config = MoeTestConfig(shape);
+  f->layer = MakeMoeTestLayer(shape, format, seed, Pool());
+  auto packed = PackMoeLayer(f->layer, f->config);
+  SPARK_CHECK(packed.ok()) << packed.status().ToString();
+  EXPECT_EQ(packed->format, format);
+  auto dev = MoeDeviceLayer::Upload(*packed, nullptr);
+  SPARK_CHECK(dev.ok()) << dev.status().ToString();
+  f->device = std::move(*dev);
+  return f;
+}
+
+struct RunResult {
+  std::vector<float> out;    // [T, H]
+  std::vector<int32_t> ids;  // [T, k]
+  MoePlan plan;
+};
+
+RunResult RunGpu(const Fixture& f, const std::vector<uint16_t>& x, int64_t tokens,
+                 const MoeConfigTable& table, MoeWorkspace& ws,
+                 const MoeTileConfig* forced = nullptr) {
+  const int64_t h = f.shape.hidden;
+  DeviceBuffer<__nv_bfloat16> dx(tokens * h);
+  DeviceBuffer<float> dout(tokens * h);
+  SPARK_CUDA_CHECK(cudaMemcpy(dx.ptr, x.data(), tokens * h * 2, cudaMemcpyHostToDevice));
+  cudaError_t err =
+      forced != nullptr
+          ? MoeForwardWithConfigs(f.device.view(), dx.ptr, tokens, dout.ptr, ws, table, *forced,
+                                  *forced, nullptr)
+          : MoeForward(f.device.view(), dx.ptr, tokens, dout.ptr, nullptr, ws, table, nullptr);
+  EXPECT_EQ(err, cudaSuccess) << cudaGetErrorString(err);
+  SPARK_CUDA_CHECK(cudaDeviceSynchronize());
+  RunResult r;
+  r.out.resize(tokens * h);
+  r.ids.resize(tokens * f.shape.top_k);
+  SPARK_CUDA_CHECK(cudaMemcpy(r.out.data(), dout.ptr, r.out.size() * 4, cudaMemcpyDeviceToHost));
+  SPARK_CUDA_CHECK(
+      cudaMemcpy(r.ids.data(), ws.topk_ids(), r.ids.size() * 4, cudaMemcpyDeviceToHost));
+  r.plan = ws.last_plan();
+  return r;
+}
+
+struct Errors {
+  float mirror = 0.f, plain = 0.f;
+  int route_mismatches = 0;
+};
+
+Errors Compare(const Fixture& f, const RunResult& r, const MoeReference& ref,
+               const std::vector<int64_t>& rows) {
+  Errors e;
+  const int64_t h = f.shape.hidden;
+  const int k = f.shape.top_k;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const int64_t t = rows[i];
+    if (!std::equal(ref.ids.begin() + i * k, ref.ids.begin() + (i + 1) * k,
+                    r.ids.begin() + t * k)) {
+      ++e.route_mismatches;
+      continue;
+    }
+    e.mirror = std::max(e.mirror, RowRelError(r.out.data() + t * h, ref.mirror.data() + i * h, h));
+    e.plain = std::max(e.plain, RowRelError(r.out.data() + t * h, ref.plain.data() + i * h, h));
+  }
+  return e;
+}
+
+// ---- Router ----------------------------------------------------------------------------------
+
+TEST(MoeRouterTest, TopKMatchesCpuRouteTokenExactly) {
+  struct Case {
+    int experts, top_k, n_group, topk_group;
+    bool softmax, bias, ties;
+  };
+  const Case cases[] = {{128, 8, 1, 1, false, true, false}, {160, 8, 1, 1, false, true, false},
+                        {64, 6, 8, 3, false, true, false},  {160, 8, 1, 1, false, true, true},
+                        {128, 8, 1, 1, true, false, false}, {32, 4, 4, 2, false, false, true},
+                        {512, 32, 1, 1, false, true, false}};
+  for (const Case& c : cases) {
+    const int64_t tokens = 257;
+    std::mt19937 rng(c.experts * 31 + c.top_k);
+    std::normal_distribution<float> dist(0.f, 2.f);
+    std::vector<float> logits(tokens * c.experts), bias(c.experts);
+    for (float& v : logits) v = c.ties ? std::round(dist(rng)) * 0.5f : dist(rng);
+    for (float& v : bias) v = c.ties ? 0.f : 0.05f * dist(rng);
+    MoeShape shape;
+    shape.num_experts = c.experts;
+    shape.top_k = c.top_k;
+    shape.n_group = c.n_group;
+    shape.topk_group = c.topk_group;
+    shape.softmax_scoring = c.softmax;
+    shape.routed_scaling_factor = 2.5f;
+    DeviceBuffer<float> dl(logits.size()), db(bias.size()), dw(tokens * c.top_k);
+    DeviceBuffer<int32_t> di(tokens * c.top_k);
+    SPARK_CUDA_CHECK(cudaMemcpy(dl.ptr, logits.data(), logits.size() * 4, cudaMemcpyHostToDevice));
+    SPARK_CUDA_CHECK(cudaMemcpy(db.ptr, bias.data(), bias.size() * 4, cudaMemcpyHostToDevice));
+    ASSERT_EQ(MoeTopK(shape, dl.ptr, c.bias ? db.ptr : nullptr, tokens, di.ptr, dw.ptr, nullptr),
+              cudaSuccess);
+    std::vector<int32_t> ids(tokens * c.top_k);
+    std::vector<float> w(tokens * c.top_k);
+    SPARK_CUDA_CHECK(cudaMemcpy(ids.data(), di.ptr, ids.size() * 4, cudaMemcpyDeviceToHost));
+    SPARK_CUDA_CHECK(cudaMemcpy(w.data(), dw.ptr, w.size() * 4, cudaMemcpyDeviceToHost));
+    engine::RouterParams p;
+    p.scoring = c.softmax ? engine::RouterScoring::kSoftmax : engine::RouterScoring::kSigmoid;
+    p.num_experts = c.experts;
+    p.top_k = c.top_k;
+    p.n_group = c.n_group;
+    p.topk_group = c.topk_group;
+    p.routed_scaling_factor = 2.5f;
+    std::vector<int32_t> cpu_ids(c.top_k);
+    std::vector<float> cpu_w(c.top_k);
+    for (int64_t t = 0; t < tokens; ++t) {
+      engine::RouteToken(logits.data() + t * c.experts, c.bias ? bias.data() : nullptr, p,
+                         cpu_ids.data(), cpu_w.data());
+      for (int j = 0; j < c.top_k; ++j) {
+        ASSERT_EQ(ids[t * c.top_k + j], cpu_ids[j])
+            << "E=" << c.experts << " groups=" << c.n_group << " ties=" << c.ties << " token " << t;
+        EXPECT_NEAR(w[t * c.top_k + j], cpu_w[j], 2e-6f * std::fabs(cpu_w[j]) + 1e-7f);
+      }
+    }
+  }
+}
+
+// ---- Packing
+// -------------------------------------------------------------------------------------
+
+TEST(MoePackTest, InterleavesGateAndUpRowsWithTheirScales) {
+  const MoeTestShape shape = kTiny;
+  for (MoeWeightFormat format :
+       {MoeWeightFormat::kBf16, MoeWeightFormat::kFp8PerChannel, MoeWeightFormat::kFp8Block}) {
+    engine::LayerWeights layer = MakeMoeTestLayer(shape, format, 3, Pool());
+    auto packed = PackMoeLayer(layer, MoeTestConfig(shape));
+    ASSERT_TRUE(packed.ok()) << packed.status().ToString();
+    const int64_t h = shape.hidden, im = shape.inter;
+    const size_t es = format == MoeWeightFormat::kBf16 ? 2 : 1;
+    for (int e : {0, shape.experts - 1}) {
+      for (int64_t i : {int64_t{0}, im - 1}) {
+        const std::byte* row_g = packed->w13.data() + ((e * 2 * im) + 2 * i) * h * es;
+        const std::byte* row_u = row_g + h * es;
+        EXPECT_EQ(std::memcmp(row_g, layer.experts[e].gate.data.data() + i * h * es, h * es), 0);
+        EXPECT_EQ(std::memcmp(row_u, layer.experts[e].up.data.data() + i * h * es, h * es), 0);
+        if (format == MoeWeightFormat::kFp8PerChannel) {
+          EXPECT_EQ(packed->w13_scale[e * 2 * im + 2 * i], layer.experts[e].gate.scale[i]);
+          EXPECT_EQ(packed->w13_scale[e * 2 * im + 2 * i + 1], layer.experts[e].up.scale[i]);
+        }
+      }
+      EXPECT_EQ(std::memcmp(packed->w2.data() + e * h * im * es, layer.experts[e].down.data.data(),
+                            h * im * es),
+                0);
+    }
+  }
+  // Unsupported shapes name the problem.
+  MoeShape bad = MoeShapeFromConfig(MoeTestConfig(kTiny), 192);
+  Status st = bad.Validate(MoeWeightFormat::kFp8Block);
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("multiples of 128"), std::string::npos) << st.message();
+}
+
+// ---- Whole MoE vs the CPU --------------------------------------------------------------------
+
+struct MoeCase {
+  MoeTestShape shape;
+  MoeWeightFormat format;
+  std::vector<int64_t> token_counts;
+  int64_t max_reference_rows;  // tokens checked against the host reference per run
+};
+
+class MoeForwardTest : public ::testing::TestWithParam<MoeCase> {};
+
+TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
+  const MoeCase& c = GetParam();
+  auto f = MakeFixture(c.shape, c.format, 11);
+  const int64_t max_tokens = *std::max_element(c.token_counts.begin(), c.token_counts.end());
+  auto ws = MoeWorkspace::Create(f->device.view().shape, c.format, max_tokens);
+  ASSERT_TRUE(ws.ok()) << ws.status().ToString();
+  for (int64_t cap : {int64_t{0}, kGb10SmemBytes}) {
+    auto table = MoeConfigTable::Create(Device(), cap);
+    ASSERT_TRUE(table.ok()) << table.status().ToString();
+    for (int64_t tokens : c.token_counts) {
+      const auto x = MakeMoeTestInput(tokens, c.shape.hidden, tokens * 7 + 1);
+      std::vector<int64_t> rows;
+      const int64_t step = std::max<int64_t>(1, tokens / c.max_reference_rows);
+      for (int64_t t = 0; t < tokens; t += step) rows.push_back(t);
+      if (rows.back() != tokens - 1) rows.push_back(tokens - 1);
+      const RunResult r = RunGpu(*f, x, tokens, *table, *ws);
+      const MoeReference ref = ComputeMoeReference(f->config, f->layer, c.format, x, rows, Pool());
+      const Errors e = Compare(*f, r, ref, rows);
+      std::printf(
+          "[moe] %s %s T=%lld cap=%lld: gate_up %s, down %s; err vs mirror %.2e, vs cpu "
+          "%.2e, routing mismatches %d/%zu\n",
+          c.shape.name, MoeWeightFormatName(c.format), static_cast<long long>(tokens),
+          static_cast<long long>(cap), r.plan.gate_up.ToString().c_str(),
+          r.plan.down.ToString().c_str(), e.mirror, e.plain, e.route_mismatches, rows.size());
+      EXPECT_LE(r.plan.gate_up.SmemBytes(), table->smem_limit_bytes());
+      EXPECT_LE(r.plan.down.SmemBytes(), table->smem_limit_bytes());
+      if (cap > 0) {
+        EXPECT_LE(r.plan.gate_up.SmemBytes(), kGb10SmemBytes);
+        EXPECT_LE(r.plan.down.SmemBytes(), kGb10SmemBytes);
+      }
+      // Near-ties of the fp32 logits may pick differently; they must stay rare.
+      EXPECT_LE(e.route_mismatches, static_cast<int>(rows.size() / 20));
+      EXPECT_LE(e.mirror, MirrorTol(c.format)) << c.shape.name << " T=" << tokens;
+      EXPECT_LE(e.plain, PlainTol(c.format)) << c.shape.name << " T=" << tokens;
+    }
+  }
+}
+
+std::string CaseName(const ::testing::TestParamInfo<MoeCase>& info) {
+  std::string n = std::string(info.param.shape.name) + "_" + MoeWeightFormatName(info.param.format);
+  for (char& ch : n)
+    if (ch == '-') ch = '_';
+  return n;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, MoeForwardTest,
+    ::testing::Values(
+        MoeCase{kTiny, MoeWeightFormat::kBf16, {1, 3, 17, 64, 257}, 1 << 20},
+        MoeCase{kTiny, MoeWeightFormat::kFp8PerChannel, {1, 3, 17, 64, 257}, 1 << 20},
+        MoeCase{kTiny, MoeWeightFormat::kFp8Block, {1, 3, 17, 64, 257}, 1 << 20},
+        MoeCase{kTinyGrouped, MoeWeightFormat::kBf16, {1, 3, 17, 64, 257}, 1 << 20},
+        MoeCase{kTinyGrouped, MoeWeightFormat::kFp8PerChannel, {1, 3, 17, 64, 257}, 1 << 20},
+        MoeCase{kTinyGrouped, MoeWeightFormat::kFp8Block, {1, 3, 17, 64, 257}, 1 << 20},
+        MoeCase{kGlm47Tp4, MoeWeightFormat::kBf16, {1, 3, 17, 64, 257}, 8},
+        MoeCase{kGlm47Tp4, MoeWeightFormat::kFp8PerChannel, {1, 3, 17, 64, 257}, 8},
+        MoeCase{kGlm47Tp4, MoeWeightFormat::kFp8Block, {1, 3, 17, 64, 257}, 8},
+        MoeCase{kAir, MoeWeightFormat::kFp8PerChannel, {1, 3, 17, 64, 257}, 6},
+        MoeCase{kAir, MoeWeightFormat::kFp8Block, {1, 17, 257}, 6}),
+    CaseName);
+
+// ---- Every tile config, the shared-memory cap ------------------------------------------------
+
+TEST(MoeConfigTest, EveryConfigWithinTheLimitIsCorrectAndNoneAboveIsLaunched) {
+  const MoeTestShape shape{"cfg", 16, 256, 256, 4, 1, 1, 1.0f};
+  for (MoeWeightFormat format :
+       {MoeWeightFormat::kBf16, MoeWeightFormat::kFp8PerChannel, MoeWeightFormat::kFp8Block}) {
+    auto f = MakeFixture(shape, format, 5);
+    const int64_t tokens = 45;
+    const auto x = MakeMoeTestInput(tokens, shape.hidden, 99);
+    std::vector<int64_t> rows(tokens);
+    for (int64_t t = 0; t < tokens; ++t) rows[t] = t;
+    const MoeReference ref = ComputeMoeReference(f->config, f->layer, format, x, rows, Pool());
+    auto ws = MoeWorkspace::Create(f->device.view().shape, format, tokens);
+    ASSERT_TRUE(ws.ok());
+    auto uncapped = MoeConfigTable::Create(Device(), 0);
+    auto capped = MoeConfigTable::Create(Device(), kGb10SmemBytes);
+    ASSERT_TRUE(uncapped.ok() && capped.ok());
+    EXPECT_EQ(capped->smem_limit_bytes(),
+              std::min(kGb10SmemBytes, Device().smem_optin_per_block_bytes));
+    int above_cap = 0, run = 0;
+    float worst = 0.f;
+    std::vector<float> first;
+    for (const MoeTileConfig& cfg : uncapped->Candidates(format)) {
+      ASSERT_LE(cfg.SmemBytes(), uncapped->smem_limit_bytes());
+      const bool fits_cap = cfg.SmemBytes() <= kGb10SmemBytes;
+      if (!fits_cap) {
+        ++above_cap;
+        // The capped table refuses it: nothing is launched, the call fails cleanly.
+        EXPECT_FALSE(capped->Check(format, cfg).ok());
+        EXPECT_FALSE(capped->SetTuned(format, MoeGemm::kGateUp, tokens * 4, cfg).ok());
+        DeviceBuffer<__nv_bfloat16> dx(tokens * shape.hidden);
+        DeviceBuffer<float> dout(tokens * shape.hidden);
+        EXPECT_EQ(MoeForwardWithConfigs(f->device.view(), dx.ptr, tokens, dout.ptr, *ws, *capped,
+                                        cfg, cfg, nullptr),
+                  cudaErrorInvalidConfiguration);
+        continue;
+      }
+      ++run;
+      const RunResult r = RunGpu(*f, x, tokens, *capped, *ws, &cfg);
+      const Errors e = Compare(*f, r, ref, rows);
+      EXPECT_LE(e.mirror, MirrorTol(format)) << cfg.ToString();
+      worst = std::max(worst, e.mirror);
+      // Split-K and tiling do not change the routing; all configs agree closely.
+      if (first.empty()) first = r.out;
+      EXPECT_LT(RowRelError(r.out.data(), first.data(), static_cast<int64_t>(first.size())), 1e-2f)
+          << cfg.ToString();
+    }
+    std::printf(
+        "[moe] %s: %d configs run under the %lld-byte cap (worst err vs mirror %.2e), %d "
+        "above it refused\n",
+        MoeWeightFormatName(format), run, static_cast<long long>(kGb10SmemBytes), worst, above_cap);
+    EXPECT_GT(run, 10);
+    if (Device().smem_optin_per_block_bytes > kGb10SmemBytes) {
+      EXPECT_GT(above_cap, 0);
+    }
+    // The heuristic never leaves the cap either.
+    for (int64_t pairs = 1; pairs <= (int64_t{1} << 16); pairs *= 3) {
+      for (MoeGemm gemm : {MoeGemm::kGateUp, MoeGemm::kDown}) {
+        const MoeTileConfig c = capped->Select(format, gemm, pairs, 160, 5120, 1536, 8);
+        EXPECT_TRUE(capped->Check(format, c).ok()) << c.ToString();
+        EXPECT_LE(c.SmemBytes(), kGb10SmemBytes);
+      }
+    }
+  }
+}
+
+TEST(MoeForwardMiscTest, DeterministicBf16OutputWithAddendAndLimits) {
+  auto f = MakeFixture(kTinyGrouped, MoeWeightFormat::kFp8PerChannel, 21);
+  const int64_t tokens = 33, h = kTinyGrouped.hidden;
+  auto ws = MoeWorkspace::Create(f->device.view().shape, f->format, tokens);
+  ASSERT_TRUE(ws.ok());
+  auto table = MoeConfigTable::Create(Device(), 0);
+  ASSERT_TRUE(table.ok());
+  const auto x = MakeMoeTestInput(tokens, h, 3);
+  const RunResult a = RunGpu(*f, x, tokens, *table, *ws);
+  const RunResult b = RunGpu(*f, x, tokens, *table, *ws);
+  EXPECT_EQ(std::memcmp(a.out.data(), b.out.data(), a.out.size() * 4), 0) << "not deterministic";
+
+  // BF16 output plus an addend (the shared expert's output).
+  std::vector<uint16_t> addend = MakeMoeTestInput(tokens, h, 4);
+  DeviceBuffer<__nv_bfloat16> dx(tokens * h), dadd(tokens * h), dout(tokens * h);
+  SPARK_CUDA_CHECK(cudaMemcpy(dx.ptr, x.data(), tokens * h * 2, cudaMemcpyHostToDevice));
+  SPARK_CUDA_CHECK(cudaMemcpy(dadd.ptr, addend.data(), tokens * h * 2, cudaMemcpyHostToDevice));
+  ASSERT_EQ(MoeForward(f->device.view(), dx.ptr, tokens, dout.ptr, dadd.ptr, *ws, *table, nullptr),
+            cudaSuccess);
+  std::vector<uint16_t> out(tokens * h);
+  SPARK_CUDA_CHECK(cudaMemcpy(out.data(), dout.ptr, out.size() * 2, cudaMemcpyDeviceToHost));
+  for (int64_t i = 0; i < tokens * h; ++i) {
+    const float want = a.out[i] + engine::Bf16ToFloat(addend[i]);
+    ASSERT_NEAR(engine::Bf16ToFloat(out[i]), want, std::fabs(want) * 8e-3f + 1e-6f) << i;
+  }
+  // More tokens than the workspace holds, or a workspace of another shape: an error, no launch.
+  DeviceBuffer<__nv_bfloat16> big(2 * tokens * h);
+  EXPECT_EQ(
+      MoeForward(f->device.view(), big.ptr, tokens + 1, dout.ptr, nullptr, *ws, *table, nullptr),
+      cudaErrorInvalidValue);
+  auto other = MoeWorkspace::Create(f->device.view().shape, MoeWeightFormat::kBf16, tokens);
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(
+      MoeForward(f->device.view(), dx.ptr, tokens, dout.ptr, nullptr, *other, *table, nullptr),
+      cudaErrorInvalidValue);
+  EXPECT_EQ(MoeForward(f->device.view(), dx.ptr, 0, dout.ptr, nullptr, *ws, *table, nullptr),
+            cudaSuccess);
+}
+
+}  // namespace
+}  // namespace spark::cuda
