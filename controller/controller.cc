@@ -535,6 +535,29 @@ void Controller::Readiness(Callback<ReadinessView> done) {
   });
 }
 
+void Controller::GetServingModel(std::string name, Callback<Result<ServingModelView>> done) {
+  Post([this, name = std::move(name), done = std::move(done)] {
+    Deployment* d = FindDeployment(name);
+    if (d == nullptr || d->record.deleted) {
+      done(NotFound("model \"" + name + "\" not found; list models with GET /v1/models"));
+      return;
+    }
+    ServingModelView view;
+    view.name = name;
+    view.state = std::string(store::DeploymentStateName(d->record.state));
+    view.serving = d->run && d->run->stage == RunStage::kReady && d->run->data;
+    view.failed = d->record.desired != store::Desired::kRunning ||
+                  d->record.state == store::DeploymentState::kFailed;
+    view.created_at_ms = d->record.created_at_ms;
+    view.waiting_reason = d->waiting_reason;
+    if (d->run) {
+      view.generation = d->run->generation;
+      view.tokenizer_files = d->run->tokenizer_files;
+    }
+    done(std::move(view));
+  });
+}
+
 void Controller::Generate(std::string model, spark::v1::GenerateRequest request,
                           ChunkHandler on_chunk) {
   Post([this, model = std::move(model), request = std::move(request),

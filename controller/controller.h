@@ -129,6 +129,9 @@ class Controller {
   void ListDeployments(Callback<std::vector<DeploymentView>> done);
   void ListNodes(Callback<std::vector<NodeView>> done);
   void Readiness(Callback<ReadinessView> done);
+  // What the inference endpoints need of a model: whether it serves now, its generation and the
+  // tokenizer files of its current run. NotFound when unknown.
+  void GetServingModel(std::string name, Callback<Result<ServingModelView>> done);
 
   // Sends `request` to the model's rank 0 (request_id assigned when empty). `on_chunk` gets every
   // chunk; its last call is a final chunk or an error: NotFound (no such model), Unavailable (not
@@ -194,7 +197,8 @@ class Controller {
     std::unique_ptr<DataPlaneClient> data;
     int data_poll_id = 0;
     std::string probe_request_id;
-    std::vector<spark::v1::TokenizerFile> tokenizer_files;
+    // Sent by the rank-0 agent once the shard started; null until then.
+    std::shared_ptr<const std::vector<spark::v1::TokenizerFile>> tokenizer_files;
   };
 
   struct Deployment {

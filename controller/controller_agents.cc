@@ -568,7 +568,8 @@ void Controller::HandleTokenizerFiles(const AgentPlane::Inbound& inbound) {
     ++stats_.fenced_messages;
     return;
   }
-  d->run->tokenizer_files.assign(files.files().begin(), files.files().end());
+  d->run->tokenizer_files = std::make_shared<const std::vector<spark::v1::TokenizerFile>>(
+      files.files().begin(), files.files().end());
   std::string names;
   for (const auto& f : files.files()) names += (names.empty() ? "" : ", ") + f.name();
   SPARK_LOG(INFO).With("deployment", files.deployment()).With("files", names)

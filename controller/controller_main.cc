@@ -20,9 +20,11 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/zmq.h"
+#include "controller/api_keys.h"
 #include "controller/controller.h"
 #include "controller/controller_options.h"
 #include "controller/http/server.h"
+#include "controller/openai_api.h"
 #include "controller/rest_api.h"
 #include "controller/store/store.h"
 
@@ -88,6 +90,37 @@ int Run(const spark::controller::DaemonOptions& options) {
     return kExitConfig;
   }
 
+  ApiAuth auth;
+  std::vector<std::string> legacy_keys;
+  if (!options.api_token.empty()) legacy_keys.push_back(options.api_token);
+  auto load_keys = [&](const std::string& path, ApiKeySet* out) -> bool {
+    std::vector<std::string> keys = legacy_keys;
+    if (!path.empty()) {
+      Result<ApiKeySet> loaded = ApiKeySet::LoadFile(path);
+      if (!loaded.ok()) {
+        std::cerr << "spark-controller: " << loaded.status().message() << "\n";
+        return false;
+      }
+      *out = std::move(*loaded);
+      if (!legacy_keys.empty()) SPARK_LOG(WARN) << "--api-token is ignored next to a key file";
+      return true;
+    }
+    *out = ApiKeySet::FromKeys(keys);
+    return true;
+  };
+  if (!load_keys(options.api_keys_file, &auth.inference_keys) ||
+      !load_keys(options.admin_key_file, &auth.admin_keys)) {
+    return kExitConfig;
+  }
+  if (auth.inference_keys.empty()) {
+    SPARK_LOG(WARN) << "no --api-keys-file: the inference API (/v1/*) is open to anyone who can "
+                       "reach it";
+  }
+  if (auth.admin_keys.empty()) {
+    SPARK_LOG(WARN) << "no --admin-key-file: the lifecycle API (/api/v1/*) is open to anyone who "
+                       "can reach it";
+  }
+
   auto controller = std::make_unique<Controller>(options.controller, **store, RealClock::Get());
   if (Status st = controller->Start(); !st.ok()) {
     std::cerr << "spark-controller: " << st.message() << "\n";
@@ -99,8 +132,14 @@ int Run(const spark::controller::DaemonOptions& options) {
   server_options.host = http_address->first;
   server_options.port = http_address->second;
   server_options.io_threads = 4;
+  server_options.max_body_bytes =
+      std::max<size_t>(server_options.max_body_bytes, options.openai.limits.max_body_bytes);
+  // Declared before the server: destroyed after it stops, and after the controller is stopped.
+  OpenAiService openai(*controller, options.openai, auth);
   http::HttpServer server(server_options);
-  if (Status st = AddRestRoutes(server, *controller, **store, options.api_token); !st.ok()) {
+  Status routes = AddRestRoutes(server, *controller, **store, auth);
+  if (routes.ok()) routes = openai.AddRoutes(server);
+  if (Status st = routes; !st.ok()) {
     std::cerr << "spark-controller: " << st.ToString() << "\n";
     return 1;
   }

@@ -17,7 +17,25 @@ const ConfigSchema& ControllerConfigSchema() {
     s->String("db").Default("/var/lib/spark/controller.db").Help("SQLite database file");
     s->Bool("insecure").Default(false).Help("no CURVE (the whole cluster must be insecure)");
     s->String("keys").Default("/etc/spark/keys").Help("controller.key and trusted/*.pub");
-    s->String("api_token").Default("").Help("bearer token the REST API requires; empty: none");
+    s->String("api_token").Default("").Help("one bearer token for every API; empty: none");
+    s->String("api_keys_file").Default("").Help("inference API keys, one per line; empty: open");
+    s->String("admin_key_file").Default("").Help("admin (lifecycle API) keys; empty: open");
+    s->Int("openai.max_body_bytes").Range(1024, 1LL << 30).Default(8 * 1024 * 1024);
+    s->Int("openai.max_messages").Range(1, 1000000).Default(2048);
+    s->Int("openai.max_tokens_limit")
+        .Range(1, 10000000)
+        .Default(32768)
+        .Help("ceiling of max_tokens");
+    s->Int("openai.default_max_tokens")
+        .Range(1, 10000000)
+        .Default(1024)
+        .Help("chat max_tokens when the request gives none");
+    s->Int("openai.max_n").Range(1, 128).Default(16);
+    s->Int("openai.model_wait_ms")
+        .Range(0, 3600000)
+        .Default(0)
+        .Help("how long a request waits for a model that is not ready; 0: 503 at once");
+    s->Int("openai.worker_threads").Range(1, 64).Default(2);
     s->Int("heartbeat_ms").Range(10, 60000).Default(1000).Help("agent heartbeat interval");
     s->Int("missed_heartbeats").Range(1, 100).Default(3).Help("silent intervals before dead");
     s->Int("rendezvous_timeout_ms").Range(100, 3600000).Default(120000);
@@ -68,6 +86,15 @@ void Apply(const Config& c, DaemonOptions& o) {
   k.insecure = c.GetBool("insecure");
   k.keys_dir = c.GetString("keys");
   o.api_token = c.GetString("api_token");
+  o.api_keys_file = c.GetString("api_keys_file");
+  o.admin_key_file = c.GetString("admin_key_file");
+  o.openai.limits.max_body_bytes = static_cast<size_t>(c.GetInt("openai.max_body_bytes"));
+  o.openai.limits.max_messages = static_cast<size_t>(c.GetInt("openai.max_messages"));
+  o.openai.limits.max_tokens = static_cast<uint32_t>(c.GetInt("openai.max_tokens_limit"));
+  o.openai.limits.default_max_tokens = static_cast<uint32_t>(c.GetInt("openai.default_max_tokens"));
+  o.openai.limits.max_n = static_cast<uint32_t>(c.GetInt("openai.max_n"));
+  o.openai.model_wait = milliseconds(c.GetInt("openai.model_wait_ms"));
+  o.openai.worker_threads = static_cast<int>(c.GetInt("openai.worker_threads"));
   k.heartbeat_interval = milliseconds(c.GetInt("heartbeat_ms"));
   k.missed_heartbeats = static_cast<int>(c.GetInt("missed_heartbeats"));
   k.rendezvous_timeout = milliseconds(c.GetInt("rendezvous_timeout_ms"));
@@ -92,7 +119,8 @@ Result<DaemonCommand> ParseControllerCommandLine(const std::vector<std::string>&
       "(placement, rendezvous, failure recovery) and serves the REST API.",
       "spark-controller");
   std::string config_path, http_listen, agent_listen, db, keys, api_token, shard_address, port_file,
-      log_level, log_sink;
+      log_level, log_sink, api_keys_file, admin_key_file;
+  int64_t max_tokens_limit = 0, model_wait_ms = 0, max_body_bytes = 0;
   int64_t heartbeat_ms = 0, missed = 0, rendezvous_ms = 0, load_ms = 0, first_ms = 0, spawn_ms = 0,
           grace_ms = 0, adopt_ms = 0, backoff_ms = 0, backoff_max_ms = 0, budget = 0, window_s = 0;
   bool insecure = false;
@@ -102,7 +130,14 @@ Result<DaemonCommand> ParseControllerCommandLine(const std::vector<std::string>&
   app.add_option("--db", db, "SQLite database file");
   app.add_flag("--insecure", insecure, "no CURVE keys (the whole cluster must be insecure)");
   app.add_option("--keys", keys, "key directory: controller.key, trusted/*.pub");
-  app.add_option("--api-token", api_token, "bearer token the REST API requires");
+  app.add_option("--api-token", api_token, "one bearer token for every API (legacy)");
+  app.add_option("--api-keys-file", api_keys_file,
+                 "inference API keys (/v1/*, /metrics), one per line, # comments");
+  app.add_option("--admin-key-file", admin_key_file, "admin keys of the lifecycle API (/api/v1/*)");
+  app.add_option("--max-tokens-limit", max_tokens_limit, "ceiling of a request's max_tokens");
+  app.add_option("--model-wait-ms", model_wait_ms,
+                 "how long a request waits for a model that is not ready (0: 503 at once)");
+  app.add_option("--max-body-bytes", max_body_bytes, "largest inference request body");
   app.add_option("--heartbeat-ms", heartbeat_ms, "agent heartbeat interval");
   app.add_option("--missed-heartbeats", missed, "silent intervals before a node is dead");
   app.add_option("--rendezvous-timeout-ms", rendezvous_ms, "how long ranks wait for peers");
@@ -163,6 +198,20 @@ Result<DaemonCommand> ParseControllerCommandLine(const std::vector<std::string>&
   if (given("--insecure")) k.insecure = insecure;
   if (given("--keys")) k.keys_dir = keys;
   if (given("--api-token")) o.api_token = api_token;
+  if (given("--api-keys-file")) o.api_keys_file = api_keys_file;
+  if (given("--admin-key-file")) o.admin_key_file = admin_key_file;
+  if (given("--max-tokens-limit")) {
+    if (max_tokens_limit < 1) return InvalidArgument("--max-tokens-limit must be >= 1");
+    o.openai.limits.max_tokens = static_cast<uint32_t>(max_tokens_limit);
+  }
+  if (given("--model-wait-ms")) {
+    if (model_wait_ms < 0) return InvalidArgument("--model-wait-ms must be >= 0");
+    o.openai.model_wait = milliseconds(model_wait_ms);
+  }
+  if (given("--max-body-bytes")) {
+    if (max_body_bytes < 1024) return InvalidArgument("--max-body-bytes must be >= 1024");
+    o.openai.limits.max_body_bytes = static_cast<size_t>(max_body_bytes);
+  }
   if (given("--heartbeat-ms")) k.heartbeat_interval = milliseconds(heartbeat_ms);
   if (given("--missed-heartbeats")) k.missed_heartbeats = static_cast<int>(missed);
   if (given("--rendezvous-timeout-ms")) k.rendezvous_timeout = milliseconds(rendezvous_ms);
@@ -196,6 +245,9 @@ Result<DaemonCommand> ParseControllerCommandLine(const std::vector<std::string>&
   if (k.missed_heartbeats < 1) return InvalidArgument("--missed-heartbeats must be >= 1");
   if (k.restart.budget < 0) return InvalidArgument("--restart-budget must be >= 0");
   if (o.db_path.empty()) return InvalidArgument("--db must name the SQLite database file");
+  if (o.openai.limits.default_max_tokens > o.openai.limits.max_tokens) {
+    o.openai.limits.default_max_tokens = o.openai.limits.max_tokens;
+  }
   return command;
 }
 

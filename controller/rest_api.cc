@@ -3,15 +3,12 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <charconv>
-#include <ctime>
 #include <memory>
-#include <random>
 
 #include "common/log.h"
-#include "controller/completions.h"
 #include "controller/http/auth.h"
 #include "controller/http/json.h"
-#include "controller/http/sse.h"
+#include "controller/openai_error.h"
 
 namespace spark::controller {
 
@@ -42,18 +39,7 @@ json ParseOr(const std::string& text, json fallback) {
   return parsed.is_discarded() ? fallback : parsed;
 }
 
-Response ErrorFor(const Status& status) {
-  Response response = ErrorResponseFromStatus(status);
-  if (status.code() == StatusCode::kUnavailable) response.headers.push_back({"Retry-After", "1"});
-  return response;
-}
-
-std::string RandomId() {
-  static thread_local std::mt19937_64 rng(std::random_device{}());
-  char text[17];
-  std::snprintf(text, sizeof(text), "%016llx", static_cast<unsigned long long>(rng()));
-  return text;
-}
+Response ErrorFor(const Status& status) { return OpenAiErrorResponse(status); }
 
 Result<int64_t> IntQuery(const Request& r, const std::string& name, int64_t fallback, int64_t low,
                          int64_t high) {
@@ -132,61 +118,6 @@ std::function<void(Result<DeploymentView>)> AnswerModel(std::shared_ptr<Response
                            : ErrorFor(view.status()));
   };
 }
-
-// One /v1/completions exchange, driven by the controller thread's chunk callbacks.
-struct CompletionExchange {
-  std::shared_ptr<ResponseWriter> writer;
-  std::string id;
-  std::string model;
-  int64_t created = 0;
-  bool stream = false;
-  bool started = false;
-  std::vector<int32_t> tokens;
-
-  void OnChunk(Result<spark::v1::TokenChunk> chunk) {
-    if (!chunk.ok()) {
-      if (started) {
-        writer->Write(http::SseEvent(json{
-            {"error",
-             {{"message", chunk.status().message()},
-              {"type", std::string(http::ErrorTypeFor(http::HttpStatusFor(chunk.status().code())))},
-              {"code", std::string(StatusCodeName(chunk.status().code()))}}}}
-                                         .dump()));
-        writer->Write(http::SseEvent("[DONE]"));
-        writer->End();
-      } else {
-        writer->Send(ErrorFor(chunk.status()));
-      }
-      return;
-    }
-    const bool final = IsFinalChunk(*chunk);
-    if (chunk->finish_reason() == spark::v1::FINISH_REASON_ERROR) {
-      OnChunk(Internal("generation failed: " + chunk->error_message()));
-      return;
-    }
-    std::vector<int32_t> new_tokens(chunk->token_ids().begin(), chunk->token_ids().end());
-    if (stream) {
-      if (!started) {
-        started = true;
-        writer->StartStream(200, http::SseHeaders());
-      }
-      writer->Write(
-          http::SseEvent(CompletionJson(id, model, created, new_tokens, chunk->finish_reason(),
-                                        final ? &chunk->usage() : nullptr)
-                             .dump()));
-      if (final) {
-        writer->Write(http::SseEvent("[DONE]"));
-        writer->End();
-      }
-      return;
-    }
-    tokens.insert(tokens.end(), new_tokens.begin(), new_tokens.end());
-    if (final) {
-      writer->Send(JsonResponse(200, CompletionJson(id, model, created, tokens,
-                                                    chunk->finish_reason(), &chunk->usage())));
-    }
-  }
-};
 
 }  // namespace
 
@@ -289,21 +220,28 @@ json EventJson(const store::EventRecord& e) {
 
 Status AddRestRoutes(http::HttpServer& server, Controller& controller, store::Store& store,
                      std::string api_token) {
+  ApiAuth auth;
+  if (!api_token.empty()) auth.admin_keys = ApiKeySet::FromKeys({api_token});
+  return AddRestRoutes(server, controller, store, auth);
+}
+
+Status AddRestRoutes(http::HttpServer& server, Controller& controller, store::Store& store,
+                     const ApiAuth& auth) {
   Controller* c = &controller;
   store::Store* s = &store;
-  auto guarded = [api_token](http::AsyncHandler handler) -> http::AsyncHandler {
-    return [api_token, handler = std::move(handler)](const Request& r,
-                                                     std::shared_ptr<ResponseWriter> w) {
-      if (auto denied = http::RequireBearerToken(r, api_token)) {
-        w->Send(*denied);
-        return;
-      }
-      handler(r, std::move(w));
-    };
+  auto guarded = [auth](http::AsyncHandler handler) -> http::AsyncHandler {
+    return
+        [auth, handler = std::move(handler)](const Request& r, std::shared_ptr<ResponseWriter> w) {
+          if (auto denied = auth.CheckAdmin(r)) {
+            w->Send(*denied);
+            return;
+          }
+          handler(r, std::move(w));
+        };
   };
-  auto guarded_sync = [api_token](http::SyncHandler handler) -> http::SyncHandler {
-    return [api_token, handler = std::move(handler)](const Request& r) -> Response {
-      if (auto denied = http::RequireBearerToken(r, api_token)) return *denied;
+  auto guarded_sync = [auth](http::SyncHandler handler) -> http::SyncHandler {
+    return [auth, handler = std::move(handler)](const Request& r) -> Response {
+      if (auto denied = auth.CheckAdmin(r)) return *denied;
       return handler(r);
     };
   };
@@ -439,33 +377,6 @@ Status AddRestRoutes(http::HttpServer& server, Controller& controller, store::St
         return JsonResponse(200, {{"events", list}, {"last_id", last_id}});
       })));
 
-  SPARK_RETURN_IF_ERROR(
-      server.AddAsync(Method::kPost, "/v1/completions",
-                      guarded([c](const Request& r, std::shared_ptr<ResponseWriter> w) {
-                        Result<json> body = http::ParseJsonObject(r);
-                        if (!body.ok()) {
-                          w->Send(ErrorFor(body.status()));
-                          return;
-                        }
-                        Result<CompletionRequest> request = ParseCompletionRequest(*body);
-                        if (!request.ok()) {
-                          w->Send(ErrorFor(request.status()));
-                          return;
-                        }
-                        auto exchange = std::make_shared<CompletionExchange>();
-                        exchange->writer = w;
-                        exchange->id = "cmpl-" + RandomId();
-                        exchange->model = request->model;
-                        exchange->created = static_cast<int64_t>(std::time(nullptr));
-                        exchange->stream = request->stream;
-                        const std::string id = exchange->id;
-                        w->OnClose([c, id] { c->Cancel(id, "the client disconnected"); });
-                        c->Generate(request->model, ToGenerateRequest(*request, id),
-                                    [exchange](Result<spark::v1::TokenChunk> chunk) {
-                                      exchange->OnChunk(std::move(chunk));
-                                    });
-                      }),
-                      {.max_body_bytes = 16 * 1024 * 1024}));
   return Status::Ok();
 }
 

@@ -15,11 +15,11 @@
 //   POST   /api/v1/models/{name}/restart   202: new run, restart budget reset
 //   GET    /api/v1/runs?model=NAME&limit=N {"runs": [...]} newest first, with members
 //   GET    /api/v1/events?since=ID&limit=N&model=NAME  {"events": [...], "last_id"}
-//   POST   /v1/completions                 token-id prompts to rank 0 (controller/completions.h);
-//                                          503 + Retry-After while the model is not ready
 //
-// When `api_token` is not empty every route except /healthz and /readyz requires
-// "Authorization: Bearer <token>".
+// The inference endpoints (/v1/*, /metrics) are controller/openai_api.h.
+//
+// Every route except /healthz and /readyz requires an admin key when one is configured
+// (ApiAuth::CheckAdmin, controller/api_keys.h): "Authorization: Bearer <key>".
 //
 // Thread safety: handlers run on the server's I/O threads and post to the Controller; the JSON
 // helpers are pure functions.
@@ -30,6 +30,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/status.h"
+#include "controller/api_keys.h"
 #include "controller/controller.h"
 #include "controller/http/server.h"
 #include "controller/store/store.h"
@@ -37,6 +38,9 @@
 
 namespace spark::controller {
 
+Status AddRestRoutes(http::HttpServer& server, Controller& controller, store::Store& store,
+                     const ApiAuth& auth);
+// Same with `api_token` (empty: open) as the one admin key.
 Status AddRestRoutes(http::HttpServer& server, Controller& controller, store::Store& store,
                      std::string api_token = "");
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -54,6 +55,19 @@ struct ReadinessView {
   bool store_ok = false;
   std::string store_error;
   std::vector<std::string> not_ready;  // "name: state (reason)" for each deployment not ready
+};
+
+// A model as the inference endpoints see it.
+struct ServingModelView {
+  std::string name;
+  std::string state;  // DeploymentStateName: "ready", "recovering", ...
+  bool serving = false;
+  bool failed = false;      // gave up (restart budget spent) or stopped: waiting does not help
+  uint64_t generation = 0;  // of the current run; 0 when none
+  int64_t created_at_ms = 0;
+  std::string waiting_reason;
+  // The tokenizer files of the current run (shared, immutable); null until they arrived.
+  std::shared_ptr<const std::vector<spark::v1::TokenizerFile>> tokenizer_files;
 };
 
 }  // namespace spark::controller

@@ -15,8 +15,10 @@ Response JsonResponse(int status, const nlohmann::json& body) {
 
 Response ErrorResponse(int status, std::string_view message, std::string_view type,
                        std::string_view code) {
-  nlohmann::json error = {
-      {"message", std::string(message)}, {"type", std::string(type)}, {"code", std::string(code)}};
+  nlohmann::json error = {{"message", std::string(message)},
+                          {"type", std::string(type)},
+                          {"param", nullptr},
+                          {"code", std::string(code)}};
   return JsonResponse(status, {{"error", std::move(error)}});
 }
 

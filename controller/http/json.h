@@ -2,7 +2,7 @@
 //
 // Error body (every non-2xx response the server or a handler produces):
 //   {"error": {"message": "model \"glm\" not found; list models with GET /api/v1/models",
-//              "type": "not_found_error", "code": "not_found"}}
+//              "type": "not_found_error", "param": null, "code": "not_found"}}
 // `type` follows the OpenAI families (invalid_request_error, authentication_error,
 // permission_error, not_found_error, conflict_error, rate_limit_error, server_error,
 // unavailable_error); `code` is a stable machine-readable string (a StatusCodeName for errors made
@@ -25,7 +25,7 @@ namespace spark::http {
 // strings is replaced, never thrown).
 Response JsonResponse(int status, const nlohmann::json& body);
 
-// {"error": {"message", "type", "code"}} with Content-Type application/json.
+// {"error": {"message", "type", "param": null, "code"}} with Content-Type application/json.
 Response ErrorResponse(int status, std::string_view message, std::string_view type,
                        std::string_view code);
 
