@@ -59,6 +59,31 @@ Result<std::vector<engine::SampleResult>> GpuSampler::SampleHost(
   return Sample(d_logits_, rows);
 }
 
+Result<std::vector<engine::SampleResult>> GpuSampler::SampleBatch(
+    int64_t vocab_size, std::span<const engine::BatchSampleRow> rows) {
+  if (vocab_size != vocab_) {
+    return InvalidArgument("GpuSampler made for a vocabulary of " + std::to_string(vocab_) +
+                           " got rows of " + std::to_string(vocab_size));
+  }
+  std::vector<engine::SampleResult> all;
+  all.reserve(rows.size());
+  std::vector<GpuSampleRequest> reqs;
+  for (size_t begin = 0; begin < rows.size(); begin += static_cast<size_t>(max_rows_)) {
+    const size_t end = std::min(rows.size(), begin + static_cast<size_t>(max_rows_));
+    reqs.clear();
+    for (size_t r = begin; r < end; ++r) {
+      const engine::BatchSampleRow& row = rows[r];
+      SPARK_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
+          d_logits_ + (r - begin) * static_cast<size_t>(vocab_), row.logits,
+          static_cast<size_t>(vocab_) * sizeof(float), cudaMemcpyHostToDevice, stream_));
+      reqs.push_back({row.params, row.prompt, row.output, row.seed, row.draw});
+    }
+    SPARK_ASSIGN_OR_RETURN(std::vector<engine::SampleResult> part, Sample(d_logits_, reqs));
+    for (engine::SampleResult& s : part) all.push_back(std::move(s));
+  }
+  return all;
+}
+
 Result<std::vector<engine::SampleResult>> GpuSampler::Sample(
     float* logits, std::span<const GpuSampleRequest> rows) {
   const size_t n = rows.size();

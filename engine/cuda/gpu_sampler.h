@@ -3,7 +3,8 @@
 // (engine/runtime/sampler.h) and Philox randomness keyed by (seed, draw).
 //
 // The caller keeps each request's state: its parameters, prompt, emitted tokens, seed and how
-// many tokens it has sampled; GpuSampler turns them into the kernel's penalty lists.
+// many tokens it has sampled; GpuSampler turns them into the kernel's penalty lists. As an
+// engine::BatchSampler it serves the Scheduler (SchedulerOptions::batch_sampler) from host rows.
 //
 // Thread safety: one thread (the engine loop). Ownership: owns its device and pinned host
 // buffers; borrows the stream.
@@ -18,6 +19,7 @@
 
 #include "common/status.h"
 #include "engine/cuda/sampling.h"
+#include "engine/runtime/batch_sampler.h"
 #include "engine/runtime/sampler.h"
 
 namespace spark::cuda {
@@ -30,12 +32,12 @@ struct GpuSampleRequest {
   uint64_t draw = 0;  // tokens this request sampled before
 };
 
-class GpuSampler {
+class GpuSampler final : public engine::BatchSampler {
  public:
   // `max_rows` rows of `vocab_size` logits per call at most.
   static Result<std::unique_ptr<GpuSampler>> Create(int64_t vocab_size, int64_t max_rows,
                                                     cudaStream_t stream);
-  ~GpuSampler();
+  ~GpuSampler() override;
   GpuSampler(const GpuSampler&) = delete;
   GpuSampler& operator=(const GpuSampler&) = delete;
 
@@ -46,6 +48,10 @@ class GpuSampler {
   // Same for host logits (copied to the sampler's own device buffer first).
   Result<std::vector<engine::SampleResult>> SampleHost(const float* logits,
                                                        std::span<const GpuSampleRequest> rows);
+
+  // engine::BatchSampler: host rows, max_rows at a time.
+  Result<std::vector<engine::SampleResult>> SampleBatch(
+      int64_t vocab_size, std::span<const engine::BatchSampleRow> rows) override;
 
   int64_t vocab_size() const { return vocab_; }
   int64_t max_rows() const { return max_rows_; }

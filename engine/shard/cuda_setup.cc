@@ -10,6 +10,7 @@
 #include "engine/comm/nccl_communicator.h"
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/cuda_check.h"
+#include "engine/cuda/gpu_sampler.h"
 #endif
 
 namespace spark::shard {
@@ -25,6 +26,10 @@ bool BuiltWithCuda() { return false; }
 
 Result<std::unique_ptr<engine::Communicator>> JoinNcclGroup(int, int, engine::KeyValueStore*,
                                                             const NcclGroupOptions&) {
+  return Unimplemented(WithoutCudaMessage());
+}
+
+Result<std::unique_ptr<engine::BatchSampler>> CreateGpuBatchSampler(int64_t, int64_t) {
   return Unimplemented(WithoutCudaMessage());
 }
 
@@ -123,6 +128,13 @@ Result<std::unique_ptr<engine::Backend>> CreateShardCudaBackend(const spark::v1:
           .With("kv_capacity_tokens", backend->KvCapacityTokens())
       << "CUDA backend created";
   return std::unique_ptr<engine::Backend>(std::move(backend));
+}
+
+Result<std::unique_ptr<engine::BatchSampler>> CreateGpuBatchSampler(int64_t vocab_size,
+                                                                    int64_t max_rows) {
+  SPARK_ASSIGN_OR_RETURN(std::unique_ptr<cuda::GpuSampler> sampler,
+                         cuda::GpuSampler::Create(vocab_size, max_rows, nullptr));
+  return std::unique_ptr<engine::BatchSampler>(std::move(sampler));
 }
 
 #endif

@@ -20,6 +20,7 @@
 #include "common/status.h"
 #include "engine/comm/communicator.h"
 #include "engine/runtime/backend.h"
+#include "engine/runtime/batch_sampler.h"
 #include "spark.pb.h"
 
 namespace spark::shard {
@@ -56,5 +57,10 @@ struct CudaBackendSetup {
 Result<std::unique_ptr<engine::Backend>> CreateShardCudaBackend(
     const spark::v1::ShardAssignment& assignment, engine::Communicator* comm,
     const engine::Communicator* nccl, const CudaBackendSetup& setup);
+
+// Rank 0's GPU sampler (engine/cuda/gpu_sampler.h) for up to `max_rows` rows per call, on the
+// current device.
+Result<std::unique_ptr<engine::BatchSampler>> CreateGpuBatchSampler(int64_t vocab_size,
+                                                                    int64_t max_rows);
 
 }  // namespace spark::shard

@@ -110,6 +110,7 @@ class ShardRun {
   std::unique_ptr<WatchedCommunicator> watched_;
   std::unique_ptr<engine::Backend> backend_;
   std::unique_ptr<engine::TpLeaderBackend> leader_;
+  std::unique_ptr<engine::BatchSampler> sampler_;  // rank 0, CUDA backend: GPU sampling
   std::unique_ptr<LeaderLoop> loop_;
 };
 
@@ -363,6 +364,16 @@ int ShardRun::Run() {
     loop.scheduler.max_running = settings_.max_running;
     loop.scheduler.max_model_len = settings_.max_model_len;
     loop.keepalive = settings_.keepalive;
+    if (cuda && settings_.gpu_sampling) {
+      Result<std::unique_ptr<engine::BatchSampler>> sampler =
+          CreateGpuBatchSampler(backend_->config().vocab_size, settings_.max_running);
+      if (!sampler.ok()) {
+        if (leader_) leader_->Stop().IgnoreError();
+        return Fail(kExitFailed, "GPU sampler: " + sampler.status().message());
+      }
+      sampler_ = std::move(sampler).value();
+      loop.scheduler.batch_sampler = sampler_.get();
+    }
     engine::Backend* driven =
         leader_ ? static_cast<engine::Backend*>(leader_.get()) : backend_.get();
     Result<std::unique_ptr<LeaderLoop>> created =

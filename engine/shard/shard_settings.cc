@@ -10,7 +10,7 @@ namespace {
 
 constexpr int64_t kDefaultKvCacheBytes = int64_t{256} << 20;
 constexpr const char* kExtraKeys =
-    "threads, max_batch_tokens, step_timeout_ms, keepalive_ms, kv_block_tokens";
+    "threads, max_batch_tokens, step_timeout_ms, keepalive_ms, kv_block_tokens, sampler";
 
 Result<int64_t> ParseExtraInt(const std::string& key, const std::string& value, int64_t min,
                               int64_t max) {
@@ -94,6 +94,11 @@ Result<EngineSettings> ResolveEngineSettings(const spark::v1::EngineOptions& opt
     } else if (key == "kv_block_tokens") {
       SPARK_ASSIGN_OR_RETURN(int64_t v, ParseExtraInt(key, value, 1, 4096));
       s.kv_block_tokens = static_cast<int>(v);
+    } else if (key == "sampler") {
+      if (value != "gpu" && value != "cpu") {
+        return InvalidArgument("engine option sampler must be gpu or cpu, got '" + value + "'");
+      }
+      s.gpu_sampling = value == "gpu";
     } else {
       return InvalidArgument("unknown engine option '" + key + "'; known options: " + kExtraKeys);
     }

@@ -1,12 +1,14 @@
 // Shard settings: reading and checking the ShardAssignment a shard is started with, and turning
 // its EngineOptions into the engine's settings.
 //
-// EngineOptions.extra keys the shard understands (all integers):
+// EngineOptions.extra keys the shard understands (integers unless said otherwise):
 //   threads           kernel threads of the CPU backend (0 = all hardware threads)
 //   max_batch_tokens  tokens one forward batch may carry (scheduler budget, default 2048)
 //   step_timeout_ms   watchdog deadline of one engine step or collective (default 30000)
 //   keepalive_ms      idle keepalive period of rank 0 (default min(1000, step_timeout_ms / 4))
 //   kv_block_tokens   tokens per KV cache block (default 16)
+//   sampler           "gpu" or "cpu": where rank 0 samples on the CUDA backend (default gpu;
+//                     the CPU backend always samples on the CPU)
 // Any other extra key is an error naming the accepted keys (a typo must not pass silently).
 //
 // KV cache size of the CPU backend (per rank): kv_cache_bytes when > 0; otherwise
@@ -45,6 +47,7 @@ struct EngineSettings {
   int max_running = 64;
   int64_t max_model_len = 0;  // 0 = the model's max_position_embeddings
   int kv_block_tokens = 16;
+  bool gpu_sampling = true;  // CUDA backend only
   std::chrono::milliseconds step_timeout{30000};
   std::chrono::milliseconds keepalive{1000};
 };

@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "engine/runtime/sampler.h"
+#include "engine/runtime/scheduler.h"
+#include "tests/engine/runtime/fake_backend.h"
 #include "tests/gpu/device_buffer.h"
 
 namespace spark::cuda {
@@ -245,6 +247,43 @@ TEST(GpuSamplingTest, LargeVocabularyTimings) {
           iters;
       std::printf("[sampling] vocab %lld rows %lld %-6s (top_k 50, top_p 0.9): %.1f us/call\n",
                   static_cast<long long>(vocab), static_cast<long long>(rows_n), mode, us);
+    }
+  }
+}
+
+TEST(GpuSamplingTest, SchedulerWithTheGpuSamplerMatchesTheCpuSampler) {
+  // Greedy requests with penalties and logprobs through the Scheduler: GPU rows equal CPU rows.
+  const int64_t vocab = 4096;
+  std::map<uint64_t, std::vector<engine::TokenOutput>> got[2];
+  for (int gpu = 0; gpu < 2; ++gpu) {
+    engine::testing::FakeBackend backend(vocab, 4096);
+    auto sampler = GpuSampler::Create(vocab, 2, nullptr);  // 3 requests: chunks of 2 rows
+    ASSERT_TRUE(sampler.ok());
+    engine::SchedulerOptions options;
+    if (gpu == 1) options.batch_sampler = sampler->get();
+    auto s = engine::Scheduler::Create(&backend, options);
+    ASSERT_TRUE(s.ok());
+    for (uint64_t id = 1; id <= 3; ++id) {
+      engine::Request r;
+      r.id = id;
+      for (int i = 0; i < 20; ++i) r.prompt.push_back(static_cast<int32_t>((i * 37 + id) % vocab));
+      r.params.temperature = 0;
+      r.params.max_tokens = 10;
+      r.params.repetition_penalty = 1.2f;
+      r.params.presence_penalty = 0.4f;
+      r.params.top_logprobs = 3;
+      r.on_output = [&got, gpu, id](const engine::TokenOutput& out) {
+        got[gpu][id].push_back(out);
+      };
+      ASSERT_TRUE((*s)->AddRequest(std::move(r)).ok());
+    }
+    for (int i = 0; i < 1000 && (*s)->HasWork(); ++i) ASSERT_TRUE((*s)->Step().ok());
+  }
+  for (uint64_t id = 1; id <= 3; ++id) {
+    ASSERT_EQ(got[1][id].size(), got[0][id].size());
+    for (size_t k = 0; k < got[0][id].size(); ++k) {
+      EXPECT_EQ(got[1][id][k].token, got[0][id][k].token) << "request " << id << " token " << k;
+      EXPECT_NEAR(got[1][id][k].logprob, got[0][id][k].logprob, 1e-4);
     }
   }
 }

@@ -163,6 +163,14 @@ TEST(ShardSettingsTest, EngineOptionsAndExtraKeys) {
   auto unknown = ResolveEngineSettings(options);
   EXPECT_NE(unknown.status().message().find("unknown engine option 'thread'"), std::string::npos);
   EXPECT_NE(unknown.status().message().find("threads"), std::string::npos);
+  options.mutable_extra()->erase("thread");
+
+  EXPECT_TRUE(ResolveEngineSettings(options)->gpu_sampling);  // default on the CUDA backend
+  (*options.mutable_extra())["sampler"] = "cpu";
+  EXPECT_FALSE(ResolveEngineSettings(options)->gpu_sampling);
+  (*options.mutable_extra())["sampler"] = "tpu";
+  EXPECT_NE(ResolveEngineSettings(options).status().message().find("sampler must be gpu or cpu"),
+            std::string::npos);
 }
 
 TEST(ShardSettingsTest, KvCacheBytes) {
