@@ -12,13 +12,18 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <memory>
+#include <optional>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "common/process.h"
 #include "tests/cluster/cluster.h"
 
 namespace spark::cluster {
@@ -177,6 +182,55 @@ TEST(RebootTest, PowerCutRecoversWithoutManualCalls) {
   Timing("power cut: power back -> ready again", NowMs() - t_power);
   ASSERT_TRUE(c->Complete("tiny", {1, 2, 3}, 3).ok()) << c->LogTails();
   ExpectRunHistoryComplete(*c, before);
+}
+
+// Runs a command to its end; true when it exited with status 0.
+bool RunCommand(const std::vector<std::string>& args, const std::string& log) {
+  RealProcessLauncher launcher;
+  SpawnOptions options;
+  options.args = args;
+  options.stdout_path = log;
+  options.stderr_path = log;
+  Result<std::unique_ptr<Process>> process = launcher.Spawn(options);
+  if (!process.ok()) return false;
+  Result<std::optional<ExitInfo>> info = (*process)->WaitFor(seconds(30));
+  return info.ok() && info->has_value() && (*info)->success();
+}
+
+bool FileContains(const std::string& path, const std::string& text) {
+  std::ifstream in(path);
+  std::stringstream content;
+  content << in.rdbuf();
+  return content.str().find(text) != std::string::npos;
+}
+
+// A node whose agent comes back with a key pair the controller has never seen is refused at the
+// CURVE handshake (it stays dead, the controller logs the refusal) until `sparkctl keys trust`
+// accepts the new key; then it joins without a restart of anything.
+TEST(RebootTest, AnAgentWithAnUnknownKeyIsRefusedUntilTrustedWithSparkctl) {
+  START_CLUSTER(c, PackagedCluster());
+  const std::string agent_keys = c->root() + "/keys/n2";
+  const std::string controller_keys = c->root() + "/keys/controller";
+  const std::string sparkctl = std::string(SPARK_BINARY_DIR) + "/controller/sparkctl";
+  c->KillAgent(2, /*with_shards=*/true);
+  ASSERT_TRUE(RunCommand({FindBinaries().agent, "keygen", "--keys", agent_keys, "--force"},
+                         c->root() + "/keygen.log"));
+  ASSERT_TRUE(c->StartAgent(2, /*new_boot_id=*/true).ok());
+  ASSERT_TRUE(WaitUntil([&] { return c->Node("n2").value("state", "") == "dead"; }, seconds(15)))
+      << c->LogTails();
+  std::this_thread::sleep_for(seconds(3));
+  EXPECT_EQ(c->Node("n2").value("state", ""), "dead") << "an unknown key got through";
+  EXPECT_TRUE(c->AgentRunning(2));
+  EXPECT_TRUE(FileContains(c->controller_log(), "unknown CURVE public key"));
+
+  const int64_t t0 = NowMs();
+  ASSERT_TRUE(RunCommand({sparkctl, "keys", "--keys", controller_keys, "trust", "n2",
+                          agent_keys + "/agent.pub", "--force"},
+                         c->root() + "/sparkctl.log"))
+      << "sparkctl keys trust failed; see " << c->root() << "/sparkctl.log";
+  ASSERT_TRUE(WaitUntil([&] { return c->Node("n2").value("state", "") == "alive"; }, seconds(40)))
+      << c->LogTails();
+  Timing("sparkctl keys trust -> node alive", NowMs() - t0);
 }
 
 }  // namespace
