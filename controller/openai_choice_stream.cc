@@ -21,10 +21,7 @@ ChoiceStream::ChoiceStream(const ModelText* model, std::vector<std::string> stop
       detokenizer_(model->tokenizer.get(), /*skip_special=*/true),
       stop_(std::move(stop)),
       want_logprobs_(want_logprobs) {
-  if (chat) {
-    force_reasoning_ = chat->parse_reasoning && chat->force_reasoning;
-    chat_.emplace(std::move(*chat));
-  }
+  if (chat) chat_.emplace(std::move(*chat));
 }
 
 TokenLogprobInfo ChoiceStream::Describe(int32_t token_id, std::optional<float> logprob) const {
@@ -62,17 +59,23 @@ ChoicePiece ChoiceStream::Feed(const spark::v1::TokenChunk& chunk) {
     }
     Result<std::string> text = detokenizer_.Feed(id);
     const size_t answer_before = out.delta.content.size() + out.delta.tool_calls.size();
+    const size_t reasoning_before = out.delta.reasoning_content.size();
     if (text.ok() && !text->empty()) {
       engine::chat::StopStringMatcher::Output safe = stop_.Feed(*text);
       Emit(safe.text, &out);
     }
     if (chat_) {
-      if (!out.delta.reasoning_content.empty()) saw_reasoning_ = true;
+      // Tokens are reasoning tokens once reasoning text came out of them (or of later ones),
+      // until the first content or tool call.
+      if (!saw_answer_) ++unassigned_tokens_;
+      if (!saw_answer_ && out.delta.reasoning_content.size() > reasoning_before) {
+        reasoning_tokens_ += unassigned_tokens_;
+        unassigned_tokens_ = 0;
+      }
       if (out.delta.content.size() + out.delta.tool_calls.size() > answer_before) {
         saw_answer_ = true;
       }
       if (!out.delta.tool_calls.empty()) saw_tool_call_ = true;
-      if (!saw_answer_ && (saw_reasoning_ || force_reasoning_)) ++reasoning_tokens_;
     }
     if (stop_.stopped()) break;
   }
@@ -93,6 +96,10 @@ ChoicePiece ChoiceStream::Finish() {
   if (chat_) {
     Append(out.delta, chat_->Finish());
     if (!out.delta.tool_calls.empty()) saw_tool_call_ = true;
+    if (!saw_answer_ && !out.delta.reasoning_content.empty()) {
+      reasoning_tokens_ += unassigned_tokens_;
+      unassigned_tokens_ = 0;
+    }
   }
   return out;
 }

@@ -6,8 +6,9 @@
 // bytes.
 //
 // Counting: tokens() counts every token fed up to and including the one that completed a stop
-// string. reasoning_tokens() counts the tokens fed while the output was still reasoning (before
-// any content or tool call appeared), which is what usage.completion_tokens_details reports.
+// string. reasoning_tokens() counts the tokens up to the last one that produced reasoning text
+// before any content or tool call appeared (what usage.completion_tokens_details reports; zero
+// exactly when there is no reasoning_content).
 //
 // Thread safety: not thread-safe (one stream per choice). Keeps a pointer to the ModelText, which
 // must outlive it.
@@ -73,13 +74,12 @@ class ChoiceStream {
   engine::Detokenizer detokenizer_;
   engine::chat::StopStringMatcher stop_;
   std::optional<engine::chat::ChatOutputParser> chat_;
-  bool force_reasoning_ = false;
   bool want_logprobs_;
   bool finished_ = false;
   uint32_t tokens_ = 0;
   uint32_t reasoning_tokens_ = 0;
-  bool saw_reasoning_ = false;
-  bool saw_answer_ = false;  // content or a tool call
+  uint32_t unassigned_tokens_ = 0;  // fed since the last reasoning text, before any answer
+  bool saw_answer_ = false;         // content or a tool call
   bool saw_tool_call_ = false;
 };
 

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <ctime>
+#include <fstream>
 #include <sstream>
 #include <thread>
 
@@ -337,11 +338,17 @@ int RunSparkctl(const std::vector<std::string>& args, std::ostream& out, std::os
   ctx.url = env_url != nullptr && *env_url != '\0' ? env_url : "http://127.0.0.1:8080";
   const char* env_token = std::getenv("SPARK_API_TOKEN");
   if (env_token != nullptr) ctx.token = env_token;
+  const char* env_admin_key = std::getenv("SPARK_ADMIN_KEY");
+  if (env_admin_key != nullptr && *env_admin_key != '\0') ctx.token = env_admin_key;
+  std::string admin_key_file;
   app.add_option("--controller", ctx.url,
                  "controller URL (default $SPARK_CONTROLLER or "
                  "http://127.0.0.1:8080)");
   app.add_flag("--json", ctx.json_output, "print the controller's JSON");
-  app.add_option("--token", ctx.token, "API bearer token (default $SPARK_API_TOKEN)");
+  app.add_option("--token", ctx.token,
+                 "admin bearer token (default $SPARK_ADMIN_KEY, else $SPARK_API_TOKEN)");
+  app.add_option("--admin-key-file", admin_key_file,
+                 "read the admin key from FILE (the first line that is not a # comment)");
   app.fallthrough();
 
   CLI::App* nodes = app.add_subcommand("nodes", "list the registered nodes");
@@ -410,6 +417,23 @@ int RunSparkctl(const std::vector<std::string>& args, std::ostream& out, std::os
   } catch (const CLI::ParseError& e) {
     err << "sparkctl: " << e.what() << " (see sparkctl --help)\n";
     return kExitUsage;
+  }
+
+  if (!admin_key_file.empty() && app.count("--token") == 0) {
+    std::ifstream in(admin_key_file);
+    std::string line, key;
+    while (key.empty() && std::getline(in, line)) {
+      const size_t begin = line.find_first_not_of(" \t\r");
+      const size_t end = line.find_last_not_of(" \t\r");
+      if (begin != std::string::npos && line[begin] != '#')
+        key = line.substr(begin, end - begin + 1);
+    }
+    if (key.empty()) {
+      err << "sparkctl: no admin key in " << admin_key_file
+          << " (it must be readable and hold the key on a line of its own)\n";
+      return kExitUsage;
+    }
+    ctx.token = key;
   }
 
   if (nodes->parsed()) return Nodes(ctx);

@@ -1,6 +1,6 @@
 // sparkctl: the command-line client of spark-controller's REST API.
 //
-//   sparkctl [--controller URL] [--json] [--token T] COMMAND
+//   sparkctl [--controller URL] [--json] [--token T | --admin-key-file F] COMMAND
 //     nodes                                       registered nodes
 //     deploy NAME --path P --tp N [--backend cpu|cuda] [--nodes a,b] [--option k=v ...]
 //     ls                                          models
@@ -11,6 +11,8 @@
 //     wait NAME [--state ready] [--timeout-s 60]  polls until the model reaches the state
 //     keys [--keys DIR] list | show [NODE] | trust NODE KEY|FILE [--force] | revoke NODE |
 //          rotate --agent|--controller         the key directory on this machine (trusted_keys.h)
+// The admin key (spark-controller --admin-key-file) is --token, else the first key line of
+// --admin-key-file, else $SPARK_ADMIN_KEY, else $SPARK_API_TOKEN; sent as a bearer token.
 // --controller defaults to $SPARK_CONTROLLER or http://127.0.0.1:8080. --json prints the
 // controller's JSON; tables otherwise. `--option extra.KEY=V` goes into options.extra.
 //

@@ -17,6 +17,7 @@
 #include "controller/http/client.h"
 #include "controller/http/server.h"
 #include "controller/rest_api.h"
+#include "controller/sparkctl.h"
 #include "engine/model/tiny_model.h"
 #include "engine/text/chat/chat_template.h"
 #include "engine/text/tokenizer.h"
@@ -655,6 +656,22 @@ TEST_F(OpenAiApiTest, ApiKeysAndAdminKey) {
   }
   EXPECT_THAT(ApiKeySet::LoadFile(keys.File("empty")).status().message(), HasSubstr("no key"));
   EXPECT_EQ(ApiKeySet::LoadFile(keys.File("absent")).status().code(), StatusCode::kNotFound);
+
+  // sparkctl sends the admin key.
+  {
+    std::ofstream f(keys.File("admin"));
+    f << "# admin\nadmin-key\n";
+  }
+  std::ostringstream o, e;
+  EXPECT_EQ(RunSparkctl({"sparkctl", "--controller", url_, "ls"}, o, e), 1);
+  EXPECT_THAT(e.str(), HasSubstr("missing API key"));
+  EXPECT_EQ(
+      RunSparkctl({"sparkctl", "--controller", url_, "--admin-key-file", keys.File("admin"), "ls"},
+                  o, e),
+      0)
+      << e.str();
+  EXPECT_EQ(RunSparkctl({"sparkctl", "--controller", url_, "--token", "user-key", "ls"}, o, e), 1);
+  EXPECT_THAT(e.str(), HasSubstr("admin key"));
 }
 
 TEST_F(OpenAiApiTest, DisconnectCancelsTheEngineRequestWithinASecond) {
