@@ -25,20 +25,22 @@ constexpr int64_t kSplitCounters = 16384;
 
 // ---- Router ---------------------------------------------------------------------------------
 
-// One warp per expert, TT tokens per block row: logits[t, e] = Σ_h float(x[t,h]) * w[e,h].
+// One block per (expert, TT tokens): 8 warps split H, fp32 sums reduced in a fixed order.
+// logits[t, e] = Σ_h float(x[t,h]) * w[e,h].
 template <int TT>
-__global__ void RouterLogitsKernel(const __nv_bfloat16* __restrict__ x, const float* __restrict__ w,
-                                   int64_t tokens, int experts, int hidden,
-                                   float* __restrict__ logits) {
+__global__ void __launch_bounds__(256)
+    RouterLogitsKernel(const __nv_bfloat16* __restrict__ x, const float* __restrict__ w,
+                       int64_t tokens, int experts, int hidden, float* __restrict__ logits) {
   const int lane = threadIdx.x & 31;
-  const int e = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+  const int warp = threadIdx.x >> 5;
+  const int e = blockIdx.x;
   const int64_t t0 = int64_t{blockIdx.y} * TT;
-  if (e >= experts) return;
+  __shared__ float partial[8][TT];
   float sum[TT];
 #pragma unroll
   for (int i = 0; i < TT; ++i) sum[i] = 0.f;
   const float* wr = w + int64_t{e} * hidden;
-  for (int h = lane * 4; h < hidden; h += 128) {
+  for (int h = threadIdx.x * 4; h < hidden; h += 256 * 4) {
     const float4 wv = __ldg(reinterpret_cast<const float4*>(wr + h));
 #pragma unroll
     for (int i = 0; i < TT; ++i) {
@@ -55,7 +57,13 @@ __global__ void RouterLogitsKernel(const __nv_bfloat16* __restrict__ x, const fl
   for (int i = 0; i < TT; ++i) {
     float s = sum[i];
     for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-    if (lane == 0 && t0 + i < tokens) logits[(t0 + i) * experts + e] = s;
+    if (lane == 0) partial[warp][i] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x < TT && t0 + threadIdx.x < tokens) {
+    float s = 0.f;
+    for (int wi = 0; wi < 8; ++wi) s += partial[wi][threadIdx.x];
+    logits[(t0 + threadIdx.x) * experts + e] = s;
   }
 }
 
@@ -557,11 +565,11 @@ cudaError_t MoeRoute(const MoeLayerDevice& layer, const __nv_bfloat16* x, int64_
   const MoeShape& s = layer.shape;
   const dim3 block(256);
   if (tokens < 64) {
-    const dim3 grid((s.num_experts + 7) / 8, static_cast<unsigned>((tokens + 7) / 8));
+    const dim3 grid(s.num_experts, static_cast<unsigned>((tokens + 7) / 8));
     RouterLogitsKernel<8>
         <<<grid, block, 0, stream>>>(x, layer.router, tokens, s.num_experts, s.hidden, logits);
   } else {
-    const dim3 grid((s.num_experts + 7) / 8, static_cast<unsigned>((tokens + 31) / 32));
+    const dim3 grid(s.num_experts, static_cast<unsigned>((tokens + 31) / 32));
     RouterLogitsKernel<32>
         <<<grid, block, 0, stream>>>(x, layer.router, tokens, s.num_experts, s.hidden, logits);
   }

@@ -107,10 +107,12 @@ std::vector<MoeTileConfig> MoeConfigTable::Candidates(MoeWeightFormat format) co
 int MoeConfigTable::BlockMFor(MoeWeightFormat format, int64_t pairs, int experts) const {
   const double rows_per_expert =
       static_cast<double>(pairs) / static_cast<double>(std::max(1, experts));
-  int want = rows_per_expert <= 16   ? 16
-             : rows_per_expert <= 40 ? 32
-             : rows_per_expert <= 96 ? 64
-                                     : 128;
+  // Measured on an H200 (bench_moe --tune): 16-row tiles win up to ~24 rows per expert and
+  // 32-row tiles up to at least 64; larger tiles pay only for big prefill batches.
+  int want = rows_per_expert <= 24    ? 16
+             : rows_per_expert <= 128 ? 32
+             : rows_per_expert <= 512 ? 64
+                                      : 128;
   // The largest block_m not above `want` that some variant of this format can run here.
   int best = 0;
   const auto& variants = MoeKernelVariants();
@@ -147,7 +149,9 @@ MoeTileConfig MoeConfigTable::Select(MoeWeightFormat format, MoeGemm gemm, int64
   std::vector<Pref> prefs;
   switch (bm) {
     case 16:
-      prefs = {{64, 256, 4}, {64, 128, 4}, {128, 128, 4}};
+      // Measured best on an H200: 64x256-byte tiles for gate/up (K = hidden), 64x128 for down.
+      prefs = gemm == MoeGemm::kGateUp ? std::vector<Pref>{{64, 256, 4}, {64, 128, 4}}
+                                       : std::vector<Pref>{{64, 128, 4}, {64, 256, 4}};
       break;
     case 32:
       prefs = {{128, 128, 4}};
@@ -156,11 +160,12 @@ MoeTileConfig MoeConfigTable::Select(MoeWeightFormat format, MoeGemm gemm, int64
       prefs = {{128, 128, 4}, {256, 128, 8}};
       break;
     default:
-      prefs = {{256, 128, 8}, {128, 128, 8}};
+      prefs = {{128, 128, 8}, {256, 128, 8}};
       break;
   }
   const auto& variants = MoeKernelVariants();
-  const int max_stages = bm <= 32 ? 5 : 4;
+  // Shallow pipelines with more resident thread blocks per SM measured faster than deep ones.
+  const int max_stages = 3;
   MoeTileConfig chosen;
   for (int min_stages : {3, kMinStages}) {
     for (const Pref& pref : prefs) {
@@ -188,17 +193,17 @@ MoeTileConfig MoeConfigTable::Select(MoeWeightFormat format, MoeGemm gemm, int64
       if (s >= kMinStages) chosen = FromVariant(v, s, 1);
     }
   }
-  // Split K until the grid has several waves of thread blocks (batch-1 decode).
+  // Split K only while the grid has fewer than ~2.5 thread blocks per SM (batch-1 decode of
+  // narrow experts); beyond that the partial-tile traffic costs more than it gains.
   const int64_t mblocks = std::min<int64_t>(experts, pairs) + pairs / bm;
   const int64_t ctas = std::max<int64_t>(1, mblocks * ((n + chosen.block_n - 1) / chosen.block_n));
-  const int64_t target = int64_t{4} * std::max(1, multiprocessors_);
+  const int64_t target = int64_t{5} * std::max(1, multiprocessors_) / 2;
   const int64_t ktiles =
       (k * (format == MoeWeightFormat::kBf16 ? 2 : 1) + chosen.block_k_bytes - 1) /
       chosen.block_k_bytes;
   int split = 1;
   while (split * 2 <= max_split_k && ctas * split < target && ktiles / (split * 2) >= 2) split *= 2;
   chosen.split_k = split;
-  (void)gemm;
   return chosen;
 }
 

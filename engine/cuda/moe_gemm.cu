@@ -158,26 +158,37 @@ __global__ void __launch_bounds__(WARPS * 32) MoeGemmKernel(GemmParams p, int st
   const int ktiles = kt_end - kt_begin;
   constexpr int kStageBytes = (BM + BN) * BK;
 
+  // Each thread copies the same chunks of every stage: their source rows, K offsets and smem
+  // offsets are fixed for the whole K loop.
+  constexpr int kLoads = (BM + BN) * T::kChunks / T::kThreads;
+  static_assert(kLoads * T::kThreads == (BM + BN) * T::kChunks, "uneven tile loads");
+  const uint8_t* load_src[kLoads];
+  int load_dst[kLoads];
+  int load_koff[kLoads];
+#pragma unroll
+  for (int j = 0; j < kLoads; ++j) {
+    const int i = tid + j * T::kThreads;
+    const int row = i / T::kChunks;
+    const int c = i % T::kChunks;
+    load_koff[j] = c * 16;
+    if (row < BM) {
+      load_src[j] = a_rows[row] != nullptr ? a_rows[row] + c * 16 : nullptr;
+      load_dst[j] = row * BK + ((c ^ (row & 7)) << 4);
+    } else {
+      const int r = row - BM;
+      load_src[j] = n0 + r < p.n ? b_base + int64_t{n0 + r} * k_bytes + c * 16 : nullptr;
+      load_dst[j] = BM * BK + r * BK + ((c ^ (r & 7)) << 4);
+    }
+  }
+  const uint32_t tiles_smem = SmemAddr(tiles);
+
   auto load = [&](int slot, int kt) {
-    uint8_t* sa = tiles + slot * kStageBytes;
-    uint8_t* sb = sa + BM * BK;
     const int64_t kb0 = int64_t{kt} * BK;
-#pragma unroll 4
-    for (int i = tid; i < (BM + BN) * T::kChunks; i += T::kThreads) {
-      const int row = i / T::kChunks;
-      const int c = i % T::kChunks;
-      const int64_t kb = kb0 + c * 16;
-      if (row < BM) {
-        const uint8_t* base = a_rows[row];
-        const bool valid = base != nullptr && kb < k_bytes;
-        CpAsync16(SmemAddr(sa + row * BK + ((c ^ (row & 7)) << 4)), valid ? base + kb : a_base,
-                  valid);
-      } else {
-        const int r = row - BM;
-        const bool valid = n0 + r < p.n && kb < k_bytes;
-        CpAsync16(SmemAddr(sb + r * BK + ((c ^ (r & 7)) << 4)),
-                  valid ? b_base + int64_t{n0 + r} * k_bytes + kb : b_base, valid);
-      }
+    const uint32_t stage = tiles_smem + slot * kStageBytes;
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j) {
+      const bool valid = load_src[j] != nullptr && kb0 + load_koff[j] < k_bytes;
+      CpAsync16(stage + load_dst[j], valid ? load_src[j] + kb0 : b_base, valid);
     }
   };
 
