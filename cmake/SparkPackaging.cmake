@@ -100,9 +100,8 @@ set(SPARK_PKG_SCRIPT_DEPENDS "adduser, init-system-helpers (>= 1.54)")
 set(SPARK_PKG_CUDA_DEPENDS "")
 if(SPARK_CUDA)
   # The CUDA runtime, cuBLAS(Lt) and NCCL from NVIDIA's CUDA repository (DGX OS ships it), for
-  # the CUDA major version the binaries were built with.
-  string(REGEX MATCH "^[0-9]+" SPARK_CUDA_MAJOR "${CUDAToolkit_VERSION}")
-  set(SPARK_CUDA_SERIES "${SPARK_CUDA_MAJOR}-0")
+  # the CUDA release the binaries were built with (13.0: cuda-cudart-13-0, libcublas-13-0).
+  set(SPARK_CUDA_SERIES "${CUDAToolkit_VERSION_MAJOR}-${CUDAToolkit_VERSION_MINOR}")
   set(SPARK_PKG_CUDA_DEPENDS
       "cuda-cudart-${SPARK_CUDA_SERIES}, libcublas-${SPARK_CUDA_SERIES}, libnccl2")
   # dpkg-shlibdeps must find the toolkit's libraries to read them (they belong to no Debian
