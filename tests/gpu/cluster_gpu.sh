@@ -14,6 +14,8 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 bundle=${1:-bundle}
+# A large bundle travels packed (scripts/gpu-bundle).
+if [ ! -d "$bundle/bin" ] && [ -f "$bundle/bin.tar.gz" ]; then tar -xzf "$bundle/bin.tar.gz" -C "$bundle"; fi
 out=${OUT:-out/cluster-gpu}
 mkdir -p "$out"
 summary="$out/cluster-summary.txt"
