@@ -107,7 +107,7 @@ TEST(DefaultConfigTest, AMistakeInTheConfigNamesTheLineAndKey) {
 }
 
 // The units' contract with the daemons: notify from the main process, a watchdog well above the
-// daemons' ping periods (the agent pings every WatchdogSec/2, the controller every 0.5 s while
+// daemons' ping periods (the agent pings every WatchdogSec/3, the controller every 0.5 s while
 // its reconciler answered within 5 s), restarts without the start-limit lockout, shards killed
 // with the agent.
 TEST(DefaultConfigTest, UnitsMatchTheDaemonsNotifyAndWatchdogBehaviour) {

@@ -2,8 +2,8 @@
 """The daemons' sd_notify traffic as systemd sees it under the packaged units: the real
 spark-controller and spark-agent run with NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID set as
 systemd sets them (Type=notify, WatchdogSec=); the test receives their datagrams and checks
-READY=1 (controller: once serving) and WATCHDOG=1 at most every WATCHDOG_USEC/2 (plus scheduling
-slack), all from the main process (NotifyAccess=main).
+READY=1 (controller: once serving) and WATCHDOG=1 more often than every WATCHDOG_USEC/2, all from
+the main process (NotifyAccess=main), and STOPPING=1 with a clean exit on SIGTERM.
 
     watchdog_test.py BUILD_DIR
 """
@@ -70,8 +70,9 @@ def check(name, argv, env_extra, want_ready):
     if len(pings) < 3:
         problems.append(f"{name}: {len(pings)} WATCHDOG=1 in {OBSERVE_S} s: {messages}")
     gaps = [b - a for a, b in zip(pings, pings[1:])]
-    # Half the watchdog period, plus slack for a loaded 2-core CI machine.
-    limit = WATCHDOG_S / 2 + 0.25
+    # Below half the watchdog period, as systemd advises (the agent aims at a third, the
+    # controller pings every 0.5 s).
+    limit = WATCHDOG_S / 2
     if gaps and max(gaps) > limit:
         problems.append(f"{name}: watchdog gap {max(gaps):.2f} s > {limit:.2f} s")
     ready = any("READY=1" in text.split("\n") for _, _, text in messages)
