@@ -107,9 +107,9 @@ std::vector<MoeTileConfig> MoeConfigTable::Candidates(MoeWeightFormat format) co
 int MoeConfigTable::BlockMFor(MoeWeightFormat format, int64_t pairs, int experts) const {
   const double rows_per_expert =
       static_cast<double>(pairs) / static_cast<double>(std::max(1, experts));
-  // Measured on an H200 (bench_moe --tune): 16-row tiles win up to ~24 rows per expert and
-  // 32-row tiles up to at least 64; larger tiles pay only for big prefill batches.
-  int want = rows_per_expert <= 24    ? 16
+  // Measured on an H200 (bench_moe --tune): 16-row tiles win up to ~8 rows per expert, 32-row
+  // tiles from there to at least 64; larger tiles pay only for big prefill batches.
+  int want = rows_per_expert <= 8     ? 16
              : rows_per_expert <= 128 ? 32
              : rows_per_expert <= 512 ? 64
                                       : 128;
