@@ -134,6 +134,9 @@ TEST(DefaultConfigTest, UnitsMatchTheDaemonsNotifyAndWatchdogBehaviour) {
   EXPECT_EQ(agent.count("DevicePolicy"), 0u);
   EXPECT_EQ(agent.count("DeviceAllow"), 0u);
   EXPECT_EQ(agent.count("MemoryDenyWriteExecute"), 0u);  // CUDA JIT
+  // The controller's tokenizer JIT-compiles its regular expressions (PCRE2).
+  const auto controller = ReadUnit(kSource + "/systemd/spark-controller.service");
+  EXPECT_EQ(controller.count("MemoryDenyWriteExecute"), 0u);
 }
 
 }  // namespace
