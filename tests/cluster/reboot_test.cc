@@ -129,6 +129,8 @@ TEST(RebootTest, NodeRebootRecoversWithoutManualCalls) {
   const std::string victim_node = m["members"][1]["node"].get<std::string>();
   const int victim = std::stoi(victim_node.substr(1));
   const std::vector<store::RunRecord> before = Runs(*c);
+  const std::string boot_id = c->Node(victim_node).value("boot_id", "");
+  ASSERT_FALSE(boot_id.empty());
 
   const int64_t t0 = NowMs();
   c->KillAgent(victim, /*with_shards=*/true);
@@ -140,6 +142,7 @@ TEST(RebootTest, NodeRebootRecoversWithoutManualCalls) {
   ASSERT_FALSE(after.is_null()) << c->LogTails();
   Timing("node reboot: kill -9 -> ready again", NowMs() - t0);
   Timing("node reboot: agent restarted -> ready again", NowMs() - t_up);
+  EXPECT_NE(c->Node(victim_node).value("boot_id", ""), boot_id) << "the reboot was not seen";
   ASSERT_TRUE(c->Complete("tiny", {1, 2, 3}, 3).ok()) << c->LogTails();
   ExpectRunHistoryComplete(*c, before);
 }
