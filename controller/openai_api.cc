@@ -401,7 +401,18 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
     stream_started_ = true;
     shared_->metrics.CountRequest(endpoint(), 200);
     writer_->StartStream(200, http::SseHeaders());
-    if (kind_ != Kind::kChat) return;
+    if (kind_ != Kind::kChat) {
+      if (!completion_->echo) return;
+      for (size_t i = 0; i < choices_.size(); ++i) {
+        json chunk = ChunkBase();
+        chunk["choices"] = json::array({{{"index", i},
+                                         {"text", echo_text_[choices_[i].prompt_index]},
+                                         {"logprobs", nullptr},
+                                         {"finish_reason", nullptr}}});
+        WriteEvent(chunk);
+      }
+      return;
+    }
     for (size_t i = 0; i < choices_.size(); ++i) {
       json chunk = ChunkBase();
       chunk["choices"] = json::array({{{"index", i},
@@ -566,6 +577,12 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
       if (other.engine_running) cancel->push_back(other.request_id);
       other.engine_running = false;
       other.done = true;
+    }
+    if (writer_->IsClosed()) {  // the client went away: nobody to tell
+      finished_ = true;
+      if (counted_first_token_) shared_->metrics.AddRunning(-1);
+      shared_->metrics.CountRequest(endpoint(), 499);
+      return;
     }
     if (stream_started_) {
       writer_->Write(http::SseEvent(OpenAiErrorEventJson(status)));

@@ -158,6 +158,41 @@ TEST(ClusterTest, DeployTp2AndGenerate) {
   EXPECT_TRUE(done);
   EXPECT_EQ(streamed, *tokens);
 
+  // A chat completion through the OpenAI endpoint: the controller renders the GLM template and
+  // tokenizes with the tokenizer files rank 0's agent sent; greedy, so streaming gives the same
+  // text.
+  json chat_request = {
+      {"model", "tiny"},    {"messages", {{{"role", "user"}, {"content", "Hello, who are you?"}}}},
+      {"max_tokens", 8},    {"temperature", 0},
+      {"ignore_eos", true}, {"chat_template_kwargs", {{"enable_thinking", false}}}};
+  Result<http::ClientResponse> chat = c->Post("/v1/chat/completions", chat_request);
+  ASSERT_TRUE(chat.ok());
+  ASSERT_EQ(chat->status, 200) << chat->body;
+  json answer = json::parse(chat->body);
+  EXPECT_EQ(answer["object"], "chat.completion");
+  EXPECT_EQ(answer["choices"][0]["message"]["role"], "assistant");
+  EXPECT_EQ(answer["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(answer["usage"]["completion_tokens"], 8);
+  EXPECT_GT(answer["usage"]["prompt_tokens"].get<int>(), 5);
+  const std::string content = answer["choices"][0]["message"]["content"].get<std::string>();
+  chat_request["stream"] = true;
+  Result<http::ClientResponse> chat_stream = c->Post("/v1/chat/completions", chat_request);
+  ASSERT_TRUE(chat_stream.ok());
+  std::string streamed_content;
+  std::stringstream sse(chat_stream->body);
+  std::string sse_line, last_data;
+  while (std::getline(sse, sse_line)) {
+    if (sse_line.rfind("data: ", 0) != 0) continue;
+    last_data = sse_line.substr(6);
+    if (last_data == "[DONE]") continue;
+    json chunk = json::parse(last_data, nullptr, false);
+    ASSERT_FALSE(chunk.is_discarded()) << last_data;
+    const json& delta = chunk["choices"][0]["delta"];
+    if (delta.contains("content")) streamed_content += delta["content"].get<std::string>();
+  }
+  EXPECT_EQ(last_data, "[DONE]");
+  EXPECT_EQ(streamed_content, content);
+
   std::vector<store::RunRecord> runs = Runs(*c, "tiny");
   ASSERT_EQ(runs.size(), 1u);
   EXPECT_EQ(runs[0].state, store::RunState::kReady);

@@ -568,6 +568,15 @@ TEST_F(OpenAiApiTest, FanOutLogprobsAndCompletions) {
     EXPECT_EQ(chunk["choices"][0]["text"], "OK");
   }
   EXPECT_EQ(indexes, (std::set<int>{0, 1}));
+
+  // Streamed echo: the prompt comes first.
+  events = Stream("/v1/completions",
+                  {{"model", "m"}, {"prompt", "Say"}, {"echo", true}, {"stream", true}});
+  std::string streamed;
+  for (const std::string& e : events) {
+    if (e != "[DONE]") streamed += json::parse(e)["choices"][0]["text"].get<std::string>();
+  }
+  EXPECT_EQ(streamed, "SayOK");
 }
 
 TEST_F(OpenAiApiTest, ValidationErrorsNameTheFieldAndLimit) {
