@@ -25,7 +25,7 @@ TEST(HttpJsonTest, ErrorResponseShape) {
   nlohmann::json j = nlohmann::json::parse(r.body);
   EXPECT_EQ(j, nlohmann::json::parse(
                    R"({"error":{"message":"model \"x\" not found","type":"not_found_error",)"
-                   R"("code":"not_found"}})"));
+                   R"("param":null,"code":"not_found"}})"));
 }
 
 TEST(HttpJsonTest, StatusMapping) {
