@@ -186,7 +186,7 @@ class OpenAiApiTest : public ::testing::Test {
   void TearDown() override { Stop(); }
 
   // Deploys "m" (tp 1) on a fake agent, makes it ready and sends the tokenizer files.
-  void MakeReady(const http::Headers& admin = {}) {
+  void MakeReady(const http::Headers& admin = {}, std::function<void()> before_ready = {}) {
     agent_ = std::make_unique<FakeAgent>(context_, "a", controller_->agent_endpoint());
     ASSERT_TRUE(agent_->Register());
     auto deployed = client_->Send(http::Method::kPost, "/api/v1/models",
@@ -211,6 +211,7 @@ class OpenAiApiTest : public ::testing::Test {
       file->set_content(text.str());
     }
     agent_->Send(files, a.generation());
+    if (before_ready) before_ready();
     agent_->Status(a, spark::v1::SHARD_PHASE_READY, data_.endpoint());
     for (int i = 0; i < 400; ++i) {
       auto models = client_->Get("/v1/models", admin);
@@ -725,6 +726,30 @@ TEST_F(OpenAiApiTest, StreamEndsWithAnErrorEventWhenTheGroupFails) {
   auto after = Post("/v1/completions", {{"model", "m"}, {"prompt", "x"}});
   ExpectError(after, 503, "", "not ready");
   EXPECT_NE(after.Header("Retry-After"), nullptr);
+}
+
+TEST_F(OpenAiApiTest, RequestWaitsBoundedForAModelThatIsNotReady) {
+  OpenAiOptions options;
+  options.model_wait = milliseconds(5000);
+  Start(ApiAuth{}, options);
+  data_.set_script([&](const spark::v1::GenerateRequest& g) {
+    if (!g.request_id().starts_with("cmpl-")) return Chunks{Tokens({1}, true)};
+    return Chunks{Tokens({Id("O"), Id("K")}, true)};
+  });
+  std::optional<http::ClientResponse> waited;
+  std::thread request;
+  MakeReady({}, [&] {
+    request = std::thread([&] {
+      auto client = http::HttpClient::Create(url_);
+      auto r = client->Post("/v1/completions", json{{"model", "m"}, {"prompt", "x"}});
+      if (r.ok()) waited = *r;
+    });
+    std::this_thread::sleep_for(milliseconds(300));  // the request is waiting now
+  });
+  request.join();
+  ASSERT_TRUE(waited.has_value());
+  EXPECT_EQ(waited->status, 200) << waited->body;
+  EXPECT_EQ(json::parse(waited->body)["choices"][0]["text"], "OK");
 }
 
 TEST_F(OpenAiApiTest, MetricsAreParsablePrometheusText) {
