@@ -192,7 +192,8 @@ int ShardRun::Run() {
   identity.rank = a.rank();
   identity.pid = getpid();
   identity.started_unix_ms = UnixMs(RealClock::Get().WallNow());
-  reporter_ = std::make_unique<StatusReporter>(link_.get(), identity, RealClock::Get());
+  reporter_ =
+      std::make_unique<StatusReporter>(link_.get(), identity, RealClock::Get(), args_.status_file);
   SPARK_LOG(INFO)
           .With("deployment", a.deployment())
           .With("generation", a.generation())

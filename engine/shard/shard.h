@@ -46,6 +46,7 @@ struct ShardArgs {
   bool insecure = false;                  // --insecure: no CURVE anywhere
   std::string advertise_host;             // --advertise-host; empty: route toward the controller
   int64_t step_timeout_ms = 0;            // --step-timeout-ms; 0: engine option or 30000
+  std::string status_file;                // $SPARK_SHARD_STATUS_FILE; empty: none
 };
 
 // Runs the shard to its end; returns the process exit code (ShardExitCode).

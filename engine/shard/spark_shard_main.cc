@@ -7,8 +7,10 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
+#include "agent/shard_status_file.h"
 #include "common/log.h"
 #include "engine/shard/shard.h"
 
@@ -56,6 +58,10 @@ int main(int argc, char** argv) {
   }
   args.assignment_path = assignment;
   args.keys_dir = keys;
+  if (const char* status_file = std::getenv(spark::agent::kShardStatusFileEnv);
+      status_file != nullptr) {
+    args.status_file = status_file;
+  }
 
   auto level = spark::ParseLogLevel(log_level);
   auto sink = spark::ParseLogSinkKind(log_sink);

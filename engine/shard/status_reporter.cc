@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "agent/shard_status_file.h"
 #include "common/log.h"
 
 namespace spark::shard {
@@ -27,6 +28,12 @@ Status StatusReporter::SendLocked(spark::v1::ShardStatus status) {
   status.set_started_unix_ms(identity_.started_unix_ms);
   status.set_phase_since_unix_ms(phase_since_unix_ms_);
   status.set_reported_unix_ms(now_ms);
+  if (!status_file_.empty()) {
+    if (Status written = agent::WriteShardStatusFile(status_file_, status); !written.ok()) {
+      SPARK_LOG(WARN).With("status", written).With("path", status_file_)
+          << "cannot write the shard status file";
+    }
+  }
   spark::v1::Envelope envelope;
   *envelope.mutable_shard_status() = std::move(status);
   Status sent = link_->Send(std::move(envelope));

@@ -7,6 +7,11 @@
 // The first terminal report wins: afterwards every report is ignored (a watchdog or signal
 // thread and the engine thread may race to report the end).
 //
+// When `status_file` is not empty (the agent's SPARK_SHARD_STATUS_FILE), every report is also
+// written there (agent/shard_status_file.h) before it is sent, so the agent knows the phase and
+// rank 0's data endpoint even when the controller is unreachable; a write failure is logged and
+// does not stop the report.
+//
 // Thread safety: all methods may be called from any thread. Ownership: borrows link and clock.
 #pragma once
 
@@ -34,8 +39,12 @@ struct ShardIdentity {
 
 class StatusReporter {
  public:
-  StatusReporter(ControllerLink* link, ShardIdentity identity, Clock& clock)
-      : link_(link), identity_(std::move(identity)), clock_(clock) {}
+  StatusReporter(ControllerLink* link, ShardIdentity identity, Clock& clock,
+                 std::string status_file = {})
+      : link_(link),
+        identity_(std::move(identity)),
+        clock_(clock),
+        status_file_(std::move(status_file)) {}
 
   // A non-terminal phase change (STARTING, RENDEZVOUS, LOADING).
   Status Report(spark::v1::ShardPhase phase);
@@ -60,6 +69,7 @@ class StatusReporter {
   ControllerLink* link_;
   const ShardIdentity identity_;
   Clock& clock_;
+  const std::string status_file_;
   mutable std::mutex mu_;
   spark::v1::ShardPhase phase_ = spark::v1::SHARD_PHASE_UNSPECIFIED;  // guarded by mu_
   int64_t phase_since_unix_ms_ = 0;                                   // guarded by mu_

@@ -12,11 +12,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "agent/shard_status_file.h"
 #include "common/process.h"
 #include "common/zmq.h"
 #include "proto/framing.h"
@@ -202,7 +204,8 @@ class SparkShardTest : public ::testing::Test {
 
   // Writes the assignment and starts spark-shard for it; returns the index in shards_.
   Process* Start(const spark::v1::ShardAssignment& a, const FakeController& controller,
-                 std::vector<std::string> extra_args = {"--insecure"}) {
+                 std::vector<std::string> extra_args = {"--insecure"},
+                 std::map<std::string, std::string> env = {}) {
     const std::string name = "shard-" + std::to_string(a.rank());
     const fs::path file = dir_ / (name + ".pb");
     {
@@ -218,6 +221,7 @@ class SparkShardTest : public ::testing::Test {
                   "--node",
                   "node-" + std::to_string(a.rank())};
     for (auto& arg : extra_args) spawn.args.push_back(arg);
+    spawn.env = std::move(env);
     spawn.stdout_path = spawn.stderr_path = (dir_ / (name + ".log")).string();
     auto process = launcher_.Spawn(spawn);
     EXPECT_TRUE(process.ok()) << process.status().ToString();
@@ -471,6 +475,30 @@ TEST_F(SparkShardTest, SigtermStopsTheGroupCleanly) {
   ASSERT_TRUE(stopped1.has_value());
   EXPECT_EQ(stopped0->exit_status(), 0);
   EXPECT_TRUE(controller.Statuses(0).back().phase() == spark::v1::SHARD_PHASE_STOPPED);
+}
+
+TEST_F(SparkShardTest, EveryReportIsWrittenToTheAgentsStatusFile) {
+  FakeController controller(1);
+  const fs::path status_file = dir_ / "rank0.status";
+  Process* shard = Start(Assignment(0, 1), controller, {"--insecure"},
+                         {{"SPARK_SHARD_STATUS_FILE", status_file.string()}});
+  auto ready = controller.WaitForPhase(0, spark::v1::SHARD_PHASE_READY, kReadyTimeout);
+  ASSERT_TRUE(ready.has_value());
+  auto written = agent::ReadShardStatusFile(status_file.string());
+  ASSERT_TRUE(written.ok()) << written.status().ToString();
+  EXPECT_EQ(written->phase(), spark::v1::SHARD_PHASE_READY);
+  EXPECT_EQ(written->data_endpoint(), ready->data_endpoint());
+  EXPECT_FALSE(written->data_endpoint().empty());
+  EXPECT_EQ(written->deployment(), "tiny");
+  EXPECT_EQ(written->generation(), 5u);
+  EXPECT_EQ(written->pid(), shard->pid());
+
+  ASSERT_TRUE(shard->Kill(SIGTERM).ok());
+  EXPECT_EQ(WaitExit(shard, milliseconds(15000)), ExitInfo::Code(0));
+  auto stopped = agent::ReadShardStatusFile(status_file.string());
+  ASSERT_TRUE(stopped.ok()) << stopped.status().ToString();
+  EXPECT_EQ(stopped->phase(), spark::v1::SHARD_PHASE_STOPPED);
+  EXPECT_EQ(stopped->exit_status(), 0);
 }
 
 TEST_F(SparkShardTest, SigtermToEveryRankAtOnceStopsEachCleanly) {
