@@ -5,6 +5,7 @@
 # rank-1 shard (the controller starts a new run and the model serves again), then undeploy.
 #
 #   tests/gpu/cluster_gpu.sh [BUNDLE]    (default BUNDLE: bundle; made by scripts/gpu-test)
+#   SPARK_CLUSTER_TP=4 tests/gpu/cluster_gpu.sh ...   (tp and agents = GPUs used; default 2)
 #
 # Runs on the GPU machine, in the repository root, with the binaries of BUNDLE/bin (spark-controller,
 # spark-agent, spark-shard, sparkctl, spark-model). Logs and a summary go to $OUT (default
@@ -44,6 +45,9 @@ export LC_BUILD
 export LC_STATE=${SPARK_CLUSTER_STATE:-$(mktemp -d)}
 export LC_QUIET=1 LC_HTTP_PORT=0 LC_READY_TIMEOUT_S=${LC_READY_TIMEOUT_S:-300}
 MODEL=tiny-glm
+TP=${SPARK_CLUSTER_TP:-2}
+export LC_AGENTS=$TP
+LAST=$((TP - 1))
 BACKEND=${SPARK_CLUSTER_BACKEND:-cuda}
 # shellcheck source=scripts/lib/local-cluster.sh
 source "$ROOT/scripts/lib/local-cluster.sh"
@@ -95,30 +99,30 @@ shard_pid() {  # pid of rank $1's newest shard (agent pid files DEPLOYMENT-GENER
 
 if [ "$BACKEND" = cuda ]; then
   nvidia-smi --query-gpu=index,name --format=csv,noheader | sed 's/^/gpu: /' | tee -a "$summary"
-  [ "$(nvidia-smi -L | wc -l)" -ge 2 ] || fail "needs two GPUs"
+  [ "$(nvidia-smi -L | wc -l)" -ge "$TP" ] || fail "needs $TP GPUs"
 fi
 
-say "1. controller + agents n0 (GPU 0) and n1 (GPU 1), $BACKEND backend"
+say "1. controller + $TP agents (agent i on GPU i), $BACKEND backend"
 lc_start || fail "cluster did not start"
 lc_sparkctl nodes | sed 's/^/   /' | tee -a "$summary"
 
-say "2. deploy $MODEL with tp=2 on the $BACKEND backend"
+say "2. deploy $MODEL with tp=$TP on the $BACKEND backend"
 lc_make_model || fail "spark-model tiny"
-lc_sparkctl deploy "$MODEL" --path "$LC_STATE/model" --tp 2 --backend "$BACKEND" >/dev/null ||
+lc_sparkctl deploy "$MODEL" --path "$LC_STATE/model" --tp "$TP" --backend "$BACKEND" >/dev/null ||
   fail "deploy"
 start=$SECONDS
 lc_sparkctl wait "$MODEL" --state ready --timeout-s "$LC_READY_TIMEOUT_S" >/dev/null ||
   fail "not ready: $(lc_sparkctl status "$MODEL" 2>&1 | head -n 20)"
 say "   ready after $((SECONDS - start)) s"
 grep -h "CUDA backend created" "$LC_STATE"/agents/*/logs/*.log 2>/dev/null |
-  head -n 2 | sed 's/^/   /' | tee -a "$summary"
+  head -n "$TP" | sed 's/^/   /' | tee -a "$summary"
 
 say "3. chat completion"
 reply=$(chat) || fail "chat completion"
 say "   $reply"
 
-say "4. kill -9 the rank-1 shard; the controller must start a new run"
-pid=$(shard_pid 1) || fail "no pid file for the rank-1 shard under $LC_STATE/agents"
+say "4. kill -9 the rank-$LAST shard; the controller must start a new run"
+pid=$(shard_pid "$LAST") || fail "no pid file for the rank-$LAST shard under $LC_STATE/agents"
 kill -KILL "$pid" || fail "kill $pid"
 start=$SECONDS
 recovered() {  # a later run (generation >= 2) serves
