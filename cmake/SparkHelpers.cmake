@@ -1,5 +1,7 @@
 # spark_add_test(NAME name SOURCES ... LIBS ... [LABELS ...] [TIMEOUT s])
-# Builds one GoogleTest binary and registers each of its tests with ctest.
+# Builds one GoogleTest binary and registers each of its tests with ctest (label "unit" unless
+# LABELS says otherwise). Binaries labelled "unit" are collected into the target
+# spark_unit_tests, which the sanitizer presets build instead of everything.
 function(spark_add_test)
   cmake_parse_arguments(T "" "NAME;TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
   add_executable(${T_NAME} ${T_SOURCES})
@@ -12,6 +14,9 @@ function(spark_add_test)
   endif()
   if(NOT T_LABELS)
     set(T_LABELS unit)
+  endif()
+  if("unit" IN_LIST T_LABELS)
+    set_property(GLOBAL APPEND PROPERTY SPARK_UNIT_TEST_TARGETS ${T_NAME})
   endif()
   gtest_discover_tests(${T_NAME} DISCOVERY_TIMEOUT 60
     PROPERTIES LABELS "${T_LABELS}" TIMEOUT ${T_TIMEOUT})
