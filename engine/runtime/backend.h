@@ -6,7 +6,14 @@
 // (or for every token when `all_logits`). Under tensor parallelism every rank calls Forward with
 // the same batch in the same order; the returned logits are the full vocabulary (gathered).
 //
-// Implementations: CpuBackend (engine/cpu/cpu_backend.h), the CUDA backend later.
+// Speculative decoding (engine/runtime/speculative.h) adds three things, all optional for a
+// backend (the defaults answer Unimplemented): tree chunks (tree_parents) whose tokens attend to
+// the cached prefix plus their ancestors only, the final-norm hidden states of the rows that get
+// logits (return_hidden), and the checkpoint's MTP (nextn) layer as the draft model, with a KV
+// cache of its own per sequence (ForwardMtp). KeepCacheEntries compacts a cache after
+// verification (the accepted path stays, the rest goes).
+//
+// Implementations: CpuBackend (engine/cpu/cpu_backend.h), CudaBackend (engine/cuda/).
 // Thread safety: single owner thread (the rank's engine loop).
 #pragma once
 
@@ -23,6 +30,32 @@ struct SequenceChunk {
   int64_t start_pos = 0;        // position of tokens[0]; must equal the cached length
   std::vector<int32_t> tokens;  // >= 1 token
   bool all_logits = false;      // logits for every token instead of the last one only
+  // Tree chunk (speculative verification): parent index of every token within this chunk, -1
+  // for a token whose parent is the last cached token. Empty = a causal chain (token i's parent
+  // is token i-1). Parents precede their children. Token i sits at position start_pos + depth(i)
+  // (depth 0 for a -1 parent) and attends to the cached prefix, its ancestors and itself. The
+  // K/V of every token is appended in chunk order; KeepCacheEntries then keeps the accepted path.
+  std::vector<int32_t> tree_parents;
+  // Also return the final-norm hidden state (the lm_head input) of every row that gets logits.
+  bool return_hidden = false;
+};
+
+// One sequence's input to the MTP layer (shared/docs/glm4-moe.md §4.1): pair j combines the
+// token at position start_pos + j + 1 with the hidden state that produced it (the target's
+// final-norm hidden at position start_pos + j, or an earlier MTP step's output after
+// shared_head.norm) and runs at position start_pos + depth(j) over the MTP layer's own cache.
+struct MtpChunk {
+  uint64_t seq_id = 0;
+  int64_t start_pos = 0;              // must equal the sequence's MTP cached length
+  std::vector<int32_t> tokens;        // >= 1 token; tokens[j] = t_{start_pos + j + 1}
+  std::vector<float> hidden;          // [tokens.size(), hidden_size] row-major
+  bool all_logits = false;            // logits for every pair instead of the last one only
+  std::vector<int32_t> tree_parents;  // as SequenceChunk::tree_parents
+  bool return_hidden = false;         // return the MTP outputs after shared_head.norm
+};
+
+struct MtpBatch {
+  std::vector<MtpChunk> chunks;
 };
 
 struct ForwardBatch {
@@ -33,7 +66,13 @@ struct ForwardOutput {
   int64_t vocab_size = 0;
   std::vector<float> logits;       // [rows, vocab_size] row-major
   std::vector<int64_t> row_begin;  // first row of each chunk, in batch order
+  // When any chunk asked return_hidden: [rows, hidden_size], the same rows as `logits`.
+  int64_t hidden_size = 0;
+  std::vector<float> hidden;
 };
+
+// Which KV cache of a sequence an operation addresses.
+enum class CacheKind { kTarget, kMtp };
 
 class Backend {
  public:
@@ -44,6 +83,28 @@ class Backend {
   virtual void Release(uint64_t seq_id) = 0;
   // Tokens the KV cache can still take (for admission and preemption decisions).
   virtual int64_t FreeKvTokens() const = 0;
+
+  // --- Speculative decoding (optional) ---
+  // True when the backend loaded an MTP layer and implements ForwardMtp, tree chunks,
+  // return_hidden and KeepCacheEntries.
+  virtual bool SupportsSpeculation() const { return false; }
+  // Runs the MTP layer over its own cache; same errors as Forward. Logits are the full
+  // vocabulary (the main lm_head); hidden rows (return_hidden) are the MTP outputs after
+  // shared_head.norm, fed to the next draft step.
+  virtual Result<ForwardOutput> ForwardMtp(const MtpBatch& /*batch*/) {
+    return Unimplemented("this backend has no MTP draft layer");
+  }
+  // Cached length of a sequence in one of its caches (0 for unknown ids).
+  virtual int64_t CachedTokens(uint64_t /*seq_id*/, CacheKind /*kind*/) const { return 0; }
+  // Keeps entries [0, prefix_len) of a sequence's cache, then the entries prefix_len + keep[i]
+  // (keep ascending, each >= 0 and below the cached length - prefix_len) moved down to
+  // prefix_len + i; the rest is dropped. keep = {} truncates to prefix_len. The kept entries
+  // must form an ancestor path of the tree chunk they came from (their positions are then
+  // prefix_len + i, as stored). InvalidArgument on bad indices; nothing changes then.
+  virtual Status KeepCacheEntries(uint64_t /*seq_id*/, CacheKind /*kind*/, int64_t /*prefix_len*/,
+                                  const std::vector<int32_t>& /*keep*/) {
+    return Unimplemented("this backend does not support speculative decoding");
+  }
 };
 
 }  // namespace spark::engine

@@ -531,7 +531,15 @@ void Cluster::KillAgent(int index, bool with_shards) {
     a.process.reset();
   }
   if (with_shards) {
-    for (pid_t pid : ShardPids(index)) kill(pid, SIGKILL);
+    // SIGKILL is delivered asynchronously: wait until every shard is dead (gone or a zombie) so
+    // the caller sees the node as really down.
+    const auto deadline = std::chrono::steady_clock::now() + milliseconds(10000);
+    std::vector<pid_t> alive = ShardPids(index);
+    while (!alive.empty() && std::chrono::steady_clock::now() < deadline) {
+      for (pid_t pid : alive) kill(pid, SIGKILL);
+      std::this_thread::sleep_for(milliseconds(10));
+      alive = ShardPids(index);
+    }
   }
 }
 
