@@ -3,25 +3,21 @@
 #include <charconv>
 #include <cstdint>
 #include <limits>
-#include <set>
+#include <optional>
 #include <string_view>
+#include <utility>
 
 namespace spark::controller {
 namespace {
 
 using nlohmann::json;
 
-constexpr std::string_view kUnsignedKeys[] = {"max_batch",
-                                              "max_seq_len",
-                                              "kv_cache_bytes",
-                                              "shared_memory_cap_bytes",
-                                              "seed",
-                                              "speculative_steps",
-                                              "speculative_topk",
-                                              "speculative_draft_tokens",
-                                              "rendezvous_timeout_ms",
-                                              "load_timeout_ms",
-                                              "first_generation_timeout_ms"};
+constexpr uint64_t kMaxSpeculativeSteps = 32;
+constexpr uint64_t kMaxSpeculativeTopk = 16;
+
+constexpr std::string_view kUnsignedKeys[] = {
+    "max_batch", "max_seq_len",           "kv_cache_bytes",  "shared_memory_cap_bytes",
+    "seed",      "rendezvous_timeout_ms", "load_timeout_ms", "first_generation_timeout_ms"};
 
 bool IsUnsignedKey(std::string_view key) {
   for (std::string_view k : kUnsignedKeys) {
@@ -33,7 +29,20 @@ bool IsUnsignedKey(std::string_view key) {
 std::string KnownKeys() {
   std::string keys;
   for (std::string_view k : kUnsignedKeys) keys += std::string(k) + ", ";
-  return keys + "kv_cache_fraction, load_format, dtype, extra";
+  return keys + "kv_cache_fraction, load_format, dtype, speculative, extra";
+}
+
+// Flat aliases of the speculative object's fields.
+constexpr std::pair<std::string_view, std::string_view> kSpeculativeAliases[] = {
+    {"speculative_steps", "steps"},
+    {"speculative_topk", "topk"},
+    {"speculative_draft_tokens", "draft_tokens"}};
+
+std::string_view SpeculativeAliasField(std::string_view key) {
+  for (const auto& [alias, field] : kSpeculativeAliases) {
+    if (alias == key) return field;
+  }
+  return {};
 }
 
 Result<uint64_t> UnsignedValue(const std::string& key, const json& value) {
@@ -65,6 +74,65 @@ Result<double> NumberValue(const std::string& key, const json& value) {
   return InvalidArgument("option \"" + key + "\" must be a number, got " + value.dump());
 }
 
+// Validates the speculative object (fields given as `given`, values already typed) and returns
+// its normalized form, or null when speculation is off (steps 0 or absent with nothing else).
+Result<json> NormalizeSpeculative(const json& given) {
+  // 0 counts as not given (the wire default).
+  auto field = [&](const char* name) -> std::optional<uint64_t> {
+    if (!given.contains(name) || given.at(name).get<uint64_t>() == 0) return std::nullopt;
+    return given.at(name).get<uint64_t>();
+  };
+  const std::optional<uint64_t> steps = field("steps");
+  const std::optional<uint64_t> topk = field("topk");
+  const std::optional<uint64_t> draft_tokens = field("draft_tokens");
+  if (!steps) {
+    if (topk || draft_tokens) {
+      return InvalidArgument(
+          "option \"speculative\": topk and draft_tokens need steps >= 1 (draft steps per "
+          "verify); give steps, or leave speculative out to deploy without speculative decoding");
+    }
+    return json(nullptr);
+  }
+  if (*steps > kMaxSpeculativeSteps) {
+    return InvalidArgument("option \"speculative.steps\" must be in [1, " +
+                           std::to_string(kMaxSpeculativeSteps) + "], got " +
+                           std::to_string(*steps));
+  }
+  const uint64_t k = topk.value_or(1);
+  if (k < 1 || k > kMaxSpeculativeTopk) {
+    return InvalidArgument("option \"speculative.topk\" must be in [1, " +
+                           std::to_string(kMaxSpeculativeTopk) + "] (1 = a chain of drafts), got " +
+                           std::to_string(k));
+  }
+  uint64_t draft = 0;
+  if (k == 1) {
+    draft = *steps + 1;
+    if (draft_tokens && *draft_tokens != draft) {
+      return InvalidArgument(
+          "option \"speculative.draft_tokens\" must be steps + 1 = " + std::to_string(draft) +
+          " with topk 1 (a chain verifies every draft plus the bonus token), got " +
+          std::to_string(*draft_tokens) + "; leave it out or raise topk for a tree");
+    }
+  } else {
+    const uint64_t most = 1 + k + (*steps - 1) * k * k;
+    if (!draft_tokens) {
+      return InvalidArgument("option \"speculative.draft_tokens\" is required with topk " +
+                             std::to_string(k) + ": the tree size verified per step, in [2, " +
+                             std::to_string(most) + "]");
+    }
+    draft = *draft_tokens;
+    if (draft < 2 || draft > most) {
+      return InvalidArgument("option \"speculative.draft_tokens\" must be in [2, " +
+                             std::to_string(most) +
+                             "] (1 + topk + (steps - 1) * topk^2) with "
+                             "steps " +
+                             std::to_string(*steps) + " and topk " + std::to_string(k) + ", got " +
+                             std::to_string(draft));
+    }
+  }
+  return json{{"steps", *steps}, {"topk", k}, {"draft_tokens", draft}};
+}
+
 Result<json> NormalizeImpl(const json& options) {
   if (options.is_null()) return json::object();
   if (!options.is_object()) {
@@ -72,9 +140,42 @@ Result<json> NormalizeImpl(const json& options) {
                            options.dump());
   }
   json out = json::object();
+  json speculative = json::object();  // typed fields, from the object or the flat aliases
+  std::string speculative_source;     // the key that gave them first
   for (auto it = options.begin(); it != options.end(); ++it) {
     const std::string& key = it.key();
     const json& value = it.value();
+    if (key == "speculative" || !SpeculativeAliasField(key).empty()) {
+      if (!speculative_source.empty() &&
+          (key == "speculative" || speculative_source == "speculative")) {
+        return InvalidArgument(
+            "give either the \"speculative\" object or the flat speculative_* options, not "
+            "both");
+      }
+      speculative_source = key;
+      if (key == "speculative") {
+        if (value.is_null()) continue;
+        if (!value.is_object()) {
+          return InvalidArgument(
+              "option \"speculative\" must be an object {\"steps\": N, \"topk\": K, "
+              "\"draft_tokens\": D}, got " +
+              value.dump());
+        }
+        for (auto f = value.begin(); f != value.end(); ++f) {
+          if (f.key() != "steps" && f.key() != "topk" && f.key() != "draft_tokens") {
+            return InvalidArgument("unknown field \"" + f.key() +
+                                   "\" of option \"speculative\"; fields: steps, topk, "
+                                   "draft_tokens");
+          }
+          SPARK_ASSIGN_OR_RETURN(uint64_t v, UnsignedValue("speculative." + f.key(), f.value()));
+          speculative[f.key()] = v;
+        }
+      } else {
+        SPARK_ASSIGN_OR_RETURN(uint64_t v, UnsignedValue(key, value));
+        speculative[std::string(SpeculativeAliasField(key))] = v;
+      }
+      continue;
+    }
     if (IsUnsignedKey(key)) {
       SPARK_ASSIGN_OR_RETURN(uint64_t v, UnsignedValue(key, value));
       if (key != "kv_cache_bytes" && key != "shared_memory_cap_bytes" && key != "seed" &&
@@ -114,6 +215,8 @@ Result<json> NormalizeImpl(const json& options) {
       return InvalidArgument("unknown option \"" + key + "\"; known options: " + KnownKeys());
     }
   }
+  SPARK_ASSIGN_OR_RETURN(json normalized, NormalizeSpeculative(speculative));
+  if (!normalized.is_null()) out["speculative"] = std::move(normalized);
   return out;
 }
 
@@ -151,15 +254,12 @@ Result<DeploymentOptions> ParseDeploymentOptions(const json& raw, int tp) {
     }
     if (options.contains("dtype")) e.set_dtype(options.at("dtype").get<std::string>());
     if (options.contains("seed")) e.set_seed(u("seed"));
-    if (options.contains("speculative_steps")) {
-      e.mutable_speculative()->set_steps(static_cast<uint32_t>(u("speculative_steps")));
-    }
-    if (options.contains("speculative_topk")) {
-      e.mutable_speculative()->set_topk(static_cast<uint32_t>(u("speculative_topk")));
-    }
-    if (options.contains("speculative_draft_tokens")) {
-      e.mutable_speculative()->set_draft_tokens(
-          static_cast<uint32_t>(u("speculative_draft_tokens")));
+    if (options.contains("speculative")) {
+      const json& spec = options.at("speculative");
+      spark::v1::SpeculativeOptions* s = e.mutable_speculative();
+      s->set_steps(static_cast<uint32_t>(spec.at("steps").get<uint64_t>()));
+      s->set_topk(static_cast<uint32_t>(spec.at("topk").get<uint64_t>()));
+      s->set_draft_tokens(static_cast<uint32_t>(spec.at("draft_tokens").get<uint64_t>()));
     }
     if (options.contains("extra")) {
       for (auto it = options.at("extra").begin(); it != options.at("extra").end(); ++it) {

@@ -33,6 +33,8 @@ TEST(DeploymentOptionsTest, ParsesEveryKeyIncludingStringNumbers) {
   EXPECT_EQ(e.dtype(), "bfloat16");
   EXPECT_EQ(e.seed(), 42u);
   EXPECT_EQ(e.speculative().steps(), 3u);
+  EXPECT_EQ(e.speculative().topk(), 1u);
+  EXPECT_EQ(e.speculative().draft_tokens(), 4u);
   EXPECT_EQ(e.extra().at("knob"), "on");
   EXPECT_EQ(e.extra().at("n"), "2");
   EXPECT_EQ(parsed->rendezvous_timeout, std::chrono::milliseconds(1500));
@@ -64,6 +66,75 @@ TEST(DeploymentOptionsTest, RejectsBadValuesNamingTheKey) {
   EXPECT_FALSE(NormalizeDeploymentOptions(json::array()).ok());
   EXPECT_TRUE(NormalizeDeploymentOptions(nullptr).ok());
   EXPECT_FALSE(ParseDeploymentOptionsJson("{not json", 1).ok());
+}
+
+TEST(DeploymentOptionsTest, SpeculativeObjectIsNormalizedWithDefaults) {
+  auto chain = NormalizeDeploymentOptions({{"speculative", {{"steps", "2"}}}});
+  ASSERT_TRUE(chain.ok()) << chain.status().ToString();
+  EXPECT_EQ(chain->dump(), R"({"speculative":{"draft_tokens":3,"steps":2,"topk":1}})");
+  auto tree = NormalizeDeploymentOptions(
+      {{"speculative", {{"steps", 3}, {"topk", 4}, {"draft_tokens", 8}}}});
+  ASSERT_TRUE(tree.ok()) << tree.status().ToString();
+  EXPECT_EQ((*tree)["speculative"], json({{"steps", 3}, {"topk", 4}, {"draft_tokens", 8}}));
+  auto parsed = ParseDeploymentOptions(*tree, 1);
+  ASSERT_TRUE(parsed.ok());
+  EXPECT_EQ(parsed->engine.speculative().steps(), 3u);
+  EXPECT_EQ(parsed->engine.speculative().topk(), 4u);
+  EXPECT_EQ(parsed->engine.speculative().draft_tokens(), 8u);
+  // Normalizing the normalized form changes nothing (stored options are normalized again).
+  auto again = NormalizeDeploymentOptions(*tree);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, *tree);
+}
+
+TEST(DeploymentOptionsTest, FlatSpeculativeKeysAreAliasesOfTheObject) {
+  auto flat = NormalizeDeploymentOptions(
+      {{"speculative_steps", 2}, {"speculative_topk", "2"}, {"speculative_draft_tokens", 5}});
+  ASSERT_TRUE(flat.ok()) << flat.status().ToString();
+  EXPECT_EQ(flat->dump(), R"({"speculative":{"draft_tokens":5,"steps":2,"topk":2}})");
+  auto both =
+      NormalizeDeploymentOptions({{"speculative", {{"steps", 2}}}, {"speculative_topk", 1}});
+  ASSERT_FALSE(both.ok());
+  EXPECT_THAT(both.status().message(), HasSubstr("not both"));
+}
+
+TEST(DeploymentOptionsTest, SpeculativeOffLeavesNoTrace) {
+  for (const json& off : {json{{"speculative", {{"steps", 0}}}}, json{{"speculative", nullptr}},
+                          json{{"speculative_steps", 0}}, json{{"speculative", json::object()}}}) {
+    auto normalized = NormalizeDeploymentOptions(off);
+    ASSERT_TRUE(normalized.ok()) << off.dump() << ": " << normalized.status().ToString();
+    EXPECT_EQ(normalized->dump(), "{}") << off.dump();
+    auto parsed = ParseDeploymentOptions(off, 1);
+    ASSERT_TRUE(parsed.ok());
+    EXPECT_FALSE(parsed->engine.has_speculative()) << off.dump();
+  }
+}
+
+TEST(DeploymentOptionsTest, SpeculativeErrorsNameTheFieldAndTheRange) {
+  auto error = [](const json& speculative) {
+    auto r = NormalizeDeploymentOptions({{"speculative", speculative}});
+    return r.ok() ? std::string("accepted: ") + r->dump() : r.status().message();
+  };
+  EXPECT_THAT(error(json::array({2, 1})), HasSubstr("must be an object"));
+  EXPECT_THAT(error({{"step", 2}}), HasSubstr("unknown field \"step\""));
+  EXPECT_THAT(error({{"steps", -1}}), HasSubstr("\"speculative.steps\" must be a non-negative"));
+  EXPECT_THAT(error({{"steps", 33}}), HasSubstr("\"speculative.steps\" must be in [1, 32]"));
+  EXPECT_THAT(error({{"steps", 2}, {"topk", 17}}),
+              HasSubstr("\"speculative.topk\" must be in [1, 16]"));
+  EXPECT_THAT(error({{"topk", 2}, {"draft_tokens", 3}}), HasSubstr("need steps >= 1"));
+  // topk 1: a chain of steps drafts plus the bonus token.
+  EXPECT_THAT(error({{"steps", 2}, {"topk", 1}, {"draft_tokens", 4}}),
+              HasSubstr("must be steps + 1 = 3 with topk 1"));
+  EXPECT_EQ(error({{"steps", 2}, {"topk", 1}, {"draft_tokens", 3}}),
+            R"(accepted: {"speculative":{"draft_tokens":3,"steps":2,"topk":1}})");
+  // topk > 1: 2 <= draft_tokens <= 1 + topk + (steps - 1) * topk^2 = 1 + 2 + 2 * 4 = 11.
+  EXPECT_THAT(error({{"steps", 3}, {"topk", 2}}), HasSubstr("is required with topk 2"));
+  EXPECT_THAT(error({{"steps", 3}, {"topk", 2}, {"draft_tokens", 12}}),
+              HasSubstr("must be in [2, 11]"));
+  EXPECT_THAT(error({{"steps", 3}, {"topk", 2}, {"draft_tokens", 1}}),
+              HasSubstr("must be in [2, 11]"));
+  EXPECT_THAT(error({{"steps", 3}, {"topk", 2}, {"draft_tokens", 11}}), HasSubstr("accepted"));
+  EXPECT_THAT(error({{"steps", 3}, {"topk", 2}, {"draft_tokens", 2}}), HasSubstr("accepted"));
 }
 
 }  // namespace
