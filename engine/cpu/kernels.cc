@@ -461,18 +461,21 @@ void RotaryEmbedding::Apply(float* x, int heads, int64_t pos) const {
 
 // ---- Attention ---------------------------------------------------------------------------
 
-void AttendHead(const float* q, int64_t pos, int kv_head, const PagedKvView& kv, float scale,
-                std::vector<float>* scores, float* out) {
+void AttendHeadSlots(const float* q, int64_t prefix_len, const int64_t* tail, int64_t n_tail,
+                     int kv_head, const PagedKvView& kv, float scale, std::vector<float>* scores,
+                     float* out) {
   const int hd = kv.head_dim;
   const int64_t token_stride = static_cast<int64_t>(kv.kv_heads) * hd;
   const int64_t head_offset = static_cast<int64_t>(kv_head) * hd;
-  const int64_t len = pos + 1;
+  const int64_t len = prefix_len + n_tail;
+  auto slot = [&](int64_t j) { return j < prefix_len ? j : tail[j - prefix_len]; };
   scores->resize(static_cast<size_t>(len));
   float* s = scores->data();
   float max_score = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < len; ++j) {
+    const int64_t p = slot(j);
     const float* kj =
-        kv.k_blocks[j / kv.block_tokens] + (j % kv.block_tokens) * token_stride + head_offset;
+        kv.k_blocks[p / kv.block_tokens] + (p % kv.block_tokens) * token_stride + head_offset;
     s[j] = Dot(q, kj, hd) * scale;
     max_score = std::max(max_score, s[j]);
   }
@@ -484,10 +487,16 @@ void AttendHead(const float* q, int64_t pos, int kv_head, const PagedKvView& kv,
   for (int d = 0; d < hd; ++d) out[d] = 0.0f;
   for (int64_t j = 0; j < len; ++j) {
     const float p = s[j] / sum;
+    const int64_t sl = slot(j);
     const float* vj =
-        kv.v_blocks[j / kv.block_tokens] + (j % kv.block_tokens) * token_stride + head_offset;
+        kv.v_blocks[sl / kv.block_tokens] + (sl % kv.block_tokens) * token_stride + head_offset;
     for (int d = 0; d < hd; ++d) out[d] += p * vj[d];
   }
+}
+
+void AttendHead(const float* q, int64_t pos, int kv_head, const PagedKvView& kv, float scale,
+                std::vector<float>* scores, float* out) {
+  AttendHeadSlots(q, pos + 1, nullptr, 0, kv_head, kv, scale, scores, out);
 }
 
 void PagedAttention(const float* q, int64_t n, int64_t start_pos, int q_heads,

@@ -105,8 +105,17 @@ void PagedAttention(const float* q, int64_t n, int64_t start_pos, int q_heads,
 
 // One query head of one token at position `pos` (attends to cache positions 0..pos) over kv head
 // `kv_head`: q and out are head_dim floats. `scores` is scratch, resized as needed.
+// Equals AttendHeadSlots(q, pos + 1, nullptr, 0, ...).
 void AttendHead(const float* q, int64_t pos, int kv_head, const PagedKvView& kv, float scale,
                 std::vector<float>* scores, float* out);
+
+// One query head over an ordered set of cache slots: 0 .. prefix_len - 1, then tail[0 .. n_tail)
+// (tree attention: the cached prefix, then the token's ancestors and itself). Scores, softmax and
+// the weighted sum visit the slots in that order, so a tree token whose tail is the slots of a
+// chain gives exactly the result of AttendHead over that chain.
+void AttendHeadSlots(const float* q, int64_t prefix_len, const int64_t* tail, int64_t n_tail,
+                     int kv_head, const PagedKvView& kv, float scale, std::vector<float>* scores,
+                     float* out);
 
 // ---- Router ------------------------------------------------------------------------------
 

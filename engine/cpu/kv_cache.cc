@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <new>
 #include <string>
 
@@ -124,6 +125,38 @@ void CpuKvCache::Release(uint64_t seq) {
     free_.push_back(*b);
   }
   seqs_.erase(it);
+}
+
+Status CpuKvCache::KeepEntries(uint64_t seq, int64_t prefix_len, const std::vector<int32_t>& keep) {
+  const int64_t length = Length(seq);
+  if (prefix_len < 0 || prefix_len > length) {
+    return InvalidArgument("cannot keep a prefix of " + std::to_string(prefix_len) +
+                           " entries of sequence " + std::to_string(seq) + ", which caches " +
+                           std::to_string(length) + "; prefix_len must be in [0, cached length]");
+  }
+  int64_t previous = -1;
+  for (size_t i = 0; i < keep.size(); ++i) {
+    const int64_t k = keep[i];
+    if (k <= previous || k >= length - prefix_len) {
+      return InvalidArgument(
+          "keep[" + std::to_string(i) + "] = " + std::to_string(k) + " for sequence " +
+          std::to_string(seq) + " (" + std::to_string(length) + " cached, prefix " +
+          std::to_string(prefix_len) + "): indices must be strictly ascending and in [0, " +
+          std::to_string(length - prefix_len) + ")");
+    }
+    previous = k;
+  }
+  const size_t bytes = static_cast<size_t>(shape_.kv_heads) * shape_.head_dim * sizeof(float);
+  for (size_t i = 0; i < keep.size(); ++i) {
+    const int64_t from = prefix_len + keep[i];
+    const int64_t to = prefix_len + static_cast<int64_t>(i);
+    if (from == to) continue;  // keep[i] >= i, so a slot is read before it is overwritten
+    for (int l = 0; l < shape_.num_layers; ++l) {
+      std::memcpy(Slot(false, l, seq, to), Slot(false, l, seq, from), bytes);
+      std::memcpy(Slot(true, l, seq, to), Slot(true, l, seq, from), bytes);
+    }
+  }
+  return Truncate(seq, prefix_len + static_cast<int64_t>(keep.size()));
 }
 
 float* CpuKvCache::Slot(bool value, int layer, uint64_t seq, int64_t pos) {

@@ -4,8 +4,8 @@
 // consecutive tokens of one sequence for every layer: per layer, K and V each as
 // [block_tokens][kv_heads][head_dim] floats. Each sequence owns a block table (its blocks in
 // position order); growing a sequence takes blocks from the free list, Release and Truncate
-// return them. Block b of layer l starts at a fixed address, so views stay valid while a
-// sequence grows.
+// return them; KeepEntries compacts a sequence after speculative verification. Block b of layer l
+// starts at a fixed address, so views stay valid while a sequence grows.
 //
 // Thread safety: not synchronised; one owner thread (the backend's). Slot pointers may be
 // written concurrently for distinct (sequence, position) pairs.
@@ -59,6 +59,11 @@ class CpuKvCache {
   Status Truncate(uint64_t seq, int64_t length);
   // Frees every block of `seq`; unknown ids are ignored.
   void Release(uint64_t seq);
+  // Keeps slots [0, prefix_len), then slot prefix_len + keep[i] moved to prefix_len + i (K and V
+  // of every layer), and truncates to prefix_len + keep.size(). InvalidArgument (nothing
+  // changes) when prefix_len is outside [0, Length], or keep is not strictly ascending within
+  // [0, Length - prefix_len).
+  Status KeepEntries(uint64_t seq, int64_t prefix_len, const std::vector<int32_t>& keep);
 
   // K / V of token `pos` of `seq` in `layer`: kv_heads * head_dim floats. pos < Length(seq).
   float* KeySlot(int layer, uint64_t seq, int64_t pos);
