@@ -35,7 +35,7 @@ struct SequenceChunk {
   // is token i-1). Parents precede their children. Token i sits at position start_pos + depth(i)
   // (depth 0 for a -1 parent) and attends to the cached prefix, its ancestors and itself. The
   // K/V of every token is appended in chunk order; KeepCacheEntries then keeps the accepted path.
-  std::vector<int32_t> tree_parents;
+  std::vector<int32_t> tree_parents{};
   // Also return the final-norm hidden state (the lm_head input) of every row that gets logits.
   bool return_hidden = false;
 };
@@ -50,7 +50,7 @@ struct MtpChunk {
   std::vector<int32_t> tokens;        // >= 1 token; tokens[j] = t_{start_pos + j + 1}
   std::vector<float> hidden;          // [tokens.size(), hidden_size] row-major
   bool all_logits = false;            // logits for every pair instead of the last one only
-  std::vector<int32_t> tree_parents;  // as SequenceChunk::tree_parents
+  std::vector<int32_t> tree_parents{};  // as SequenceChunk::tree_parents
   bool return_hidden = false;         // return the MTP outputs after shared_head.norm
 };
 
