@@ -603,6 +603,11 @@ DeploymentView Controller::View(const Deployment& d) const {
   DeploymentView view;
   view.record = d.record;
   view.waiting_reason = d.waiting_reason;
+  if (d.options.engine.speculative().steps() > 0) {
+    spark::v1::SpeculativeStats total = d.speculative_ended;
+    AddSpeculativeStats(d.speculative_run, &total);
+    view.speculative = std::move(total);
+  }
   if (d.run) {
     const Run& run = *d.run;
     view.run_id = run.id;

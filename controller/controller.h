@@ -211,6 +211,11 @@ class Controller {
     bool recovering = false;         // the last run failed; cleared when a run becomes ready
     bool waiting_for_nodes = false;  // placement failed; retried when a node registers
     std::string waiting_reason;
+    // Speculative decoding counters: the sum over ended runs, and rank 0's latest report of the
+    // run of `speculative_generation`.
+    spark::v1::SpeculativeStats speculative_ended;
+    spark::v1::SpeculativeStats speculative_run;
+    uint64_t speculative_generation = 0;
   };
 
   // A shard of an ended run that was told to stop and has not been seen gone yet.
@@ -245,6 +250,9 @@ class Controller {
   void HandleRendezvousPublish(const AgentPlane::Inbound& inbound);
   void HandleRendezvousLookup(const AgentPlane::Inbound& inbound);
   void HandleTokenizerFiles(const AgentPlane::Inbound& inbound);
+  // Rank 0's speculative decoding counters of run `generation` (cumulative within the run).
+  void RecordSpeculativeStats(Deployment& d, uint64_t generation,
+                              const spark::v1::SpeculativeStats& stats);
   void SendError(const std::string& routing_id, StatusCode code, const std::string& message,
                  uint64_t in_reply_to);
   void SendRendezvousReplies(const std::vector<RendezvousBroker::Reply>& replies);

@@ -456,6 +456,9 @@ void Controller::HandleShardStatus(const AgentPlane::Inbound& inbound) {
     return;
   }
   if (inbound.peer.kind == PeerId::Kind::kAgent) m->agent_confirmed = true;
+  if (m->rank == 0 && st.has_speculative()) {
+    RecordSpeculativeStats(*d, generation, st.speculative());
+  }
   store::RunMemberPatch patch;
   bool changed = false;
   if (st.pid() > 0 && m->pid != st.pid()) {
@@ -512,6 +515,16 @@ void Controller::HandleShardStatus(const AgentPlane::Inbound& inbound) {
   if (m->rank == 0 && !st.data_endpoint().empty()) m->data_endpoint = st.data_endpoint();
   if (changed) UpdateMember(*d, *m, patch);
   CheckAllReady(*d);
+}
+
+void Controller::RecordSpeculativeStats(Deployment& d, uint64_t generation,
+                                        const spark::v1::SpeculativeStats& stats) {
+  if (generation != d.speculative_generation) {
+    // A new run: what the previous run counted stays in the deployment's totals.
+    AddSpeculativeStats(d.speculative_run, &d.speculative_ended);
+    d.speculative_generation = generation;
+  }
+  d.speculative_run = stats;
 }
 
 void Controller::HandleRendezvousPublish(const AgentPlane::Inbound& inbound) {

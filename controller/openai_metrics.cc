@@ -116,7 +116,53 @@ std::string OpenAiMetrics::Render(const std::vector<DeploymentView>& deployments
     out += "spark_deployment_generation{model=\"" + Label(d.record.name) + "\"} " +
            std::to_string(d.record.generation) + "\n";
   }
+  RenderSpeculative(deployments, &out);
   return out;
+}
+
+void RenderSpeculative(const std::vector<DeploymentView>& deployments, std::string* out) {
+  struct Series {
+    const char* name;
+    const char* type;
+    const char* help;
+    double (*value)(const spark::v1::SpeculativeStats&);
+  };
+  static constexpr Series kSeries[] = {
+      {"spark_spec_acceptance_length", "gauge",
+       "Average tokens emitted per speculative verification (accepted drafts plus the bonus "
+       "token).",
+       [](const spark::v1::SpeculativeStats& s) { return AcceptanceLength(s); }},
+      {"spark_spec_verify_steps_total", "counter", "Speculative verifications.",
+       [](const spark::v1::SpeculativeStats& s) { return static_cast<double>(s.verify_steps()); }},
+      {"spark_spec_drafted_tokens_total", "counter", "Draft tokens proposed by the MTP layer.",
+       [](const spark::v1::SpeculativeStats& s) {
+         return static_cast<double>(s.drafted_tokens());
+       }},
+      {"spark_spec_accepted_tokens_total", "counter", "Draft tokens accepted by the target model.",
+       [](const spark::v1::SpeculativeStats& s) {
+         return static_cast<double>(s.accepted_tokens());
+       }},
+      {"spark_spec_emitted_tokens_total", "counter", "Tokens emitted by speculative verifications.",
+       [](const spark::v1::SpeculativeStats& s) {
+         return static_cast<double>(s.emitted_tokens());
+       }},
+      {"spark_spec_draft_seconds_total", "counter", "Time spent drafting (MTP forwards).",
+       [](const spark::v1::SpeculativeStats& s) { return s.draft_ms() / 1000.0; }},
+      {"spark_spec_verify_seconds_total", "counter",
+       "Time spent verifying drafts (target model forwards).",
+       [](const spark::v1::SpeculativeStats& s) { return s.verify_ms() / 1000.0; }},
+  };
+  bool any = false;
+  for (const DeploymentView& d : deployments) any = any || d.speculative.has_value();
+  if (!any) return;
+  for (const Series& series : kSeries) {
+    Header(out, series.name, series.type, series.help);
+    for (const DeploymentView& d : deployments) {
+      if (!d.speculative) continue;
+      *out += std::string(series.name) + "{model=\"" + Label(d.record.name) + "\"} " +
+              Number(series.value(*d.speculative)) + "\n";
+    }
+  }
 }
 
 }  // namespace spark::controller

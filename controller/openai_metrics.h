@@ -8,6 +8,15 @@
 //   spark_requests_running                            gauge: generating
 //   spark_deployment_state{model, state}              gauge: 1 for the current state
 //   spark_deployment_restarts{model}, spark_deployment_generation{model}   gauges
+// and, for each deployment with speculative decoding on (summed over its runs since the
+// controller started; rank 0 reports them about once a second while they change):
+//   spark_spec_acceptance_length{model}         gauge: tokens emitted per verification
+//   spark_spec_verify_steps_total{model}        counter: verifications
+//   spark_spec_drafted_tokens_total{model}      counter: draft tokens proposed
+//   spark_spec_accepted_tokens_total{model}     counter: draft tokens accepted
+//   spark_spec_emitted_tokens_total{model}      counter: tokens emitted by verifications
+//   spark_spec_draft_seconds_total{model}       counter: time spent drafting
+//   spark_spec_verify_seconds_total{model}      counter: time spent verifying
 //
 // Thread safety: every method may be called from any thread.
 #pragma once
@@ -67,5 +76,8 @@ class OpenAiMetrics {
   std::atomic<int64_t> queued_{0};
   std::atomic<int64_t> running_{0};
 };
+
+// Appends the spark_spec_* families (nothing when no deployment has speculative decoding on).
+void RenderSpeculative(const std::vector<DeploymentView>& deployments, std::string* out);
 
 }  // namespace spark::controller

@@ -151,6 +151,18 @@ json DeploymentJson(const DeploymentView& view) {
               {"serving", view.serving},
               {"waiting_reason", view.waiting_reason},
               {"members", members}};
+  if (view.speculative) {
+    const spark::v1::SpeculativeStats& s = *view.speculative;
+    out["speculative"] = {{"verify_steps", s.verify_steps()},
+                          {"drafted_tokens", s.drafted_tokens()},
+                          {"accepted_tokens", s.accepted_tokens()},
+                          {"emitted_tokens", s.emitted_tokens()},
+                          {"acceptance_length", AcceptanceLength(s)},
+                          {"draft_ms", s.draft_ms()},
+                          {"verify_ms", s.verify_ms()}};
+  } else {
+    out["speculative"] = nullptr;
+  }
   if (view.run_id != 0) {
     out["run"] = {{"id", view.run_id},
                   {"state", view.run_state},

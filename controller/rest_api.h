@@ -10,7 +10,11 @@
 //                                          controller/deployment_options.h)}
 //                                          -> 202 once stored
 //   GET    /api/v1/models                  {"models": [...]}
-//   GET    /api/v1/models/{name}           one model: state, generation, members, restarts, ...
+//   GET    /api/v1/models/{name}           one model: state, generation, members, restarts,
+//                                          options (normalized), "speculative" (counters of
+//                                          speculative decoding: verify_steps, drafted_tokens,
+//                                          accepted_tokens, emitted_tokens, acceptance_length,
+//                                          draft_ms, verify_ms; null when it is off)
 //   DELETE /api/v1/models/{name}           202: undeploy (shards stopped)
 //   POST   /api/v1/models/{name}/restart   202: new run, restart budget reset
 //   GET    /api/v1/runs?model=NAME&limit=N {"runs": [...]} newest first, with members

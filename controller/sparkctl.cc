@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <fstream>
@@ -176,6 +177,22 @@ void PrintModel(std::ostream& out, const json& m) {
   }
   if (Str(m["last_error"]) != "-") out << "last error:  " << Str(m["last_error"]) << "\n";
   if (!m["options"].empty()) out << "options:     " << m["options"].dump() << "\n";
+  if (m.contains("speculative") && m["speculative"].is_object()) {
+    const json& spec = m["speculative"];
+    const uint64_t drafted = spec.value("drafted_tokens", uint64_t{0});
+    const uint64_t accepted = spec.value("accepted_tokens", uint64_t{0});
+    char line[256];
+    std::snprintf(line, sizeof(line),
+                  "%.2f tokens per verify (%llu verifies), %llu/%llu drafts accepted (%.0f%%), "
+                  "draft %.1f s, verify %.1f s",
+                  spec.value("acceptance_length", 0.0),
+                  static_cast<unsigned long long>(spec.value("verify_steps", uint64_t{0})),
+                  static_cast<unsigned long long>(accepted),
+                  static_cast<unsigned long long>(drafted),
+                  drafted > 0 ? 100.0 * static_cast<double>(accepted) / drafted : 0.0,
+                  spec.value("draft_ms", 0.0) / 1000.0, spec.value("verify_ms", 0.0) / 1000.0);
+    out << "speculative: " << line << "\n";
+  }
   if (!m["members"].empty()) {
     out << "\n";
     Table table({"RANK", "NODE", "PHASE", "PID", "PROGRESS", "EXIT"});
@@ -362,7 +379,9 @@ int RunSparkctl(const std::vector<std::string>& args, std::ostream& out, std::os
   deploy->add_option("--tp", tp, "tensor-parallel size (number of nodes)");
   deploy->add_option("--backend", backend, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   deploy->add_option("--nodes", node_list, "pin ranks to nodes: a,b,...");
-  deploy->add_option("--option", option_pairs, "engine option KEY=VALUE (repeatable)");
+  deploy->add_option("--option", option_pairs,
+                     "engine option KEY=VALUE (repeatable); extra.KEY=V and speculative.steps=N "
+                     "(topk, draft_tokens) set fields of the extra and speculative objects");
   CLI::App* ls = app.add_subcommand("ls", "list the models");
   CLI::App* status = app.add_subcommand("status", "show one model");
   status->add_option("name", name, "model name")->required();
@@ -463,8 +482,17 @@ int RunSparkctl(const std::vector<std::string>& args, std::ostream& out, std::os
       }
       const std::string key = pair.substr(0, eq);
       const std::string value = pair.substr(eq + 1);
-      if (key.starts_with("extra.")) {
-        options["extra"][key.substr(6)] = value;
+      const size_t dot = key.find('.');
+      if (dot != std::string::npos) {
+        // Nested objects: extra.KNOB=V, speculative.steps=N.
+        const std::string object = key.substr(0, dot);
+        const std::string field = key.substr(dot + 1);
+        if ((object != "extra" && object != "speculative") || field.empty()) {
+          err << "sparkctl: --option \"" << pair
+              << "\": only extra.KEY and speculative.FIELD name a field of an object option\n";
+          return kExitUsage;
+        }
+        options[object][field] = value;
       } else {
         options[key] = value;
       }

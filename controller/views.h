@@ -34,7 +34,29 @@ struct DeploymentView {
   std::vector<MemberView> members;  // of the current run, rank order
   std::string waiting_reason;       // why no run is starting now (placement, backoff)
   bool serving = false;             // a generation can be served now
+  // Speculative decoding counters summed over the deployment's runs since the controller
+  // started; set when the deployment has speculative decoding on (zeros until rank 0 reports).
+  std::optional<spark::v1::SpeculativeStats> speculative;
 };
+
+// Adds every counter of `add` to `into`.
+inline void AddSpeculativeStats(const spark::v1::SpeculativeStats& add,
+                                spark::v1::SpeculativeStats* into) {
+  into->set_verify_steps(into->verify_steps() + add.verify_steps());
+  into->set_drafted_tokens(into->drafted_tokens() + add.drafted_tokens());
+  into->set_accepted_tokens(into->accepted_tokens() + add.accepted_tokens());
+  into->set_emitted_tokens(into->emitted_tokens() + add.emitted_tokens());
+  into->set_draft_ms(into->draft_ms() + add.draft_ms());
+  into->set_verify_ms(into->verify_ms() + add.verify_ms());
+}
+
+// Average tokens emitted per verification (accepted drafts plus the bonus token); 0 before the
+// first verification.
+inline double AcceptanceLength(const spark::v1::SpeculativeStats& stats) {
+  return stats.verify_steps() == 0 ? 0.0
+                                   : static_cast<double>(stats.emitted_tokens()) /
+                                         static_cast<double>(stats.verify_steps());
+}
 
 struct NodeView {
   std::string name;

@@ -16,6 +16,7 @@
 #include "controller/http/client.h"
 #include "controller/http/server.h"
 #include "controller/openai_api.h"
+#include "controller/openai_metrics.h"
 #include "controller/sparkctl.h"
 #include "tests/controller/core/fakes.h"
 
@@ -337,6 +338,131 @@ TEST_F(RestApiTest, SparkctlTablesJsonAndExitCodes) {
   std::ostringstream o, e;
   EXPECT_EQ(RunSparkctl({"sparkctl", "--controller", "http://127.0.0.1:1", "ls"}, o, e), 3);
   EXPECT_THAT(e.str(), HasSubstr("cannot reach the controller"));
+}
+
+// Rank 0's READY report carrying speculative decoding counters, as spark-shard sends it.
+void ReportSpeculativeStats(FakeAgent& agent, const spark::v1::ShardAssignment& assignment,
+                            uint64_t verify_steps, uint64_t drafted, uint64_t accepted,
+                            uint64_t emitted, double draft_ms, double verify_ms) {
+  Envelope envelope;
+  spark::v1::ShardStatus* s = envelope.mutable_shard_status();
+  s->set_deployment(assignment.deployment());
+  s->set_run_id(assignment.run_id());
+  s->set_generation(assignment.generation());
+  s->set_rank(assignment.rank());
+  s->set_phase(spark::v1::SHARD_PHASE_READY);
+  s->set_pid(1000);
+  spark::v1::SpeculativeStats* stats = s->mutable_speculative();
+  stats->set_verify_steps(verify_steps);
+  stats->set_drafted_tokens(drafted);
+  stats->set_accepted_tokens(accepted);
+  stats->set_emitted_tokens(emitted);
+  stats->set_draft_ms(draft_ms);
+  stats->set_verify_ms(verify_ms);
+  agent.Send(std::move(envelope), assignment.generation());
+}
+
+std::vector<std::string> MetricLines(const std::string& exposition, const std::string& prefix) {
+  std::vector<std::string> lines;
+  std::istringstream in(exposition);
+  for (std::string line; std::getline(in, line);) {
+    if (line.starts_with(prefix)) lines.push_back(line);
+  }
+  return lines;
+}
+
+TEST_F(RestApiTest, SpeculativeOptionsAndCountersThroughSparkctlRestAndMetrics) {
+  FakeAgent a(context_, "a", controller_->agent_endpoint());
+  ASSERT_TRUE(a.Register());
+  std::string out, err;
+  // Bad speculative options: the controller's message reaches the user.
+  EXPECT_EQ(Sparkctl({"deploy", "m", "--path", "/models/tiny", "--option", "speculative.steps=2",
+                      "--option", "speculative.topk=2"},
+                     &out, &err),
+            1);
+  EXPECT_THAT(err, HasSubstr("\"speculative.draft_tokens\" is required with topk 2"));
+  EXPECT_EQ(Sparkctl({"deploy", "m", "--path", "/p", "--option", "speculative.=2"}, &out, &err), 2);
+  EXPECT_EQ(Sparkctl({"deploy", "m", "--path", "/p", "--option", "spec.steps=2"}, &out, &err), 2);
+  EXPECT_THAT(err, HasSubstr("only extra.KEY and speculative.FIELD"));
+
+  ASSERT_EQ(Sparkctl({"deploy", "m", "--path", "/models/tiny", "--option", "speculative.steps=2"},
+                     &out, &err),
+            0)
+      << err;
+  auto assignment = a.WaitFor(Envelope::kShardAssignment);
+  ASSERT_TRUE(assignment.has_value());
+  const spark::v1::SpeculativeOptions& wire =
+      assignment->shard_assignment().options().speculative();
+  EXPECT_EQ(wire.steps(), 2u);
+  EXPECT_EQ(wire.topk(), 1u);
+  EXPECT_EQ(wire.draft_tokens(), 3u);
+  json m = Body(Get("/api/v1/models/m"));
+  EXPECT_EQ(m["options"],
+            json({{"speculative", {{"steps", 2}, {"topk", 1}, {"draft_tokens", 3}}}}));
+  EXPECT_EQ(m["speculative"]["verify_steps"], 0);
+  EXPECT_EQ(m["speculative"]["acceptance_length"], 0.0);
+
+  a.Status(assignment->shard_assignment(), spark::v1::SHARD_PHASE_READY, data_.endpoint());
+  ReportSpeculativeStats(a, assignment->shard_assignment(), 10, 20, 15, 25, 1500, 2500);
+  for (int i = 0; i < 300 && m["speculative"]["verify_steps"] != 10; ++i) {
+    std::this_thread::sleep_for(milliseconds(10));
+    m = Body(Get("/api/v1/models/m"));
+  }
+  EXPECT_EQ(m["speculative"], json({{"verify_steps", 10},
+                                    {"drafted_tokens", 20},
+                                    {"accepted_tokens", 15},
+                                    {"emitted_tokens", 25},
+                                    {"acceptance_length", 2.5},
+                                    {"draft_ms", 1500.0},
+                                    {"verify_ms", 2500.0}}));
+  ASSERT_EQ(Sparkctl({"status", "m"}, &out, &err), 0);
+  EXPECT_THAT(out, HasSubstr("speculative: 2.50 tokens per verify (10 verifies), 15/20 drafts "
+                             "accepted (75%), draft 1.5 s, verify 2.5 s"));
+
+  // A new run counts on from the old one's totals.
+  ASSERT_EQ(Post("/api/v1/models/m/restart", json::object()).status, 202);
+  auto second = a.WaitFor(Envelope::kShardAssignment);
+  ASSERT_TRUE(second.has_value());
+  ASSERT_EQ(second->shard_assignment().generation(), 2u);
+  a.Status(second->shard_assignment(), spark::v1::SHARD_PHASE_READY, data_.endpoint());
+  ReportSpeculativeStats(a, second->shard_assignment(), 4, 8, 4, 8, 500, 500);
+  ReportSpeculativeStats(a, second->shard_assignment(), 6, 12, 6, 12, 500, 500);
+  for (int i = 0; i < 300 && m["speculative"]["verify_steps"] != 16; ++i) {
+    std::this_thread::sleep_for(milliseconds(10));
+    m = Body(Get("/api/v1/models/m"));
+  }
+  EXPECT_EQ(m["speculative"]["verify_steps"], 16);
+  EXPECT_EQ(m["speculative"]["emitted_tokens"], 37);
+
+  // A deployment without speculative decoding has no counters.
+  ASSERT_EQ(Post("/api/v1/models", {{"name", "plain"}, {"path", "/models/tiny"}}).status, 202);
+  EXPECT_TRUE(Body(Get("/api/v1/models/plain"))["speculative"].is_null());
+
+  const std::string metrics = Get("/metrics").body;
+  EXPECT_EQ(MetricLines(metrics, "spark_spec_"),
+            std::vector<std::string>({"spark_spec_acceptance_length{model=\"m\"} 2.3125",
+                                      "spark_spec_verify_steps_total{model=\"m\"} 16",
+                                      "spark_spec_drafted_tokens_total{model=\"m\"} 32",
+                                      "spark_spec_accepted_tokens_total{model=\"m\"} 21",
+                                      "spark_spec_emitted_tokens_total{model=\"m\"} 37",
+                                      "spark_spec_draft_seconds_total{model=\"m\"} 2",
+                                      "spark_spec_verify_seconds_total{model=\"m\"} 3"}));
+  EXPECT_THAT(metrics, HasSubstr("# TYPE spark_spec_draft_seconds_total counter\n"));
+  EXPECT_THAT(metrics, HasSubstr("# TYPE spark_spec_acceptance_length gauge\n"));
+}
+
+TEST(OpenAiMetricsTest, NoSpeculativeFamiliesWithoutSpeculativeDeployments) {
+  DeploymentView plain;
+  plain.record.name = "plain";
+  std::string out;
+  RenderSpeculative({plain}, &out);
+  EXPECT_EQ(out, "");
+  DeploymentView spec;
+  spec.record.name = "a\"b";
+  spec.speculative.emplace();
+  RenderSpeculative({plain, spec}, &out);
+  EXPECT_THAT(out, HasSubstr("spark_spec_acceptance_length{model=\"a\\\"b\"} 0\n"));
+  EXPECT_EQ(MetricLines(out, "spark_spec_").size(), 7u);
 }
 
 TEST_F(RestApiTest, BearerTokenGuardsTheApiButNotTheProbes) {
