@@ -129,12 +129,12 @@ void RenderSpeculative(const std::vector<DeploymentView>& deployments, std::stri
   };
   static constexpr Series kSeries[] = {
       {"spark_spec_acceptance_length", "gauge",
-       "Average tokens emitted per speculative verification (accepted drafts plus the bonus "
-       "token).",
+       "Mean tokens per speculative verify step (accepted drafts / verify steps + 1).",
        [](const spark::v1::SpeculativeStats& s) { return AcceptanceLength(s); }},
       {"spark_spec_verify_steps_total", "counter", "Speculative verifications.",
        [](const spark::v1::SpeculativeStats& s) { return static_cast<double>(s.verify_steps()); }},
-      {"spark_spec_drafted_tokens_total", "counter", "Draft tokens proposed by the MTP layer.",
+      {"spark_spec_drafted_tokens_total", "counter",
+       "Draft tokens verified (proposed by the MTP layer).",
        [](const spark::v1::SpeculativeStats& s) {
          return static_cast<double>(s.drafted_tokens());
        }},
@@ -146,7 +146,8 @@ void RenderSpeculative(const std::vector<DeploymentView>& deployments, std::stri
        [](const spark::v1::SpeculativeStats& s) {
          return static_cast<double>(s.emitted_tokens());
        }},
-      {"spark_spec_draft_seconds_total", "counter", "Time spent drafting (MTP forwards).",
+      {"spark_spec_draft_seconds_total", "counter",
+       "Time spent drafting (MTP forwards, tree building).",
        [](const spark::v1::SpeculativeStats& s) { return s.draft_ms() / 1000.0; }},
       {"spark_spec_verify_seconds_total", "counter",
        "Time spent verifying drafts (target model forwards).",

@@ -10,9 +10,9 @@
 //   spark_deployment_restarts{model}, spark_deployment_generation{model}   gauges
 // and, for each deployment with speculative decoding on (summed over its runs since the
 // controller started; rank 0 reports them about once a second while they change):
-//   spark_spec_acceptance_length{model}         gauge: tokens emitted per verification
-//   spark_spec_verify_steps_total{model}        counter: verifications
-//   spark_spec_drafted_tokens_total{model}      counter: draft tokens proposed
+//   spark_spec_acceptance_length{model}         gauge: accepted / verify steps + 1
+//   spark_spec_verify_steps_total{model}        counter: verify steps (per sequence)
+//   spark_spec_drafted_tokens_total{model}      counter: draft tokens verified
 //   spark_spec_accepted_tokens_total{model}     counter: draft tokens accepted
 //   spark_spec_emitted_tokens_total{model}      counter: tokens emitted by verifications
 //   spark_spec_draft_seconds_total{model}       counter: time spent drafting

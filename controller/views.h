@@ -50,12 +50,13 @@ inline void AddSpeculativeStats(const spark::v1::SpeculativeStats& add,
   into->set_verify_ms(into->verify_ms() + add.verify_ms());
 }
 
-// Average tokens emitted per verification (accepted drafts plus the bonus token); 0 before the
-// first verification.
+// Mean tokens per verify step: accepted drafts / verify steps + 1 (the bonus token), as the
+// engine's SpeculativeStats::AcceptanceLength; 0 before the first verify step.
 inline double AcceptanceLength(const spark::v1::SpeculativeStats& stats) {
   return stats.verify_steps() == 0 ? 0.0
-                                   : static_cast<double>(stats.emitted_tokens()) /
-                                         static_cast<double>(stats.verify_steps());
+                                   : static_cast<double>(stats.accepted_tokens()) /
+                                             static_cast<double>(stats.verify_steps()) +
+                                         1.0;
 }
 
 struct NodeView {
