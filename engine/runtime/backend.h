@@ -34,7 +34,10 @@ struct SequenceChunk {
   // for a token whose parent is the last cached token. Empty = a causal chain (token i's parent
   // is token i-1). Parents precede their children. Token i sits at position start_pos + depth(i)
   // (depth 0 for a -1 parent) and attends to the cached prefix, its ancestors and itself. The
-  // K/V of every token is appended in chunk order; KeepCacheEntries then keeps the accepted path.
+  // K/V of every token is appended in chunk order (token i in cache entry start_pos + i, rotated
+  // for its position start_pos + depth(i)); KeepCacheEntries then keeps the accepted path.
+  // InvalidArgument when the size differs from tokens.size() or entry i is not in [-1, i).
+  // Logit rows (last token / all_logits) follow chunk order as for a chain.
   std::vector<int32_t> tree_parents{};
   // Also return the final-norm hidden state (the lm_head input) of every row that gets logits.
   bool return_hidden = false;
@@ -46,12 +49,12 @@ struct SequenceChunk {
 // shared_head.norm) and runs at position start_pos + depth(j) over the MTP layer's own cache.
 struct MtpChunk {
   uint64_t seq_id = 0;
-  int64_t start_pos = 0;              // must equal the sequence's MTP cached length
-  std::vector<int32_t> tokens;        // >= 1 token; tokens[j] = t_{start_pos + j + 1}
-  std::vector<float> hidden;          // [tokens.size(), hidden_size] row-major
-  bool all_logits = false;            // logits for every pair instead of the last one only
+  int64_t start_pos = 0;                // must equal the sequence's MTP cached length
+  std::vector<int32_t> tokens;          // >= 1 token; tokens[j] = t_{start_pos + j + 1}
+  std::vector<float> hidden;            // [tokens.size(), hidden_size] row-major
+  bool all_logits = false;              // logits for every pair instead of the last one only
   std::vector<int32_t> tree_parents{};  // as SequenceChunk::tree_parents
-  bool return_hidden = false;         // return the MTP outputs after shared_head.norm
+  bool return_hidden = false;           // return the MTP outputs after shared_head.norm
 };
 
 struct MtpBatch {
@@ -66,7 +69,8 @@ struct ForwardOutput {
   int64_t vocab_size = 0;
   std::vector<float> logits;       // [rows, vocab_size] row-major
   std::vector<int64_t> row_begin;  // first row of each chunk, in batch order
-  // When any chunk asked return_hidden: [rows, hidden_size], the same rows as `logits`.
+  // When any chunk asked return_hidden: [rows, hidden_size], the same rows as `logits` (every
+  // row of the batch, also those of chunks that did not ask). Empty otherwise.
   int64_t hidden_size = 0;
   std::vector<float> hidden;
 };
@@ -79,18 +83,22 @@ class Backend {
   virtual ~Backend() = default;
   virtual const ModelConfig& config() const = 0;
   virtual Result<ForwardOutput> Forward(const ForwardBatch& batch) = 0;
-  // Frees the KV cache of a sequence (finished, cancelled or preempted).
+  // Frees the KV caches of a sequence (finished, cancelled or preempted): the target cache and,
+  // with an MTP layer, the MTP cache.
   virtual void Release(uint64_t seq_id) = 0;
-  // Tokens the KV cache can still take (for admission and preemption decisions).
+  // Tokens the KV cache can still take (for admission and preemption decisions); with an MTP
+  // layer, the tokens both caches can still take.
   virtual int64_t FreeKvTokens() const = 0;
 
   // --- Speculative decoding (optional) ---
   // True when the backend loaded an MTP layer and implements ForwardMtp, tree chunks,
   // return_hidden and KeepCacheEntries.
   virtual bool SupportsSpeculation() const { return false; }
-  // Runs the MTP layer over its own cache; same errors as Forward. Logits are the full
-  // vocabulary (the main lm_head); hidden rows (return_hidden) are the MTP outputs after
-  // shared_head.norm, fed to the next draft step.
+  // Runs the MTP layer over its own cache; same errors as Forward (start_pos against the MTP
+  // cache), plus InvalidArgument when a chunk's hidden does not hold tokens.size() *
+  // hidden_size values, and Unimplemented without an MTP layer. Logits are the full vocabulary
+  // (the main lm_head); hidden rows (return_hidden) are the MTP outputs after shared_head.norm,
+  // fed to the next draft step. No embedding is zeroed at position 0 (SGLang semantics).
   virtual Result<ForwardOutput> ForwardMtp(const MtpBatch& /*batch*/) {
     return Unimplemented("this backend has no MTP draft layer");
   }
@@ -100,7 +108,10 @@ class Backend {
   // (keep ascending, each >= 0 and below the cached length - prefix_len) moved down to
   // prefix_len + i; the rest is dropped. keep = {} truncates to prefix_len. The kept entries
   // must form an ancestor path of the tree chunk they came from (their positions are then
-  // prefix_len + i, as stored). InvalidArgument on bad indices; nothing changes then.
+  // prefix_len + i, as stored). InvalidArgument on bad indices (prefix_len outside [0, cached],
+  // keep not strictly ascending or out of range); nothing changes then. An unknown sequence
+  // has cached length 0 (only prefix_len 0, keep {} is valid: a no-op). Unimplemented for
+  // kMtp without an MTP layer.
   virtual Status KeepCacheEntries(uint64_t /*seq_id*/, CacheKind /*kind*/, int64_t /*prefix_len*/,
                                   const std::vector<int32_t>& /*keep*/) {
     return Unimplemented("this backend does not support speculative decoding");
