@@ -20,6 +20,15 @@ std::string WithoutCudaMessage() {
          "without CUDA); install a build made with the cuda preset, or deploy with backend cpu";
 }
 
+engine::LoadOptions ShardLoadOptions(const spark::v1::ShardAssignment& assignment,
+                                     std::function<void(int64_t, int64_t)> progress) {
+  engine::LoadOptions load;
+  load.tp_rank = static_cast<int>(assignment.rank());
+  load.tp_size = static_cast<int>(assignment.world_size());
+  load.progress = std::move(progress);
+  return load;
+}
+
 #if !defined(SPARK_HAVE_CUDA)
 
 bool BuiltWithCuda() { return false; }
@@ -113,13 +122,11 @@ Result<std::unique_ptr<engine::Backend>> CreateShardCudaBackend(const spark::v1:
     SPARK_ASSIGN_OR_RETURN(backend, cuda::CudaBackend::CreateDummy(config, spec, comm, options));
     if (setup.progress) setup.progress(backend->weight_bytes(), backend->weight_bytes());
   } else {
-    engine::LoadOptions load;
-    load.tp_rank = rank;
-    load.tp_size = world;
-    load.progress = setup.progress;
-    SPARK_ASSIGN_OR_RETURN(engine::ModelWeights weights,
-                           engine::LoadModelWeights(a.model_path(), load));
-    SPARK_ASSIGN_OR_RETURN(backend, cuda::CudaBackend::Create(std::move(weights), comm, options));
+    // Streamed: each decoder layer goes to the device as soon as it is read and is freed on the
+    // host before the next one is built (LoadOptions::on_layer inside CudaBackend::Load).
+    SPARK_ASSIGN_OR_RETURN(
+        backend, cuda::CudaBackend::Load(a.model_path(), ShardLoadOptions(a, setup.progress), comm,
+                                         options));
   }
   SPARK_LOG(INFO)
           .With("device", setup.device)

@@ -6,7 +6,9 @@
 // controller's rendezvous store (rank 0 publishes it, see engine/comm/nccl_communicator.h).
 // KV cache: engine option kv_cache_bytes when > 0, else kv_cache_fraction (default 0.9) of the
 // device memory left after the weights. Weights: load_format=dummy generates them on the
-// device; otherwise the rank's slice is read from the checkpoint and uploaded layer by layer.
+// device; otherwise the rank's slice is streamed from the checkpoint (CudaBackend::Load with
+// ShardLoadOptions): each decoder layer is uploaded and freed on the host before the next one is
+// read, so the host holds the embedding, one layer and (at the end) lm_head, never the model.
 //
 // Thread safety: call from the shard's main thread. Ownership: results are owned by the caller;
 // the backend borrows `comm`, which must outlive it.
@@ -19,6 +21,7 @@
 
 #include "common/status.h"
 #include "engine/comm/communicator.h"
+#include "engine/model/loader.h"
 #include "engine/runtime/backend.h"
 #include "engine/runtime/batch_sampler.h"
 #include "spark.pb.h"
@@ -42,6 +45,11 @@ struct NcclGroupOptions {
 Result<std::unique_ptr<engine::Communicator>> JoinNcclGroup(int rank, int world,
                                                             engine::KeyValueStore* store,
                                                             const NcclGroupOptions& options);
+
+// The LoadOptions of the rank's checkpoint slice: tp rank and size from the assignment,
+// `progress` (bytes done, total) forwarded as the loader reports them. Host code, every build.
+engine::LoadOptions ShardLoadOptions(const spark::v1::ShardAssignment& assignment,
+                                     std::function<void(int64_t, int64_t)> progress);
 
 struct CudaBackendSetup {
   int device = 0;
