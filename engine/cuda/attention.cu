@@ -45,6 +45,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int* table = batch.block_tables + static_cast<int64_t>(chunk) * batch.max_blocks;
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
+  const int mask_offset = batch.tree_mask_offset != nullptr ? batch.tree_mask_offset[chunk] : -1;
+  const int mask_words = (len + 31) >> 5;
 
   // Keys this block covers.
   const int last_token = (row_end - 1) / group;
@@ -72,6 +74,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 
   float m[kRowsPerWarp], l[kRowsPerWarp], o[kRowsPerWarp][kDpl];
   int qpos[kRowsPerWarp];
+  const uint32_t* qmask[kRowsPerWarp];  // tree chunks: the row's mask, else nullptr
 #pragma unroll
   for (int i = 0; i < kRowsPerWarp; ++i) {
     m[i] = -INFINITY;
@@ -80,6 +83,9 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int dd = 0; dd < kDpl; ++dd) o[i][dd] = 0.f;
     const int row = row_begin + warp * kRowsPerWarp + i;
     qpos[i] = row < row_end ? start + row / group : -1;
+    qmask[i] = mask_offset >= 0 && row < row_end
+                   ? batch.tree_masks + mask_offset + static_cast<int64_t>(row / group) * mask_words
+                   : nullptr;
   }
 
   // K/V tiles are prefetched into registers one tile ahead (raw BF16, 8 per 16-byte load), so
@@ -145,7 +151,11 @@ __global__ void __launch_bounds__(kWarps * 32)
     float p[kRowsPerWarp];
 #pragma unroll
     for (int i = 0; i < kRowsPerWarp; ++i) {
-      const bool valid = key < key_end && key <= qpos[i];
+      bool valid = key < key_end && key <= qpos[i];
+      if (valid && qmask[i] != nullptr && key >= start) {
+        const int j = key - start;
+        valid = ((__ldg(qmask[i] + (j >> 5)) >> (j & 31)) & 1u) != 0;
+      }
       const float score = valid ? s[i] * shape.scale : -INFINITY;
       const float m_new = fmaxf(m[i], WarpMax(score));
       float alpha = 1.f;

@@ -9,6 +9,11 @@
 // when `splits` > 1, along the keys (split-K for long contexts with few queries): each split
 // writes an unnormalised partial result and AttentionCombine merges them.
 //
+// Tree chunks (speculative verification): a chunk with a tree mask stores its tokens' K/V at
+// positions start .. start + len - 1 in chunk order like any chunk, but token i sees the keys
+// before `start` and, among the chunk's own keys, only those its mask row marks (its ancestors
+// and itself) instead of every earlier one.
+//
 // q / out: [tokens, q_heads * head_dim] BF16. Cache layout (one layer): [num_blocks][kv_heads]
 // [block_tokens][head_dim] BF16. head_dim in {16, 32, 64, 128, 256}.
 // Raw device pointers; stream-ordered; callers own all buffers.
@@ -34,6 +39,11 @@ struct AttentionBatch {
   const int2* tiles = nullptr;
   int num_tiles = 0;
   int total_tokens = 0;
+  // Tree masks (nullptr = every chunk causal): tree_mask_offset[c] is -1 for a causal chunk, else
+  // the first word of chunk c's masks in tree_masks, one row of ceil(len[c] / 32) words per
+  // token; bit j of token i's row set = chunk token j is visible to token i (j <= i).
+  const int32_t* tree_mask_offset = nullptr;  // [chunks]
+  const uint32_t* tree_masks = nullptr;
 };
 
 struct AttentionShape {

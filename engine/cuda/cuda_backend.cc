@@ -18,6 +18,7 @@
 #include "engine/cuda/dummy_weights.h"
 #include "engine/cuda/embedding.h"
 #include "engine/cuda/kv_cache.h"
+#include "engine/cuda/kv_compact.h"
 #include "engine/cuda/moe.h"
 #include "engine/cuda/moe_pack.h"
 #include "engine/cuda/rmsnorm.h"
@@ -27,6 +28,7 @@
 
 namespace spark::cuda {
 
+using engine::CacheKind;
 using engine::Communicator;
 using engine::DType;
 using engine::ExpertWeights;
@@ -36,6 +38,9 @@ using engine::LayerWeights;
 using engine::LinearWeight;
 using engine::ModelConfig;
 using engine::ModelWeights;
+using engine::MtpBatch;
+using engine::MtpChunk;
+using engine::MtpWeights;
 using engine::QuantMethod;
 using engine::ScaleKind;
 using engine::SequenceChunk;
@@ -232,14 +237,29 @@ Status ValidateLayer(const ModelConfig& c, int l, const LayerWeights& L, int loc
   return Status::Ok();
 }
 
-// Device bytes of a rank's weights, from the config alone (streamed and generated loads).
+// The MTP block: its norms, eh_proj [H, 2H] (replicated) and its decoder layer (index
+// num_hidden_layers of the checkpoint, `layer_index`).
+Status ValidateMtp(const ModelConfig& c, int layer_index, const MtpWeights& m, int local_q,
+                   int local_kv) {
+  const int64_t hidden = c.hidden_size;
+  const std::string p = "model.layers." + std::to_string(layer_index);
+  SPARK_RETURN_IF_ERROR(CheckVector(m.enorm, p + ".enorm", hidden));
+  SPARK_RETURN_IF_ERROR(CheckVector(m.hnorm, p + ".hnorm", hidden));
+  SPARK_RETURN_IF_ERROR(CheckLinear(m.eh_proj, p + ".eh_proj", hidden, 2 * hidden));
+  SPARK_RETURN_IF_ERROR(CheckVector(m.shared_head_norm, p + ".shared_head.norm", hidden));
+  return ValidateLayer(c, layer_index, m.layer, local_q, local_kv);
+}
+
+// Device bytes of a rank's weights, from the config alone (streamed and generated loads); with
+// `mtp`, one more decoder layer (index num_hidden_layers) and eh_proj.
 int64_t EstimateWeightBytes(const ModelConfig& cfg, int tp, int local_q, int local_kv,
-                            int64_t vocab_local) {
+                            int64_t vocab_local, bool mtp = false) {
   const int64_t hsz = cfg.hidden_size;
   const int64_t elem = cfg.quant.method != QuantMethod::kNone ? 1 : 2;
   const int64_t qkv = int64_t{local_q + 2 * local_kv} * cfg.head_dim;
   int64_t bytes = cfg.vocab_size * hsz * 2 + vocab_local * hsz * 2;
-  for (int l = 0; l < cfg.num_hidden_layers; ++l) {
+  const int layers = cfg.num_hidden_layers + (mtp ? 1 : 0);
+  for (int l = 0; l < layers; ++l) {
     bytes += (qkv + int64_t{local_q} * cfg.head_dim) * hsz * elem;
     if (!cfg.IsMoeLayer(l)) {
       bytes += 3 * cfg.intermediate_size / tp * hsz * elem;
@@ -249,6 +269,7 @@ int64_t EstimateWeightBytes(const ModelConfig& cfg, int tp, int local_q, int loc
       bytes += int64_t{cfg.n_shared_experts} * 3 * cfg.moe_intermediate_size / tp * hsz * elem;
     }
   }
+  if (mtp) bytes += 2 * hsz * hsz * 2 + 3 * hsz * 4;
   return bytes;
 }
 
@@ -262,17 +283,25 @@ int64_t MlpBytes(const ExpertWeights& w) {
   return LinearBytes(w.gate) + LinearBytes(w.up) + LinearBytes(w.down);
 }
 
+int64_t LayerBytes(const LayerWeights& L) {
+  int64_t total = LinearBytes(L.q) + LinearBytes(L.k) + LinearBytes(L.v) + LinearBytes(L.o);
+  total += static_cast<int64_t>(L.input_norm.size() + L.post_attn_norm.size() + L.q_norm.size() +
+                                L.k_norm.size() + L.router.size() + L.router_bias.size()) *
+           4;
+  if (!L.is_moe) total += MlpBytes(L.mlp);
+  for (const ExpertWeights& e : L.experts) total += MlpBytes(e);
+  if (L.has_shared_expert) total += MlpBytes(L.shared);
+  return total;
+}
+
 int64_t WeightBytes(const ModelWeights& w) {
   int64_t total =
       LinearBytes(w.embed) + LinearBytes(w.lm_head) + static_cast<int64_t>(w.final_norm.size()) * 4;
-  for (const LayerWeights& L : w.layers) {
-    total += LinearBytes(L.q) + LinearBytes(L.k) + LinearBytes(L.v) + LinearBytes(L.o);
-    total += static_cast<int64_t>(L.input_norm.size() + L.post_attn_norm.size() + L.q_norm.size() +
-                                  L.k_norm.size() + L.router.size() + L.router_bias.size()) *
-             4;
-    if (!L.is_moe) total += MlpBytes(L.mlp);
-    for (const ExpertWeights& e : L.experts) total += MlpBytes(e);
-    if (L.has_shared_expert) total += MlpBytes(L.shared);
+  for (const LayerWeights& L : w.layers) total += LayerBytes(L);
+  if (!w.mtp.empty()) {
+    const MtpWeights& m = w.mtp.front();
+    total += LayerBytes(m.layer) + LinearBytes(m.eh_proj) +
+             static_cast<int64_t>(m.enorm.size() + m.hnorm.size() + m.shared_head_norm.size()) * 4;
   }
   return total;
 }
@@ -330,6 +359,44 @@ struct LayerDev {
   MoeLayerDevice moe;
 };
 
+// The MTP (nextn) block on the device.
+struct MtpDev {
+  const float* enorm = nullptr;
+  const float* hnorm = nullptr;
+  DeviceLinear eh_proj;  // [H, 2H]: input [enorm(embedding), hnorm(hidden)]
+  const float* shared_head_norm = nullptr;
+  LayerDev layer;
+};
+
+namespace {
+
+// One chunk of a target or MTP batch, as the shared forward path sees it.
+struct ChunkRef {
+  uint64_t seq_id = 0;
+  int64_t start_pos = 0;
+  const std::vector<int32_t>* tokens = nullptr;
+  bool all_logits = false;
+  const std::vector<int32_t>* tree_parents = nullptr;
+  bool return_hidden = false;
+};
+
+// A planned batch: its device metadata (valid until the next plan) and attention launch shape.
+struct BatchPlan {
+  int64_t total = 0;  // tokens
+  int64_t rows = 0;   // logit rows
+  bool want_hidden = false;
+  const int32_t* ids = nullptr;
+  const int32_t* pos = nullptr;    // RoPE positions (start_pos + depth in tree chunks)
+  const int64_t* slots = nullptr;  // cache slots (start_pos + index)
+  const int32_t* sel = nullptr;    // token of each logit row
+  AttentionBatch attention;
+  AttentionShape shape;
+  int splits = 1;
+  int split_keys = 0;
+};
+
+}  // namespace
+
 struct CudaBackend::Impl {
   ModelConfig config;
   int tp_rank = 0;
@@ -350,6 +417,8 @@ struct CudaBackend::Impl {
   const __nv_bfloat16* embed = nullptr;
   const float* final_norm = nullptr;
   DeviceLinear lm_head;
+  bool has_mtp = false;
+  MtpDev mtp;
   const float* inv_freq = nullptr;
   int rotary_dim = 0;
   int64_t max_inter = 0;  // largest local intermediate of a dense MLP / shared expert
@@ -362,6 +431,7 @@ struct CudaBackend::Impl {
   MoeShape moe_shape;
 
   std::unique_ptr<CudaKvCache> kv;
+  std::unique_ptr<CudaKvCache> mtp_kv;  // null without an MTP layer
 
   // Workspace.
   DeviceArena work;
@@ -377,6 +447,7 @@ struct CudaBackend::Impl {
   float* mlp = nullptr;
   float* shared = nullptr;
   __nv_bfloat16* hsel = nullptr;
+  __nv_bfloat16* eh_in = nullptr;  // MTP only: [tokens, 2H] eh_proj input
   float* logits = nullptr;
   float* logits_padded = nullptr;
   float* gathered = nullptr;
@@ -388,19 +459,24 @@ struct CudaBackend::Impl {
   int64_t meta_bytes = 0;
   PinnedBuffer meta_host;
   PinnedBuffer staging;  // collectives in host mode and the logits download
+  // KeepCacheEntries: (src, dst) slot pairs.
+  int64_t* moves = nullptr;
+  int64_t moves_capacity = 0;
 
   ~Impl() {
     if (stream) cudaStreamSynchronize(stream);
     if (meta) cudaFree(meta);
+    if (moves) cudaFree(moves);
     if (own_stream && stream) cudaStreamDestroy(stream);
   }
 
   Status Init(const ModelConfig& cfg, int rank, int size, Communicator* c,
               const CudaBackendOptions& opts);
   Status CheckFits(int64_t weight_bytes) const;
-  Status UploadLayer(int l, LayerWeights& L);
+  Status UploadLayer(LayerDev& D, int l, LayerWeights& L);
   Status UploadModel(ModelWeights& w);
   Status UploadTop(ModelWeights& w);
+  Status UploadMtp(MtpWeights& m);
   Status GenerateModel(const DummyWeightsSpec& spec);
   Result<DeviceLinear> UploadStacked(const std::vector<const LinearWeight*>& parts);
   Status Finish();
@@ -408,7 +484,22 @@ struct CudaBackend::Impl {
 
   Status AllReduce(float* data, int64_t count);
   Status Gather(float* local, int64_t count, float* out_host);
+  // Validates the chunks against `cache` (nothing changes on error), then grows the cache and
+  // uploads the batch's metadata. `cache_name` names the cache in errors.
+  Result<BatchPlan> PlanBatch(const std::vector<ChunkRef>& chunks, CudaKvCache& cache,
+                              const std::string& cache_name, ForwardOutput& output);
+  // One decoder layer over the planned tokens in x (pending: the previous layer's MLP output,
+  // added to x first), K/V into layer `cache_layer` of `cache`; `layer` names it in errors
+  // (-1 = the MTP layer).
+  Status RunLayer(const LayerDev& D, CudaKvCache& cache, int cache_layer, const BatchPlan& plan,
+                  const float*& pending, int layer);
+  // The final norm (`norm`) of the output rows, lm_head, logits (and hidden rows) to the host.
+  Status RunHead(const float* norm, const float* pending, const BatchPlan& plan,
+                 ForwardOutput& output);
   Result<ForwardOutput> Forward(const ForwardBatch& batch);
+  Result<ForwardOutput> ForwardMtp(const MtpBatch& batch);
+  Status KeepCacheEntries(uint64_t seq_id, CacheKind kind, int64_t prefix_len,
+                          const std::vector<int32_t>& keep);
 };
 
 Status CudaBackend::Impl::Init(const ModelConfig& cfg, int rank, int size, Communicator* c,
@@ -563,8 +654,7 @@ Result<DeviceLinear> CudaBackend::Impl::UploadStacked(
   return d;
 }
 
-Status CudaBackend::Impl::UploadLayer(int l, LayerWeights& L) {
-  LayerDev& D = layers[static_cast<size_t>(l)];
+Status CudaBackend::Impl::UploadLayer(LayerDev& D, int l, LayerWeights& L) {
   SPARK_ASSIGN_OR_RETURN(D.qkv, UploadStacked({&L.q, &L.k, &L.v}));
   SPARK_ASSIGN_OR_RETURN(D.o, UploadStacked({&L.o}));
   auto upload_vec = [&](const std::vector<float>& v, const float** out) -> Status {
@@ -606,10 +696,29 @@ Status CudaBackend::Impl::UploadModel(ModelWeights& w) {
   SPARK_RETURN_IF_ERROR(UploadTop(w));
   layers.resize(static_cast<size_t>(config.num_hidden_layers));
   for (int l = 0; l < config.num_hidden_layers; ++l) {
-    Status s = UploadLayer(l, w.layers[static_cast<size_t>(l)]);
+    Status s = UploadLayer(layers[static_cast<size_t>(l)], l, w.layers[static_cast<size_t>(l)]);
     if (!s.ok()) return s.WithContext("uploading layer " + std::to_string(l));
     w.layers[static_cast<size_t>(l)] = LayerWeights{};  // free the host copy as we go
   }
+  if (!w.mtp.empty()) SPARK_RETURN_IF_ERROR(UploadMtp(w.mtp.front()));
+  w.mtp.clear();
+  return Status::Ok();
+}
+
+Status CudaBackend::Impl::UploadMtp(MtpWeights& m) {
+  auto upload_vec = [&](const std::vector<float>& v, const float** out) -> Status {
+    SPARK_ASSIGN_OR_RETURN(float* p, weights.Upload(v.data(), static_cast<int64_t>(v.size())));
+    *out = p;
+    return Status::Ok();
+  };
+  SPARK_RETURN_IF_ERROR(upload_vec(m.enorm, &mtp.enorm));
+  SPARK_RETURN_IF_ERROR(upload_vec(m.hnorm, &mtp.hnorm));
+  SPARK_RETURN_IF_ERROR(upload_vec(m.shared_head_norm, &mtp.shared_head_norm));
+  SPARK_ASSIGN_OR_RETURN(mtp.eh_proj, UploadStacked({&m.eh_proj}));
+  Status s = UploadLayer(mtp.layer, config.num_hidden_layers, m.layer);
+  if (!s.ok()) return s.WithContext("uploading the MTP layer");
+  m = MtpWeights{};
+  has_mtp = true;
   return Status::Ok();
 }
 
@@ -872,6 +981,9 @@ Status CudaBackend::Impl::Finish() {
   SPARK_ASSIGN_OR_RETURN(mlp, work.Alloc<float>(t * hsz));
   SPARK_ASSIGN_OR_RETURN(shared, work.Alloc<float>(t * hsz));
   SPARK_ASSIGN_OR_RETURN(hsel, work.Alloc<__nv_bfloat16>(t * hsz));
+  if (has_mtp) {
+    SPARK_ASSIGN_OR_RETURN(eh_in, work.Alloc<__nv_bfloat16>(t * 2 * hsz));
+  }
   SPARK_ASSIGN_OR_RETURN(logits, work.Alloc<float>(kLogitRowsPerPass * vocab_padded));
   if (tp_size > 1) {
     SPARK_ASSIGN_OR_RETURN(logits_padded, work.Alloc<float>(kLogitRowsPerPass * vocab_padded));
@@ -898,13 +1010,18 @@ Status CudaBackend::Impl::Finish() {
     }
   };
   note(lm_head);
-  for (const LayerDev& D : layers) {
+  auto note_layer = [&](const LayerDev& D) {
     note(D.qkv);
     note(D.o);
     if (D.has_mlp) {
       note(D.gate_up);
       note(D.down);
     }
+  };
+  for (const LayerDev& D : layers) note_layer(D);
+  if (has_mtp) {
+    note(mtp.eh_proj);
+    note_layer(mtp.layer);
   }
   SPARK_ASSIGN_OR_RETURN(linear, DenseLinear::Create(limits));
   if (has_moe) {
@@ -939,7 +1056,16 @@ Status CudaBackend::Impl::Finish() {
   } else {
     budget = static_cast<int64_t>(static_cast<double>(free_bytes) * options.kv_cache_fraction);
   }
-  Result<std::unique_ptr<CudaKvCache>> cache = CudaKvCache::Create(shape, budget);
+  // With an MTP layer, a second cache of one layer with as many blocks: the budget is split in
+  // proportion to the layers, so both caches hold the same number of tokens.
+  CudaKvShape mtp_shape = shape;
+  mtp_shape.num_layers = 1;
+  int64_t main_budget = budget;
+  if (has_mtp) {
+    const int64_t blocks = budget / (shape.BlockBytes() + mtp_shape.BlockBytes());
+    main_budget = blocks * shape.BlockBytes();
+  }
+  Result<std::unique_ptr<CudaKvCache>> cache = CudaKvCache::Create(shape, main_budget);
   if (!cache.ok()) {
     return cache.status().WithContext("device " + std::to_string(options.device) + " has " +
                                       GiB(static_cast<int64_t>(free_bytes)) +
@@ -947,6 +1073,10 @@ Status CudaBackend::Impl::Finish() {
                                       ") and workspace");
   }
   kv = std::move(*cache);
+  if (has_mtp) {
+    SPARK_ASSIGN_OR_RETURN(
+        mtp_kv, CudaKvCache::Create(mtp_shape, kv->num_blocks() * mtp_shape.BlockBytes()));
+  }
   return Status::Ok();
 }
 
@@ -982,70 +1112,90 @@ Status CudaBackend::Impl::Gather(float* local, int64_t count, float* out_host) {
   return comm->AllGather(in_host, static_cast<size_t>(count), out_host);
 }
 
-Result<ForwardOutput> CudaBackend::Impl::Forward(const ForwardBatch& batch) {
+Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chunk_refs,
+                                               CudaKvCache& cache, const std::string& cache_name,
+                                               ForwardOutput& output) {
   const ModelConfig& c = config;
-  const int64_t hsz = c.hidden_size;
   const int hd = c.head_dim;
-  const float eps = static_cast<float>(c.rms_norm_eps);
+  BatchPlan plan;
 
   // Validate the whole batch before touching the cache.
   std::unordered_set<uint64_t> seen;
-  int64_t total = 0;
   int64_t blocks = 0;
-  int64_t rows = 0;
-  for (size_t i = 0; i < batch.chunks.size(); ++i) {
-    const SequenceChunk& ch = batch.chunks[i];
+  int64_t mask_words = 0;
+  for (size_t i = 0; i < chunk_refs.size(); ++i) {
+    const ChunkRef& ch = chunk_refs[i];
+    const std::vector<int32_t>& tokens = *ch.tokens;
+    const std::vector<int32_t>& parents = *ch.tree_parents;
     const std::string where =
         "chunk " + std::to_string(i) + " (sequence " + std::to_string(ch.seq_id) + ")";
-    if (ch.tokens.empty()) return InvalidArgument(where + " has no tokens; send >= 1 token");
+    if (tokens.empty()) return InvalidArgument(where + " has no tokens; send >= 1 token");
     if (!seen.insert(ch.seq_id).second) {
       return InvalidArgument(where + " appears twice in one batch; merge its chunks");
     }
-    const int64_t cached = kv->Length(ch.seq_id);
+    const int64_t cached = cache.Length(ch.seq_id);
     if (ch.start_pos != cached) {
       return InvalidArgument(where + " starts at position " + std::to_string(ch.start_pos) +
-                             " but " + std::to_string(cached) +
-                             " tokens are cached; start_pos must equal the cached length");
+                             " but " + std::to_string(cached) + " tokens are cached in the " +
+                             cache_name + "; start_pos must equal the cached length");
     }
-    for (int32_t id : ch.tokens) {
+    for (int32_t id : tokens) {
       if (id < 0 || id >= c.vocab_size) {
         return InvalidArgument(where + " has token id " + std::to_string(id) +
                                " outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
       }
     }
-    const int64_t n = static_cast<int64_t>(ch.tokens.size());
-    blocks += kv->BlocksToGrow(ch.seq_id, ch.start_pos + n);
-    total += n;
-    rows += ch.all_logits ? n : 1;
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    if (!parents.empty()) {
+      if (static_cast<int64_t>(parents.size()) != n) {
+        return InvalidArgument(where + " has " + std::to_string(parents.size()) +
+                               " tree_parents for " + std::to_string(n) +
+                               " tokens; give one parent per token, or none for a chain");
+      }
+      for (int64_t k = 0; k < n; ++k) {
+        const int32_t parent = parents[static_cast<size_t>(k)];
+        if (parent < -1 || parent >= k) {
+          return InvalidArgument(where + " has tree_parents[" + std::to_string(k) +
+                                 "] = " + std::to_string(parent) +
+                                 "; a parent must be -1 (the last cached token) or the index of "
+                                 "an earlier token of the chunk");
+        }
+      }
+      mask_words += n * ((n + 31) / 32);
+    }
+    blocks += cache.BlocksToGrow(ch.seq_id, ch.start_pos + n);
+    plan.total += n;
+    plan.rows += ch.all_logits ? n : 1;
+    plan.want_hidden = plan.want_hidden || ch.return_hidden;
   }
-  if (total > max_tokens) {
-    return InvalidArgument("the batch carries " + std::to_string(total) +
+  if (plan.total > max_tokens) {
+    return InvalidArgument("the batch carries " + std::to_string(plan.total) +
                            " tokens, more than max_batch_tokens " + std::to_string(max_tokens) +
                            " of the CUDA backend; send smaller batches or raise max_batch_tokens");
   }
-  if (blocks > kv->free_blocks()) {
-    return ResourceExhausted("KV cache full: the batch needs " + std::to_string(blocks) +
-                             " blocks, " + std::to_string(kv->free_blocks()) +
+  if (blocks > cache.free_blocks()) {
+    return ResourceExhausted(cache_name + " full: the batch needs " + std::to_string(blocks) +
+                             " blocks, " + std::to_string(cache.free_blocks()) +
                              " free; preempt a sequence or raise the KV cache memory");
   }
-  ForwardOutput output;
-  output.vocab_size = c.vocab_size;
-  if (batch.chunks.empty()) return output;
+  if (chunk_refs.empty()) return plan;
 
   // Metadata.
-  const int chunks = static_cast<int>(batch.chunks.size());
+  const int64_t total = plan.total;
+  const int64_t rows = plan.rows;
+  const int chunks = static_cast<int>(chunk_refs.size());
   const int group = local_q / local_kv;
   const int bt = options.kv_block_tokens;
   int max_blocks = 1;
   int64_t num_tiles = 0;
   int64_t max_ctx = 0;
-  for (const SequenceChunk& ch : batch.chunks) {
-    SPARK_CHECK(kv->Grow(ch.seq_id, ch.start_pos + static_cast<int64_t>(ch.tokens.size())).ok());
-    const int64_t ctx = ch.start_pos + static_cast<int64_t>(ch.tokens.size());
+  for (const ChunkRef& ch : chunk_refs) {
+    const int64_t n = static_cast<int64_t>(ch.tokens->size());
+    SPARK_CHECK(cache.Grow(ch.seq_id, ch.start_pos + n).ok());
+    const int64_t ctx = ch.start_pos + n;
     max_ctx = std::max(max_ctx, ctx);
     max_blocks = std::max<int>(max_blocks, static_cast<int>((ctx + bt - 1) / bt));
-    const int64_t r = static_cast<int64_t>(ch.tokens.size()) * group;
-    num_tiles += (r + kAttentionRowsPerTile - 1) / kAttentionRowsPerTile;
+    num_tiles += (n * group + kAttentionRowsPerTile - 1) / kAttentionRowsPerTile;
   }
   auto align = [](int64_t v) { return (v + 15) / 16 * 16; };
   const int64_t off_ids = 0;
@@ -1057,7 +1207,9 @@ Result<ForwardOutput> CudaBackend::Impl::Forward(const ForwardBatch& batch) {
   const int64_t off_offset = off_len + align(chunks * 4);
   const int64_t off_tiles = off_offset + align(chunks * 4);
   const int64_t off_tables = off_tiles + align(num_tiles * 8);
-  const int64_t meta_needed = off_tables + align(int64_t{chunks} * max_blocks * 4);
+  const int64_t off_mask_offset = off_tables + align(int64_t{chunks} * max_blocks * 4);
+  const int64_t off_masks = off_mask_offset + (mask_words > 0 ? align(chunks * 4) : 0);
+  const int64_t meta_needed = off_masks + align(mask_words * 4);
   if (meta_needed > meta_bytes) {
     SPARK_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
     if (meta) cudaFree(meta);
@@ -1081,14 +1233,19 @@ Result<ForwardOutput> CudaBackend::Impl::Forward(const ForwardBatch& batch) {
   auto* coff = reinterpret_cast<int32_t*>(mh + off_offset);
   auto* tiles = reinterpret_cast<int2*>(mh + off_tiles);
   auto* tables = reinterpret_cast<int32_t*>(mh + off_tables);
+  auto* mask_offset = reinterpret_cast<int32_t*>(mh + off_mask_offset);
+  auto* masks = reinterpret_cast<uint32_t*>(mh + off_masks);
   output.row_begin.resize(static_cast<size_t>(chunks));
   int64_t t = 0;
   int64_t r = 0;
   int64_t tile = 0;
+  int64_t word = 0;
+  std::vector<int32_t> depth;
   for (int i = 0; i < chunks; ++i) {
-    const SequenceChunk& ch = batch.chunks[static_cast<size_t>(i)];
-    const int64_t n = static_cast<int64_t>(ch.tokens.size());
-    const std::vector<int32_t>& blk = kv->Blocks(ch.seq_id);
+    const ChunkRef& ch = chunk_refs[static_cast<size_t>(i)];
+    const std::vector<int32_t>& parents = *ch.tree_parents;
+    const int64_t n = static_cast<int64_t>(ch.tokens->size());
+    const std::vector<int32_t>& blk = cache.Blocks(ch.seq_id);
     cstart[i] = static_cast<int32_t>(ch.start_pos);
     clen[i] = static_cast<int32_t>(n);
     coff[i] = static_cast<int32_t>(t);
@@ -1097,10 +1254,29 @@ Result<ForwardOutput> CudaBackend::Impl::Forward(const ForwardBatch& batch) {
           b < static_cast<int>(blk.size()) ? blk[static_cast<size_t>(b)] : 0;
     }
     output.row_begin[static_cast<size_t>(i)] = r;
+    // Tree chunks: depth (RoPE position start_pos + depth) and the ancestor-or-self mask of
+    // every token (its parent's row plus its own bit).
+    const bool tree = !parents.empty();
+    if (mask_words > 0) mask_offset[i] = tree ? static_cast<int32_t>(word) : -1;
+    const int64_t words = (n + 31) / 32;
+    if (tree) {
+      depth.assign(static_cast<size_t>(n), 0);
+      uint32_t* m = masks + word;
+      std::memset(m, 0, static_cast<size_t>(n * words) * 4);
+      for (int64_t k = 0; k < n; ++k) {
+        const int32_t parent = parents[static_cast<size_t>(k)];
+        if (parent >= 0) {
+          depth[static_cast<size_t>(k)] = depth[static_cast<size_t>(parent)] + 1;
+          std::memcpy(m + k * words, m + parent * words, static_cast<size_t>(words) * 4);
+        }
+        m[k * words + k / 32] |= 1u << (k % 32);
+      }
+      word += n * words;
+    }
     for (int64_t k = 0; k < n; ++k) {
       const int64_t p = ch.start_pos + k;
-      ids[t + k] = ch.tokens[static_cast<size_t>(k)];
-      pos[t + k] = static_cast<int32_t>(p);
+      ids[t + k] = (*ch.tokens)[static_cast<size_t>(k)];
+      pos[t + k] = static_cast<int32_t>(tree ? ch.start_pos + depth[static_cast<size_t>(k)] : p);
       slots[t + k] = int64_t{blk[static_cast<size_t>(p / bt)]} * bt + p % bt;
     }
     for (int64_t k = ch.all_logits ? 0 : n - 1; k < n; ++k) sel[r++] = static_cast<int32_t>(t + k);
@@ -1112,12 +1288,12 @@ Result<ForwardOutput> CudaBackend::Impl::Forward(const ForwardBatch& batch) {
   SPARK_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(meta, mh, static_cast<size_t>(meta_needed), cudaMemcpyHostToDevice, stream));
   char* md = static_cast<char*>(meta);
-  const auto* d_ids = reinterpret_cast<const int32_t*>(md + off_ids);
-  const auto* d_pos = reinterpret_cast<const int32_t*>(md + off_pos);
-  const auto* d_slots = reinterpret_cast<const int64_t*>(md + off_slots);
-  const auto* d_sel = reinterpret_cast<const int32_t*>(md + off_sel);
+  plan.ids = reinterpret_cast<const int32_t*>(md + off_ids);
+  plan.pos = reinterpret_cast<const int32_t*>(md + off_pos);
+  plan.slots = reinterpret_cast<const int64_t*>(md + off_slots);
+  plan.sel = reinterpret_cast<const int32_t*>(md + off_sel);
 
-  AttentionBatch ab;
+  AttentionBatch& ab = plan.attention;
   ab.start = reinterpret_cast<const int32_t*>(md + off_start);
   ab.len = reinterpret_cast<const int32_t*>(md + off_len);
   ab.offset = reinterpret_cast<const int32_t*>(md + off_offset);
@@ -1126,15 +1302,17 @@ Result<ForwardOutput> CudaBackend::Impl::Forward(const ForwardBatch& batch) {
   ab.tiles = reinterpret_cast<const int2*>(md + off_tiles);
   ab.num_tiles = static_cast<int>(num_tiles);
   ab.total_tokens = static_cast<int>(total);
-  AttentionShape as;
+  if (mask_words > 0) {
+    ab.tree_mask_offset = reinterpret_cast<const int32_t*>(md + off_mask_offset);
+    ab.tree_masks = reinterpret_cast<const uint32_t*>(md + off_masks);
+  }
+  AttentionShape& as = plan.shape;
   as.q_heads = local_q;
   as.kv_heads = local_kv;
   as.head_dim = hd;
   as.block_tokens = bt;
   as.scale = static_cast<float>(std::pow(static_cast<double>(hd), -0.5));
   // Split along the keys when few blocks would run over long contexts.
-  int splits = 1;
-  int split_keys = 0;
   const int64_t ctas = num_tiles * local_kv;
   const int64_t sms = std::max(1, device.multiprocessors);
   if (ctas < 2 * sms && max_ctx > 512) {
@@ -1143,66 +1321,91 @@ Result<ForwardOutput> CudaBackend::Impl::Forward(const ForwardBatch& batch) {
     const int64_t per_split = total * local_q * hd;
     want = std::min<int64_t>(want, attn_partial_floats / std::max<int64_t>(per_split, 1));
     if (want > 1) {
-      split_keys = static_cast<int>(((max_ctx + want - 1) / want + 31) / 32 * 32);
-      splits = static_cast<int>((max_ctx + split_keys - 1) / split_keys);
+      plan.split_keys = static_cast<int>(((max_ctx + want - 1) / want + 31) / 32 * 32);
+      plan.splits = static_cast<int>((max_ctx + plan.split_keys - 1) / plan.split_keys);
     }
   }
-  const int64_t smem_limit = device.EffectiveSmemPerBlock(options.smem_cap_bytes);
+  return plan;
+}
 
+Status CudaBackend::Impl::RunLayer(const LayerDev& D, CudaKvCache& cache, int cache_layer,
+                                   const BatchPlan& plan, const float*& pending, int layer) {
+  const int64_t total = plan.total;
+  const int64_t hsz = config.hidden_size;
+  const float eps = static_cast<float>(config.rms_norm_eps);
+  auto name = [layer] {
+    return layer < 0 ? std::string("the MTP layer") : "layer " + std::to_string(layer);
+  };
   QkvRopeParams rp;
   rp.q_heads = local_q;
   rp.kv_heads = local_kv;
-  rp.head_dim = hd;
+  rp.head_dim = config.head_dim;
   rp.rotary_dim = rotary_dim;
   rp.inv_freq = inv_freq;
   rp.eps = eps;
-  rp.block_tokens = bt;
+  rp.block_tokens = options.kv_block_tokens;
+  rp.q_bias = D.q_bias;
+  rp.k_bias = D.k_bias;
+  rp.v_bias = D.v_bias;
+  rp.q_norm = D.q_norm;
+  rp.k_norm = D.k_norm;
+  const int64_t smem_limit = device.EffectiveSmemPerBlock(options.smem_cap_bytes);
+  __nv_bfloat16* kc = cache.keys(cache_layer);
+  __nv_bfloat16* vc = cache.values(cache_layer);
 
-  SPARK_CUDA_RETURN_IF_ERROR(EmbeddingLookup(embed, hsz, d_ids, total, x, stream));
-  const float* pending = nullptr;
-  for (int l = 0; l < c.num_hidden_layers; ++l) {
-    const LayerDev& D = layers[static_cast<size_t>(l)];
-    SPARK_CUDA_RETURN_IF_ERROR(RmsNormF32(pending, x, D.input_norm, h, nullptr, total,
-                                          static_cast<int>(hsz), eps, nullptr, stream));
-    SPARK_RETURN_IF_ERROR(linear->Run(D.qkv, h, total, qkv, stream));
-    rp.q_bias = D.q_bias;
-    rp.k_bias = D.k_bias;
-    rp.v_bias = D.v_bias;
-    rp.q_norm = D.q_norm;
-    rp.k_norm = D.k_norm;
-    SPARK_CUDA_RETURN_IF_ERROR(
-        QkvRopeCacheWrite(qkv, total, d_pos, d_slots, rp, q, kv->keys(l), kv->values(l), stream));
-    SPARK_CUDA_RETURN_IF_ERROR(PagedAttention(q, kv->keys(l), kv->values(l), ab, as, splits,
-                                              split_keys, attn_partial_o, attn_partial_ml, attn,
-                                              smem_limit, stream));
-    SPARK_RETURN_IF_ERROR(linear->Run(D.o, attn, total, o, stream));
-    Status st = AllReduce(o, total * hsz);
-    if (!st.ok()) return st.WithContext("all-reduce after o_proj of layer " + std::to_string(l));
-    SPARK_CUDA_RETURN_IF_ERROR(RmsNormF32(o, x, D.post_norm, h, nullptr, total,
-                                          static_cast<int>(hsz), eps, nullptr, stream));
-    const float* addend = nullptr;
-    if (D.has_mlp) {
-      float* dst = D.is_moe ? shared : mlp;
-      const int64_t inter = D.gate_up.out / 2;
-      SPARK_RETURN_IF_ERROR(linear->Run(D.gate_up, h, total, gate_up, stream));
-      SPARK_CUDA_RETURN_IF_ERROR(SiluMul(gate_up, total, inter, act, stream));
-      SPARK_RETURN_IF_ERROR(linear->Run(D.down, act, total, dst, stream));
-      addend = shared;
-    }
-    if (D.is_moe) {
-      SPARK_CUDA_RETURN_IF_ERROR(
-          MoeForward(D.moe, h, total, mlp, addend, moe_ws, *moe_table, stream));
-    }
-    st = AllReduce(mlp, total * hsz);
-    if (!st.ok()) return st.WithContext("all-reduce after the MLP of layer " + std::to_string(l));
-    pending = mlp;
-  }
-  SPARK_CUDA_RETURN_IF_ERROR(RmsNormF32(pending, x, final_norm, h, nullptr, total,
+  SPARK_CUDA_RETURN_IF_ERROR(RmsNormF32(pending, x, D.input_norm, h, nullptr, total,
                                         static_cast<int>(hsz), eps, nullptr, stream));
-  SPARK_CUDA_RETURN_IF_ERROR(RmsNormF32(nullptr, x, final_norm, hsel, nullptr, rows,
-                                        static_cast<int>(hsz), eps, d_sel, stream));
+  SPARK_RETURN_IF_ERROR(linear->Run(D.qkv, h, total, qkv, stream));
+  SPARK_CUDA_RETURN_IF_ERROR(
+      QkvRopeCacheWrite(qkv, total, plan.pos, plan.slots, rp, q, kc, vc, stream));
+  SPARK_CUDA_RETURN_IF_ERROR(PagedAttention(q, kc, vc, plan.attention, plan.shape, plan.splits,
+                                            plan.split_keys, attn_partial_o, attn_partial_ml, attn,
+                                            smem_limit, stream));
+  SPARK_RETURN_IF_ERROR(linear->Run(D.o, attn, total, o, stream));
+  Status st = AllReduce(o, total * hsz);
+  if (!st.ok()) return st.WithContext("all-reduce after o_proj of " + name());
+  SPARK_CUDA_RETURN_IF_ERROR(RmsNormF32(o, x, D.post_norm, h, nullptr, total, static_cast<int>(hsz),
+                                        eps, nullptr, stream));
+  const float* addend = nullptr;
+  if (D.has_mlp) {
+    float* dst = D.is_moe ? shared : mlp;
+    const int64_t inter = D.gate_up.out / 2;
+    SPARK_RETURN_IF_ERROR(linear->Run(D.gate_up, h, total, gate_up, stream));
+    SPARK_CUDA_RETURN_IF_ERROR(SiluMul(gate_up, total, inter, act, stream));
+    SPARK_RETURN_IF_ERROR(linear->Run(D.down, act, total, dst, stream));
+    addend = shared;
+  }
+  if (D.is_moe) {
+    SPARK_CUDA_RETURN_IF_ERROR(
+        MoeForward(D.moe, h, total, mlp, addend, moe_ws, *moe_table, stream));
+  }
+  st = AllReduce(mlp, total * hsz);
+  if (!st.ok()) return st.WithContext("all-reduce after the MLP of " + name());
+  pending = mlp;
+  return Status::Ok();
+}
 
-  const int64_t vocab = c.vocab_size;
+Status CudaBackend::Impl::RunHead(const float* norm, const float* pending, const BatchPlan& plan,
+                                  ForwardOutput& output) {
+  const int64_t hsz = config.hidden_size;
+  const float eps = static_cast<float>(config.rms_norm_eps);
+  const int64_t rows = plan.rows;
+  SPARK_CUDA_RETURN_IF_ERROR(RmsNormF32(pending, x, norm, h, nullptr, plan.total,
+                                        static_cast<int>(hsz), eps, nullptr, stream));
+  // The output rows: BF16 into lm_head, and (return_hidden) the same values unrounded into `o`,
+  // which no layer needs any more.
+  float* hidden = plan.want_hidden ? o : nullptr;
+  SPARK_CUDA_RETURN_IF_ERROR(RmsNormF32(nullptr, x, norm, hsel, hidden, rows, static_cast<int>(hsz),
+                                        eps, plan.sel, stream));
+  if (hidden != nullptr) {
+    output.hidden_size = hsz;
+    output.hidden.resize(static_cast<size_t>(rows * hsz));
+    SPARK_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(output.hidden.data(), hidden,
+                                               static_cast<size_t>(rows * hsz) * 4,
+                                               cudaMemcpyDeviceToHost, stream));
+  }
+
+  const int64_t vocab = config.vocab_size;
   output.logits.resize(static_cast<size_t>(rows * vocab));
   for (int64_t r0 = 0; r0 < rows; r0 += kLogitRowsPerPass) {
     const int64_t n = std::min(kLogitRowsPerPass, rows - r0);
@@ -1241,7 +1444,144 @@ Result<ForwardOutput> CudaBackend::Impl::Forward(const ForwardBatch& batch) {
     }
   }
   SPARK_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  return Status::Ok();
+}
+
+Result<ForwardOutput> CudaBackend::Impl::Forward(const ForwardBatch& batch) {
+  std::vector<ChunkRef> refs;
+  refs.reserve(batch.chunks.size());
+  for (const SequenceChunk& ch : batch.chunks) {
+    refs.push_back(
+        {ch.seq_id, ch.start_pos, &ch.tokens, ch.all_logits, &ch.tree_parents, ch.return_hidden});
+  }
+  ForwardOutput output;
+  output.vocab_size = config.vocab_size;
+  SPARK_ASSIGN_OR_RETURN(BatchPlan plan, PlanBatch(refs, *kv, "KV cache", output));
+  if (plan.total == 0) return output;
+  SPARK_CUDA_RETURN_IF_ERROR(
+      EmbeddingLookup(embed, config.hidden_size, plan.ids, plan.total, x, stream));
+  const float* pending = nullptr;
+  for (int l = 0; l < config.num_hidden_layers; ++l) {
+    SPARK_RETURN_IF_ERROR(RunLayer(layers[static_cast<size_t>(l)], *kv, l, plan, pending, l));
+  }
+  SPARK_RETURN_IF_ERROR(RunHead(final_norm, pending, plan, output));
   return output;
+}
+
+Result<ForwardOutput> CudaBackend::Impl::ForwardMtp(const MtpBatch& batch) {
+  if (!has_mtp) {
+    return Unimplemented(
+        "the model was loaded without its MTP (nextn) layer; load it with load_mtp (the "
+        "checkpoint needs num_nextn_predict_layers > 0 and the model.layers.N.eh_proj tensors)");
+  }
+  const int64_t hsz = config.hidden_size;
+  const float eps = static_cast<float>(config.rms_norm_eps);
+  std::vector<ChunkRef> refs;
+  refs.reserve(batch.chunks.size());
+  for (size_t i = 0; i < batch.chunks.size(); ++i) {
+    const MtpChunk& ch = batch.chunks[i];
+    const int64_t want = static_cast<int64_t>(ch.tokens.size()) * hsz;
+    if (static_cast<int64_t>(ch.hidden.size()) != want) {
+      return InvalidArgument("MTP chunk " + std::to_string(i) + " (sequence " +
+                             std::to_string(ch.seq_id) + ") carries " +
+                             std::to_string(ch.hidden.size()) + " hidden values for " +
+                             std::to_string(ch.tokens.size()) +
+                             " tokens; hidden must hold tokens.size() * hidden_size (" +
+                             std::to_string(hsz) + ") values");
+    }
+    refs.push_back(
+        {ch.seq_id, ch.start_pos, &ch.tokens, ch.all_logits, &ch.tree_parents, ch.return_hidden});
+  }
+  ForwardOutput output;
+  output.vocab_size = config.vocab_size;
+  SPARK_ASSIGN_OR_RETURN(BatchPlan plan, PlanBatch(refs, *mtp_kv, "MTP KV cache", output));
+  const int64_t total = plan.total;
+  if (total == 0) return output;
+
+  // The hidden rows (PlanBatch synchronised the stream, so staging is free) into `o`.
+  float* host = staging.as<float>();
+  int64_t t = 0;
+  for (const MtpChunk& ch : batch.chunks) {
+    std::memcpy(host + t * hsz, ch.hidden.data(), ch.hidden.size() * sizeof(float));
+    t += static_cast<int64_t>(ch.tokens.size());
+  }
+  SPARK_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(o, host, static_cast<size_t>(total * hsz) * 4,
+                                             cudaMemcpyHostToDevice, stream));
+  // eh_proj input [enorm(embedding), hnorm(hidden)], embedding first.
+  SPARK_CUDA_RETURN_IF_ERROR(EmbeddingLookup(embed, hsz, plan.ids, total, x, stream));
+  SPARK_CUDA_RETURN_IF_ERROR(RmsNormF32(nullptr, x, mtp.enorm, h, nullptr, total,
+                                        static_cast<int>(hsz), eps, nullptr, stream));
+  SPARK_CUDA_RETURN_IF_ERROR(RmsNormF32(nullptr, o, mtp.hnorm, hsel, nullptr, total,
+                                        static_cast<int>(hsz), eps, nullptr, stream));
+  const size_t row_bytes = static_cast<size_t>(hsz) * sizeof(__nv_bfloat16);
+  SPARK_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(eh_in, 2 * row_bytes, h, row_bytes, row_bytes,
+                                               static_cast<size_t>(total), cudaMemcpyDeviceToDevice,
+                                               stream));
+  SPARK_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(eh_in + hsz, 2 * row_bytes, hsel, row_bytes,
+                                               row_bytes, static_cast<size_t>(total),
+                                               cudaMemcpyDeviceToDevice, stream));
+  SPARK_RETURN_IF_ERROR(linear->Run(mtp.eh_proj, eh_in, total, x, stream));
+  const float* pending = nullptr;
+  SPARK_RETURN_IF_ERROR(RunLayer(mtp.layer, *mtp_kv, 0, plan, pending, -1));
+  SPARK_RETURN_IF_ERROR(RunHead(mtp.shared_head_norm, pending, plan, output));
+  return output;
+}
+
+Status CudaBackend::Impl::KeepCacheEntries(uint64_t seq_id, CacheKind kind, int64_t prefix_len,
+                                           const std::vector<int32_t>& keep) {
+  CudaKvCache* cache = kind == CacheKind::kTarget ? kv.get() : mtp_kv.get();
+  if (cache == nullptr) {
+    return Unimplemented(
+        "the model was loaded without its MTP (nextn) layer, so there is no MTP cache to "
+        "compact; load it with load_mtp");
+  }
+  const char* name = kind == CacheKind::kTarget ? "target" : "MTP";
+  const int64_t length = cache->Length(seq_id);
+  const std::string where = std::string("KeepCacheEntries on the ") + name + " cache of sequence " +
+                            std::to_string(seq_id) + " (" + std::to_string(length) +
+                            " cached tokens): ";
+  if (prefix_len < 0 || prefix_len > length) {
+    return InvalidArgument(where + "prefix_len " + std::to_string(prefix_len) + " is outside [0, " +
+                           std::to_string(length) + "]");
+  }
+  for (size_t i = 0; i < keep.size(); ++i) {
+    if (keep[i] < 0 || prefix_len + keep[i] >= length || (i > 0 && keep[i] <= keep[i - 1])) {
+      return InvalidArgument(where + "keep[" + std::to_string(i) +
+                             "] = " + std::to_string(keep[i]) +
+                             "; keep must be strictly ascending within [0, " +
+                             std::to_string(length - prefix_len) + ")");
+    }
+  }
+  const int bt = options.kv_block_tokens;
+  const std::vector<int32_t>& blk = cache->Blocks(seq_id);
+  auto slot = [&](int64_t p) { return int64_t{blk[static_cast<size_t>(p / bt)]} * bt + p % bt; };
+  std::vector<int64_t> pairs;
+  for (size_t i = 0; i < keep.size(); ++i) {
+    if (keep[i] == static_cast<int32_t>(i)) continue;
+    pairs.push_back(slot(prefix_len + keep[i]));
+    pairs.push_back(slot(prefix_len + static_cast<int64_t>(i)));
+  }
+  if (!pairs.empty()) {
+    const int64_t count = static_cast<int64_t>(pairs.size() / 2);
+    if (count > moves_capacity) {
+      SPARK_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+      if (moves) cudaFree(moves);
+      moves = nullptr;
+      moves_capacity = 0;
+      const int64_t capacity = std::max<int64_t>(count, 256);
+      SPARK_CUDA_RETURN_IF_ERROR(
+          cudaMalloc(&moves, static_cast<size_t>(capacity) * 2 * sizeof(int64_t)));
+      moves_capacity = capacity;
+    }
+    // Pageable source: the copy has left `pairs` when cudaMemcpyAsync returns.
+    SPARK_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(moves, pairs.data(), pairs.size() * sizeof(int64_t),
+                                               cudaMemcpyHostToDevice, stream));
+    const CudaKvShape& shape = cache->shape();
+    SPARK_CUDA_RETURN_IF_ERROR(KvCompact(
+        cache->keys(0), 2 * shape.num_layers, cache->values(0) - cache->keys(0), shape.kv_heads,
+        shape.block_tokens, shape.head_dim, moves, static_cast<int>(count), stream));
+  }
+  return cache->Truncate(seq_id, prefix_len + static_cast<int64_t>(keep.size()));
 }
 
 // ---- CudaBackend -------------------------------------------------------------------------
@@ -1265,6 +1605,10 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::Create(ModelWeights weights, C
   for (int l = 0; l < weights.config.num_hidden_layers; ++l) {
     SPARK_RETURN_IF_ERROR(ValidateLayer(weights.config, l, weights.layers[static_cast<size_t>(l)],
                                         impl->local_q, impl->local_kv));
+  }
+  if (!weights.mtp.empty()) {
+    SPARK_RETURN_IF_ERROR(ValidateMtp(weights.config, weights.config.num_hidden_layers,
+                                      weights.mtp.front(), impl->local_q, impl->local_kv));
   }
   SPARK_RETURN_IF_ERROR(impl->CheckFits(WeightBytes(weights)));
   SPARK_RETURN_IF_ERROR(impl->UploadModel(weights));
@@ -1305,7 +1649,8 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::Load(const std::filesystem::pa
   auto impl = std::make_unique<Impl>();
   SPARK_RETURN_IF_ERROR(impl->Init(cfg, load.tp_rank, load.tp_size, comm, options));
   SPARK_RETURN_IF_ERROR(impl->CheckFits(
-      EstimateWeightBytes(cfg, load.tp_size, impl->local_q, impl->local_kv, impl->vocab_local)));
+      EstimateWeightBytes(cfg, load.tp_size, impl->local_q, impl->local_kv, impl->vocab_local,
+                          load.load_mtp && cfg.num_nextn_predict_layers > 0)));
   impl->layers.resize(static_cast<size_t>(cfg.num_hidden_layers));
   Impl* raw = impl.get();
   load.on_layer = [raw](int l, LayerWeights&& layer) -> Status {
@@ -1314,11 +1659,17 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::Load(const std::filesystem::pa
     }
     LayerWeights owned = std::move(layer);  // freed when this call returns
     SPARK_RETURN_IF_ERROR(ValidateLayer(raw->config, l, owned, raw->local_q, raw->local_kv));
-    return raw->UploadLayer(l, owned);
+    return raw->UploadLayer(raw->layers[static_cast<size_t>(l)], l, owned);
   };
   SPARK_ASSIGN_OR_RETURN(ModelWeights top, engine::LoadModelWeights(dir, load));
   SPARK_RETURN_IF_ERROR(ValidateTop(top, impl->local_q, impl->local_kv));
   SPARK_RETURN_IF_ERROR(impl->UploadTop(top));
+  if (!top.mtp.empty()) {
+    SPARK_RETURN_IF_ERROR(ValidateMtp(impl->config, impl->config.num_hidden_layers, top.mtp.front(),
+                                      impl->local_q, impl->local_kv));
+    SPARK_RETURN_IF_ERROR(impl->UploadMtp(top.mtp.front()));
+    top.mtp.clear();
+  }
   SPARK_RETURN_IF_ERROR(impl->Finish());
   return std::unique_ptr<CudaBackend>(new CudaBackend(std::move(impl)));
 }
@@ -1330,8 +1681,28 @@ Result<ForwardOutput> CudaBackend::Forward(const ForwardBatch& batch) {
   return impl_->Forward(batch);
 }
 
-void CudaBackend::Release(uint64_t seq_id) { impl_->kv->Release(seq_id); }
-int64_t CudaBackend::FreeKvTokens() const { return impl_->kv->FreeTokens(); }
+void CudaBackend::Release(uint64_t seq_id) {
+  impl_->kv->Release(seq_id);
+  if (impl_->mtp_kv) impl_->mtp_kv->Release(seq_id);
+}
+int64_t CudaBackend::FreeKvTokens() const {
+  const int64_t free_tokens = impl_->kv->FreeTokens();
+  return impl_->mtp_kv ? std::min(free_tokens, impl_->mtp_kv->FreeTokens()) : free_tokens;
+}
+bool CudaBackend::SupportsSpeculation() const { return impl_->has_mtp; }
+Result<ForwardOutput> CudaBackend::ForwardMtp(const MtpBatch& batch) {
+  SPARK_CUDA_RETURN_IF_ERROR(cudaSetDevice(impl_->options.device));
+  return impl_->ForwardMtp(batch);
+}
+int64_t CudaBackend::CachedTokens(uint64_t seq_id, CacheKind kind) const {
+  if (kind == CacheKind::kTarget) return impl_->kv->Length(seq_id);
+  return impl_->mtp_kv ? impl_->mtp_kv->Length(seq_id) : 0;
+}
+Status CudaBackend::KeepCacheEntries(uint64_t seq_id, CacheKind kind, int64_t prefix_len,
+                                     const std::vector<int32_t>& keep) {
+  SPARK_CUDA_RETURN_IF_ERROR(cudaSetDevice(impl_->options.device));
+  return impl_->KeepCacheEntries(seq_id, kind, prefix_len, keep);
+}
 int64_t CudaBackend::CachedTokens(uint64_t seq_id) const { return impl_->kv->Length(seq_id); }
 Status CudaBackend::TruncateSequence(uint64_t seq_id, int64_t length) {
   return impl_->kv->Truncate(seq_id, length);
@@ -1340,6 +1711,7 @@ int64_t CudaBackend::KvCapacityTokens() const { return impl_->kv->CapacityTokens
 int64_t CudaBackend::weight_bytes() const {
   int64_t moe = 0;
   for (const LayerDev& D : impl_->layers) moe += D.moe_owned.bytes();
+  moe += impl_->mtp.layer.moe_owned.bytes();
   return impl_->weights.bytes() + moe;
 }
 int64_t CudaBackend::workspace_bytes() const {

@@ -21,6 +21,16 @@
 // (unified-memory devices such as GB10), else kv_cache_fraction of the device's free memory.
 // ResourceExhausted names the numbers when the weights or a single KV block do not fit.
 //
+// Speculative decoding (engine/runtime/backend.h): tree chunks (PagedAttention with per-token
+// ancestor masks; K/V in chunk order, RoPE at start_pos + depth), return_hidden (the fp32
+// final-norm rows, unrounded, whose BF16 rounding feeds lm_head) and KeepCacheEntries (a device
+// copy of the kept K/V entries, then a truncation) always work. The MTP (nextn) layer is used when
+// the weights carry one (ModelWeights::mtp / LoadOptions::load_mtp; mtp[0] only): enorm, hnorm,
+// eh_proj (replicated, stored dtype), one decoder layer TP-sliced like the main ones,
+// shared_head.norm, the main lm_head. Its KV cache is a second paged cache of one layer with as
+// many blocks as the main one (the KV budget is split so both hold the same number of tokens);
+// FreeKvTokens is the smaller of the two caches' free tokens, Release frees both.
+//
 // Tensor parallelism: collectives per layer as CpuBackend (all-reduce after o_proj and after the
 // MLP/MoE block, all-gather of the vocab-parallel logits). With CollectiveMode::kDevice the
 // Communicator receives device pointers (fp32) and must enqueue its collectives on
@@ -99,7 +109,7 @@ class CudaBackend final : public engine::Backend {
                                                      const CudaBackendOptions& options);
   // Loads the slice load.tp_rank / load.tp_size of the checkpoint in `dir` straight to the
   // device, one layer in host memory at a time (load.progress reports bytes; load.max_layers
-  // and load.load_mtp as LoadModelWeights, the MTP block is not used).
+  // and load.load_mtp as LoadModelWeights; with load_mtp the MTP block is uploaded too).
   static Result<std::unique_ptr<CudaBackend>> Load(const std::filesystem::path& dir,
                                                    engine::LoadOptions load,
                                                    engine::Communicator* comm,
@@ -120,10 +130,31 @@ class CudaBackend final : public engine::Backend {
   // start_pos different from the cached length, a sequence twice in a batch, or more tokens than
   // max_batch_tokens; ResourceExhausted when the KV cache cannot hold the new tokens (nothing is
   // modified then). CUDA and collective failures return Internal / the collective's Status.
+  // Tree chunks: InvalidArgument when tree_parents has another size than tokens or an entry i
+  // outside [-1, i).
   Result<engine::ForwardOutput> Forward(const engine::ForwardBatch& batch) override;
+  // Frees both caches (target and MTP) of a sequence; unknown ids are ignored.
   void Release(uint64_t seq_id) override;
+  // Free tokens of the KV cache (with an MTP layer: the smaller of the two caches').
   int64_t FreeKvTokens() const override;
 
+  // True when the MTP layer is loaded.
+  bool SupportsSpeculation() const override;
+  // The MTP layer over its own cache (shared/docs/glm4-moe.md §4.1): per pair j,
+  // z = eh_proj([enorm(embed[tokens[j]]), hnorm(hidden[j])]), the decoder layer at position
+  // start_pos + depth(j) (slot start_pos + j), out = shared_head.norm(z), logits = lm_head(out);
+  // hidden rows are `out`. Errors as Forward (start_pos against the MTP cache), InvalidArgument
+  // when hidden does not hold tokens.size() * hidden_size values, Unimplemented without an MTP
+  // layer.
+  Result<engine::ForwardOutput> ForwardMtp(const engine::MtpBatch& batch) override;
+  int64_t CachedTokens(uint64_t seq_id, engine::CacheKind kind) const override;
+  // Compacts one cache of a sequence (backend.h): InvalidArgument when prefix_len is outside
+  // [0, cached length] or keep is not strictly ascending within [0, cached length - prefix_len)
+  // (nothing changes then); Unimplemented for kMtp without an MTP layer.
+  Status KeepCacheEntries(uint64_t seq_id, engine::CacheKind kind, int64_t prefix_len,
+                          const std::vector<int32_t>& keep) override;
+
+  // Cached length in the target cache (0 for unknown ids).
   int64_t CachedTokens(uint64_t seq_id) const;
   Status TruncateSequence(uint64_t seq_id, int64_t length);
   int64_t KvCapacityTokens() const;

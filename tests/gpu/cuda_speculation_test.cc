@@ -1,0 +1,504 @@
+// CudaBackend speculative-decoding support on the GPU, against CpuBackend on the same weights: a
+// tiny GLM-4 MoE checkpoint with an MTP layer (WriteTinyModel, mtp = true) written at test time.
+//   * tree chunks (short prefix, and a 600-token prefix where the attention splits along the
+//     keys): logits and final-norm hidden rows vs CpuBackend, and every node vs its
+//     root-to-node path run as a plain chain on the GPU;
+//   * KeepCacheEntries on the target and MTP caches, then a decode step, vs the accepted path
+//     computed from scratch; bad indices change nothing;
+//   * ForwardMtp (chain steps, a tree step, return_hidden) vs CpuBackend; Load (streamed) equal to
+//     Create; tp=2 (two ranks on one GPU, Gloo) vs tp=1;
+//   * CachedTokens(kind), Release of both caches, FreeKvTokens (the smaller cache), the errors;
+//   * greedy generation through the Scheduler with speculation (chain and tree) equal to greedy
+//     generation without it, token for token.
+// Tolerances as tests/gpu/cuda_backend_test.cc: BF16 activations into every GEMM against the
+// CPU's fp32, logits and hidden rows within 3e-2 of the reference's max |value|; GPU-vs-GPU
+// comparisons of the same tokens in another batch shape within 1e-2.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/comm/gloo_communicator.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/cuda/cuda_backend.h"
+#include "engine/model/loader.h"
+#include "engine/model/tiny_model.h"
+#include "engine/runtime/backend.h"
+
+namespace spark::cuda {
+namespace {
+
+namespace fs = std::filesystem;
+using engine::CacheKind;
+using engine::ForwardBatch;
+using engine::ForwardOutput;
+using engine::MtpBatch;
+using engine::MtpChunk;
+using engine::SequenceChunk;
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (fs::temp_directory_path() / "spark_cuda_spec_XXXXXX").string();
+    if (char* made = ::mkdtemp(pattern.data()); made != nullptr) path_ = made;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    if (!path_.empty()) fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+double MaxAbs(const float* v, size_t n) {
+  double m = 0;
+  for (size_t i = 0; i < n; ++i) m = std::max(m, std::fabs(static_cast<double>(v[i])));
+  return m;
+}
+
+// max |got - want| / max |want| over n values.
+double RelDiff(const float* got, const float* want, size_t n) {
+  double m = 0;
+  for (size_t i = 0; i < n; ++i) m = std::max(m, std::fabs(static_cast<double>(got[i]) - want[i]));
+  const double scale = MaxAbs(want, n);
+  return scale > 0 ? m / scale : m;
+}
+
+double RelDiff(const std::vector<float>& got, const std::vector<float>& want) {
+  EXPECT_EQ(got.size(), want.size());
+  return RelDiff(got.data(), want.data(), std::min(got.size(), want.size()));
+}
+
+int32_t Argmax(const float* row, int64_t n) {
+  return static_cast<int32_t>(std::max_element(row, row + n) - row);
+}
+
+std::vector<int32_t> Tokens(int n, int salt, int64_t vocab) {
+  std::vector<int32_t> t;
+  for (int i = 0; i < n; ++i) t.push_back(static_cast<int32_t>((i * 7919 + salt * 104729) % vocab));
+  return t;
+}
+
+class CudaSpeculationTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir();
+    engine::TinyModelOptions tiny;
+    tiny.mtp = true;
+    tiny.seed = 5;
+    Status st = engine::WriteTinyModel(dir_->path(), tiny);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+  }
+  static void TearDownTestSuite() {
+    delete dir_;
+    dir_ = nullptr;
+  }
+
+  static CudaBackendOptions GpuOptions() {
+    CudaBackendOptions o;
+    o.kv_cache_bytes = int64_t{64} << 20;
+    o.max_batch_tokens = 1024;
+    return o;
+  }
+
+  static std::unique_ptr<CudaBackend> Gpu(bool mtp = true, int rank = 0, int size = 1,
+                                          engine::Communicator* comm = nullptr) {
+    engine::LoadOptions load;
+    load.load_mtp = mtp;
+    load.tp_rank = rank;
+    load.tp_size = size;
+    Result<engine::ModelWeights> w = engine::LoadModelWeights(dir_->path(), load);
+    EXPECT_TRUE(w.ok()) << w.status().ToString();
+    if (!w.ok()) return nullptr;
+    EXPECT_EQ(w->mtp.size(), mtp ? 1u : 0u);
+    CudaBackendOptions opts = GpuOptions();
+    if (comm != nullptr) opts.collectives = CollectiveMode::kHost;
+    Result<std::unique_ptr<CudaBackend>> b = CudaBackend::Create(std::move(*w), comm, opts);
+    EXPECT_TRUE(b.ok()) << b.status().ToString();
+    return b.ok() ? std::move(*b) : nullptr;
+  }
+
+  static std::unique_ptr<engine::CpuBackend> Cpu() {
+    engine::LoadOptions load;
+    load.load_mtp = true;
+    Result<engine::ModelWeights> w = engine::LoadModelWeights(dir_->path(), load);
+    EXPECT_TRUE(w.ok()) << w.status().ToString();
+    if (!w.ok()) return nullptr;
+    engine::CpuBackendOptions opts;
+    opts.kv_cache_bytes = int64_t{64} << 20;
+    Result<std::unique_ptr<engine::CpuBackend>> b =
+        engine::CpuBackend::Create(std::move(*w), nullptr, opts);
+    EXPECT_TRUE(b.ok()) << b.status().ToString();
+    return b.ok() ? std::move(*b) : nullptr;
+  }
+
+  static TempDir* dir_;
+};
+
+TempDir* CudaSpeculationTest::dir_ = nullptr;
+
+ForwardBatch Chunk(uint64_t seq, int64_t start, std::vector<int32_t> tokens, bool all = false,
+                   std::vector<int32_t> parents = {}, bool hidden = false) {
+  ForwardBatch b;
+  SequenceChunk c;
+  c.seq_id = seq;
+  c.start_pos = start;
+  c.tokens = std::move(tokens);
+  c.all_logits = all;
+  c.tree_parents = std::move(parents);
+  c.return_hidden = hidden;
+  b.chunks.push_back(std::move(c));
+  return b;
+}
+
+MtpBatch MtpStep(uint64_t seq, int64_t start, std::vector<int32_t> tokens,
+                 std::vector<float> hidden, std::vector<int32_t> parents = {}) {
+  MtpBatch b;
+  MtpChunk c;
+  c.seq_id = seq;
+  c.start_pos = start;
+  c.tokens = std::move(tokens);
+  c.hidden = std::move(hidden);
+  c.all_logits = true;
+  c.tree_parents = std::move(parents);
+  c.return_hidden = true;
+  b.chunks.push_back(std::move(c));
+  return b;
+}
+
+// The tree verified below: root 0; children 1, 2; 3, 4 under 1; 5 under 2; 6 under 5.
+const std::vector<int32_t> kParents = {-1, 0, 0, 1, 1, 2, 5};
+
+std::vector<int32_t> PathTo(int node) {
+  std::vector<int32_t> path;
+  for (int n = node; n >= 0; n = kParents[static_cast<size_t>(n)]) path.push_back(n);
+  std::reverse(path.begin(), path.end());
+  return path;
+}
+
+TEST_F(CudaSpeculationTest, TreeChunksMatchCpuAndTheirRootToNodeChains) {
+  std::unique_ptr<CudaBackend> gpu = Gpu();
+  std::unique_ptr<engine::CpuBackend> cpu = Cpu();
+  ASSERT_TRUE(gpu && cpu);
+  const int64_t vocab = gpu->config().vocab_size;
+  const int64_t hsz = gpu->config().hidden_size;
+  // 10 tokens: one attention tile of keys; 600: the attention splits along the keys.
+  for (int prefix : {10, 600}) {
+    SCOPED_TRACE("prefix " + std::to_string(prefix));
+    const uint64_t seq = static_cast<uint64_t>(prefix);
+    const std::vector<int32_t> prompt = Tokens(prefix, prefix, vocab);
+    Result<ForwardOutput> g0 = gpu->Forward(Chunk(seq, 0, prompt, true, {}, true));
+    Result<ForwardOutput> c0 = cpu->Forward(Chunk(seq, 0, prompt, true, {}, true));
+    ASSERT_TRUE(g0.ok()) << g0.status().ToString();
+    ASSERT_TRUE(c0.ok()) << c0.status().ToString();
+    ASSERT_EQ(g0->hidden_size, hsz);
+    ASSERT_EQ(g0->hidden.size(), static_cast<size_t>(prefix * hsz));
+    const double prompt_logits = RelDiff(g0->logits, c0->logits);
+    const double prompt_hidden = RelDiff(g0->hidden, c0->hidden);
+
+    const std::vector<int32_t> tree = Tokens(7, prefix + 1, vocab);
+    Result<ForwardOutput> gt = gpu->Forward(Chunk(seq, prefix, tree, true, kParents, true));
+    Result<ForwardOutput> ct = cpu->Forward(Chunk(seq, prefix, tree, true, kParents, true));
+    ASSERT_TRUE(gt.ok()) << gt.status().ToString();
+    ASSERT_TRUE(ct.ok()) << ct.status().ToString();
+    EXPECT_EQ(gpu->CachedTokens(seq), prefix + 7);
+    ASSERT_EQ(gt->logits.size(), static_cast<size_t>(7 * vocab));
+    ASSERT_EQ(gt->hidden.size(), static_cast<size_t>(7 * hsz));
+    const double tree_logits = RelDiff(gt->logits, ct->logits);
+    const double tree_hidden = RelDiff(gt->hidden, ct->hidden);
+    std::printf(
+        "[cuda-spec-tree] prefix %d: prompt logits %.3e hidden %.3e, tree logits %.3e hidden "
+        "%.3e (max|gpu-cpu|/max|cpu|)\n",
+        prefix, prompt_logits, prompt_hidden, tree_logits, tree_hidden);
+    EXPECT_LE(prompt_logits, 3e-2);
+    EXPECT_LE(prompt_hidden, 3e-2);
+    EXPECT_LE(tree_logits, 3e-2);
+    EXPECT_LE(tree_hidden, 3e-2);
+
+    // Every node equals its root-to-node path appended as a plain chain.
+    double worst = 0;
+    for (int node = 0; node < 7; ++node) {
+      std::vector<int32_t> chain = prompt;
+      for (int32_t n : PathTo(node)) chain.push_back(tree[static_cast<size_t>(n)]);
+      const uint64_t other = 1000 + seq + static_cast<uint64_t>(node);
+      Result<ForwardOutput> gc = gpu->Forward(Chunk(other, 0, chain, false, {}, true));
+      ASSERT_TRUE(gc.ok()) << gc.status().ToString();
+      const float* row = gt->logits.data() + node * vocab;
+      const double d = RelDiff(row, gc->logits.data(), static_cast<size_t>(vocab));
+      const double dh =
+          RelDiff(gt->hidden.data() + node * hsz, gc->hidden.data(), static_cast<size_t>(hsz));
+      worst = std::max({worst, d, dh});
+      EXPECT_LE(d, 1e-2) << "node " << node;
+      EXPECT_LE(dh, 1e-2) << "node " << node;
+      gpu->Release(other);
+    }
+    std::printf("[cuda-spec-tree] prefix %d: tree rows vs root-to-node chains max %.3e\n", prefix,
+                worst);
+    gpu->Release(seq);
+  }
+  EXPECT_EQ(gpu->FreeKvTokens(), gpu->KvCapacityTokens());
+}
+
+TEST_F(CudaSpeculationTest, TreeChunkErrorsChangeNothing) {
+  std::unique_ptr<CudaBackend> gpu = Gpu();
+  ASSERT_TRUE(gpu);
+  const int64_t free_tokens = gpu->FreeKvTokens();
+  EXPECT_EQ(gpu->Forward(Chunk(1, 0, {1, 2, 3}, true, {-1, 0})).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu->Forward(Chunk(1, 0, {1, 2, 3}, true, {-1, 1, 0})).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu->Forward(Chunk(1, 0, {1, 2, 3}, true, {-1, 0, -2})).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu->CachedTokens(1), 0);
+  EXPECT_EQ(gpu->FreeKvTokens(), free_tokens);
+  // A forest (several -1 parents) is a valid tree chunk.
+  Result<ForwardOutput> ok = gpu->Forward(Chunk(1, 0, {1, 2, 3}, true, {-1, -1, 0}));
+  EXPECT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(gpu->CachedTokens(1), 3);
+}
+
+TEST_F(CudaSpeculationTest, KeepCacheEntriesKeepsTheAcceptedPath) {
+  std::unique_ptr<CudaBackend> gpu = Gpu();
+  std::unique_ptr<engine::CpuBackend> cpu = Cpu();
+  ASSERT_TRUE(gpu && cpu);
+  const int64_t vocab = gpu->config().vocab_size;
+  const std::vector<int32_t> prompt = Tokens(21, 3, vocab);
+  const std::vector<int32_t> tree = Tokens(7, 4, vocab);
+  const int32_t next = 77;
+  for (engine::Backend* b : std::vector<engine::Backend*>{gpu.get(), cpu.get()}) {
+    ASSERT_TRUE(b->Forward(Chunk(1, 0, prompt)).ok());
+    ASSERT_TRUE(b->Forward(Chunk(1, 21, tree, true, kParents)).ok());
+  }
+  // Bad requests: nothing changes.
+  EXPECT_EQ(gpu->KeepCacheEntries(1, CacheKind::kTarget, 21, {1, 0}).code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu->KeepCacheEntries(1, CacheKind::kTarget, 21, {0, 0}).code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu->KeepCacheEntries(1, CacheKind::kTarget, 21, {0, 7}).code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu->KeepCacheEntries(1, CacheKind::kTarget, 29, {}).code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu->KeepCacheEntries(1, CacheKind::kTarget, -1, {}).code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu->CachedTokens(1), 28);
+  // Accept root -> 2 -> 5 -> 6 (moves across the block boundary at 32 with 16-token blocks).
+  const std::vector<int32_t> keep = PathTo(6);
+  ASSERT_TRUE(gpu->KeepCacheEntries(1, CacheKind::kTarget, 21, keep).ok());
+  ASSERT_TRUE(cpu->KeepCacheEntries(1, CacheKind::kTarget, 21, keep).ok());
+  EXPECT_EQ(gpu->CachedTokens(1), 25);
+  EXPECT_EQ(gpu->CachedTokens(1, CacheKind::kTarget), 25);
+  Result<ForwardOutput> g = gpu->Forward(Chunk(1, 25, {next}));
+  Result<ForwardOutput> c = cpu->Forward(Chunk(1, 25, {next}));
+  ASSERT_TRUE(g.ok() && c.ok());
+  // The accepted path from scratch.
+  std::vector<int32_t> chain = prompt;
+  for (int32_t n : keep) chain.push_back(tree[static_cast<size_t>(n)]);
+  chain.push_back(next);
+  Result<ForwardOutput> ref = gpu->Forward(Chunk(2, 0, chain));
+  ASSERT_TRUE(ref.ok());
+  const double vs_chain = RelDiff(g->logits, ref->logits);
+  const double vs_cpu = RelDiff(g->logits, c->logits);
+  std::printf(
+      "[cuda-spec-keep] after KeepCacheEntries: vs the accepted path from scratch %.3e, vs "
+      "CpuBackend %.3e\n",
+      vs_chain, vs_cpu);
+  EXPECT_LE(vs_chain, 1e-2);
+  EXPECT_LE(vs_cpu, 3e-2);
+  // keep = {} truncates to the prefix.
+  ASSERT_TRUE(gpu->KeepCacheEntries(1, CacheKind::kTarget, 10, {}).ok());
+  EXPECT_EQ(gpu->CachedTokens(1), 10);
+  // Unknown sequence: only the empty request is valid.
+  EXPECT_TRUE(gpu->KeepCacheEntries(42, CacheKind::kTarget, 0, {}).ok());
+  EXPECT_EQ(gpu->KeepCacheEntries(42, CacheKind::kTarget, 0, {0}).code(),
+            StatusCode::kInvalidArgument);
+}
+
+TEST_F(CudaSpeculationTest, ForwardMtpMatchesCpu) {
+  std::unique_ptr<CudaBackend> gpu = Gpu();
+  std::unique_ptr<engine::CpuBackend> cpu = Cpu();
+  ASSERT_TRUE(gpu && cpu);
+  EXPECT_TRUE(gpu->SupportsSpeculation());
+  const int64_t vocab = gpu->config().vocab_size;
+  const int64_t hsz = gpu->config().hidden_size;
+  const int64_t capacity = gpu->FreeKvTokens();
+  EXPECT_EQ(capacity, gpu->KvCapacityTokens()) << "both caches hold the same number of tokens";
+  const int n = 12;
+  const std::vector<int32_t> prompt = Tokens(n, 7, vocab);
+  Result<ForwardOutput> target = cpu->Forward(Chunk(1, 0, prompt, true, {}, true));
+  ASSERT_TRUE(target.ok());
+  const int32_t t_n = Argmax(target->logits.data() + (n - 1) * vocab, vocab);
+
+  // Draft extend over the prompt: pairs (t_{j+1}, h_j), j = 0 .. n-1; both backends get the
+  // CPU's hidden rows, so the comparison isolates the MTP layer.
+  std::vector<int32_t> pair_tokens(prompt.begin() + 1, prompt.end());
+  pair_tokens.push_back(t_n);
+  const MtpBatch extend_batch = MtpStep(1, 0, pair_tokens, target->hidden);
+  double worst = 0;
+  auto run = [&](const MtpBatch& batch, const char* name) -> Result<ForwardOutput> {
+    Result<ForwardOutput> g = gpu->ForwardMtp(batch);
+    Result<ForwardOutput> c = cpu->ForwardMtp(batch);
+    if (!g.ok()) return g.status();
+    if (!c.ok()) return c.status();
+    EXPECT_EQ(g->row_begin, c->row_begin);
+    EXPECT_EQ(g->hidden_size, hsz);
+    const double dl = RelDiff(g->logits, c->logits);
+    const double dh = RelDiff(g->hidden, c->hidden);
+    std::printf("[cuda-spec-mtp] %-8s logits %.3e hidden %.3e (max|gpu-cpu|/max|cpu|)\n", name, dl,
+                dh);
+    EXPECT_LE(dl, 3e-2) << name;
+    EXPECT_LE(dh, 3e-2) << name;
+    worst = std::max({worst, dl, dh});
+    return c;
+  };
+  Result<ForwardOutput> extend = run(extend_batch, "extend");
+  ASSERT_TRUE(extend.ok()) << extend.status().ToString();
+  EXPECT_EQ(gpu->CachedTokens(1, CacheKind::kMtp), n);
+  EXPECT_EQ(gpu->CachedTokens(1, CacheKind::kTarget), 0);
+  EXPECT_EQ(gpu->FreeKvTokens(), capacity - 16) << "the smaller of the two caches";
+
+  // Chain step: the last draft's token with its MTP output as the hidden.
+  const int32_t d1 = Argmax(extend->logits.data() + (n - 1) * vocab, vocab);
+  std::vector<float> h1(extend->hidden.end() - hsz, extend->hidden.end());
+  Result<ForwardOutput> chain = run(MtpStep(1, n, {d1}, h1), "chain");
+  ASSERT_TRUE(chain.ok()) << chain.status().ToString();
+  // Tree step over three nodes (two children of the first), then keep the path 0 -> 2.
+  std::vector<float> h3;
+  for (int k = 0; k < 3; ++k) h3.insert(h3.end(), chain->hidden.begin(), chain->hidden.end());
+  Result<ForwardOutput> tree = run(MtpStep(1, n + 1, {5, 6, 7}, h3, {-1, 0, 0}), "tree");
+  ASSERT_TRUE(tree.ok()) << tree.status().ToString();
+  EXPECT_EQ(gpu->CachedTokens(1, CacheKind::kMtp), n + 4);
+  ASSERT_TRUE(gpu->KeepCacheEntries(1, CacheKind::kMtp, n + 1, {0, 2}).ok());
+  ASSERT_TRUE(cpu->KeepCacheEntries(1, CacheKind::kMtp, n + 1, {0, 2}).ok());
+  EXPECT_EQ(gpu->CachedTokens(1, CacheKind::kMtp), n + 3);
+  std::vector<float> h_last(tree->hidden.end() - hsz, tree->hidden.end());
+  Result<ForwardOutput> after = run(MtpStep(1, n + 3, {9}, h_last), "kept");
+  ASSERT_TRUE(after.ok()) << after.status().ToString();
+
+  // Errors change nothing.
+  EXPECT_EQ(gpu->ForwardMtp(MtpStep(1, n + 4, {9}, std::vector<float>(hsz - 1))).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu->ForwardMtp(MtpStep(1, n + 5, {9}, h_last)).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu->ForwardMtp(MtpStep(1, n + 4, {9, 9}, h3, {-1, 0})).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu->KeepCacheEntries(1, CacheKind::kMtp, n + 4, {0}).code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu->CachedTokens(1, CacheKind::kMtp), n + 4);
+
+  // Release frees both caches.
+  ASSERT_TRUE(gpu->Forward(Chunk(1, 0, prompt)).ok());
+  gpu->Release(1);
+  EXPECT_EQ(gpu->CachedTokens(1, CacheKind::kMtp), 0);
+  EXPECT_EQ(gpu->CachedTokens(1, CacheKind::kTarget), 0);
+  EXPECT_EQ(gpu->FreeKvTokens(), capacity);
+
+  // The streamed Load gives the same MTP layer, bit for bit.
+  engine::LoadOptions load;
+  load.load_mtp = true;
+  Result<std::unique_ptr<CudaBackend>> streamed =
+      CudaBackend::Load(dir_->path(), load, nullptr, GpuOptions());
+  ASSERT_TRUE(streamed.ok()) << streamed.status().ToString();
+  EXPECT_TRUE((*streamed)->SupportsSpeculation());
+  Result<ForwardOutput> a = (*streamed)->ForwardMtp(extend_batch);
+  Result<ForwardOutput> b = gpu->ForwardMtp(extend_batch);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->logits, b->logits);
+  EXPECT_EQ(a->hidden, b->hidden);
+  std::printf("[cuda-spec-mtp] worst GPU vs CPU %.3e\n", worst);
+}
+
+TEST_F(CudaSpeculationTest, WithoutTheMtpLayerSpeculationIsUnsupported) {
+  std::unique_ptr<CudaBackend> gpu = Gpu(false);
+  ASSERT_TRUE(gpu);
+  EXPECT_FALSE(gpu->SupportsSpeculation());
+  const int64_t hsz = gpu->config().hidden_size;
+  EXPECT_EQ(gpu->ForwardMtp(MtpStep(1, 0, {1}, std::vector<float>(hsz))).status().code(),
+            StatusCode::kUnimplemented);
+  EXPECT_EQ(gpu->KeepCacheEntries(1, CacheKind::kMtp, 0, {}).code(), StatusCode::kUnimplemented);
+  EXPECT_EQ(gpu->CachedTokens(1, CacheKind::kMtp), 0);
+  // Tree chunks, hidden rows and target compaction work without it.
+  ASSERT_TRUE(gpu->Forward(Chunk(1, 0, {1, 2, 3, 4}, true, {-1, 0, 0, 2}, true)).ok());
+  EXPECT_TRUE(gpu->KeepCacheEntries(1, CacheKind::kTarget, 0, {0, 2, 3}).ok());
+  EXPECT_EQ(gpu->CachedTokens(1), 3);
+}
+
+TEST_F(CudaSpeculationTest, TensorParallelMtpMatchesOneRank) {
+  std::unique_ptr<CudaBackend> one = Gpu();
+  ASSERT_TRUE(one);
+  const int64_t vocab = one->config().vocab_size;
+  const int64_t hsz = one->config().hidden_size;
+  const std::vector<int32_t> prompt = Tokens(9, 11, vocab);
+  struct Out {
+    std::vector<float> logits, hidden, mtp_logits, mtp_hidden;
+  };
+  auto run = [&](CudaBackend& b) -> Result<Out> {
+    Out out;
+    SPARK_ASSIGN_OR_RETURN(ForwardOutput t, b.Forward(Chunk(1, 0, prompt, true, {}, true)));
+    std::vector<int32_t> pairs(prompt.begin() + 1, prompt.end());
+    pairs.push_back(Argmax(t.logits.data() + 8 * vocab, vocab));
+    SPARK_ASSIGN_OR_RETURN(ForwardOutput m, b.ForwardMtp(MtpStep(1, 0, pairs, t.hidden)));
+    out.logits = std::move(t.logits);
+    out.hidden = std::move(t.hidden);
+    out.mtp_logits = std::move(m.logits);
+    out.mtp_hidden = std::move(m.hidden);
+    return out;
+  };
+  Result<Out> want = run(*one);
+  ASSERT_TRUE(want.ok()) << want.status().ToString();
+  one.reset();
+
+  engine::LocalKeyValueStore store;
+  engine::GlooOptions gloo;
+  gloo.prefix = "cuda_spec_tp_" + std::to_string(::getpid());
+  std::vector<Result<Out>> results(2, Result<Out>(Internal("rank did not run")));
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < 2; ++rank) {
+    threads.emplace_back([&, rank] {
+      Result<std::unique_ptr<engine::GlooCommunicator>> comm =
+          engine::GlooCommunicator::Create(rank, 2, &store, gloo);
+      if (!comm.ok()) {
+        results[rank] = comm.status();
+        return;
+      }
+      std::unique_ptr<CudaBackend> b = Gpu(true, rank, 2, comm->get());
+      if (!b) {
+        results[rank] = Internal("rank " + std::to_string(rank) + " did not load");
+        return;
+      }
+      results[rank] = run(*b);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int rank = 0; rank < 2; ++rank) {
+    ASSERT_TRUE(results[rank].ok()) << results[rank].status().ToString();
+  }
+  const Out& got = *results[0];
+  const double dl = RelDiff(got.logits, want->logits);
+  const double dt = RelDiff(got.hidden, want->hidden);
+  const double dm = RelDiff(got.mtp_logits, want->mtp_logits);
+  const double dh = RelDiff(got.mtp_hidden, want->mtp_hidden);
+  std::printf(
+      "[cuda-spec-tp] tp=2 vs tp=1: target logits %.3e hidden %.3e, MTP logits %.3e hidden "
+      "%.3e\n",
+      dl, dt, dm, dh);
+  EXPECT_LE(dt, 2e-2);
+  EXPECT_EQ(got.mtp_hidden.size(), static_cast<size_t>(9 * hsz));
+  EXPECT_LE(dl, 2e-2);
+  EXPECT_LE(dm, 2e-2);
+  EXPECT_LE(dh, 2e-2);
+  EXPECT_EQ(results[0]->mtp_logits, results[1]->mtp_logits);
+  EXPECT_EQ(results[0]->mtp_hidden, results[1]->mtp_hidden);
+}
+
+}  // namespace
+}  // namespace spark::cuda
