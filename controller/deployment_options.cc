@@ -1,5 +1,6 @@
 #include "controller/deployment_options.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cstdint>
 #include <limits>
@@ -14,6 +15,7 @@ using nlohmann::json;
 
 constexpr uint64_t kMaxSpeculativeSteps = 32;
 constexpr uint64_t kMaxSpeculativeTopk = 16;
+constexpr uint64_t kMaxSpeculativeDraftTokens = 64;
 
 constexpr std::string_view kUnsignedKeys[] = {
     "max_batch", "max_seq_len",           "kv_cache_bytes",  "shared_memory_cap_bytes",
@@ -114,7 +116,10 @@ Result<json> NormalizeSpeculative(const json& given) {
           std::to_string(*draft_tokens) + "; leave it out or raise topk for a tree");
     }
   } else {
-    const uint64_t most = 1 + k + (*steps - 1) * k * k;
+    // The root plus at most topk + (steps - 1) * topk^2 candidates, and at most
+    // kMaxSpeculativeDraftTokens (the engine's verification tree limit).
+    const uint64_t most =
+        std::min<uint64_t>(1 + k + (*steps - 1) * k * k, kMaxSpeculativeDraftTokens);
     if (!draft_tokens) {
       return InvalidArgument("option \"speculative.draft_tokens\" is required with topk " +
                              std::to_string(k) + ": the tree size verified per step, in [2, " +
@@ -123,9 +128,8 @@ Result<json> NormalizeSpeculative(const json& given) {
     draft = *draft_tokens;
     if (draft < 2 || draft > most) {
       return InvalidArgument("option \"speculative.draft_tokens\" must be in [2, " +
-                             std::to_string(most) +
-                             "] (1 + topk + (steps - 1) * topk^2) with "
-                             "steps " +
+                             std::to_string(most) + "] (1 + topk + (steps - 1) * topk^2, at most " +
+                             std::to_string(kMaxSpeculativeDraftTokens) + ") with steps " +
                              std::to_string(*steps) + " and topk " + std::to_string(k) + ", got " +
                              std::to_string(draft));
     }

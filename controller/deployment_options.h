@@ -25,8 +25,8 @@
 //                 topk and draft_tokens must be absent too)
 //   topk          branching per draft step, [1, 16]; default 1 (a chain)
 //   draft_tokens  tokens verified per step: with topk 1 it is steps + 1 (the default; any other
-//                 value is refused); with topk > 1 it is required, in [2, 1 + topk + (steps - 1)
-//                 * topk^2]
+//                 value is refused); with topk > 1 it is required, in [2, min(64, 1 + topk +
+//                 (steps - 1) * topk^2)]
 // The normalized form always holds the object with all three fields (the flat aliases are folded
 // into it), and has no "speculative" key when speculative decoding is off.
 //

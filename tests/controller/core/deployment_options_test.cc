@@ -135,6 +135,10 @@ TEST(DeploymentOptionsTest, SpeculativeErrorsNameTheFieldAndTheRange) {
               HasSubstr("must be in [2, 11]"));
   EXPECT_THAT(error({{"steps", 3}, {"topk", 2}, {"draft_tokens", 11}}), HasSubstr("accepted"));
   EXPECT_THAT(error({{"steps", 3}, {"topk", 2}, {"draft_tokens", 2}}), HasSubstr("accepted"));
+  // Trees stay within 64 nodes (1 + 8 + 2 * 64 = 137 would be the formula's bound).
+  EXPECT_THAT(error({{"steps", 3}, {"topk", 8}, {"draft_tokens", 65}}),
+              HasSubstr("must be in [2, 64]"));
+  EXPECT_THAT(error({{"steps", 3}, {"topk", 8}, {"draft_tokens", 64}}), HasSubstr("accepted"));
 }
 
 }  // namespace
