@@ -85,81 +85,112 @@ void Sampler::Accept(int32_t token) {
 
 double Sampler::NextUniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
 
-SampleResult Sampler::Sample(std::span<const float> logits) {
+Sampler::Processed Sampler::Process(std::span<const float> logits,
+                                    std::span<const int32_t> pending) {
   const int64_t vocab = static_cast<int64_t>(logits.size());
   scratch_.assign(logits.begin(), logits.end());
   float* l = scratch_.data();
 
-  // 1. Penalties.
+  // 1. Penalties (pending tokens count as output tokens).
   if (params_.repetition_penalty != 1.0f) {
     const float rp = params_.repetition_penalty;
-    for (int32_t t : seen_) {
-      if (t < 0 || t >= vocab) continue;
+    auto penalise = [&](int32_t t) {
+      if (t < 0 || t >= vocab) return;
       l[t] = l[t] > 0.0f ? l[t] / rp : l[t] * rp;
+    };
+    for (int32_t t : seen_) penalise(t);
+    for (size_t i = 0; i < pending.size(); ++i) {
+      const int32_t t = pending[i];
+      if (seen_.count(t) > 0 ||
+          std::find(pending.begin(), pending.begin() + static_cast<std::ptrdiff_t>(i), t) !=
+              pending.begin() + static_cast<std::ptrdiff_t>(i)) {
+        continue;  // penalised once
+      }
+      penalise(t);
     }
   }
-  for (const auto& [t, count] : output_counts_) {
-    if (t < 0 || t >= vocab) continue;
-    l[t] -= params_.frequency_penalty * static_cast<float>(count) + params_.presence_penalty;
+  if (params_.frequency_penalty != 0.0f || params_.presence_penalty != 0.0f) {
+    auto apply = [&](const std::unordered_map<int32_t, int>& counts) {
+      for (const auto& [t, count] : counts) {
+        if (t < 0 || t >= vocab) continue;
+        l[t] -= params_.frequency_penalty * static_cast<float>(count) + params_.presence_penalty;
+      }
+    };
+    if (pending.empty()) {
+      apply(output_counts_);
+    } else {
+      std::unordered_map<int32_t, int> counts = output_counts_;
+      for (int32_t t : pending) ++counts[t];
+      apply(counts);
+    }
   }
 
   // 2. Temperature.
-  const bool greedy = params_.greedy();
-  if (!greedy && params_.temperature != 1.0f) {
+  if (!params_.greedy() && params_.temperature != 1.0f) {
     const float inv_t = 1.0f / params_.temperature;
     for (int64_t i = 0; i < vocab; ++i) l[i] *= inv_t;
   }
 
   // Log-sum-exp of the processed logits (for logprobs and probabilities).
-  int32_t argmax = 0;
+  Processed p;
   for (int64_t i = 1; i < vocab; ++i) {
-    if (l[i] > l[argmax]) argmax = static_cast<int32_t>(i);
+    if (l[i] > l[p.argmax]) p.argmax = static_cast<int32_t>(i);
   }
-  const float max_logit = vocab > 0 ? l[argmax] : 0.0f;
-  double lse = max_logit;
-  if (std::isfinite(max_logit)) {
+  p.max_logit = vocab > 0 ? l[p.argmax] : 0.0f;
+  p.lse = p.max_logit;
+  if (std::isfinite(p.max_logit)) {
     double sum = 0.0;
-    for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(l[i]) - max_logit);
-    lse = max_logit + std::log(sum);
+    for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(l[i]) - p.max_logit);
+    p.lse = p.max_logit + std::log(sum);
   }
+  return p;
+}
 
-  SampleResult result;
-  int32_t token = argmax;
-  if (!greedy && std::isfinite(max_logit)) {
-    // 3-5. Truncation filters over a candidate list, most likely first when an ordering is needed.
-    const bool use_top_k = params_.top_k > 0 && params_.top_k < vocab;
-    const bool use_top_p = params_.top_p < 1.0f;
-    candidates_.resize(static_cast<size_t>(vocab));
-    for (int64_t i = 0; i < vocab; ++i) candidates_[i] = static_cast<int32_t>(i);
-    ByLogitDesc order{l};
-    if (use_top_k) {
-      auto kth = candidates_.begin() + params_.top_k;
-      std::nth_element(candidates_.begin(), kth - 1, candidates_.end(), order);
-      candidates_.resize(static_cast<size_t>(params_.top_k));
-    }
-    if (use_top_k || use_top_p) std::sort(candidates_.begin(), candidates_.end(), order);
+void Sampler::Filter(const Processed& p) {
+  const float* l = scratch_.data();
+  const int64_t vocab = static_cast<int64_t>(scratch_.size());
+  // 3-5. Truncation filters over a candidate list, most likely first when an ordering is needed.
+  const bool use_top_k = params_.top_k > 0 && params_.top_k < vocab;
+  const bool use_top_p = params_.top_p < 1.0f;
+  candidates_.resize(static_cast<size_t>(vocab));
+  for (int64_t i = 0; i < vocab; ++i) candidates_[i] = static_cast<int32_t>(i);
+  ByLogitDesc order{l};
+  if (use_top_k) {
+    auto kth = candidates_.begin() + params_.top_k;
+    std::nth_element(candidates_.begin(), kth - 1, candidates_.end(), order);
+    candidates_.resize(static_cast<size_t>(params_.top_k));
+  }
+  if (use_top_k || use_top_p) std::sort(candidates_.begin(), candidates_.end(), order);
 
-    // Unnormalised probabilities relative to the best candidate (== the global argmax).
-    auto weight = [&](int32_t t) { return std::exp(static_cast<double>(l[t]) - max_logit); };
-    if (use_top_p) {
-      double total = 0.0;
-      for (int32_t t : candidates_) total += weight(t);
-      const double target = static_cast<double>(params_.top_p) * total;
-      double cumulative = 0.0;
-      size_t keep = 0;
-      while (keep < candidates_.size() && (keep == 0 || cumulative < target)) {
-        cumulative += weight(candidates_[keep]);
-        ++keep;
-      }
-      candidates_.resize(keep);
+  // Unnormalised probabilities relative to the best candidate (== the global argmax).
+  auto weight = [&](int32_t t) { return std::exp(static_cast<double>(l[t]) - p.max_logit); };
+  if (use_top_p) {
+    double total = 0.0;
+    for (int32_t t : candidates_) total += weight(t);
+    const double target = static_cast<double>(params_.top_p) * total;
+    double cumulative = 0.0;
+    size_t keep = 0;
+    while (keep < candidates_.size() && (keep == 0 || cumulative < target)) {
+      cumulative += weight(candidates_[keep]);
+      ++keep;
     }
-    if (params_.min_p > 0.0f) {
-      // p_t >= min_p * p_max  <=>  weight(t) >= min_p (the best candidate has weight 1).
-      const double threshold = params_.min_p;
-      std::erase_if(candidates_, [&](int32_t t) { return t != argmax && weight(t) < threshold; });
-    }
+    candidates_.resize(keep);
+  }
+  if (params_.min_p > 0.0f) {
+    // p_t >= min_p * p_max  <=>  weight(t) >= min_p (the best candidate has weight 1).
+    const double threshold = params_.min_p;
+    std::erase_if(candidates_, [&](int32_t t) { return t != p.argmax && weight(t) < threshold; });
+  }
+}
 
+SampleResult Sampler::Sample(std::span<const float> logits) {
+  const Processed p = Process(logits, {});
+  const float* l = scratch_.data();
+  int32_t token = p.argmax;
+  if (!params_.greedy() && std::isfinite(p.max_logit)) {
+    Filter(p);
     // 6. Sample.
+    auto weight = [&](int32_t t) { return std::exp(static_cast<double>(l[t]) - p.max_logit); };
     double total = 0.0;
     for (int32_t t : candidates_) total += weight(t);
     const double u = NextUniform() * total;
@@ -173,19 +204,61 @@ SampleResult Sampler::Sample(std::span<const float> logits) {
       }
     }
   }
+  TokenDistribution view;
+  view.lse = p.lse;
+  view.logits.swap(scratch_);
+  SampleResult result = Describe(view, token);
+  scratch_.swap(view.logits);
+  return result;
+}
 
+void Sampler::Distribution(std::span<const float> logits, std::span<const int32_t> pending,
+                           bool keep_logits, TokenDistribution* out) {
+  const Processed p = Process(logits, pending);
+  out->argmax = p.argmax;
+  out->lse = p.lse;
+  out->probs.clear();
+  if (!params_.greedy()) {
+    const int64_t vocab = static_cast<int64_t>(logits.size());
+    out->probs.assign(static_cast<size_t>(vocab), 0.0f);
+    if (!std::isfinite(p.max_logit)) {
+      if (vocab > 0) out->probs[static_cast<size_t>(p.argmax)] = 1.0f;
+    } else {
+      Filter(p);
+      const float* l = scratch_.data();
+      double total = 0.0;
+      for (int32_t t : candidates_) total += std::exp(static_cast<double>(l[t]) - p.max_logit);
+      for (int32_t t : candidates_) {
+        out->probs[static_cast<size_t>(t)] =
+            static_cast<float>(std::exp(static_cast<double>(l[t]) - p.max_logit) / total);
+      }
+    }
+  }
+  if (keep_logits) {
+    out->logits.assign(scratch_.begin(), scratch_.end());
+  } else {
+    out->logits.clear();
+  }
+}
+
+SampleResult Sampler::Describe(const TokenDistribution& dist, int32_t token) const {
+  SampleResult result;
   result.token = token;
-  result.logprob = static_cast<float>(static_cast<double>(l[token]) - lse);
+  const float* l = dist.logits.data();
+  const int64_t vocab = static_cast<int64_t>(dist.logits.size());
+  if (token >= 0 && token < vocab) {
+    result.logprob = static_cast<float>(static_cast<double>(l[token]) - dist.lse);
+  }
   if (params_.top_logprobs > 0 && vocab > 0) {
     const int64_t n = std::min<int64_t>(params_.top_logprobs, vocab);
-    candidates_.resize(static_cast<size_t>(vocab));
-    for (int64_t i = 0; i < vocab; ++i) candidates_[i] = static_cast<int32_t>(i);
-    ByLogitDesc order{l};
-    std::partial_sort(candidates_.begin(), candidates_.begin() + n, candidates_.end(), order);
+    std::vector<int32_t> order(static_cast<size_t>(vocab));
+    for (int64_t i = 0; i < vocab; ++i) order[i] = static_cast<int32_t>(i);
+    ByLogitDesc by{l};
+    std::partial_sort(order.begin(), order.begin() + n, order.end(), by);
     result.top_logprobs.reserve(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) {
-      int32_t t = candidates_[i];
-      result.top_logprobs.push_back({t, static_cast<float>(static_cast<double>(l[t]) - lse)});
+      int32_t t = order[i];
+      result.top_logprobs.push_back({t, static_cast<float>(static_cast<double>(l[t]) - dist.lse)});
     }
   }
   return result;

@@ -65,6 +65,18 @@ struct TokenLogprob {
   float logprob = 0.0f;
 };
 
+// The distribution of one position as a Sampler processes it (Sampler::Distribution).
+struct TokenDistribution {
+  int32_t argmax = 0;  // of the processed logits, lowest id on ties (the greedy token)
+  // Sampling: the probabilities Sample() draws from (the survivors of top-k/top-p/min-p,
+  // renormalised; 0 elsewhere), vocab_size entries. Greedy: empty (the argmax is certain).
+  std::vector<float> probs;
+  // When asked for: the processed logits (after penalties and temperature; temperature 1 when
+  // greedy) and their log-sum-exp, from which logprobs and draft scores derive.
+  std::vector<float> logits;
+  double lse = 0;
+};
+
 struct SampleResult {
   int32_t token = 0;
   float logprob = 0.0f;                    // processed logprob of `token` (see above)
@@ -83,11 +95,32 @@ class Sampler {
   // Records an emitted output token (frequency/presence counts, repetition set).
   void Accept(int32_t token);
 
+  // The distribution Sample() would draw from at a position that follows the accepted output
+  // and then `pending` (output tokens not Accept()ed yet, e.g. a speculative draft path; the
+  // penalties count them as output). `keep_logits` also keeps the processed logits. The result
+  // equals what Sample() uses after Accept() of every pending token, bit for bit. Uses no
+  // random numbers.
+  void Distribution(std::span<const float> logits, std::span<const int32_t> pending,
+                    bool keep_logits, TokenDistribution* out);
+  // `token` with the logprob and top_logprobs Sample() would report for it under `dist` (whose
+  // logits must have been kept when params().logprobs or top_logprobs is set).
+  SampleResult Describe(const TokenDistribution& dist, int32_t token) const;
+
   const SamplingParams& params() const { return params_; }
   uint64_t seed() const { return seed_; }
 
  private:
   double NextUniform();  // [0, 1)
+  struct Processed {
+    int32_t argmax = 0;
+    float max_logit = 0;
+    double lse = 0;
+  };
+  // Steps 1-2 (penalties with `pending` counted as output, temperature) into scratch_.
+  Processed Process(std::span<const float> logits, std::span<const int32_t> pending);
+  // Steps 3-5 over scratch_: the survivors into candidates_ (most likely first when an ordering
+  // was needed). Not for greedy.
+  void Filter(const Processed& p);
 
   SamplingParams params_;
   uint64_t seed_ = 0;
