@@ -170,6 +170,7 @@ struct CpuBackend::ChunkSpec {
   const std::vector<int32_t>* tokens = nullptr;
   const std::vector<int32_t>* tree_parents = nullptr;
   bool all_logits = false;
+  bool return_hidden = false;
 };
 
 struct CpuBackend::Scratch {
@@ -565,7 +566,8 @@ Status CpuBackend::RunLayer(const LayerWeights& L, CpuKvCache* kv, int cache_lay
 }
 
 Status CpuBackend::Finish(const std::vector<ChunkSpec>& chunks, int64_t rows,
-                          const std::vector<float>& norm, bool want_hidden, ForwardOutput* output) {
+                          const std::vector<float>& norm, bool hidden_all_tokens,
+                          ForwardOutput* output) {
   const ModelConfig& c = weights_.config;
   const int64_t hidden = c.hidden_size;
   const Scratch& s = *scratch_;
@@ -615,10 +617,32 @@ Status CpuBackend::Finish(const std::vector<ChunkSpec>& chunks, int64_t rows,
       }
     }
   }
-  if (want_hidden) {
-    output->hidden_size = hidden;
-    output->hidden = std::move(final_h);
+  // Hidden rows: the same normed rows (RmsNorm is per row, so recomputing them from x gives the
+  // lm_head inputs bit for bit).
+  bool want_hidden = false;
+  for (const ChunkSpec& ch : chunks) want_hidden = want_hidden || ch.return_hidden;
+  if (!want_hidden) return Status::Ok();
+  output->hidden_size = hidden;
+  output->hidden_row_begin.resize(chunks.size());
+  int64_t hidden_rows = 0;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    output->hidden_row_begin[i] = hidden_rows;
+    if (!chunks[i].return_hidden) continue;
+    hidden_rows += hidden_all_tokens || chunks[i].all_logits ? s.chunks[i].n : 1;
   }
+  output->hidden.resize(hidden_rows * hidden);
+  offset = 0;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const int64_t n = s.chunks[i].n;
+    if (chunks[i].return_hidden) {
+      const int64_t first = hidden_all_tokens || chunks[i].all_logits ? 0 : n - 1;
+      std::memcpy(output->hidden.data() + output->hidden_row_begin[i] * hidden,
+                  s.x.data() + (offset + first) * hidden, (n - first) * hidden * sizeof(float));
+    }
+    offset += n;
+  }
+  RmsNorm(output->hidden.data(), hidden_rows, hidden, norm.data(),
+          static_cast<float>(c.rms_norm_eps), output->hidden.data());
   return Status::Ok();
 }
 
@@ -626,11 +650,10 @@ Result<ForwardOutput> CpuBackend::Forward(const ForwardBatch& batch) {
   const ModelConfig& c = weights_.config;
   Scratch& s = *scratch_;
   std::vector<ChunkSpec> specs(batch.chunks.size());
-  bool want_hidden = false;
   for (size_t i = 0; i < batch.chunks.size(); ++i) {
     const SequenceChunk& ch = batch.chunks[i];
-    specs[i] = ChunkSpec{ch.seq_id, ch.start_pos, &ch.tokens, &ch.tree_parents, ch.all_logits};
-    want_hidden = want_hidden || ch.return_hidden;
+    specs[i] = ChunkSpec{ch.seq_id,        ch.start_pos,  &ch.tokens,
+                         &ch.tree_parents, ch.all_logits, ch.return_hidden};
   }
   SPARK_ASSIGN_OR_RETURN(const int64_t rows, Plan(specs, kv_.get(), "target"));
   ForwardOutput output;
@@ -643,7 +666,8 @@ Result<ForwardOutput> CpuBackend::Forward(const ForwardBatch& batch) {
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     SPARK_RETURN_IF_ERROR(RunLayer(weights_.layers[l], kv_.get(), l, "layer " + std::to_string(l)));
   }
-  SPARK_RETURN_IF_ERROR(Finish(specs, rows, weights_.final_norm, want_hidden, &output));
+  SPARK_RETURN_IF_ERROR(
+      Finish(specs, rows, weights_.final_norm, /*hidden_all_tokens=*/true, &output));
   return output;
 }
 
@@ -658,7 +682,6 @@ Result<ForwardOutput> CpuBackend::ForwardMtp(const MtpBatch& batch) {
   const MtpWeights& m = weights_.mtp[0];
   Scratch& s = *scratch_;
   std::vector<ChunkSpec> specs(batch.chunks.size());
-  bool want_hidden = false;
   for (size_t i = 0; i < batch.chunks.size(); ++i) {
     const MtpChunk& ch = batch.chunks[i];
     const int64_t expected = static_cast<int64_t>(ch.tokens.size()) * hidden;
@@ -669,8 +692,8 @@ Result<ForwardOutput> CpuBackend::ForwardMtp(const MtpBatch& batch) {
                              std::to_string(ch.tokens.size()) + " tokens; send tokens.size() * " +
                              std::to_string(hidden) + " (one hidden_size row per token)");
     }
-    specs[i] = ChunkSpec{ch.seq_id, ch.start_pos, &ch.tokens, &ch.tree_parents, ch.all_logits};
-    want_hidden = want_hidden || ch.return_hidden;
+    specs[i] = ChunkSpec{ch.seq_id,        ch.start_pos,  &ch.tokens,
+                         &ch.tree_parents, ch.all_logits, ch.return_hidden};
   }
   SPARK_ASSIGN_OR_RETURN(const int64_t rows, Plan(specs, mtp_kv_.get(), "MTP"));
   ForwardOutput output;
@@ -693,7 +716,8 @@ Result<ForwardOutput> CpuBackend::ForwardMtp(const MtpBatch& batch) {
   }
   Linear(s.mtp_in.data(), total, m.eh_proj, s.x.data(), pool_.get());
   SPARK_RETURN_IF_ERROR(RunLayer(m.layer, mtp_kv_.get(), 0, "the MTP layer"));
-  SPARK_RETURN_IF_ERROR(Finish(specs, rows, m.shared_head_norm, want_hidden, &output));
+  SPARK_RETURN_IF_ERROR(
+      Finish(specs, rows, m.shared_head_norm, /*hidden_all_tokens=*/false, &output));
   return output;
 }
 

@@ -73,7 +73,7 @@ class CpuBackend final : public Backend {
   // Runs every chunk of the batch through the model: the tokens of all chunks share the linear
   // layers, attention runs per sequence over its cache. Returns logits for the last token of
   // each chunk (all tokens when `all_logits`), full vocabulary, rows in batch order, and the
-  // final-norm hidden rows of the same rows when any chunk sets return_hidden. A tree chunk
+  // final-norm hidden rows of every token of the chunks that set return_hidden. A tree chunk
   // (tree_parents) writes token i's K/V to cache slot start_pos + i, rotated for position
   // start_pos + depth(i), and token i attends to slots [0, start_pos) then the slots of its
   // ancestors (root first) and itself.
@@ -98,7 +98,8 @@ class CpuBackend final : public Backend {
   // The MTP layer over its own cache (shared/docs/glm4-moe.md §4.1), per pair j of a chunk:
   // z = eh_proj([enorm(embed[tokens[j]]), hnorm(hidden[j])]), z = decoder layer L at position
   // start_pos + depth(j) (cache slot start_pos + j, tree rules as Forward), out =
-  // shared_head.norm(z), logits = lm_head(out); hidden rows (return_hidden) are `out`.
+  // shared_head.norm(z), logits = lm_head(out); hidden rows (return_hidden) are `out` of the
+  // rows that get logits.
   // Errors: as Forward (start_pos against the MTP cache), plus InvalidArgument when hidden does
   // not hold tokens.size() * hidden_size values; Unimplemented when the model has no MTP layer.
   Result<ForwardOutput> ForwardMtp(const MtpBatch& batch) override;
@@ -134,9 +135,10 @@ class CpuBackend final : public Backend {
   // One decoder layer over the planned tokens in scratch x (in place), K/V into layer
   // `cache_layer` of `kv`.
   Status RunLayer(const LayerWeights& L, CpuKvCache* kv, int cache_layer, const std::string& name);
-  // Gathers the output rows of scratch x, applies `norm`, fills logits (and hidden on request).
+  // Gathers the output rows of scratch x, applies `norm`, fills logits and, for chunks asking
+  // return_hidden, the hidden rows (every token when hidden_all_tokens, else the logit rows).
   Status Finish(const std::vector<ChunkSpec>& chunks, int64_t rows, const std::vector<float>& norm,
-                bool want_hidden, ForwardOutput* output);
+                bool hidden_all_tokens, ForwardOutput* output);
   CpuKvCache* Cache(CacheKind kind) const;
 
   ModelWeights weights_;

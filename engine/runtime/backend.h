@@ -8,8 +8,8 @@
 //
 // Speculative decoding (engine/runtime/speculative.h) adds three things, all optional for a
 // backend (the defaults answer Unimplemented): tree chunks (tree_parents) whose tokens attend to
-// the cached prefix plus their ancestors only, the final-norm hidden states of the rows that get
-// logits (return_hidden), and the checkpoint's MTP (nextn) layer as the draft model, with a KV
+// the cached prefix plus their ancestors only, the final-norm hidden states of a chunk's tokens
+// (return_hidden), and the checkpoint's MTP (nextn) layer as the draft model, with a KV
 // cache of its own per sequence (ForwardMtp). KeepCacheEntries compacts a cache after
 // verification (the accepted path stays, the rest goes).
 //
@@ -39,7 +39,8 @@ struct SequenceChunk {
   // InvalidArgument when the size differs from tokens.size() or entry i is not in [-1, i).
   // Logit rows (last token / all_logits) follow chunk order as for a chain.
   std::vector<int32_t> tree_parents{};
-  // Also return the final-norm hidden state (the lm_head input) of every row that gets logits.
+  // Also return the final-norm hidden state (the lm_head input) of EVERY token of the chunk, in
+  // chunk order, whatever all_logits says (the MTP draft extend needs all of them).
   bool return_hidden = false;
 };
 
@@ -54,7 +55,9 @@ struct MtpChunk {
   std::vector<float> hidden;            // [tokens.size(), hidden_size] row-major
   bool all_logits = false;              // logits for every pair instead of the last one only
   std::vector<int32_t> tree_parents{};  // as SequenceChunk::tree_parents
-  bool return_hidden = false;           // return the MTP outputs after shared_head.norm
+  // Return the MTP outputs after shared_head.norm of the rows that get logits (the last pair, or
+  // every pair with all_logits).
+  bool return_hidden = false;
 };
 
 struct MtpBatch {
@@ -69,10 +72,13 @@ struct ForwardOutput {
   int64_t vocab_size = 0;
   std::vector<float> logits;       // [rows, vocab_size] row-major
   std::vector<int64_t> row_begin;  // first row of each chunk, in batch order
-  // When any chunk asked return_hidden: [rows, hidden_size], the same rows as `logits` (every
-  // row of the batch, also those of chunks that did not ask). Empty otherwise.
+  // When any chunk asked return_hidden: [hidden rows, hidden_size] row-major, the rows of the
+  // chunks that asked in batch order (SequenceChunk: every token; MtpChunk: its logit rows), and
+  // hidden_row_begin[i] = the first hidden row of chunk i (a chunk that did not ask contributes
+  // no rows: its entry equals the next chunk's). All three empty / 0 when no chunk asked.
   int64_t hidden_size = 0;
   std::vector<float> hidden;
+  std::vector<int64_t> hidden_row_begin;
 };
 
 // Which KV cache of a sequence an operation addresses.
