@@ -163,6 +163,8 @@ class Controller {
     uint64_t dropped_messages = 0;  // undecodable / unknown peer / unauthorised
     uint64_t runs_started = 0;
     uint64_t stale_shards_stopped = 0;
+    uint64_t moe_tunings_received = 0;  // MoE tuning records accepted from agents
+    uint64_t moe_tunings_rejected = 0;  // invalid, or for a GPU the node does not have
   };
   // Owner thread only (use Call from other threads).
   const Stats& stats() const { return stats_; }
@@ -250,6 +252,13 @@ class Controller {
   void HandleRendezvousPublish(const AgentPlane::Inbound& inbound);
   void HandleRendezvousLookup(const AgentPlane::Inbound& inbound);
   void HandleTokenizerFiles(const AgentPlane::Inbound& inbound);
+
+  // --- MoE tuning records (controller_tuning.cc)
+  void HandleMoeTuningReport(const AgentPlane::Inbound& inbound);
+  // The stored records of the device class of `node`'s GPU `gpu_index` under the engine
+  // options' shared-memory cap (empty when the node reported no such GPU).
+  std::vector<spark::v1::MoeTuningRecord> MoeTuningsFor(
+      const NodeEntry& node, uint32_t gpu_index, const spark::v1::EngineOptions& engine) const;
   // Rank 0's speculative decoding counters of run `generation` (cumulative within the run).
   void RecordSpeculativeStats(Deployment& d, uint64_t generation,
                               const spark::v1::SpeculativeStats& stats);

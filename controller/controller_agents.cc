@@ -98,6 +98,9 @@ void Controller::HandleInbound(AgentPlane::Inbound& inbound) {
     case spark::v1::Envelope::kTokenizerFiles:
       if (from_agent) return HandleTokenizerFiles(inbound);
       break;
+    case spark::v1::Envelope::kMoeTuningReport:
+      if (from_agent) return HandleMoeTuningReport(inbound);
+      break;
     case spark::v1::Envelope::kError:
       SPARK_LOG(WARN)
               .With("peer", inbound.routing_id)

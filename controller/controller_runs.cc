@@ -106,6 +106,11 @@ spark::v1::ShardAssignment Controller::MakeAssignment(const Deployment& d, const
   a.set_deadline_ms(
       static_cast<uint32_t>(d.options.load_timeout.value_or(options_.load_timeout).count()));
   a.set_gpu_index(0);
+  if (node != nullptr && a.backend() == spark::v1::BACKEND_CUDA) {
+    for (auto& record : MoeTuningsFor(*node, a.gpu_index(), a.options())) {
+      *a.add_moe_tunings() = std::move(record);
+    }
+  }
   return a;
 }
 

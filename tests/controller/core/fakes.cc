@@ -131,7 +131,8 @@ std::optional<spark::v1::Envelope> FakeAgent::Register(
   r->set_node_name(node_);
   r->set_boot_id(boot_id_);
   r->set_agent_version("test");
-  r->set_backend(spark::v1::BACKEND_CPU);
+  r->set_backend(gpus_.empty() ? spark::v1::BACKEND_CPU : spark::v1::BACKEND_CUDA);
+  for (const auto& gpu : gpus_) *r->add_gpus() = gpu;
   (*r->mutable_nccl_env())["NCCL_SOCKET_IFNAME"] = "lo";
   spark::v1::PreflightResult* check = r->add_preflight();
   check->set_check("cpu_backend");

@@ -82,6 +82,8 @@ class FakeAgent : public FakePeer {
   const std::string& node() const { return node_; }
   void set_boot_id(std::string boot_id) { boot_id_ = std::move(boot_id); }
   void set_preflight_failure(std::string check) { preflight_failure_ = std::move(check); }
+  // GPUs the registration reports; with any, the node registers with the CUDA backend.
+  void set_gpus(std::vector<spark::v1::GpuInfo> gpus) { gpus_ = std::move(gpus); }
 
   // Registers (with the shards given) and waits for the RegistrationAck.
   std::optional<spark::v1::Envelope> Register(std::vector<spark::v1::ShardSummary> shards = {});
@@ -105,6 +107,7 @@ class FakeAgent : public FakePeer {
   std::string node_;
   std::string boot_id_;
   std::string preflight_failure_;
+  std::vector<spark::v1::GpuInfo> gpus_;
   std::map<std::string, spark::v1::ShardSummary> running_;
 };
 
