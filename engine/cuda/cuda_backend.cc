@@ -382,13 +382,15 @@ struct ChunkRef {
 
 // A planned batch: its device metadata (valid until the next plan) and attention launch shape.
 struct BatchPlan {
-  int64_t total = 0;  // tokens
-  int64_t rows = 0;   // logit rows
+  int64_t total = 0;        // tokens
+  int64_t rows = 0;         // logit rows
+  int64_t hidden_rows = 0;  // return_hidden rows
   bool want_hidden = false;
   const int32_t* ids = nullptr;
-  const int32_t* pos = nullptr;    // RoPE positions (start_pos + depth in tree chunks)
-  const int64_t* slots = nullptr;  // cache slots (start_pos + index)
-  const int32_t* sel = nullptr;    // token of each logit row
+  const int32_t* pos = nullptr;         // RoPE positions (start_pos + depth in tree chunks)
+  const int64_t* slots = nullptr;       // cache slots (start_pos + index)
+  const int32_t* sel = nullptr;         // token of each logit row
+  const int32_t* hidden_sel = nullptr;  // token of each hidden row
   AttentionBatch attention;
   AttentionShape shape;
   int splits = 1;
@@ -485,9 +487,11 @@ struct CudaBackend::Impl {
   Status AllReduce(float* data, int64_t count);
   Status Gather(float* local, int64_t count, float* out_host);
   // Validates the chunks against `cache` (nothing changes on error), then grows the cache and
-  // uploads the batch's metadata. `cache_name` names the cache in errors.
+  // uploads the batch's metadata. `cache_name` names the cache in errors. Hidden rows of a
+  // return_hidden chunk: every token (`hidden_every_token`, target chunks) or its logit rows.
   Result<BatchPlan> PlanBatch(const std::vector<ChunkRef>& chunks, CudaKvCache& cache,
-                              const std::string& cache_name, ForwardOutput& output);
+                              const std::string& cache_name, bool hidden_every_token,
+                              ForwardOutput& output);
   // One decoder layer over the planned tokens in x (pending: the previous layer's MLP output,
   // added to x first), K/V into layer `cache_layer` of `cache`; `layer` names it in errors
   // (-1 = the MTP layer).
@@ -1028,7 +1032,7 @@ Status CudaBackend::Impl::Finish() {
     SPARK_ASSIGN_OR_RETURN(MoeConfigTable table,
                            MoeConfigTable::Create(device, options.smem_cap_bytes));
     moe_table.emplace(std::move(table));
-    SPARK_ASSIGN_OR_RETURN(moe_ws, MoeWorkspace::Create(moe_shape, moe_format, t));
+    SPARK_ASSIGN_OR_RETURN(moe_ws, MoeWorkspace::Create(moe_shape, moe_format, t, &*moe_table));
   }
   SPARK_RETURN_IF_ERROR(
       staging.Reserve(std::max(t * hsz, (tp_size + 1) * kLogitRowsPerPass * vocab_padded) * 4));
@@ -1114,7 +1118,7 @@ Status CudaBackend::Impl::Gather(float* local, int64_t count, float* out_host) {
 
 Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chunk_refs,
                                                CudaKvCache& cache, const std::string& cache_name,
-                                               ForwardOutput& output) {
+                                               bool hidden_every_token, ForwardOutput& output) {
   const ModelConfig& c = config;
   const int hd = c.head_dim;
   BatchPlan plan;
@@ -1166,6 +1170,7 @@ Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chun
     blocks += cache.BlocksToGrow(ch.seq_id, ch.start_pos + n);
     plan.total += n;
     plan.rows += ch.all_logits ? n : 1;
+    if (ch.return_hidden) plan.hidden_rows += hidden_every_token || ch.all_logits ? n : 1;
     plan.want_hidden = plan.want_hidden || ch.return_hidden;
   }
   if (plan.total > max_tokens) {
@@ -1202,7 +1207,8 @@ Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chun
   const int64_t off_pos = off_ids + align(total * 4);
   const int64_t off_slots = off_pos + align(total * 4);
   const int64_t off_sel = off_slots + align(total * 8);
-  const int64_t off_start = off_sel + align(rows * 4);
+  const int64_t off_hsel = off_sel + align(rows * 4);
+  const int64_t off_start = off_hsel + align(plan.hidden_rows * 4);
   const int64_t off_len = off_start + align(chunks * 4);
   const int64_t off_offset = off_len + align(chunks * 4);
   const int64_t off_tiles = off_offset + align(chunks * 4);
@@ -1228,6 +1234,7 @@ Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chun
   auto* pos = reinterpret_cast<int32_t*>(mh + off_pos);
   auto* slots = reinterpret_cast<int64_t*>(mh + off_slots);
   auto* sel = reinterpret_cast<int32_t*>(mh + off_sel);
+  auto* hsel_rows = reinterpret_cast<int32_t*>(mh + off_hsel);
   auto* cstart = reinterpret_cast<int32_t*>(mh + off_start);
   auto* clen = reinterpret_cast<int32_t*>(mh + off_len);
   auto* coff = reinterpret_cast<int32_t*>(mh + off_offset);
@@ -1236,8 +1243,10 @@ Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chun
   auto* mask_offset = reinterpret_cast<int32_t*>(mh + off_mask_offset);
   auto* masks = reinterpret_cast<uint32_t*>(mh + off_masks);
   output.row_begin.resize(static_cast<size_t>(chunks));
+  if (plan.want_hidden) output.hidden_row_begin.resize(static_cast<size_t>(chunks));
   int64_t t = 0;
   int64_t r = 0;
+  int64_t hr = 0;
   int64_t tile = 0;
   int64_t word = 0;
   std::vector<int32_t> depth;
@@ -1280,6 +1289,12 @@ Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chun
       slots[t + k] = int64_t{blk[static_cast<size_t>(p / bt)]} * bt + p % bt;
     }
     for (int64_t k = ch.all_logits ? 0 : n - 1; k < n; ++k) sel[r++] = static_cast<int32_t>(t + k);
+    if (plan.want_hidden) output.hidden_row_begin[static_cast<size_t>(i)] = hr;
+    if (ch.return_hidden) {
+      for (int64_t k = hidden_every_token || ch.all_logits ? 0 : n - 1; k < n; ++k) {
+        hsel_rows[hr++] = static_cast<int32_t>(t + k);
+      }
+    }
     for (int64_t row = 0; row < n * group; row += kAttentionRowsPerTile) {
       tiles[tile++] = make_int2(i, static_cast<int>(row));
     }
@@ -1292,6 +1307,7 @@ Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chun
   plan.pos = reinterpret_cast<const int32_t*>(md + off_pos);
   plan.slots = reinterpret_cast<const int64_t*>(md + off_slots);
   plan.sel = reinterpret_cast<const int32_t*>(md + off_sel);
+  plan.hidden_sel = reinterpret_cast<const int32_t*>(md + off_hsel);
 
   AttentionBatch& ab = plan.attention;
   ab.start = reinterpret_cast<const int32_t*>(md + off_start);
@@ -1392,18 +1408,20 @@ Status CudaBackend::Impl::RunHead(const float* norm, const float* pending, const
   const int64_t rows = plan.rows;
   SPARK_CUDA_RETURN_IF_ERROR(RmsNormF32(pending, x, norm, h, nullptr, plan.total,
                                         static_cast<int>(hsz), eps, nullptr, stream));
-  // The output rows: BF16 into lm_head, and (return_hidden) the same values unrounded into `o`,
-  // which no layer needs any more.
-  float* hidden = plan.want_hidden ? o : nullptr;
-  SPARK_CUDA_RETURN_IF_ERROR(RmsNormF32(nullptr, x, norm, hsel, hidden, rows, static_cast<int>(hsz),
-                                        eps, plan.sel, stream));
-  if (hidden != nullptr) {
+  // Hidden rows (return_hidden): the normalised rows in fp32 into `o`, which no layer needs any
+  // more (their BF16 copy into h is unused).
+  if (plan.want_hidden) {
+    const int64_t n = plan.hidden_rows;
+    SPARK_CUDA_RETURN_IF_ERROR(
+        RmsNormF32(nullptr, x, norm, h, o, n, static_cast<int>(hsz), eps, plan.hidden_sel, stream));
     output.hidden_size = hsz;
-    output.hidden.resize(static_cast<size_t>(rows * hsz));
-    SPARK_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(output.hidden.data(), hidden,
-                                               static_cast<size_t>(rows * hsz) * 4,
-                                               cudaMemcpyDeviceToHost, stream));
+    output.hidden.resize(static_cast<size_t>(n * hsz));
+    SPARK_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
+        output.hidden.data(), o, static_cast<size_t>(n * hsz) * 4, cudaMemcpyDeviceToHost, stream));
   }
+  // The logit rows: BF16 into lm_head.
+  SPARK_CUDA_RETURN_IF_ERROR(RmsNormF32(nullptr, x, norm, hsel, nullptr, rows,
+                                        static_cast<int>(hsz), eps, plan.sel, stream));
 
   const int64_t vocab = config.vocab_size;
   output.logits.resize(static_cast<size_t>(rows * vocab));
@@ -1456,7 +1474,7 @@ Result<ForwardOutput> CudaBackend::Impl::Forward(const ForwardBatch& batch) {
   }
   ForwardOutput output;
   output.vocab_size = config.vocab_size;
-  SPARK_ASSIGN_OR_RETURN(BatchPlan plan, PlanBatch(refs, *kv, "KV cache", output));
+  SPARK_ASSIGN_OR_RETURN(BatchPlan plan, PlanBatch(refs, *kv, "KV cache", true, output));
   if (plan.total == 0) return output;
   SPARK_CUDA_RETURN_IF_ERROR(
       EmbeddingLookup(embed, config.hidden_size, plan.ids, plan.total, x, stream));
@@ -1494,7 +1512,7 @@ Result<ForwardOutput> CudaBackend::Impl::ForwardMtp(const MtpBatch& batch) {
   }
   ForwardOutput output;
   output.vocab_size = config.vocab_size;
-  SPARK_ASSIGN_OR_RETURN(BatchPlan plan, PlanBatch(refs, *mtp_kv, "MTP KV cache", output));
+  SPARK_ASSIGN_OR_RETURN(BatchPlan plan, PlanBatch(refs, *mtp_kv, "MTP KV cache", false, output));
   const int64_t total = plan.total;
   if (total == 0) return output;
 

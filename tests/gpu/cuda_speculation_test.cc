@@ -17,10 +17,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -29,6 +31,7 @@
 #include "engine/comm/gloo_communicator.h"
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cuda/cuda_backend.h"
+#include "engine/model/config.h"
 #include "engine/model/loader.h"
 #include "engine/model/tiny_model.h"
 #include "engine/runtime/backend.h"
@@ -235,8 +238,11 @@ TEST_F(CudaSpeculationTest, TreeChunksMatchCpuAndTheirRootToNodeChains) {
       ASSERT_TRUE(gc.ok()) << gc.status().ToString();
       const float* row = gt->logits.data() + node * vocab;
       const double d = RelDiff(row, gc->logits.data(), static_cast<size_t>(vocab));
+      // Hidden rows cover every token of the chain; its last row is the node's.
+      ASSERT_EQ(gc->hidden.size(), chain.size() * static_cast<size_t>(hsz));
       const double dh =
-          RelDiff(gt->hidden.data() + node * hsz, gc->hidden.data(), static_cast<size_t>(hsz));
+          RelDiff(gt->hidden.data() + node * hsz, gc->hidden.data() + gc->hidden.size() - hsz,
+                  static_cast<size_t>(hsz));
       worst = std::max({worst, d, dh});
       EXPECT_LE(d, 1e-2) << "node " << node;
       EXPECT_LE(dh, 1e-2) << "node " << node;
@@ -247,6 +253,47 @@ TEST_F(CudaSpeculationTest, TreeChunksMatchCpuAndTheirRootToNodeChains) {
     gpu->Release(seq);
   }
   EXPECT_EQ(gpu->FreeKvTokens(), gpu->KvCapacityTokens());
+}
+
+TEST_F(CudaSpeculationTest, HiddenRowsCoverTheTokensOfTheChunksThatAsk) {
+  std::unique_ptr<CudaBackend> gpu = Gpu();
+  std::unique_ptr<engine::CpuBackend> cpu = Cpu();
+  ASSERT_TRUE(gpu && cpu);
+  const int64_t vocab = gpu->config().vocab_size;
+  const int64_t hsz = gpu->config().hidden_size;
+  // Target: chunk 0 without hidden, chunk 1 (last-token logits) with: 4 hidden rows.
+  ForwardBatch batch = Chunk(1, 0, Tokens(5, 1, vocab));
+  batch.chunks.push_back(Chunk(2, 0, Tokens(4, 2, vocab), false, {}, true).chunks[0]);
+  Result<ForwardOutput> g = gpu->Forward(batch);
+  Result<ForwardOutput> c = cpu->Forward(batch);
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(g->row_begin, (std::vector<int64_t>{0, 1}));
+  EXPECT_EQ(g->hidden_row_begin, (std::vector<int64_t>{0, 0}));
+  EXPECT_EQ(g->hidden_row_begin, c->hidden_row_begin);
+  ASSERT_EQ(g->hidden.size(), static_cast<size_t>(4 * hsz));
+  const double dh = RelDiff(g->hidden, c->hidden);
+  const double dl = RelDiff(g->logits, c->logits);
+  std::printf("[cuda-spec-hidden] mixed batch: hidden %.3e, logits %.3e (max|gpu-cpu|/max|cpu|)\n",
+              dh, dl);
+  EXPECT_LE(dh, 3e-2);
+  EXPECT_LE(dl, 3e-2);
+  // Without return_hidden anywhere: no hidden output.
+  Result<ForwardOutput> none = gpu->Forward(Chunk(1, 5, {3}));
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->hidden.empty());
+  EXPECT_TRUE(none->hidden_row_begin.empty());
+  // MTP: a chunk's hidden rows are its logit rows (the last pair without all_logits).
+  MtpBatch mtp =
+      MtpStep(1, 0, {4, 5, 6}, std::vector<float>(g->hidden.begin(), g->hidden.begin() + 3 * hsz));
+  mtp.chunks[0].all_logits = false;
+  Result<ForwardOutput> gm = gpu->ForwardMtp(mtp);
+  Result<ForwardOutput> cm = cpu->ForwardMtp(mtp);
+  ASSERT_TRUE(gm.ok()) << gm.status().ToString();
+  ASSERT_TRUE(cm.ok()) << cm.status().ToString();
+  ASSERT_EQ(gm->hidden.size(), static_cast<size_t>(hsz));
+  EXPECT_EQ(gm->hidden_row_begin, (std::vector<int64_t>{0}));
+  EXPECT_LE(RelDiff(gm->hidden, cm->hidden), 3e-2);
 }
 
 TEST_F(CudaSpeculationTest, TreeChunkErrorsChangeNothing) {
@@ -498,6 +545,109 @@ TEST_F(CudaSpeculationTest, TensorParallelMtpMatchesOneRank) {
   EXPECT_LE(dh, 2e-2);
   EXPECT_EQ(results[0]->mtp_logits, results[1]->mtp_logits);
   EXPECT_EQ(results[0]->mtp_hidden, results[1]->mtp_hidden);
+}
+
+TEST(CudaSpeculationAirTest, AirWidthsMatchCpuAndTimings) {
+  // GLM-4.5-Air widths (head_dim 128, 96 q / 8 kv heads, 128 experts), layer 0 dense, layer 1 MoE,
+  // the MTP layer MoE; BF16 dummy weights.
+  Result<engine::ModelConfig> air = engine::BuiltinConfig("glm-4.5-air");
+  ASSERT_TRUE(air.ok());
+  engine::ModelConfig cfg = *air;
+  cfg.num_hidden_layers = 2;
+  cfg.quant = engine::QuantConfig{};
+  ASSERT_EQ(cfg.num_nextn_predict_layers, 1);
+  engine::LoadOptions load;
+  load.seed = 11;
+  load.load_mtp = true;
+  Result<engine::ModelWeights> wg = engine::MakeDummyWeights(cfg, load);
+  ASSERT_TRUE(wg.ok()) << wg.status().ToString();
+  ASSERT_EQ(wg->mtp.size(), 1u);
+  CudaBackendOptions opts;
+  opts.kv_cache_bytes = int64_t{256} << 20;
+  opts.max_batch_tokens = 1024;
+  Result<std::unique_ptr<CudaBackend>> gpu = CudaBackend::Create(std::move(*wg), nullptr, opts);
+  ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
+  CudaBackend& g = **gpu;
+  ASSERT_TRUE(g.SupportsSpeculation());
+  Result<engine::ModelWeights> wc = engine::MakeDummyWeights(cfg, load);
+  ASSERT_TRUE(wc.ok());
+  engine::CpuBackendOptions cpu_opts;
+  cpu_opts.kv_cache_bytes = int64_t{256} << 20;
+  Result<std::unique_ptr<engine::CpuBackend>> cpu_made =
+      engine::CpuBackend::Create(std::move(*wc), nullptr, cpu_opts);
+  ASSERT_TRUE(cpu_made.ok()) << cpu_made.status().ToString();
+  engine::CpuBackend& c = **cpu_made;
+  const int64_t vocab = cfg.vocab_size;
+  const int64_t hsz = cfg.hidden_size;
+
+  const int n = 24;
+  const std::vector<int32_t> prompt = Tokens(n, 21, vocab);
+  Result<ForwardOutput> gp = g.Forward(Chunk(1, 0, prompt, true, {}, true));
+  Result<ForwardOutput> cp = c.Forward(Chunk(1, 0, prompt, true, {}, true));
+  ASSERT_TRUE(gp.ok() && cp.ok());
+  const std::vector<int32_t> tree = Tokens(7, 22, vocab);
+  Result<ForwardOutput> gt = g.Forward(Chunk(1, n, tree, true, kParents, true));
+  Result<ForwardOutput> ct = c.Forward(Chunk(1, n, tree, true, kParents, true));
+  ASSERT_TRUE(gt.ok() && ct.ok());
+  std::vector<int32_t> pairs(prompt.begin() + 1, prompt.end());
+  pairs.push_back(Argmax(cp->logits.data() + (n - 1) * vocab, vocab));
+  const MtpBatch extend = MtpStep(1, 0, pairs, cp->hidden);
+  Result<ForwardOutput> gm = g.ForwardMtp(extend);
+  Result<ForwardOutput> cm = c.ForwardMtp(extend);
+  ASSERT_TRUE(gm.ok() && cm.ok());
+  const double d_prompt = RelDiff(gp->logits, cp->logits);
+  const double d_hidden = RelDiff(gp->hidden, cp->hidden);
+  const double d_tree = RelDiff(gt->logits, ct->logits);
+  const double d_mtp = RelDiff(gm->logits, cm->logits);
+  const double d_mtp_hidden = RelDiff(gm->hidden, cm->hidden);
+  std::printf(
+      "[cuda-spec-air] max|gpu-cpu|/max|cpu|: prompt logits %.3e hidden %.3e, tree logits %.3e, "
+      "MTP logits %.3e hidden %.3e\n",
+      d_prompt, d_hidden, d_tree, d_mtp, d_mtp_hidden);
+  EXPECT_LE(d_prompt, 3e-2);
+  EXPECT_LE(d_hidden, 3e-2);
+  EXPECT_LE(d_tree, 3e-2);
+  EXPECT_LE(d_mtp, 3e-2);
+  EXPECT_LE(d_mtp_hidden, 3e-2);
+  ASSERT_TRUE(g.KeepCacheEntries(1, CacheKind::kTarget, n, {}).ok());
+
+  // Timings of one sequence at ~1k context: a decode step, verification of a chain of 4 and of
+  // the 7-node tree, an MTP draft step, a compaction.
+  ASSERT_TRUE(g.Forward(Chunk(2, 0, Tokens(1000, 23, vocab))).ok());
+  auto time_ms = [&](const std::function<Status()>& f) {
+    cudaDeviceSynchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    Status st = f();
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    cudaDeviceSynchronize();
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  };
+  auto forward = [&](ForwardBatch b) { return [&g, b] { return g.Forward(b).status(); }; };
+  const int reps = 10;
+  double decode = 0, chain = 0, tree_ms = 0, draft = 0, keep = 0;
+  std::vector<float> h(static_cast<size_t>(hsz), 0.5f);
+  ASSERT_TRUE(g.ForwardMtp(MtpStep(2, 0, Tokens(999, 24, vocab),
+                                   std::vector<float>(static_cast<size_t>(999 * hsz), 0.5f)))
+                  .ok());
+  for (int i = 0; i < reps + 1; ++i) {
+    const double d1 = time_ms(forward(Chunk(2, 1000, {5})));
+    const double d2 = time_ms(forward(Chunk(2, 1001, {5, 6, 7, 8}, true, {}, true)));
+    const double d3 = time_ms(forward(Chunk(2, 1005, tree, true, kParents, true)));
+    const double d4 = time_ms([&] { return g.KeepCacheEntries(2, CacheKind::kTarget, 1000, {}); });
+    const double d5 = time_ms([&] { return g.ForwardMtp(MtpStep(2, 999, {5}, h)).status(); });
+    ASSERT_TRUE(g.KeepCacheEntries(2, CacheKind::kMtp, 999, {}).ok());
+    if (i == 0) continue;  // warm-up
+    decode += d1 / reps;
+    chain += d2 / reps;
+    tree_ms += d3 / reps;
+    keep += d4 / reps;
+    draft += d5 / reps;
+  }
+  std::printf(
+      "[cuda-spec-air-timing] 2 layers BF16 (+embed, lm_head) at ~1k context: decode %.2f ms, "
+      "verify chain of 4 %.2f ms, verify tree of 7 %.2f ms, MTP draft step %.2f ms, "
+      "KeepCacheEntries %.3f ms\n",
+      decode, chain, tree_ms, draft, keep);
 }
 
 }  // namespace
