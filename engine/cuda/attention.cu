@@ -18,7 +18,9 @@ struct Smem {
       (static_cast<int64_t>(kAttentionRowsPerTile) * HD + kKeyTile * kKStride + kKeyTile * HD) * 4;
 };
 
-template <int HD>
+// kTree: the batch carries tree masks (a separate instantiation, so causal batches run the
+// unchanged kernel).
+template <int HD, bool kTree>
 __global__ void __launch_bounds__(kWarps * 32)
     PagedAttentionKernel(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ kc,
                          const __nv_bfloat16* __restrict__ vc, AttentionBatch batch,
@@ -45,7 +47,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int* table = batch.block_tables + static_cast<int64_t>(chunk) * batch.max_blocks;
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
-  const int mask_offset = batch.tree_mask_offset != nullptr ? batch.tree_mask_offset[chunk] : -1;
+  // Tree chunks: token t's visibility row of the chunk's own keys starts at masks + t * words.
+  const int mask_offset = kTree ? batch.tree_mask_offset[chunk] : -1;
+  const uint32_t* masks = mask_offset >= 0 ? batch.tree_masks + mask_offset : nullptr;
   const int mask_words = (len + 31) >> 5;
 
   // Keys this block covers.
@@ -74,7 +78,6 @@ __global__ void __launch_bounds__(kWarps * 32)
 
   float m[kRowsPerWarp], l[kRowsPerWarp], o[kRowsPerWarp][kDpl];
   int qpos[kRowsPerWarp];
-  const uint32_t* qmask[kRowsPerWarp];  // tree chunks: the row's mask, else nullptr
 #pragma unroll
   for (int i = 0; i < kRowsPerWarp; ++i) {
     m[i] = -INFINITY;
@@ -83,9 +86,6 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int dd = 0; dd < kDpl; ++dd) o[i][dd] = 0.f;
     const int row = row_begin + warp * kRowsPerWarp + i;
     qpos[i] = row < row_end ? start + row / group : -1;
-    qmask[i] = mask_offset >= 0 && row < row_end
-                   ? batch.tree_masks + mask_offset + static_cast<int64_t>(row / group) * mask_words
-                   : nullptr;
   }
 
   // K/V tiles are prefetched into registers one tile ahead (raw BF16, 8 per 16-byte load), so
@@ -152,9 +152,10 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int i = 0; i < kRowsPerWarp; ++i) {
       bool valid = key < key_end && key <= qpos[i];
-      if (valid && qmask[i] != nullptr && key >= start) {
+      if (kTree && valid && masks != nullptr && key >= start) {
         const int j = key - start;
-        valid = ((__ldg(qmask[i] + (j >> 5)) >> (j & 31)) & 1u) != 0;
+        const uint32_t word = __ldg(masks + (qpos[i] - start) * mask_words + (j >> 5));
+        valid = ((word >> (j & 31)) & 1u) != 0;
       }
       const float score = valid ? s[i] * shape.scale : -INFINITY;
       const float m_new = fmaxf(m[i], WarpMax(score));
@@ -239,23 +240,23 @@ __global__ void CombineKernel(const float* __restrict__ partial_o,
   }
 }
 
-template <int HD>
-cudaError_t Launch(const __nv_bfloat16* q, const __nv_bfloat16* k_cache,
-                   const __nv_bfloat16* v_cache, const AttentionBatch& batch,
-                   const AttentionShape& shape, int splits, int split_keys, float* partial_o,
-                   float* partial_ml, __nv_bfloat16* out, int64_t max_smem_bytes,
-                   cudaStream_t stream) {
+template <int HD, bool kTree>
+cudaError_t LaunchKernel(const __nv_bfloat16* q, const __nv_bfloat16* k_cache,
+                         const __nv_bfloat16* v_cache, const AttentionBatch& batch,
+                         const AttentionShape& shape, int splits, int split_keys, float* partial_o,
+                         float* partial_ml, __nv_bfloat16* out, int64_t max_smem_bytes,
+                         cudaStream_t stream) {
   const int64_t smem = Smem<HD>::kBytes;
   if (smem > max_smem_bytes) return cudaErrorInvalidConfiguration;
   if (smem > 48 * 1024) {
     cudaError_t err =
-        cudaFuncSetAttribute(PagedAttentionKernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(smem));
+        cudaFuncSetAttribute(PagedAttentionKernel<HD, kTree>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
   dim3 grid(static_cast<unsigned>(batch.num_tiles), static_cast<unsigned>(shape.kv_heads),
             static_cast<unsigned>(splits));
-  PagedAttentionKernel<HD><<<grid, kWarps * 32, static_cast<size_t>(smem), stream>>>(
+  PagedAttentionKernel<HD, kTree><<<grid, kWarps * 32, static_cast<size_t>(smem), stream>>>(
       q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o, partial_ml, out);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || splits == 1) return err;
@@ -264,6 +265,20 @@ cudaError_t Launch(const __nv_bfloat16* q, const __nv_bfloat16* k_cache,
   CombineKernel<<<static_cast<unsigned>(rows), combine_threads, 0, stream>>>(partial_o, partial_ml,
                                                                              splits, rows, HD, out);
   return cudaGetLastError();
+}
+
+template <int HD>
+cudaError_t Launch(const __nv_bfloat16* q, const __nv_bfloat16* k_cache,
+                   const __nv_bfloat16* v_cache, const AttentionBatch& batch,
+                   const AttentionShape& shape, int splits, int split_keys, float* partial_o,
+                   float* partial_ml, __nv_bfloat16* out, int64_t max_smem_bytes,
+                   cudaStream_t stream) {
+  if (batch.tree_masks != nullptr) {
+    return LaunchKernel<HD, true>(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
+                                  partial_ml, out, max_smem_bytes, stream);
+  }
+  return LaunchKernel<HD, false>(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
+                                 partial_ml, out, max_smem_bytes, stream);
 }
 
 }  // namespace
@@ -291,6 +306,9 @@ cudaError_t PagedAttention(const __nv_bfloat16* q, const __nv_bfloat16* k_cache,
                            float* partial_o, float* partial_ml, __nv_bfloat16* out,
                            int64_t max_smem_bytes, cudaStream_t stream) {
   if (batch.num_tiles == 0) return cudaSuccess;
+  if ((batch.tree_masks == nullptr) != (batch.tree_mask_offset == nullptr)) {
+    return cudaErrorInvalidValue;
+  }
   if (shape.kv_heads <= 0 || shape.q_heads % shape.kv_heads != 0 || splits < 1 ||
       (splits > 1 && (split_keys <= 0 || split_keys % kKeyTile != 0 || partial_o == nullptr ||
                       partial_ml == nullptr))) {
