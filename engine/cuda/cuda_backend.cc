@@ -479,7 +479,8 @@ struct CudaBackend::Impl {
   Status UploadModel(ModelWeights& w);
   Status UploadTop(ModelWeights& w);
   Status UploadMtp(MtpWeights& m);
-  Status GenerateModel(const DummyWeightsSpec& spec);
+  // mtp_layer >= 0: also the MTP block stored as model.layers.{mtp_layer}.
+  Status GenerateModel(const DummyWeightsSpec& spec, int mtp_layer);
   Result<DeviceLinear> UploadStacked(const std::vector<const LinearWeight*>& parts);
   Status Finish();
   int64_t WorkspaceEstimate() const;
@@ -762,7 +763,7 @@ struct DummyPart {
 
 }  // namespace
 
-Status CudaBackend::Impl::GenerateModel(const DummyWeightsSpec& spec) {
+Status CudaBackend::Impl::GenerateModel(const DummyWeightsSpec& spec, int mtp_layer) {
   const ModelConfig& c = config;
   const int64_t hsz = c.hidden_size;
   const uint64_t seed = spec.seed;
@@ -854,9 +855,8 @@ Status CudaBackend::Impl::GenerateModel(const DummyWeightsSpec& spec) {
     const std::string name = c.tie_word_embeddings ? "model.embed_tokens" : "lm_head";
     SPARK_ASSIGN_OR_RETURN(lm_head, linear({{name, hsz, vocab, full(hsz)}}, false));
   }
-  layers.resize(static_cast<size_t>(c.num_hidden_layers));
-  for (int l = 0; l < c.num_hidden_layers; ++l) {
-    LayerDev& D = layers[static_cast<size_t>(l)];
+  // One decoder layer, named model.layers.{l} (the MTP block's layer too).
+  auto generate_layer = [&](LayerDev& D, int l) -> Status {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     const std::string a = p + "self_attn.";
     SPARK_ASSIGN_OR_RETURN(D.input_norm,
@@ -892,7 +892,7 @@ Status CudaBackend::Impl::GenerateModel(const DummyWeightsSpec& spec) {
     };
     if (!D.is_moe) {
       SPARK_RETURN_IF_ERROR(mlp(p + "mlp.", c.intermediate_size));
-      continue;
+      return Status::Ok();
     }
     if (c.n_shared_experts > 0) {
       SPARK_RETURN_IF_ERROR(
@@ -962,6 +962,23 @@ Status CudaBackend::Impl::GenerateModel(const DummyWeightsSpec& spec) {
     has_moe = true;
     moe_format = M.format;
     moe_shape = M.shape;
+    return Status::Ok();
+  };
+  layers.resize(static_cast<size_t>(c.num_hidden_layers));
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    SPARK_RETURN_IF_ERROR(generate_layer(layers[static_cast<size_t>(l)], l));
+  }
+  if (mtp_layer >= 0) {
+    // The MTP block as MakeDummyWeights builds it (model.layers.{mtp_layer}.*; eh_proj BF16).
+    const std::string p = "model.layers." + std::to_string(mtp_layer) + ".";
+    SPARK_ASSIGN_OR_RETURN(mtp.enorm, upload_vec(vec(p + "enorm.weight", full(hsz), Kind::kNorm)));
+    SPARK_ASSIGN_OR_RETURN(mtp.hnorm, upload_vec(vec(p + "hnorm.weight", full(hsz), Kind::kNorm)));
+    SPARK_ASSIGN_OR_RETURN(mtp.shared_head_norm,
+                           upload_vec(vec(p + "shared_head.norm.weight", full(hsz), Kind::kNorm)));
+    SPARK_ASSIGN_OR_RETURN(mtp.eh_proj,
+                           linear({{p + "eh_proj", 2 * hsz, full(hsz), full(2 * hsz)}}, false));
+    SPARK_RETURN_IF_ERROR(generate_layer(mtp.layer, mtp_layer));
+    has_mtp = true;
   }
   SPARK_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
   return Status::Ok();
@@ -1645,12 +1662,14 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::CreateDummy(const ModelConfig&
   SPARK_RETURN_IF_ERROR(engine::ValidateTensorParallel(config, std::max(1, spec.tp_size)));
   ModelConfig cfg = config;
   if (spec.max_layers > 0) cfg.num_hidden_layers = std::min(spec.max_layers, cfg.num_hidden_layers);
+  const int mtp_layer =
+      spec.mtp && config.num_nextn_predict_layers > 0 ? config.num_hidden_layers : -1;
   auto impl = std::make_unique<Impl>();
   SPARK_RETURN_IF_ERROR(impl->Init(cfg, spec.tp_rank, spec.tp_size, comm, options));
-  const int64_t bytes =
-      EstimateWeightBytes(cfg, spec.tp_size, impl->local_q, impl->local_kv, impl->vocab_local);
+  const int64_t bytes = EstimateWeightBytes(cfg, spec.tp_size, impl->local_q, impl->local_kv,
+                                            impl->vocab_local, mtp_layer >= 0);
   SPARK_RETURN_IF_ERROR(impl->CheckFits(bytes));
-  SPARK_RETURN_IF_ERROR(impl->GenerateModel(spec));
+  SPARK_RETURN_IF_ERROR(impl->GenerateModel(spec, mtp_layer));
   SPARK_RETURN_IF_ERROR(impl->Finish());
   return std::unique_ptr<CudaBackend>(new CudaBackend(std::move(impl)));
 }

@@ -97,6 +97,8 @@ struct DummyWeightsSpec {
   int tp_size = 1;
   uint64_t seed = 0;
   int max_layers = -1;  // -1 = config.num_hidden_layers
+  // Also the MTP layer (MakeDummyWeights with load_mtp) when the config has one.
+  bool mtp = false;
 };
 
 class CudaBackend final : public engine::Backend {
@@ -114,7 +116,8 @@ class CudaBackend final : public engine::Backend {
                                                    engine::LoadOptions load,
                                                    engine::Communicator* comm,
                                                    const CudaBackendOptions& options);
-  // Generates MakeDummyWeights(config, {tp_rank, tp_size, seed, max_layers}) on the device.
+  // Generates MakeDummyWeights(config, {tp_rank, tp_size, seed, max_layers, load_mtp = mtp}) on
+  // the device.
   static Result<std::unique_ptr<CudaBackend>> CreateDummy(const engine::ModelConfig& config,
                                                           const DummyWeightsSpec& spec,
                                                           engine::Communicator* comm,

@@ -7,9 +7,11 @@
 //     computed from scratch; bad indices change nothing;
 //   * ForwardMtp (chain steps, a tree step, return_hidden) vs CpuBackend; Load (streamed) equal to
 //     Create; tp=2 (two ranks on one GPU, Gloo) vs tp=1;
+//   * hidden rows: every token of a target chunk that asks, the logit rows of an MTP chunk;
 //   * CachedTokens(kind), Release of both caches, FreeKvTokens (the smaller cache), the errors;
-//   * greedy generation through the Scheduler with speculation (chain and tree) equal to greedy
-//     generation without it, token for token.
+//   * GLM-4.5-Air widths (2 layers + the MTP layer, BF16) vs CpuBackend, CreateDummy with the
+//     MTP layer bit-identical to Create(MakeDummyWeights), and timings of a decode step, a
+//     verification (chain of 4, tree of 7), an MTP draft step and a compaction at ~1k context;
 // Tolerances as tests/gpu/cuda_backend_test.cc: BF16 activations into every GEMM against the
 // CPU's fp32, logits and hidden rows within 3e-2 of the reference's max |value|; GPU-vs-GPU
 // comparisons of the same tokens in another batch shape within 1e-2.
@@ -610,6 +612,23 @@ TEST(CudaSpeculationAirTest, AirWidthsMatchCpuAndTimings) {
   EXPECT_LE(d_mtp, 3e-2);
   EXPECT_LE(d_mtp_hidden, 3e-2);
   ASSERT_TRUE(g.KeepCacheEntries(1, CacheKind::kTarget, n, {}).ok());
+  {
+    // Weights generated on the device (MTP layer included) equal Create(MakeDummyWeights).
+    DummyWeightsSpec spec;
+    spec.seed = 11;
+    spec.mtp = true;
+    Result<std::unique_ptr<CudaBackend>> gen = CudaBackend::CreateDummy(cfg, spec, nullptr, opts);
+    ASSERT_TRUE(gen.ok()) << gen.status().ToString();
+    ASSERT_TRUE((*gen)->SupportsSpeculation());
+    Result<ForwardOutput> a = (*gen)->Forward(Chunk(1, 0, prompt, true, {}, true));
+    Result<ForwardOutput> b = (*gen)->ForwardMtp(extend);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(a->logits, gp->logits) << "CreateDummy must equal Create(MakeDummyWeights)";
+    EXPECT_EQ(b->logits, gm->logits) << "CreateDummy must equal Create(MakeDummyWeights)";
+    EXPECT_EQ(b->hidden, gm->hidden);
+    std::printf("[cuda-spec-air] CreateDummy with the MTP layer: %s\n",
+                a->logits == gp->logits && b->logits == gm->logits ? "bit-identical" : "DIFFERS");
+  }
 
   // Timings of one sequence at ~1k context: a decode step, verification of a chain of 4 and of
   // the 7-node tree, an MTP draft step, a compaction.
