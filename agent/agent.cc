@@ -12,6 +12,7 @@
 #include "agent/tokenizer_files.h"
 #include "common/log.h"
 #include "common/os_error.h"
+#include "engine/runtime/moe_tuning_cache.h"
 #include "proto/framing.h"
 
 #ifndef SPARK_VERSION
@@ -95,6 +96,8 @@ Agent::Agent(AgentOptions options, NodeFacts facts, std::optional<AgentKeys> key
       notifier_(dependencies.notifier),
       routing_id_("agent/" + facts_.node_name),
       stop_event_(std::move(stop_event)),
+      moe_tunings_(
+          (std::filesystem::path(options_.state_dir) / engine::kMoeTuningFileName).string()),
       incarnation_(RandomIncarnation()),
       heartbeat_interval_(options_.heartbeat_ms) {
   preflight_.facts = facts_;
@@ -324,6 +327,8 @@ void Agent::HandleRegistrationAck(const spark::v1::Envelope& envelope) {
   if (!was_registered) next_heartbeat_ = now + interval;
   SPARK_LOG(INFO).With("node_id", ack.node_id()).With("heartbeat_ms", interval.count())
       << "registered with the controller";
+  moe_tunings_.Reset();
+  ReportMoeTunings();
   const std::string status = "registered with " + options_.controller + " as " + facts_.node_name +
                              "; " + std::to_string(supervisor_->size()) + " shards";
   if (!ever_registered_) {
@@ -505,6 +510,16 @@ void Agent::SendShardStatus(const spark::v1::ShardStatus& status) {
   }
 }
 
+void Agent::ReportMoeTunings() {
+  std::optional<spark::v1::MoeTuningReport> report = moe_tunings_.Poll(facts_.node_name);
+  if (!report) return;
+  SPARK_LOG(INFO).With("records", report->records_size()).With("file", moe_tunings_.path())
+      << "reporting MoE tuning records to the controller";
+  spark::v1::Envelope envelope = NewEnvelope(0);
+  *envelope.mutable_moe_tuning_report() = std::move(*report);
+  Send(std::move(envelope));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Loop
 
@@ -536,6 +551,7 @@ void Agent::Tick(Clock::TimePoint now) {
         SetStatus("controller " + options_.controller + " not answering; re-registering");
       } else if (now >= next_heartbeat_) {
         SendHeartbeat();
+        ReportMoeTunings();
         next_heartbeat_ += heartbeat_interval_;
         if (next_heartbeat_ <= now) next_heartbeat_ = now + heartbeat_interval_;
       }

@@ -39,6 +39,7 @@
 
 #include "agent/agent_options.h"
 #include "agent/keys.h"
+#include "agent/moe_tuning_reporter.h"
 #include "agent/node_facts.h"
 #include "agent/notifier.h"
 #include "agent/preflight.h"
@@ -104,6 +105,8 @@ class Agent {
   void Send(spark::v1::Envelope envelope);
   spark::v1::Envelope NewEnvelope(uint64_t generation);
   void SendShardStatus(const spark::v1::ShardStatus& status);
+  // Sends the MoE tuning cache file's records when it changed (or after a registration).
+  void ReportMoeTunings();
 
   // Shards.
   bool IsStale(const std::string& deployment, uint64_t generation);
@@ -132,6 +135,7 @@ class Agent {
   EventFd stop_event_;
   std::vector<int> shutdown_poll_ids_;
   std::unique_ptr<ShardSupervisor> supervisor_;
+  MoeTuningReporter moe_tunings_;
 
   // Wire identity.
   uint64_t incarnation_ = 0;

@@ -9,6 +9,7 @@
 #include "agent/log_tail.h"
 #include "agent/shard_status_file.h"
 #include "common/log.h"
+#include "engine/runtime/moe_tuning_cache.h"
 
 namespace spark::agent {
 namespace {
@@ -74,6 +75,8 @@ SpawnOptions ShardSpawnOptions(const SupervisorOptions& options,
   }
   for (const auto& [key, value] : effective.nccl_env()) spawn.env[key] = value;
   spawn.env[kShardStatusFileEnv] = paths.status;
+  spawn.env[engine::kMoeTuningFileEnv] =
+      (std::filesystem::path(options.state_dir) / engine::kMoeTuningFileName).string();
   // The shard is not the service systemd supervises: it must not answer for the agent.
   spawn.unset_env = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
                      "LISTEN_FDS",    "LISTEN_PID",    "LISTEN_FDNAMES"};

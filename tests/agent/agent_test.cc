@@ -23,6 +23,7 @@
 #include "agent/tokenizer_files.h"
 #include "common/log.h"
 #include "common/process.h"
+#include "engine/runtime/moe_tuning_cache.h"
 #include "tests/agent/fake_controller.h"
 #include "tests/agent/test_util.h"
 
@@ -363,6 +364,8 @@ TEST_F(AgentTest, SpawnsShardWithAssignmentArgumentsEnvironmentAndFiles) {
       << log;
   EXPECT_NE(log.find("env NCCL_NVLS_ENABLE=0 NCCL_SOCKET_IFNAME=lo"), std::string::npos) << log;
   EXPECT_NE(log.find("env SPARK_SHARD_STATUS_FILE=" + paths.status), std::string::npos) << log;
+  EXPECT_NE(log.find("env SPARK_MOE_TUNING_FILE=" + state + "/moe_tuning.json"), std::string::npos)
+      << log;
   EXPECT_NE(log.find("env NOTIFY_SOCKET=unset"), std::string::npos) << log;
 
   // The assignment file is what the shard needs: the controller's fields, rank 0's bind address,
@@ -413,6 +416,49 @@ TEST_F(AgentTest, SpawnsShardWithAssignmentArgumentsEnvironmentAndFiles) {
   ASSERT_TRUE(again.has_value());
   EXPECT_EQ(again->envelope.shard_status().pid(), pid);
   EXPECT_TRUE(controller_->Bodies(V1::kTokenizerFiles, before).empty());
+}
+
+TEST_F(AgentTest, ReportsTheMoeTuningFileAfterRegistrationAndWhenItChanges) {
+  engine::MoeTuningRecord record;
+  record.device = {"NVIDIA H100 80GB HBM3", 9, 0, 232448};
+  record.format = "fp8-per-channel";
+  record.gemm = "gate_up";
+  record.experts = 128;
+  record.n = 2816;
+  record.k = 4096;
+  record.top_k = 8;
+  record.batch = 16;
+  record.config = {16, 64, 256, 4, 3, 1};
+  record.measured_us = 20;
+  record.tuned_unix_ms = 1;
+  record.source = "tuner";
+  // A file a shard wrote before the agent (re)started is reported right after registering.
+  std::filesystem::create_directories(dir_ / "state");
+  const std::string file = dir_ / "state/moe_tuning.json";
+  ASSERT_TRUE(engine::UpdateMoeTuningFile(file, {record}).ok());
+  ASSERT_NO_FATAL_FAILURE(StartRegistered());
+  auto is_report = [](const Received& r) { return r.envelope.has_moe_tuning_report(); };
+  std::optional<Received> first = controller_->WaitFor(is_report, milliseconds(3000));
+  ASSERT_TRUE(first.has_value());
+  const spark::v1::MoeTuningReport& report = first->envelope.moe_tuning_report();
+  EXPECT_EQ(report.node_name(), "node-a");
+  ASSERT_EQ(report.records_size(), 1);
+  Result<engine::MoeTuningRecord> got = engine::MoeTuningRecordFromProto(report.records(0));
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(*got, record);
+
+  // Unchanged over several heartbeats: nothing more.
+  size_t from = controller_->received_count();
+  std::this_thread::sleep_for(milliseconds(450));
+  EXPECT_TRUE(controller_->Bodies(V1::kMoeTuningReport, from).empty());
+
+  // A shard tuned more buckets: the whole file goes again with the next heartbeat.
+  from = controller_->received_count();
+  record.batch = 32;
+  ASSERT_TRUE(engine::UpdateMoeTuningFile(file, {record}).ok());
+  std::optional<Received> second = controller_->WaitFor(is_report, milliseconds(3000), from);
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->envelope.moe_tuning_report().records_size(), 2);
 }
 
 TEST_F(AgentTest, Rank1SendsNoTokenizerFiles) {

@@ -71,6 +71,7 @@ TEST_F(ShardSupervisorTest, SpawnArgumentsAndEnvironment) {
   EXPECT_EQ(o.env.at("NCCL_SOCKET_IFNAME"), "ib0");
   EXPECT_EQ(o.env.at("NCCL_NVLS_ENABLE"), "0");
   EXPECT_EQ(o.env.at("SPARK_SHARD_STATUS_FILE"), paths.status);
+  EXPECT_EQ(o.env.at("SPARK_MOE_TUNING_FILE"), dir_.path() + "/moe_tuning.json");
   EXPECT_EQ(o.stdout_path, paths.log);
   EXPECT_EQ(o.stderr_path, paths.log);
   EXPECT_TRUE(o.new_process_group);

@@ -24,6 +24,7 @@ namespace spark::agent::testing {
 inline constexpr char kFakeShardScript[] = R"(echo "fake-shard args: $*"
 echo "env NCCL_NVLS_ENABLE=$NCCL_NVLS_ENABLE NCCL_SOCKET_IFNAME=$NCCL_SOCKET_IFNAME"
 echo "env SPARK_SHARD_STATUS_FILE=$SPARK_SHARD_STATUS_FILE"
+echo "env SPARK_MOE_TUNING_FILE=$SPARK_MOE_TUNING_FILE"
 echo "env NOTIFY_SOCKET=${NOTIFY_SOCKET:-unset}"
 case "$2" in
   */exit3-*) i=1; while [ $i -le 30 ]; do echo "log line $i"; i=$((i+1)); done; exit 3 ;;
