@@ -321,33 +321,38 @@ TEST_F(CudaSpeculationTest, KeepCacheEntriesKeepsTheAcceptedPath) {
   std::unique_ptr<engine::CpuBackend> cpu = Cpu();
   ASSERT_TRUE(gpu && cpu);
   const int64_t vocab = gpu->config().vocab_size;
-  const std::vector<int32_t> prompt = Tokens(21, 3, vocab);
+  // 16-token blocks: the tree occupies entries 27..33, i.e. blocks 1 and 2.
+  const int p = 27;
+  const std::vector<int32_t> prompt = Tokens(p, 3, vocab);
   const std::vector<int32_t> tree = Tokens(7, 4, vocab);
   const int32_t next = 77;
   for (engine::Backend* b : std::vector<engine::Backend*>{gpu.get(), cpu.get()}) {
     ASSERT_TRUE(b->Forward(Chunk(1, 0, prompt)).ok());
-    ASSERT_TRUE(b->Forward(Chunk(1, 21, tree, true, kParents)).ok());
+    ASSERT_TRUE(b->Forward(Chunk(1, p, tree, true, kParents)).ok());
   }
   // Bad requests: nothing changes.
-  EXPECT_EQ(gpu->KeepCacheEntries(1, CacheKind::kTarget, 21, {1, 0}).code(),
+  EXPECT_EQ(gpu->KeepCacheEntries(1, CacheKind::kTarget, p, {1, 0}).code(),
             StatusCode::kInvalidArgument);
-  EXPECT_EQ(gpu->KeepCacheEntries(1, CacheKind::kTarget, 21, {0, 0}).code(),
+  EXPECT_EQ(gpu->KeepCacheEntries(1, CacheKind::kTarget, p, {0, 0}).code(),
             StatusCode::kInvalidArgument);
-  EXPECT_EQ(gpu->KeepCacheEntries(1, CacheKind::kTarget, 21, {0, 7}).code(),
+  EXPECT_EQ(gpu->KeepCacheEntries(1, CacheKind::kTarget, p, {0, 7}).code(),
             StatusCode::kInvalidArgument);
-  EXPECT_EQ(gpu->KeepCacheEntries(1, CacheKind::kTarget, 29, {}).code(),
+  EXPECT_EQ(gpu->KeepCacheEntries(1, CacheKind::kTarget, p + 8, {}).code(),
             StatusCode::kInvalidArgument);
   EXPECT_EQ(gpu->KeepCacheEntries(1, CacheKind::kTarget, -1, {}).code(),
             StatusCode::kInvalidArgument);
-  EXPECT_EQ(gpu->CachedTokens(1), 28);
-  // Accept root -> 2 -> 5 -> 6 (moves across the block boundary at 32 with 16-token blocks).
+  EXPECT_EQ(gpu->CachedTokens(1), p + 7);
+  const int64_t free_before = gpu->FreeKvTokens();
+  // Accept root -> 2 -> 5 -> 6: entries 29, 32, 33 move to 28, 29, 30 (32 and 33 from block 2
+  // into block 1), and block 2 is freed.
   const std::vector<int32_t> keep = PathTo(6);
-  ASSERT_TRUE(gpu->KeepCacheEntries(1, CacheKind::kTarget, 21, keep).ok());
-  ASSERT_TRUE(cpu->KeepCacheEntries(1, CacheKind::kTarget, 21, keep).ok());
-  EXPECT_EQ(gpu->CachedTokens(1), 25);
-  EXPECT_EQ(gpu->CachedTokens(1, CacheKind::kTarget), 25);
-  Result<ForwardOutput> g = gpu->Forward(Chunk(1, 25, {next}));
-  Result<ForwardOutput> c = cpu->Forward(Chunk(1, 25, {next}));
+  ASSERT_TRUE(gpu->KeepCacheEntries(1, CacheKind::kTarget, p, keep).ok());
+  ASSERT_TRUE(cpu->KeepCacheEntries(1, CacheKind::kTarget, p, keep).ok());
+  EXPECT_EQ(gpu->CachedTokens(1), p + 4);
+  EXPECT_EQ(gpu->CachedTokens(1, CacheKind::kTarget), p + 4);
+  EXPECT_EQ(gpu->FreeKvTokens(), free_before + 16);
+  Result<ForwardOutput> g = gpu->Forward(Chunk(1, p + 4, {next}));
+  Result<ForwardOutput> c = cpu->Forward(Chunk(1, p + 4, {next}));
   ASSERT_TRUE(g.ok() && c.ok());
   // The accepted path from scratch.
   std::vector<int32_t> chain = prompt;
