@@ -26,6 +26,7 @@ engine::LoadOptions ShardLoadOptions(const spark::v1::ShardAssignment& assignmen
   load.tp_rank = static_cast<int>(assignment.rank());
   load.tp_size = static_cast<int>(assignment.world_size());
   load.progress = std::move(progress);
+  load.load_mtp = assignment.options().speculative().steps() > 0;
   return load;
 }
 

@@ -47,7 +47,8 @@ Result<std::unique_ptr<engine::Communicator>> JoinNcclGroup(int rank, int world,
                                                             const NcclGroupOptions& options);
 
 // The LoadOptions of the rank's checkpoint slice: tp rank and size from the assignment,
-// `progress` (bytes done, total) forwarded as the loader reports them. Host code, every build.
+// `progress` (bytes done, total) forwarded as the loader reports them, and the MTP layer when
+// speculative decoding is on (options.speculative.steps > 0). Host code, every build.
 engine::LoadOptions ShardLoadOptions(const spark::v1::ShardAssignment& assignment,
                                      std::function<void(int64_t, int64_t)> progress);
 

@@ -18,6 +18,8 @@
 #include "common/zmq.h"
 #include "engine/comm/gloo_communicator.h"
 #include "engine/cpu/cpu_backend.h"
+#include "engine/model/config.h"
+#include "engine/model/inspect.h"
 #include "engine/model/loader.h"
 #include "engine/runtime/tp_engine.h"
 #include "engine/shard/controller_kv_store.h"
@@ -233,6 +235,26 @@ int ShardRun::Run() {
 
   const bool cuda = a.backend() == spark::v1::BACKEND_CUDA;
   if (cuda && !BuiltWithCuda()) return Fail(kExitUnsupported, WithoutCudaMessage());
+  const bool speculative = settings_.speculative.enabled();
+  if (speculative) {
+    // Refuse a model without an MTP layer (in its config, or in its files) before joining the
+    // group and loading the weights. An unreadable checkpoint is left to the load, which names
+    // the problem.
+    Status has_mtp = Status::Ok();
+    if (a.options().load_format() == spark::v1::LOAD_FORMAT_DUMMY) {
+      Result<engine::ModelConfig> config = engine::LoadModelConfig(a.model_path());
+      if (config.ok()) has_mtp = CheckSpeculativeModel(*config, a.model_path());
+    } else if (Result<engine::CheckpointSummary> files =
+                   engine::InspectCheckpoint(a.model_path(), static_cast<int>(a.world_size()));
+               files.ok()) {
+      has_mtp = CheckSpeculativeModel(files->config, a.model_path());
+      if (has_mtp.ok()) {
+        has_mtp = CheckMtpWeightsLoaded(files->config, a.model_path(),
+                                        static_cast<size_t>(std::max(files->mtp_layers, 0)));
+      }
+    }
+    if (!has_mtp.ok()) return Fail(kExitUsage, has_mtp.message());
+  }
 
   advertise_host_ = args_.advertise_host;
   if (advertise_host_.empty()) {
@@ -294,6 +316,7 @@ int ShardRun::Run() {
   load.tp_size = world;
   load.dummy = a.options().load_format() == spark::v1::LOAD_FORMAT_DUMMY;
   load.seed = a.options().seed();
+  load.load_mtp = speculative;
   std::mutex progress_mu;
   SteadyClock::time_point last_progress{};
   load.progress = [&](int64_t done, int64_t total) {
@@ -305,6 +328,7 @@ int ShardRun::Run() {
     reporter_->ReportProgress(done, total, fraction).IgnoreError();
   };
   Status own = Status::Ok();
+  int own_exit = kExitLoad;
   if (cuda) {
     CudaBackendSetup setup;
     setup.device = static_cast<int>(a.gpu_index());
@@ -322,6 +346,12 @@ int ShardRun::Run() {
     Result<engine::ModelWeights> weights = engine::LoadModelWeights(a.model_path(), load);
     if (!weights.ok()) {
       own = weights.status().WithContext("loading " + a.model_path());
+    } else if (Status mtp = speculative ? CheckMtpWeightsLoaded(weights->config, a.model_path(),
+                                                                weights->mtp.size())
+                                        : Status::Ok();
+               !mtp.ok()) {
+      own = mtp;
+      own_exit = kExitUsage;
     } else {
       const engine::ModelConfig config = weights->config;
       Result<int64_t> kv_bytes =
@@ -347,9 +377,13 @@ int ShardRun::Run() {
       }
     }
   }
+  if (own.ok() && speculative) {
+    own = CheckSpeculationSupported(*backend_, a.backend());
+    if (!own.ok()) own_exit = kExitUnsupported;
+  }
   if (own.ok()) reporter_->ReportProgress(0, 0, 0.95).IgnoreError();
   const std::string agreement = AgreeLoaded(own);
-  if (!own.ok()) return Fail(kExitLoad, own.message());
+  if (!own.ok()) return Fail(own_exit, own.message());
   if (!agreement.empty()) return Fail(kExitLoad, agreement);
 
   if (rank == 0) {

@@ -64,12 +64,6 @@ Status ValidateAssignment(const spark::v1::ShardAssignment& a) {
                            ShardSenderId(a) + "' must fit 255 bytes)");
   }
   if (a.model_path().empty()) return InvalidArgument("assignment: model_path is empty");
-  const auto& spec = a.options().speculative();
-  if (spec.steps() != 0 || spec.topk() != 0 || spec.draft_tokens() != 0) {
-    return Unimplemented(
-        "speculative decoding is not supported yet by spark-shard; deploy without the "
-        "speculative options");
-  }
   return Status::Ok();
 }
 
@@ -103,6 +97,22 @@ Result<EngineSettings> ResolveEngineSettings(const spark::v1::EngineOptions& opt
       return InvalidArgument("unknown engine option '" + key + "'; known options: " + kExtraKeys);
     }
   }
+  const spark::v1::SpeculativeOptions& spec = options.speculative();
+  if (spec.steps() > 0) {
+    engine::SpeculativeOptions given;
+    given.steps = static_cast<int>(std::min<uint32_t>(spec.steps(), 1u << 20));
+    given.topk = spec.topk() == 0 ? 1 : static_cast<int>(std::min<uint32_t>(spec.topk(), 1u << 20));
+    given.draft_tokens = static_cast<int>(std::min<uint32_t>(spec.draft_tokens(), 1u << 20));
+    Result<engine::SpeculativeOptions> resolved = engine::ResolveSpeculativeOptions(given);
+    if (!resolved.ok()) {
+      return InvalidArgument("engine option speculative: " + resolved.status().message());
+    }
+    s.speculative = *resolved;
+  } else if (spec.topk() != 0 || spec.draft_tokens() != 0) {
+    return InvalidArgument(
+        "engine option speculative: topk and draft_tokens need steps >= 1; set steps or leave "
+        "speculative out");
+  }
   if (!keepalive_set) {
     s.keepalive = std::min(std::chrono::milliseconds(1000), s.step_timeout / 4);
   }
@@ -114,6 +124,43 @@ Result<EngineSettings> ResolveEngineSettings(const spark::v1::EngineOptions& opt
   s.max_batch_tokens = std::max<int64_t>(s.max_batch_tokens, 1);
   s.max_running = static_cast<int>(std::min<int64_t>(s.max_running, s.max_batch_tokens));
   return s;
+}
+
+Status CheckSpeculativeModel(const engine::ModelConfig& config, const std::string& model) {
+  if (config.num_nextn_predict_layers > 0) return Status::Ok();
+  return FailedPrecondition("model " + model +
+                            " has no MTP layer (num_nextn_predict_layers = 0): deploy without "
+                            "speculative");
+}
+
+Status CheckMtpWeightsLoaded(const engine::ModelConfig& config, const std::string& model,
+                             size_t mtp_layers_present) {
+  if (mtp_layers_present > 0) return Status::Ok();
+  return FailedPrecondition(
+      "model " + model + " declares " + std::to_string(config.num_nextn_predict_layers) +
+      " MTP layer(s) (num_nextn_predict_layers) but its checkpoint has no MTP weights "
+      "(model.layers." +
+      std::to_string(config.num_hidden_layers) +
+      ".*, often stripped from released checkpoints): deploy without speculative, or use a "
+      "checkpoint that keeps the MTP layer");
+}
+
+Status CheckSpeculationSupported(const engine::Backend& backend, spark::v1::Backend kind) {
+  if (backend.SupportsSpeculation()) return Status::Ok();
+  const std::string name = kind == spark::v1::BACKEND_CUDA ? "cuda" : "cpu";
+  return Unimplemented("speculative decoding is not supported yet on the " + name +
+                       " backend; deploy without speculative");
+}
+
+spark::v1::SpeculativeStats SpeculativeStatsToProto(const engine::SpeculativeStats& stats) {
+  spark::v1::SpeculativeStats out;
+  out.set_verify_steps(static_cast<uint64_t>(std::max<int64_t>(stats.verify_steps, 0)));
+  out.set_drafted_tokens(static_cast<uint64_t>(std::max<int64_t>(stats.drafted_tokens, 0)));
+  out.set_accepted_tokens(static_cast<uint64_t>(std::max<int64_t>(stats.accepted_tokens, 0)));
+  out.set_emitted_tokens(static_cast<uint64_t>(std::max<int64_t>(stats.emitted_tokens, 0)));
+  out.set_draft_ms(stats.draft_ms);
+  out.set_verify_ms(stats.verify_ms);
+  return out;
 }
 
 Result<int64_t> ResolveKvCacheBytes(const spark::v1::EngineOptions& options,

@@ -11,6 +11,11 @@
 //                     the CPU backend always samples on the CPU)
 // Any other extra key is an error naming the accepted keys (a typo must not pass silently).
 //
+// EngineOptions.speculative (steps > 0) turns on speculative decoding with the checkpoint's MTP
+// layer (engine/runtime/speculative.h): the options are checked as the engine does, the model
+// must have an MTP layer (config and weights) and the backend must support speculation; each
+// refusal names the problem and says to deploy without speculative.
+//
 // KV cache size of the CPU backend (per rank): kv_cache_bytes when > 0; otherwise
 // kv_cache_fraction of MemAvailable, capped at what max_batch sequences of max_seq_len tokens
 // can use (never more memory than the cache can ever fill); with neither set, 256 MiB.
@@ -25,6 +30,8 @@
 
 #include "common/status.h"
 #include "engine/model/config.h"
+#include "engine/runtime/backend.h"
+#include "engine/runtime/speculative.h"
 #include "spark.pb.h"
 
 namespace spark::shard {
@@ -34,8 +41,7 @@ namespace spark::shard {
 Result<spark::v1::ShardAssignment> ReadAssignmentFile(const std::filesystem::path& path);
 
 // InvalidArgument naming the field: empty deployment, world_size 0, rank >= world_size,
-// options.tp other than 0 or world_size, a routing id over 255 bytes, speculative decoding
-// (not supported by this shard yet).
+// options.tp other than 0 or world_size, a routing id over 255 bytes.
 Status ValidateAssignment(const spark::v1::ShardAssignment& assignment);
 
 // "shard/<deployment>/<generation>/<rank>": the routing and sender id of a shard.
@@ -50,10 +56,29 @@ struct EngineSettings {
   bool gpu_sampling = true;  // CUDA backend only
   std::chrono::milliseconds step_timeout{30000};
   std::chrono::milliseconds keepalive{1000};
+  // EngineOptions.speculative, resolved (topk 1: draft_tokens = steps + 1); steps 0 = off.
+  engine::SpeculativeOptions speculative;
 };
 
 // Parses EngineOptions into settings (no model needed). InvalidArgument naming the key.
 Result<EngineSettings> ResolveEngineSettings(const spark::v1::EngineOptions& options);
+
+// Speculative decoding needs the checkpoint's MTP layer: FailedPrecondition ("model X has no MTP
+// layer (num_nextn_predict_layers = 0): deploy without speculative") when `config` declares
+// none. `model` names the checkpoint in the message.
+Status CheckSpeculativeModel(const engine::ModelConfig& config, const std::string& model);
+
+// FailedPrecondition when the checkpoint declares MTP layers but holds no MTP weights
+// (`mtp_layers_present` 0: found in its files, or loaded with LoadOptions::load_mtp).
+Status CheckMtpWeightsLoaded(const engine::ModelConfig& config, const std::string& model,
+                             size_t mtp_layers_present);
+
+// Unimplemented ("speculative decoding is not supported yet on the <backend> backend ...") when
+// the created backend cannot speculate (Backend::SupportsSpeculation() false).
+Status CheckSpeculationSupported(const engine::Backend& backend, spark::v1::Backend kind);
+
+// The engine's counters as the ShardStatus carries them.
+spark::v1::SpeculativeStats SpeculativeStatsToProto(const engine::SpeculativeStats& stats);
 
 // KV cache bytes of one CPU rank (see the file comment). `mem_available_bytes` is the host's
 // MemAvailable; InvalidArgument for a fraction outside [0, 1].

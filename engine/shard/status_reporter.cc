@@ -14,7 +14,7 @@ int64_t UnixMs(Clock::WallTimePoint t) {
 
 }  // namespace
 
-Status StatusReporter::SendLocked(spark::v1::ShardStatus status) {
+Status StatusReporter::SendLocked(spark::v1::ShardStatus status, bool write_file) {
   const int64_t now_ms = UnixMs(clock_.WallNow());
   if (status.phase() != phase_) {
     phase_ = status.phase();
@@ -28,7 +28,7 @@ Status StatusReporter::SendLocked(spark::v1::ShardStatus status) {
   status.set_started_unix_ms(identity_.started_unix_ms);
   status.set_phase_since_unix_ms(phase_since_unix_ms_);
   status.set_reported_unix_ms(now_ms);
-  if (!status_file_.empty()) {
+  if (write_file && !status_file_.empty()) {
     if (Status written = agent::WriteShardStatusFile(status_file_, status); !written.ok()) {
       SPARK_LOG(WARN).With("status", written).With("path", status_file_)
           << "cannot write the shard status file";
@@ -71,6 +71,15 @@ Status StatusReporter::ReportReady(const std::string& data_endpoint) {
   status.set_phase(spark::v1::SHARD_PHASE_READY);
   status.set_data_endpoint(data_endpoint);
   return SendLocked(std::move(status));
+}
+
+Status StatusReporter::ReportSpeculativeStats(const spark::v1::SpeculativeStats& stats) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (terminal_ || phase_ != spark::v1::SHARD_PHASE_READY) return Status::Ok();
+  spark::v1::ShardStatus status;
+  status.set_phase(spark::v1::SHARD_PHASE_READY);
+  *status.mutable_speculative() = stats;
+  return SendLocked(std::move(status), /*write_file=*/false);
 }
 
 bool StatusReporter::ReportFailed(const std::string& reason, int exit_code) {

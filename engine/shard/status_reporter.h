@@ -7,7 +7,7 @@
 // The first terminal report wins: afterwards every report is ignored (a watchdog or signal
 // thread and the engine thread may race to report the end).
 //
-// When `status_file` is not empty (the agent's SPARK_SHARD_STATUS_FILE), every report is also
+// When `status_file` is not empty (the agent's SPARK_SHARD_STATUS_FILE), every phase report is also
 // written there (agent/shard_status_file.h) before it is sent, so the agent knows the phase and
 // rank 0's data endpoint even when the controller is unreachable; a write failure is logged and
 // does not stop the report.
@@ -52,6 +52,10 @@ class StatusReporter {
   Status ReportProgress(uint64_t bytes_done, uint64_t bytes_total, double fraction);
   // READY; `data_endpoint` is empty on ranks other than 0.
   Status ReportReady(const std::string& data_endpoint);
+  // Rank 0 while READY with speculative decoding on: READY again, carrying the run's counters
+  // (cumulative). Not written to the status file (it holds the phase and data endpoint, which
+  // this report does not repeat). Ignored unless the phase is READY.
+  Status ReportSpeculativeStats(const spark::v1::SpeculativeStats& stats);
   // Terminal reports, with the exit code the process is about to exit with; false (nothing
   // sent) when a terminal report was already made. FAILED carries `reason` as failure_reason;
   // a STOPPED reason is only logged.
@@ -63,8 +67,9 @@ class StatusReporter {
   const ShardIdentity& identity() const { return identity_; }
 
  private:
-  // Fills the identity and times; sets phase_/phase_since_ under mu_.
-  Status SendLocked(spark::v1::ShardStatus status);
+  // Fills the identity and times; sets phase_/phase_since_ under mu_. `write_file`: also write
+  // the status file (when one is configured).
+  Status SendLocked(spark::v1::ShardStatus status, bool write_file = true);
 
   ControllerLink* link_;
   const ShardIdentity identity_;

@@ -10,7 +10,11 @@
 #include <fstream>
 #include <thread>
 
+#include "agent/shard_status_file.h"
 #include "common/clock.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/model/loader.h"
+#include "engine/model/tiny_model.h"
 #include "engine/shard/controller_kv_store.h"
 #include "engine/shard/controller_link.h"
 #include "engine/shard/endpoints.h"
@@ -104,7 +108,7 @@ TEST(ShardSettingsTest, ValidatesAssignments) {
   EXPECT_EQ(ValidateAssignment(a).code(), StatusCode::kInvalidArgument);
   a = ValidAssignment();
   a.mutable_options()->mutable_speculative()->set_steps(3);
-  EXPECT_EQ(ValidateAssignment(a).code(), StatusCode::kUnimplemented);
+  EXPECT_TRUE(ValidateAssignment(a).ok());  // checked with the engine options and the model
   a = ValidAssignment();
   a.set_world_size(0);
   EXPECT_EQ(ValidateAssignment(a).code(), StatusCode::kInvalidArgument);
@@ -171,6 +175,110 @@ TEST(ShardSettingsTest, EngineOptionsAndExtraKeys) {
   (*options.mutable_extra())["sampler"] = "tpu";
   EXPECT_NE(ResolveEngineSettings(options).status().message().find("sampler must be gpu or cpu"),
             std::string::npos);
+}
+
+TEST(ShardSettingsTest, SpeculativeOptionsAreResolvedAsTheEngineDoes) {
+  spark::v1::EngineOptions options;
+  auto off = ResolveEngineSettings(options);
+  ASSERT_TRUE(off.ok());
+  EXPECT_FALSE(off->speculative.enabled());
+
+  // topk 0 on the wire is the default (1); a chain verifies steps + 1 tokens.
+  options.mutable_speculative()->set_steps(2);
+  auto chain = ResolveEngineSettings(options);
+  ASSERT_TRUE(chain.ok()) << chain.status().ToString();
+  EXPECT_EQ(chain->speculative.steps, 2);
+  EXPECT_EQ(chain->speculative.topk, 1);
+  EXPECT_EQ(chain->speculative.draft_tokens, 3);
+
+  options.mutable_speculative()->set_topk(4);
+  options.mutable_speculative()->set_draft_tokens(8);
+  auto tree = ResolveEngineSettings(options);
+  ASSERT_TRUE(tree.ok()) << tree.status().ToString();
+  EXPECT_EQ(tree->speculative.topk, 4);
+  EXPECT_EQ(tree->speculative.draft_tokens, 8);
+
+  // 1 + 4 + 1 * 16 = 21 nodes at most.
+  options.mutable_speculative()->set_draft_tokens(22);
+  auto too_big = ResolveEngineSettings(options);
+  ASSERT_FALSE(too_big.ok());
+  EXPECT_EQ(too_big.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(too_big.status().message().find("engine option speculative: "), std::string::npos);
+  EXPECT_NE(too_big.status().message().find("draft_tokens must be in [2, 21]"), std::string::npos)
+      << too_big.status().message();
+
+  options.mutable_speculative()->set_steps(0);
+  options.mutable_speculative()->set_draft_tokens(3);
+  EXPECT_NE(ResolveEngineSettings(options).status().message().find("need steps >= 1"),
+            std::string::npos);
+}
+
+TEST(ShardSettingsTest, SpeculationNeedsTheModelsMtpLayer) {
+  engine::ModelConfig config;
+  config.num_hidden_layers = 3;
+  Status none = CheckSpeculativeModel(config, "/models/glm");
+  EXPECT_EQ(none.code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(none.message(),
+            "model /models/glm has no MTP layer (num_nextn_predict_layers = 0): deploy without "
+            "speculative");
+  config.num_nextn_predict_layers = 1;
+  EXPECT_TRUE(CheckSpeculativeModel(config, "/models/glm").ok());
+
+  // Declared but stripped from the checkpoint.
+  Status stripped = CheckMtpWeightsLoaded(config, "/models/glm", 0);
+  EXPECT_EQ(stripped.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(stripped.message().find("declares 1 MTP layer(s)"), std::string::npos);
+  EXPECT_NE(stripped.message().find("model.layers.3.*"), std::string::npos);
+  EXPECT_NE(stripped.message().find("deploy without speculative"), std::string::npos);
+  EXPECT_TRUE(CheckMtpWeightsLoaded(config, "/models/glm", 1).ok());
+}
+
+TEST(ShardSettingsTest, SpeculationNeedsABackendThatSupportsIt) {
+  const fs::path dir = fs::temp_directory_path() / ("shard_mtp_" + std::to_string(getpid()));
+  engine::TinyModelOptions tiny;
+  tiny.mtp = true;
+  ASSERT_TRUE(engine::WriteTinyModel(dir, tiny).ok());
+  auto backend = [&](bool load_mtp) {
+    engine::LoadOptions load;
+    load.load_mtp = load_mtp;
+    auto weights = engine::LoadModelWeights(dir, load);
+    EXPECT_TRUE(weights.ok()) << weights.status().ToString();
+    EXPECT_EQ(weights->mtp.size(), load_mtp ? 1u : 0u);
+    engine::CpuBackendOptions cpu;
+    cpu.threads = 1;
+    cpu.kv_cache_bytes = 1 << 20;
+    auto created = engine::CpuBackend::Create(std::move(weights).value(), nullptr, cpu);
+    EXPECT_TRUE(created.ok()) << created.status().ToString();
+    return std::move(created).value();
+  };
+  auto with_mtp = backend(true);
+  EXPECT_TRUE(CheckSpeculationSupported(*with_mtp, spark::v1::BACKEND_CPU).ok());
+  auto without = backend(false);
+  Status cpu = CheckSpeculationSupported(*without, spark::v1::BACKEND_CPU);
+  EXPECT_EQ(cpu.code(), StatusCode::kUnimplemented);
+  EXPECT_NE(cpu.message().find("not supported yet on the cpu backend"), std::string::npos);
+  Status cuda = CheckSpeculationSupported(*without, spark::v1::BACKEND_CUDA);
+  EXPECT_NE(cuda.message().find("speculative decoding is not supported yet on the cuda backend"),
+            std::string::npos);
+  EXPECT_NE(cuda.message().find("deploy without speculative"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST(ShardSettingsTest, SpeculativeStatsCrossTheWireUnchanged) {
+  engine::SpeculativeStats stats;
+  stats.verify_steps = 7;
+  stats.drafted_tokens = 14;
+  stats.accepted_tokens = 9;
+  stats.emitted_tokens = 16;
+  stats.draft_ms = 12.5;
+  stats.verify_ms = 40.25;
+  const spark::v1::SpeculativeStats wire = SpeculativeStatsToProto(stats);
+  EXPECT_EQ(wire.verify_steps(), 7u);
+  EXPECT_EQ(wire.drafted_tokens(), 14u);
+  EXPECT_EQ(wire.accepted_tokens(), 9u);
+  EXPECT_EQ(wire.emitted_tokens(), 16u);
+  EXPECT_DOUBLE_EQ(wire.draft_ms(), 12.5);
+  EXPECT_DOUBLE_EQ(wire.verify_ms(), 40.25);
 }
 
 TEST(ShardSettingsTest, KvCacheBytes) {
@@ -398,6 +506,49 @@ TEST_F(ControllerLinkTest, ReporterSendsOneTerminalStatus) {
     EXPECT_EQ(s.pid(), 4242);
     EXPECT_EQ(s.started_unix_ms(), 1700000000000);
   }
+}
+
+TEST_F(ControllerLinkTest, ReporterSendsSpeculativeCountersOnlyWhileReady) {
+  FakeController controller(2);
+  auto link = Connect(controller.endpoint());
+  ManualClock clock;
+  const fs::path file =
+      fs::temp_directory_path() / ("shard_status_" + std::to_string(getpid()) + ".pb");
+  StatusReporter reporter(link.get(), {"glm", 9, 7, 0, 4242, 1700000000000}, clock, file.string());
+  spark::v1::SpeculativeStats stats;
+  stats.set_verify_steps(3);
+  stats.set_accepted_tokens(4);
+  ASSERT_TRUE(reporter.Report(spark::v1::SHARD_PHASE_LOADING).ok());
+  ASSERT_TRUE(reporter.ReportSpeculativeStats(stats).ok());  // not READY: ignored
+  ASSERT_TRUE(reporter.ReportReady("tcp://10.0.0.5:4000").ok());
+  ASSERT_TRUE(reporter.ReportSpeculativeStats(stats).ok());
+  stats.set_verify_steps(5);
+  ASSERT_TRUE(reporter.ReportSpeculativeStats(stats).ok());
+  // The counters never replace the READY report (with rank 0's data endpoint) in the agent's
+  // status file.
+  auto written = agent::ReadShardStatusFile(file.string());
+  ASSERT_TRUE(written.ok()) << written.status().ToString();
+  EXPECT_EQ(written->phase(), spark::v1::SHARD_PHASE_READY);
+  EXPECT_EQ(written->data_endpoint(), "tcp://10.0.0.5:4000");
+  EXPECT_FALSE(written->has_speculative());
+  EXPECT_TRUE(reporter.ReportStopped("done", 0));
+  ASSERT_TRUE(reporter.ReportSpeculativeStats(stats).ok());  // terminal: ignored
+  link->Close(milliseconds(2000));
+
+  ASSERT_TRUE(
+      controller.WaitFor([](const auto& all) { return all.size() >= 5; }, milliseconds(5000)));
+  std::this_thread::sleep_for(milliseconds(100));
+  auto statuses = controller.Statuses(0);
+  ASSERT_EQ(statuses.size(), 5u);
+  EXPECT_FALSE(statuses[0].has_speculative());
+  EXPECT_EQ(statuses[1].phase(), spark::v1::SHARD_PHASE_READY);
+  EXPECT_FALSE(statuses[1].has_speculative());
+  EXPECT_EQ(statuses[2].phase(), spark::v1::SHARD_PHASE_READY);
+  EXPECT_EQ(statuses[2].speculative().verify_steps(), 3u);
+  EXPECT_EQ(statuses[2].speculative().accepted_tokens(), 4u);
+  EXPECT_EQ(statuses[3].speculative().verify_steps(), 5u);
+  EXPECT_EQ(statuses[4].phase(), spark::v1::SHARD_PHASE_STOPPED);
+  fs::remove(file);
 }
 
 TEST(WireConversionsTest, SamplingParamsAreCopiedWithoutDefaults) {
