@@ -20,8 +20,6 @@ constexpr float kAmaxFloor = 1e-10f;
 constexpr int kMaxExpertsPerLane = 16;  // top-k kernel: E <= 512
 constexpr int kMaxTopK = 32;
 constexpr int kMaxGroups = 32;
-constexpr int64_t kSplitPartialFloats = int64_t{4} << 20;  // 16 MiB of split-K partial tiles
-constexpr int64_t kSplitCounters = 16384;
 
 // ---- Router ---------------------------------------------------------------------------------
 
@@ -375,10 +373,6 @@ __global__ void CombineKernel(const float* __restrict__ pair_out, int64_t tokens
   Store4(out + t * hidden + h, sum);
 }
 
-int64_t MaxMblocks(int64_t pairs, int experts, int block_m) {
-  return (pairs + block_m - 1) / block_m + std::min<int64_t>(experts, pairs);
-}
-
 bool SameShape(const MoeShape& a, const MoeShape& b) {
   return a.num_experts == b.num_experts && a.hidden == b.hidden && a.inter == b.inter &&
          a.top_k == b.top_k;
@@ -418,7 +412,7 @@ Status MoeShape::Validate(MoeWeightFormat format) const {
 // ---- Workspace ----------------------------------------------------------------------------------
 
 Result<MoeWorkspace> MoeWorkspace::Create(const MoeShape& shape, MoeWeightFormat format,
-                                          int64_t max_tokens) {
+                                          int64_t max_tokens, const MoeConfigTable* table) {
   SPARK_RETURN_IF_ERROR(shape.Validate(format));
   if (max_tokens <= 0) return InvalidArgument("MoE workspace: max_tokens must be positive");
   MoeWorkspace w;
@@ -427,12 +421,17 @@ Result<MoeWorkspace> MoeWorkspace::Create(const MoeShape& shape, MoeWeightFormat
   w.max_tokens_ = max_tokens;
   const int64_t e = shape.num_experts, h = shape.hidden, im = shape.inter, k = shape.top_k;
   const int64_t pairs = max_tokens * k;
-  w.max_mblocks_ = MaxMblocks(pairs, shape.num_experts, 16);
-  w.max_rows_ = MaxMblocks(pairs, shape.num_experts, 128) * 128;
+  // Sized for every compiled block_m: the same workspace serves any table (capped or not).
+  const MoeScratchSizes scratch =
+      table != nullptr
+          ? table->ScratchFor(format, shape.num_experts, shape.hidden, shape.inter, shape.top_k,
+                              max_tokens)
+          : MoeScratchFor(shape.num_experts, shape.hidden, shape.inter, shape.top_k, max_tokens);
+  w.max_mblocks_ = scratch.max_mblocks;
+  w.max_rows_ = scratch.max_rows;
   const bool fp8 = format != MoeWeightFormat::kBf16;
   const bool block = format == MoeWeightFormat::kFp8Block;
-  const int64_t split_floats =
-      std::min<int64_t>(kSplitPartialFloats, w.max_rows_ * std::max(h, 2 * im) * 8);
+  const int64_t split_floats = scratch.split_partial_floats;
   struct Slot {
     void** ptr;
     int64_t bytes;
@@ -452,7 +451,7 @@ Result<MoeWorkspace> MoeWorkspace::Create(const MoeShape& shape, MoeWeightFormat
        fp8 ? w.max_rows_ * (block ? im / 128 : 1) * 4 : 0},
       {reinterpret_cast<void**>(&w.out_pairs_), pairs * h * 4},
       {reinterpret_cast<void**>(&w.split_partials_), split_floats * 4},
-      {reinterpret_cast<void**>(&w.split_counters_), kSplitCounters * 4},
+      {reinterpret_cast<void**>(&w.split_counters_), scratch.split_counters * 4},
   };
   int64_t total = 0;
   for (const Slot& s : slots) total += (s.bytes + 255) / 256 * 256;
@@ -471,8 +470,8 @@ Result<MoeWorkspace> MoeWorkspace::Create(const MoeShape& shape, MoeWeightFormat
     p += (s.bytes + 255) / 256 * 256;
   }
   w.split_partial_floats_ = split_floats;
-  w.split_counter_count_ = kSplitCounters;
-  SPARK_CUDA_RETURN_IF_ERROR(cudaMemset(w.split_counters_, 0, kSplitCounters * 4));
+  w.split_counter_count_ = scratch.split_counters;
+  SPARK_CUDA_RETURN_IF_ERROR(cudaMemset(w.split_counters_, 0, scratch.split_counters * 4));
   return std::move(w);
 }
 
@@ -613,31 +612,21 @@ struct MoeWorkspaceAccess {
     const bool fp8 = format != MoeWeightFormat::kBf16;
     const bool block = format == MoeWeightFormat::kFp8Block;
 
-    MoeTileConfig gate_up, down;
-    if (forced_gate_up != nullptr) {
-      gate_up = *forced_gate_up;
-      down = *forced_down;
-      if (gate_up.block_m != down.block_m) return cudaErrorInvalidConfiguration;
-    } else {
-      gate_up = table.Select(format, MoeGemm::kGateUp, pairs, s.num_experts, 2 * int64_t{s.inter},
-                             s.hidden, 8);
-      down = table.Select(format, MoeGemm::kDown, pairs, s.num_experts, s.hidden, s.inter, 8);
+    MoeScratchSizes scratch;
+    scratch.max_rows = w.max_rows_;
+    scratch.max_mblocks = w.max_mblocks_;
+    scratch.split_partial_floats = w.split_partial_floats_;
+    scratch.split_counters = w.split_counter_count_;
+    Result<MoeLaunch> launch = table.PlanLaunch(format, s.num_experts, s.hidden, s.inter, s.top_k,
+                                                tokens, scratch, forced_gate_up, forced_down);
+    if (!launch.ok()) {
+      return launch.status().code() == StatusCode::kOutOfRange ? cudaErrorInvalidValue
+                                                               : cudaErrorInvalidConfiguration;
     }
-    if (!table.Check(format, gate_up).ok() || !table.Check(format, down).ok())
-      return cudaErrorInvalidConfiguration;
+    const MoeTileConfig& gate_up = launch->gate_up;
+    const MoeTileConfig& down = launch->down;
     const int bm = gate_up.block_m;
-    const int64_t mblocks = MaxMblocks(pairs, s.num_experts, bm);
-    if (mblocks > w.max_mblocks_ || mblocks * bm > w.max_rows_) return cudaErrorInvalidValue;
-    // Split-K only as far as the partial-tile scratch reaches.
-    auto fit_split = [&](MoeTileConfig& c, int64_t n) {
-      const int64_t tiles = mblocks * ((n + c.block_n - 1) / c.block_n);
-      while (c.split_k > 1 &&
-             (tiles * c.split_k * c.block_m * c.block_n > w.split_partial_floats_ ||
-              tiles > w.split_counter_count_))
-        c.split_k /= 2;
-    };
-    fit_split(gate_up, 2 * int64_t{s.inter});
-    fit_split(down, s.hidden);
+    const int64_t mblocks = launch->mblocks;
     w.last_plan_ = MoePlan{tokens, gate_up, down};
     auto mark = [&](int i) {
       return w.timing_ ? cudaEventRecord(w.events_[i], stream) : cudaSuccess;

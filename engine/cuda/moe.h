@@ -81,11 +81,16 @@ struct MoePlan {
   MoeTileConfig down;
 };
 
-// Device scratch for up to `max_tokens` tokens of one layer shape and format.
+// Device scratch for up to `max_tokens` tokens of one layer shape and format. Rows and row
+// blocks are sized (MoeScratchFor) for every compiled tile height, so one workspace serves any
+// MoeConfigTable (any shared-memory cap, any tuned config); MoeConfigTable::PlanLaunch checks
+// each forward against it. Given `table`, the split-K partial tiles also cover every split that
+// table's heuristic picks up to max_tokens (MoeConfigTable::ScratchFor); otherwise (and for tuned
+// configs) a split larger than the scratch holds is lowered.
 class MoeWorkspace {
  public:
   static Result<MoeWorkspace> Create(const MoeShape& shape, MoeWeightFormat format,
-                                     int64_t max_tokens);
+                                     int64_t max_tokens, const MoeConfigTable* table = nullptr);
   MoeWorkspace() = default;
   MoeWorkspace(MoeWorkspace&& other) noexcept;
   MoeWorkspace& operator=(MoeWorkspace&& other) noexcept;

@@ -2,15 +2,23 @@
 
 #include <algorithm>
 
-#include "engine/cuda/cuda_check.h"
-#include "engine/cuda/moe_gemm.h"
-
 namespace spark::cuda {
 namespace {
 
 constexpr int kMinStages = 2;
 constexpr int kMaxStages = 6;
 constexpr int kMaxSplitK = 16;
+// Split-K scratch of a workspace: partial tiles (16 MiB at most) and arrival counters.
+constexpr int64_t kSplitPartialFloats = int64_t{4} << 20;
+constexpr int64_t kSplitCounters = 16384;
+// Split-K the heuristic may ask for (what the workspace's partial tiles are sized for).
+constexpr int kSelectMaxSplitK = 8;
+
+// Row blocks of `block_m` rows that `pairs` token-expert pairs over `experts` experts can need:
+// each expert used pads its rows up to a whole block.
+int64_t MaxMblocks(int64_t pairs, int experts, int block_m) {
+  return (pairs + block_m - 1) / block_m + std::min<int64_t>(experts, pairs);
+}
 
 bool Supports(const MoeKernelVariant& v, MoeWeightFormat format) {
   switch (format) {
@@ -47,6 +55,33 @@ int DeepestStages(int index, int64_t limit, int max_stages) {
 
 }  // namespace
 
+const std::vector<MoeKernelVariant>& MoeKernelVariants() {
+  // {block_m, block_n, block_k_bytes, warps, bf16, fp8 per-channel, fp8 block}. Block FP8 needs
+  // one 128-element K group per stage (128 bytes) and room for a second accumulator set. The
+  // order is the kernel index moe_gemm.cu dispatches on.
+  static const std::vector<MoeKernelVariant> variants = {
+      {16, 64, 256, 4, true, true, false},  {16, 64, 128, 4, true, true, true},
+      {16, 128, 128, 4, true, true, true},  {32, 128, 128, 4, true, true, true},
+      {64, 128, 128, 4, true, true, true},  {64, 256, 128, 8, true, true, true},
+      {128, 128, 128, 8, true, true, true}, {128, 256, 128, 8, true, true, false},
+  };
+  return variants;
+}
+
+MoeScratchSizes MoeScratchFor(int experts, int hidden, int inter, int top_k, int64_t max_tokens) {
+  const int64_t pairs = std::max<int64_t>(0, max_tokens) * std::max(0, top_k);
+  MoeScratchSizes s;
+  for (const MoeKernelVariant& v : MoeKernelVariants()) {
+    const int64_t mblocks = MaxMblocks(pairs, experts, v.block_m);
+    s.max_mblocks = std::max(s.max_mblocks, mblocks);
+    s.max_rows = std::max(s.max_rows, mblocks * v.block_m);
+  }
+  s.split_partial_floats = std::min<int64_t>(
+      kSplitPartialFloats, s.max_rows * std::max<int64_t>(hidden, int64_t{2} * inter) * 8);
+  s.split_counters = kSplitCounters;
+  return s;
+}
+
 const char* MoeWeightFormatName(MoeWeightFormat format) {
   switch (format) {
     case MoeWeightFormat::kBf16:
@@ -66,15 +101,14 @@ std::string MoeTileConfig::ToString() const {
          std::to_string(SmemBytes()) + " B smem)";
 }
 
-Result<MoeConfigTable> MoeConfigTable::Create(const DeviceInfo& device, int64_t smem_cap_bytes) {
-  MoeConfigTable t;
-  t.smem_limit_bytes_ = device.EffectiveSmemPerBlock(smem_cap_bytes);
-  t.multiprocessors_ = device.multiprocessors;
-  if (t.smem_limit_bytes_ <= 0) {
-    return InvalidArgument("device " + device.name +
-                           " reports no opt-in shared memory per block; query it with "
-                           "QueryDevice before creating the MoE config table");
+Result<MoeConfigTable> MoeConfigTable::ForLimit(int64_t smem_limit_bytes, int multiprocessors) {
+  if (smem_limit_bytes <= 0) {
+    return InvalidArgument("MoE config table: the shared memory per block must be positive, got " +
+                           std::to_string(smem_limit_bytes));
   }
+  MoeConfigTable t;
+  t.smem_limit_bytes_ = smem_limit_bytes;
+  t.multiprocessors_ = multiprocessors;
   bool any = false;
   for (int v = 0; v < static_cast<int>(MoeKernelVariants().size()); ++v) {
     any = any || DeepestStages(v, t.smem_limit_bytes_, kMaxStages) > 0;
@@ -83,9 +117,6 @@ Result<MoeConfigTable> MoeConfigTable::Create(const DeviceInfo& device, int64_t 
     return InvalidArgument("no MoE tile config fits " + std::to_string(t.smem_limit_bytes_) +
                            " bytes of shared memory per block; raise the shared-memory cap");
   }
-  // The kernels may use up to the device limit; the cap is enforced by Check and Select, so
-  // tables with different caps can live side by side.
-  SPARK_CUDA_RETURN_IF_ERROR(moe_internal::SetMoeGemmSmemLimit(device.smem_optin_per_block_bytes));
   return t;
 }
 
@@ -233,6 +264,75 @@ Status MoeConfigTable::Check(MoeWeightFormat format, const MoeTileConfig& c) con
                            std::to_string(smem_limit_bytes_) + " bytes per block allowed here");
   }
   return Status::Ok();
+}
+
+MoeScratchSizes MoeConfigTable::ScratchFor(MoeWeightFormat format, int experts, int hidden,
+                                           int inter, int top_k, int64_t max_tokens) const {
+  MoeScratchSizes s = MoeScratchFor(experts, hidden, inter, top_k, max_tokens);
+  for (int64_t tokens = 1; tokens <= max_tokens; ++tokens) {
+    const int64_t pairs = tokens * top_k;
+    const int bm = BlockMFor(format, pairs, experts);
+    const int64_t mblocks = MaxMblocks(pairs, experts, bm);
+    for (const MoeGemm gemm : {MoeGemm::kGateUp, MoeGemm::kDown}) {
+      const int64_t n = gemm == MoeGemm::kGateUp ? int64_t{2} * inter : hidden;
+      const int64_t k = gemm == MoeGemm::kGateUp ? hidden : inter;
+      const MoeTileConfig c = Select(format, gemm, pairs, experts, n, k, kSelectMaxSplitK);
+      if (c.split_k <= 1) continue;
+      const int64_t tiles = mblocks * ((n + c.block_n - 1) / c.block_n);
+      s.split_partial_floats =
+          std::max(s.split_partial_floats, tiles * c.split_k * c.block_m * c.block_n);
+      s.split_counters = std::max(s.split_counters, tiles);
+    }
+  }
+  return s;
+}
+
+Result<MoeLaunch> MoeConfigTable::PlanLaunch(MoeWeightFormat format, int experts, int hidden,
+                                             int inter, int top_k, int64_t tokens,
+                                             const MoeScratchSizes& scratch,
+                                             const MoeTileConfig* forced_gate_up,
+                                             const MoeTileConfig* forced_down) const {
+  const int64_t pairs = tokens * top_k;
+  MoeLaunch plan;
+  if ((forced_gate_up == nullptr) != (forced_down == nullptr)) {
+    return InvalidArgument("MoE launch: force both tile configs or neither");
+  }
+  if (forced_gate_up != nullptr) {
+    plan.gate_up = *forced_gate_up;
+    plan.down = *forced_down;
+  } else {
+    plan.gate_up = Select(format, MoeGemm::kGateUp, pairs, experts, int64_t{2} * inter, hidden,
+                          kSelectMaxSplitK);
+    plan.down = Select(format, MoeGemm::kDown, pairs, experts, hidden, inter, kSelectMaxSplitK);
+  }
+  SPARK_RETURN_IF_ERROR(Check(format, plan.gate_up));
+  SPARK_RETURN_IF_ERROR(Check(format, plan.down));
+  if (plan.gate_up.block_m != plan.down.block_m) {
+    return InvalidArgument("MoE launch: gate/up " + plan.gate_up.ToString() + " and down " +
+                           plan.down.ToString() +
+                           " must share block_m (the permutation's row padding)");
+  }
+  const int bm = plan.gate_up.block_m;
+  plan.mblocks = MaxMblocks(pairs, experts, bm);
+  plan.rows = plan.mblocks * bm;
+  if (plan.mblocks > scratch.max_mblocks || plan.rows > scratch.max_rows) {
+    return OutOfRange("MoE launch of " + std::to_string(tokens) + " tokens with " +
+                      std::to_string(bm) + "-row tiles needs " + std::to_string(plan.rows) +
+                      " rows in " + std::to_string(plan.mblocks) + " blocks; the workspace holds " +
+                      std::to_string(scratch.max_rows) + " rows in " +
+                      std::to_string(scratch.max_mblocks) + " blocks (made for fewer tokens)");
+  }
+  // Split-K only as far as the partial-tile scratch reaches.
+  auto fit_split = [&](MoeTileConfig& c, int64_t n) {
+    const int64_t tiles = plan.mblocks * ((n + c.block_n - 1) / c.block_n);
+    while (c.split_k > 1 &&
+           (tiles * c.split_k * c.block_m * c.block_n > scratch.split_partial_floats ||
+            tiles > scratch.split_counters))
+      c.split_k /= 2;
+  };
+  fit_split(plan.gate_up, int64_t{2} * inter);
+  fit_split(plan.down, hidden);
+  return plan;
 }
 
 Status MoeConfigTable::SetTuned(MoeWeightFormat format, MoeGemm gemm, int64_t pairs,

@@ -8,6 +8,11 @@
 // a smaller device such as GB10's 101,376 bytes) and NEVER hands out, or lets MoeForward launch,
 // a config above that limit. Per (GEMM, batch-size bucket) a tuned choice can be set (issue 7's
 // autotuner); otherwise a heuristic picks a config that fills the GPU (split-K at small batch).
+// PlanLaunch turns the choice into what one forward launches and checks it against the
+// workspace's scratch (MoeScratchFor), so a forward never outgrows its buffers.
+//
+// Host code only (no CUDA calls) except MoeConfigTable::Create (defined in moe_gemm.cu), so CPU
+// tests cover the selection and sizing; ForLimit builds a table without a device.
 //
 // Thread safety: a table is immutable after Create except SetTuned, which callers must not race
 // with MoeForward. Ownership: a value type.
@@ -59,12 +64,37 @@ struct MoeKernelVariant {
 };
 const std::vector<MoeKernelVariant>& MoeKernelVariants();
 
+// Device scratch of a MoE forward (MoeWorkspace's buffers), in elements.
+struct MoeScratchSizes {
+  int64_t max_rows = 0;              // permuted token-expert rows including block padding
+  int64_t max_mblocks = 0;           // BLOCK_M row blocks (the GEMM grid's first dimension)
+  int64_t split_partial_floats = 0;  // split-K partial tiles
+  int64_t split_counters = 0;        // split-K arrival counters (one per output tile)
+};
+
+// Scratch for up to `max_tokens` tokens of a layer with `experts` routed experts of width
+// `inter`, hidden size `hidden` and `top_k` experts per token, valid for EVERY compiled block_m:
+// one workspace serves tables with any shared-memory limit and any tuned config.
+MoeScratchSizes MoeScratchFor(int experts, int hidden, int inter, int top_k, int64_t max_tokens);
+
+// What one forward launches: both GEMM configs (same block_m: the permutation's padding), the
+// row-block grid bound and the padded rows it may touch.
+struct MoeLaunch {
+  MoeTileConfig gate_up;
+  MoeTileConfig down;
+  int64_t mblocks = 0;
+  int64_t rows = 0;
+};
+
 class MoeConfigTable {
  public:
   // Limit = the device's opt-in shared memory per block, or `smem_cap_bytes` when it is
   // smaller and positive. Raises each variant's dynamic shared-memory attribute to the device's
   // limit (call with the device current); the cap is enforced by Select/Check/MoeForward.
   static Result<MoeConfigTable> Create(const DeviceInfo& device, int64_t smem_cap_bytes = 0);
+  // The same table without touching a device (planning, tests): `smem_limit_bytes` is the
+  // shared memory per block allowed, `multiprocessors` the SM count the heuristic fills.
+  static Result<MoeConfigTable> ForLimit(int64_t smem_limit_bytes, int multiprocessors);
 
   int64_t smem_limit_bytes() const { return smem_limit_bytes_; }
   int multiprocessors() const { return multiprocessors_; }
@@ -89,6 +119,22 @@ class MoeConfigTable {
 
   // Whether `config` may be launched here (within the limit, valid for the format).
   Status Check(MoeWeightFormat format, const MoeTileConfig& config) const;
+
+  // MoeScratchFor plus split-K partial tiles for every split this table's heuristic picks at any
+  // batch size up to `max_tokens` (the SM count decides how far it splits), so that no forward
+  // of an untuned table has its split-K lowered by the workspace.
+  MoeScratchSizes ScratchFor(MoeWeightFormat format, int experts, int hidden, int inter, int top_k,
+                             int64_t max_tokens) const;
+
+  // The launch of a forward over `tokens` tokens (layer sizes as MoeScratchFor): Select's configs,
+  // or `forced_gate_up`/`forced_down` (both or neither), with split-K lowered until the partial
+  // tiles fit `scratch`. InvalidArgument when a config fails Check, only one is forced or the two
+  // do not share block_m; OutOfRange when `scratch` cannot hold the padded rows (a workspace made
+  // for fewer tokens).
+  Result<MoeLaunch> PlanLaunch(MoeWeightFormat format, int experts, int hidden, int inter,
+                               int top_k, int64_t tokens, const MoeScratchSizes& scratch,
+                               const MoeTileConfig* forced_gate_up = nullptr,
+                               const MoeTileConfig* forced_down = nullptr) const;
 
  private:
   struct Tuned {

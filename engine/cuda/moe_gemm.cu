@@ -2,21 +2,12 @@
 
 #include <cuda_fp8.h>
 
+#include <string>
 #include <vector>
 
-namespace spark::cuda {
+#include "engine/cuda/cuda_check.h"
 
-const std::vector<MoeKernelVariant>& MoeKernelVariants() {
-  // {block_m, block_n, block_k_bytes, warps, bf16, fp8 per-channel, fp8 block}. Block FP8 needs
-  // one 128-element K group per stage (128 bytes) and room for a second accumulator set.
-  static const std::vector<MoeKernelVariant> variants = {
-      {16, 64, 256, 4, true, true, false},  {16, 64, 128, 4, true, true, true},
-      {16, 128, 128, 4, true, true, true},  {32, 128, 128, 4, true, true, true},
-      {64, 128, 128, 4, true, true, true},  {64, 256, 128, 8, true, true, true},
-      {128, 128, 128, 8, true, true, true}, {128, 256, 128, 8, true, true, false},
-  };
-  return variants;
-}
+namespace spark::cuda {
 
 namespace moe_internal {
 namespace {
@@ -467,4 +458,20 @@ cudaError_t SetMoeGemmSmemLimit(int64_t limit_bytes) {
 }
 
 }  // namespace moe_internal
+
+Result<MoeConfigTable> MoeConfigTable::Create(const DeviceInfo& device, int64_t smem_cap_bytes) {
+  if (device.smem_optin_per_block_bytes <= 0) {
+    return InvalidArgument("device " + device.name +
+                           " reports no opt-in shared memory per block; query it with "
+                           "QueryDevice before creating the MoE config table");
+  }
+  SPARK_ASSIGN_OR_RETURN(
+      MoeConfigTable table,
+      ForLimit(device.EffectiveSmemPerBlock(smem_cap_bytes), device.multiprocessors));
+  // The kernels may use up to the device limit; the cap is enforced by Check and Select, so
+  // tables with different caps can live side by side.
+  SPARK_CUDA_RETURN_IF_ERROR(moe_internal::SetMoeGemmSmemLimit(device.smem_optin_per_block_bytes));
+  return table;
+}
+
 }  // namespace spark::cuda

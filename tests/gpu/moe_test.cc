@@ -381,6 +381,48 @@ TEST(MoeConfigTest, EveryConfigWithinTheLimitIsCorrectAndNoneAboveIsLaunched) {
   }
 }
 
+// Every batch size at GLM-4.5-Air widths under GB10's cap and uncapped, with the workspace sized
+// by the capped table as CudaBackend sizes it: every forward launches (the plan fits the
+// workspace, the heuristic's split-K is kept) and both tables agree.
+TEST(MoeForwardMiscTest, AirWidthsEveryBatchSizeWithAndWithoutGb10Cap) {
+  auto f = MakeFixture(kAir, MoeWeightFormat::kFp8PerChannel, 13);
+  const int64_t max_tokens = 300, h = kAir.hidden;
+  auto capped = MoeConfigTable::Create(Device(), kGb10SmemBytes);
+  auto full = MoeConfigTable::Create(Device(), 0);
+  ASSERT_TRUE(capped.ok() && full.ok());
+  auto ws = MoeWorkspace::Create(f->device.view().shape, f->format, max_tokens, &*capped);
+  ASSERT_TRUE(ws.ok()) << ws.status().ToString();
+  const auto x = MakeMoeTestInput(max_tokens, h, 77);
+  DeviceBuffer<__nv_bfloat16> dx(max_tokens * h);
+  DeviceBuffer<float> da(max_tokens * h), db(max_tokens * h);
+  SPARK_CUDA_CHECK(cudaMemcpy(dx.ptr, x.data(), max_tokens * h * 2, cudaMemcpyHostToDevice));
+  std::vector<float> a(max_tokens * h), b(max_tokens * h);
+  float worst = 0.f;
+  for (int64_t tokens = 1; tokens <= max_tokens; ++tokens) {
+    ASSERT_EQ(MoeForward(f->device.view(), dx.ptr, tokens, da.ptr, nullptr, *ws, *capped, nullptr),
+              cudaSuccess)
+        << "capped, T=" << tokens;
+    const MoePlan capped_plan = ws->last_plan();
+    ASSERT_EQ(MoeForward(f->device.view(), dx.ptr, tokens, db.ptr, nullptr, *ws, *full, nullptr),
+              cudaSuccess)
+        << "uncapped, T=" << tokens;
+    const int64_t pairs = tokens * kAir.top_k;
+    EXPECT_EQ(capped_plan.gate_up.block_m, capped->BlockMFor(f->format, pairs, kAir.experts));
+    EXPECT_LE(capped_plan.gate_up.SmemBytes(), kGb10SmemBytes);
+    EXPECT_LE(capped_plan.down.SmemBytes(), kGb10SmemBytes);
+    const MoeTileConfig want =
+        capped->Select(f->format, MoeGemm::kDown, pairs, kAir.experts, kAir.hidden, kAir.inter, 8);
+    EXPECT_EQ(capped_plan.down.split_k, want.split_k) << "T=" << tokens;
+    SPARK_CUDA_CHECK(cudaMemcpy(a.data(), da.ptr, tokens * h * 4, cudaMemcpyDeviceToHost));
+    SPARK_CUDA_CHECK(cudaMemcpy(b.data(), db.ptr, tokens * h * 4, cudaMemcpyDeviceToHost));
+    for (int64_t t = 0; t < tokens; ++t)
+      worst = std::max(worst, RowRelError(a.data() + t * h, b.data() + t * h, h));
+  }
+  std::printf("[moe] glm45air fp8 T=1..%lld: capped vs uncapped worst row error %.2e\n",
+              static_cast<long long>(max_tokens), worst);
+  EXPECT_LE(worst, 1e-2f);
+}
+
 TEST(MoeForwardMiscTest, DeterministicBf16OutputWithAddendAndLimits) {
   auto f = MakeFixture(kTinyGrouped, MoeWeightFormat::kFp8PerChannel, 21);
   const int64_t tokens = 33, h = kTinyGrouped.hidden;
