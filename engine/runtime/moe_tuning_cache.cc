@@ -196,6 +196,22 @@ double Log2Ratio(double a, double b) { return std::fabs(std::log2(a / b)); }
 
 }  // namespace
 
+bool MoeDeviceClass::operator==(const MoeDeviceClass& o) const {
+  return name == o.name && cc_major == o.cc_major && cc_minor == o.cc_minor &&
+         smem_limit_bytes == o.smem_limit_bytes;
+}
+
+bool MoeTileChoice::operator==(const MoeTileChoice& o) const {
+  return block_m == o.block_m && block_n == o.block_n && block_k_bytes == o.block_k_bytes &&
+         warps == o.warps && stages == o.stages && split_k == o.split_k;
+}
+
+bool MoeTuningRecord::operator==(const MoeTuningRecord& o) const {
+  return device == o.device && format == o.format && gemm == o.gemm && experts == o.experts &&
+         n == o.n && k == o.k && top_k == o.top_k && batch == o.batch && config == o.config &&
+         measured_us == o.measured_us && tuned_unix_ms == o.tuned_unix_ms && source == o.source;
+}
+
 std::string MoeDeviceClass::Key() const {
   return name + "/sm" + std::to_string(cc_major) + std::to_string(cc_minor) + "/smem" +
          std::to_string(smem_limit_bytes);

@@ -17,6 +17,7 @@
 // Merging: of two records with the same device class and problem key the newer (tuned_unix_ms)
 // wins; at equal times the faster one.
 //
+// The header is C++17 (CUDA sources include it).
 // Thread safety: values and pure functions; UpdateMoeTuningFile serialises writers of one file
 // (also across processes) with an advisory lock on "<file>.lock".
 #pragma once
@@ -49,7 +50,8 @@ struct MoeDeviceClass {
 
   // "NVIDIA H100 80GB HBM3/sm90/smem232448": the controller's device_class column.
   std::string Key() const;
-  friend bool operator==(const MoeDeviceClass&, const MoeDeviceClass&) = default;
+  bool operator==(const MoeDeviceClass& other) const;
+  bool operator!=(const MoeDeviceClass& other) const { return !(*this == other); }
 };
 
 // One tile config of the MoE grouped GEMM, as MoeTileConfig (engine/cuda/moe_config.h) without
@@ -68,7 +70,8 @@ struct MoeTileChoice {
            int64_t{stages} * (block_m + block_n) * block_k_bytes;
   }
   std::string ToString() const;  // "m32n128k128B w4 s3 split1"
-  friend bool operator==(const MoeTileChoice&, const MoeTileChoice&) = default;
+  bool operator==(const MoeTileChoice& other) const;
+  bool operator!=(const MoeTileChoice& other) const { return !(*this == other); }
 };
 
 // The routed-expert GEMMs of one model on one tensor-parallel rank.
@@ -99,7 +102,8 @@ struct MoeTuningRecord {
   std::string Key() const;
   // InvalidArgument naming the field, the value and the rule.
   Status Validate() const;
-  friend bool operator==(const MoeTuningRecord&, const MoeTuningRecord&) = default;
+  bool operator==(const MoeTuningRecord& other) const;
+  bool operator!=(const MoeTuningRecord& other) const { return !(*this == other); }
 };
 
 // Known names of formats and GEMMs.

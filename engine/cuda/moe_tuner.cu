@@ -1,0 +1,573 @@
+#include "engine/cuda/moe_tuner.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <tuple>
+#include <utility>
+
+#include "common/check.h"
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/moe_pack.h"
+
+namespace spark::cuda {
+namespace {
+
+__device__ __forceinline__ uint32_t Hash(uint64_t i, uint32_t seed) {
+  uint64_t z = i * 0x9E3779B97F4A7C15ull + seed;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return static_cast<uint32_t>(z ^ (z >> 31));
+}
+__device__ __forceinline__ float HashUniform(uint64_t i, uint32_t seed) {
+  return static_cast<float>(Hash(i, seed) >> 8) * (1.0f / 8388608.0f) - 1.0f;
+}
+
+__global__ void FillFloat(float* p, int64_t n, float amp, uint32_t seed) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x)
+    p[i] = HashUniform(i, seed) * amp;
+}
+__global__ void FillBf16(__nv_bfloat16* p, int64_t n, float amp, uint32_t seed) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x)
+    p[i] = __float2bfloat16(HashUniform(i, seed) * amp);
+}
+__global__ void FillFp8(uint8_t* p, int64_t n, uint32_t seed) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x)
+    p[i] = static_cast<uint8_t>(
+        __nv_cvt_float_to_fp8(HashUniform(i, seed) * 448.f, __NV_SATFINITE, __NV_E4M3));
+}
+
+bool Serves(const MoeKernelVariant& v, MoeWeightFormat format) {
+  switch (format) {
+    case MoeWeightFormat::kBf16:
+      return v.bf16;
+    case MoeWeightFormat::kFp8PerChannel:
+      return v.fp8_per_channel;
+    case MoeWeightFormat::kFp8Block:
+      return v.fp8_block;
+  }
+  return false;
+}
+
+bool SameConfig(const MoeTileConfig& a, const MoeTileConfig& b) {
+  return a.kernel == b.kernel && a.block_m == b.block_m && a.block_n == b.block_n &&
+         a.block_k_bytes == b.block_k_bytes && a.warps == b.warps && a.stages == b.stages &&
+         a.split_k == b.split_k;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+int64_t WallMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Runs forwards of one layer with an L2 flush before each and reads the phase times.
+class ForwardTimer {
+ public:
+  static Result<ForwardTimer> Create(const MoeShape& shape, MoeWeightFormat format,
+                                     int64_t max_tokens) {
+    ForwardTimer t;
+    SPARK_ASSIGN_OR_RETURN(t.layer_, MoeRandomLayer::Create(shape, format));
+    SPARK_ASSIGN_OR_RETURN(t.ws_, MoeWorkspace::Create(shape, format, max_tokens));
+    SPARK_RETURN_IF_ERROR(t.ws_.SetPhaseTiming(true));
+    t.max_tokens_ = max_tokens;
+    t.hidden_ = shape.hidden;
+    const int64_t x_elems = kInputs * max_tokens * shape.hidden;
+    SPARK_CUDA_RETURN_IF_ERROR(cudaMalloc(&t.x_, x_elems * sizeof(__nv_bfloat16)));
+    SPARK_CUDA_RETURN_IF_ERROR(cudaMalloc(&t.out_, max_tokens * shape.hidden * sizeof(float)));
+    FillBf16<<<4096, 256>>>(t.x_, x_elems, 2.0f, 7);
+    SPARK_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    int device = 0, l2 = 0;
+    SPARK_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+    SPARK_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
+    t.flush_bytes_ = std::max<size_t>(size_t{2} * static_cast<size_t>(l2), size_t{64} << 20);
+    SPARK_CUDA_RETURN_IF_ERROR(cudaMalloc(&t.flush_, t.flush_bytes_));
+    SPARK_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
+    return std::move(t);
+  }
+  ForwardTimer() = default;
+  ForwardTimer(ForwardTimer&& o) noexcept { *this = std::move(o); }
+  ForwardTimer& operator=(ForwardTimer&& o) noexcept {
+    if (this != &o) {
+      Release();
+      layer_ = std::move(o.layer_);
+      ws_ = std::move(o.ws_);
+      x_ = std::exchange(o.x_, nullptr);
+      out_ = std::exchange(o.out_, nullptr);
+      flush_ = std::exchange(o.flush_, nullptr);
+      flush_bytes_ = o.flush_bytes_;
+      max_tokens_ = o.max_tokens_;
+      hidden_ = o.hidden_;
+      runs_ = o.runs_;
+    }
+    return *this;
+  }
+  ~ForwardTimer() { Release(); }
+
+  // One forward of `tokens` tokens: explicit configs when given, else `table`'s choice.
+  Result<MoePhaseTimes> Run(int64_t tokens, const MoeConfigTable& table,
+                            const MoeTileConfig* gate_up, const MoeTileConfig* down) {
+    SPARK_CUDA_RETURN_IF_ERROR(
+        cudaMemsetAsync(flush_, static_cast<int>(runs_ & 0xff), flush_bytes_));
+    const __nv_bfloat16* x = x_ + (runs_ % kInputs) * max_tokens_ * hidden_;
+    ++runs_;
+    const cudaError_t err =
+        gate_up != nullptr
+            ? MoeForwardWithConfigs(layer_.view(), x, tokens, out_, ws_, table, *gate_up, *down,
+                                    nullptr)
+            : MoeForward(layer_.view(), x, tokens, out_, nullptr, ws_, table, nullptr);
+    if (err != cudaSuccess) {
+      return Internal(std::string("MoE forward while tuning: ") + cudaGetErrorString(err));
+    }
+    return ws_.PhaseTimes();
+  }
+
+  const MoePlan& last_plan() const { return ws_.last_plan(); }
+  int64_t runs() const { return runs_; }
+
+ private:
+  static constexpr int kInputs = 4;  // input sets rotated over, so activations are not cached
+  void Release() {
+    if (x_ != nullptr) cudaFree(x_);
+    if (out_ != nullptr) cudaFree(out_);
+    if (flush_ != nullptr) cudaFree(flush_);
+    x_ = nullptr;
+    out_ = nullptr;
+    flush_ = nullptr;
+  }
+  MoeRandomLayer layer_;
+  MoeWorkspace ws_;
+  __nv_bfloat16* x_ = nullptr;
+  float* out_ = nullptr;
+  void* flush_ = nullptr;
+  size_t flush_bytes_ = 0;
+  int64_t max_tokens_ = 0;
+  int64_t hidden_ = 0;
+  int64_t runs_ = 0;
+};
+
+struct Timed {
+  MoeTileConfig config;  // as launched
+  double us = 1e30;
+};
+
+// Times `cands` for `gemm` (the other GEMM fixed at `other`) with pruning; the best as launched.
+Result<Timed> SearchGemm(ForwardTimer& timer, const MoeConfigTable& table, int64_t tokens,
+                         MoeGemm gemm, const std::vector<MoeTileConfig>& cands,
+                         const MoeTileConfig& other, const MoeTunerOptions& options) {
+  Timed best;
+  std::vector<MoeTileConfig> launched_seen;
+  // Deeper pipelines of (kernel, split) are tried only while they keep getting faster.
+  std::map<std::pair<int, int>, double> best_of_tile;
+  for (const MoeTileConfig& c : cands) {
+    const auto tile = std::make_pair(c.kernel, c.split_k);
+    auto it = best_of_tile.find(tile);
+    if (it != best_of_tile.end() && it->second < 0) continue;  // a shallower one was better
+    const MoeTileConfig* gu = gemm == MoeGemm::kGateUp ? &c : &other;
+    const MoeTileConfig* dn = gemm == MoeGemm::kGateUp ? &other : &c;
+    SPARK_ASSIGN_OR_RETURN(MoePhaseTimes warm, timer.Run(tokens, table, gu, dn));
+    (void)warm;
+    const MoeTileConfig launched =
+        gemm == MoeGemm::kGateUp ? timer.last_plan().gate_up : timer.last_plan().down;
+    bool duplicate = false;
+    for (const MoeTileConfig& s : launched_seen) duplicate = duplicate || SameConfig(s, launched);
+    if (duplicate) continue;  // the workspace lowered its split-K to one already timed
+    launched_seen.push_back(launched);
+    std::vector<double> us;
+    for (int i = 0; i < std::max(1, options.iters); ++i) {
+      SPARK_ASSIGN_OR_RETURN(MoePhaseTimes t, timer.Run(tokens, table, gu, dn));
+      us.push_back(1e3 * (gemm == MoeGemm::kGateUp ? t.gate_up_ms : t.down_ms));
+      if (i == 0 && us[0] > best.us * options.prune_ratio) break;
+    }
+    const double m = Median(us);
+    if (it == best_of_tile.end()) {
+      best_of_tile[tile] = m;
+    } else if (m > it->second) {
+      it->second = -1;  // deeper got slower: stop this tile
+    } else {
+      it->second = m;
+    }
+    if (m < best.us) {
+      best.us = m;
+      best.config = launched;
+    }
+  }
+  if (best.config.kernel < 0) return Internal("MoE tuning found no runnable config");
+  return best;
+}
+
+}  // namespace
+
+Result<MoeWeightFormat> ParseMoeWeightFormat(std::string_view name) {
+  if (name == "bf16") return MoeWeightFormat::kBf16;
+  if (name == "fp8-per-channel" || name == "fp8-channel") return MoeWeightFormat::kFp8PerChannel;
+  if (name == "fp8-block128" || name == "fp8-block") return MoeWeightFormat::kFp8Block;
+  return InvalidArgument("unknown MoE weight format '" + std::string(name) +
+                         "'; use bf16, fp8-channel (fp8-per-channel) or fp8-block (fp8-block128)");
+}
+
+MoeWeightFormat MoeWeightFormatOfModel(const engine::ModelConfig& config) {
+  switch (config.quant.method) {
+    case engine::QuantMethod::kFp8PerChannel:
+      return MoeWeightFormat::kFp8PerChannel;
+    case engine::QuantMethod::kFp8Block:
+      return MoeWeightFormat::kFp8Block;
+    case engine::QuantMethod::kNone:
+      break;
+  }
+  return MoeWeightFormat::kBf16;
+}
+
+Result<MoeShape> MoeShapeOfModel(const engine::ModelConfig& config, int tp) {
+  if (config.n_routed_experts <= 0 || config.moe_intermediate_size <= 0) {
+    return InvalidArgument("the model (" + config.architecture_name +
+                           ") has no routed experts: there is no MoE GEMM to tune");
+  }
+  if (tp < 1 || config.moe_intermediate_size % tp != 0) {
+    return InvalidArgument("tensor-parallel size " + std::to_string(tp) +
+                           " does not divide the experts' intermediate size " +
+                           std::to_string(config.moe_intermediate_size));
+  }
+  return MoeShapeFromConfig(config, static_cast<int>(config.moe_intermediate_size / tp));
+}
+
+engine::MoeDeviceClass MoeDeviceClassOf(const DeviceInfo& device, const MoeConfigTable& table) {
+  return {device.name, device.cc_major, device.cc_minor, table.smem_limit_bytes()};
+}
+
+engine::MoeGemmShape MoeGemmShapeOf(const MoeShape& shape, MoeWeightFormat format) {
+  return {MoeWeightFormatName(format), shape.num_experts, shape.hidden, shape.inter, shape.top_k};
+}
+
+engine::MoeTileChoice MoeTileChoiceOf(const MoeTileConfig& c) {
+  return {c.block_m, c.block_n, c.block_k_bytes, c.warps, c.stages, c.split_k};
+}
+
+Result<MoeTileConfig> MoeTileConfigOf(const engine::MoeTileChoice& choice, MoeWeightFormat format) {
+  const auto& variants = MoeKernelVariants();
+  for (int v = 0; v < static_cast<int>(variants.size()); ++v) {
+    const MoeKernelVariant& k = variants[v];
+    if (k.block_m != choice.block_m || k.block_n != choice.block_n ||
+        k.block_k_bytes != choice.block_k_bytes || k.warps != choice.warps || !Serves(k, format))
+      continue;
+    MoeTileConfig c;
+    c.kernel = v;
+    c.block_m = k.block_m;
+    c.block_n = k.block_n;
+    c.block_k_bytes = k.block_k_bytes;
+    c.warps = k.warps;
+    c.stages = choice.stages;
+    c.split_k = choice.split_k;
+    SPARK_CHECK(MoeTileChoiceOf(c).SmemBytes() == c.SmemBytes())
+        << "tuning records and the kernel disagree on shared memory";
+    return c;
+  }
+  return NotFound("MoE tile " + choice.ToString() + " is not compiled into this build for " +
+                  MoeWeightFormatName(format) + " weights; retune (spark-model tune-moe)");
+}
+
+std::vector<engine::MoeTileShape> MoeTileShapesFor(MoeWeightFormat format) {
+  std::vector<engine::MoeTileShape> out;
+  for (const MoeKernelVariant& k : MoeKernelVariants()) {
+    if (Serves(k, format)) out.push_back({k.block_m, k.block_n, k.block_k_bytes, k.warps});
+  }
+  return out;
+}
+
+Result<std::vector<MoeTunedChoice>> MoeTunedChoicesOf(
+    const std::vector<engine::MoeTuningRecord>& records, const engine::MoeDeviceClass& device,
+    const MoeShape& shape, MoeWeightFormat format, const MoeConfigTable& table) {
+  const engine::MoeGemmShape gemm_shape = MoeGemmShapeOf(shape, format);
+  const std::vector<engine::MoeGemmDims> dims = engine::MoeGemmDimsOf(gemm_shape);
+  std::vector<MoeTunedChoice> out;
+  for (const engine::MoeTuningRecord& r : records) {
+    if (r.device != device || r.format != gemm_shape.format || r.experts != shape.num_experts ||
+        r.top_k != shape.top_k)
+      continue;
+    const engine::MoeGemmDims* d = nullptr;
+    for (const auto& x : dims) {
+      if (x.gemm == r.gemm && x.n == r.n && x.k == r.k) d = &x;
+    }
+    if (d == nullptr) continue;
+    Result<MoeTileConfig> config = MoeTileConfigOf(r.config, format);
+    if (!config.ok()) return config.status().WithContext("MoE tuning record " + r.Key());
+    SPARK_RETURN_IF_ERROR(table.Check(format, *config).WithContext("MoE tuning record " + r.Key()));
+    MoeTunedChoice c;
+    c.format = format;
+    c.gemm = r.gemm == "gate_up" ? MoeGemm::kGateUp : MoeGemm::kDown;
+    c.pairs = r.batch * shape.top_k;
+    c.config = *config;
+    out.push_back(c);
+  }
+  return out;
+}
+
+Status ApplyMoeTunedChoices(const std::vector<MoeTunedChoice>& choices, MoeConfigTable& table) {
+  for (const MoeTunedChoice& c : choices) {
+    SPARK_RETURN_IF_ERROR(table.SetTuned(c.format, c.gemm, c.pairs, c.config));
+  }
+  return Status::Ok();
+}
+
+// ---- MoeRandomLayer ---------------------------------------------------------------------------
+
+Result<MoeRandomLayer> MoeRandomLayer::Create(const MoeShape& shape, MoeWeightFormat format,
+                                              uint32_t seed) {
+  SPARK_RETURN_IF_ERROR(shape.Validate(format));
+  MoeRandomLayer l;
+  auto alloc = [&](int64_t bytes) -> Result<void*> {
+    void* p = nullptr;
+    SPARK_CUDA_RETURN_IF_ERROR(cudaMalloc(&p, static_cast<size_t>(std::max<int64_t>(bytes, 4))));
+    l.buffers_.push_back(p);
+    return p;
+  };
+  l.view_.shape = shape;
+  l.view_.format = format;
+  const int64_t e = shape.num_experts, h = shape.hidden, im = shape.inter;
+  const int64_t w13 = e * 2 * im * h, w2 = e * h * im;
+  SPARK_ASSIGN_OR_RETURN(void* router, alloc(e * h * 4));
+  SPARK_ASSIGN_OR_RETURN(void* bias, alloc(e * 4));
+  FillFloat<<<1024, 256>>>(static_cast<float*>(router), e * h,
+                           4.0f / std::sqrt(static_cast<float>(h)), seed + 1);
+  FillFloat<<<1, 256>>>(static_cast<float*>(bias), e, 0.05f, seed + 2);
+  l.view_.router = static_cast<const float*>(router);
+  l.view_.router_bias = static_cast<const float*>(bias);
+  if (format == MoeWeightFormat::kBf16) {
+    SPARK_ASSIGN_OR_RETURN(void* a, alloc(w13 * 2));
+    SPARK_ASSIGN_OR_RETURN(void* b, alloc(w2 * 2));
+    FillBf16<<<4096, 256>>>(static_cast<__nv_bfloat16*>(a), w13,
+                            std::sqrt(3.0f / static_cast<float>(h)), seed + 3);
+    FillBf16<<<4096, 256>>>(static_cast<__nv_bfloat16*>(b), w2,
+                            std::sqrt(3.0f / static_cast<float>(im)), seed + 4);
+    l.view_.w13 = a;
+    l.view_.w2 = b;
+    l.expert_bytes_ = (2 * im * h + h * im) * 2;
+  } else {
+    SPARK_ASSIGN_OR_RETURN(void* a, alloc(w13));
+    SPARK_ASSIGN_OR_RETURN(void* b, alloc(w2));
+    FillFp8<<<4096, 256>>>(static_cast<uint8_t*>(a), w13, seed + 3);
+    FillFp8<<<4096, 256>>>(static_cast<uint8_t*>(b), w2, seed + 4);
+    l.view_.w13 = a;
+    l.view_.w2 = b;
+    const bool block = format == MoeWeightFormat::kFp8Block;
+    const int64_t s13 = block ? e * 2 * (im / 128) * (h / 128) : e * 2 * im;
+    const int64_t s2 = block ? e * (h / 128) * (im / 128) : e * h;
+    SPARK_ASSIGN_OR_RETURN(void* sa, alloc(s13 * 4));
+    SPARK_ASSIGN_OR_RETURN(void* sb, alloc(s2 * 4));
+    FillFloat<<<256, 256>>>(static_cast<float*>(sa), s13,
+                            0.5f / (448.f * std::sqrt(static_cast<float>(h))), seed + 5);
+    FillFloat<<<256, 256>>>(static_cast<float*>(sb), s2,
+                            0.5f / (448.f * std::sqrt(static_cast<float>(im))), seed + 6);
+    l.view_.w13_scale = static_cast<const float*>(sa);
+    l.view_.w2_scale = static_cast<const float*>(sb);
+    l.expert_bytes_ = 2 * im * h + h * im + (s13 + s2) / e * 4;
+  }
+  SPARK_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  SPARK_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
+  return std::move(l);
+}
+
+MoeRandomLayer::MoeRandomLayer(MoeRandomLayer&& other) noexcept { *this = std::move(other); }
+
+MoeRandomLayer& MoeRandomLayer::operator=(MoeRandomLayer&& other) noexcept {
+  if (this != &other) {
+    Release();
+    view_ = other.view_;
+    buffers_ = std::move(other.buffers_);
+    expert_bytes_ = other.expert_bytes_;
+    other.buffers_.clear();
+    other.view_ = MoeLayerDevice{};
+  }
+  return *this;
+}
+
+MoeRandomLayer::~MoeRandomLayer() { Release(); }
+
+void MoeRandomLayer::Release() {
+  for (void* p : buffers_) cudaFree(p);
+  buffers_.clear();
+}
+
+// ---- Tuner -----------------------------------------------------------------------------------
+
+Result<MoeTuneResult> TuneMoe(const DeviceInfo& device, const MoeConfigTable& table,
+                              const MoeShape& shape, MoeWeightFormat format,
+                              const MoeTunerOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  auto elapsed_s = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  std::vector<int64_t> batches =
+      options.batches.empty() ? engine::MoeBatchBuckets(2048) : options.batches;
+  for (int64_t b : batches) {
+    if (b < 1 || engine::MoeBatchBucket(b) != b) {
+      return InvalidArgument("MoE tuning batch " + std::to_string(b) +
+                             " is not a power of two (the table keeps one config per "
+                             "power-of-two bucket)");
+    }
+  }
+  std::sort(batches.begin(), batches.end());
+  batches.erase(std::unique(batches.begin(), batches.end()), batches.end());
+  SPARK_ASSIGN_OR_RETURN(ForwardTimer timer, ForwardTimer::Create(shape, format, batches.back()));
+
+  const engine::MoeDeviceClass device_class = MoeDeviceClassOf(device, table);
+  const engine::MoeGemmShape gemm_shape = MoeGemmShapeOf(shape, format);
+  const std::vector<MoeTileConfig> all = table.Candidates(format);
+  const int sms = std::max(1, table.multiprocessors());
+  MoeTuneResult result;
+  const int64_t now_ms = WallMs();
+  for (int64_t tokens : batches) {
+    if (elapsed_s() > options.max_seconds) {
+      result.skipped_batches.push_back(tokens);
+      continue;
+    }
+    const auto bucket_start = std::chrono::steady_clock::now();
+    const int64_t pairs = tokens * shape.top_k;
+    const int64_t rows_per_expert = (pairs + shape.num_experts - 1) / shape.num_experts;
+    const int64_t max_bm = std::max<int64_t>(32, 2 * rows_per_expert);
+    std::vector<int> block_ms;
+    for (const MoeTileConfig& c : all) {
+      if (c.block_m <= max_bm &&
+          std::find(block_ms.begin(), block_ms.end(), c.block_m) == block_ms.end())
+        block_ms.push_back(c.block_m);
+    }
+    std::sort(block_ms.begin(), block_ms.end());
+    double best_sum = 1e30;
+    Timed best_gu, best_dn;
+    for (int bm : block_ms) {
+      const int64_t mblocks = std::min<int64_t>(shape.num_experts, pairs) + pairs / bm;
+      auto candidates_for = [&](MoeGemm gemm) {
+        const int64_t n = gemm == MoeGemm::kGateUp ? int64_t{2} * shape.inter : shape.hidden;
+        const int64_t k = gemm == MoeGemm::kGateUp ? shape.hidden : shape.inter;
+        const int64_t k_bytes = k * (format == MoeWeightFormat::kBf16 ? 2 : 1);
+        std::vector<MoeTileConfig> out;
+        for (const MoeTileConfig& c : all) {
+          if (c.block_m != bm) continue;
+          const int64_t ctas = mblocks * ((n + c.block_n - 1) / c.block_n);
+          const int64_t ktiles = (k_bytes + c.block_k_bytes - 1) / c.block_k_bytes;
+          if (c.split_k > 1 && (ctas >= int64_t{2} * sms || ktiles / c.split_k < 2)) continue;
+          out.push_back(c);
+        }
+        // Per tile and split, shallow pipelines first (the search stops going deeper once
+        // slower).
+        std::stable_sort(out.begin(), out.end(),
+                         [](const MoeTileConfig& a, const MoeTileConfig& b) {
+                           return std::tie(a.kernel, a.split_k, a.stages) <
+                                  std::tie(b.kernel, b.split_k, b.stages);
+                         });
+        return out;
+      };
+      const std::vector<MoeTileConfig> gu_cands = candidates_for(MoeGemm::kGateUp);
+      const std::vector<MoeTileConfig> dn_cands = candidates_for(MoeGemm::kDown);
+      if (gu_cands.empty() || dn_cands.empty()) continue;
+      // Down fixed at the table's heuristic choice when it has this block_m, else the first.
+      MoeTileConfig down0 = table.Select(format, MoeGemm::kDown, pairs, shape.num_experts,
+                                         shape.hidden, shape.inter, 8);
+      if (down0.block_m != bm) down0 = dn_cands.front();
+      SPARK_ASSIGN_OR_RETURN(
+          Timed gu, SearchGemm(timer, table, tokens, MoeGemm::kGateUp, gu_cands, down0, options));
+      SPARK_ASSIGN_OR_RETURN(
+          Timed dn, SearchGemm(timer, table, tokens, MoeGemm::kDown, dn_cands, gu.config, options));
+      if (gu.us + dn.us < best_sum) {
+        best_sum = gu.us + dn.us;
+        best_gu = gu;
+        best_dn = dn;
+      }
+    }
+    if (best_gu.config.kernel < 0) {
+      return Internal("no MoE tile config within " + std::to_string(table.smem_limit_bytes()) +
+                      " bytes of shared memory could run batch " + std::to_string(tokens));
+    }
+    for (const auto& [gemm, timed] :
+         {std::make_pair(MoeGemm::kGateUp, best_gu), std::make_pair(MoeGemm::kDown, best_dn)}) {
+      engine::MoeTuningRecord r;
+      r.device = device_class;
+      r.format = gemm_shape.format;
+      r.gemm = gemm == MoeGemm::kGateUp ? "gate_up" : "down";
+      r.experts = shape.num_experts;
+      r.n = gemm == MoeGemm::kGateUp ? int64_t{2} * shape.inter : shape.hidden;
+      r.k = gemm == MoeGemm::kGateUp ? shape.hidden : shape.inter;
+      r.top_k = shape.top_k;
+      r.batch = tokens;
+      r.config = MoeTileChoiceOf(timed.config);
+      r.measured_us = timed.us;
+      r.tuned_unix_ms = now_ms;
+      r.source = "tuner";
+      SPARK_RETURN_IF_ERROR(r.Validate());
+      result.records.push_back(std::move(r));
+    }
+    if (options.progress) {
+      char line[512];
+      std::snprintf(
+          line, sizeof(line), "batch %5lld: gate_up %s %.1f us | down %s %.1f us (%.1f s)",
+          static_cast<long long>(tokens), best_gu.config.ToString().c_str(), best_gu.us,
+          best_dn.config.ToString().c_str(), best_dn.us,
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - bucket_start).count());
+      options.progress(line);
+    }
+  }
+  result.seconds = elapsed_s();
+  result.timed_forwards = timer.runs();
+  return result;
+}
+
+Result<std::vector<MoeTableComparison>> CompareMoeTables(
+    const MoeConfigTable& heuristic, const MoeConfigTable& tuned,
+    const std::vector<MoeTunedChoice>& expected, const MoeShape& shape, MoeWeightFormat format,
+    const std::vector<int64_t>& batches, int iters) {
+  if (batches.empty()) return std::vector<MoeTableComparison>{};
+  const int64_t max_tokens = *std::max_element(batches.begin(), batches.end());
+  SPARK_ASSIGN_OR_RETURN(ForwardTimer timer, ForwardTimer::Create(shape, format, max_tokens));
+  std::vector<MoeTableComparison> out;
+  for (int64_t tokens : batches) {
+    MoeTableComparison c;
+    c.batch = tokens;
+    for (int which = 0; which < 2; ++which) {
+      const MoeConfigTable& table = which == 0 ? heuristic : tuned;
+      std::vector<double> us;
+      SPARK_RETURN_IF_ERROR(timer.Run(tokens, table, nullptr, nullptr).status());  // warm-up
+      for (int i = 0; i < std::max(1, iters); ++i) {
+        SPARK_ASSIGN_OR_RETURN(MoePhaseTimes t, timer.Run(tokens, table, nullptr, nullptr));
+        us.push_back(1e3 * (t.gate_up_ms + t.down_ms));
+      }
+      const MoePlan& plan = timer.last_plan();
+      if (which == 0) {
+        c.heuristic_gemm_us = Median(us);
+        c.heuristic_gate_up = plan.gate_up;
+        c.heuristic_down = plan.down;
+      } else {
+        c.tuned_gemm_us = Median(us);
+        c.tuned_gate_up = plan.gate_up;
+        c.tuned_down = plan.down;
+      }
+    }
+    const int64_t pairs = tokens * shape.top_k;
+    const MoeTunedChoice* gu = nullptr;
+    const MoeTunedChoice* dn = nullptr;
+    for (const MoeTunedChoice& e : expected) {
+      if (e.format != format || engine::MoeBatchBucket(e.pairs) != engine::MoeBatchBucket(pairs))
+        continue;
+      (e.gemm == MoeGemm::kGateUp ? gu : dn) = &e;
+    }
+    c.launched_expected = gu != nullptr && dn != nullptr &&
+                          SameConfig(gu->config, c.tuned_gate_up) &&
+                          SameConfig(dn->config, c.tuned_down);
+    out.push_back(c);
+  }
+  return out;
+}
+
+}  // namespace spark::cuda

@@ -1,0 +1,133 @@
+// MoE autotuner: searches the tile configs of the fused MoE grouped GEMMs (engine/cuda/moe.h)
+// that fit the table's shared-memory limit, times them on the real expert shapes of a model,
+// and keeps the best per GEMM and batch-size bucket as tuning records
+// (engine/runtime/moe_tuning_cache.h), which MoeConfigTable::SetTuned then serves.
+//
+// Search, per bucket of `tokens` tokens (pairs = tokens * top_k): for every block_m that can pay
+// at this batch (block_m <= max(32, 2 * pairs / E)), first the gate/up GEMM over every candidate
+// of that block_m (down fixed), then the down GEMM (gate/up at its best); the block_m with the
+// smallest sum wins. Candidates are the table's Candidates(format) with split-K only where the
+// unsplit grid has fewer than two thread blocks per SM. Each candidate: one warm-up forward, then
+// up to `iters` timed forwards (cudaEvent phase times, L2 flushed before each), median kept;
+// a candidate whose first timed run is `prune_ratio` times slower than the best so far is
+// dropped, and deeper pipelines of a tile are not tried once a deeper one was slower. What is
+// recorded is the config the forward actually launched (split-K as the workspace allowed).
+// Weights and router are random (uniform routing), generated on the device; one layer's worth of
+// device memory plus a workspace for the largest bucket is needed while tuning.
+//
+// Thread safety: uses the current device and the default stream; do not run it concurrently
+// with other work on the device whose timing matters. Ownership: MoeRandomLayer owns its device
+// buffers.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "engine/cuda/device_info.h"
+#include "engine/cuda/moe.h"
+#include "engine/cuda/moe_config.h"
+#include "engine/model/config.h"
+#include "engine/runtime/moe_tuning_cache.h"
+
+namespace spark::cuda {
+
+// "bf16", "fp8-per-channel" (or "fp8-channel"), "fp8-block128" (or "fp8-block").
+Result<MoeWeightFormat> ParseMoeWeightFormat(std::string_view name);
+// The MoE weight format the checkpoint of `config` loads as (quantisation method).
+MoeWeightFormat MoeWeightFormatOfModel(const engine::ModelConfig& config);
+// The routed-expert shape one of `tp` ranks holds; InvalidArgument for a dense model or an
+// intermediate size that `tp` does not divide.
+Result<MoeShape> MoeShapeOfModel(const engine::ModelConfig& config, int tp);
+
+// Conversions between the kernel's types and the records'.
+engine::MoeDeviceClass MoeDeviceClassOf(const DeviceInfo& device, const MoeConfigTable& table);
+engine::MoeGemmShape MoeGemmShapeOf(const MoeShape& shape, MoeWeightFormat format);
+engine::MoeTileChoice MoeTileChoiceOf(const MoeTileConfig& config);
+// The compiled variant with the choice's tile shape (NotFound when this build has none), with
+// its stages and split-K; the caller checks it against a table.
+Result<MoeTileConfig> MoeTileConfigOf(const engine::MoeTileChoice& choice, MoeWeightFormat format);
+// The compiled tile shapes that serve `format` (for ImportSglangMoeConfig).
+std::vector<engine::MoeTileShape> MoeTileShapesFor(MoeWeightFormat format);
+
+// A tuned choice for MoeConfigTable::SetTuned.
+struct MoeTunedChoice {
+  MoeWeightFormat format = MoeWeightFormat::kBf16;
+  MoeGemm gemm = MoeGemm::kGateUp;
+  int64_t pairs = 0;  // token-expert pairs of the bucket (tokens * top_k)
+  MoeTileConfig config;
+};
+// The choices of the records of `shape`/`format` on `device` (other records are skipped);
+// InvalidArgument when a matching record names a tile this build has not compiled or one the
+// table refuses.
+Result<std::vector<MoeTunedChoice>> MoeTunedChoicesOf(
+    const std::vector<engine::MoeTuningRecord>& records, const engine::MoeDeviceClass& device,
+    const MoeShape& shape, MoeWeightFormat format, const MoeConfigTable& table);
+// SetTuned for every choice; returns the first error.
+Status ApplyMoeTunedChoices(const std::vector<MoeTunedChoice>& choices, MoeConfigTable& table);
+
+// One layer of random routed experts on the current device (router, bias, weights, scales).
+class MoeRandomLayer {
+ public:
+  static Result<MoeRandomLayer> Create(const MoeShape& shape, MoeWeightFormat format,
+                                       uint32_t seed = 1);
+  MoeRandomLayer() = default;
+  MoeRandomLayer(MoeRandomLayer&& other) noexcept;
+  MoeRandomLayer& operator=(MoeRandomLayer&& other) noexcept;
+  MoeRandomLayer(const MoeRandomLayer&) = delete;
+  MoeRandomLayer& operator=(const MoeRandomLayer&) = delete;
+  ~MoeRandomLayer();
+
+  const MoeLayerDevice& view() const { return view_; }
+  int64_t expert_bytes() const { return expert_bytes_; }  // one expert's weights and scales
+
+ private:
+  void Release();
+  MoeLayerDevice view_;
+  std::vector<void*> buffers_;
+  int64_t expert_bytes_ = 0;
+};
+
+struct MoeTunerOptions {
+  std::vector<int64_t> batches;  // token buckets (powers of two); empty = 1 .. 2048
+  int iters = 5;                 // timed forwards per surviving candidate
+  double prune_ratio = 1.3;      // drop a candidate this much slower than the best after 1 run
+  double max_seconds = 600;      // stop before a bucket once this much time has passed
+  // One line per finished bucket (time, chosen configs), for logs and the command line.
+  std::function<void(const std::string&)> progress;
+};
+
+struct MoeTuneResult {
+  std::vector<engine::MoeTuningRecord> records;  // both GEMMs of every bucket tuned
+  std::vector<int64_t> skipped_batches;          // not tuned: max_seconds ran out
+  double seconds = 0;
+  int64_t timed_forwards = 0;
+};
+
+// Tunes `shape`/`format` on `device` (current device) within `table`'s limit; records carry the
+// table's device class, tuned_unix_ms = now and source "tuner".
+Result<MoeTuneResult> TuneMoe(const DeviceInfo& device, const MoeConfigTable& table,
+                              const MoeShape& shape, MoeWeightFormat format,
+                              const MoeTunerOptions& options);
+
+// One bucket of CompareMoeTables: the routed-expert GEMM time (median) with each table and
+// whether the tuned table's forward launched exactly the expected configs.
+struct MoeTableComparison {
+  int64_t batch = 0;
+  double heuristic_gemm_us = 0;
+  double tuned_gemm_us = 0;
+  MoeTileConfig heuristic_gate_up, heuristic_down;
+  MoeTileConfig tuned_gate_up, tuned_down;  // what MoeForward launched with the tuned table
+  bool launched_expected = false;           // tuned_* equal the expected choices
+};
+// Runs MoeForward (the serving path, not explicit configs) on random weights with `heuristic`
+// and with `tuned` for every bucket; `expected` are the choices applied to `tuned`.
+Result<std::vector<MoeTableComparison>> CompareMoeTables(
+    const MoeConfigTable& heuristic, const MoeConfigTable& tuned,
+    const std::vector<MoeTunedChoice>& expected, const MoeShape& shape, MoeWeightFormat format,
+    const std::vector<int64_t>& batches, int iters);
+
+}  // namespace spark::cuda
