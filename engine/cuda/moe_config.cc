@@ -136,6 +136,13 @@ std::vector<MoeTileConfig> MoeConfigTable::Candidates(MoeWeightFormat format) co
 }
 
 int MoeConfigTable::BlockMFor(MoeWeightFormat format, int64_t pairs, int experts) const {
+  // A tuned gate/up config of this bucket sets the padding (its down config shares it).
+  const int bucket = Bucket(pairs);
+  for (const Tuned& t : tuned_) {
+    if (t.format == format && t.gemm == MoeGemm::kGateUp && t.bucket == bucket) {
+      return t.config.block_m;
+    }
+  }
   const double rows_per_expert =
       static_cast<double>(pairs) / static_cast<double>(std::max(1, experts));
   // Measured on an H200 (bench_moe --tune): 16-row tiles win up to ~8 rows per expert, 32-row

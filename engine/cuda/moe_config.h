@@ -103,7 +103,8 @@ class MoeConfigTable {
   std::vector<MoeTileConfig> Candidates(MoeWeightFormat format) const;
 
   // The permutation's row padding for a batch of `pairs` token-expert pairs over `experts`
-  // (both GEMMs use the same block_m).
+  // (both GEMMs use the same block_m): a tuned gate/up config's block_m for this bucket, else the
+  // heuristic's.
   int BlockMFor(MoeWeightFormat format, int64_t pairs, int experts) const;
 
   // The config for one GEMM: a tuned one if set for this bucket, else the heuristic. Always

@@ -83,6 +83,136 @@ TEST(StepMessageTest, MalformedBytesAreDataLoss) {
   EXPECT_EQ(DecodeStepMessage(bad.data(), bad.size()).status().code(), StatusCode::kDataLoss);
 }
 
+// The speculation fields: tree parents, return_hidden, MTP batches with hidden rows, and cache
+// compactions in the trailing section.
+TEST(StepMessageTest, RoundTripsSpeculationFields) {
+  StepMessage m;
+  m.op = StepOp::kForward;
+  m.releases = {4};
+  SequenceChunk tree;
+  tree.seq_id = 3;
+  tree.start_pos = 20;
+  tree.tokens = {10, 11, 12, 13};
+  tree.tree_parents = {-1, 0, 0, 1};
+  tree.all_logits = true;
+  tree.return_hidden = true;
+  SequenceChunk plain;
+  plain.seq_id = 5;
+  plain.tokens = {1};
+  plain.return_hidden = true;
+  m.batch.chunks = {tree, plain};
+  m.keeps = {{3, CacheKind::kTarget, 16, {0, 2, 3}}, {3, CacheKind::kMtp, 15, {}}};
+  std::vector<uint8_t> bytes = EncodeStepMessage(m);
+  auto d = DecodeStepMessage(bytes.data(), bytes.size());
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  EXPECT_EQ(d->releases, m.releases);
+  ASSERT_TRUE(SameBatch(d->batch, m.batch));
+  EXPECT_EQ(d->batch.chunks[0].tree_parents, tree.tree_parents);
+  EXPECT_TRUE(d->batch.chunks[0].return_hidden);
+  EXPECT_TRUE(d->batch.chunks[1].tree_parents.empty());
+  EXPECT_TRUE(d->batch.chunks[1].return_hidden);
+  ASSERT_EQ(d->keeps.size(), 2u);
+  EXPECT_EQ(d->keeps[0].seq_id, 3u);
+  EXPECT_EQ(d->keeps[0].kind, CacheKind::kTarget);
+  EXPECT_EQ(d->keeps[0].prefix_len, 16);
+  EXPECT_EQ(d->keeps[0].keep, (std::vector<int32_t>{0, 2, 3}));
+  EXPECT_EQ(d->keeps[1].kind, CacheKind::kMtp);
+  EXPECT_EQ(d->keeps[1].prefix_len, 15);
+  EXPECT_TRUE(d->keeps[1].keep.empty());
+
+  StepMessage mtp;
+  mtp.op = StepOp::kForwardMtp;
+  MtpChunk c;
+  c.seq_id = 9;
+  c.start_pos = 7;
+  c.tokens = {100, 101};
+  c.hidden = {0.5f, -1.25f, 3.0f, 1e-30f, -0.0f, 7.5f};
+  c.tree_parents = {-1, 0};
+  c.all_logits = true;
+  c.return_hidden = true;
+  mtp.mtp_batch.chunks = {c};
+  bytes = EncodeStepMessage(mtp);
+  d = DecodeStepMessage(bytes.data(), bytes.size());
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  EXPECT_EQ(d->op, StepOp::kForwardMtp);
+  EXPECT_TRUE(d->batch.chunks.empty());
+  ASSERT_EQ(d->mtp_batch.chunks.size(), 1u);
+  const MtpChunk& e = d->mtp_batch.chunks[0];
+  EXPECT_EQ(e.seq_id, 9u);
+  EXPECT_EQ(e.start_pos, 7);
+  EXPECT_EQ(e.tokens, c.tokens);
+  EXPECT_EQ(e.hidden, c.hidden);  // bit-exact floats
+  EXPECT_EQ(e.tree_parents, c.tree_parents);
+  EXPECT_TRUE(e.all_logits);
+  EXPECT_TRUE(e.return_hidden);
+  for (size_t cut = 0; cut < bytes.size(); ++cut) {
+    EXPECT_EQ(DecodeStepMessage(bytes.data(), cut).status().code(), StatusCode::kDataLoss)
+        << "cut at " << cut;
+  }
+}
+
+// Bytes in the original format (written out by hand) still decode.
+TEST(StepMessageTest, DecodesTheOriginalFormat) {
+  std::vector<uint8_t> bytes;
+  auto put32 = [&](uint32_t v) {
+    for (int i = 0; i < 4; ++i) bytes.push_back(static_cast<uint8_t>(v >> (8 * i)));
+  };
+  auto put64 = [&](uint64_t v) {
+    for (int i = 0; i < 8; ++i) bytes.push_back(static_cast<uint8_t>(v >> (8 * i)));
+  };
+  put32(0x534B5053);  // "SPKS"
+  put32(1);           // kForward
+  put32(1);           // one release
+  put32(2);           // two chunks
+  put64(77);
+  put64(3);  // seq 3, start 12, all_logits 0, tokens {1, 2}
+  put64(12);
+  put32(0);
+  put32(2);
+  put32(1);
+  put32(2);
+  put64(4);  // seq 4, start 0, all_logits 1, tokens {9}
+  put64(0);
+  put32(1);
+  put32(1);
+  put32(9);
+  auto d = DecodeStepMessage(bytes.data(), bytes.size());
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  EXPECT_EQ(d->releases, std::vector<uint64_t>{77});
+  ASSERT_EQ(d->batch.chunks.size(), 2u);
+  EXPECT_EQ(d->batch.chunks[0].tokens, (std::vector<int32_t>{1, 2}));
+  EXPECT_EQ(d->batch.chunks[0].start_pos, 12);
+  EXPECT_FALSE(d->batch.chunks[0].all_logits);
+  EXPECT_TRUE(d->batch.chunks[1].all_logits);
+  EXPECT_FALSE(d->batch.chunks[1].return_hidden);
+  EXPECT_TRUE(d->batch.chunks[1].tree_parents.empty());
+  EXPECT_TRUE(d->keeps.empty());
+  // And a message without the new fields encodes to exactly those bytes.
+  EXPECT_EQ(EncodeStepMessage(*d), bytes);
+}
+
+TEST(StepMessageTest, UnknownFlagsAndCacheKindsAreDataLoss) {
+  StepMessage m;
+  SequenceChunk a;
+  a.seq_id = 1;
+  a.tokens = {5};
+  m.batch.chunks = {a};
+  m.keeps = {{1, CacheKind::kMtp, 0, {}}};
+  const std::vector<uint8_t> bytes = EncodeStepMessage(m);
+  ASSERT_TRUE(DecodeStepMessage(bytes.data(), bytes.size()).ok());
+  std::vector<uint8_t> bad = bytes;
+  bad[16 + 16] = 8;  // chunk flags: unknown bit
+  EXPECT_EQ(DecodeStepMessage(bad.data(), bad.size()).status().code(), StatusCode::kDataLoss);
+  bad = bytes;
+  bad[16 + 28 + 4 + 8] = 2;  // keep kind
+  auto d = DecodeStepMessage(bad.data(), bad.size());
+  EXPECT_EQ(d.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(d.status().message().find("cache kind"), std::string::npos) << d.status().message();
+  bad = bytes;
+  bad[4] = 5;  // op
+  EXPECT_EQ(DecodeStepMessage(bad.data(), bad.size()).status().code(), StatusCode::kDataLoss);
+}
+
 // Three ranks as threads, each with its own fake backend: rank 0 runs the scheduler through a
 // TpLeaderBackend (with a tiny cache, so preemption releases happen), workers mirror every batch.
 TEST(TpEngineTest, WorkersRunTheLeadersBatchesAndReleases) {
