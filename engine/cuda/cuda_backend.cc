@@ -1048,6 +1048,8 @@ Status CudaBackend::Impl::Finish() {
   if (has_moe) {
     SPARK_ASSIGN_OR_RETURN(MoeConfigTable table,
                            MoeConfigTable::Create(device, options.smem_cap_bytes));
+    SPARK_RETURN_IF_ERROR(ApplyMoeTunedChoices(options.moe_tuned, table)
+                              .WithContext("applying the tuned MoE tile configs"));
     moe_table.emplace(std::move(table));
     SPARK_ASSIGN_OR_RETURN(moe_ws, MoeWorkspace::Create(moe_shape, moe_format, t, &*moe_table));
   }

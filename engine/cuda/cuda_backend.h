@@ -52,6 +52,7 @@
 
 #include "common/status.h"
 #include "engine/comm/communicator.h"
+#include "engine/cuda/moe_tuner.h"
 #include "engine/model/config.h"
 #include "engine/model/loader.h"
 #include "engine/model/weights.h"
@@ -89,6 +90,9 @@ struct CudaBackendOptions {
   // or keep BF16 activations with the GEMV / dequantised weights (false; closer to the fp32
   // reference, slower prefill).
   bool fp8_activations = true;
+  // Tuned MoE tile configs (engine/cuda/moe_tuner.h) set on the MoE config table before the
+  // workspace is sized; buckets without one use the heuristic.
+  std::vector<MoeTunedChoice> moe_tuned;
 };
 
 // Which weights CreateDummy generates (the LoadOptions of MakeDummyWeights that apply).
