@@ -367,6 +367,51 @@ TEST(CpuAttentionTest, PagedGqaMatchesNaiveCausalAttention) {
   }
 }
 
+// Tree attention: the prefix slots, then an explicit slot list (ancestors and self).
+TEST(CpuAttentionTest, SlotListAttendsToPrefixThenTailOnly) {
+  const int kv_heads = 2, hd = 8, block = 4;
+  const int64_t slots = 14, prefix = 9;
+  const std::vector<float> k = RandomVector("tk", slots * kv_heads * hd, 2.0f);
+  const std::vector<float> v = RandomVector("tv", slots * kv_heads * hd);
+  const std::vector<float> q = RandomVector("tq", hd, 2.0f);
+  std::vector<const float*> kb, vb;
+  for (int64_t b = 0; b * block < slots; ++b) {
+    kb.push_back(k.data() + b * block * kv_heads * hd);
+    vb.push_back(v.data() + b * block * kv_heads * hd);
+  }
+  PagedKvView view{kb.data(), vb.data(), block, kv_heads, hd};
+  const int64_t tail[] = {9, 11, 13};  // slots 10 and 12 (other branches) are not visible
+  const float scale = 0.35f;
+  std::vector<float> scores, out(hd);
+  for (int j = 0; j < kv_heads; ++j) {
+    AttendHeadSlots(q.data(), prefix, tail, 3, j, view, scale, &scores, out.data());
+    std::vector<int64_t> keys;
+    for (int64_t u = 0; u < prefix; ++u) keys.push_back(u);
+    keys.insert(keys.end(), std::begin(tail), std::end(tail));
+    std::vector<double> s;
+    double mx = -1e300, sum = 0.0;
+    for (int64_t u : keys) {
+      double d = 0.0;
+      for (int e = 0; e < hd; ++e) d += double{q[e]} * k[(u * kv_heads + j) * hd + e];
+      s.push_back(d * scale);
+      mx = std::max(mx, s.back());
+    }
+    for (double& e : s) sum += (e = std::exp(e - mx));
+    for (int e = 0; e < hd; ++e) {
+      double ref = 0.0;
+      for (size_t i = 0; i < keys.size(); ++i)
+        ref += s[i] / sum * v[(keys[i] * kv_heads + j) * hd + e];
+      EXPECT_NEAR(out[e], ref, 1e-6) << j << " " << e;
+    }
+    // A contiguous tail is exactly the causal result over those slots.
+    const int64_t chain[] = {9, 10, 11};
+    std::vector<float> a(hd), b(hd);
+    AttendHeadSlots(q.data(), prefix, chain, 3, j, view, scale, &scores, a.data());
+    AttendHead(q.data(), 11, j, view, scale, &scores, b.data());
+    EXPECT_EQ(a, b);
+  }
+}
+
 TEST(CpuAttentionTest, FirstTokenReturnsItsOwnValue) {
   const int hd = 4;
   const float k[] = {1, 2, 3, 4};

@@ -45,11 +45,12 @@ void Fill(CpuKvCache* cache, uint64_t seq, int64_t from, int64_t to) {
   }
 }
 
-void ExpectContents(CpuKvCache* cache, uint64_t seq, int64_t length) {
+// Checks the Fill tags of positions [0, length); the sequence caches `cached` tokens (-1: length).
+void ExpectContents(CpuKvCache* cache, uint64_t seq, int64_t length, int64_t cached = -1) {
   for (int l = 0; l < 2; ++l) {
     std::vector<const float*> kb, vb;
     PagedKvView view = cache->View(l, seq, &kb, &vb);
-    ASSERT_EQ(static_cast<int64_t>(kb.size()), (length + 3) / 4);
+    ASSERT_EQ(static_cast<int64_t>(kb.size()), ((cached < 0 ? length : cached) + 3) / 4);
     for (int64_t p = 0; p < length; ++p) {
       const float* k = view.k_blocks[p / 4] + (p % 4) * 8;
       const float* v = view.v_blocks[p / 4] + (p % 4) * 8;
@@ -170,6 +171,46 @@ TEST(CpuKvCacheTest, TruncateFreesTrailingBlocks) {
   EXPECT_EQ(cache->Truncate(1, -1).code(), StatusCode::kInvalidArgument);
   ASSERT_TRUE(cache->Truncate(1, 0).ok());
   EXPECT_EQ(cache->free_blocks(), 8);
+}
+
+TEST(CpuKvCacheTest, KeepEntriesMovesTheKeptSlotsDownAndFreesTheRest) {
+  auto cache = MakeCache(8);
+  ASSERT_TRUE(cache->Grow(1, 15).ok());
+  Fill(cache.get(), 1, 0, 15);
+  ASSERT_TRUE(cache->Grow(2, 5).ok());
+  Fill(cache.get(), 2, 0, 5);
+  EXPECT_EQ(cache->free_blocks(), 2);
+  // Keep [0, 6) and slots 6 + {0, 3, 7} -> positions 6, 7, 8.
+  ASSERT_TRUE(cache->KeepEntries(1, 6, {0, 3, 7}).ok());
+  EXPECT_EQ(cache->Length(1), 9);
+  EXPECT_EQ(cache->free_blocks(), 3);
+  ExpectContents(cache.get(), 1, 6, 9);
+  ExpectContents(cache.get(), 2, 5);
+  const int64_t from[] = {6, 9, 13};
+  for (int l = 0; l < 2; ++l) {
+    for (int i = 0; i < 3; ++i) {
+      const float* k = cache->KeySlot(l, 1, 6 + i);
+      const float* v = cache->ValueSlot(l, 1, 6 + i);
+      for (int e = 0; e < 8; ++e) {
+        EXPECT_EQ(k[e], Tag(l, 1, from[i], e, false)) << l << " " << i;
+        EXPECT_EQ(v[e], Tag(l, 1, from[i], e, true)) << l << " " << i;
+      }
+    }
+  }
+  // Bad indices change nothing.
+  for (const auto& keep : std::vector<std::vector<int32_t>>{{1, 1}, {2, 0}, {3}, {-1}}) {
+    EXPECT_EQ(cache->KeepEntries(1, 6, keep).code(), StatusCode::kInvalidArgument);
+  }
+  EXPECT_EQ(cache->KeepEntries(1, 10, {}).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache->KeepEntries(1, -1, {}).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache->Length(1), 9);
+  ExpectContents(cache.get(), 1, 6, 9);
+  // Keeping every entry in place is a no-op; keep {} truncates.
+  ASSERT_TRUE(cache->KeepEntries(2, 2, {0, 1, 2}).ok());
+  ExpectContents(cache.get(), 2, 5);
+  ASSERT_TRUE(cache->KeepEntries(2, 0, {}).ok());
+  EXPECT_EQ(cache->Length(2), 0);
+  EXPECT_EQ(cache->free_blocks(), 5);
 }
 
 }  // namespace
