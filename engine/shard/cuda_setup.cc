@@ -1,5 +1,6 @@
 #include "engine/shard/cuda_setup.h"
 
+#include <cstdlib>
 #include <utility>
 
 #include "common/log.h"
@@ -11,6 +12,9 @@
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/gpu_sampler.h"
+#include "engine/runtime/moe_tuning_cache.h"
+#include "engine/shard/moe_autotune.h"
+#include "engine/shard/shard_settings.h"
 #endif
 
 namespace spark::shard {
@@ -113,6 +117,25 @@ Result<std::unique_ptr<engine::Backend>> CreateShardCudaBackend(const spark::v1:
   }
   const int rank = static_cast<int>(a.rank());
   const int world = static_cast<int>(a.world_size());
+  // MoE tile configs of this device class: from the controller, the node's cache file, or tuned
+  // now (docs/moe-tuning.md).
+  SPARK_ASSIGN_OR_RETURN(EngineSettings settings, ResolveEngineSettings(o));
+  MoeAutotuneSetup tune;
+  tune.device = setup.device;
+  tune.tp = world;
+  tune.smem_cap_bytes = options.smem_cap_bytes;
+  tune.max_batch_tokens = setup.max_batch_tokens;
+  tune.autotune = settings.moe_autotune;
+  if (const char* file = std::getenv(engine::kMoeTuningFileEnv); file != nullptr) {
+    tune.cache_file = file;
+  }
+  Result<MoeAutotuneOutcome> moe = PrepareMoeTuning(a, tune);
+  if (moe.ok()) {
+    options.moe_tuned = std::move(moe->choices);
+  } else {
+    SPARK_LOG(WARN).With("error", moe.status())
+        << "no tuned MoE tile configs; the heuristic serves every batch size";
+  }
   std::unique_ptr<cuda::CudaBackend> backend;
   if (o.load_format() == spark::v1::LOAD_FORMAT_DUMMY) {
     SPARK_ASSIGN_OR_RETURN(engine::ModelConfig config, engine::LoadModelConfig(a.model_path()));

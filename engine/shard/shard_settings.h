@@ -9,6 +9,8 @@
 //   kv_block_tokens   tokens per KV cache block (default 16)
 //   sampler           "gpu" or "cpu": where rank 0 samples on the CUDA backend (default gpu;
 //                     the CPU backend always samples on the CPU)
+//   moe_autotune      "on" or "off": whether a CUDA shard tunes the MoE tile configs its device
+//                     class has no records for at load (default on; docs/moe-tuning.md)
 // Any other extra key is an error naming the accepted keys (a typo must not pass silently).
 //
 // EngineOptions.speculative (steps > 0) turns on speculative decoding with the checkpoint's MTP
@@ -54,6 +56,7 @@ struct EngineSettings {
   int64_t max_model_len = 0;  // 0 = the model's max_position_embeddings
   int kv_block_tokens = 16;
   bool gpu_sampling = true;  // CUDA backend only
+  bool moe_autotune = true;  // CUDA backend only
   std::chrono::milliseconds step_timeout{30000};
   std::chrono::milliseconds keepalive{1000};
   // EngineOptions.speculative, resolved (topk 1: draft_tokens = steps + 1); steps 0 = off.

@@ -175,6 +175,15 @@ TEST(ShardSettingsTest, EngineOptionsAndExtraKeys) {
   (*options.mutable_extra())["sampler"] = "tpu";
   EXPECT_NE(ResolveEngineSettings(options).status().message().find("sampler must be gpu or cpu"),
             std::string::npos);
+  options.mutable_extra()->erase("sampler");
+
+  EXPECT_TRUE(ResolveEngineSettings(options)->moe_autotune);  // default on
+  (*options.mutable_extra())["moe_autotune"] = "off";
+  EXPECT_FALSE(ResolveEngineSettings(options)->moe_autotune);
+  (*options.mutable_extra())["moe_autotune"] = "no";
+  EXPECT_NE(ResolveEngineSettings(options).status().message().find(
+                "moe_autotune must be on or off, got 'no'"),
+            std::string::npos);
 }
 
 TEST(ShardSettingsTest, SpeculativeOptionsAreResolvedAsTheEngineDoes) {
