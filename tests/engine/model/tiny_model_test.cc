@@ -150,6 +150,58 @@ TEST(TinyModelTest, ValueDistributions) {
   EXPECT_EQ(ckpt->Get("model.layers.3.eh_proj.weight")->shape, (std::vector<int64_t>{128, 256}));
 }
 
+// The MTP layer is stored as the hub checkpoints store it (spec §3.2): model.layers.{L} with
+// embed_tokens, enorm, hnorm, eh_proj, a full MoE decoder layer and shared_head.{norm,head}.
+TEST(TinyModelTest, MtpLayerUsesTheHubTensorNames) {
+  TempDir dir;
+  TinyModelOptions o;
+  o.mtp = true;
+  ASSERT_TRUE(WriteTinyModel(dir.path(), o).ok());
+  Result<Checkpoint> ckpt = Checkpoint::Open(dir.path());
+  ASSERT_TRUE(ckpt.ok());
+  const std::string p = "model.layers.3.";
+  std::set<std::string> expected = {"embed_tokens.weight",
+                                    "enorm.weight",
+                                    "hnorm.weight",
+                                    "eh_proj.weight",
+                                    "input_layernorm.weight",
+                                    "post_attention_layernorm.weight",
+                                    "self_attn.q_proj.weight",
+                                    "self_attn.q_proj.bias",
+                                    "self_attn.k_proj.weight",
+                                    "self_attn.k_proj.bias",
+                                    "self_attn.v_proj.weight",
+                                    "self_attn.v_proj.bias",
+                                    "self_attn.o_proj.weight",
+                                    "self_attn.q_norm.weight",
+                                    "self_attn.k_norm.weight",
+                                    "mlp.gate.weight",
+                                    "mlp.gate.e_score_correction_bias",
+                                    "mlp.shared_experts.gate_proj.weight",
+                                    "mlp.shared_experts.up_proj.weight",
+                                    "mlp.shared_experts.down_proj.weight",
+                                    "shared_head.norm.weight",
+                                    "shared_head.head.weight"};
+  for (int e = 0; e < 8; ++e) {
+    for (const char* w : {"gate_proj", "up_proj", "down_proj"}) {
+      expected.insert("mlp.experts." + std::to_string(e) + "." + w + ".weight");
+    }
+  }
+  std::set<std::string> got;
+  for (const std::string& name : ckpt->names()) {
+    if (name.rfind(p, 0) == 0) got.insert(name.substr(p.size()));
+  }
+  EXPECT_EQ(got, expected);
+  EXPECT_EQ(ckpt->Get(p + "embed_tokens.weight")->shape, (std::vector<int64_t>{512, 128}));
+  EXPECT_EQ(ckpt->Get(p + "shared_head.head.weight")->shape, (std::vector<int64_t>{512, 128}));
+  EXPECT_EQ(ckpt->Get(p + "mlp.experts.0.gate_proj.weight")->shape,
+            (std::vector<int64_t>{128, 128}));
+  // No layer beyond the MTP one.
+  for (const std::string& name : ckpt->names()) {
+    EXPECT_NE(name.rfind("model.layers.4.", 0), 0u) << name;
+  }
+}
+
 TEST(TinyModelTest, TokenizerIsByteLevelBpeWithGlmSpecialTokens) {
   TempDir dir;
   ASSERT_TRUE(WriteTinyModel(dir.path(), TinyModelOptions{}).ok());
