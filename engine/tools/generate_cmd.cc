@@ -1,6 +1,6 @@
 // spark-model generate DIR (--prompt TEXT | --ids 5,17,...) [--max-tokens N] [--temperature T]
 //                          [--top-k K] [--top-p P] [--min-p P] [--seed S] [--ignore-eos]
-//                          [--tp N] [--backend cpu] [--threads N] [--dummy] [--json]
+//                          [--tp N] [--backend cpu|cuda] [--threads N] [--dummy] [--json]
 // Generates one continuation. --prompt needs DIR/tokenizer.json; --ids does not (the text is
 // then decoded only when a tokenizer is present). Without --json the text streams to stdout as
 // it is generated (token ids when there is no tokenizer). With --json one object is printed:
@@ -17,6 +17,7 @@
 #include "engine/text/detokenizer.h"
 #include "engine/text/tokenizer.h"
 #include "engine/tools/command.h"
+#include "engine/tools/model_engine.h"
 
 namespace spark::tools {
 namespace {
@@ -118,7 +119,7 @@ int RunGenerate(const GenerateArgs& args) {
   options.tp_size = args.tp;
   options.threads = args.threads;
   options.dummy_weights = args.dummy;
-  auto group = engine::OpenOfflineEngine(args.model_dir, options);
+  auto group = OpenModelEngine(args.model_dir, options);
   if (!group.ok()) return Fail(group.status());
 
   // Streams text (or ids without a tokenizer) unless --json.
@@ -189,7 +190,9 @@ SPARK_MODEL_COMMAND(kGenerateCommand, "generate", [](CLI::App& app) -> std::func
   cmd->add_option("--tp", args->tp, "tensor-parallel ranks (threads of this process)")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
-  cmd->add_option("--backend", args->backend, "cpu (cuda: not built yet)")->capture_default_str();
+  cmd->add_option("--backend", args->backend,
+                  "cpu, or cuda (rank r on GPU r; builds with the CUDA backend)")
+      ->capture_default_str();
   cmd->add_option("--threads", args->threads, "kernel threads per rank (0 = cores / tp)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);

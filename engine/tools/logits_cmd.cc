@@ -1,4 +1,4 @@
-// spark-model logits DIR --ids 5,17,... --out FILE [--tp N] [--backend cpu] [--threads N]
+// spark-model logits DIR --ids 5,17,... --out FILE [--tp N] [--backend cpu|cuda] [--threads N]
 //                        [--dummy] [--seed S]
 // Runs the prompt as one chunk and writes the logits of every position: float32, little-endian,
 // row-major [tokens x vocab], no header. Prints the shape to stdout.
@@ -9,6 +9,7 @@
 
 #include "engine/runtime/offline.h"
 #include "engine/tools/command.h"
+#include "engine/tools/model_engine.h"
 
 namespace spark::tools {
 namespace {
@@ -38,7 +39,7 @@ int RunLogits(const LogitsArgs& args) {
   options.threads = args.threads;
   options.dummy_weights = args.dummy;
   options.dummy_seed = args.seed;
-  auto group = engine::OpenOfflineEngine(args.model_dir, options);
+  auto group = OpenModelEngine(args.model_dir, options);
   if (!group.ok()) return Fail(group.status());
   const int64_t vocab = (*group)->config().vocab_size;
   Result<std::vector<float>> logits = engine::PromptLogits((*group)->backend(), *ids);
@@ -69,7 +70,9 @@ SPARK_MODEL_COMMAND(kLogitsCommand, "logits", [](CLI::App& app) -> std::function
   cmd->add_option("--tp", args->tp, "tensor-parallel ranks (threads of this process)")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
-  cmd->add_option("--backend", args->backend, "cpu (cuda: not built yet)")->capture_default_str();
+  cmd->add_option("--backend", args->backend,
+                  "cpu, or cuda (rank r on GPU r; builds with the CUDA backend)")
+      ->capture_default_str();
   cmd->add_option("--threads", args->threads, "kernel threads per rank (0 = cores / tp)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);

@@ -151,6 +151,7 @@ TEST_F(RunCommandsTest, GenerateFromIdsNeedsNoTokenizer) {
 }
 
 TEST_F(RunCommandsTest, ClearErrors) {
+#if !defined(SPARK_HAVE_CUDA)  // with the CUDA backend built, --backend cuda runs on a GPU
   RunResult cuda = SparkModel("generate " + Model().string() + " --ids 1,2 --backend cuda");
   EXPECT_NE(cuda.rc, 0);
   EXPECT_NE(cuda.out.find("not supported yet: the CUDA backend is not built"), std::string::npos)
@@ -158,6 +159,7 @@ TEST_F(RunCommandsTest, ClearErrors) {
   RunResult cuda_logits =
       SparkModel("logits " + Model().string() + " --ids 1 --out /dev/null --backend cuda");
   EXPECT_NE(cuda_logits.out.find("not supported yet"), std::string::npos) << cuda_logits.out;
+#endif
 
   RunResult bad_ids = SparkModel("logits " + Model().string() + " --ids 1,x --out /dev/null");
   EXPECT_EQ(bad_ids.rc, 2);
