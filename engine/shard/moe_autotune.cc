@@ -42,7 +42,20 @@ Result<MoeAutotuneOutcome> PrepareMoeTuning(const spark::v1::ShardAssignment& a,
           << "ignoring the MoE tuning cache file; tuning what the controller did not send";
     }
   }
-  const std::vector<int64_t> missing = cache.MissingBatches(device_class, gemm_shape, batches);
+  // Records of tiles this build cannot launch here (an older build's, or above the limit) count
+  // as missing: they are tuned again.
+  engine::MoeTuningCache usable;
+  for (const engine::MoeTuningRecord& r : cache.ForShape(device_class, gemm_shape, batches)) {
+    Result<cuda::MoeTileConfig> config = cuda::MoeTileConfigOf(r.config, format);
+    const Status st = config.ok() ? table.Check(format, *config) : config.status();
+    if (!st.ok()) {
+      SPARK_LOG(WARN).With("record", r.Key()).With("error", st)
+          << "skipped a MoE tuning record this build cannot launch";
+      continue;
+    }
+    usable.Add(r).status().IgnoreError();
+  }
+  const std::vector<int64_t> missing = usable.MissingBatches(device_class, gemm_shape, batches);
   if (!missing.empty() && !setup.autotune) {
     SPARK_LOG(INFO).With("device_class", device_class.Key()).With("untuned_buckets", missing.size())
         << "MoE autotuning is off (moe_autotune=off): untuned batch buckets use the heuristic";
@@ -60,7 +73,7 @@ Result<MoeAutotuneOutcome> PrepareMoeTuning(const spark::v1::ShardAssignment& a,
     options.progress = [](const std::string& line) { SPARK_LOG(INFO) << "MoE tuning: " << line; };
     SPARK_ASSIGN_OR_RETURN(cuda::MoeTuneResult tuned,
                            cuda::TuneMoe(device, table, shape, format, options));
-    for (const engine::MoeTuningRecord& r : tuned.records) cache.Add(r).status().IgnoreError();
+    for (const engine::MoeTuningRecord& r : tuned.records) usable.Add(r).status().IgnoreError();
     out.tuned_buckets = static_cast<int>(missing.size() - tuned.skipped_batches.size());
     out.tune_seconds = tuned.seconds;
     SPARK_LOG(INFO)
@@ -81,7 +94,7 @@ Result<MoeAutotuneOutcome> PrepareMoeTuning(const spark::v1::ShardAssignment& a,
     }
   }
   SPARK_ASSIGN_OR_RETURN(out.choices,
-                         cuda::MoeTunedChoicesOf(cache.ForShape(device_class, gemm_shape, batches),
+                         cuda::MoeTunedChoicesOf(usable.ForShape(device_class, gemm_shape, batches),
                                                  device_class, shape, format, table));
   SPARK_LOG(INFO)
           .With("device_class", device_class.Key())
