@@ -15,6 +15,19 @@
 // preemption. A request that cannot fit into the whole cache even alone finishes with
 // FinishReason::kError (ResourceExhausted).
 //
+// Speculative decoding (options.speculative.steps > 0; the backend must SupportsSpeculation()):
+// every decoding sequence runs one round per step (engine/runtime/speculative.h): the MTP layer
+// drafts a chain or tree after the last token, the target verifies it as one tree chunk of the
+// step's Forward (prefill chunks ride along), and the accepted tokens plus one bonus token are
+// emitted in order, each through the callback as usual; a stop token, max_tokens or
+// max_model_len inside the run ends it there (drafts never go past the limits). Greedy output
+// equals greedy output without speculation; sampled output has the target's distribution.
+// Prefill chunks return the target's hidden states, which feed the MTP layer's own cache
+// ("draft extend") at the sequence's next step. Logprobs are the target's. Rows verified by a
+// round are sampled on the CPU with the request's Sampler processing, even with a BatchSampler
+// (which still samples rows without drafts, e.g. the first token after the prompt). Preemption
+// releases both caches and recomputes both.
+//
 // Finish reasons: kStop (a stop_token_ids token, or a model EOS token unless ignore_eos; the stop
 // token is the last emitted token), kLength (max_tokens generated, or the sequence reached
 // max_model_len), kCancelled (Cancel()), kError (this request only; the message says why).
@@ -39,6 +52,7 @@
 #include "engine/runtime/backend.h"
 #include "engine/runtime/batch_sampler.h"
 #include "engine/runtime/sampler.h"
+#include "engine/runtime/speculative.h"
 
 namespace spark::engine {
 
@@ -83,6 +97,9 @@ struct SchedulerOptions {
   // Samples every finished-prompt row of a step at once (e.g. on the GPU); nullptr = each
   // request's CPU Sampler. Borrowed; must outlive the scheduler.
   BatchSampler* batch_sampler = nullptr;
+  // Speculative decoding with the backend's MTP layer; steps 0 = off. Needs max_batch_tokens >=
+  // draft_tokens (every decoding sequence takes draft_tokens of a step's budget).
+  SpeculativeOptions speculative;
 };
 
 struct StepStats {
@@ -96,7 +113,8 @@ struct StepStats {
 
 class Scheduler {
  public:
-  // Options are validated by Create (InvalidArgument naming the field).
+  // Options are validated by Create (InvalidArgument naming the field; also when speculation is
+  // asked for and the backend does not support it).
   static Result<std::unique_ptr<Scheduler>> Create(Backend* backend,
                                                    const SchedulerOptions& options);
   ~Scheduler();
@@ -120,6 +138,8 @@ class Scheduler {
   int num_running() const { return static_cast<int>(running_.size()); }
   int num_waiting() const { return static_cast<int>(waiting_.size()); }
   int64_t total_preemptions() const { return total_preemptions_; }
+  // Totals since creation (all zero without speculation).
+  const SpeculativeStats& speculative_stats() const { return spec_stats_; }
 
  private:
   struct Sequence;
@@ -127,10 +147,26 @@ class Scheduler {
   Scheduler(Backend* backend, const SchedulerOptions& options);
   void DrainInbox();
   void Finish(Sequence& seq, FinishReason reason, Status error = Status::Ok());
-  // Builds the next batch into `batch`, recording which sequence each chunk belongs to.
-  void BuildBatch(ForwardBatch& batch, std::vector<Sequence*>& owners);
+  // Builds the next batch into `batch`, recording which sequence each chunk belongs to; admits
+  // waiting requests only when `admit` (not after a preemption in the same step, so a request
+  // that does not fit is not admitted and preempted over and over).
+  void BuildBatch(ForwardBatch& batch, std::vector<Sequence*>& owners, bool admit);
   // Preempts the newest running sequence; false when there is none to preempt.
   bool PreemptNewest();
+  // Emits one token of `seq` (callback, counters); true when it finished the request.
+  bool EmitToken(Sequence& seq, SampleResult sample, StepStats& stats);
+
+  // Speculative decoding (see speculative.h).
+  struct Round;
+  // Drafts for every chunk of `batch` whose sequence has pending MTP pairs and fills the
+  // verification chunks into `batch`.
+  Status Draft(ForwardBatch& batch, const std::vector<Sequence*>& owners,
+               std::vector<std::unique_ptr<Round>>& rounds);
+  // Undoes the MTP cache entries of a failed step.
+  Status RollBackDraft(const std::vector<std::unique_ptr<Round>>& rounds);
+  // Accepts a verified tree, emits its tokens and compacts the caches; *finished when the
+  // request ended.
+  Status Verify(Round& round, const ForwardOutput& output, StepStats& stats, bool* finished);
 
   Backend* backend_;
   SchedulerOptions options_;
@@ -147,6 +183,10 @@ class Scheduler {
   std::deque<std::unique_ptr<Sequence>> waiting_;   // FIFO; preempted ones at the front
   uint64_t next_seq_id_ = 1;
   int64_t total_preemptions_ = 0;
+
+  SpeculativeOptions speculative_;  // resolved
+  SpeculativeStats spec_stats_;
+  int64_t hidden_size_ = 0;
 };
 
 }  // namespace spark::engine

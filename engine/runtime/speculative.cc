@@ -281,17 +281,25 @@ const float* HiddenRow(const ForwardOutput& out, int64_t row) {
   return out.hidden.data() + row * out.hidden_size;
 }
 
-Status CheckOutput(const ForwardOutput& out, size_t chunks, int64_t rows, int64_t hidden_size,
-                   bool want_hidden) {
-  if (out.row_begin.size() != chunks || out.vocab_size <= 0 ||
+// Checks ForwardMtp's output shape against the batch that produced it.
+Status CheckOutput(const ForwardOutput& out, const MtpBatch& batch, int64_t hidden_size) {
+  int64_t rows = 0;
+  int64_t hidden_rows = 0;
+  for (const MtpChunk& c : batch.chunks) {
+    const int64_t n = c.all_logits ? static_cast<int64_t>(c.tokens.size()) : 1;
+    rows += n;
+    if (c.return_hidden) hidden_rows += n;
+  }
+  if (out.row_begin.size() != batch.chunks.size() || out.vocab_size <= 0 ||
       static_cast<int64_t>(out.logits.size()) != rows * out.vocab_size) {
     return Internal("ForwardMtp returned " + std::to_string(out.logits.size()) + " logits for " +
                     std::to_string(rows) + " rows");
   }
-  if (want_hidden && (out.hidden_size != hidden_size ||
-                      static_cast<int64_t>(out.hidden.size()) != rows * hidden_size)) {
+  if (hidden_rows > 0 &&
+      (out.hidden_size != hidden_size || out.hidden_row_begin.size() != batch.chunks.size() ||
+       static_cast<int64_t>(out.hidden.size()) != hidden_rows * hidden_size)) {
     return Internal("ForwardMtp returned " + std::to_string(out.hidden.size()) +
-                    " hidden values for " + std::to_string(rows) + " rows of width " +
+                    " hidden values for " + std::to_string(hidden_rows) + " rows of width " +
                     std::to_string(hidden_size));
   }
   return Status::Ok();
@@ -343,17 +351,12 @@ Status RunDraft(Backend* backend, const SpeculativeOptions& options,
     }
     if (batch.chunks.empty()) return Status::Ok();
     SPARK_ASSIGN_OR_RETURN(ForwardOutput out, backend->ForwardMtp(batch));
-    bool any_hidden = false;
-    for (const MtpChunk& c : batch.chunks) any_hidden |= c.return_hidden;
-    SPARK_RETURN_IF_ERROR(CheckOutput(out, batch.chunks.size(),
-                                      static_cast<int64_t>(batch.chunks.size()), hidden_size,
-                                      any_hidden));
-    int64_t hidden_row = 0;
+    SPARK_RETURN_IF_ERROR(CheckOutput(out, batch, hidden_size));
     for (size_t i = 0; i < owners.size(); ++i) {
       JobState& st = *owners[i];
       DraftJob& job = *st.job;
       const bool has_hidden = batch.chunks[i].return_hidden;
-      const float* h = has_hidden ? HiddenRow(out, hidden_row++) : nullptr;
+      const float* h = has_hidden ? HiddenRow(out, out.hidden_row_begin[i]) : nullptr;
       if (job.depth == 0) continue;
       const std::span<const float> row(Row(out, out.row_begin[i]),
                                        static_cast<size_t>(out.vocab_size));
@@ -424,14 +427,8 @@ Status RunDraft(Backend* backend, const SpeculativeOptions& options,
       owners.push_back(&st);
     }
     if (batch.chunks.empty()) break;
-    int64_t rows = 0;
-    bool any_hidden = false;
-    for (const MtpChunk& c : batch.chunks) {
-      rows += c.all_logits ? static_cast<int64_t>(c.tokens.size()) : 1;
-      any_hidden |= c.return_hidden;
-    }
     SPARK_ASSIGN_OR_RETURN(ForwardOutput out, backend->ForwardMtp(batch));
-    SPARK_RETURN_IF_ERROR(CheckOutput(out, batch.chunks.size(), rows, hidden_size, any_hidden));
+    SPARK_RETURN_IF_ERROR(CheckOutput(out, batch, hidden_size));
     for (size_t i = 0; i < owners.size(); ++i) {
       JobState& st = *owners[i];
       DraftJob& job = *st.job;
@@ -451,7 +448,7 @@ Status RunDraft(Backend* backend, const SpeculativeOptions& options,
         job.tree.parents.push_back(static_cast<int32_t>(parent));
         job.tree.child_draft_probs.emplace_back();
         if (chunk.return_hidden) {
-          const float* h = HiddenRow(out, first);
+          const float* h = HiddenRow(out, out.hidden_row_begin[i]);
           st.last_hidden.assign(h, h + hidden_size);
         }
         continue;
@@ -461,7 +458,7 @@ Status RunDraft(Backend* backend, const SpeculativeOptions& options,
       std::vector<int32_t> added;
       for (int32_t leaf : st.leaves) {
         const int32_t r = chunk_of[s][leaf];
-        const float* h = HiddenRow(out, first + r);
+        const float* h = HiddenRow(out, out.hidden_row_begin[i] + r);
         st.cands[leaf].out_hidden.assign(h, h + hidden_size);
         const std::span<const float> row(Row(out, first + r), static_cast<size_t>(out.vocab_size));
         const std::vector<int32_t> path = CandidatePath(st.cands, leaf);

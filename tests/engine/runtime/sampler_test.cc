@@ -212,6 +212,58 @@ TEST(SamplerTest, SeedMakesSamplingReproducible) {
   EXPECT_NE(run(std::nullopt), run(std::nullopt));
 }
 
+TEST(SamplerTest, DistributionWithPendingTokensEqualsSamplingAfterAcceptingThem) {
+  std::vector<float> logits(40);
+  for (int i = 0; i < 40; ++i) logits[i] = std::sin(i * 1.3f) * 3.0f;
+  const std::vector<int32_t> prompt = {3, 5, 7};
+  const std::vector<int32_t> pending = {11, 35, 11, 20};  // 35: the raw argmax
+  SamplingParams p;
+  p.repetition_penalty = 1.4f;
+  p.frequency_penalty = 0.3f;
+  p.presence_penalty = 0.2f;
+  p.temperature = 0.8f;
+  p.top_k = 12;
+  p.top_p = 0.9f;
+  p.logprobs = true;
+  p.top_logprobs = 4;
+  p.seed = 5;
+  Sampler speculative(p, prompt);
+  speculative.Accept(20);
+  TokenDistribution d;
+  speculative.Distribution(logits, pending, /*keep_logits=*/true, &d);
+
+  Sampler plain(p, prompt);
+  plain.Accept(20);
+  for (int32_t t : pending) plain.Accept(t);
+  // The probabilities are what Sample() draws from: compare with its frequencies.
+  std::vector<double> want(d.probs.begin(), d.probs.end());
+  int nonzero = 0;
+  for (double v : want) nonzero += v > 0;
+  EXPECT_LT(ChiSquare(plain, logits, want, 40000), 30.0) << nonzero << " tokens kept";
+  EXPECT_LE(nonzero, 12);
+  // Logprobs equal Sample()'s report bit for bit.
+  SampleResult sampled = plain.Sample(logits);
+  SampleResult described = speculative.Describe(d, sampled.token);
+  EXPECT_EQ(described.logprob, sampled.logprob);
+  ASSERT_EQ(described.top_logprobs.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(described.top_logprobs[i].token, sampled.top_logprobs[i].token);
+    EXPECT_EQ(described.top_logprobs[i].logprob, sampled.top_logprobs[i].logprob);
+  }
+  // Greedy: the argmax after the penalties, and no probabilities.
+  p.temperature = 0;
+  Sampler greedy(p, prompt);
+  greedy.Distribution(logits, pending, false, &d);
+  EXPECT_TRUE(d.probs.empty());
+  EXPECT_TRUE(d.logits.empty());
+  Sampler greedy_plain(p, prompt);
+  for (int32_t t : pending) greedy_plain.Accept(t);
+  EXPECT_EQ(d.argmax, greedy_plain.Sample(logits).token);
+  // The penalties matter here: without the pending tokens the argmax differs.
+  greedy.Distribution(logits, {}, false, &d);
+  EXPECT_NE(d.argmax, greedy_plain.Sample(logits).token);
+}
+
 TEST(SamplerTest, ValidateNamesTheBadField) {
   SamplingParams p;
   EXPECT_TRUE(p.Validate(100).ok());
