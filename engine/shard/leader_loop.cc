@@ -121,6 +121,7 @@ Status LeaderLoop::Run(int stop_fd) {
       FlushChunks();
       if (stats->sequences > 0) next_keepalive = SteadyClock::now() + options_.keepalive;
     }
+    MaybeReportSpeculativeStats();
     if (leader_ != nullptr && SteadyClock::now() >= next_keepalive) {
       Status alive = KeepAlive();
       if (!alive.ok()) {
@@ -142,6 +143,17 @@ Status LeaderLoop::Run(int stop_fd) {
     }
   }
   return Status::Ok();
+}
+
+void LeaderLoop::MaybeReportSpeculativeStats() {
+  if (!options_.on_speculative_stats) return;
+  const auto now = SteadyClock::now();
+  if (now < next_stats_report_) return;
+  const engine::SpeculativeStats& stats = scheduler_->speculative_stats();
+  if (stats.verify_steps == reported_verify_steps_) return;
+  reported_verify_steps_ = stats.verify_steps;
+  next_stats_report_ = now + options_.stats_interval;
+  options_.on_speculative_stats(stats);
 }
 
 Status LeaderLoop::KeepAlive() {

@@ -6,7 +6,9 @@
 //     TokenChunk per request (logprobs when asked; the last chunk carries the finish reason,
 //     usage and timings);
 //   - TpLeaderBackend::KeepAlive when idle, every `keepalive`, so the workers' op timeout never
-//     fires.
+//     fires;
+//   - with speculative decoding on, the scheduler's SpeculativeStats to `on_speculative_stats`
+//     about every `stats_interval` while they change (spark-shard sends them to the controller).
 // A request the shard cannot serve (bad parameters, unknown tokens, a duplicate or unknown
 // request id, prompt logprobs) is answered with one TokenChunk whose finish reason is ERROR and
 // whose error_message says why and what to change. When a chunk cannot be delivered (the peer is
@@ -26,6 +28,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -36,6 +39,7 @@
 #include "common/zmq.h"
 #include "engine/runtime/backend.h"
 #include "engine/runtime/scheduler.h"
+#include "engine/runtime/speculative.h"
 #include "engine/runtime/tp_engine.h"
 #include "engine/shard/envelope_stamper.h"
 #include "engine/shard/watchdog.h"
@@ -49,6 +53,11 @@ struct LeaderLoopOptions {
   std::vector<std::string> allowed_client_keys;  // Z85 public keys (the controller's)
   engine::SchedulerOptions scheduler;
   std::chrono::milliseconds keepalive{1000};
+  // With speculative decoding on: called on the engine thread with the scheduler's counters
+  // (cumulative) at most every `stats_interval` while they change, and once more after they
+  // stopped changing. Null = never.
+  std::function<void(const engine::SpeculativeStats&)> on_speculative_stats;
+  std::chrono::milliseconds stats_interval{1000};
 };
 
 class LeaderLoop {
@@ -90,6 +99,9 @@ class LeaderLoop {
   // Final chunk with `reason` for every live request, then forgets them.
   void FinishAll(spark::v1::FinishReason reason, const std::string& message);
   Status KeepAlive();
+  // Hands the speculative counters to options_.on_speculative_stats when they changed and the
+  // interval passed.
+  void MaybeReportSpeculativeStats();
 
   engine::Backend* backend_ = nullptr;
   engine::TpLeaderBackend* leader_ = nullptr;
@@ -109,6 +121,8 @@ class LeaderLoop {
   std::vector<uint64_t> touched_;                   // requests with output in the current step
   uint64_t next_engine_id_ = 1;
   SteadyClock::time_point step_started_;
+  int64_t reported_verify_steps_ = 0;  // SpeculativeStats::verify_steps last reported
+  SteadyClock::time_point next_stats_report_{};
 };
 
 }  // namespace spark::shard

@@ -399,6 +399,12 @@ int ShardRun::Run() {
     loop.scheduler.max_running = settings_.max_running;
     loop.scheduler.max_model_len = settings_.max_model_len;
     loop.keepalive = settings_.keepalive;
+    loop.scheduler.speculative = settings_.speculative;
+    if (speculative) {
+      loop.on_speculative_stats = [this](const engine::SpeculativeStats& stats) {
+        reporter_->ReportSpeculativeStats(SpeculativeStatsToProto(stats)).IgnoreError();
+      };
+    }
     if (cuda && settings_.gpu_sampling) {
       Result<std::unique_ptr<engine::BatchSampler>> sampler =
           CreateGpuBatchSampler(backend_->config().vocab_size, settings_.max_running);

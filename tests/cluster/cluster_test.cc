@@ -457,5 +457,123 @@ TEST(ClusterTest, TwoDeploymentsOnFourNodes) {
   EXPECT_EQ((*list->Json())["models"].size(), 2u);
 }
 
+// `spark-model tiny DIR --mtp`: the tiny GLM checkpoint with an MTP (nextn) layer.
+Status WriteTinyMtpModel(const std::string& dir) {
+  SpawnOptions options;
+  options.args = {FindBinaries().model_tool, "tiny", dir, "--mtp"};
+  RealProcessLauncher launcher;
+  SPARK_ASSIGN_OR_RETURN(std::unique_ptr<Process> p, launcher.Spawn(options));
+  SPARK_ASSIGN_OR_RETURN(ExitInfo info, p->Wait());
+  if (!info.success()) return Internal("spark-model tiny --mtp: " + info.ToString());
+  return Status::Ok();
+}
+
+// The value of the sample `series` (name with labels) in a Prometheus exposition; -1 if absent.
+double Sample(const std::string& exposition, const std::string& series) {
+  std::stringstream lines(exposition);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
+  }
+  return -1;
+}
+
+std::string ChatContent(Cluster& c, const std::string& model, int* completion_tokens) {
+  json request = {
+      {"model", model},     {"messages", {{{"role", "user"}, {"content", "Hello, who are you?"}}}},
+      {"max_tokens", 10},   {"temperature", 0},
+      {"ignore_eos", true}, {"chat_template_kwargs", {{"enable_thinking", false}}}};
+  Result<http::ClientResponse> chat = c.Post("/v1/chat/completions", request);
+  if (!chat.ok() || chat->status != 200) {
+    ADD_FAILURE() << model << ": " << (chat.ok() ? chat->body : chat.status().ToString());
+    return "";
+  }
+  json answer = json::parse(chat->body);
+  *completion_tokens = answer["usage"]["completion_tokens"].get<int>();
+  return answer["choices"][0]["message"]["content"].get<std::string>();
+}
+
+TEST(ClusterTest, SpeculativeDecodingServesTheSameGreedyOutputAndCountsDrafts) {
+  START_CLUSTER(c, Agents(4));
+  const std::string mtp_dir = c->root() + "/model-mtp";
+  ASSERT_TRUE(WriteTinyMtpModel(mtp_dir).ok());
+  auto deploy = [&](const std::string& name, const json& options) {
+    Result<http::ClientResponse> r = c->Post(
+        "/api/v1/models", {{"name", name}, {"path", mtp_dir}, {"tp", 2}, {"options", options}});
+    return r.ok() ? r->status : 0;
+  };
+  ASSERT_EQ(deploy("spec", {{"speculative", {{"steps", 2}, {"topk", 1}}}}), 202);
+  ASSERT_EQ(deploy("plain", json::object()), 202);
+  json spec = c->WaitReady("spec", seconds(120));
+  ASSERT_FALSE(spec.is_null()) << c->LogTails();
+  ASSERT_FALSE(c->WaitReady("plain", seconds(120)).is_null()) << c->LogTails();
+  EXPECT_EQ(spec["options"]["speculative"], json({{"steps", 2}, {"topk", 1}, {"draft_tokens", 3}}));
+  ASSERT_TRUE(spec["speculative"].is_object()) << spec.dump();
+  EXPECT_TRUE(c->Model("plain")["speculative"].is_null());
+
+  // Greedy: speculation changes the speed, never the tokens.
+  const std::vector<int> prompt = {1, 2, 3, 4, 5};
+  Result<std::vector<int>> with = c->Complete("spec", prompt, 16);
+  Result<std::vector<int>> without = c->Complete("plain", prompt, 16);
+  ASSERT_TRUE(with.ok()) << with.status().ToString() << c->LogTails();
+  ASSERT_TRUE(without.ok()) << without.status().ToString();
+  ASSERT_EQ(with->size(), 16u);
+  EXPECT_EQ(*with, *without);
+  int spec_tokens = 0, plain_tokens = 0;
+  const std::string spec_text = ChatContent(*c, "spec", &spec_tokens);
+  const std::string plain_text = ChatContent(*c, "plain", &plain_tokens);
+  EXPECT_EQ(spec_tokens, 10);
+  EXPECT_EQ(plain_tokens, 10);
+  EXPECT_EQ(spec_text, plain_text);
+
+  // Rank 0 reports its counters about once a second.
+  const std::string drafted = "spark_spec_drafted_tokens_total{model=\"spec\"}";
+  std::string metrics;
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        Result<http::ClientResponse> r = c->Get("/metrics");
+        if (r.ok()) metrics = r->body;
+        return Sample(metrics, drafted) > 0;
+      },
+      seconds(10)))
+      << metrics;
+  const double verify_steps = Sample(metrics, "spark_spec_verify_steps_total{model=\"spec\"}");
+  const double accepted = Sample(metrics, "spark_spec_accepted_tokens_total{model=\"spec\"}");
+  EXPECT_GT(verify_steps, 0);
+  EXPECT_GE(accepted, 0);
+  EXPECT_LE(accepted, Sample(metrics, drafted));
+  // A chain of 2 drafts: each verify step emits 1 to 3 tokens.
+  const double length = Sample(metrics, "spark_spec_acceptance_length{model=\"spec\"}");
+  EXPECT_GE(length, 1.0);
+  EXPECT_LE(length, 3.0);
+  EXPECT_DOUBLE_EQ(length, accepted / verify_steps + 1.0);
+  EXPECT_GT(Sample(metrics, "spark_spec_draft_seconds_total{model=\"spec\"}"), 0);
+  EXPECT_GT(Sample(metrics, "spark_spec_verify_seconds_total{model=\"spec\"}"), 0);
+  EXPECT_EQ(Sample(metrics, "spark_spec_drafted_tokens_total{model=\"plain\"}"), -1);
+  json counted = c->Model("spec")["speculative"];
+  EXPECT_GT(counted["drafted_tokens"].get<int64_t>(), 0) << counted.dump();
+  std::printf(
+      "[speculative] verify steps %.0f, accepted %.0f of %.0f drafts, acceptance length "
+      "%.3f\n",
+      verify_steps, accepted, Sample(metrics, drafted), length);
+}
+
+TEST(ClusterTest, SpeculativeDecodingOnAModelWithoutMtpFailsNamingTheFix) {
+  ClusterOptions options = Agents(1);
+  options.controller_flags = {"--restart-budget", "1"};
+  START_CLUSTER(c, options);
+  ASSERT_EQ(c->Deploy("tiny", 1, {{"speculative", {{"steps", 2}}}}), 202);
+  json m = c->WaitModel(
+      "tiny",
+      [](const json& x) {
+        return x["last_error"].get<std::string>().find("MTP") != std::string::npos;
+      },
+      seconds(60));
+  ASSERT_FALSE(m.is_null()) << c->LogTails();
+  EXPECT_THAT(m["last_error"].get<std::string>(),
+              HasSubstr("has no MTP layer (num_nextn_predict_layers = 0): deploy without "
+                        "speculative"));
+}
+
 }  // namespace
 }  // namespace spark::cluster

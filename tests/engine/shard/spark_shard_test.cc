@@ -1,7 +1,8 @@
 // Runs the real spark-shard binary (ranks as processes) against a FakeController on a
 // `spark-model tiny` checkpoint: phases, rendezvous, the data plane against `spark-model generate`,
 // cancellation, request errors, a rank that never starts, a failed peer load, SIGTERM, the
-// collective watchdog, the CUDA refusal and CURVE.
+// collective watchdog, the CUDA refusal, CURVE, and speculative decoding (refusal without an MTP
+// layer; greedy tokens and counters with one).
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -158,12 +159,17 @@ class SparkShardTest : public ::testing::Test {
     std::string out =
         RunCommand(std::string(SPARK_MODEL_BIN) + " tiny " + Model().string() + " --seed 3", &rc);
     ASSERT_EQ(rc, 0) << out;
+    out = RunCommand(
+        std::string(SPARK_MODEL_BIN) + " tiny " + MtpModel().string() + " --seed 3 --mtp", &rc);
+    ASSERT_EQ(rc, 0) << out;
   }
   static void TearDownTestSuite() {
     fs::remove_all(*root_);
     delete root_;
   }
   static fs::path Model() { return *root_ / "tiny"; }
+  // The same tiny GLM with an MTP (nextn) layer.
+  static fs::path MtpModel() { return *root_ / "tiny-mtp"; }
 
   void SetUp() override {
     dir_ = *root_ / ::testing::UnitTest::GetInstance()->current_test_info()->name();
@@ -595,6 +601,85 @@ TEST_F(SparkShardTest, TheCudaBackendIsRefusedClearly) {
   EXPECT_NE(failed->failure_reason().find("built without CUDA"), std::string::npos)
       << failed->failure_reason();
   EXPECT_EQ(WaitExit(shard, milliseconds(5000)), ExitInfo::Code(5));
+}
+
+TEST_F(SparkShardTest, SpeculativeDecodingOnAModelWithoutMtpIsRefusedBeforeTheRendezvous) {
+  FakeController controller(1);
+  auto a = Assignment(0, 1);
+  a.mutable_options()->mutable_speculative()->set_steps(2);
+  Process* shard = Start(a, controller);
+  auto failed = controller.WaitForPhase(0, spark::v1::SHARD_PHASE_FAILED, milliseconds(15000));
+  ASSERT_TRUE(failed.has_value());
+  EXPECT_EQ(failed->failure_reason(),
+            "model " + Model().string() +
+                " has no MTP layer (num_nextn_predict_layers = 0): deploy without speculative");
+  EXPECT_EQ(DistinctPhases(controller.Statuses(0)),
+            (std::vector<spark::v1::ShardPhase>{spark::v1::SHARD_PHASE_STARTING,
+                                                spark::v1::SHARD_PHASE_FAILED}));
+  EXPECT_EQ(WaitExit(shard, milliseconds(5000)), ExitInfo::Code(2));
+}
+
+TEST_F(SparkShardTest, SpeculativeTwoRanksServeTheGreedyTokensAndReportTheirCounters) {
+  FakeController controller(2);
+  for (uint32_t r = 0; r < 2; ++r) {
+    auto a = Assignment(r, 2);
+    a.set_model_path(MtpModel().string());
+    a.mutable_options()->mutable_speculative()->set_steps(2);
+    a.mutable_options()->mutable_speculative()->set_topk(1);
+    a.mutable_options()->mutable_speculative()->set_draft_tokens(3);
+    Start(a, controller);
+  }
+  auto ready = controller.WaitForPhase(0, spark::v1::SHARD_PHASE_READY, kReadyTimeout);
+  ASSERT_TRUE(ready.has_value());
+  ASSERT_TRUE(controller.WaitForPhase(1, spark::v1::SHARD_PHASE_READY, kReadyTimeout).has_value());
+  EXPECT_FALSE(ready->has_speculative());
+
+  int rc = -1;
+  const std::string reference_out =
+      RunCommand(std::string(SPARK_MODEL_BIN) + " generate " + MtpModel().string() +
+                     " --ids 5,17,3,99,1 --max-tokens 16 --ignore-eos --tp 2 --json",
+                 &rc);
+  ASSERT_EQ(rc, 0) << reference_out;
+  const auto reference = nlohmann::json::parse(reference_out.substr(reference_out.find('{')));
+  const auto expected_ids = reference["ids"].get<std::vector<int32_t>>();
+  ASSERT_EQ(expected_ids.size(), 16u);
+
+  DataClient client(ready->data_endpoint());
+  spark::v1::GenerateRequest request;
+  request.set_request_id("spec");
+  for (int32_t t : {5, 17, 3, 99, 1}) request.add_prompt_token_ids(t);
+  *request.mutable_sampling() = Greedy(16);
+  request.mutable_sampling()->set_ignore_eos(true);
+  client.Generate(request);
+  auto chunks = client.Collect("spec", milliseconds(30000));
+  ASSERT_FALSE(chunks.empty()) << "no final chunk";
+  std::vector<int32_t> ids;
+  for (const auto& c : chunks) ids.insert(ids.end(), c.token_ids().begin(), c.token_ids().end());
+  EXPECT_EQ(ids, expected_ids);
+  EXPECT_EQ(chunks.back().finish_reason(), spark::v1::FINISH_REASON_LENGTH);
+
+  // Rank 0 repeats READY with its counters (about once a second while they change).
+  std::optional<spark::v1::SpeculativeStats> stats;
+  const auto until = SteadyClock::now() + milliseconds(10000);
+  while (SteadyClock::now() < until) {
+    for (const auto& s : controller.Statuses(0)) {
+      if (s.has_speculative()) {
+        EXPECT_EQ(s.phase(), spark::v1::SHARD_PHASE_READY);
+        stats = s.speculative();
+      }
+    }
+    if (stats && stats->drafted_tokens() > 0) break;
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  ASSERT_TRUE(stats.has_value()) << "rank 0 never reported speculative counters";
+  EXPECT_GT(stats->verify_steps(), 0u);
+  EXPECT_GT(stats->drafted_tokens(), 0u);
+  EXPECT_LE(stats->accepted_tokens(), stats->drafted_tokens());
+  // A chain of 2 drafts verifies at most 2 draft tokens per step.
+  EXPECT_LE(stats->drafted_tokens(), 2 * stats->verify_steps());
+  EXPECT_LE(stats->emitted_tokens(), 16u);
+  EXPECT_GT(stats->verify_ms(), 0.0);
+  for (const auto& s : controller.Statuses(1)) EXPECT_FALSE(s.has_speculative());
 }
 
 TEST_F(SparkShardTest, CurveSecuresTheControllerLinkAndTheDataPlane) {
