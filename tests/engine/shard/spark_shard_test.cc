@@ -682,6 +682,54 @@ TEST_F(SparkShardTest, SpeculativeTwoRanksServeTheGreedyTokensAndReportTheirCoun
   for (const auto& s : controller.Statuses(1)) EXPECT_FALSE(s.has_speculative());
 }
 
+TEST_F(SparkShardTest, SpeculativeTreeOnOneRankServesTheGreedyTokens) {
+  FakeController controller(1);
+  auto a = Assignment(0, 1);
+  a.set_model_path(MtpModel().string());
+  a.mutable_options()->mutable_speculative()->set_steps(2);
+  a.mutable_options()->mutable_speculative()->set_topk(2);
+  a.mutable_options()->mutable_speculative()->set_draft_tokens(5);
+  Start(a, controller);
+  auto ready = controller.WaitForPhase(0, spark::v1::SHARD_PHASE_READY, kReadyTimeout);
+  ASSERT_TRUE(ready.has_value());
+
+  int rc = -1;
+  const std::string reference_out =
+      RunCommand(std::string(SPARK_MODEL_BIN) + " generate " + MtpModel().string() +
+                     " --ids 9,8,7 --max-tokens 12 --ignore-eos --json",
+                 &rc);
+  ASSERT_EQ(rc, 0) << reference_out;
+  const auto reference = nlohmann::json::parse(reference_out.substr(reference_out.find('{')));
+  const auto expected_ids = reference["ids"].get<std::vector<int32_t>>();
+  ASSERT_EQ(expected_ids.size(), 12u);
+
+  DataClient client(ready->data_endpoint());
+  spark::v1::GenerateRequest request;
+  request.set_request_id("tree");
+  for (int32_t t : {9, 8, 7}) request.add_prompt_token_ids(t);
+  *request.mutable_sampling() = Greedy(12);
+  request.mutable_sampling()->set_ignore_eos(true);
+  client.Generate(request);
+  auto chunks = client.Collect("tree", milliseconds(30000));
+  ASSERT_FALSE(chunks.empty()) << "no final chunk";
+  std::vector<int32_t> ids;
+  for (const auto& c : chunks) ids.insert(ids.end(), c.token_ids().begin(), c.token_ids().end());
+  EXPECT_EQ(ids, expected_ids);
+
+  std::optional<spark::v1::SpeculativeStats> stats;
+  const auto until = SteadyClock::now() + milliseconds(10000);
+  while (SteadyClock::now() < until && !(stats && stats->drafted_tokens() > 0)) {
+    for (const auto& s : controller.Statuses(0)) {
+      if (s.has_speculative()) stats = s.speculative();
+    }
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  ASSERT_TRUE(stats.has_value());
+  // A tree of 5 nodes verifies at most 4 draft tokens per step.
+  EXPECT_GT(stats->drafted_tokens(), 0u);
+  EXPECT_LE(stats->drafted_tokens(), 4 * stats->verify_steps());
+}
+
 TEST_F(SparkShardTest, CurveSecuresTheControllerLinkAndTheDataPlane) {
   const CurveKeyPair agent = GenerateCurveKeyPair().value();
   const CurveKeyPair controller_keys = GenerateCurveKeyPair().value();
