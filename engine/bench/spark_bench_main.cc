@@ -1,6 +1,8 @@
 // spark-bench: benchmarks of the engine. Subcommands:
 //   engine  - prefill / decode throughput of a backend and its memory-bandwidth roofline
 //             (engine/bench/engine_throughput.h).
+//   speculative - acceptance length and decode speed-up of speculative decoding (MTP draft)
+//             against plain decoding (engine/bench/speculative_bench.h).
 #include <CLI/CLI.hpp>
 
 #include <iostream>
@@ -9,6 +11,7 @@
 #include <vector>
 
 #include "engine/bench/engine_throughput.h"
+#include "engine/bench/speculative_bench.h"
 
 namespace {
 
@@ -63,7 +66,48 @@ int main(int argc, char** argv) {
   engine->add_option("--seed", o.seed, "dummy weights seed");
   engine->add_flag("--json", o.json, "one JSON object per batch size");
 
+  spark::bench::SpeculativeBenchOptions so;
+  std::string spec_model;
+  CLI::App* spec = app.add_subcommand(
+      "speculative", "acceptance length and decode speed-up of speculative decoding (MTP draft)");
+  spec->add_option("--model", spec_model,
+                   "checkpoint with an MTP layer (default: a tiny GLM whose MTP layer is derived "
+                   "from the model, see engine/bench/self_draft_model.h)");
+  spec->add_option("--layers", so.layers, "self-draft model: target decoder layers")
+      ->capture_default_str();
+  spec->add_option("--residual-scale", so.residual_scale,
+                   "self-draft model: output scale of layers 1..L-1 (0 = the draft agrees)")
+      ->capture_default_str();
+  spec->add_option("--steps", so.speculative.steps, "draft steps")->capture_default_str();
+  spec->add_option("--topk", so.speculative.topk, "draft branching (1 = chain)")
+      ->capture_default_str();
+  spec->add_option("--draft-tokens", so.speculative.draft_tokens,
+                   "tree nodes verified per step (topk 1: steps + 1)");
+  spec->add_option("--tp", so.tp, "tensor-parallel ranks (threads)")->capture_default_str();
+  spec->add_option("--threads", so.threads, "CPU threads per rank (0 = cores / tp)");
+  spec->add_option("--requests", so.requests, "concurrent requests")->capture_default_str();
+  spec->add_option("--prompt-tokens", so.prompt_tokens, "random prompt tokens per request")
+      ->capture_default_str();
+  spec->add_option("--max-tokens", so.max_tokens, "tokens generated per request")
+      ->capture_default_str();
+  spec->add_option("--temperature", so.temperature, "0 = greedy (outputs compared)")
+      ->capture_default_str();
+  spec->add_option("--seed", so.seed, "model and prompt seed")->capture_default_str();
+  spec->add_flag("--json", so.json, "one JSON object");
+
   CLI11_PARSE(app, argc, argv);
+
+  if (spec->parsed()) {
+    so.model_dir = spec_model;
+    spark::Result<spark::bench::SpeculativeBenchReport> report =
+        spark::bench::RunSpeculativeBench(so, &std::cerr);
+    if (!report.ok()) {
+      std::cerr << "spark-bench speculative: " << report.status().message() << "\n";
+      return report.status().code() == spark::StatusCode::kInvalidArgument ? 2 : 1;
+    }
+    spark::bench::PrintSpeculativeBenchReport(*report, so.json, std::cout);
+    return 0;
+  }
 
   if (engine->parsed()) {
     o.model_dir = model_dir;

@@ -63,6 +63,7 @@ Result<std::unique_ptr<LocalTpGroup>> OpenOfflineEngine(const std::filesystem::p
   group.tp_size = options.tp_size;
   group.load.dummy = options.dummy_weights;
   group.load.seed = options.dummy_seed;
+  group.load.load_mtp = options.load_mtp;
   group.cpu.threads = options.threads;
   group.cpu.kv_cache_bytes = options.kv_cache_bytes;
   group.gloo.host = "127.0.0.1";
@@ -104,8 +105,10 @@ double OfflineGenerateResult::decode_tokens_per_s() const {
 
 Result<OfflineGenerateResult> GenerateOffline(Backend* backend, const std::vector<int32_t>& prompt,
                                               const SamplingParams& params,
-                                              const std::function<void(int32_t)>& on_token) {
+                                              const std::function<void(int32_t)>& on_token,
+                                              const SpeculativeOptions& speculative) {
   SchedulerOptions options;
+  options.speculative = speculative;
   SPARK_ASSIGN_OR_RETURN(std::unique_ptr<Scheduler> scheduler, Scheduler::Create(backend, options));
   OfflineGenerateResult result;
   result.prompt_tokens = static_cast<int64_t>(prompt.size());
@@ -132,6 +135,7 @@ Result<OfflineGenerateResult> GenerateOffline(Backend* backend, const std::vecto
     if (!step.ok()) return step.status();
   }
   if (!request_error.ok()) return request_error;
+  result.speculative = scheduler->speculative_stats();
   if (!result.ids.empty()) {
     result.prefill_ms = MsBetween(start, first_token);
     result.decode_ms = MsBetween(first_token, last_token);

@@ -22,6 +22,7 @@
 #include "engine/runtime/local_tp_group.h"
 #include "engine/runtime/sampler.h"
 #include "engine/runtime/scheduler.h"
+#include "engine/runtime/speculative.h"
 
 namespace spark::engine {
 
@@ -36,6 +37,7 @@ struct OfflineEngineOptions {
   int64_t kv_cache_bytes = int64_t{256} << 20;  // per rank
   bool dummy_weights = false;                   // load_format=dummy (config.json only)
   uint64_t dummy_seed = 0;
+  bool load_mtp = false;  // also load the MTP (nextn) layer (speculative decoding's draft)
 };
 
 // Unimplemented for --backend cuda ("not supported yet: the CUDA backend is not built"),
@@ -55,12 +57,16 @@ struct OfflineGenerateResult {
   double decode_ms = 0;   // from the first to the last generated token
   // (generated - 1) / decode time; 0 with fewer than two tokens.
   double decode_tokens_per_s() const;
+  SpeculativeStats speculative;  // zero without speculation
 };
 
 // Generates one continuation of `prompt`; `on_token` (optional) sees every token as it comes.
-// A request-specific failure (kError) is returned as its Status.
+// `speculative` (steps > 0) decodes speculatively with the backend's MTP layer (the scheduler's
+// errors when the backend has none). A request-specific failure (kError) is returned as its
+// Status.
 Result<OfflineGenerateResult> GenerateOffline(Backend* backend, const std::vector<int32_t>& prompt,
                                               const SamplingParams& params,
-                                              const std::function<void(int32_t)>& on_token = {});
+                                              const std::function<void(int32_t)>& on_token = {},
+                                              const SpeculativeOptions& speculative = {});
 
 }  // namespace spark::engine

@@ -1,11 +1,16 @@
 // spark-model generate DIR (--prompt TEXT | --ids 5,17,...) [--max-tokens N] [--temperature T]
 //                          [--top-k K] [--top-p P] [--min-p P] [--seed S] [--ignore-eos]
 //                          [--tp N] [--backend cpu|cuda] [--threads N] [--dummy] [--json]
+//                          [--spec-steps N [--spec-topk K] [--spec-draft-tokens D]]
 // Generates one continuation. --prompt needs DIR/tokenizer.json; --ids does not (the text is
 // then decoded only when a tokenizer is present). Without --json the text streams to stdout as
 // it is generated (token ids when there is no tokenizer). With --json one object is printed:
 //   {"ids": [generated ids], "text": "...", "finish_reason": "stop|length", "prompt_tokens": n,
 //    "prefill_ms": x, "decode_ms": y, "decode_tokens_per_s": z}
+// plus, with --spec-steps N > 0 (speculative decoding with the checkpoint's MTP layer, loaded
+// for it; docs/speculative-decoding.md), "speculative": {"steps", "topk", "draft_tokens",
+// "verify_steps", "drafted_tokens", "accepted_tokens", "acceptance_length", "draft_ms",
+// "verify_ms"}; without --json that summary goes to stderr.
 // Temperature defaults to 0 (greedy): the same command gives the same output.
 #include <cstdio>
 #include <filesystem>
@@ -38,6 +43,7 @@ struct GenerateArgs {
   int threads = 0;
   bool dummy = false;
   bool json = false;
+  engine::SpeculativeOptions speculative;
 };
 
 int Fail(const Status& s) {
@@ -113,12 +119,18 @@ int RunGenerate(const GenerateArgs& args) {
   params.ignore_eos = args.ignore_eos;
   Status valid = params.Validate();
   if (!valid.ok()) return Fail(valid);
+  auto speculative = engine::ResolveSpeculativeOptions(args.speculative);
+  if (!speculative.ok()) {
+    return Fail(
+        speculative.status().WithContext("--spec-steps / --spec-topk / --spec-draft-tokens"));
+  }
 
   engine::OfflineEngineOptions options;
   options.backend = args.backend;
   options.tp_size = args.tp;
   options.threads = args.threads;
   options.dummy_weights = args.dummy;
+  options.load_mtp = speculative->enabled();
   auto group = OpenModelEngine(args.model_dir, options);
   if (!group.ok()) return Fail(group.status());
 
@@ -135,14 +147,36 @@ int RunGenerate(const GenerateArgs& args) {
     }
     std::fflush(stdout);
   };
-  auto result = engine::GenerateOffline((*group)->backend(), prompt, params, on_token);
+  auto result =
+      engine::GenerateOffline((*group)->backend(), prompt, params, on_token, *speculative);
   Status shutdown = (*group)->Shutdown();
   if (!result.ok()) return Fail(result.status());
   if (!shutdown.ok()) return Fail(shutdown);
 
+  const engine::SpeculativeStats& spec = result->speculative;
+  char spec_json[512] = "";
+  if (speculative->enabled()) {
+    std::snprintf(spec_json, sizeof(spec_json),
+                  ",\"speculative\":{\"steps\":%d,\"topk\":%d,\"draft_tokens\":%d,"
+                  "\"verify_steps\":%lld,\"drafted_tokens\":%lld,\"accepted_tokens\":%lld,"
+                  "\"acceptance_length\":%.4f,\"draft_ms\":%.3f,\"verify_ms\":%.3f}",
+                  speculative->steps, speculative->topk, speculative->draft_tokens,
+                  static_cast<long long>(spec.verify_steps),
+                  static_cast<long long>(spec.drafted_tokens),
+                  static_cast<long long>(spec.accepted_tokens), spec.AcceptanceLength(),
+                  spec.draft_ms, spec.verify_ms);
+  }
   if (!args.json) {
     if (stream) std::fputs(stream->Flush().c_str(), stdout);
     std::fputs("\n", stdout);
+    if (speculative->enabled()) {
+      std::fprintf(stderr,
+                   "speculative: acceptance length %.3f (%lld of %lld draft tokens accepted in "
+                   "%lld verify steps), draft %.1f ms, verify %.1f ms\n",
+                   spec.AcceptanceLength(), static_cast<long long>(spec.accepted_tokens),
+                   static_cast<long long>(spec.drafted_tokens),
+                   static_cast<long long>(spec.verify_steps), spec.draft_ms, spec.verify_ms);
+    }
     return 0;
   }
   std::string text_json = "null";
@@ -159,11 +193,11 @@ int RunGenerate(const GenerateArgs& args) {
   ids_json += "]";
   std::printf(
       "{\"ids\":%s,\"text\":%s,\"finish_reason\":\"%s\",\"prompt_tokens\":%lld,"
-      "\"prefill_ms\":%.3f,\"decode_ms\":%.3f,\"decode_tokens_per_s\":%.3f}\n",
+      "\"prefill_ms\":%.3f,\"decode_ms\":%.3f,\"decode_tokens_per_s\":%.3f%s}\n",
       ids_json.c_str(), text_json.c_str(),
       std::string(engine::FinishReasonName(result->finish)).c_str(),
       static_cast<long long>(result->prompt_tokens), result->prefill_ms, result->decode_ms,
-      result->decode_tokens_per_s());
+      result->decode_tokens_per_s(), spec_json);
   return 0;
 }
 
@@ -198,6 +232,16 @@ SPARK_MODEL_COMMAND(kGenerateCommand, "generate", [](CLI::App& app) -> std::func
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--dummy", args->dummy, "random weights from config.json (load_format=dummy)");
   cmd->add_flag("--json", args->json, "print one JSON object with ids, text and timings");
+  cmd->add_option("--spec-steps", args->speculative.steps,
+                  "speculative decoding with the checkpoint's MTP layer: draft depth (0 = off)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--spec-topk", args->speculative.topk,
+                  "draft branching per step (1 = a chain; > 1 = a tree)")
+      ->capture_default_str();
+  cmd->add_option("--spec-draft-tokens", args->speculative.draft_tokens,
+                  "tree nodes verified per step, root included (topk 1: steps + 1)")
+      ->capture_default_str();
   return [args] { return RunGenerate(*args); };
 });
 

@@ -93,6 +93,7 @@ Status MakeRank(const std::filesystem::path& dir, const engine::ModelConfig& con
     engine::LoadOptions load;
     load.tp_rank = rank;
     load.tp_size = tp;
+    load.load_mtp = o.load_mtp;
     SPARK_ASSIGN_OR_RETURN(parts->backend, cuda::CudaBackend::Load(dir, load, comm, options));
   }
   return Status::Ok();
