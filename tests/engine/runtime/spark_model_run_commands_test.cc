@@ -187,4 +187,40 @@ TEST_F(RunCommandsTest, ClearErrors) {
   EXPECT_NE(missing.out.find("config.json"), std::string::npos) << missing.out;
 }
 
+TEST_F(RunCommandsTest, GenerateWithSpeculationGivesTheGreedyOutputAndReportsStats) {
+  const fs::path mtp = *root_ / "tiny_mtp";
+  RunResult made = SparkModel("tiny " + mtp.string() + " --seed 5 --mtp");
+  ASSERT_EQ(made.rc, 0) << made.out;
+  const std::string base = "generate " + mtp.string() + " --ids 5,17,3,99 --max-tokens 12 --json";
+  RunResult plain = SparkModel(base);
+  ASSERT_EQ(plain.rc, 0) << plain.out;
+  const nlohmann::json want = nlohmann::json::parse(plain.out);
+  EXPECT_FALSE(want.contains("speculative"));
+  for (const std::string flags :
+       {" --spec-steps 3", " --spec-steps 2 --spec-topk 2 --spec-draft-tokens 5 --tp 2"}) {
+    RunResult r = SparkModel(base + flags);
+    ASSERT_EQ(r.rc, 0) << r.out;
+    const nlohmann::json got = nlohmann::json::parse(r.out);
+    EXPECT_EQ(got["ids"], want["ids"]) << flags;
+    const nlohmann::json& spec = got["speculative"];
+    EXPECT_GT(spec["verify_steps"].get<int64_t>(), 0);
+    EXPECT_GE(spec["acceptance_length"].get<double>(), 1.0);
+    EXPECT_LE(spec["accepted_tokens"].get<int64_t>(), spec["drafted_tokens"].get<int64_t>());
+  }
+  RunResult chain = SparkModel(base + " --spec-steps 3 --spec-draft-tokens 9");
+  ASSERT_EQ(chain.rc, 0) << chain.out;
+  EXPECT_EQ(nlohmann::json::parse(chain.out)["speculative"]["draft_tokens"], 4);  // steps + 1
+
+  // A checkpoint without an MTP layer, and bad tree sizes, are refused with the fix.
+  RunResult no_mtp =
+      SparkModel("generate " + Model().string() + " --ids 5,17 --max-tokens 3 --spec-steps 2");
+  EXPECT_EQ(no_mtp.rc, 2) << no_mtp.out;
+  EXPECT_NE(no_mtp.out.find("MTP"), std::string::npos) << no_mtp.out;
+  RunResult bad_tree = SparkModel("generate " + mtp.string() +
+                                  " --ids 5 --spec-steps 2 --spec-topk 2 --spec-draft-tokens 99");
+  EXPECT_EQ(bad_tree.rc, 2) << bad_tree.out;
+  EXPECT_NE(bad_tree.out.find("--spec-draft-tokens"), std::string::npos) << bad_tree.out;
+  EXPECT_NE(bad_tree.out.find("[2, 7]"), std::string::npos) << bad_tree.out;
+}
+
 }  // namespace
