@@ -5,8 +5,9 @@
 // two expert GEMMs (with their FP8 activation quantisation), the expert bytes actually read
 // (distinct routed experts x their weight and scale bytes), and the ratio of the roofline time
 // (bytes / peak copy bandwidth measured in the same run) to the GEMM time. With --tune it also
-// searches every tile config within the limit per GEMM (the autotuner's search) and reports the
-// best. Random weights are generated on the GPU; the L2 cache is flushed before every timed run.
+// runs the autotuner (engine/cuda/moe_tuner.h) over the batches and reports, through the serving
+// path with the tuned table, the GEMM time of the tuned configs and the tuning time. Random weights
+// are generated on the GPU; the L2 cache is flushed before every timed run.
 //
 //   bench_moe [--shapes glm47-tp4,glm45-air] [--formats fp8-per-channel,bf16,fp8-block128]
 //             [--batches 1,8,64,256,1024] [--iters 20] [--tune] [--caps 0,101376]
@@ -25,6 +26,7 @@
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/device_info.h"
 #include "engine/cuda/moe.h"
+#include "engine/cuda/moe_tuner.h"
 
 namespace spark::cuda {
 namespace {
@@ -35,31 +37,15 @@ struct BenchShape {
   float scaling;
 };
 
-__device__ __forceinline__ uint32_t Hash(uint64_t i, uint32_t seed) {
-  uint64_t z = i * 0x9E3779B97F4A7C15ull + seed;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return static_cast<uint32_t>(z ^ (z >> 31));
-}
-__device__ __forceinline__ float HashUniform(uint64_t i, uint32_t seed) {
-  return static_cast<float>(Hash(i, seed) >> 8) * (1.0f / 8388608.0f) - 1.0f;
-}
-
-__global__ void FillFloat(float* p, int64_t n, float amp, uint32_t seed) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x)
-    p[i] = HashUniform(i, seed) * amp;
-}
 __global__ void FillBf16(__nv_bfloat16* p, int64_t n, float amp, uint32_t seed) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x)
-    p[i] = __float2bfloat16(HashUniform(i, seed) * amp);
-}
-__global__ void FillFp8(uint8_t* p, int64_t n, uint32_t seed) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x)
-    p[i] = static_cast<uint8_t>(
-        __nv_cvt_float_to_fp8(HashUniform(i, seed) * 448.f, __NV_SATFINITE, __NV_E4M3));
+       i += int64_t{gridDim.x} * blockDim.x) {
+    uint64_t z = static_cast<uint64_t>(i) * 0x9E3779B97F4A7C15ull + seed;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    const auto h = static_cast<uint32_t>(z ^ (z >> 31));
+    p[i] = __float2bfloat16((static_cast<float>(h >> 8) * (1.0f / 8388608.0f) - 1.0f) * amp);
+  }
 }
 
 template <class F>
@@ -76,68 +62,6 @@ std::vector<std::string> Split(const std::string& s) {
   std::string item;
   while (std::getline(ss, item, ',')) out.push_back(item);
   return out;
-}
-
-struct Layer {
-  MoeLayerDevice view;
-  std::vector<void*> buffers;
-  int64_t expert_bytes = 0;  // one expert's weights and scales
-  ~Layer() {
-    for (void* p : buffers) cudaFree(p);
-  }
-};
-
-void* Alloc(Layer& l, int64_t bytes) {
-  void* p = nullptr;
-  Check(cudaMalloc(&p, static_cast<size_t>(std::max<int64_t>(bytes, 4))), "cudaMalloc weights");
-  l.buffers.push_back(p);
-  return p;
-}
-
-void MakeLayer(Layer& l, const BenchShape& s, MoeWeightFormat format) {
-  MoeShape& sh = l.view.shape;
-  sh.num_experts = s.experts;
-  sh.hidden = s.hidden;
-  sh.inter = s.inter;
-  sh.top_k = s.top_k;
-  sh.routed_scaling_factor = s.scaling;
-  l.view.format = format;
-  const int64_t e = s.experts, h = s.hidden, im = s.inter;
-  const int64_t w13 = e * 2 * im * h, w2 = e * h * im;
-  auto* router = static_cast<float*>(Alloc(l, e * h * 4));
-  FillFloat<<<1024, 256>>>(router, e * h, 4.0f / std::sqrt(static_cast<float>(h)), 1);
-  auto* bias = static_cast<float*>(Alloc(l, e * 4));
-  FillFloat<<<1, 256>>>(bias, e, 0.05f, 2);
-  l.view.router = router;
-  l.view.router_bias = bias;
-  if (format == MoeWeightFormat::kBf16) {
-    auto* a = static_cast<__nv_bfloat16*>(Alloc(l, w13 * 2));
-    auto* b = static_cast<__nv_bfloat16*>(Alloc(l, w2 * 2));
-    FillBf16<<<4096, 256>>>(a, w13, std::sqrt(3.0f / h), 3);
-    FillBf16<<<4096, 256>>>(b, w2, std::sqrt(3.0f / im), 4);
-    l.view.w13 = a;
-    l.view.w2 = b;
-    l.expert_bytes = (2 * im * h + h * im) * 2;
-  } else {
-    auto* a = static_cast<uint8_t*>(Alloc(l, w13));
-    auto* b = static_cast<uint8_t*>(Alloc(l, w2));
-    FillFp8<<<4096, 256>>>(a, w13, 3);
-    FillFp8<<<4096, 256>>>(b, w2, 4);
-    l.view.w13 = a;
-    l.view.w2 = b;
-    const bool block = format == MoeWeightFormat::kFp8Block;
-    const int64_t s13 = block ? e * 2 * (im / 128) * (h / 128) : e * 2 * im;
-    const int64_t s2 = block ? e * (h / 128) * (im / 128) : e * h;
-    auto* sa = static_cast<float*>(Alloc(l, s13 * 4));
-    auto* sb = static_cast<float*>(Alloc(l, s2 * 4));
-    FillFloat<<<256, 256>>>(sa, s13, 0.5f / (448.f * std::sqrt(static_cast<float>(h))), 5);
-    FillFloat<<<256, 256>>>(sb, s2, 0.5f / (448.f * std::sqrt(static_cast<float>(im))), 6);
-    l.view.w13_scale = sa;
-    l.view.w2_scale = sb;
-    l.expert_bytes = 2 * im * h + h * im + (s13 + s2) / e * 4;
-  }
-  Check(cudaGetLastError(), "init kernels");
-  Check(cudaDeviceSynchronize(), "init");
 }
 
 // Peak device copy bandwidth (read + write bytes per second) over a 2 GiB copy.
@@ -172,7 +96,7 @@ struct Timing {
 };
 
 struct Runner {
-  const Layer& layer;
+  const MoeRandomLayer& layer;
   MoeWorkspace& ws;
   __nv_bfloat16* x;  // [inputs, max_tokens, H]
   float* out;
@@ -187,11 +111,11 @@ struct Runner {
     Timing t;
     for (int i = 0; i < iters + 1; ++i) {
       Check(cudaMemsetAsync(flush, i, flush_bytes), "flush");
-      const __nv_bfloat16* xi = x + (i % inputs) * max_tokens * layer.view.shape.hidden;
+      const __nv_bfloat16* xi = x + (i % inputs) * max_tokens * layer.view().shape.hidden;
       cudaError_t err =
           gu != nullptr
-              ? MoeForwardWithConfigs(layer.view, xi, tokens, out, ws, table, *gu, *dn, nullptr)
-              : MoeForward(layer.view, xi, tokens, out, nullptr, ws, table, nullptr);
+              ? MoeForwardWithConfigs(layer.view(), xi, tokens, out, ws, table, *gu, *dn, nullptr)
+              : MoeForward(layer.view(), xi, tokens, out, nullptr, ws, table, nullptr);
       Check(err, "MoeForward");
       auto pt = ws.PhaseTimes();
       if (!pt.ok()) {
@@ -290,9 +214,19 @@ int Main(int argc, char** argv) {
         std::fprintf(stderr, "bench_moe: unknown format %s\n", fname.c_str());
         return 2;
       }
-      Layer layer;
-      MakeLayer(layer, s, format);
-      auto ws = MoeWorkspace::Create(layer.view.shape, format, max_tokens);
+      MoeShape shape;
+      shape.num_experts = s.experts;
+      shape.hidden = s.hidden;
+      shape.inter = s.inter;
+      shape.top_k = s.top_k;
+      shape.routed_scaling_factor = s.scaling;
+      auto made = MoeRandomLayer::Create(shape, format);
+      if (!made.ok()) {
+        std::fprintf(stderr, "bench_moe: %s\n", made.status().ToString().c_str());
+        return 1;
+      }
+      const MoeRandomLayer layer = std::move(made).value();
+      auto ws = MoeWorkspace::Create(shape, format, max_tokens);
       if (!ws.ok()) {
         std::fprintf(stderr, "bench_moe: %s\n", ws.status().ToString().c_str());
         return 1;
@@ -306,6 +240,7 @@ int Main(int argc, char** argv) {
       FillBf16<<<4096, 256>>>(x, inputs * max_tokens * s.hidden, 2.0f, 7);
       Check(cudaDeviceSynchronize(), "x init");
       Runner runner{layer, *ws, x, out, flush, flush_bytes, inputs, max_tokens};
+      std::vector<double> roof_us(batches.size(), 0.0), mb_read(batches.size(), 0.0);
       std::printf("\n%s, %s weights\n", s.name.c_str(), fname.c_str());
       std::printf("%-7s %-6s %10s %10s %9s %8s  %s\n", "smem", "batch", "total_us", "gemms_us",
                   "MB_read", "roofl%", "configs (gate_up | down)");
@@ -316,63 +251,54 @@ int Main(int argc, char** argv) {
           return 1;
         }
         const std::string cap_name = cap > 0 ? std::to_string(cap) : "device";
-        for (int64_t b : batches) {
+        for (size_t bi = 0; bi < batches.size(); ++bi) {
+          const int64_t b = batches[bi];
           const Timing t = runner.Time(b, *table, nullptr, nullptr, iters);
           const MoePlan plan = ws->last_plan();
           const int64_t experts = DistinctExperts(*ws, b, s.top_k);
-          const double bytes = static_cast<double>(experts * layer.expert_bytes);
-          const double roof_us = bytes / copy_bw * 1e6;
+          const double bytes = static_cast<double>(experts * layer.expert_bytes());
+          roof_us[bi] = bytes / copy_bw * 1e6;
+          mb_read[bi] = bytes / 1e6;
           std::printf("%-7s %-6lld %10.1f %10.1f %9.1f %7.1f%%  %s | %s\n", cap_name.c_str(),
-                      static_cast<long long>(b), t.total_us, t.gemm_us, bytes / 1e6,
-                      100.0 * roof_us / t.gemm_us, plan.gate_up.ToString().c_str(),
+                      static_cast<long long>(b), t.total_us, t.gemm_us, mb_read[bi],
+                      100.0 * roof_us[bi] / t.gemm_us, plan.gate_up.ToString().c_str(),
                       plan.down.ToString().c_str());
-          if (!tune) continue;
-          // Autotuner search: per block_m, the best gate/up config (down fixed), then the best
-          // down config (gate/up at its best); keep the best pair.
-          const auto cands = table->Candidates(format);
-          double best_us = 1e30;
-          MoeTileConfig best_gu, best_dn;
-          for (int bm : {16, 32, 64, 128}) {
-            std::vector<MoeTileConfig> mine;
-            for (const auto& c : cands)
-              if (c.block_m == bm) mine.push_back(c);
-            if (mine.empty()) continue;
-            MoeTileConfig gu = mine.front(), dn = mine.front();
-            double gu_us = 1e30;
-            for (const auto& c : mine) {
-              MoeTileConfig d = dn;
-              auto pt = runner.Time(b, *table, &c, &d, 2);
-              (void)pt;
-              auto times = ws->PhaseTimes();
-              const double us = 1e3 * times->gate_up_ms;
-              if (us < gu_us) {
-                gu_us = us;
-                gu = c;
-              }
-            }
-            double dn_us = 1e30;
-            for (const auto& c : mine) {
-              runner.Time(b, *table, &gu, &c, 2);
-              auto times = ws->PhaseTimes();
-              const double us = 1e3 * times->down_ms;
-              if (us < dn_us) {
-                dn_us = us;
-                dn = c;
-              }
-            }
-            const Timing tt = runner.Time(b, *table, &gu, &dn, iters);
-            if (tt.gemm_us < best_us) {
-              best_us = tt.gemm_us;
-              best_gu = gu;
-              best_dn = dn;
-            }
-          }
-          const Timing tt = runner.Time(b, *table, &best_gu, &best_dn, iters);
-          std::printf("%-7s %-6lld %10.1f %10.1f %9.1f %7.1f%%  tuned: %s | %s\n", cap_name.c_str(),
-                      static_cast<long long>(b), tt.total_us, tt.gemm_us, bytes / 1e6,
-                      100.0 * roof_us / tt.gemm_us, best_gu.ToString().c_str(),
-                      best_dn.ToString().c_str());
         }
+        if (!tune) continue;
+        // The autotuner (engine/cuda/moe_tuner.h) over the same buckets, then the serving path
+        // with the tuned table.
+        MoeTunerOptions options;
+        options.batches = batches;
+        auto tuned = TuneMoe(*dev, *table, shape, format, options);
+        if (!tuned.ok()) {
+          std::fprintf(stderr, "bench_moe: %s\n", tuned.status().ToString().c_str());
+          return 1;
+        }
+        auto tuned_table = MoeConfigTable::Create(*dev, cap);
+        auto choices = tuned_table.ok()
+                           ? MoeTunedChoicesOf(tuned->records, MoeDeviceClassOf(*dev, *table),
+                                               shape, format, *tuned_table)
+                           : Result<std::vector<MoeTunedChoice>>(tuned_table.status());
+        if (!choices.ok() || !ApplyMoeTunedChoices(*choices, *tuned_table).ok()) {
+          std::fprintf(stderr, "bench_moe: cannot apply the tuned configs\n");
+          return 1;
+        }
+        auto compared =
+            CompareMoeTables(*table, *tuned_table, *choices, shape, format, batches, iters);
+        if (!compared.ok()) {
+          std::fprintf(stderr, "bench_moe: %s\n", compared.status().ToString().c_str());
+          return 1;
+        }
+        for (size_t bi = 0; bi < compared->size(); ++bi) {
+          const MoeTableComparison& c = (*compared)[bi];
+          std::printf("%-7s %-6lld %10s %10.1f %9.1f %7.1f%%  tuned%s: %s | %s\n", cap_name.c_str(),
+                      static_cast<long long>(c.batch), "-", c.tuned_gemm_us, mb_read[bi],
+                      100.0 * roof_us[bi] / c.tuned_gemm_us,
+                      c.launched_expected ? "" : " (NOT LAUNCHED)",
+                      c.tuned_gate_up.ToString().c_str(), c.tuned_down.ToString().c_str());
+        }
+        std::printf("%-7s tuning took %.1f s (%lld timed forwards)\n", cap_name.c_str(),
+                    tuned->seconds, static_cast<long long>(tuned->timed_forwards));
       }
       cudaFree(x);
       cudaFree(out);
