@@ -35,6 +35,7 @@
 #include "engine/comm/gloo_communicator.h"
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cuda/cuda_backend.h"
+#include "engine/cuda/gpu_sampler.h"
 #include "engine/model/config.h"
 #include "engine/model/loader.h"
 #include "engine/model/tiny_model.h"
@@ -568,10 +569,12 @@ struct Generated {
 Result<std::vector<Generated>> Generate(engine::Backend& backend,
                                         const std::vector<std::vector<int32_t>>& prompts,
                                         const engine::SpeculativeOptions& spec, int max_tokens,
-                                        engine::SpeculativeStats* stats) {
+                                        engine::SpeculativeStats* stats,
+                                        engine::BatchSampler* batch_sampler = nullptr) {
   engine::SchedulerOptions options;
   options.max_batch_tokens = 256;
   options.speculative = spec;
+  options.batch_sampler = batch_sampler;
   SPARK_ASSIGN_OR_RETURN(std::unique_ptr<engine::Scheduler> s,
                          engine::Scheduler::Create(&backend, options));
   std::vector<Generated> out(prompts.size());
@@ -617,18 +620,24 @@ TEST_F(CudaSpeculationTest, GreedyWithSpeculationEqualsGreedyWithout) {
   // A position whose target top-2 gap is this small may be decided differently by a verification
   // chunk (another batch shape, BF16 GEMMs): comparison stops there (none expected).
   const double kTieGap = 0.05;
+  // The serving configuration samples rows without drafts on the GPU (GpuSampler).
+  Result<std::unique_ptr<GpuSampler>> sampler = GpuSampler::Create(vocab, 64, gpu->stream());
+  ASSERT_TRUE(sampler.ok()) << sampler.status().ToString();
   struct Mode {
     const char* name;
     engine::SpeculativeOptions spec;
+    engine::BatchSampler* batch_sampler;
   };
-  const std::vector<Mode> modes = {{"chain 1", {1, 1, 0}},
-                                   {"chain 3", {3, 1, 0}},
-                                   {"tree 3x2 (6 nodes)", {3, 2, 6}},
-                                   {"tree 2x4 (8 nodes)", {2, 4, 8}}};
+  const std::vector<Mode> modes = {{"chain 1", {1, 1, 0}, nullptr},
+                                   {"chain 3", {3, 1, 0}, nullptr},
+                                   {"tree 3x2 (6 nodes)", {3, 2, 6}, nullptr},
+                                   {"tree 2x4 (8 nodes)", {2, 4, 8}, nullptr},
+                                   {"chain 3, GPU sampler", {3, 1, 0}, sampler->get()}};
   for (const Mode& mode : modes) {
     SCOPED_TRACE(mode.name);
     engine::SpeculativeStats stats;
-    Result<std::vector<Generated>> spec = Generate(*gpu, prompts, mode.spec, max_tokens, &stats);
+    Result<std::vector<Generated>> spec =
+        Generate(*gpu, prompts, mode.spec, max_tokens, &stats, mode.batch_sampler);
     ASSERT_TRUE(spec.ok()) << spec.status().ToString();
     EXPECT_EQ(gpu->FreeKvTokens(), capacity) << "both caches released";
     EXPECT_GT(stats.verify_steps, 0);
@@ -650,7 +659,7 @@ TEST_F(CudaSpeculationTest, GreedyWithSpeculationEqualsGreedyWithout) {
         ++same;
       }
       std::printf(
-          "[cuda-spec-greedy] %-18s prompt %zu: %zu/%d tokens equal (%zu required), acceptance "
+          "[cuda-spec-greedy] %-20s prompt %zu: %zu/%d tokens equal (%zu required), acceptance "
           "length %.2f over %lld verify steps\n",
           mode.name, i, same, max_tokens, must, stats.AcceptanceLength(),
           static_cast<long long>(stats.verify_steps));
