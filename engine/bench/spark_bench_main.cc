@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine/bench/engine_throughput.h"
+#include "engine/bench/self_draft_model.h"
 #include "engine/bench/speculative_bench.h"
 
 namespace {
@@ -94,9 +95,25 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   spec->add_option("--seed", so.seed, "model and prompt seed")->capture_default_str();
   spec->add_flag("--json", so.json, "one JSON object");
+  std::string write_model;
+  spec->add_option("--write-model", write_model,
+                   "only write the self-draft model (--layers, --residual-scale, --seed) to DIR");
 
   CLI11_PARSE(app, argc, argv);
 
+  if (spec->parsed() && !write_model.empty()) {
+    spark::bench::SelfDraftModelOptions m;
+    m.layers = so.layers;
+    m.residual_scale = so.residual_scale;
+    m.seed = so.seed;
+    spark::Status written = spark::bench::WriteSelfDraftModel(write_model, m);
+    if (!written.ok()) {
+      std::cerr << "spark-bench speculative: " << written.message() << "\n";
+      return 1;
+    }
+    std::cout << "wrote the self-draft model to " << write_model << "\n";
+    return 0;
+  }
   if (spec->parsed()) {
     so.model_dir = spec_model;
     spark::Result<spark::bench::SpeculativeBenchReport> report =
