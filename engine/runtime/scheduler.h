@@ -104,9 +104,9 @@ struct SchedulerOptions {
 
 struct StepStats {
   int64_t prefill_tokens = 0;  // prompt tokens computed in this step (recomputes included)
-  int64_t decode_tokens = 0;   // decode steps in this step
+  int64_t decode_tokens = 0;   // decode steps in this step (a speculative round counts once)
   int sequences = 0;           // chunks in the batch
-  int sampled = 0;             // tokens emitted
+  int sampled = 0;             // tokens emitted (all tokens of accepted speculative runs)
   int preemptions = 0;         // sequences preempted during this step
   int finished = 0;            // requests finished (any reason) during this step
 };

@@ -105,12 +105,6 @@ std::vector<int32_t> DraftTree::Children(int32_t node) const {
   return out;
 }
 
-std::vector<int32_t> DraftTree::Depths() const {
-  std::vector<int32_t> depth(tokens.size(), 0);
-  for (int32_t i = 1; i < size(); ++i) depth[i] = depth[parents[i]] + 1;
-  return depth;
-}
-
 std::vector<int32_t> VerifyResult::Emitted(const DraftTree& tree) const {
   std::vector<int32_t> out;
   out.reserve(path.size() + 1);

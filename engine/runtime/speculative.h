@@ -84,10 +84,6 @@ struct DraftTree {
   int size() const { return static_cast<int>(tokens.size()); }
   // Children of `node` in tree order.
   std::vector<int32_t> Children(int32_t node) const;
-  // Depth of every node (root 0).
-  std::vector<int32_t> Depths() const;
-  // The tree_parents of the verification chunk (root -1, others their parent index).
-  const std::vector<int32_t>& chunk_parents() const { return parents; }
 };
 
 struct VerifyResult {
