@@ -372,6 +372,31 @@ std::vector<Envelope> HandWrittenEnvelopes() {
     e->set_message("generation 8 is stale (current 9); restart the shard with the new assignment");
     e->set_in_reply_to_sequence(12);
   }
+  {
+    auto* t = next("spark-n0", 0).mutable_moe_tuning_report();
+    t->set_node_name("spark-n0");
+    auto* r = t->add_records();
+    r->set_device_name("NVIDIA GB10");
+    r->set_compute_capability_major(12);
+    r->set_compute_capability_minor(1);
+    r->set_smem_limit_bytes(101376);
+    r->set_format("fp8-per-channel");
+    r->set_gemm("gate_up");
+    r->set_experts(160);
+    r->set_n(768);
+    r->set_k(5120);
+    r->set_top_k(8);
+    r->set_batch(64);
+    r->set_block_m(32);
+    r->set_block_n(128);
+    r->set_block_k_bytes(128);
+    r->set_warps(4);
+    r->set_stages(4);
+    r->set_split_k(2);
+    r->set_measured_us(41.5);
+    r->set_tuned_unix_ms(1796601600000);
+    r->set_source("tuner");
+  }
   return out;
 }
 
@@ -427,7 +452,7 @@ TEST(FramingTest, EveryBodyTypeHasAHandWrittenInstance) {
   EXPECT_EQ(BodyCases(HandWrittenEnvelopes()), AllBodyCases())
       << "add an instance of the new Envelope body type to HandWrittenEnvelopes()";
   EXPECT_EQ(BodyCases(FilledEnvelopes()), AllBodyCases());
-  EXPECT_EQ(AllBodyCases().size(), 16u);
+  EXPECT_EQ(AllBodyCases().size(), 17u);
 }
 
 TEST(FramingTest, HandWrittenEnvelopesRoundTrip) {
