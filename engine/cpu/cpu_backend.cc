@@ -11,157 +11,9 @@
 #include "engine/cpu/kernels.h"
 #include "engine/cpu/kv_cache.h"
 #include "engine/cpu/thread_pool.h"
+#include "engine/model/weight_checks.h"
 
 namespace spark::engine {
-namespace {
-
-std::string Shape(int64_t out, int64_t in) {
-  return "[" + std::to_string(out) + ", " + std::to_string(in) + "]";
-}
-
-const char* kMismatchHint = "; the weights do not match their config.json (reload the checkpoint)";
-
-Status CheckLinear(const LinearWeight& w, const std::string& name, int64_t out, int64_t in) {
-  if (w.out != out || w.in != in) {
-    return InvalidArgument("weight " + name + " has shape " + Shape(w.out, w.in) + ", expected " +
-                           Shape(out, in) + kMismatchHint);
-  }
-  std::string error = DescribeLinearWeightError(w);
-  if (!error.empty()) return InvalidArgument("weight " + name + " " + error + kMismatchHint);
-  return Status::Ok();
-}
-
-Status CheckVector(const std::vector<float>& v, const std::string& name, int64_t size) {
-  if (static_cast<int64_t>(v.size()) != size) {
-    return InvalidArgument("weight " + name + " has " + std::to_string(v.size()) +
-                           " values, expected " + std::to_string(size) + kMismatchHint);
-  }
-  return Status::Ok();
-}
-
-// Shapes of an MLP (dense, expert or shared expert): gate/up [inter, H], down [H, inter].
-Status CheckMlp(const ExpertWeights& w, const std::string& name, int64_t hidden) {
-  const int64_t inter = w.gate.out;
-  if (inter <= 0)
-    return InvalidArgument("weight " + name + ".gate_proj is missing" + kMismatchHint);
-  SPARK_RETURN_IF_ERROR(CheckLinear(w.gate, name + ".gate_proj", inter, hidden));
-  SPARK_RETURN_IF_ERROR(CheckLinear(w.up, name + ".up_proj", inter, hidden));
-  SPARK_RETURN_IF_ERROR(CheckLinear(w.down, name + ".down_proj", hidden, inter));
-  return Status::Ok();
-}
-
-// Shapes of one decoder layer (main or MTP) named `p` ("model.layers.3").
-Status CheckLayer(const ModelConfig& c, const LayerWeights& L, const std::string& p, int local_q,
-                  int local_kv) {
-  const int64_t hidden = c.hidden_size;
-  const int64_t hd = c.head_dim;
-  SPARK_RETURN_IF_ERROR(CheckVector(L.input_norm, p + ".input_layernorm", hidden));
-  SPARK_RETURN_IF_ERROR(CheckVector(L.post_attn_norm, p + ".post_attention_layernorm", hidden));
-  SPARK_RETURN_IF_ERROR(CheckLinear(L.q, p + ".self_attn.q_proj", local_q * hd, hidden));
-  SPARK_RETURN_IF_ERROR(CheckLinear(L.k, p + ".self_attn.k_proj", local_kv * hd, hidden));
-  SPARK_RETURN_IF_ERROR(CheckLinear(L.v, p + ".self_attn.v_proj", local_kv * hd, hidden));
-  SPARK_RETURN_IF_ERROR(CheckLinear(L.o, p + ".self_attn.o_proj", hidden, local_q * hd));
-  if (c.use_qk_norm) {
-    SPARK_RETURN_IF_ERROR(CheckVector(L.q_norm, p + ".self_attn.q_norm", hd));
-    SPARK_RETURN_IF_ERROR(CheckVector(L.k_norm, p + ".self_attn.k_norm", hd));
-  }
-  if (!L.is_moe) return CheckMlp(L.mlp, p + ".mlp", hidden);
-  const int64_t experts = c.n_routed_experts;
-  if (experts <= 0 || c.num_experts_per_tok <= 0 || c.num_experts_per_tok > experts) {
-    return InvalidArgument(p + " is a MoE layer but the config has " + std::to_string(experts) +
-                           " experts and num_experts_per_tok " +
-                           std::to_string(c.num_experts_per_tok));
-  }
-  const int groups = std::max(1, c.n_group);
-  if (experts % groups != 0 || c.topk_group < 1 || c.topk_group > groups) {
-    return InvalidArgument("router groups: " + std::to_string(experts) + " experts, n_group " +
-                           std::to_string(groups) + ", topk_group " + std::to_string(c.topk_group) +
-                           " are inconsistent");
-  }
-  SPARK_RETURN_IF_ERROR(CheckVector(L.router, p + ".mlp.gate", experts * hidden));
-  if (!L.router_bias.empty()) {
-    SPARK_RETURN_IF_ERROR(
-        CheckVector(L.router_bias, p + ".mlp.gate.e_score_correction_bias", experts));
-  }
-  if (static_cast<int64_t>(L.experts.size()) != experts) {
-    return InvalidArgument(p + ".mlp holds " + std::to_string(L.experts.size()) +
-                           " experts, expected " + std::to_string(experts) + kMismatchHint);
-  }
-  for (int64_t e = 0; e < experts; ++e) {
-    SPARK_RETURN_IF_ERROR(CheckMlp(L.experts[e], p + ".mlp.experts." + std::to_string(e), hidden));
-  }
-  if (L.has_shared_expert) {
-    SPARK_RETURN_IF_ERROR(CheckMlp(L.shared, p + ".mlp.shared_experts", hidden));
-  }
-  return Status::Ok();
-}
-
-Status ValidateWeights(const ModelWeights& w, int local_q, int local_kv) {
-  const ModelConfig& c = w.config;
-  const int64_t hidden = c.hidden_size;
-  const int64_t hd = c.head_dim;
-  if (hidden <= 0 || hd <= 0 || c.num_attention_heads <= 0 || c.num_key_value_heads <= 0 ||
-      c.vocab_size <= 0) {
-    return InvalidArgument(
-        "model config: hidden_size, head_dim, num_attention_heads, "
-        "num_key_value_heads and vocab_size must be positive");
-  }
-  if (w.tp_size <= 0 || w.tp_rank < 0 || w.tp_rank >= w.tp_size) {
-    return InvalidArgument("weights of tp rank " + std::to_string(w.tp_rank) + " of " +
-                           std::to_string(w.tp_size) + ": not a valid tensor-parallel slice");
-  }
-  if (c.num_attention_heads % w.tp_size != 0) {
-    return InvalidArgument(std::to_string(c.num_attention_heads) +
-                           " attention heads cannot be split over tp " + std::to_string(w.tp_size) +
-                           "; choose a tp size dividing them");
-  }
-  if (local_kv <= 0 || local_q % local_kv != 0) {
-    return InvalidArgument(std::to_string(local_q) + " local q heads cannot share " +
-                           std::to_string(local_kv) + " local kv heads; check tp size");
-  }
-  const int rd =
-      c.rotary_dim > 0 ? c.rotary_dim : static_cast<int>(c.head_dim * c.partial_rotary_factor);
-  if (rd % 2 != 0 || rd > c.head_dim || rd < 0) {
-    return InvalidArgument("rotary_dim " + std::to_string(rd) +
-                           " must be even and at most head_dim " + std::to_string(c.head_dim) +
-                           "; check partial_rotary_factor");
-  }
-  if (static_cast<int>(w.layers.size()) != c.num_hidden_layers) {
-    return InvalidArgument("weights hold " + std::to_string(w.layers.size()) +
-                           " layers, config num_hidden_layers is " +
-                           std::to_string(c.num_hidden_layers) + kMismatchHint);
-  }
-  SPARK_RETURN_IF_ERROR(CheckLinear(w.embed, "model.embed_tokens", c.vocab_size, hidden));
-  SPARK_RETURN_IF_ERROR(CheckVector(w.final_norm, "model.norm", hidden));
-  const int64_t vocab_per_rank = (c.vocab_size + w.tp_size - 1) / w.tp_size;
-  const int64_t vocab_begin = vocab_per_rank * w.tp_rank;
-  const int64_t vocab_local =
-      std::max<int64_t>(0, std::min(c.vocab_size, vocab_begin + vocab_per_rank) - vocab_begin);
-  if (w.vocab_begin != vocab_begin) {
-    return InvalidArgument("lm_head slice of rank " + std::to_string(w.tp_rank) + " begins at " +
-                           std::to_string(w.vocab_begin) + ", expected " +
-                           std::to_string(vocab_begin) + kMismatchHint);
-  }
-  if (vocab_local > 0) {
-    SPARK_RETURN_IF_ERROR(CheckLinear(w.lm_head, "lm_head", vocab_local, hidden));
-  }
-  for (int l = 0; l < c.num_hidden_layers; ++l) {
-    SPARK_RETURN_IF_ERROR(
-        CheckLayer(c, w.layers[l], "model.layers." + std::to_string(l), local_q, local_kv));
-  }
-  if (!w.mtp.empty()) {
-    const MtpWeights& m = w.mtp[0];
-    const std::string p = "model.layers." + std::to_string(c.num_hidden_layers);
-    SPARK_RETURN_IF_ERROR(CheckVector(m.enorm, p + ".enorm", hidden));
-    SPARK_RETURN_IF_ERROR(CheckVector(m.hnorm, p + ".hnorm", hidden));
-    SPARK_RETURN_IF_ERROR(CheckLinear(m.eh_proj, p + ".eh_proj", hidden, 2 * hidden));
-    SPARK_RETURN_IF_ERROR(CheckVector(m.shared_head_norm, p + ".shared_head.norm", hidden));
-    SPARK_RETURN_IF_ERROR(CheckLayer(c, m.layer, p, local_q, local_kv));
-  }
-  return Status::Ok();
-}
-
-}  // namespace
 
 // A chunk of either kind of batch (SequenceChunk or MtpChunk), as Plan and Finish see it.
 struct CpuBackend::ChunkSpec {
@@ -238,9 +90,9 @@ Result<std::unique_ptr<CpuBackend>> CpuBackend::Create(ModelWeights weights, Com
   if (local_kv != weights.local_kv_heads()) {
     return InvalidArgument("k_proj of layer 0 holds " + std::to_string(local_kv) +
                            " kv heads, expected " + std::to_string(weights.local_kv_heads()) +
-                           kMismatchHint);
+                           kWeightMismatchHint);
   }
-  SPARK_RETURN_IF_ERROR(ValidateWeights(weights, local_q, local_kv));
+  SPARK_RETURN_IF_ERROR(ValidateModelWeights(weights, local_q, local_kv));
 
   std::unique_ptr<CpuBackend> backend(new CpuBackend(std::move(weights), comm, options));
   backend->local_q_heads_ = local_q;

@@ -192,63 +192,6 @@ float HalfToFloat(uint16_t h) {
 
 float Fp8E4M3ToFloatExact(uint8_t bits) { return Fp8Table()[bits]; }
 
-std::string DescribeLinearWeightError(const LinearWeight& w) {
-  if (w.out <= 0 || w.in <= 0) {
-    return "has shape [" + std::to_string(w.out) + ", " + std::to_string(w.in) + "]";
-  }
-  size_t elem = 0;
-  switch (w.dtype) {
-    case DType::kF32:
-      elem = 4;
-      break;
-    case DType::kBF16:
-    case DType::kF16:
-      elem = 2;
-      break;
-    case DType::kF8E4M3:
-      elem = 1;
-      break;
-    case DType::kI64:
-    case DType::kI32:
-    case DType::kU8:
-    case DType::kBool:
-      return "has unsupported dtype " + std::string(DTypeName(w.dtype)) +
-             " (expected BF16, F16, F32 or F8_E4M3)";
-  }
-  const size_t want = static_cast<size_t>(w.out) * static_cast<size_t>(w.in) * elem;
-  if (w.data.size() != want) {
-    return "holds " + std::to_string(w.data.size()) + " bytes, expected " + std::to_string(want) +
-           " for [" + std::to_string(w.out) + ", " + std::to_string(w.in) + "] " +
-           std::string(DTypeName(w.dtype));
-  }
-  if (!w.bias.empty() && static_cast<int64_t>(w.bias.size()) != w.out) {
-    return "has a bias of " + std::to_string(w.bias.size()) + " values, expected " +
-           std::to_string(w.out);
-  }
-  switch (w.scale_kind) {
-    case ScaleKind::kNone:
-      if (w.dtype == DType::kF8E4M3) return "is F8_E4M3 without scales";
-      break;
-    case ScaleKind::kPerChannel:
-      if (static_cast<int64_t>(w.scale.size()) != w.out) {
-        return "has " + std::to_string(w.scale.size()) + " per-channel scales, expected " +
-               std::to_string(w.out);
-      }
-      break;
-    case ScaleKind::kBlock: {
-      if (w.block_n <= 0 || w.block_k <= 0) return "has block scales without a block size";
-      const int64_t want_scales =
-          ((w.out + w.block_n - 1) / w.block_n) * ((w.in + w.block_k - 1) / w.block_k);
-      if (static_cast<int64_t>(w.scale.size()) != want_scales) {
-        return "has " + std::to_string(w.scale.size()) + " block scales, expected " +
-               std::to_string(want_scales);
-      }
-      break;
-    }
-  }
-  return "";
-}
-
 void DequantizeTile(const LinearWeight& w, int64_t row_begin, int64_t rows, int64_t col_begin,
                     int64_t cols, float* out, int64_t ld) {
   const std::byte* base = w.data.data();

@@ -31,10 +31,6 @@ float Fp8E4M3ToFloatExact(uint8_t bits);
 void DequantizeTile(const LinearWeight& w, int64_t row_begin, int64_t rows, int64_t col_begin,
                     int64_t cols, float* out, int64_t ld);
 
-// Checks the internal consistency of a weight (data size, scale sizes, bias size); returns an
-// empty string when valid, else what is wrong.
-std::string DescribeLinearWeightError(const LinearWeight& w);
-
 // ---- Dense algebra -----------------------------------------------------------------------
 
 // y[m, w.out] = x[m, w.in] · W^T (+ bias). x and y must not overlap.

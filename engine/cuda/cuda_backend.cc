@@ -25,6 +25,7 @@
 #include "engine/cuda/rope.h"
 #include "engine/model/dtype.h"
 #include "engine/model/loader.h"
+#include "engine/model/weight_checks.h"
 
 namespace spark::cuda {
 
@@ -50,7 +51,6 @@ namespace {
 constexpr int64_t kLogitRowsPerPass = 256;
 constexpr int64_t kAttentionPartialBytes = int64_t{64} << 20;
 constexpr int kMaxAttentionSplits = 32;
-const char* kMismatchHint = "; the weights do not match their config.json (reload the checkpoint)";
 
 std::string GiB(int64_t bytes) {
   char buf[32];
@@ -125,130 +125,6 @@ class PinnedBuffer {
   void* ptr_ = nullptr;
   int64_t bytes_ = 0;
 };
-
-std::string Shape(int64_t out, int64_t in) {
-  return "[" + std::to_string(out) + ", " + std::to_string(in) + "]";
-}
-
-Status CheckLinear(const LinearWeight& w, const std::string& name, int64_t out, int64_t in) {
-  if (w.out != out || w.in != in) {
-    return InvalidArgument("weight " + name + " has shape " + Shape(w.out, w.in) + ", expected " +
-                           Shape(out, in) + kMismatchHint);
-  }
-  std::string error = engine::DescribeLinearWeightError(w);
-  if (!error.empty()) return InvalidArgument("weight " + name + " " + error + kMismatchHint);
-  if (w.dtype == DType::kF8E4M3 && w.scale_kind == ScaleKind::kNone) {
-    return InvalidArgument("weight " + name + " is FP8 without scales" + kMismatchHint);
-  }
-  return Status::Ok();
-}
-
-Status CheckVector(const std::vector<float>& v, const std::string& name, int64_t size) {
-  if (static_cast<int64_t>(v.size()) != size) {
-    return InvalidArgument("weight " + name + " has " + std::to_string(v.size()) +
-                           " values, expected " + std::to_string(size) + kMismatchHint);
-  }
-  return Status::Ok();
-}
-
-Status CheckMlp(const ExpertWeights& w, const std::string& name, int64_t hidden) {
-  const int64_t inter = w.gate.out;
-  if (inter <= 0)
-    return InvalidArgument("weight " + name + ".gate_proj is missing" + kMismatchHint);
-  SPARK_RETURN_IF_ERROR(CheckLinear(w.gate, name + ".gate_proj", inter, hidden));
-  SPARK_RETURN_IF_ERROR(CheckLinear(w.up, name + ".up_proj", inter, hidden));
-  SPARK_RETURN_IF_ERROR(CheckLinear(w.down, name + ".down_proj", hidden, inter));
-  return Status::Ok();
-}
-
-// The checks of CpuBackend::Create: everything but the decoder layers...
-Status ValidateTop(const ModelWeights& w, int local_q, int local_kv) {
-  const ModelConfig& c = w.config;
-  const int64_t hidden = c.hidden_size;
-  const int64_t hd = c.head_dim;
-  if (hidden <= 0 || hd <= 0 || c.num_attention_heads <= 0 || c.num_key_value_heads <= 0 ||
-      c.vocab_size <= 0) {
-    return InvalidArgument(
-        "model config: hidden_size, head_dim, num_attention_heads, num_key_value_heads and "
-        "vocab_size must be positive");
-  }
-  if (local_kv <= 0 || local_q % local_kv != 0) {
-    return InvalidArgument(std::to_string(local_q) + " local q heads cannot share " +
-                           std::to_string(local_kv) + " local kv heads; check tp size");
-  }
-  if (static_cast<int>(w.layers.size()) != c.num_hidden_layers) {
-    return InvalidArgument("weights hold " + std::to_string(w.layers.size()) +
-                           " layers, config num_hidden_layers is " +
-                           std::to_string(c.num_hidden_layers) + kMismatchHint);
-  }
-  SPARK_RETURN_IF_ERROR(CheckLinear(w.embed, "model.embed_tokens", c.vocab_size, hidden));
-  SPARK_RETURN_IF_ERROR(CheckVector(w.final_norm, "model.norm", hidden));
-  const int64_t per_rank = (c.vocab_size + w.tp_size - 1) / w.tp_size;
-  const int64_t begin = per_rank * w.tp_rank;
-  const int64_t local = std::max<int64_t>(0, std::min(c.vocab_size, begin + per_rank) - begin);
-  if (w.vocab_begin != begin) {
-    return InvalidArgument("lm_head slice of rank " + std::to_string(w.tp_rank) + " begins at " +
-                           std::to_string(w.vocab_begin) + ", expected " + std::to_string(begin) +
-                           kMismatchHint);
-  }
-  if (local > 0) SPARK_RETURN_IF_ERROR(CheckLinear(w.lm_head, "lm_head", local, hidden));
-  return Status::Ok();
-}
-
-// ... and one decoder layer.
-Status ValidateLayer(const ModelConfig& c, int l, const LayerWeights& L, int local_q,
-                     int local_kv) {
-  const int64_t hidden = c.hidden_size;
-  const int64_t hd = c.head_dim;
-  const std::string p = "model.layers." + std::to_string(l);
-  SPARK_RETURN_IF_ERROR(CheckVector(L.input_norm, p + ".input_layernorm", hidden));
-  SPARK_RETURN_IF_ERROR(CheckVector(L.post_attn_norm, p + ".post_attention_layernorm", hidden));
-  SPARK_RETURN_IF_ERROR(CheckLinear(L.q, p + ".self_attn.q_proj", local_q * hd, hidden));
-  SPARK_RETURN_IF_ERROR(CheckLinear(L.k, p + ".self_attn.k_proj", local_kv * hd, hidden));
-  SPARK_RETURN_IF_ERROR(CheckLinear(L.v, p + ".self_attn.v_proj", local_kv * hd, hidden));
-  SPARK_RETURN_IF_ERROR(CheckLinear(L.o, p + ".self_attn.o_proj", hidden, local_q * hd));
-  if (c.use_qk_norm) {
-    SPARK_RETURN_IF_ERROR(CheckVector(L.q_norm, p + ".self_attn.q_norm", hd));
-    SPARK_RETURN_IF_ERROR(CheckVector(L.k_norm, p + ".self_attn.k_norm", hd));
-  }
-  if (!L.is_moe) return CheckMlp(L.mlp, p + ".mlp", hidden);
-  const int64_t experts = c.n_routed_experts;
-  if (experts <= 0 || c.num_experts_per_tok <= 0 || c.num_experts_per_tok > experts) {
-    return InvalidArgument(p + " is a MoE layer but the config has " + std::to_string(experts) +
-                           " experts and num_experts_per_tok " +
-                           std::to_string(c.num_experts_per_tok));
-  }
-  SPARK_RETURN_IF_ERROR(CheckVector(L.router, p + ".mlp.gate", experts * hidden));
-  if (!L.router_bias.empty()) {
-    SPARK_RETURN_IF_ERROR(
-        CheckVector(L.router_bias, p + ".mlp.gate.e_score_correction_bias", experts));
-  }
-  if (static_cast<int64_t>(L.experts.size()) != experts) {
-    return InvalidArgument(p + ".mlp holds " + std::to_string(L.experts.size()) +
-                           " experts, expected " + std::to_string(experts) + kMismatchHint);
-  }
-  for (int64_t e = 0; e < experts; ++e) {
-    SPARK_RETURN_IF_ERROR(CheckMlp(L.experts[static_cast<size_t>(e)],
-                                   p + ".mlp.experts." + std::to_string(e), hidden));
-  }
-  if (L.has_shared_expert) {
-    SPARK_RETURN_IF_ERROR(CheckMlp(L.shared, p + ".mlp.shared_experts", hidden));
-  }
-  return Status::Ok();
-}
-
-// The MTP block: its norms, eh_proj [H, 2H] (replicated) and its decoder layer (index
-// num_hidden_layers of the checkpoint, `layer_index`).
-Status ValidateMtp(const ModelConfig& c, int layer_index, const MtpWeights& m, int local_q,
-                   int local_kv) {
-  const int64_t hidden = c.hidden_size;
-  const std::string p = "model.layers." + std::to_string(layer_index);
-  SPARK_RETURN_IF_ERROR(CheckVector(m.enorm, p + ".enorm", hidden));
-  SPARK_RETURN_IF_ERROR(CheckVector(m.hnorm, p + ".hnorm", hidden));
-  SPARK_RETURN_IF_ERROR(CheckLinear(m.eh_proj, p + ".eh_proj", hidden, 2 * hidden));
-  SPARK_RETURN_IF_ERROR(CheckVector(m.shared_head_norm, p + ".shared_head.norm", hidden));
-  return ValidateLayer(c, layer_index, m.layer, local_q, local_kv);
-}
 
 // Device bytes of a rank's weights, from the config alone (streamed and generated loads); with
 // `mtp`, one more decoder layer (index num_hidden_layers) and eh_proj.
@@ -1636,17 +1512,10 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::Create(ModelWeights weights, C
                            : impl->local_kv;
   if (local_kv != impl->local_kv) {
     return InvalidArgument("k_proj of layer 0 holds " + std::to_string(local_kv) +
-                           " kv heads, expected " + std::to_string(impl->local_kv) + kMismatchHint);
+                           " kv heads, expected " + std::to_string(impl->local_kv) +
+                           engine::kWeightMismatchHint);
   }
-  SPARK_RETURN_IF_ERROR(ValidateTop(weights, impl->local_q, impl->local_kv));
-  for (int l = 0; l < weights.config.num_hidden_layers; ++l) {
-    SPARK_RETURN_IF_ERROR(ValidateLayer(weights.config, l, weights.layers[static_cast<size_t>(l)],
-                                        impl->local_q, impl->local_kv));
-  }
-  if (!weights.mtp.empty()) {
-    SPARK_RETURN_IF_ERROR(ValidateMtp(weights.config, weights.config.num_hidden_layers,
-                                      weights.mtp.front(), impl->local_q, impl->local_kv));
-  }
+  SPARK_RETURN_IF_ERROR(engine::ValidateModelWeights(weights, impl->local_q, impl->local_kv));
   SPARK_RETURN_IF_ERROR(impl->CheckFits(WeightBytes(weights)));
   SPARK_RETURN_IF_ERROR(impl->UploadModel(weights));
   SPARK_RETURN_IF_ERROR(impl->Finish());
@@ -1697,15 +1566,16 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::Load(const std::filesystem::pa
       return Internal("streamed layer " + std::to_string(l) + " beyond the config");
     }
     LayerWeights owned = std::move(layer);  // freed when this call returns
-    SPARK_RETURN_IF_ERROR(ValidateLayer(raw->config, l, owned, raw->local_q, raw->local_kv));
+    SPARK_RETURN_IF_ERROR(
+        engine::ValidateLayerWeights(raw->config, l, owned, raw->local_q, raw->local_kv));
     return raw->UploadLayer(raw->layers[static_cast<size_t>(l)], l, owned);
   };
   SPARK_ASSIGN_OR_RETURN(ModelWeights top, engine::LoadModelWeights(dir, load));
-  SPARK_RETURN_IF_ERROR(ValidateTop(top, impl->local_q, impl->local_kv));
+  SPARK_RETURN_IF_ERROR(engine::ValidateTopWeights(top, impl->local_q, impl->local_kv));
   SPARK_RETURN_IF_ERROR(impl->UploadTop(top));
   if (!top.mtp.empty()) {
-    SPARK_RETURN_IF_ERROR(ValidateMtp(impl->config, impl->config.num_hidden_layers, top.mtp.front(),
-                                      impl->local_q, impl->local_kv));
+    SPARK_RETURN_IF_ERROR(
+        engine::ValidateMtpWeights(impl->config, top.mtp.front(), impl->local_q, impl->local_kv));
     SPARK_RETURN_IF_ERROR(impl->UploadMtp(top.mtp.front()));
     top.mtp.clear();
   }

@@ -1,4 +1,5 @@
 #include "engine/cpu/kernels.h"
+#include "engine/model/weight_checks.h"
 
 #include <gtest/gtest.h>
 
