@@ -23,6 +23,11 @@ struct CpuBackend::ChunkSpec {
   const std::vector<int32_t>* tree_parents = nullptr;
   bool all_logits = false;
   bool return_hidden = false;
+
+  template <typename Chunk>
+  static ChunkSpec Of(const Chunk& ch) {
+    return {ch.seq_id, ch.start_pos, &ch.tokens, &ch.tree_parents, ch.all_logits, ch.return_hidden};
+  }
 };
 
 struct CpuBackend::Scratch {
@@ -502,11 +507,7 @@ Result<ForwardOutput> CpuBackend::Forward(const ForwardBatch& batch) {
   const ModelConfig& c = weights_.config;
   Scratch& s = *scratch_;
   std::vector<ChunkSpec> specs(batch.chunks.size());
-  for (size_t i = 0; i < batch.chunks.size(); ++i) {
-    const SequenceChunk& ch = batch.chunks[i];
-    specs[i] = ChunkSpec{ch.seq_id,        ch.start_pos,  &ch.tokens,
-                         &ch.tree_parents, ch.all_logits, ch.return_hidden};
-  }
+  for (size_t i = 0; i < batch.chunks.size(); ++i) specs[i] = ChunkSpec::Of(batch.chunks[i]);
   SPARK_ASSIGN_OR_RETURN(const int64_t rows, Plan(specs, kv_.get(), "target"));
   ForwardOutput output;
   output.vocab_size = c.vocab_size;
@@ -544,8 +545,7 @@ Result<ForwardOutput> CpuBackend::ForwardMtp(const MtpBatch& batch) {
                              std::to_string(ch.tokens.size()) + " tokens; send tokens.size() * " +
                              std::to_string(hidden) + " (one hidden_size row per token)");
     }
-    specs[i] = ChunkSpec{ch.seq_id,        ch.start_pos,  &ch.tokens,
-                         &ch.tree_parents, ch.all_logits, ch.return_hidden};
+    specs[i] = ChunkSpec::Of(ch);
   }
   SPARK_ASSIGN_OR_RETURN(const int64_t rows, Plan(specs, mtp_kv_.get(), "MTP"));
   ForwardOutput output;
