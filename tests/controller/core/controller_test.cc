@@ -22,17 +22,9 @@ using testing::FakeDataPlane;
 using testing::FakeShard;
 using ::testing::HasSubstr;
 using testing::Summary;
+using testing::Sync;
 using testing::TempDir;
 using Envelope = spark::v1::Envelope;
-
-template <typename T>
-T Sync(const std::function<void(std::function<void(T)>)>& call) {
-  auto promise = std::make_shared<std::promise<T>>();
-  std::future<T> future = promise->get_future();
-  call([promise](T value) { promise->set_value(std::move(value)); });
-  EXPECT_EQ(future.wait_for(std::chrono::seconds(10)), std::future_status::ready);
-  return future.get();
-}
 
 class ControllerTest : public ::testing::Test {
  protected:

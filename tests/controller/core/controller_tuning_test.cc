@@ -17,6 +17,7 @@ namespace {
 
 using std::chrono::milliseconds;
 using testing::FakeAgent;
+using testing::Sync;
 using testing::TempDir;
 using Envelope = spark::v1::Envelope;
 
@@ -51,15 +52,6 @@ engine::MoeTuningRecord Record(const std::string& gemm, int64_t batch, int64_t s
   r.tuned_unix_ms = tuned_ms;
   r.source = "tuner";
   return r;
-}
-
-template <typename T>
-T Sync(const std::function<void(std::function<void(T)>)>& call) {
-  auto promise = std::make_shared<std::promise<T>>();
-  std::future<T> future = promise->get_future();
-  call([promise](T value) { promise->set_value(std::move(value)); });
-  EXPECT_EQ(future.wait_for(std::chrono::seconds(10)), std::future_status::ready);
-  return future.get();
 }
 
 class ControllerTuningTest : public ::testing::Test {

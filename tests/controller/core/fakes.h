@@ -1,5 +1,6 @@
 // Test doubles for the controller: agents and shards as DEALER sockets speaking the wire proto,
-// a rank-0 data plane (ROUTER) that answers GenerateRequests, and a temporary directory.
+// a rank-0 data plane (ROUTER) that answers GenerateRequests, a temporary directory, and Sync
+// for the controller's callback APIs.
 //
 // Thread safety: FakeAgent/FakeShard are used by the test thread only; FakeDataPlane answers on
 // its own thread and its accessors are synchronised.
@@ -9,12 +10,18 @@
 #include <chrono>
 #include <deque>
 #include <filesystem>
+#include <functional>
+#include <future>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
+
+#include <gtest/gtest.h>
 
 #include "common/status.h"
 #include "common/zmq.h"
@@ -110,6 +117,17 @@ class FakeAgent : public FakePeer {
   std::vector<spark::v1::GpuInfo> gpus_;
   std::map<std::string, spark::v1::ShardSummary> running_;
 };
+
+// Calls `call` with a completion callback and waits (10 s at most, a test failure beyond) for the
+// value it is given: the controller's asynchronous APIs (Deploy, Undeploy, ...) made synchronous.
+template <typename T>
+T Sync(const std::function<void(std::function<void(T)>)>& call) {
+  auto promise = std::make_shared<std::promise<T>>();
+  std::future<T> future = promise->get_future();
+  call([promise](T value) { promise->set_value(std::move(value)); });
+  EXPECT_EQ(future.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  return future.get();
+}
 
 // The summary an agent reports for a shard of `assignment`.
 spark::v1::ShardSummary Summary(const spark::v1::ShardAssignment& assignment,
