@@ -1,7 +1,6 @@
 // Runs the built spark-model binary: tiny -> inspect -> quantize -> inspect, and its errors.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -12,6 +11,7 @@
 #include "engine/model/loader.h"
 #include "engine/model/safetensors.h"
 #include "tests/engine/model/test_util.h"
+#include "tests/engine/tools/run_tool.h"
 
 namespace spark::engine {
 namespace {
@@ -19,25 +19,9 @@ namespace {
 using ::testing::HasSubstr;
 using Json = nlohmann::json;
 
-const char* const kBinary = SPARK_BINARY_DIR "/engine/tools/spark-model";
-
-struct RunResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr
-};
-
-RunResult RunTool(const std::string& args) {
-  RunResult r;
-  const std::string cmd = std::string(kBinary) + " " + args + " 2>&1";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) r.output.append(buf, n);
-  const int status = ::pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+const char* const kBinary = testing::kSparkModelBinary;
+using testing::RunResult;
+using testing::RunTool;
 
 class ModelToolsTest : public ::testing::Test {
  protected:
