@@ -15,6 +15,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/runtime/backend.h"
@@ -118,12 +119,15 @@ class FakeBackend final : public Backend {
   std::map<uint64_t, std::vector<int32_t>> kv_;
 };
 
-// Greedy continuation of `prompt` computed directly from the fake model (the reference).
-inline std::vector<int32_t> FakeGreedy(std::vector<int32_t> prompt, int64_t vocab, int n) {
+// Greedy continuation of `prompt` by `n` tokens, `logits_after(prefix, logits)` writing the
+// `vocab` logits after a prefix (ties go to the lowest token id).
+template <typename LogitsAfter>
+std::vector<int32_t> GreedyContinuation(std::vector<int32_t> prompt, int64_t vocab, int n,
+                                        const LogitsAfter& logits_after) {
   std::vector<int32_t> out;
   std::vector<float> logits(static_cast<size_t>(vocab));
   for (int i = 0; i < n; ++i) {
-    FakeBackend::LogitsAfter(prompt, vocab, logits.data());
+    logits_after(prompt, logits.data());
     int32_t best = 0;
     for (int64_t v = 1; v < vocab; ++v) {
       if (logits[v] > logits[best]) best = static_cast<int32_t>(v);
@@ -132,6 +136,14 @@ inline std::vector<int32_t> FakeGreedy(std::vector<int32_t> prompt, int64_t voca
     prompt.push_back(best);
   }
   return out;
+}
+
+// Greedy continuation of `prompt` computed directly from the fake model (the reference).
+inline std::vector<int32_t> FakeGreedy(std::vector<int32_t> prompt, int64_t vocab, int n) {
+  return GreedyContinuation(std::move(prompt), vocab, n,
+                            [vocab](const std::vector<int32_t>& prefix, float* logits) {
+                              FakeBackend::LogitsAfter(prefix, vocab, logits);
+                            });
 }
 
 }  // namespace spark::engine::testing

@@ -27,9 +27,11 @@
 #include <map>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/runtime/backend.h"
+#include "tests/engine/runtime/fake_backend.h"
 
 namespace spark::engine::testing {
 
@@ -327,18 +329,11 @@ class FakeSpecBackend final : public Backend {
 // Greedy continuation of `prompt` under the fake target (the reference).
 inline std::vector<int32_t> FakeSpecGreedy(std::vector<int32_t> prompt, int64_t vocab, float range,
                                            int n) {
-  std::vector<int32_t> out;
-  std::vector<float> logits(static_cast<size_t>(vocab));
-  for (int i = 0; i < n; ++i) {
-    FakeSpecBackend::TargetLogits(FakeSpecBackend::StateOf(prompt), vocab, range, logits.data());
-    int32_t best = 0;
-    for (int64_t v = 1; v < vocab; ++v) {
-      if (logits[v] > logits[best]) best = static_cast<int32_t>(v);
-    }
-    out.push_back(best);
-    prompt.push_back(best);
-  }
-  return out;
+  return GreedyContinuation(std::move(prompt), vocab, n,
+                            [vocab, range](const std::vector<int32_t>& prefix, float* logits) {
+                              FakeSpecBackend::TargetLogits(FakeSpecBackend::StateOf(prefix), vocab,
+                                                            range, logits);
+                            });
 }
 
 }  // namespace spark::engine::testing

@@ -7,21 +7,17 @@
 #include <vector>
 
 #include "tests/engine/runtime/fake_backend.h"
+#include "tests/engine/runtime/scheduler_test_util.h"
 
 namespace spark::engine {
 namespace {
 
+using testing::Collected;
 using testing::FakeBackend;
 using testing::FakeGreedy;
+using testing::RunScheduler;
 
 constexpr int64_t kVocab = 64;
-
-struct Collected {
-  std::vector<int32_t> tokens;
-  std::vector<TokenOutput> events;
-  FinishReason finish = FinishReason::kNone;
-  int finish_events = 0;
-};
 
 class SchedulerTest : public ::testing::Test {
  protected:
@@ -39,25 +35,12 @@ class SchedulerTest : public ::testing::Test {
     r.params.max_tokens = max_tokens;
     r.on_output = [this, id](const TokenOutput& out) {
       EXPECT_EQ(out.request_id, id);
-      Collected& c = results_[id];
-      EXPECT_EQ(c.finish, FinishReason::kNone) << "event after the finish of request " << id;
-      c.events.push_back(out);
-      if (out.token >= 0) c.tokens.push_back(out.token);
-      if (out.finish != FinishReason::kNone) {
-        c.finish = out.finish;
-        ++c.finish_events;
-      }
+      results_[id].Add(id, out);
     };
     return r;
   }
 
-  void RunToCompletion(Scheduler& s, int max_steps = 10000) {
-    for (int i = 0; i < max_steps && s.HasWork(); ++i) {
-      auto stats = s.Step();
-      ASSERT_TRUE(stats.ok()) << stats.status().ToString();
-    }
-    ASSERT_FALSE(s.HasWork()) << "scheduler did not finish";
-  }
+  void RunToCompletion(Scheduler& s, int max_steps = 10000) { RunScheduler(s, max_steps); }
 
   static std::vector<int32_t> Prompt(int n, int salt) {
     std::vector<int32_t> p;

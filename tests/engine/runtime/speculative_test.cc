@@ -9,12 +9,15 @@
 
 #include "engine/runtime/scheduler.h"
 #include "tests/engine/runtime/fake_spec_backend.h"
+#include "tests/engine/runtime/scheduler_test_util.h"
 
 namespace spark::engine {
 namespace {
 
+using testing::Collected;
 using testing::FakeSpecBackend;
 using testing::FakeSpecGreedy;
+using testing::RunScheduler;
 
 // ---------------------------------------------------------------------------------------------
 // Statistics helpers.
@@ -279,13 +282,6 @@ TEST(SpeculativeVerifyTest, AcceptedChainRunsFollowTheTargetJointDistribution) {
 constexpr int64_t kVocab = 32;
 constexpr float kRange = 4.0f;
 
-struct Collected {
-  std::vector<int32_t> tokens;
-  std::vector<TokenOutput> events;
-  FinishReason finish = FinishReason::kNone;
-  int finish_events = 0;
-};
-
 class SpeculativeSchedulerTest : public ::testing::Test {
  protected:
   std::unique_ptr<Scheduler> Make(Backend* backend, SpeculativeOptions spec,
@@ -302,16 +298,7 @@ class SpeculativeSchedulerTest : public ::testing::Test {
     r.id = id;
     r.prompt = std::move(prompt);
     r.params = params;
-    r.on_output = [into, id](const TokenOutput& out) {
-      Collected& c = (*into)[id];
-      EXPECT_EQ(c.finish, FinishReason::kNone) << "event after the finish of request " << id;
-      c.events.push_back(out);
-      if (out.token >= 0) c.tokens.push_back(out.token);
-      if (out.finish != FinishReason::kNone) {
-        c.finish = out.finish;
-        ++c.finish_events;
-      }
-    };
+    r.on_output = [into, id](const TokenOutput& out) { (*into)[id].Add(id, out); };
     return r;
   }
 
@@ -322,13 +309,7 @@ class SpeculativeSchedulerTest : public ::testing::Test {
     return p;
   }
 
-  static void Run(Scheduler& s, int max_steps = 100000) {
-    for (int i = 0; i < max_steps && s.HasWork(); ++i) {
-      auto stats = s.Step();
-      ASSERT_TRUE(stats.ok()) << stats.status().ToString();
-    }
-    ASSERT_FALSE(s.HasWork()) << "scheduler did not finish";
-  }
+  static void Run(Scheduler& s, int max_steps = 100000) { RunScheduler(s, max_steps); }
 
   static std::vector<int32_t> Prompt(int n, int salt) {
     std::vector<int32_t> p;
