@@ -20,7 +20,17 @@ int64_t MaxMblocks(int64_t pairs, int experts, int block_m) {
   return (pairs + block_m - 1) / block_m + std::min<int64_t>(experts, pairs);
 }
 
-bool Supports(const MoeKernelVariant& v, MoeWeightFormat format) {
+// Deepest pipeline of variant `index` within `limit` and `max_stages`; 0 if none fits.
+int DeepestStages(int index, int64_t limit, int max_stages) {
+  for (int s = max_stages; s >= kMinStages; --s) {
+    if (MoeVariantConfig(index, s, 1).SmemBytes() <= limit) return s;
+  }
+  return 0;
+}
+
+}  // namespace
+
+bool MoeVariantServes(const MoeKernelVariant& v, MoeWeightFormat format) {
   switch (format) {
     case MoeWeightFormat::kBf16:
       return v.bf16;
@@ -32,7 +42,7 @@ bool Supports(const MoeKernelVariant& v, MoeWeightFormat format) {
   return false;
 }
 
-MoeTileConfig FromVariant(int index, int stages, int split_k) {
+MoeTileConfig MoeVariantConfig(int index, int stages, int split_k) {
   const MoeKernelVariant& v = MoeKernelVariants()[index];
   MoeTileConfig c;
   c.kernel = index;
@@ -44,16 +54,6 @@ MoeTileConfig FromVariant(int index, int stages, int split_k) {
   c.split_k = split_k;
   return c;
 }
-
-// Deepest pipeline of variant `index` within `limit` and `max_stages`; 0 if none fits.
-int DeepestStages(int index, int64_t limit, int max_stages) {
-  for (int s = max_stages; s >= kMinStages; --s) {
-    if (FromVariant(index, s, 1).SmemBytes() <= limit) return s;
-  }
-  return 0;
-}
-
-}  // namespace
 
 const std::vector<MoeKernelVariant>& MoeKernelVariants() {
   // {block_m, block_n, block_k_bytes, warps, bf16, fp8 per-channel, fp8 block}. Block FP8 needs
@@ -124,10 +124,10 @@ std::vector<MoeTileConfig> MoeConfigTable::Candidates(MoeWeightFormat format) co
   std::vector<MoeTileConfig> out;
   const auto& variants = MoeKernelVariants();
   for (int v = 0; v < static_cast<int>(variants.size()); ++v) {
-    if (!Supports(variants[v], format)) continue;
+    if (!MoeVariantServes(variants[v], format)) continue;
     for (int s = kMinStages; s <= kMaxStages; ++s) {
       for (int split : {1, 2, 4, 8}) {
-        MoeTileConfig c = FromVariant(v, s, split);
+        MoeTileConfig c = MoeVariantConfig(v, s, split);
         if (c.SmemBytes() <= smem_limit_bytes_) out.push_back(c);
       }
     }
@@ -155,7 +155,7 @@ int MoeConfigTable::BlockMFor(MoeWeightFormat format, int64_t pairs, int experts
   int best = 0;
   const auto& variants = MoeKernelVariants();
   for (int v = 0; v < static_cast<int>(variants.size()); ++v) {
-    if (!Supports(variants[v], format)) continue;
+    if (!MoeVariantServes(variants[v], format)) continue;
     if (DeepestStages(v, smem_limit_bytes_, kMaxStages) < kMinStages) continue;
     const int bm = variants[v].block_m;
     if (bm <= want && bm > best) best = bm;
@@ -211,11 +211,11 @@ MoeTileConfig MoeConfigTable::Select(MoeWeightFormat format, MoeGemm gemm, int64
         const MoeKernelVariant& var = variants[v];
         if (var.block_m != bm || var.block_n != pref.block_n ||
             var.block_k_bytes != pref.block_k_bytes || var.warps != pref.warps ||
-            !Supports(var, format))
+            !MoeVariantServes(var, format))
           continue;
         const int s = DeepestStages(v, smem_limit_bytes_, max_stages);
         if (s >= min_stages) {
-          chosen = FromVariant(v, s, 1);
+          chosen = MoeVariantConfig(v, s, 1);
           break;
         }
       }
@@ -226,9 +226,9 @@ MoeTileConfig MoeConfigTable::Select(MoeWeightFormat format, MoeGemm gemm, int64
   if (chosen.kernel < 0) {
     // Any variant of this block_m that fits.
     for (int v = 0; v < static_cast<int>(variants.size()) && chosen.kernel < 0; ++v) {
-      if (variants[v].block_m != bm || !Supports(variants[v], format)) continue;
+      if (variants[v].block_m != bm || !MoeVariantServes(variants[v], format)) continue;
       const int s = DeepestStages(v, smem_limit_bytes_, kMaxStages);
-      if (s >= kMinStages) chosen = FromVariant(v, s, 1);
+      if (s >= kMinStages) chosen = MoeVariantConfig(v, s, 1);
     }
   }
   // Split K only while the grid has fewer than ~2.5 thread blocks per SM (batch-1 decode of
@@ -257,7 +257,7 @@ Status MoeConfigTable::Check(MoeWeightFormat format, const MoeTileConfig& c) con
     return InvalidArgument("MoE tile config " + c.ToString() +
                            " does not match its kernel variant's tile shape");
   }
-  if (!Supports(v, format)) {
+  if (!MoeVariantServes(v, format)) {
     return InvalidArgument("MoE tile config " + c.ToString() + " cannot run " +
                            MoeWeightFormatName(format) + " weights");
   }

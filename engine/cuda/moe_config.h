@@ -63,6 +63,10 @@ struct MoeKernelVariant {
   bool bf16, fp8_per_channel, fp8_block;
 };
 const std::vector<MoeKernelVariant>& MoeKernelVariants();
+// Whether variant `v` is compiled for `format` weights.
+bool MoeVariantServes(const MoeKernelVariant& v, MoeWeightFormat format);
+// MoeKernelVariants()[index] as a config with `stages` pipeline stages and split-K `split_k`.
+MoeTileConfig MoeVariantConfig(int index, int stages, int split_k);
 
 // Device scratch of a MoE forward (MoeWorkspace's buffers), in elements.
 struct MoeScratchSizes {

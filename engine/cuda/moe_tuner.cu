@@ -45,18 +45,6 @@ __global__ void FillFp8(uint8_t* p, int64_t n, uint32_t seed) {
         __nv_cvt_float_to_fp8(HashUniform(i, seed) * 448.f, __NV_SATFINITE, __NV_E4M3));
 }
 
-bool Serves(const MoeKernelVariant& v, MoeWeightFormat format) {
-  switch (format) {
-    case MoeWeightFormat::kBf16:
-      return v.bf16;
-    case MoeWeightFormat::kFp8PerChannel:
-      return v.fp8_per_channel;
-    case MoeWeightFormat::kFp8Block:
-      return v.fp8_block;
-  }
-  return false;
-}
-
 bool SameConfig(const MoeTileConfig& a, const MoeTileConfig& b) {
   return a.kernel == b.kernel && a.block_m == b.block_m && a.block_n == b.block_n &&
          a.block_k_bytes == b.block_k_bytes && a.warps == b.warps && a.stages == b.stages &&
@@ -261,16 +249,10 @@ Result<MoeTileConfig> MoeTileConfigOf(const engine::MoeTileChoice& choice, MoeWe
   for (int v = 0; v < static_cast<int>(variants.size()); ++v) {
     const MoeKernelVariant& k = variants[v];
     if (k.block_m != choice.block_m || k.block_n != choice.block_n ||
-        k.block_k_bytes != choice.block_k_bytes || k.warps != choice.warps || !Serves(k, format))
+        k.block_k_bytes != choice.block_k_bytes || k.warps != choice.warps ||
+        !MoeVariantServes(k, format))
       continue;
-    MoeTileConfig c;
-    c.kernel = v;
-    c.block_m = k.block_m;
-    c.block_n = k.block_n;
-    c.block_k_bytes = k.block_k_bytes;
-    c.warps = k.warps;
-    c.stages = choice.stages;
-    c.split_k = choice.split_k;
+    const MoeTileConfig c = MoeVariantConfig(v, choice.stages, choice.split_k);
     SPARK_CHECK(MoeTileChoiceOf(c).SmemBytes() == c.SmemBytes())
         << "tuning records and the kernel disagree on shared memory";
     return c;
@@ -282,7 +264,8 @@ Result<MoeTileConfig> MoeTileConfigOf(const engine::MoeTileChoice& choice, MoeWe
 std::vector<engine::MoeTileShape> MoeTileShapesFor(MoeWeightFormat format) {
   std::vector<engine::MoeTileShape> out;
   for (const MoeKernelVariant& k : MoeKernelVariants()) {
-    if (Serves(k, format)) out.push_back({k.block_m, k.block_n, k.block_k_bytes, k.warps});
+    if (MoeVariantServes(k, format))
+      out.push_back({k.block_m, k.block_n, k.block_k_bytes, k.warps});
   }
   return out;
 }
