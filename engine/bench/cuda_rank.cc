@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <memory>
+#include <string>
 #include <utility>
 
 #include "engine/comm/nccl_communicator.h"
@@ -12,34 +13,45 @@
 
 namespace spark::bench {
 
-Status MakeCudaRank(const CudaRankSpec& spec, int rank, int tp, engine::KeyValueStore* store,
-                    RankParts* parts) {
+Result<engine::Communicator*> JoinCudaRank(int rank, int tp, engine::NcclOptions nccl,
+                                           engine::KeyValueStore* store,
+                                           cuda::CudaBackendOptions* options, RankParts* parts) {
   int devices = 0;
-  SPARK_CUDA_RETURN_IF_ERROR(cudaGetDeviceCount(&devices));
+  const cudaError_t err = cudaGetDeviceCount(&devices);
+  if (err != cudaSuccess) {
+    return Unavailable(std::string("--backend cuda: no usable CUDA device: ") +
+                       cudaGetErrorString(err) +
+                       "; check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES");
+  }
   if (rank >= devices) {
     return InvalidArgument("--tp " + std::to_string(tp) + " needs " + std::to_string(tp) +
                            " CUDA devices (one per rank); this process sees " +
                            std::to_string(devices) + " (check CUDA_VISIBLE_DEVICES)");
   }
   SPARK_CUDA_RETURN_IF_ERROR(cudaSetDevice(rank));
+  options->device = rank;
+  if (tp <= 1) return nullptr;
+  nccl.device = rank;
+  SPARK_ASSIGN_OR_RETURN(std::unique_ptr<engine::NcclCommunicator> comm,
+                         engine::NcclCommunicator::Create(rank, tp, store, nccl));
+  engine::Communicator* raw = comm.get();
+  options->stream = comm->stream();
+  options->collectives = cuda::CollectiveMode::kDevice;
+  parts->comm = std::move(comm);
+  return raw;
+}
+
+Status MakeCudaRank(const CudaRankSpec& spec, int rank, int tp, engine::KeyValueStore* store,
+                    RankParts* parts) {
   cuda::CudaBackendOptions options;
-  options.device = rank;
   options.kv_cache_bytes = spec.kv_cache_bytes;
   options.max_batch_tokens = spec.max_batch_tokens;
-  engine::NcclCommunicator* nccl = nullptr;
-  if (tp > 1) {
-    engine::NcclOptions n;
-    n.device = rank;
-    n.prefix = spec.prefix;
-    n.init_timeout_ms = 120000;
-    n.op_timeout_ms = 600000;  // loading a large model on another rank may take minutes
-    SPARK_ASSIGN_OR_RETURN(std::unique_ptr<engine::NcclCommunicator> comm,
-                           engine::NcclCommunicator::Create(rank, tp, store, n));
-    nccl = comm.get();
-    options.stream = comm->stream();
-    options.collectives = cuda::CollectiveMode::kDevice;
-    parts->comm = std::move(comm);
-  }
+  engine::NcclOptions n;
+  n.prefix = spec.prefix;
+  n.init_timeout_ms = 120000;
+  n.op_timeout_ms = 600000;  // loading a large model on another rank may take minutes
+  SPARK_ASSIGN_OR_RETURN(engine::Communicator * nccl,
+                         JoinCudaRank(rank, tp, n, store, &options, parts));
   if (spec.dummy || spec.model_dir.empty()) {
     cuda::DummyWeightsSpec dummy;
     dummy.tp_rank = rank;

@@ -13,6 +13,8 @@
 #include "engine/bench/engine_throughput.h"
 #include "engine/bench/thread_tp_group.h"
 #include "engine/comm/communicator.h"
+#include "engine/comm/nccl_communicator.h"
+#include "engine/cuda/cuda_backend.h"
 #include "engine/model/config.h"
 
 namespace spark::bench {
@@ -27,6 +29,15 @@ struct CudaRankSpec {
   int64_t max_batch_tokens = 2048;
   std::string prefix;  // rendezvous key prefix of the group
 };
+
+// What every CUDA rank does before its backend: selects CUDA device `rank` (an error naming
+// CUDA_VISIBLE_DEVICES when this process sees fewer than `tp` devices), sets options->device and,
+// for tp > 1, joins the NCCL group through `store` with `nccl` (its device set to `rank`), running
+// the backend's collectives on the communicator's stream. Returns the communicator (null for
+// tp 1), owned by parts->comm.
+Result<engine::Communicator*> JoinCudaRank(int rank, int tp, engine::NcclOptions nccl,
+                                           engine::KeyValueStore* store,
+                                           cuda::CudaBackendOptions* options, RankParts* parts);
 
 // A RankFactory body (engine/bench/thread_tp_group.h).
 Status MakeCudaRank(const CudaRankSpec& spec, int rank, int tp, engine::KeyValueStore* store,

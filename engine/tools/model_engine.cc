@@ -7,13 +7,10 @@
 
 #include "engine/runtime/local_tp_group.h"
 #if defined(SPARK_HAVE_CUDA)
-#include <cuda_runtime.h>
-
+#include "engine/bench/cuda_rank.h"
 #include "engine/bench/thread_tp_group.h"
 #include "engine/comm/gloo_communicator.h"
-#include "engine/comm/nccl_communicator.h"
 #include "engine/cuda/cuda_backend.h"
-#include "engine/cuda/cuda_check.h"
 #include "engine/model/loader.h"
 #endif
 
@@ -53,35 +50,13 @@ class CudaModelEngine final : public ModelEngine {
 Status MakeRank(const std::filesystem::path& dir, const engine::ModelConfig& config,
                 const engine::OfflineEngineOptions& o, const std::string& prefix,
                 engine::KeyValueStore* store, int rank, int tp, bench::RankParts* parts) {
-  int devices = 0;
-  const cudaError_t err = cudaGetDeviceCount(&devices);
-  if (err != cudaSuccess) {
-    return Unavailable(std::string("--backend cuda: no usable CUDA device: ") +
-                       cudaGetErrorString(err) +
-                       "; check the driver (nvidia-smi) and CUDA_VISIBLE_DEVICES");
-  }
-  if (rank >= devices) {
-    return InvalidArgument("--tp " + std::to_string(tp) + " needs " + std::to_string(tp) +
-                           " CUDA devices (one per rank); this process sees " +
-                           std::to_string(devices) + " (check CUDA_VISIBLE_DEVICES)");
-  }
-  SPARK_CUDA_RETURN_IF_ERROR(cudaSetDevice(rank));
   cuda::CudaBackendOptions options;
-  options.device = rank;
   options.kv_cache_bytes = o.kv_cache_bytes;
-  engine::Communicator* comm = nullptr;
-  if (tp > 1) {
-    engine::NcclOptions n;
-    n.device = rank;
-    n.prefix = prefix;
-    n.op_timeout_ms = 600000;  // another rank may still be loading a large checkpoint
-    SPARK_ASSIGN_OR_RETURN(std::unique_ptr<engine::NcclCommunicator> nccl,
-                           engine::NcclCommunicator::Create(rank, tp, store, n));
-    options.stream = nccl->stream();
-    options.collectives = cuda::CollectiveMode::kDevice;
-    comm = nccl.get();
-    parts->comm = std::move(nccl);
-  }
+  engine::NcclOptions n;
+  n.prefix = prefix;
+  n.op_timeout_ms = 600000;  // another rank may still be loading a large checkpoint
+  SPARK_ASSIGN_OR_RETURN(engine::Communicator * comm,
+                         bench::JoinCudaRank(rank, tp, n, store, &options, parts));
   if (o.dummy_weights) {
     cuda::DummyWeightsSpec spec;
     spec.tp_rank = rank;
