@@ -91,6 +91,17 @@ std::string RawConnection::ReadAll(std::chrono::milliseconds timeout) {
   return out;
 }
 
+bool RawConnection::Readable(std::chrono::milliseconds timeout) {
+  if (!buffer_.empty() || eof_) return true;
+  if (fd_ < 0) return false;
+  pollfd p{fd_, POLLIN, 0};
+  int r = 0;
+  do {
+    r = ::poll(&p, 1, static_cast<int>(timeout.count()));
+  } while (r < 0 && errno == EINTR);
+  return r > 0;
+}
+
 bool RawConnection::WaitClosed(std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (Fill(deadline)) {

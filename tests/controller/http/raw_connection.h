@@ -33,6 +33,8 @@ class RawConnection {
   std::string ReadUntil(std::string_view marker, std::chrono::milliseconds timeout);
   // Reads until the peer closes or the timeout passes; returns everything received.
   std::string ReadAll(std::chrono::milliseconds timeout);
+  // True when bytes (or EOF) are waiting to be read, polled for at most `timeout`.
+  bool Readable(std::chrono::milliseconds timeout);
   // True when the peer closed (EOF or reset) within the timeout.
   bool WaitClosed(std::chrono::milliseconds timeout);
   // Reads one response: head, then a Content-Length or chunked body, or until close.
