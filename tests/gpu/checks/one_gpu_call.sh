@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# One GPU call (about 5 minutes) for the parts not yet run on a GPU: speculative decoding on CUDA,
+# the backend and MoE suites, spark-model on CUDA. Bundle: scripts/gpu-bundle gpu_speculation_test
+# gpu_backend_test gpu_kernels_test gpu_moe_test gpu_sampling_test spark-model spark-bench
+# spark-shard spark-agent spark-controller sparkctl; then, from the repository root:
+#   run(carry=["bundle"], command="OUT=$OUT bash tests/gpu/checks/one_gpu_call.sh")
+set -uo pipefail
+B=bundle
+tar -C $B -xzf $B/bin.tar.gz
+export LD_LIBRARY_PATH=$PWD/$B/lib:${LD_LIBRARY_PATH:-} NCCL_NVLS_ENABLE=0
+export SPARK_REFERENCE_MODELS_DIR=$PWD/tests/data/models
+S=$OUT/summary.txt
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >>$S
+step() {
+  local name=$1 t=$2; shift 2
+  local t0=$(date +%s)
+  timeout "$t" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "== $name rc=$rc $(( $(date +%s) - t0 ))s" >>$S
+  grep -E '^\[  (PASSED|FAILED) |^\[  FAILED  \]|^\[(cuda-air|moe|spec|model-cuda|timing)|Failure$' "$OUT/$name.log" | head -40 >>$S
+}
+step speculation 100 $B/bin/gpu_speculation_test
+grep -iE 'us|ms' "$OUT/speculation.log" | grep -iE 'verify|draft|compact|decode step' | head -10 >>$S
+spec_generate() {
+  local M=$PWD/$B/bin/spark-model d=$OUT/spec; mkdir -p $d
+  $M tiny $d/tiny_mtp --mtp --seed 5 >/dev/null || return 1
+  $PWD/$B/bin/spark-bench speculative --write-model $d/self_draft --layers 8 >/dev/null || return 1
+  local fail=0
+  for model in $d/tiny_mtp $d/self_draft; do
+    local base="generate $model --ids 5,17,3,99,1,250,42 --max-tokens 48 --ignore-eos --json --backend cuda"
+    $M $base >$d/plain.json || { fail=1; continue; }
+    for flags in "--spec-steps 3" "--spec-steps 1" "--spec-steps 3 --spec-topk 2 --spec-draft-tokens 6" "--spec-steps 2 --spec-topk 3 --spec-draft-tokens 8"; do
+      $M $base $flags >$d/spec.json || { fail=1; echo "[spec] ERROR $(basename $model) $flags"; continue; }
+      python3 - $d/plain.json $d/spec.json "$(basename $model) $flags" <<'PY' || fail=1
+import json, sys
+a = json.load(open(sys.argv[1])); b = json.load(open(sys.argv[2]))
+ok = a["ids"] == b["ids"]
+print(("[spec] OK  " if ok else "[spec] FAIL"), sys.argv[3], "acceptance", b["speculative"]["acceptance_length"],
+      "decode tok/s", b["decode_tokens_per_s"], "vs plain", a["decode_tokens_per_s"])
+sys.exit(0 if ok else 1)
+PY
+    done
+  done
+  return $fail
+}
+export -f spec_generate; export B OUT
+step spec_generate 50 bash -c spec_generate
+step backend 70 $B/bin/gpu_backend_test
+step moe_air 40 $B/bin/gpu_moe_test --gtest_filter='MoeForwardMiscTest.*:Shapes/MoeForwardTest.*glm45air*'
+model_cuda() {
+  local m=$OUT/tiny ids=5,17,3,99,1,42,7,8,250,11
+  $B/bin/spark-model tiny $m >/dev/null || return 1
+  for b in cpu cuda; do
+    $B/bin/spark-model logits $m --ids $ids --out $OUT/logits-$b.bin --backend $b || return 1
+    $B/bin/spark-model generate $m --ids $ids --max-tokens 16 --ignore-eos --json --backend $b >$OUT/generate-$b.json || return 1
+  done
+  python3 - $OUT <<'PY'
+import array, json, sys
+out = sys.argv[1]
+def floats(n):
+    a = array.array("f"); a.frombytes(open(f"{out}/{n}", "rb").read()); return a
+c, g = floats("logits-cpu.bin"), floats("logits-cuda.bin")
+rel = max(abs(x - y) for x, y in zip(c, g)) / max(abs(x) for x in c)
+gc = json.load(open(f"{out}/generate-cpu.json"))["ids"]; gg = json.load(open(f"{out}/generate-cuda.json"))["ids"]
+same = next((i for i, (x, y) in enumerate(zip(gc, gg)) if x != y), len(gc))
+print(f"[model-cuda] logits rel {rel:.3e}; greedy equal {same}/{len(gc)}")
+sys.exit(0 if rel <= 3e-2 and same >= 4 else 1)
+PY
+}
+export -f model_cuda
+step model_cuda 30 bash -c model_cuda
+step kernels 40 $B/bin/gpu_kernels_test
+echo done >>$S
