@@ -175,13 +175,13 @@ class CheckpointSource : public WeightSource {
     return Status::Ok();
   }
 
+  // Tensors load on several threads: the count and the report happen under one lock, so the
+  // reported progress never goes back.
   void Progress(size_t bytes) {
+    std::lock_guard<std::mutex> lock(progress_mu_);
     const int64_t done =
         bytes_done_.fetch_add(static_cast<int64_t>(bytes)) + static_cast<int64_t>(bytes);
-    if (options_.progress) {
-      std::lock_guard<std::mutex> lock(progress_mu_);
-      options_.progress(std::min(done, bytes_total_), bytes_total_);
-    }
+    if (options_.progress) options_.progress(std::min(done, bytes_total_), bytes_total_);
   }
 
   const Checkpoint& ckpt_;
