@@ -46,6 +46,7 @@ Status MakeCudaRank(const CudaRankSpec& spec, int rank, int tp, engine::KeyValue
   cuda::CudaBackendOptions options;
   options.kv_cache_bytes = spec.kv_cache_bytes;
   options.max_batch_tokens = spec.max_batch_tokens;
+  options.cuda_graphs = spec.cuda_graphs;
   engine::NcclOptions n;
   n.prefix = spec.prefix;
   n.init_timeout_ms = 120000;

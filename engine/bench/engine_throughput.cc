@@ -263,11 +263,13 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     spec.kv_cache_bytes = tokens_needed * KvBytesPerToken(config, o.tp, 2) + (64 << 20);
     spec.max_batch_tokens = o.max_batch_tokens;
     spec.prefix = prefix;
+    spec.cuda_graphs = o.cuda_graphs;
     factory = [spec, &store](int rank, int tp, RankParts* parts) {
       return MakeCudaRank(spec, rank, tp, &store, parts);
     };
     SPARK_ASSIGN_OR_RETURN(report.device, CudaDeviceName());
     if (o.tp > 1) report.device += " x" + std::to_string(o.tp);
+    report.device += o.cuda_graphs ? ", CUDA graphs" : ", eager";
 #endif
   }
 

@@ -39,6 +39,7 @@ struct EngineBenchOptions {
   double peak_bandwidth_gbs = 0;    // 0 = the device's (CUDA) or a measured read rate (CPU)
   uint64_t seed = 0;                // dummy weights
   bool json = false;                // one JSON object per batch size instead of the table
+  bool cuda_graphs = true;          // CUDA: decode steps replay CUDA graphs
 };
 
 // Bytes one rank reads in a decode step of `batch` sequences at context length `context`.

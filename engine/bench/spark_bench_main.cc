@@ -66,6 +66,8 @@ int main(int argc, char** argv) {
                      "measured read rate on CPU)");
   engine->add_option("--seed", o.seed, "dummy weights seed");
   engine->add_flag("--json", o.json, "one JSON object per batch size");
+  engine->add_flag("--cuda-graphs,!--no-cuda-graphs", o.cuda_graphs,
+                   "CUDA: replay decode steps from CUDA graphs (default on)");
 
   spark::bench::SpeculativeBenchOptions so;
   std::string spec_model;

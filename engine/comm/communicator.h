@@ -27,6 +27,16 @@ class Communicator {
   // Copies `bytes` from `root` to every rank.
   virtual Status Broadcast(void* data, size_t bytes, int root) = 0;
   virtual Status Barrier() = 0;
+
+  // CUDA graph capture of a step's device collectives (CudaBackend's decode graphs): true when
+  // the collectives on device pointers are stream-ordered with no host wait, so that they can
+  // be recorded into a graph. The caller brackets the capture with SetCapturing(true / false)
+  // (nothing is watched then: the recorded operations have not run) and calls
+  // WatchReplay(op) after each launch of the graph, so the replay's collectives are watched as
+  // one operation named `op`.
+  virtual bool SupportsGraphCapture() const { return false; }
+  virtual void SetCapturing(bool /*capturing*/) {}
+  virtual Status WatchReplay(const char* /*op*/) { return Status::Ok(); }
 };
 
 // KeyValueStore: the rendezvous store a group uses to exchange addresses. The controller serves

@@ -99,6 +99,7 @@ struct NcclCommunicator::Impl {
   std::vector<cudaEvent_t> free_events;  // guarded by mu
   std::vector<cudaEvent_t> all_events;   // every event made; destroyed last
   bool stopping = false;                 // guarded by mu
+  bool capturing = false;                // guarded by mu; a CUDA graph capture is recording
   std::thread watchdog;
 
   void* staging = nullptr;  // device buffer for host-pointer collectives
@@ -215,6 +216,13 @@ struct NcclCommunicator::Impl {
                               "; the group was aborted"));
       return broken;
     }
+    // A graph capture records the collective; it runs (and is watched) at the graph's replays.
+    if (capturing) return Status::Ok();
+    return TrackLocked(op);
+  }
+
+  // Watches what the stream has enqueued so far as one operation `op`. Caller holds mu.
+  Status TrackLocked(const char* op) {
     cudaEvent_t event = nullptr;
     if (free_events.empty()) {
       SPARK_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
@@ -409,6 +417,17 @@ Status NcclCommunicator::AllReduceSumDevice(void* data, size_t count, DeviceDtyp
   return impl_->Enqueue("all-reduce", [&](ncclComm_t c) {
     return ncclAllReduce(data, data, count, type, ncclSum, c, s);
   });
+}
+
+void NcclCommunicator::SetCapturing(bool capturing) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->capturing = capturing;
+}
+
+Status NcclCommunicator::WatchReplay(const char* op) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  if (!impl_->broken.ok()) return impl_->broken;
+  return impl_->TrackLocked(op);
 }
 
 Status NcclCommunicator::AllReduceSum(float* data, size_t count) {

@@ -64,6 +64,11 @@ class NcclCommunicator final : public Communicator {
   Status AllGather(const float* in, size_t count, float* out) override;
   Status Broadcast(void* data, size_t bytes, int root) override;
   Status Barrier() override;
+  // Device collectives record into a graph during capture; a replay is watched like one
+  // collective (op_timeout_ms from the launch).
+  bool SupportsGraphCapture() const override { return true; }
+  void SetCapturing(bool capturing) override;
+  Status WatchReplay(const char* op) override;
 
   // In-place sum of `count` elements of device memory, enqueued on stream().
   Status AllReduceSumDevice(void* data, size_t count, DeviceDtype dtype);

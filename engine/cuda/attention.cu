@@ -57,8 +57,12 @@ __global__ void __launch_bounds__(kWarps * 32)
   int key_end = start + last_token + 1;
   int key_begin = 0;
   if (splits > 1) {
-    key_begin = split * split_keys;
-    key_end = min(key_end, key_begin + split_keys);
+    // split_keys 0: this chunk's keys divided evenly (in whole key tiles) among the splits.
+    const int per_split =
+        split_keys > 0 ? split_keys
+                       : ((start + len + splits - 1) / splits + kKeyTile - 1) / kKeyTile * kKeyTile;
+    key_begin = split * per_split;
+    key_end = min(key_end, key_begin + per_split);
   }
 
   // Query rows into shared memory (fp32).
@@ -310,7 +314,7 @@ cudaError_t PagedAttention(const __nv_bfloat16* q, const __nv_bfloat16* k_cache,
     return cudaErrorInvalidValue;
   }
   if (shape.kv_heads <= 0 || shape.q_heads % shape.kv_heads != 0 || splits < 1 ||
-      (splits > 1 && (split_keys <= 0 || split_keys % kKeyTile != 0 || partial_o == nullptr ||
+      (splits > 1 && (split_keys < 0 || split_keys % kKeyTile != 0 || partial_o == nullptr ||
                       partial_ml == nullptr))) {
     return cudaErrorInvalidValue;
   }

@@ -54,7 +54,9 @@ struct AttentionShape {
   float scale = 1.f;
 };
 
-// Keys per split are `split_keys` (a multiple of 32) when splits > 1. partial_o: [splits,
+// Keys per split are `split_keys` (a multiple of 32) when splits > 1; split_keys 0 divides each
+// chunk's own keys evenly among the splits (in multiples of 32), so one launch shape serves every
+// context length (CUDA graphs); splits left without keys contribute nothing. partial_o: [splits,
 // total_tokens * q_heads, head_dim] fp32 and partial_ml: [splits, total_tokens * q_heads, 2]
 // (running max, sum); both unused when splits == 1. max_smem_bytes caps the shared memory of a
 // block (the kernel needs (3 * 16 + 32) * head_dim * 4 bytes + padding).

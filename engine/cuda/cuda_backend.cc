@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <optional>
 #include <string>
 #include <unordered_set>
@@ -51,6 +52,12 @@ namespace {
 constexpr int64_t kLogitRowsPerPass = 256;
 constexpr int64_t kAttentionPartialBytes = int64_t{64} << 20;
 constexpr int kMaxAttentionSplits = 32;
+// The sequence id that owns the KV block of the decode graphs' padding rows.
+constexpr uint64_t kPaddingSequence = ~uint64_t{0};
+// Decode-graph buckets (batch sizes), the smallest bucket >= the batch serves it.
+constexpr int kGraphBuckets[] = {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512};
+// Block-table entries per sequence of the graph metadata at first (grown by doubling).
+constexpr int64_t kGraphInitialTableBlocks = 256;
 
 std::string GiB(int64_t bytes) {
   char buf[32];
@@ -273,6 +280,13 @@ struct BatchPlan {
   int split_keys = 0;
 };
 
+// A decode batch planned for a CUDA graph: padded to `bucket` one-token chunks, block tables of
+// `max_blocks` entries, metadata at fixed offsets of the graph metadata buffer.
+struct GraphLayout {
+  int bucket = 0;
+  int max_blocks = 0;
+};
+
 }  // namespace
 
 struct CudaBackend::Impl {
@@ -340,9 +354,22 @@ struct CudaBackend::Impl {
   // KeepCacheEntries: (src, dst) slot pairs.
   int64_t* moves = nullptr;
   int64_t moves_capacity = 0;
+  // Decode graphs (options.cuda_graphs): one executable graph per bucket, all reading their
+  // metadata from graph_meta (block tables of graph_table_blocks entries per sequence).
+  std::vector<int> graph_buckets;
+  std::map<int, cudaGraphExec_t> graph_execs;
+  const float* graph_pending = nullptr;  // the last layer's output buffer of a replay
+  int64_t graph_table_blocks = 0;
+  int32_t pad_block = -1;
+  void* graph_meta = nullptr;
+  int64_t graph_meta_bytes = 0;
+  PinnedBuffer graph_meta_host;
+  CudaGraphStats graph_stats;
 
   ~Impl() {
     if (stream) cudaStreamSynchronize(stream);
+    DropGraphs();
+    if (graph_meta) cudaFree(graph_meta);
     if (meta) cudaFree(meta);
     if (moves) cudaFree(moves);
     if (own_stream && stream) cudaStreamDestroy(stream);
@@ -366,9 +393,23 @@ struct CudaBackend::Impl {
   // Validates the chunks against `cache` (nothing changes on error), then grows the cache and
   // uploads the batch's metadata. `cache_name` names the cache in errors. Hidden rows of a
   // return_hidden chunk: every token (`hidden_every_token`, target chunks) or its logit rows.
+  // With `graph`, the batch (decode chunks only) is padded to graph->bucket and its metadata
+  // goes into graph_meta at the offsets every replay of that bucket reads.
   Result<BatchPlan> PlanBatch(const std::vector<ChunkRef>& chunks, CudaKvCache& cache,
                               const std::string& cache_name, bool hidden_every_token,
-                              ForwardOutput& output);
+                              ForwardOutput& output, const GraphLayout* graph = nullptr);
+  // Embedding and every decoder layer over a planned target batch (pending: the output buffer
+  // of the last layer).
+  Status RunLayers(const BatchPlan& plan, const float*& pending);
+  // Decode graphs: the buckets and the padding block (Finish), the bucket that serves a batch
+  // (0 = run eagerly), the graph step, capture, and the metadata buffer for `table_blocks`.
+  std::string GraphsOffReason() const;  // empty when decode graphs are possible
+  Status PrepareGraphs();
+  int GraphBucket(const ForwardBatch& batch) const;
+  Result<ForwardOutput> ForwardGraph(const std::vector<ChunkRef>& refs, int bucket);
+  Status CaptureDecode(const BatchPlan& plan, cudaGraphExec_t* exec);
+  Status ResizeGraphMeta(int64_t table_blocks);
+  void DropGraphs();
   // One decoder layer over the planned tokens in x (pending: the previous layer's MLP output,
   // added to x first), K/V into layer `cache_layer` of `cache`; `layer` names it in errors
   // (-1 = the MTP layer).
@@ -964,6 +1005,8 @@ Status CudaBackend::Impl::Finish() {
     const int64_t blocks = budget / (shape.BlockBytes() + mtp_shape.BlockBytes());
     main_budget = blocks * shape.BlockBytes();
   }
+  // The decode graphs' padding rows get one block beyond the budget (PrepareGraphs).
+  if (GraphsOffReason().empty()) main_budget += shape.BlockBytes();
   Result<std::unique_ptr<CudaKvCache>> cache = CudaKvCache::Create(shape, main_budget);
   if (!cache.ok()) {
     return cache.status().WithContext("device " + std::to_string(options.device) + " has " +
@@ -976,7 +1019,71 @@ Status CudaBackend::Impl::Finish() {
     SPARK_ASSIGN_OR_RETURN(
         mtp_kv, CudaKvCache::Create(mtp_shape, kv->num_blocks() * mtp_shape.BlockBytes()));
   }
+  return PrepareGraphs();
+}
+
+std::string CudaBackend::Impl::GraphsOffReason() const {
+  if (!options.cuda_graphs) return "cuda_graphs is off";
+  if (tp_size > 1 && (options.collectives != CollectiveMode::kDevice || comm == nullptr ||
+                      !comm->SupportsGraphCapture())) {
+    return "the collectives cannot be captured (host-staged, or a communicator without graph "
+           "capture)";
+  }
+  if (std::min<int64_t>(options.graph_max_batch, max_tokens) < 1) return "graph_max_batch < 1";
+  return "";
+}
+
+Status CudaBackend::Impl::PrepareGraphs() {
+  graph_stats.disabled_reason = GraphsOffReason();
+  if (!graph_stats.disabled_reason.empty()) return Status::Ok();
+  const int64_t max_batch = std::min<int64_t>(options.graph_max_batch, max_tokens);
+  for (int b : kGraphBuckets) {
+    if (b <= max_batch) graph_buckets.push_back(b);
+  }
+  // The padding rows of a bucket write their K/V into one block beyond the KV budget.
+  SPARK_RETURN_IF_ERROR(kv->Grow(kPaddingSequence, 1)
+                            .WithContext("reserving the KV block of the decode graphs' padding"));
+  pad_block = kv->Blocks(kPaddingSequence).front();
+  graph_stats.buckets = graph_buckets;
+  return ResizeGraphMeta(std::min<int64_t>(kGraphInitialTableBlocks, kv->num_blocks()));
+}
+
+namespace {
+
+// Metadata bytes of a graph batch: the PlanBatch layout for `bucket` one-token chunks.
+int64_t GraphMetaBytes(int bucket, int64_t table_blocks, int tiles_per_chunk) {
+  auto align = [](int64_t v) { return (v + 15) / 16 * 16; };
+  const int64_t b = bucket;
+  return align(b * 4) * 2 + align(b * 8) + align(b * 4) + align(b * 4) * 3 +
+         align(b * tiles_per_chunk * 8) + align(b * table_blocks * 4);
+}
+
+}  // namespace
+
+Status CudaBackend::Impl::ResizeGraphMeta(int64_t table_blocks) {
+  SPARK_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  DropGraphs();
+  const int group = local_q / local_kv;
+  const int tiles = (group + kAttentionRowsPerTile - 1) / kAttentionRowsPerTile;
+  const int64_t bytes = GraphMetaBytes(graph_buckets.back(), table_blocks, tiles);
+  if (bytes > graph_meta_bytes) {
+    if (graph_meta) SPARK_CUDA_RETURN_IF_ERROR(cudaFree(graph_meta));
+    graph_meta = nullptr;
+    graph_meta_bytes = 0;
+    SPARK_CUDA_RETURN_IF_ERROR(cudaMalloc(&graph_meta, static_cast<size_t>(bytes)));
+    graph_meta_bytes = bytes;
+    SPARK_RETURN_IF_ERROR(graph_meta_host.Reserve(bytes));
+  }
+  graph_table_blocks = table_blocks;
+  graph_stats.table_blocks = table_blocks;
   return Status::Ok();
+}
+
+void CudaBackend::Impl::DropGraphs() {
+  for (auto& [bucket, exec] : graph_execs) {
+    if (exec) cudaGraphExecDestroy(exec);
+  }
+  graph_execs.clear();
 }
 
 Status CudaBackend::Impl::AllReduce(float* data, int64_t count) {
@@ -1013,7 +1120,8 @@ Status CudaBackend::Impl::Gather(float* local, int64_t count, float* out_host) {
 
 Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chunk_refs,
                                                CudaKvCache& cache, const std::string& cache_name,
-                                               bool hidden_every_token, ForwardOutput& output) {
+                                               bool hidden_every_token, ForwardOutput& output,
+                                               const GraphLayout* graph) {
   const ModelConfig& c = config;
   const int hd = c.head_dim;
   BatchPlan plan;
@@ -1031,6 +1139,9 @@ Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chun
     if (tokens.empty()) return InvalidArgument(where + " has no tokens; send >= 1 token");
     if (!seen.insert(ch.seq_id).second) {
       return InvalidArgument(where + " appears twice in one batch; merge its chunks");
+    }
+    if (ch.seq_id == kPaddingSequence) {
+      return InvalidArgument(where + ": sequence id 2^64-1 is reserved; use another id");
     }
     const int64_t cached = cache.Length(ch.seq_id);
     if (ch.start_pos != cached) {
@@ -1080,10 +1191,13 @@ Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chun
   }
   if (chunk_refs.empty()) return plan;
 
-  // Metadata.
+  // Metadata. A graph batch is padded to its bucket with one-token chunks.
+  const int real_chunks = static_cast<int>(chunk_refs.size());
+  const int chunks = graph != nullptr ? graph->bucket : real_chunks;
+  if (graph != nullptr) plan.total = graph->bucket;
   const int64_t total = plan.total;
   const int64_t rows = plan.rows;
-  const int chunks = static_cast<int>(chunk_refs.size());
+  const int64_t sel_cap = graph != nullptr ? graph->bucket : rows;
   const int group = local_q / local_kv;
   const int bt = options.kv_block_tokens;
   int max_blocks = 1;
@@ -1097,12 +1211,18 @@ Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chun
     max_blocks = std::max<int>(max_blocks, static_cast<int>((ctx + bt - 1) / bt));
     num_tiles += (n * group + kAttentionRowsPerTile - 1) / kAttentionRowsPerTile;
   }
+  if (graph != nullptr) {
+    SPARK_CHECK(max_blocks <= graph->max_blocks);
+    max_blocks = graph->max_blocks;
+    num_tiles += int64_t{chunks - real_chunks} *
+                 ((group + kAttentionRowsPerTile - 1) / kAttentionRowsPerTile);
+  }
   auto align = [](int64_t v) { return (v + 15) / 16 * 16; };
   const int64_t off_ids = 0;
   const int64_t off_pos = off_ids + align(total * 4);
   const int64_t off_slots = off_pos + align(total * 4);
   const int64_t off_sel = off_slots + align(total * 8);
-  const int64_t off_hsel = off_sel + align(rows * 4);
+  const int64_t off_hsel = off_sel + align(sel_cap * 4);
   const int64_t off_start = off_hsel + align(plan.hidden_rows * 4);
   const int64_t off_len = off_start + align(chunks * 4);
   const int64_t off_offset = off_len + align(chunks * 4);
@@ -1111,7 +1231,11 @@ Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chun
   const int64_t off_mask_offset = off_tables + align(int64_t{chunks} * max_blocks * 4);
   const int64_t off_masks = off_mask_offset + (mask_words > 0 ? align(chunks * 4) : 0);
   const int64_t meta_needed = off_masks + align(mask_words * 4);
-  if (meta_needed > meta_bytes) {
+  if (graph != nullptr) {
+    // The previous step may still be reading the pinned buffer.
+    SPARK_CHECK(meta_needed <= graph_meta_bytes);
+    SPARK_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  } else if (meta_needed > meta_bytes) {
     SPARK_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
     if (meta) cudaFree(meta);
     meta = nullptr;
@@ -1124,7 +1248,7 @@ Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chun
     // The previous batch's upload may still be reading the pinned buffer.
     SPARK_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
   }
-  char* mh = meta_host.as<char>();
+  char* mh = graph != nullptr ? graph_meta_host.as<char>() : meta_host.as<char>();
   auto* ids = reinterpret_cast<int32_t*>(mh + off_ids);
   auto* pos = reinterpret_cast<int32_t*>(mh + off_pos);
   auto* slots = reinterpret_cast<int64_t*>(mh + off_slots);
@@ -1145,7 +1269,7 @@ Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chun
   int64_t tile = 0;
   int64_t word = 0;
   std::vector<int32_t> depth;
-  for (int i = 0; i < chunks; ++i) {
+  for (int i = 0; i < real_chunks; ++i) {
     const ChunkRef& ch = chunk_refs[static_cast<size_t>(i)];
     const std::vector<int32_t>& parents = *ch.tree_parents;
     const int64_t n = static_cast<int64_t>(ch.tokens->size());
@@ -1195,9 +1319,25 @@ Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chun
     }
     t += n;
   }
-  SPARK_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(meta, mh, static_cast<size_t>(meta_needed), cudaMemcpyHostToDevice, stream));
-  char* md = static_cast<char*>(meta);
+  // Padding chunks (graph batches): one token at position 0 of the reserved block.
+  for (int i = real_chunks; i < chunks; ++i) {
+    cstart[i] = 0;
+    clen[i] = 1;
+    coff[i] = static_cast<int32_t>(t);
+    for (int b = 0; b < max_blocks; ++b)
+      tables[int64_t{i} * max_blocks + b] = b == 0 ? pad_block : 0;
+    ids[t] = 0;
+    pos[t] = 0;
+    slots[t] = int64_t{pad_block} * bt;
+    for (int64_t row = 0; row < group; row += kAttentionRowsPerTile) {
+      tiles[tile++] = make_int2(i, static_cast<int>(row));
+    }
+    ++t;
+  }
+  void* dev_meta = graph != nullptr ? graph_meta : meta;
+  SPARK_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dev_meta, mh, static_cast<size_t>(meta_needed),
+                                             cudaMemcpyHostToDevice, stream));
+  char* md = static_cast<char*>(dev_meta);
   plan.ids = reinterpret_cast<const int32_t*>(md + off_ids);
   plan.pos = reinterpret_cast<const int32_t*>(md + off_pos);
   plan.slots = reinterpret_cast<const int64_t*>(md + off_slots);
@@ -1226,7 +1366,19 @@ Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chun
   // Split along the keys when few blocks would run over long contexts.
   const int64_t ctas = num_tiles * local_kv;
   const int64_t sms = std::max(1, device.multiprocessors);
-  if (ctas < 2 * sms && max_ctx > 512) {
+  if (graph != nullptr) {
+    // A graph serves every context length: a fixed number of splits, each sequence's keys
+    // divided among them in the kernel (split_keys 0).
+    if (ctas < 2 * sms) {
+      int64_t want = std::min<int64_t>(kMaxAttentionSplits, (2 * sms + ctas - 1) / ctas);
+      want =
+          std::min<int64_t>(want, attn_partial_floats / std::max<int64_t>(total * local_q * hd, 1));
+      if (want > 1) {
+        plan.splits = static_cast<int>(want);
+        plan.split_keys = 0;
+      }
+    }
+  } else if (ctas < 2 * sms && max_ctx > 512) {
     int64_t want = std::min<int64_t>(
         {kMaxAttentionSplits, (2 * sms + ctas - 1) / ctas, (max_ctx + 255) / 256});
     const int64_t per_split = total * local_q * hd;
@@ -1367,18 +1519,106 @@ Result<ForwardOutput> CudaBackend::Impl::Forward(const ForwardBatch& batch) {
     refs.push_back(
         {ch.seq_id, ch.start_pos, &ch.tokens, ch.all_logits, &ch.tree_parents, ch.return_hidden});
   }
+  if (const int bucket = GraphBucket(batch); bucket > 0) return ForwardGraph(refs, bucket);
   ForwardOutput output;
   output.vocab_size = config.vocab_size;
   SPARK_ASSIGN_OR_RETURN(BatchPlan plan, PlanBatch(refs, *kv, "KV cache", true, output));
   if (plan.total == 0) return output;
+  const float* pending = nullptr;
+  SPARK_RETURN_IF_ERROR(RunLayers(plan, pending));
+  SPARK_RETURN_IF_ERROR(RunHead(final_norm, pending, plan, output));
+  return output;
+}
+
+Status CudaBackend::Impl::RunLayers(const BatchPlan& plan, const float*& pending) {
   SPARK_CUDA_RETURN_IF_ERROR(
       EmbeddingLookup(embed, config.hidden_size, plan.ids, plan.total, x, stream));
-  const float* pending = nullptr;
   for (int l = 0; l < config.num_hidden_layers; ++l) {
     SPARK_RETURN_IF_ERROR(RunLayer(layers[static_cast<size_t>(l)], *kv, l, plan, pending, l));
   }
+  return Status::Ok();
+}
+
+int CudaBackend::Impl::GraphBucket(const ForwardBatch& batch) const {
+  if (graph_buckets.empty() || !graph_stats.disabled_reason.empty() || batch.chunks.empty() ||
+      batch.chunks.size() > static_cast<size_t>(graph_buckets.back())) {
+    return 0;
+  }
+  const int64_t bt = options.kv_block_tokens;
+  for (const SequenceChunk& ch : batch.chunks) {
+    if (ch.tokens.size() != 1 || !ch.tree_parents.empty() || ch.all_logits || ch.return_hidden ||
+        ch.start_pos < 0 || ch.start_pos / bt >= kv->num_blocks()) {
+      return 0;  // not a decode step, or a position no cache holds (the eager path says so)
+    }
+  }
+  return *std::lower_bound(graph_buckets.begin(), graph_buckets.end(),
+                           static_cast<int>(batch.chunks.size()));
+}
+
+Result<ForwardOutput> CudaBackend::Impl::ForwardGraph(const std::vector<ChunkRef>& refs,
+                                                      int bucket) {
+  const int64_t bt = options.kv_block_tokens;
+  int64_t need_blocks = 1;
+  for (const ChunkRef& ch : refs) need_blocks = std::max(need_blocks, ch.start_pos / bt + 1);
+  if (need_blocks > graph_table_blocks) {
+    // Longer contexts than the tables hold: larger tables, every bucket captured again.
+    SPARK_RETURN_IF_ERROR(ResizeGraphMeta(
+        std::min<int64_t>(std::max(need_blocks, 2 * graph_table_blocks), kv->num_blocks())));
+  }
+  ForwardOutput output;
+  output.vocab_size = config.vocab_size;
+  const GraphLayout layout{bucket, static_cast<int>(graph_table_blocks)};
+  SPARK_ASSIGN_OR_RETURN(BatchPlan plan, PlanBatch(refs, *kv, "KV cache", true, output, &layout));
+  cudaGraphExec_t& exec = graph_execs[bucket];
+  if (exec == nullptr && graph_stats.disabled_reason.empty()) {
+    Status captured = CaptureDecode(plan, &exec);
+    if (!captured.ok()) {
+      // The step runs eagerly below; later steps too.
+      graph_stats.disabled_reason = captured.ToString();
+      exec = nullptr;
+    }
+  }
+  const float* pending = nullptr;
+  if (exec != nullptr) {
+    SPARK_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec, stream));
+    ++graph_stats.launches;
+    if (comm != nullptr && tp_size > 1) {
+      SPARK_RETURN_IF_ERROR(comm->WatchReplay("decode step (CUDA graph)"));
+    }
+    pending = graph_pending;
+  } else {
+    SPARK_RETURN_IF_ERROR(RunLayers(plan, pending));
+  }
   SPARK_RETURN_IF_ERROR(RunHead(final_norm, pending, plan, output));
   return output;
+}
+
+Status CudaBackend::Impl::CaptureDecode(const BatchPlan& plan, cudaGraphExec_t* exec) {
+  const bool collectives = comm != nullptr && tp_size > 1;
+  SPARK_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  if (collectives) comm->SetCapturing(true);
+  const float* pending = nullptr;
+  Status st = RunLayers(plan, pending);
+  if (collectives) comm->SetCapturing(false);
+  cudaGraph_t graph = nullptr;
+  const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+  if (st.ok() && ended != cudaSuccess) {
+    st = CudaError(ended, "cudaStreamEndCapture", __FILE__, __LINE__);
+  }
+  if (st.ok()) {
+    const cudaError_t made = cudaGraphInstantiate(exec, graph, 0);
+    if (made != cudaSuccess) st = CudaError(made, "cudaGraphInstantiate", __FILE__, __LINE__);
+  }
+  if (graph != nullptr) cudaGraphDestroy(graph);
+  (void)cudaGetLastError();  // a failed capture leaves its error behind
+  if (!st.ok()) {
+    *exec = nullptr;
+    return st.WithContext("capturing the decode graph of batch bucket " +
+                          std::to_string(plan.total));
+  }
+  graph_pending = pending;
+  ++graph_stats.captures;
+  return Status::Ok();
 }
 
 Result<ForwardOutput> CudaBackend::Impl::ForwardMtp(const MtpBatch& batch) {
@@ -1594,6 +1834,7 @@ void CudaBackend::Release(uint64_t seq_id) {
   impl_->kv->Release(seq_id);
   if (impl_->mtp_kv) impl_->mtp_kv->Release(seq_id);
 }
+CudaGraphStats CudaBackend::graph_stats() const { return impl_->graph_stats; }
 int64_t CudaBackend::FreeKvTokens() const {
   const int64_t free_tokens = impl_->kv->FreeTokens();
   return impl_->mtp_kv ? std::min(free_tokens, impl_->mtp_kv->FreeTokens()) : free_tokens;
@@ -1616,7 +1857,10 @@ int64_t CudaBackend::CachedTokens(uint64_t seq_id) const { return impl_->kv->Len
 Status CudaBackend::TruncateSequence(uint64_t seq_id, int64_t length) {
   return impl_->kv->Truncate(seq_id, length);
 }
-int64_t CudaBackend::KvCapacityTokens() const { return impl_->kv->CapacityTokens(); }
+int64_t CudaBackend::KvCapacityTokens() const {
+  // Without the decode graphs' padding block.
+  return impl_->kv->CapacityTokens() - (impl_->pad_block >= 0 ? impl_->options.kv_block_tokens : 0);
+}
 int64_t CudaBackend::weight_bytes() const {
   int64_t moe = 0;
   for (const LayerDev& D : impl_->layers) moe += D.moe_owned.bytes();

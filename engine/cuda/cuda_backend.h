@@ -48,6 +48,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "common/status.h"
@@ -93,6 +94,26 @@ struct CudaBackendOptions {
   // Tuned MoE tile configs (engine/cuda/moe_tuner.h) set on the MoE config table before the
   // workspace is sized; buckets without one use the heuristic.
   std::vector<MoeTunedChoice> moe_tuned;
+  // Decode steps (every chunk one token, causal, logits of that token only, no hidden rows)
+  // replay one CUDA graph per batch-size bucket (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, ... up
+  // to graph_max_batch and max_batch_tokens): the batch is padded to its bucket with one-token
+  // rows that write a reserved KV block, its metadata goes into a fixed device buffer, and the
+  // embedding and every decoder layer (with their collectives) run as one graph launch; the
+  // head (final norm, lm_head, logits to the host) runs as usual. Needs tp_size == 1 or
+  // CollectiveMode::kDevice with a Communicator that supports capture; otherwise, or when a
+  // capture fails (graph_stats() says why), every step runs eagerly.
+  bool cuda_graphs = true;
+  int graph_max_batch = 128;
+};
+
+// Decode graphs of a backend (CudaBackendOptions::cuda_graphs).
+struct CudaGraphStats {
+  std::vector<int> buckets;     // batch sizes with a graph (empty: graphs are off)
+  int64_t captures = 0;         // graphs captured (a bucket is captured again when the block
+                                // tables need more entries per sequence)
+  int64_t launches = 0;         // decode steps replayed from a graph
+  int64_t table_blocks = 0;     // block-table entries per sequence in the graph metadata
+  std::string disabled_reason;  // why graphs are off (empty while on)
 };
 
 // Which weights CreateDummy generates (the LoadOptions of MakeDummyWeights that apply).
@@ -165,6 +186,8 @@ class CudaBackend final : public engine::Backend {
   int64_t CachedTokens(uint64_t seq_id) const;
   Status TruncateSequence(uint64_t seq_id, int64_t length);
   int64_t KvCapacityTokens() const;
+
+  CudaGraphStats graph_stats() const;
 
   // Device bytes held by the weights, the workspace and the KV cache pool.
   int64_t weight_bytes() const;
