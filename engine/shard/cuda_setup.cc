@@ -126,6 +126,7 @@ Result<std::unique_ptr<engine::Backend>> CreateShardCudaBackend(const spark::v1:
   tune.smem_cap_bytes = options.smem_cap_bytes;
   tune.max_batch_tokens = setup.max_batch_tokens;
   tune.autotune = settings.moe_autotune;
+  options.cuda_graphs = settings.cuda_graphs;
   if (const char* file = std::getenv(engine::kMoeTuningFileEnv); file != nullptr) {
     tune.cache_file = file;
   }

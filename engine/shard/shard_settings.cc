@@ -11,7 +11,7 @@ namespace {
 constexpr int64_t kDefaultKvCacheBytes = int64_t{256} << 20;
 constexpr const char* kExtraKeys =
     "threads, max_batch_tokens, step_timeout_ms, keepalive_ms, kv_block_tokens, sampler, "
-    "moe_autotune";
+    "moe_autotune, cuda_graphs";
 
 Result<int64_t> ParseExtraInt(const std::string& key, const std::string& value, int64_t min,
                               int64_t max) {
@@ -99,6 +99,11 @@ Result<EngineSettings> ResolveEngineSettings(const spark::v1::EngineOptions& opt
         return InvalidArgument("engine option moe_autotune must be on or off, got '" + value + "'");
       }
       s.moe_autotune = value == "on";
+    } else if (key == "cuda_graphs") {
+      if (value != "on" && value != "off") {
+        return InvalidArgument("engine option cuda_graphs must be on or off, got '" + value + "'");
+      }
+      s.cuda_graphs = value == "on";
     } else {
       return InvalidArgument("unknown engine option '" + key + "'; known options: " + kExtraKeys);
     }

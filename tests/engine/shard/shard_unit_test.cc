@@ -184,6 +184,15 @@ TEST(ShardSettingsTest, EngineOptionsAndExtraKeys) {
   EXPECT_NE(ResolveEngineSettings(options).status().message().find(
                 "moe_autotune must be on or off, got 'no'"),
             std::string::npos);
+  options.mutable_extra()->erase("moe_autotune");
+
+  EXPECT_TRUE(ResolveEngineSettings(options)->cuda_graphs);  // default on
+  (*options.mutable_extra())["cuda_graphs"] = "off";
+  EXPECT_FALSE(ResolveEngineSettings(options)->cuda_graphs);
+  (*options.mutable_extra())["cuda_graphs"] = "1";
+  EXPECT_NE(ResolveEngineSettings(options).status().message().find(
+                "cuda_graphs must be on or off, got '1'"),
+            std::string::npos);
 }
 
 TEST(ShardSettingsTest, SpeculativeOptionsAreResolvedAsTheEngineDoes) {
