@@ -31,9 +31,9 @@ bool IsRegistration(const Received& r) { return r.envelope.has_node_registration
 class AgentBinaryTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    testing::WriteFile(dir_ / "boot_id", "boot-1\n");
-    model_ = testing::MakeModelDir(dir_ / "model");
-    shard_ = testing::WriteScript(dir_ / "bin/fake-shard", testing::kFakeShardScript);
+    testing::WriteFile(dir_.File("boot_id"), "boot-1\n");
+    model_ = testing::MakeModelDir(dir_.File("model"));
+    shard_ = testing::WriteScript(dir_.File("bin/fake-shard"), testing::kFakeShardScript);
   }
 
   std::unique_ptr<Process> Spawn(std::vector<std::string> args,
@@ -43,17 +43,17 @@ class AgentBinaryTest : public ::testing::Test {
     o.args.insert(o.args.end(), args.begin(), args.end());
     o.env = std::move(env);
     o.unset_env = {"NOTIFY_SOCKET", "WATCHDOG_USEC"};
-    o.stdout_path = o.stderr_path = dir_ / "agent.out";
+    o.stdout_path = o.stderr_path = dir_.File("agent.out");
     Result<std::unique_ptr<Process>> p = launcher_.Spawn(o);
     EXPECT_TRUE(p.ok()) << p.status().ToString();
     return p.ok() ? std::move(*p) : nullptr;
   }
 
   std::vector<std::string> RunArgs(const FakeController& c, const std::string& boot_file) {
-    return {"--controller",   c.endpoint(),   "--node-name",         "bin-node",
-            "--state-dir",    dir_ / "state", "--shard-binary",      shard_,
-            "--boot-id-file", boot_file,      "--heartbeat-ms",      "100",
-            "--log-sink",     "stderr",       "--shutdown-grace-ms", "2000"};
+    return {"--controller",   c.endpoint(),       "--node-name",         "bin-node",
+            "--state-dir",    dir_.File("state"), "--shard-binary",      shard_,
+            "--boot-id-file", boot_file,          "--heartbeat-ms",      "100",
+            "--log-sink",     "stderr",           "--shutdown-grace-ms", "2000"};
   }
 
   static int ExitCode(Process& p) {
@@ -69,14 +69,15 @@ class AgentBinaryTest : public ::testing::Test {
 };
 
 TEST_F(AgentBinaryTest, RefusesToStartWithoutKeysAndSaysHowToCreateThem) {
-  std::unique_ptr<Process> agent = Spawn(
-      {"--state-dir", dir_ / "state", "--keys", dir_ / "keys", "--boot-id-file", dir_ / "boot_id"});
+  std::unique_ptr<Process> agent =
+      Spawn({"--state-dir", dir_.File("state"), "--keys", dir_.File("keys"), "--boot-id-file",
+             dir_.File("boot_id")});
   ASSERT_NE(agent, nullptr);
   EXPECT_EQ(ExitCode(*agent), 78);
-  const std::string out = testing::ReadFile(dir_ / "agent.out");
+  const std::string out = testing::ReadFile(dir_.File("agent.out"));
   EXPECT_NE(out.find("refusing to start"), std::string::npos) << out;
-  EXPECT_NE(out.find(dir_ / "keys/agent.key"), std::string::npos) << out;
-  EXPECT_NE(out.find("spark-agent keygen --keys " + (dir_ / "keys")), std::string::npos) << out;
+  EXPECT_NE(out.find(dir_.File("keys/agent.key")), std::string::npos) << out;
+  EXPECT_NE(out.find("spark-agent keygen --keys " + dir_.File("keys")), std::string::npos) << out;
   EXPECT_NE(out.find("--insecure"), std::string::npos) << out;
 }
 
@@ -87,27 +88,27 @@ TEST_F(AgentBinaryTest, BadFlagIsAUsageError) {
 }
 
 TEST_F(AgentBinaryTest, KeygenThenRegistersOverCurve) {
-  std::unique_ptr<Process> keygen = Spawn({"keygen", "--keys", dir_ / "keys"});
+  std::unique_ptr<Process> keygen = Spawn({"keygen", "--keys", dir_.File("keys")});
   ASSERT_NE(keygen, nullptr);
-  ASSERT_EQ(ExitCode(*keygen), 0) << testing::ReadFile(dir_ / "agent.out");
-  Result<std::string> agent_pub = ReadCurvePublicKeyFile(dir_ / "keys/agent.pub");
+  ASSERT_EQ(ExitCode(*keygen), 0) << testing::ReadFile(dir_.File("agent.out"));
+  Result<std::string> agent_pub = ReadCurvePublicKeyFile(dir_.File("keys/agent.pub"));
   ASSERT_TRUE(agent_pub.ok());
   Result<CurveKeyPair> server = GenerateCurveKeyPair();
   ASSERT_TRUE(server.ok());
-  ASSERT_TRUE(WriteCurvePublicKeyFile(dir_ / "keys/controller.pub", server->public_key).ok());
+  ASSERT_TRUE(WriteCurvePublicKeyFile(dir_.File("keys/controller.pub"), server->public_key).ok());
   FakeController::Options options;
   options.curve = true;
   options.keys = *server;
   options.trusted = {*agent_pub};
   Result<std::unique_ptr<FakeController>> controller = FakeController::Start(options);
   ASSERT_TRUE(controller.ok());
-  std::vector<std::string> args = RunArgs(**controller, dir_ / "boot_id");
+  std::vector<std::string> args = RunArgs(**controller, dir_.File("boot_id"));
   args.push_back("--keys");
-  args.push_back(dir_ / "keys");
+  args.push_back(dir_.File("keys"));
   std::unique_ptr<Process> agent = Spawn(args);
   ASSERT_NE(agent, nullptr);
   std::optional<Received> reg = (*controller)->WaitFor(IsRegistration, milliseconds(5000));
-  ASSERT_TRUE(reg.has_value()) << testing::ReadFile(dir_ / "agent.out");
+  ASSERT_TRUE(reg.has_value()) << testing::ReadFile(dir_.File("agent.out"));
   EXPECT_EQ(reg->peer_key, *agent_pub);
   EXPECT_EQ(reg->envelope.node_registration().curve_public_key(), *agent_pub);
   EXPECT_EQ(reg->routing_id, "agent/bin-node");
@@ -118,19 +119,19 @@ TEST_F(AgentBinaryTest, KeygenThenRegistersOverCurve) {
 TEST_F(AgentBinaryTest, ReadyNotificationAndSigtermStopsTheShards) {
   Result<std::unique_ptr<FakeController>> controller = FakeController::Start({});
   ASSERT_TRUE(controller.ok());
-  const std::string notify_path = dir_ / "notify";
+  const std::string notify_path = dir_.File("notify");
   UniqueFd notify(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::strncpy(addr.sun_path, notify_path.c_str(), sizeof(addr.sun_path) - 1);
   ASSERT_EQ(::bind(notify.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
 
-  std::vector<std::string> args = RunArgs(**controller, dir_ / "boot_id");
+  std::vector<std::string> args = RunArgs(**controller, dir_.File("boot_id"));
   args.push_back("--insecure");
   std::unique_ptr<Process> agent = Spawn(args, {{"NOTIFY_SOCKET", notify_path}});
   ASSERT_NE(agent, nullptr);
   ASSERT_TRUE((*controller)->WaitFor(IsRegistration, milliseconds(5000)).has_value())
-      << testing::ReadFile(dir_ / "agent.out");
+      << testing::ReadFile(dir_.File("agent.out"));
   std::string notifications;
   ASSERT_TRUE(testing::WaitUntil(
       [&] {
@@ -159,12 +160,12 @@ TEST_F(AgentBinaryTest, ReadyNotificationAndSigtermStopsTheShards) {
                        r.envelope.shard_status().phase() == spark::v1::SHARD_PHASE_STARTING;
               },
               milliseconds(5000));
-  ASSERT_TRUE(starting.has_value()) << testing::ReadFile(dir_ / "agent.out");
+  ASSERT_TRUE(starting.has_value()) << testing::ReadFile(dir_.File("agent.out"));
   const pid_t shard = starting->envelope.shard_status().pid();
   ASSERT_TRUE(testing::ProcessAlive(shard));
 
   ASSERT_EQ(agent->Kill(SIGTERM), Status::Ok());
-  EXPECT_EQ(ExitCode(*agent), 0) << testing::ReadFile(dir_ / "agent.out");
+  EXPECT_EQ(ExitCode(*agent), 0) << testing::ReadFile(dir_.File("agent.out"));
   EXPECT_FALSE(testing::ProcessAlive(shard));
   EXPECT_TRUE((*controller)
                   ->WaitFor(
@@ -186,7 +187,7 @@ TEST_F(AgentBinaryTest, ReadyNotificationAndSigtermStopsTheShards) {
 TEST_F(AgentBinaryTest, KilledAgentTakesItsShardsAlongAndARebootedNodeReRegisters) {
   Result<std::unique_ptr<FakeController>> controller = FakeController::Start({});
   ASSERT_TRUE(controller.ok());
-  std::vector<std::string> args = RunArgs(**controller, dir_ / "boot_id");
+  std::vector<std::string> args = RunArgs(**controller, dir_.File("boot_id"));
   args.push_back("--insecure");
   std::unique_ptr<Process> agent = Spawn(args);
   ASSERT_NE(agent, nullptr);
@@ -215,13 +216,13 @@ TEST_F(AgentBinaryTest, KilledAgentTakesItsShardsAlongAndARebootedNodeReRegister
   ::kill(-shard, SIGKILL);
 
   // The node "rebooted": a new boot id.
-  testing::WriteFile(dir_ / "boot_id2", "boot-2\n");
+  testing::WriteFile(dir_.File("boot_id2"), "boot-2\n");
   const size_t from = (*controller)->received_count();
-  std::unique_ptr<Process> again = Spawn(RunArgs(**controller, dir_ / "boot_id2"));
+  std::unique_ptr<Process> again = Spawn(RunArgs(**controller, dir_.File("boot_id2")));
   ASSERT_NE(again, nullptr);
   // (no --insecure and no keys: refused) -> start it properly.
   EXPECT_EQ(ExitCode(*again), 78);
-  std::vector<std::string> args2 = RunArgs(**controller, dir_ / "boot_id2");
+  std::vector<std::string> args2 = RunArgs(**controller, dir_.File("boot_id2"));
   args2.push_back("--insecure");
   again = Spawn(args2);
   std::optional<Received> reg = (*controller)->WaitFor(IsRegistration, milliseconds(5000), from);
@@ -229,7 +230,7 @@ TEST_F(AgentBinaryTest, KilledAgentTakesItsShardsAlongAndARebootedNodeReRegister
   EXPECT_EQ(reg->envelope.node_registration().boot_id(), "boot-2");
   EXPECT_EQ(reg->envelope.node_registration().shards_size(), 0);
   EXPECT_NE(reg->envelope.sender_incarnation(), starting->envelope.sender_incarnation());
-  EXPECT_TRUE(std::filesystem::is_empty(ShardsDir(dir_ / "state")));
+  EXPECT_TRUE(std::filesystem::is_empty(ShardsDir(dir_.File("state"))));
   ASSERT_EQ(again->Kill(SIGTERM), Status::Ok());
   EXPECT_EQ(ExitCode(*again), 0);
 }

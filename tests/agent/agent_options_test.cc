@@ -32,7 +32,7 @@ TEST(AgentOptionsTest, DefaultsWithoutConfig) {
 
 TEST(AgentOptionsTest, FlagsOverrideTheConfigFile) {
   testing::TempDir dir;
-  testing::WriteFile(dir / "agent.toml", R"(controller = "tcp://10.0.0.1:7440"
+  testing::WriteFile(dir.File("agent.toml"), R"(controller = "tcp://10.0.0.1:7440"
 node_name = "from-file"
 backend = "cpu"
 state_dir = "/srv/spark"
@@ -44,7 +44,7 @@ ib_gid_index = 3
 [log]
 level = "debug"
 )");
-  Result<AgentCommand> c = Parse({"--config", dir / "agent.toml", "--node-name", "from-flag",
+  Result<AgentCommand> c = Parse({"--config", dir.File("agent.toml"), "--node-name", "from-flag",
                                   "--heartbeat-ms", "250", "--data-listen", "10.0.0.5:7450"});
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   const AgentOptions& o = c->options;
@@ -61,8 +61,8 @@ level = "debug"
 
 TEST(AgentOptionsTest, ConfigErrorsNameTheFileLineAndKey) {
   testing::TempDir dir;
-  testing::WriteFile(dir / "agent.toml", "heartbeat_ms = \"fast\"\nheartbeat_msec = 3\n");
-  Result<AgentCommand> c = Parse({"--config", dir / "agent.toml"});
+  testing::WriteFile(dir.File("agent.toml"), "heartbeat_ms = \"fast\"\nheartbeat_msec = 3\n");
+  Result<AgentCommand> c = Parse({"--config", dir.File("agent.toml")});
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("agent.toml:1"), std::string::npos) << c.status().message();
   EXPECT_NE(c.status().message().find("heartbeat_msec"), std::string::npos);
@@ -111,10 +111,10 @@ TEST(AgentOptionsTest, KeygenAndHelp) {
 TEST(AgentOptionsTest, KeysDirDefaultsToTheStateDirWhenItHoldsAKey) {
   testing::TempDir dir;
   AgentOptions o;
-  o.state_dir = dir.path();
+  o.state_dir = dir.path().string();
   EXPECT_EQ(ResolveKeysDir(o), "/etc/spark/keys");
-  testing::WriteFile(dir / "keys/agent.key", "x");
-  EXPECT_EQ(ResolveKeysDir(o), dir / "keys");
+  testing::WriteFile(dir.File("keys/agent.key"), "x");
+  EXPECT_EQ(ResolveKeysDir(o), dir.File("keys"));
   o.keys_dir = "/k";
   EXPECT_EQ(ResolveKeysDir(o), "/k");
 }

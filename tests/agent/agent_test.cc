@@ -66,9 +66,9 @@ class AgentTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_FALSE(dir_.path().empty());
-    model_ = testing::MakeModelDir(dir_ / "model");
-    testing::WriteFile(dir_ / "boot_id", "boot-1\n");
-    shard_binary_ = testing::WriteScript(dir_ / "bin/fake-shard", testing::kFakeShardScript);
+    model_ = testing::MakeModelDir(dir_.File("model"));
+    testing::WriteFile(dir_.File("boot_id"), "boot-1\n");
+    shard_binary_ = testing::WriteScript(dir_.File("bin/fake-shard"), testing::kFakeShardScript);
     // The fake shard must not inherit a real service manager socket from the test runner.
     ::setenv("NOTIFY_SOCKET", "/nonexistent/notify", 1);
     ASSERT_NO_FATAL_FAILURE(StartController({}));
@@ -91,10 +91,10 @@ class AgentTest : public ::testing::Test {
     o.controller = controller_->endpoint();
     o.node_name = "node-a";
     o.backend = spark::v1::BACKEND_CPU;
-    o.state_dir = dir_ / "state";
+    o.state_dir = dir_.File("state");
     o.shard_binary = shard_binary_;
     o.insecure = true;
-    o.boot_id_file = dir_ / "boot_id";
+    o.boot_id_file = dir_.File("boot_id");
     o.heartbeat_ms = 100;
     o.reconnect_max_ms = 500;
     o.shutdown_grace_ms = 1000;
@@ -272,14 +272,16 @@ TEST_F(AgentTest, ReRegistersAfterControllerRestartAndReportsItsShards) {
   spark::v1::ShardStatus ready;
   ready.set_phase(spark::v1::SHARD_PHASE_READY);
   ready.set_data_endpoint("tcp://127.0.0.1:41234");
-  ASSERT_TRUE(WriteShardStatusFile(dir_ / "bin/ready.status", ready).ok());
+  ASSERT_TRUE(WriteShardStatusFile(dir_.File("bin/ready.status"), ready).ok());
   ASSERT_NO_FATAL_FAILURE(StartRegistered());
   const pid_t pid = StartShard(Assignment("demo", 3, 1));
   ASSERT_GT(pid, 0);
   const pid_t ready_pid = StartShard(Assignment("ready", 2, 0));
   ASSERT_GT(ready_pid, 0);
   ASSERT_TRUE(testing::WaitUntil(
-      [&] { return std::filesystem::exists(ShardPathsFor(dir_ / "state", "ready-2-0").status); },
+      [&] {
+        return std::filesystem::exists(ShardPathsFor(dir_.File("state"), "ready-2-0").status);
+      },
       milliseconds(3000)));
   const std::string endpoint = controller_->endpoint();
   controller_.reset();  // crash
@@ -352,7 +354,7 @@ TEST_F(AgentTest, SpawnsShardWithAssignmentArgumentsEnvironmentAndFiles) {
   spark::v1::ShardAssignment a = Assignment("demo", 4, 0);
   const pid_t pid = StartShard(a);
   ASSERT_GT(pid, 0);
-  const std::string state = dir_ / "state";
+  const std::string state = dir_.File("state");
   const ShardPaths paths = ShardPathsFor(state, "demo-4-0");
   ASSERT_TRUE(testing::WaitUntil(
       [&] { return testing::ReadFile(paths.log).find("NOTIFY_SOCKET") != std::string::npos; },
@@ -433,8 +435,8 @@ TEST_F(AgentTest, ReportsTheMoeTuningFileAfterRegistrationAndWhenItChanges) {
   record.tuned_unix_ms = 1;
   record.source = "tuner";
   // A file a shard wrote before the agent (re)started is reported right after registering.
-  std::filesystem::create_directories(dir_ / "state");
-  const std::string file = dir_ / "state/moe_tuning.json";
+  std::filesystem::create_directories(dir_.File("state"));
+  const std::string file = dir_.File("state/moe_tuning.json");
   ASSERT_TRUE(engine::UpdateMoeTuningFile(file, {record}).ok());
   ASSERT_NO_FATAL_FAILURE(StartRegistered());
   auto is_report = [](const Received& r) { return r.envelope.has_moe_tuning_report(); };
@@ -487,7 +489,7 @@ TEST_F(AgentTest, ShardExitReportedWithExitCodeAndLogTail) {
   EXPECT_NE(s.failure_reason().find("log line 30"), std::string::npos) << s.failure_reason();
   EXPECT_GT(s.pid(), 0);
   // Only the log stays.
-  const ShardPaths paths = ShardPathsFor(dir_ / "state", "exit3-1-1");
+  const ShardPaths paths = ShardPathsFor(dir_.File("state"), "exit3-1-1");
   EXPECT_TRUE(
       testing::WaitUntil([&] { return !std::filesystem::exists(paths.pid); }, milliseconds(1000)));
   EXPECT_FALSE(std::filesystem::exists(paths.assignment));
@@ -546,7 +548,7 @@ TEST_F(AgentTest, StopShardTerminatesGracefully) {
   ASSERT_NO_FATAL_FAILURE(StartRegistered());
   const pid_t pid = StartShard(Assignment("demo", 6, 1));
   ASSERT_GT(pid, 0);
-  const std::string log = ShardPathsFor(dir_ / "state", "demo-6-1").log;
+  const std::string log = ShardPathsFor(dir_.File("state"), "demo-6-1").log;
   ASSERT_TRUE(
       testing::WaitUntil([&] { return testing::ReadFile(log).find("ready") != std::string::npos; },
                          milliseconds(3000)));
@@ -568,7 +570,7 @@ TEST_F(AgentTest, StopShardSendsSigkillAfterTheGracePeriod) {
   ASSERT_NO_FATAL_FAILURE(StartRegistered());
   const pid_t pid = StartShard(Assignment("ignoreterm", 1, 1));
   ASSERT_GT(pid, 0);
-  const std::string log = ShardPathsFor(dir_ / "state", "ignoreterm-1-1").log;
+  const std::string log = ShardPathsFor(dir_.File("state"), "ignoreterm-1-1").log;
   ASSERT_TRUE(
       testing::WaitUntil([&] { return testing::ReadFile(log).find("ready") != std::string::npos; },
                          milliseconds(3000)));
@@ -629,7 +631,7 @@ TEST_F(AgentTest, NewerGenerationReplacesTheOldShard) {
 TEST_F(AgentTest, PreflightFailureForAMissingModelPathSpawnsNothing) {
   ASSERT_NO_FATAL_FAILURE(StartRegistered());
   spark::v1::ShardAssignment a = Assignment("nomodel", 2, 1);
-  a.set_model_path(dir_ / "no/such/model");
+  a.set_model_path(dir_.File("no/such/model"));
   const size_t from = controller_->received_count();
   Assign(a);
   std::optional<Received> failed =
@@ -640,12 +642,12 @@ TEST_F(AgentTest, PreflightFailureForAMissingModelPathSpawnsNothing) {
   EXPECT_FALSE(s.has_exit_status());
   const std::string& reason = s.failure_reason();
   EXPECT_NE(reason.find("model_path"), std::string::npos) << reason;
-  EXPECT_NE(reason.find(dir_ / "no/such/model"), std::string::npos) << reason;
+  EXPECT_NE(reason.find(dir_.File("no/such/model")), std::string::npos) << reason;
   EXPECT_NE(reason.find("does not exist on node node-a"), std::string::npos) << reason;
   EXPECT_NE(reason.find("Fix: copy the checkpoint to"), std::string::npos) << reason;
   EXPECT_TRUE(WaitStatus("nomodel", 2, spark::v1::SHARD_PHASE_STARTING, milliseconds(200), from) ==
               std::nullopt);
-  EXPECT_FALSE(std::filesystem::exists(ShardPathsFor(dir_ / "state", "nomodel-2-1").log));
+  EXPECT_FALSE(std::filesystem::exists(ShardPathsFor(dir_.File("state"), "nomodel-2-1").log));
 }
 
 TEST_F(AgentTest, StopShardForAShardNotRunningHereIsReportedStopped) {
@@ -659,7 +661,7 @@ TEST_F(AgentTest, StopShardForAShardNotRunningHereIsReportedStopped) {
 }
 
 TEST_F(AgentTest, KillsShardsLeftByAnEarlierAgentAtStart) {
-  const std::string state = dir_ / "state";
+  const std::string state = dir_.File("state");
   const std::string shards = ShardsDir(state);
   std::filesystem::create_directories(shards);
   // A shard of an earlier agent: its command line names its assignment file.
@@ -667,7 +669,7 @@ TEST_F(AgentTest, KillsShardsLeftByAnEarlierAgentAtStart) {
   testing::WriteFile(paths.assignment, "");
   SpawnOptions spawn;
   spawn.args = {shard_binary_, "--assignment", paths.assignment};
-  spawn.stdout_path = spawn.stderr_path = dir_ / "old.log";
+  spawn.stdout_path = spawn.stderr_path = dir_.File("old.log");
   Result<std::unique_ptr<Process>> old = launcher_.Spawn(spawn);
   ASSERT_TRUE(old.ok()) << old.status().ToString();
   const pid_t old_pid = (*old)->pid();
@@ -714,7 +716,7 @@ TEST_F(AgentTest, ShutdownStopsShardsAndReportsThem) {
   std::optional<Received> stopped =
       WaitStatus("demo", 3, spark::v1::SHARD_PHASE_STOPPED, milliseconds(2000), from);
   EXPECT_TRUE(stopped.has_value());
-  EXPECT_FALSE(std::filesystem::exists(ShardPathsFor(dir_ / "state", "demo-3-1").pid));
+  EXPECT_FALSE(std::filesystem::exists(ShardPathsFor(dir_.File("state"), "demo-3-1").pid));
 }
 
 TEST_F(AgentTest, CurveAgentWithAnUntrustedKeyNeverGetsThrough) {

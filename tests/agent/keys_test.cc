@@ -11,18 +11,18 @@ namespace {
 
 TEST(KeysTest, MissingKeysNameTheFileAndTheKeygenCommand) {
   testing::TempDir dir;
-  Result<AgentKeys> keys = LoadAgentKeys(dir / "keys");
+  Result<AgentKeys> keys = LoadAgentKeys(dir.File("keys"));
   ASSERT_FALSE(keys.ok());
   EXPECT_EQ(keys.status().code(), StatusCode::kNotFound);
   const std::string& m = keys.status().message();
-  EXPECT_NE(m.find(dir / "keys/agent.key"), std::string::npos) << m;
-  EXPECT_NE(m.find("spark-agent keygen --keys " + (dir / "keys")), std::string::npos) << m;
+  EXPECT_NE(m.find(dir.File("keys/agent.key")), std::string::npos) << m;
+  EXPECT_NE(m.find("spark-agent keygen --keys " + dir.File("keys")), std::string::npos) << m;
   EXPECT_NE(m.find("--insecure"), std::string::npos) << m;
 }
 
 TEST(KeysTest, KeygenWritesAPairThatLoadsOnceTheControllerKeyIsThere) {
   testing::TempDir dir;
-  const std::string keys_dir = dir / "keys";
+  const std::string keys_dir = dir.File("keys");
   Result<std::string> pub = GenerateAgentKeys(keys_dir, false);
   ASSERT_TRUE(pub.ok()) << pub.status().ToString();
   EXPECT_TRUE(IsValidCurveKey(*pub));
@@ -58,7 +58,7 @@ TEST(KeysTest, KeygenWritesAPairThatLoadsOnceTheControllerKeyIsThere) {
 
 TEST(KeysTest, ASecretKeyReadableByOthersIsRefusedWithTheFix) {
   testing::TempDir dir;
-  const std::string keys_dir = dir / "keys";
+  const std::string keys_dir = dir.File("keys");
   ASSERT_TRUE(GenerateAgentKeys(keys_dir, false).ok());
   ASSERT_EQ(::chmod((keys_dir + "/agent.key").c_str(), 0644), 0);
   Result<AgentKeys> keys = LoadAgentKeys(keys_dir);

@@ -29,7 +29,7 @@ engine::MoeTuningRecord Record(int64_t batch) {
 
 TEST(MoeTuningReporterTest, ReportsOnceAfterEachChangeOrReset) {
   testing::TempDir dir;
-  const std::string file = dir / "moe_tuning.json";
+  const std::string file = dir.File("moe_tuning.json");
   MoeTuningReporter reporter(file);
   EXPECT_FALSE(reporter.Poll("n1").has_value());  // no file yet
 

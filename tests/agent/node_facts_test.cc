@@ -25,13 +25,13 @@ spark::v1::RdmaDevice Port(const std::string& name, uint32_t port, bool active,
 
 TEST(BootIdTest, ReadsAndTrims) {
   testing::TempDir dir;
-  testing::WriteFile(dir / "boot_id", "3f1c0b7e-8d5a-4a55-9d7e-0c2b9f4e8a11\n");
-  Result<std::string> id = ReadBootId(dir / "boot_id");
+  testing::WriteFile(dir.File("boot_id"), "3f1c0b7e-8d5a-4a55-9d7e-0c2b9f4e8a11\n");
+  Result<std::string> id = ReadBootId(dir.File("boot_id"));
   ASSERT_TRUE(id.ok());
   EXPECT_EQ(*id, "3f1c0b7e-8d5a-4a55-9d7e-0c2b9f4e8a11");
-  testing::WriteFile(dir / "empty", "\n");
-  EXPECT_EQ(ReadBootId(dir / "empty").status().code(), StatusCode::kDataLoss);
-  Result<std::string> missing = ReadBootId(dir / "missing");
+  testing::WriteFile(dir.File("empty"), "\n");
+  EXPECT_EQ(ReadBootId(dir.File("empty")).status().code(), StatusCode::kDataLoss);
+  Result<std::string> missing = ReadBootId(dir.File("missing"));
   EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
   EXPECT_NE(missing.status().message().find("--boot-id-file"), std::string::npos);
   // The real one: 36 characters.
@@ -42,9 +42,9 @@ TEST(BootIdTest, ReadsAndTrims) {
 
 TEST(NodeFactsTest, CollectsOnThisMachine) {
   testing::TempDir dir;
-  testing::WriteFile(dir / "boot_id", "b-1\n");
+  testing::WriteFile(dir.File("boot_id"), "b-1\n");
   AgentOptions o;
-  o.boot_id_file = dir / "boot_id";
+  o.boot_id_file = dir.File("boot_id");
   Result<NodeFacts> facts = CollectNodeFacts(o);
   ASSERT_TRUE(facts.ok()) << facts.status().ToString();
   EXPECT_EQ(facts->node_name, LocalHostName());
@@ -91,14 +91,14 @@ TEST(NcclEnvTest, WithoutRdmaOnlyTheDefaultRouteInterface) {
 TEST(NcclEnvTest, DefaultRouteInterfaceFromTheRoutingTable) {
   testing::TempDir dir;
   testing::WriteFile(
-      dir / "route",
+      dir.File("route"),
       "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
       "eth1\t0000A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
       "eth0\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n");
-  EXPECT_EQ(DefaultRouteInterface(dir / "route"), "eth0");
-  testing::WriteFile(dir / "noroute", "Iface\tDestination\n");
-  EXPECT_EQ(DefaultRouteInterface(dir / "noroute"), "");
-  EXPECT_EQ(DefaultRouteInterface(dir / "missing"), "");
+  EXPECT_EQ(DefaultRouteInterface(dir.File("route")), "eth0");
+  testing::WriteFile(dir.File("noroute"), "Iface\tDestination\n");
+  EXPECT_EQ(DefaultRouteInterface(dir.File("noroute")), "");
+  EXPECT_EQ(DefaultRouteInterface(dir.File("missing")), "");
 }
 
 TEST(NcclEnvTest, InterfaceListsMatchLikeNccl) {

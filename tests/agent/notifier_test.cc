@@ -16,7 +16,7 @@ namespace {
 
 TEST(SystemdNotifierTest, SendsToNotifySocketAndReadsTheWatchdog) {
   testing::TempDir dir;
-  const std::string path = dir / "notify";
+  const std::string path = dir.File("notify");
   UniqueFd sock(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   ASSERT_TRUE(sock.valid());
   sockaddr_un addr{};

@@ -22,17 +22,17 @@ std::map<std::string, spark::v1::PreflightResult> ByCheck(
 class PreflightTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    model_ = testing::MakeModelDir(dir_ / "model");
-    shard_ = testing::WriteScript(dir_ / "spark-shard", "exit 0\n");
+    model_ = testing::MakeModelDir(dir_.File("model"));
+    shard_ = testing::WriteScript(dir_.File("spark-shard"), "exit 0\n");
     context_.facts.node_name = "node-a";
     context_.facts.backend = spark::v1::BACKEND_CPU;
     context_.shard_binary = shard_;
-    context_.state_dir = dir_.path();
-    testing::WriteFile(dir_ / "meminfo", "MemTotal: 100 kB\nMemAvailable: 2048 kB\n");
-    context_.meminfo_path = dir_ / "meminfo";
-    std::filesystem::create_directories(dir_ / "net/lo");
-    std::filesystem::create_directories(dir_ / "net/eth0");
-    context_.net_class_dir = dir_ / "net";
+    context_.state_dir = dir_.path().string();
+    testing::WriteFile(dir_.File("meminfo"), "MemTotal: 100 kB\nMemAvailable: 2048 kB\n");
+    context_.meminfo_path = dir_.File("meminfo");
+    std::filesystem::create_directories(dir_.File("net/lo"));
+    std::filesystem::create_directories(dir_.File("net/eth0"));
+    context_.net_class_dir = dir_.File("net");
   }
 
   spark::v1::ShardAssignment Assignment() const {
@@ -67,8 +67,8 @@ TEST_F(PreflightTest, CpuNodeWithoutRdmaPasses) {
 
 TEST_F(PreflightTest, NodeFailuresComeWithAFix) {
   context_.facts.nccl_env = {{"NCCL_SOCKET_IFNAME", "enp9s0"}};
-  context_.shard_binary = dir_ / "missing-shard";
-  context_.state_dir = dir_ / "no-such-dir";
+  context_.shard_binary = dir_.File("missing-shard");
+  context_.state_dir = dir_.File("no-such-dir");
   const auto results = RunNodePreflight(context_);
   EXPECT_FALSE(PreflightPassed(results));
   auto checks = ByCheck(results);
@@ -126,14 +126,14 @@ TEST_F(PreflightTest, GoodAssignmentPasses) {
 
 TEST_F(PreflightTest, MissingModelPathNamesThePathNodeAndFix) {
   spark::v1::ShardAssignment a = Assignment();
-  a.set_model_path(dir_ / "nope");
+  a.set_model_path(dir_.File("nope"));
   const auto results = RunAssignmentPreflight(context_, a);
   EXPECT_FALSE(PreflightPassed(results));
   auto checks = ByCheck(results);
   EXPECT_EQ(checks["model_path"].message(),
-            "model path " + (dir_ / "nope") + " does not exist on node node-a");
+            "model path " + dir_.File("nope") + " does not exist on node node-a");
   EXPECT_EQ(checks["model_path"].fix(),
-            "copy the checkpoint to " + (dir_ / "nope") +
+            "copy the checkpoint to " + dir_.File("nope") +
                 " on node node-a (every node of the deployment needs it at the same path), or "
                 "deploy with the path where it is");
 }
@@ -144,8 +144,8 @@ TEST_F(PreflightTest, ModelPathMustBeADirectoryWithConfigJson) {
   EXPECT_NE(ByCheck(RunAssignmentPreflight(context_, a))["model_path"].message().find(
                 "is not a directory"),
             std::string::npos);
-  std::filesystem::create_directories(dir_ / "empty-model");
-  a.set_model_path(dir_ / "empty-model");
+  std::filesystem::create_directories(dir_.File("empty-model"));
+  a.set_model_path(dir_.File("empty-model"));
   EXPECT_NE(ByCheck(RunAssignmentPreflight(context_, a))["model_path"].message().find(
                 "has no config.json"),
             std::string::npos);
@@ -190,10 +190,10 @@ TEST_F(PreflightTest, BackendMismatchAndBadAssignments) {
 
 TEST(MemAvailableTest, ParsesMeminfo) {
   testing::TempDir dir;
-  testing::WriteFile(dir / "meminfo",
+  testing::WriteFile(dir.File("meminfo"),
                      "MemTotal:       16384000 kB\nMemFree:  1 kB\nMemAvailable:   8192000 kB\n");
-  EXPECT_EQ(MemAvailableBytes(dir / "meminfo"), 8192000LL * 1024);
-  EXPECT_EQ(MemAvailableBytes(dir / "missing"), -1);
+  EXPECT_EQ(MemAvailableBytes(dir.File("meminfo")), 8192000LL * 1024);
+  EXPECT_EQ(MemAvailableBytes(dir.File("missing")), -1);
   EXPECT_GT(MemAvailableBytes(), 0);
   EXPECT_EQ(FormatBytes(3ull << 30), "3.0 GiB");
   EXPECT_EQ(FormatBytes(1536ull << 10), "1.5 MiB");

@@ -29,20 +29,21 @@ TEST(ShardFilesTest, StemsAreFileSafe) {
 
 TEST(ShardFilesTest, PidFileRoundTripAndPlainPid) {
   testing::TempDir dir;
-  ASSERT_TRUE(WritePidFile(dir / "a.pid", PidRecord{4242, 987654321, "boot-x"}).ok());
-  EXPECT_EQ(testing::ReadFile(dir / "a.pid"), "pid=4242\nstart_ticks=987654321\nboot_id=boot-x\n");
-  Result<PidRecord> r = ReadPidFile(dir / "a.pid");
+  ASSERT_TRUE(WritePidFile(dir.File("a.pid"), PidRecord{4242, 987654321, "boot-x"}).ok());
+  EXPECT_EQ(testing::ReadFile(dir.File("a.pid")),
+            "pid=4242\nstart_ticks=987654321\nboot_id=boot-x\n");
+  Result<PidRecord> r = ReadPidFile(dir.File("a.pid"));
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->pid, 4242);
   EXPECT_EQ(r->start_ticks, 987654321u);
   EXPECT_EQ(r->boot_id, "boot-x");
-  testing::WriteFile(dir / "b.pid", "777\n");
-  EXPECT_EQ(ReadPidFile(dir / "b.pid")->pid, 777);
-  testing::WriteFile(dir / "c.pid", "pid=abc\n");
-  EXPECT_EQ(ReadPidFile(dir / "c.pid").status().code(), StatusCode::kDataLoss);
-  testing::WriteFile(dir / "d.pid", "pid=1\n");  // never init
-  EXPECT_EQ(ReadPidFile(dir / "d.pid").status().code(), StatusCode::kDataLoss);
-  EXPECT_EQ(ReadPidFile(dir / "none.pid").status().code(), StatusCode::kNotFound);
+  testing::WriteFile(dir.File("b.pid"), "777\n");
+  EXPECT_EQ(ReadPidFile(dir.File("b.pid"))->pid, 777);
+  testing::WriteFile(dir.File("c.pid"), "pid=abc\n");
+  EXPECT_EQ(ReadPidFile(dir.File("c.pid")).status().code(), StatusCode::kDataLoss);
+  testing::WriteFile(dir.File("d.pid"), "pid=1\n");  // never init
+  EXPECT_EQ(ReadPidFile(dir.File("d.pid")).status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(ReadPidFile(dir.File("none.pid")).status().code(), StatusCode::kNotFound);
 }
 
 TEST(ShardFilesTest, ProcFacts) {
@@ -56,11 +57,11 @@ TEST(ShardFilesTest, ProcFacts) {
   EXPECT_NE(cmdline->at(0).find("agent_unit_test"), std::string::npos);
   // A fake /proc entry whose command name holds spaces and parentheses.
   testing::TempDir dir;
-  testing::WriteFile(dir / "123/stat",
+  testing::WriteFile(dir.File("123/stat"),
                      "123 (a b) c) S 1 123 123 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 5555 0 0\n");
-  EXPECT_EQ(*ProcessStartTicks(123, dir.path()), 5555u);
-  EXPECT_EQ(*ProcessState(123, dir.path()), 'S');
-  EXPECT_EQ(ProcessStartTicks(124, dir.path()).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(*ProcessStartTicks(123, dir.path().string()), 5555u);
+  EXPECT_EQ(*ProcessState(123, dir.path().string()), 'S');
+  EXPECT_EQ(ProcessStartTicks(124, dir.path().string()).status().code(), StatusCode::kNotFound);
 }
 
 TEST(ShardStatusFileTest, RoundTrip) {
@@ -70,13 +71,13 @@ TEST(ShardStatusFileTest, RoundTrip) {
   s.set_generation(4);
   s.set_phase(spark::v1::SHARD_PHASE_READY);
   s.set_data_endpoint("tcp://10.0.0.1:7450");
-  ASSERT_TRUE(WriteShardStatusFile(dir / "x.status", s).ok());
-  Result<spark::v1::ShardStatus> read = ReadShardStatusFile(dir / "x.status");
+  ASSERT_TRUE(WriteShardStatusFile(dir.File("x.status"), s).ok());
+  Result<spark::v1::ShardStatus> read = ReadShardStatusFile(dir.File("x.status"));
   ASSERT_TRUE(read.ok());
   EXPECT_EQ(read->SerializeAsString(), s.SerializeAsString());
-  EXPECT_EQ(ReadShardStatusFile(dir / "none").status().code(), StatusCode::kNotFound);
-  testing::WriteFile(dir / "bad.status", "\xff\xff\xff");
-  EXPECT_EQ(ReadShardStatusFile(dir / "bad.status").status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(ReadShardStatusFile(dir.File("none")).status().code(), StatusCode::kNotFound);
+  testing::WriteFile(dir.File("bad.status"), "\xff\xff\xff");
+  EXPECT_EQ(ReadShardStatusFile(dir.File("bad.status")).status().code(), StatusCode::kDataLoss);
 }
 
 TEST(LogTailTest, LastLinesOnly) {
@@ -84,19 +85,19 @@ TEST(LogTailTest, LastLinesOnly) {
   std::string content;
   for (int i = 1; i <= 30; ++i) content += "line " + std::to_string(i) + "\r\n";
   content += "\n\n";
-  testing::WriteFile(dir / "a.log", content);
-  std::vector<std::string> tail = ReadLogTail(dir / "a.log", 20);
+  testing::WriteFile(dir.File("a.log"), content);
+  std::vector<std::string> tail = ReadLogTail(dir.File("a.log"), 20);
   ASSERT_EQ(tail.size(), 20u);
   EXPECT_EQ(tail.front(), "line 11");
   EXPECT_EQ(tail.back(), "line 30");
   // Reading only the last 20 bytes drops the partial first line.
-  tail = ReadLogTail(dir / "a.log", 20, 20);
+  tail = ReadLogTail(dir.File("a.log"), 20, 20);
   ASSERT_FALSE(tail.empty());
   EXPECT_EQ(tail.back(), "line 30");
   for (const auto& line : tail) EXPECT_EQ(line.rfind("line ", 0), 0u) << line;
-  EXPECT_TRUE(ReadLogTail(dir / "missing.log", 20).empty());
-  testing::WriteFile(dir / "long.log", std::string(5000, 'x') + "\nend");
-  tail = ReadLogTail(dir / "long.log", 2);
+  EXPECT_TRUE(ReadLogTail(dir.File("missing.log"), 20).empty());
+  testing::WriteFile(dir.File("long.log"), std::string(5000, 'x') + "\nend");
+  tail = ReadLogTail(dir.File("long.log"), 2);
   ASSERT_EQ(tail.size(), 2u);
   EXPECT_EQ(tail[0].size(), 1000u);
   EXPECT_EQ(tail[1], "end");
@@ -106,10 +107,10 @@ TEST(TokenizerFilesTest, CollectsPresentFilesWithSha256) {
   EXPECT_EQ(Sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   EXPECT_EQ(Sha256Hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
   testing::TempDir dir;
-  testing::WriteFile(dir / "m/tokenizer.json", "abc");
-  testing::WriteFile(dir / "m/chat_template.jinja", "{{ x }}");
-  testing::WriteFile(dir / "m/config.json", "{}");
-  Result<spark::v1::TokenizerFiles> files = CollectTokenizerFiles(dir / "m");
+  testing::WriteFile(dir.File("m/tokenizer.json"), "abc");
+  testing::WriteFile(dir.File("m/chat_template.jinja"), "{{ x }}");
+  testing::WriteFile(dir.File("m/config.json"), "{}");
+  Result<spark::v1::TokenizerFiles> files = CollectTokenizerFiles(dir.File("m"));
   ASSERT_TRUE(files.ok());
   ASSERT_EQ(files->files_size(), 2);
   EXPECT_EQ(files->files(0).name(), "tokenizer.json");
@@ -117,16 +118,16 @@ TEST(TokenizerFilesTest, CollectsPresentFilesWithSha256) {
   EXPECT_EQ(files->files(0).sha256(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   EXPECT_EQ(files->files(1).name(), "chat_template.jinja");
-  std::filesystem::create_directories(dir / "empty");
-  EXPECT_EQ(CollectTokenizerFiles(dir / "empty").status().code(), StatusCode::kNotFound);
+  std::filesystem::create_directories(dir.File("empty"));
+  EXPECT_EQ(CollectTokenizerFiles(dir.File("empty")).status().code(), StatusCode::kNotFound);
 }
 
 TEST(StaleShardsTest, OnlyProvenShardsOfThisBootAreKilled) {
   testing::TempDir dir;
-  const std::string shards = dir / "shards";
+  const std::string shards = dir.File("shards");
   std::filesystem::create_directories(shards);
   const std::string script =
-      testing::WriteScript(dir / "spark-shard", "trap 'exit 0' TERM\nsleep 1000 & wait\n");
+      testing::WriteScript(dir.File("spark-shard"), "trap 'exit 0' TERM\nsleep 1000 & wait\n");
   RealProcessLauncher launcher;
   auto spawn = [&](const std::string& pb) {
     SpawnOptions o;

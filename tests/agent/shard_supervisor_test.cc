@@ -17,9 +17,9 @@ using std::chrono::seconds;
 class ShardSupervisorTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::filesystem::create_directories(ShardsDir(dir_.path()));
-    std::filesystem::create_directories(LogsDir(dir_.path()));
-    options_.state_dir = dir_.path();
+    std::filesystem::create_directories(ShardsDir(dir_.path().string()));
+    std::filesystem::create_directories(LogsDir(dir_.path().string()));
+    options_.state_dir = dir_.path().string();
     options_.shard_binary = "/opt/spark/bin/spark-shard";
     options_.controller_endpoint = "tcp://10.0.0.1:7440";
     options_.node_name = "n1";
@@ -62,7 +62,7 @@ TEST_F(ShardSupervisorTest, SpawnArgumentsAndEnvironment) {
   supervisor_->Start(Assignment());
   ASSERT_EQ(launcher_.spawn_count(), 1);
   const SpawnOptions& o = launcher_.process(0)->options();
-  const ShardPaths paths = ShardPathsFor(dir_.path(), "demo-2-1");
+  const ShardPaths paths = ShardPathsFor(dir_.path().string(), "demo-2-1");
   EXPECT_EQ(o.args,
             (std::vector<std::string>{"/opt/spark/bin/spark-shard", "--assignment",
                                       paths.assignment, "--controller", "tcp://10.0.0.1:7440",
@@ -71,7 +71,7 @@ TEST_F(ShardSupervisorTest, SpawnArgumentsAndEnvironment) {
   EXPECT_EQ(o.env.at("NCCL_SOCKET_IFNAME"), "ib0");
   EXPECT_EQ(o.env.at("NCCL_NVLS_ENABLE"), "0");
   EXPECT_EQ(o.env.at("SPARK_SHARD_STATUS_FILE"), paths.status);
-  EXPECT_EQ(o.env.at("SPARK_MOE_TUNING_FILE"), dir_.path() + "/moe_tuning.json");
+  EXPECT_EQ(o.env.at("SPARK_MOE_TUNING_FILE"), dir_.File("moe_tuning.json"));
   EXPECT_EQ(o.stdout_path, paths.log);
   EXPECT_EQ(o.stderr_path, paths.log);
   EXPECT_TRUE(o.new_process_group);
@@ -89,7 +89,7 @@ TEST_F(ShardSupervisorTest, RankZeroGetsTheDataListenAddressAndAdvertisedHost) {
   supervisor_->Start(Assignment(0));
   spark::v1::ShardAssignment written;
   ASSERT_TRUE(written.ParseFromString(
-      testing::ReadFile(ShardPathsFor(dir_.path(), "demo-2-0").assignment)));
+      testing::ReadFile(ShardPathsFor(dir_.path().string(), "demo-2-0").assignment)));
   EXPECT_EQ(written.data_listen_address(), "0.0.0.0:0");
   EXPECT_EQ(written.nccl_env().at("NCCL_NVLS_ENABLE"), "0");
 
@@ -108,11 +108,13 @@ TEST_F(ShardSupervisorTest, RankZeroGetsTheDataListenAddressAndAdvertisedHost) {
 TEST_F(ShardSupervisorTest, ExitIsReportedFromThePidfd) {
   supervisor_->Start(Assignment());
   auto control = launcher_.process(0);
-  testing::WriteFile(ShardPathsFor(dir_.path(), "demo-2-1").log, "loading\nboom: out of memory\n");
+  testing::WriteFile(ShardPathsFor(dir_.path().string(), "demo-2-1").log,
+                     "loading\nboom: out of memory\n");
   spark::v1::ShardStatus own;
   own.set_phase(spark::v1::SHARD_PHASE_FAILED);
   own.set_failure_reason("rendezvous: ranks 1 never joined");
-  ASSERT_TRUE(WriteShardStatusFile(ShardPathsFor(dir_.path(), "demo-2-1").status, own).ok());
+  ASSERT_TRUE(
+      WriteShardStatusFile(ShardPathsFor(dir_.path().string(), "demo-2-1").status, own).ok());
   control->Exit(ExitInfo::Signal(SIGSEGV));
   Drain();
   ASSERT_EQ(statuses_.size(), 2u);
@@ -125,7 +127,7 @@ TEST_F(ShardSupervisorTest, ExitIsReportedFromThePidfd) {
             "rendezvous: ranks 1 never joined (spark-shard killed by signal 11 (SIGSEGV))");
   EXPECT_TRUE(control->reaped());
   EXPECT_EQ(supervisor_->size(), 0u);
-  EXPECT_FALSE(std::filesystem::exists(ShardPathsFor(dir_.path(), "demo-2-1").pid));
+  EXPECT_FALSE(std::filesystem::exists(ShardPathsFor(dir_.path().string(), "demo-2-1").pid));
 }
 
 TEST_F(ShardSupervisorTest, StopEscalatesToSigkillAfterGrace) {
@@ -161,7 +163,7 @@ TEST_F(ShardSupervisorTest, SpawnFailureIsReportedFailedWithTheFix) {
   EXPECT_EQ(statuses_[0].phase(), spark::v1::SHARD_PHASE_FAILED);
   EXPECT_NE(statuses_[0].failure_reason().find("--shard-binary"), std::string::npos);
   EXPECT_EQ(supervisor_->size(), 0u);
-  EXPECT_FALSE(std::filesystem::exists(ShardPathsFor(dir_.path(), "demo-2-1").assignment));
+  EXPECT_FALSE(std::filesystem::exists(ShardPathsFor(dir_.path().string(), "demo-2-1").assignment));
 }
 
 TEST_F(ShardSupervisorTest, SummariesUseTheShardStatusFile) {
@@ -172,7 +174,8 @@ TEST_F(ShardSupervisorTest, SummariesUseTheShardStatusFile) {
   spark::v1::ShardStatus ready;
   ready.set_phase(spark::v1::SHARD_PHASE_READY);
   ready.set_data_endpoint("tcp://10.0.0.2:41000");
-  ASSERT_TRUE(WriteShardStatusFile(ShardPathsFor(dir_.path(), "demo-2-0").status, ready).ok());
+  ASSERT_TRUE(
+      WriteShardStatusFile(ShardPathsFor(dir_.path().string(), "demo-2-0").status, ready).ok());
   summaries = supervisor_->Summaries();
   EXPECT_EQ(summaries[0].phase(), spark::v1::SHARD_PHASE_READY);
   EXPECT_EQ(summaries[0].data_endpoint(), "tcp://10.0.0.2:41000");

@@ -1,12 +1,11 @@
-// Small helpers shared by the agent tests: a temporary directory, files and executable scripts,
-// a tiny model directory, and process liveness from /proc.
+// Small helpers shared by the agent tests: TempDir (from tests/common/temp_dir.h), files and
+// executable scripts, a tiny model directory, and process liveness from /proc.
 #pragma once
 
 #include <sys/stat.h>
 #include <sys/types.h>
 
 #include <chrono>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -14,6 +13,7 @@
 #include <thread>
 
 #include "agent/shard_files.h"
+#include "tests/common/temp_dir.h"
 
 namespace spark::agent::testing {
 
@@ -36,25 +36,7 @@ case "$2" in
 esac
 )";
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "spark-agent-test-XXXXXX");
-    char* made = ::mkdtemp(pattern.data());
-    path_ = made != nullptr ? made : "";
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using ::spark::testing::TempDir;
 
 inline void WriteFile(const std::string& path, const std::string& content) {
   std::filesystem::create_directories(std::filesystem::path(path).parent_path());

@@ -42,6 +42,7 @@
 #include "engine/model/config.h"
 #include "engine/model/loader.h"
 #include "engine/model/quantize.h"
+#include "tests/common/temp_dir.h"
 
 namespace spark::cuda {
 namespace {
@@ -60,21 +61,7 @@ fs::path ModelsDir() {
   return fs::path(SPARK_SOURCE_DIR) / "tests" / "data" / "models";
 }
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "spark_cuda_test_XXXXXX").string();
-    if (char* made = ::mkdtemp(pattern.data()); made != nullptr) path_ = made;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using ::spark::testing::TempDir;
 
 struct Reference {
   std::vector<int32_t> ids, greedy_prompt, greedy;

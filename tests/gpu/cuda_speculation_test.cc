@@ -42,6 +42,7 @@
 #include "engine/runtime/backend.h"
 #include "engine/runtime/scheduler.h"
 #include "engine/runtime/speculative.h"
+#include "tests/common/temp_dir.h"
 
 namespace spark::cuda {
 namespace {
@@ -54,21 +55,7 @@ using engine::MtpBatch;
 using engine::MtpChunk;
 using engine::SequenceChunk;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "spark_cuda_spec_XXXXXX").string();
-    if (char* made = ::mkdtemp(pattern.data()); made != nullptr) path_ = made;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using ::spark::testing::TempDir;
 
 double MaxAbs(const float* v, size_t n) {
   double m = 0;

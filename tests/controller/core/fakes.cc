@@ -1,7 +1,5 @@
 #include "tests/controller/core/fakes.h"
 
-#include <stdlib.h>
-
 #include <random>
 
 #include "common/check.h"
@@ -10,18 +8,6 @@
 namespace spark::controller::testing {
 
 using std::chrono::milliseconds;
-
-TempDir::TempDir() {
-  std::string pattern =
-      (std::filesystem::temp_directory_path() / "spark-controller-XXXXXX").string();
-  SPARK_CHECK(mkdtemp(pattern.data()) != nullptr) << "mkdtemp failed";
-  path_ = pattern;
-}
-
-TempDir::~TempDir() {
-  std::error_code ignored;
-  std::filesystem::remove_all(path_, ignored);
-}
 
 namespace {
 

@@ -26,21 +26,11 @@
 #include "common/status.h"
 #include "common/zmq.h"
 #include "spark.pb.h"
+#include "tests/common/temp_dir.h"
 
 namespace spark::controller::testing {
 
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::filesystem::path& path() const { return path_; }
-  std::string File(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  std::filesystem::path path_;
-};
+using ::spark::testing::TempDir;
 
 using BodyCase = spark::v1::Envelope::BodyCase;
 

@@ -2,10 +2,7 @@
 // ManualClock's wall time in unix milliseconds.
 #pragma once
 
-#include <stdlib.h>
-
 #include <chrono>
-#include <filesystem>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -13,6 +10,7 @@
 #include "common/check.h"
 #include "common/clock.h"
 #include "common/status.h"
+#include "tests/common/temp_dir.h"
 
 // Fails the test unless `expr` (a Status or a Result) is OK.
 #define STORE_ASSERT_OK(expr)                                                              \
@@ -37,26 +35,7 @@ std::string StatusText(const Result<T>& result) {
   return result.status().ToString();
 }
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "spark-store-XXXXXX").string();
-    SPARK_CHECK(mkdtemp(pattern.data()) != nullptr) << "mkdtemp failed";
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const std::filesystem::path& path() const { return path_; }
-  std::string File(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  std::filesystem::path path_;
-};
+using ::spark::testing::TempDir;
 
 inline int64_t WallMs(const Clock& clock) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(clock.WallNow().time_since_epoch())

@@ -45,6 +45,7 @@
 #include "engine/model/loader.h"
 #include "engine/model/quantize.h"
 #include "engine/runtime/backend.h"
+#include "tests/common/temp_dir.h"
 
 namespace spark::engine {
 namespace {
@@ -76,7 +77,7 @@ void PrintTo(const Case& c, std::ostream* os) {
   *os << c.variant << " tp=" << c.tp << " " << c.scheme;
 }
 
-std::string CaseName(const testing::TestParamInfo<Case>& info) {
+std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
   std::string name =
       info.param.variant + "_tp" + std::to_string(info.param.tp) + "_" + info.param.scheme;
   for (char& c : name) {
@@ -161,24 +162,7 @@ Result<Reference> LoadReference(const fs::path& dir, const std::string& scheme, 
   return ref;
 }
 
-// A fresh directory under the system temp dir, removed with everything in it on destruction.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "spark_reference_XXXXXX").string();
-    if (char* made = ::mkdtemp(pattern.data()); made != nullptr) path_ = made;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using ::spark::testing::TempDir;
 
 int32_t Argmax(const float* row, int64_t n) {
   return static_cast<int32_t>(std::max_element(row, row + n) - row);
@@ -275,7 +259,7 @@ Result<RankOutput> RunAllRanks(const fs::path& model_dir, int tp, const Referenc
   return std::move(results[0]).value();
 }
 
-class ReferenceTest : public testing::TestWithParam<Case> {};
+class ReferenceTest : public ::testing::TestWithParam<Case> {};
 
 TEST_P(ReferenceTest, LogitsAndGreedyMatchTransformers) {
   const Case& c = GetParam();
@@ -288,7 +272,6 @@ TEST_P(ReferenceTest, LogitsAndGreedyMatchTransformers) {
   TempDir quantized;
   fs::path model_dir = variant_dir;
   if (c.scheme != "bf16") {
-    ASSERT_FALSE(quantized.path().empty()) << "cannot create a temporary directory";
     QuantizeOptions q;
     q.scheme = c.scheme == "fp8_block" ? Fp8Scheme::kBlock : Fp8Scheme::kPerChannel;
     Status st = QuantizeCheckpoint(variant_dir, quantized.path(), q);
@@ -360,7 +343,7 @@ TEST_P(ReferenceTest, LogitsAndGreedyMatchTransformers) {
       << ")\n  spark:        " << got_tokens.str() << "\n  transformers: " << want_tokens.str();
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, ReferenceTest, testing::ValuesIn(DiscoverCases()), CaseName);
+INSTANTIATE_TEST_SUITE_P(Models, ReferenceTest, ::testing::ValuesIn(DiscoverCases()), CaseName);
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(ReferenceTest);
 
 TEST(ReferenceData, VariantsArePresentAndComplete) {
