@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU call (about 5 minutes) for the parts not yet run on a GPU: speculative decoding on CUDA,
+# One GPU call (about 7 minutes) for the parts not yet run on a GPU: speculative decoding on CUDA,
 # the backend and MoE suites, spark-model on CUDA. Bundle: scripts/gpu-bundle gpu_speculation_test
 # gpu_backend_test gpu_kernels_test gpu_moe_test gpu_sampling_test spark-model spark-bench
 # spark-shard spark-agent spark-controller sparkctl; then, from the repository root:
@@ -45,7 +45,16 @@ PY
 }
 export -f spec_generate; export B OUT
 step spec_generate 50 bash -c spec_generate
-step backend 70 $B/bin/gpu_backend_test
+step graphs 90 $B/bin/gpu_backend_test --gtest_filter='*DecodeGraphs*'
+grep -E '^\[cuda-graphs' "$OUT/graphs.log" >>$S
+# Decode steps from CUDA graphs against eager steps: GLM-4.5-Air shapes, FP8, 24 of 46 layers
+# (fits an H100 80GB), same machine, same run.
+for g in --cuda-graphs --no-cuda-graphs; do
+  step bench$g 90 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
+    --backend cuda --layers 24 --batch-sizes 1,8,64 --input-len 128 --output-len 32 $g
+  tail -n 4 "$OUT/bench$g.log" >>$S
+done
+step backend 70 $B/bin/gpu_backend_test --gtest_filter='-*DecodeGraphs*'
 step moe_air 40 $B/bin/gpu_moe_test --gtest_filter='MoeForwardMiscTest.*:Shapes/MoeForwardTest.*glm45air*'
 model_cuda() {
   local m=$OUT/tiny ids=5,17,3,99,1,42,7,8,250,11
@@ -70,4 +79,8 @@ PY
 export -f model_cuda
 step model_cuda 30 bash -c model_cuda
 step kernels 40 $B/bin/gpu_kernels_test
+# Per-kernel GPU time of eager decode steps (2 layers): where a step's time goes.
+step ncu 90 ncu --metrics gpu__time_duration.sum --print-summary per-kernel $B/bin/spark-bench \
+  engine --config glm-4.5-air --load-format dummy --backend cuda --layers 2 --batch-sizes 1 \
+  --input-len 16 --output-len 8 --no-cuda-graphs
 echo done >>$S
