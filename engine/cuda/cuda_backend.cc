@@ -1682,6 +1682,9 @@ Result<ForwardOutput> CudaBackend::Impl::ForwardMtp(const MtpBatch& batch) {
 
 Status CudaBackend::Impl::KeepCacheEntries(uint64_t seq_id, CacheKind kind, int64_t prefix_len,
                                            const std::vector<int32_t>& keep) {
+  if (seq_id == kPaddingSequence) {
+    return InvalidArgument("sequence id 2^64-1 is reserved; use another id");
+  }
   CudaKvCache* cache = kind == CacheKind::kTarget ? kv.get() : mtp_kv.get();
   if (cache == nullptr) {
     return Unimplemented(
@@ -1831,6 +1834,7 @@ Result<ForwardOutput> CudaBackend::Forward(const ForwardBatch& batch) {
 }
 
 void CudaBackend::Release(uint64_t seq_id) {
+  if (seq_id == kPaddingSequence) return;  // the decode graphs' block stays
   impl_->kv->Release(seq_id);
   if (impl_->mtp_kv) impl_->mtp_kv->Release(seq_id);
 }
@@ -1855,6 +1859,9 @@ Status CudaBackend::KeepCacheEntries(uint64_t seq_id, CacheKind kind, int64_t pr
 }
 int64_t CudaBackend::CachedTokens(uint64_t seq_id) const { return impl_->kv->Length(seq_id); }
 Status CudaBackend::TruncateSequence(uint64_t seq_id, int64_t length) {
+  if (seq_id == kPaddingSequence) {
+    return InvalidArgument("sequence id 2^64-1 is reserved; use another id");
+  }
   return impl_->kv->Truncate(seq_id, length);
 }
 int64_t CudaBackend::KvCapacityTokens() const {

@@ -629,6 +629,13 @@ TEST(CudaBackendTest, DecodeGraphsMatchEagerSteps) {
       eager.Release(s);
     }
     EXPECT_EQ(graphs.FreeKvTokens(), graphs.KvCapacityTokens());
+    // The padding block's sequence id is reserved.
+    graphs.Release(~uint64_t{0});
+    EXPECT_EQ(graphs.FreeKvTokens(), graphs.KvCapacityTokens());
+    EXPECT_EQ(graphs.TruncateSequence(~uint64_t{0}, 0).code(), StatusCode::kInvalidArgument);
+    ForwardBatch reserved;
+    reserved.chunks.push_back({.seq_id = ~uint64_t{0}, .start_pos = 0, .tokens = {1}});
+    EXPECT_EQ(graphs.Forward(reserved).status().code(), StatusCode::kInvalidArgument);
   }
 }
 
