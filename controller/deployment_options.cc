@@ -91,7 +91,7 @@ Result<json> NormalizeSpeculative(const json& given) {
     if (topk || draft_tokens) {
       return InvalidArgument(
           "option \"speculative\": topk and draft_tokens need steps >= 1 (draft steps per "
-          "verify); give steps, or leave speculative out to deploy without speculative decoding");
+          "verify); give steps, or \"off\" to deploy without speculative decoding");
     }
     return json(nullptr);
   }
@@ -146,6 +146,7 @@ Result<json> NormalizeImpl(const json& options) {
   json out = json::object();
   json speculative = json::object();  // typed fields, from the object or the flat aliases
   std::string speculative_source;     // the key that gave them first
+  bool speculative_off = false;       // "speculative": "off"
   for (auto it = options.begin(); it != options.end(); ++it) {
     const std::string& key = it.key();
     const json& value = it.value();
@@ -156,13 +157,18 @@ Result<json> NormalizeImpl(const json& options) {
             "give either the \"speculative\" object or the flat speculative_* options, not "
             "both");
       }
+      if (key == "speculative" && (value.is_null() || value == "auto")) continue;  // the default
       speculative_source = key;
       if (key == "speculative") {
-        if (value.is_null()) continue;
+        if (value == "off") {
+          speculative_off = true;
+          continue;
+        }
         if (!value.is_object()) {
           return InvalidArgument(
-              "option \"speculative\" must be an object {\"steps\": N, \"topk\": K, "
-              "\"draft_tokens\": D}, got " +
+              "option \"speculative\" must be \"auto\" (the default: on for the CUDA backend when "
+              "the checkpoint has its MTP layer), \"off\", or an object {\"steps\": N, \"topk\": "
+              "K, \"draft_tokens\": D}, got " +
               value.dump());
         }
         for (auto f = value.begin(); f != value.end(); ++f) {
@@ -219,8 +225,13 @@ Result<json> NormalizeImpl(const json& options) {
       return InvalidArgument("unknown option \"" + key + "\"; known options: " + KnownKeys());
     }
   }
+  // Absent (or "auto"): no key, the shard decides. Given without steps (or steps 0): off.
   SPARK_ASSIGN_OR_RETURN(json normalized, NormalizeSpeculative(speculative));
-  if (!normalized.is_null()) out["speculative"] = std::move(normalized);
+  if (!normalized.is_null()) {
+    out["speculative"] = std::move(normalized);
+  } else if (speculative_off || !speculative_source.empty()) {
+    out["speculative"] = "off";
+  }
   return out;
 }
 
@@ -261,9 +272,13 @@ Result<DeploymentOptions> ParseDeploymentOptions(const json& raw, int tp) {
     if (options.contains("speculative")) {
       const json& spec = options.at("speculative");
       spark::v1::SpeculativeOptions* s = e.mutable_speculative();
-      s->set_steps(static_cast<uint32_t>(spec.at("steps").get<uint64_t>()));
-      s->set_topk(static_cast<uint32_t>(spec.at("topk").get<uint64_t>()));
-      s->set_draft_tokens(static_cast<uint32_t>(spec.at("draft_tokens").get<uint64_t>()));
+      if (spec == "off") {
+        s->set_mode(spark::v1::SPECULATIVE_MODE_OFF);
+      } else {
+        s->set_steps(static_cast<uint32_t>(spec.at("steps").get<uint64_t>()));
+        s->set_topk(static_cast<uint32_t>(spec.at("topk").get<uint64_t>()));
+        s->set_draft_tokens(static_cast<uint32_t>(spec.at("draft_tokens").get<uint64_t>()));
+      }
     }
     if (options.contains("extra")) {
       for (auto it = options.at("extra").begin(); it != options.at("extra").end(); ++it) {

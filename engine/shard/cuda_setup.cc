@@ -25,12 +25,13 @@ std::string WithoutCudaMessage() {
 }
 
 engine::LoadOptions ShardLoadOptions(const spark::v1::ShardAssignment& assignment,
-                                     std::function<void(int64_t, int64_t)> progress) {
+                                     std::function<void(int64_t, int64_t)> progress,
+                                     bool load_mtp) {
   engine::LoadOptions load;
   load.tp_rank = static_cast<int>(assignment.rank());
   load.tp_size = static_cast<int>(assignment.world_size());
   load.progress = std::move(progress);
-  load.load_mtp = assignment.options().speculative().steps() > 0;
+  load.load_mtp = load_mtp;
   return load;
 }
 
@@ -144,14 +145,16 @@ Result<std::unique_ptr<engine::Backend>> CreateShardCudaBackend(const spark::v1:
     spec.tp_rank = rank;
     spec.tp_size = world;
     spec.seed = o.seed();
+    spec.mtp = setup.load_mtp;
     SPARK_ASSIGN_OR_RETURN(backend, cuda::CudaBackend::CreateDummy(config, spec, comm, options));
     if (setup.progress) setup.progress(backend->weight_bytes(), backend->weight_bytes());
   } else {
     // Streamed: each decoder layer goes to the device as soon as it is read and is freed on the
     // host before the next one is built (LoadOptions::on_layer inside CudaBackend::Load).
     SPARK_ASSIGN_OR_RETURN(
-        backend, cuda::CudaBackend::Load(a.model_path(), ShardLoadOptions(a, setup.progress), comm,
-                                         options));
+        backend,
+        cuda::CudaBackend::Load(a.model_path(), ShardLoadOptions(a, setup.progress, setup.load_mtp),
+                                comm, options));
   }
   SPARK_LOG(INFO)
           .With("device", setup.device)

@@ -48,9 +48,10 @@ Result<std::unique_ptr<engine::Communicator>> JoinNcclGroup(int rank, int world,
 
 // The LoadOptions of the rank's checkpoint slice: tp rank and size from the assignment,
 // `progress` (bytes done, total) forwarded as the loader reports them, and the MTP layer when
-// speculative decoding is on (options.speculative.steps > 0). Host code, every build.
+// `load_mtp` (speculative decoding on, explicitly or automatically). Host code, every build.
 engine::LoadOptions ShardLoadOptions(const spark::v1::ShardAssignment& assignment,
-                                     std::function<void(int64_t, int64_t)> progress);
+                                     std::function<void(int64_t, int64_t)> progress,
+                                     bool load_mtp = false);
 
 struct CudaBackendSetup {
   int device = 0;
@@ -58,6 +59,8 @@ struct CudaBackendSetup {
   int kv_block_tokens = 16;
   // Weight bytes done / total (the checkpoint's; dummy weights report once at the end).
   std::function<void(int64_t, int64_t)> progress;
+  // The MTP layer too (speculative decoding on).
+  bool load_mtp = false;
 };
 
 // Loads (or generates) the rank's weights on its GPU. `comm` is the rank's NCCL communicator

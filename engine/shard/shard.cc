@@ -235,6 +235,26 @@ int ShardRun::Run() {
 
   const bool cuda = a.backend() == spark::v1::BACKEND_CUDA;
   if (cuda && !BuiltWithCuda()) return Fail(kExitUnsupported, WithoutCudaMessage());
+  if (settings_.speculative_auto) {
+    // Mode AUTO: on where it helps (the same decision on every rank: the same checkpoint).
+    const bool dummy = a.options().load_format() == spark::v1::LOAD_FORMAT_DUMMY;
+    bool on = false;
+    if (dummy) {
+      Result<engine::ModelConfig> config = engine::LoadModelConfig(a.model_path());
+      on = config.ok() && AutoSpeculation(a.backend(), *config, 0, true);
+    } else if (Result<engine::CheckpointSummary> files =
+                   engine::InspectCheckpoint(a.model_path(), static_cast<int>(a.world_size()));
+               files.ok()) {
+      on = AutoSpeculation(a.backend(), files->config,
+                           static_cast<size_t>(std::max(files->mtp_layers, 0)), false);
+    }
+    if (on) {
+      settings_.speculative = AutoSpeculativeOptions();
+      SPARK_LOG(INFO).With("steps", settings_.speculative.steps)
+          << "speculative decoding on (automatic: CUDA backend, checkpoint with its MTP layer; "
+             "deployment option speculative=off turns it off)";
+    }
+  }
   const bool speculative = settings_.speculative.enabled();
   if (speculative) {
     // Refuse a model without an MTP layer (in its config, or in its files) before joining the
@@ -335,6 +355,7 @@ int ShardRun::Run() {
     setup.max_batch_tokens = settings_.max_batch_tokens;
     setup.kv_block_tokens = settings_.kv_block_tokens;
     setup.progress = load.progress;
+    setup.load_mtp = speculative;
     Result<std::unique_ptr<engine::Backend>> backend =
         CreateShardCudaBackend(a, watched_.get(), comm_.get(), setup);
     if (backend.ok()) {

@@ -121,8 +121,10 @@ Result<EngineSettings> ResolveEngineSettings(const spark::v1::EngineOptions& opt
     s.speculative = *resolved;
   } else if (spec.topk() != 0 || spec.draft_tokens() != 0) {
     return InvalidArgument(
-        "engine option speculative: topk and draft_tokens need steps >= 1; set steps or leave "
-        "speculative out");
+        "engine option speculative: topk and draft_tokens need steps >= 1; set steps, or mode "
+        "off to deploy without speculative decoding");
+  } else {
+    s.speculative_auto = spec.mode() == spark::v1::SPECULATIVE_MODE_AUTO;
   }
   if (!keepalive_set) {
     s.keepalive = std::min(std::chrono::milliseconds(1000), s.step_timeout / 4);
@@ -135,6 +137,20 @@ Result<EngineSettings> ResolveEngineSettings(const spark::v1::EngineOptions& opt
   s.max_batch_tokens = std::max<int64_t>(s.max_batch_tokens, 1);
   s.max_running = static_cast<int>(std::min<int64_t>(s.max_running, s.max_batch_tokens));
   return s;
+}
+
+engine::SpeculativeOptions AutoSpeculativeOptions() {
+  engine::SpeculativeOptions o;
+  o.steps = 3;
+  o.topk = 1;
+  o.draft_tokens = 4;
+  return o;
+}
+
+bool AutoSpeculation(spark::v1::Backend backend, const engine::ModelConfig& config,
+                     size_t mtp_layers_present, bool dummy_weights) {
+  return backend == spark::v1::BACKEND_CUDA && config.num_nextn_predict_layers > 0 &&
+         (dummy_weights || mtp_layers_present > 0);
 }
 
 Status CheckSpeculativeModel(const engine::ModelConfig& config, const std::string& model) {

@@ -16,9 +16,11 @@
 // Any other extra key is an error naming the accepted keys (a typo must not pass silently).
 //
 // EngineOptions.speculative (steps > 0) turns on speculative decoding with the checkpoint's MTP
-// layer (engine/runtime/speculative.h): the options are checked as the engine does, the model
-// must have an MTP layer (config and weights) and the backend must support speculation; each
-// refusal names the problem and says to deploy without speculative.
+// layer; without steps, mode AUTO (the default) turns it on where it helps (AutoSpeculation) and
+// mode OFF never. Explicit options need the MTP layer (engine/runtime/speculative.h): the options
+// are checked as the engine does, the model must have an MTP layer (config and weights) and the
+// backend must support speculation; each refusal names the problem and says to deploy without
+// speculative.
 //
 // KV cache size of the CPU backend (per rank): kv_cache_bytes when > 0; otherwise
 // kv_cache_fraction of MemAvailable, capped at what max_batch sequences of max_seq_len tokens
@@ -64,7 +66,21 @@ struct EngineSettings {
   std::chrono::milliseconds keepalive{1000};
   // EngineOptions.speculative, resolved (topk 1: draft_tokens = steps + 1); steps 0 = off.
   engine::SpeculativeOptions speculative;
+  // No explicit options and mode AUTO: the shard turns speculation on where it helps
+  // (AutoSpeculation).
+  bool speculative_auto = false;
 };
+
+// What mode AUTO turns on: 3 draft steps, a chain (the setting that paid off in
+// `spark-bench speculative`; trees recompute their inner nodes at every draft step).
+engine::SpeculativeOptions AutoSpeculativeOptions();
+
+// Mode AUTO: speculation helps where decode steps are bound by memory bandwidth and the model
+// has a draft: the CUDA backend with a checkpoint that declares its MTP layer
+// (num_nextn_predict_layers > 0) and holds its weights (`mtp_layers_present`; the config alone
+// for dummy weights). The CPU backend never turns it on by itself.
+bool AutoSpeculation(spark::v1::Backend backend, const engine::ModelConfig& config,
+                     size_t mtp_layers_present, bool dummy_weights);
 
 // Parses EngineOptions into settings (no model needed). InvalidArgument naming the key.
 Result<EngineSettings> ResolveEngineSettings(const spark::v1::EngineOptions& options);

@@ -98,16 +98,33 @@ TEST(DeploymentOptionsTest, FlatSpeculativeKeysAreAliasesOfTheObject) {
   EXPECT_THAT(both.status().message(), HasSubstr("not both"));
 }
 
-TEST(DeploymentOptionsTest, SpeculativeOffLeavesNoTrace) {
-  for (const json& off : {json{{"speculative", {{"steps", 0}}}}, json{{"speculative", nullptr}},
+TEST(DeploymentOptionsTest, SpeculativeIsAutomaticUnlessTurnedOff) {
+  // Absent, null or "auto": no key; the shard speculates where it helps (mode AUTO, steps 0).
+  for (const json& automatic :
+       {json::object(), json{{"speculative", nullptr}}, json{{"speculative", "auto"}}}) {
+    auto normalized = NormalizeDeploymentOptions(automatic);
+    ASSERT_TRUE(normalized.ok()) << automatic.dump() << ": " << normalized.status().ToString();
+    EXPECT_EQ(normalized->dump(), "{}") << automatic.dump();
+    auto parsed = ParseDeploymentOptions(automatic, 1);
+    ASSERT_TRUE(parsed.ok());
+    EXPECT_EQ(parsed->engine.speculative().mode(), spark::v1::SPECULATIVE_MODE_AUTO);
+    EXPECT_EQ(parsed->engine.speculative().steps(), 0u);
+  }
+  // "off", steps 0 or an empty object: off, kept as "off" (and again after a round trip).
+  for (const json& off : {json{{"speculative", "off"}}, json{{"speculative", {{"steps", 0}}}},
                           json{{"speculative_steps", 0}}, json{{"speculative", json::object()}}}) {
     auto normalized = NormalizeDeploymentOptions(off);
     ASSERT_TRUE(normalized.ok()) << off.dump() << ": " << normalized.status().ToString();
-    EXPECT_EQ(normalized->dump(), "{}") << off.dump();
+    EXPECT_EQ(normalized->dump(), R"({"speculative":"off"})") << off.dump();
+    EXPECT_EQ(NormalizeDeploymentOptions(*normalized)->dump(), normalized->dump());
     auto parsed = ParseDeploymentOptions(off, 1);
     ASSERT_TRUE(parsed.ok());
-    EXPECT_FALSE(parsed->engine.has_speculative()) << off.dump();
+    EXPECT_EQ(parsed->engine.speculative().mode(), spark::v1::SPECULATIVE_MODE_OFF) << off.dump();
+    EXPECT_EQ(parsed->engine.speculative().steps(), 0u);
   }
+  auto bad = NormalizeDeploymentOptions({{"speculative", "on"}});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(), HasSubstr("must be \"auto\""));
 }
 
 TEST(DeploymentOptionsTest, SpeculativeErrorsNameTheFieldAndTheRange) {
@@ -115,7 +132,7 @@ TEST(DeploymentOptionsTest, SpeculativeErrorsNameTheFieldAndTheRange) {
     auto r = NormalizeDeploymentOptions({{"speculative", speculative}});
     return r.ok() ? std::string("accepted: ") + r->dump() : r.status().message();
   };
-  EXPECT_THAT(error(json::array({2, 1})), HasSubstr("must be an object"));
+  EXPECT_THAT(error(json::array({2, 1})), HasSubstr("\"off\", or an object"));
   EXPECT_THAT(error({{"step", 2}}), HasSubstr("unknown field \"step\""));
   EXPECT_THAT(error({{"steps", -1}}), HasSubstr("\"speculative.steps\" must be a non-negative"));
   EXPECT_THAT(error({{"steps", 33}}), HasSubstr("\"speculative.steps\" must be in [1, 32]"));

@@ -197,14 +197,21 @@ TEST(ShardSettingsTest, EngineOptionsAndExtraKeys) {
 
 TEST(ShardSettingsTest, SpeculativeOptionsAreResolvedAsTheEngineDoes) {
   spark::v1::EngineOptions options;
+  auto automatic = ResolveEngineSettings(options);
+  ASSERT_TRUE(automatic.ok());
+  EXPECT_FALSE(automatic->speculative.enabled());
+  EXPECT_TRUE(automatic->speculative_auto) << "no options: the shard decides";
+  options.mutable_speculative()->set_mode(spark::v1::SPECULATIVE_MODE_OFF);
   auto off = ResolveEngineSettings(options);
   ASSERT_TRUE(off.ok());
   EXPECT_FALSE(off->speculative.enabled());
+  EXPECT_FALSE(off->speculative_auto);
 
   // topk 0 on the wire is the default (1); a chain verifies steps + 1 tokens.
   options.mutable_speculative()->set_steps(2);
   auto chain = ResolveEngineSettings(options);
   ASSERT_TRUE(chain.ok()) << chain.status().ToString();
+  EXPECT_FALSE(chain->speculative_auto);
   EXPECT_EQ(chain->speculative.steps, 2);
   EXPECT_EQ(chain->speculative.topk, 1);
   EXPECT_EQ(chain->speculative.draft_tokens, 3);
@@ -229,6 +236,25 @@ TEST(ShardSettingsTest, SpeculativeOptionsAreResolvedAsTheEngineDoes) {
   options.mutable_speculative()->set_draft_tokens(3);
   EXPECT_NE(ResolveEngineSettings(options).status().message().find("need steps >= 1"),
             std::string::npos);
+}
+
+TEST(ShardSettingsTest, AutomaticSpeculationNeedsCudaAndTheMtpLayer) {
+  engine::ModelConfig config;
+  config.num_hidden_layers = 3;
+  config.num_nextn_predict_layers = 1;
+  EXPECT_TRUE(AutoSpeculation(spark::v1::BACKEND_CUDA, config, 1, false));
+  EXPECT_TRUE(AutoSpeculation(spark::v1::BACKEND_CUDA, config, 0, /*dummy_weights=*/true));
+  EXPECT_FALSE(AutoSpeculation(spark::v1::BACKEND_CUDA, config, 0, false))
+      << "declared in the config, stripped from the files";
+  EXPECT_FALSE(AutoSpeculation(spark::v1::BACKEND_CPU, config, 1, false));
+  config.num_nextn_predict_layers = 0;
+  EXPECT_FALSE(AutoSpeculation(spark::v1::BACKEND_CUDA, config, 0, true));
+  const engine::SpeculativeOptions chosen = AutoSpeculativeOptions();
+  Result<engine::SpeculativeOptions> resolved = engine::ResolveSpeculativeOptions(chosen);
+  ASSERT_TRUE(resolved.ok()) << resolved.status().ToString();
+  EXPECT_EQ(resolved->steps, 3);
+  EXPECT_EQ(resolved->topk, 1);
+  EXPECT_EQ(resolved->draft_tokens, 4);
 }
 
 TEST(ShardSettingsTest, SpeculationNeedsTheModelsMtpLayer) {
