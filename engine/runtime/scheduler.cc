@@ -348,7 +348,7 @@ Status Scheduler::Draft(ForwardBatch& batch, const std::vector<Sequence*>& owner
     jobs.push_back(&job);
     rounds.push_back(std::move(round));
   }
-  Status status = RunDraft(backend_, speculative_, jobs);
+  Status status = RunDraft(backend_, speculative_, jobs, options_.max_batch_tokens);
   spec_stats_.draft_ms += MsSince(start);
   if (!status.ok()) return status;
   for (const auto& round : rounds) {

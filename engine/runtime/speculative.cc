@@ -301,8 +301,89 @@ Status CheckOutput(const ForwardOutput& out, const MtpBatch& batch, int64_t hidd
 
 }  // namespace
 
+Result<ForwardOutput> ForwardMtpBounded(Backend* backend, const MtpBatch& batch,
+                                        int64_t max_tokens) {
+  int64_t total = 0;
+  for (const MtpChunk& c : batch.chunks) total += static_cast<int64_t>(c.tokens.size());
+  if (max_tokens <= 0 || total <= max_tokens) return backend->ForwardMtp(batch);
+  const size_t n = batch.chunks.size();
+  bool any_hidden = false;
+  for (const MtpChunk& c : batch.chunks) any_hidden = any_hidden || c.return_hidden;
+  ForwardOutput merged;
+  merged.row_begin.assign(n, 0);
+  if (any_hidden) merged.hidden_row_begin.assign(n, 0);
+  std::vector<int64_t> done(n, 0);  // tokens of each chunk already forwarded
+  size_t next = 0;                  // first chunk not finished (chunks finish in order)
+  while (next < n) {
+    MtpBatch part;
+    std::vector<size_t> source;  // chunk of each piece
+    int64_t room = max_tokens;
+    for (size_t i = next; i < n && room > 0; ++i) {
+      const MtpChunk& c = batch.chunks[i];
+      const int64_t size = static_cast<int64_t>(c.tokens.size());
+      const int64_t take = std::min(size - done[i], room);
+      if (!c.tree_parents.empty() && take < size) {
+        if (size > max_tokens) {
+          return InvalidArgument("an MTP tree chunk of " + std::to_string(size) +
+                                 " tokens exceeds the " + std::to_string(max_tokens) +
+                                 " tokens of one forward; raise max_batch_tokens");
+        }
+        break;  // a tree is read whole, in the next forward
+      }
+      MtpChunk piece;
+      piece.seq_id = c.seq_id;
+      piece.start_pos = c.start_pos + done[i];
+      piece.tokens.assign(c.tokens.begin() + done[i], c.tokens.begin() + done[i] + take);
+      const int64_t width = static_cast<int64_t>(c.hidden.size()) / std::max<int64_t>(size, 1);
+      piece.hidden.assign(c.hidden.begin() + done[i] * width,
+                          c.hidden.begin() + (done[i] + take) * width);
+      piece.all_logits = c.all_logits;
+      piece.tree_parents = c.tree_parents;
+      piece.return_hidden = c.return_hidden;
+      part.chunks.push_back(std::move(piece));
+      source.push_back(i);
+      done[i] += take;
+      room -= take;
+    }
+    SPARK_ASSIGN_OR_RETURN(ForwardOutput out, backend->ForwardMtp(part));
+    merged.vocab_size = out.vocab_size;
+    if (any_hidden) merged.hidden_size = out.hidden_size;
+    const int64_t out_rows =
+        out.vocab_size > 0 ? static_cast<int64_t>(out.logits.size()) / out.vocab_size : 0;
+    for (size_t j = 0; j < part.chunks.size(); ++j) {
+      const size_t i = source[j];
+      const MtpChunk& c = batch.chunks[i];
+      const bool final = done[i] == static_cast<int64_t>(c.tokens.size());
+      const bool first = done[i] == static_cast<int64_t>(part.chunks[j].tokens.size());
+      // Without all_logits only the final piece's row is the chunk's.
+      if (!c.all_logits && !final) continue;
+      const int64_t rows_now =
+          static_cast<int64_t>(merged.logits.size()) / std::max<int64_t>(merged.vocab_size, 1);
+      if (first || !c.all_logits) merged.row_begin[i] = rows_now;
+      const int64_t r0 = out.row_begin[j];
+      const int64_t r1 = j + 1 < part.chunks.size() ? out.row_begin[j + 1] : out_rows;
+      merged.logits.insert(merged.logits.end(), out.logits.begin() + r0 * out.vocab_size,
+                           out.logits.begin() + r1 * out.vocab_size);
+      if (any_hidden) {
+        const int64_t hidden_now =
+            static_cast<int64_t>(merged.hidden.size()) / std::max<int64_t>(merged.hidden_size, 1);
+        if (first || !c.all_logits) merged.hidden_row_begin[i] = hidden_now;
+        if (c.return_hidden) {
+          merged.hidden.insert(
+              merged.hidden.end(), out.hidden.begin() + out.hidden_row_begin[j] * out.hidden_size,
+              out.hidden.begin() + (out.hidden_row_begin[j] + (r1 - r0)) * out.hidden_size);
+        }
+      }
+    }
+    while (next < n && done[next] == static_cast<int64_t>(batch.chunks[next].tokens.size())) {
+      ++next;
+    }
+  }
+  return merged;
+}
+
 Status RunDraft(Backend* backend, const SpeculativeOptions& options,
-                std::span<DraftJob* const> jobs) {
+                std::span<DraftJob* const> jobs, int64_t max_forward_tokens) {
   const int64_t hidden_size = backend->config().hidden_size;
   const int topk = options.topk;
   std::vector<JobState> states;
@@ -344,7 +425,8 @@ Status RunDraft(Backend* backend, const SpeculativeOptions& options,
       owners.push_back(&st);
     }
     if (batch.chunks.empty()) return Status::Ok();
-    SPARK_ASSIGN_OR_RETURN(ForwardOutput out, backend->ForwardMtp(batch));
+    SPARK_ASSIGN_OR_RETURN(ForwardOutput out,
+                           ForwardMtpBounded(backend, batch, max_forward_tokens));
     SPARK_RETURN_IF_ERROR(CheckOutput(out, batch, hidden_size));
     for (size_t i = 0; i < owners.size(); ++i) {
       JobState& st = *owners[i];
@@ -421,7 +503,8 @@ Status RunDraft(Backend* backend, const SpeculativeOptions& options,
       owners.push_back(&st);
     }
     if (batch.chunks.empty()) break;
-    SPARK_ASSIGN_OR_RETURN(ForwardOutput out, backend->ForwardMtp(batch));
+    SPARK_ASSIGN_OR_RETURN(ForwardOutput out,
+                           ForwardMtpBounded(backend, batch, max_forward_tokens));
     SPARK_RETURN_IF_ERROR(CheckOutput(out, batch, hidden_size));
     for (size_t i = 0; i < owners.size(); ++i) {
       JobState& st = *owners[i];

@@ -135,8 +135,18 @@ struct DraftJob {
 // Runs the draft steps of all jobs, batched per step through Backend::ForwardMtp. Jobs with
 // nothing to extend and depth 0 are skipped. On error (e.g. ResourceExhausted) the MTP caches
 // may hold entries past each job's mtp_start; the caller truncates them (KeepCacheEntries).
-// `options` must be resolved.
+// `options` must be resolved. Each ForwardMtp carries at most `max_forward_tokens` tokens (0 =
+// no bound; see ForwardMtpBounded): the backend's per-forward limit (max_batch_tokens), which a
+// long extend (a prompt chunk's pairs) or many sequences' trees would otherwise exceed.
 Status RunDraft(Backend* backend, const SpeculativeOptions& options,
-                std::span<DraftJob* const> jobs);
+                std::span<DraftJob* const> jobs, int64_t max_forward_tokens = 0);
+
+// Backend::ForwardMtp of `batch` in forwards of at most `max_tokens` tokens (0 = one forward):
+// chunks are packed in order; a causal chunk that does not fit is read in pieces (consecutive
+// start positions) whose last one gives its row (all pieces' rows with all_logits); a tree chunk
+// is read whole (InvalidArgument when it alone exceeds max_tokens). The result is laid out as
+// one ForwardMtp of the whole batch returns it.
+Result<ForwardOutput> ForwardMtpBounded(Backend* backend, const MtpBatch& batch,
+                                        int64_t max_tokens);
 
 }  // namespace spark::engine

@@ -8,6 +8,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <vector>
@@ -16,6 +18,7 @@
 #include "engine/model/tiny_model.h"
 #include "engine/runtime/offline.h"
 #include "engine/runtime/scheduler.h"
+#include "engine/runtime/speculative.h"
 
 namespace spark::engine {
 namespace {
@@ -26,6 +29,48 @@ struct Output {
   std::vector<int32_t> tokens;
   std::vector<float> logprobs;
   FinishReason finish = FinishReason::kNone;
+};
+
+// Refuses forwards of more than `limit` tokens, as the CUDA backend does beyond its
+// max_batch_tokens (its workspace); counts the MTP forwards and their largest size.
+class TokenLimitBackend final : public Backend {
+ public:
+  TokenLimitBackend(Backend* inner, int64_t limit) : inner_(inner), limit_(limit) {}
+  const ModelConfig& config() const override { return inner_->config(); }
+  Result<ForwardOutput> Forward(const ForwardBatch& batch) override {
+    int64_t tokens = 0;
+    for (const SequenceChunk& c : batch.chunks) tokens += static_cast<int64_t>(c.tokens.size());
+    if (tokens > limit_) return InvalidArgument("forward of " + std::to_string(tokens) + " tokens");
+    return inner_->Forward(batch);
+  }
+  void Release(uint64_t seq_id) override { inner_->Release(seq_id); }
+  int64_t FreeKvTokens() const override { return inner_->FreeKvTokens(); }
+  bool SupportsSpeculation() const override { return inner_->SupportsSpeculation(); }
+  Result<ForwardOutput> ForwardMtp(const MtpBatch& batch) override {
+    int64_t tokens = 0;
+    for (const MtpChunk& c : batch.chunks) tokens += static_cast<int64_t>(c.tokens.size());
+    ++mtp_forwards_;
+    max_mtp_tokens_ = std::max(max_mtp_tokens_, tokens);
+    if (tokens > limit_) {
+      return InvalidArgument("MTP forward of " + std::to_string(tokens) + " tokens");
+    }
+    return inner_->ForwardMtp(batch);
+  }
+  int64_t CachedTokens(uint64_t seq_id, CacheKind kind) const override {
+    return inner_->CachedTokens(seq_id, kind);
+  }
+  Status KeepCacheEntries(uint64_t seq_id, CacheKind kind, int64_t prefix_len,
+                          const std::vector<int32_t>& keep) override {
+    return inner_->KeepCacheEntries(seq_id, kind, prefix_len, keep);
+  }
+  int64_t mtp_forwards() const { return mtp_forwards_; }
+  int64_t max_mtp_tokens() const { return max_mtp_tokens_; }
+
+ private:
+  Backend* inner_;
+  int64_t limit_;
+  int64_t mtp_forwards_ = 0;
+  int64_t max_mtp_tokens_ = 0;
 };
 
 class SpeculativeModelTest : public ::testing::Test {
@@ -61,10 +106,11 @@ class SpeculativeModelTest : public ::testing::Test {
   static std::vector<Output> Generate(Backend* backend, const SpeculativeOptions& spec,
                                       const std::vector<std::vector<int32_t>>& prompts,
                                       const std::vector<SamplingParams>& params,
-                                      SpeculativeStats* stats = nullptr) {
+                                      SpeculativeStats* stats = nullptr,
+                                      int64_t max_batch_tokens = 64) {
     SchedulerOptions options;
     options.speculative = spec;
-    options.max_batch_tokens = 64;  // prompts are read in chunks next to verification
+    options.max_batch_tokens = max_batch_tokens;  // prompts are read in chunks next to verification
     auto scheduler = Scheduler::Create(backend, options);
     EXPECT_TRUE(scheduler.ok()) << scheduler.status().ToString();
     if (!scheduler.ok()) return {};
@@ -161,6 +207,66 @@ TEST_F(SpeculativeModelTest, GreedyEqualsPlainDecodingWithAnAgreeingDraft) {
   const double acceptance = CheckGreedyEquality("self_draft");
   // Most drafts are accepted: chains of 1 step give up to 2, trees and 3-step chains more.
   EXPECT_GT(acceptance, 1.5);
+}
+
+TEST_F(SpeculativeModelTest, BoundedMtpForwardsEqualOneForward) {
+  // A long causal chunk (read in pieces), a short one, an all_logits one and a tree, with a
+  // forward limit of 16 tokens, against one unbounded ForwardMtp on other sequences.
+  auto group = Open("self_draft", 1);
+  ASSERT_NE(group, nullptr);
+  Backend* backend = group->backend();
+  const int64_t hidden = backend->config().hidden_size;
+  auto chunk = [&](uint64_t seq, int n, bool all_logits, std::vector<int32_t> parents) {
+    MtpChunk c;
+    c.seq_id = seq;
+    c.start_pos = 0;
+    for (int j = 0; j < n; ++j)
+      c.tokens.push_back((j * 37 + static_cast<int>(seq % 10) * 11) % 200 + 1);
+    for (int64_t k = 0; k < n * hidden; ++k) {
+      c.hidden.push_back(static_cast<float>(std::sin(0.37 * static_cast<double>(k + seq % 10))));
+    }
+    c.all_logits = all_logits;
+    c.tree_parents = std::move(parents);
+    c.return_hidden = true;
+    return c;
+  };
+  auto batch = [&](uint64_t base) {
+    MtpBatch b;
+    b.chunks.push_back(chunk(base + 1, 40, false, {}));
+    b.chunks.push_back(chunk(base + 2, 5, false, {}));
+    b.chunks.push_back(chunk(base + 3, 20, true, {}));
+    b.chunks.push_back(chunk(base + 4, 4, true, {-1, 0, 0, 1}));
+    return b;
+  };
+  Result<ForwardOutput> whole = backend->ForwardMtp(batch(0));
+  ASSERT_TRUE(whole.ok()) << whole.status().ToString();
+  TokenLimitBackend limited(backend, 16);
+  Result<ForwardOutput> bounded = ForwardMtpBounded(&limited, batch(10), 16);
+  ASSERT_TRUE(bounded.ok()) << bounded.status().ToString();
+  EXPECT_LE(limited.max_mtp_tokens(), 16);
+  EXPECT_GE(limited.mtp_forwards(), 5) << "69 tokens in forwards of at most 16";
+  EXPECT_EQ(bounded->row_begin, whole->row_begin);
+  EXPECT_EQ(bounded->hidden_row_begin, whole->hidden_row_begin);
+  ASSERT_EQ(bounded->logits.size(), whole->logits.size());
+  ASSERT_EQ(bounded->hidden.size(), whole->hidden.size());
+  float max_logit = 0;
+  for (float v : whole->logits) max_logit = std::max(max_logit, std::abs(v));
+  for (size_t k = 0; k < whole->logits.size(); ++k) {
+    ASSERT_NEAR(bounded->logits[k], whole->logits[k], 1e-4f * max_logit) << "logit " << k;
+  }
+  for (size_t k = 0; k < whole->hidden.size(); ++k) {
+    ASSERT_NEAR(bounded->hidden[k], whole->hidden[k], 1e-3f) << "hidden " << k;
+  }
+  for (uint64_t s : {1, 2, 3, 4}) {
+    EXPECT_EQ(backend->CachedTokens(s, CacheKind::kMtp),
+              backend->CachedTokens(s + 10, CacheKind::kMtp));
+  }
+  // A tree chunk larger than the limit cannot be split.
+  MtpBatch tree;
+  tree.chunks.push_back(chunk(30, 4, true, {-1, 0, 0, 1}));
+  Result<ForwardOutput> refused = ForwardMtpBounded(&limited, tree, 3);
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(group->Shutdown().ok());
 }
 
 TEST_F(SpeculativeModelTest, StopTokensInsideAcceptedRunsEndThere) {
