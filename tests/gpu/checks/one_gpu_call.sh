@@ -11,8 +11,10 @@ export LD_LIBRARY_PATH=$PWD/$B/lib:${LD_LIBRARY_PATH:-} NCCL_NVLS_ENABLE=0
 export SPARK_REFERENCE_MODELS_DIR=$PWD/tests/data/models
 S=$OUT/summary.txt
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >>$S
+# ONLY="name ..." runs just those steps (short device budgets).
 step() {
   local name=$1 t=$2; shift 2
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return 0; fi
   local t0=$(date +%s)
   timeout "$t" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
