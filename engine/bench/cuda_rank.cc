@@ -92,4 +92,19 @@ double CudaPeakBandwidthGbs() {
   return 2.0 * clock_khz * 1e3 * (bus_bits / 8.0) / 1e9;
 }
 
+double CudaPeakTflops(bool fp8) {
+  int major = 0;
+  int sms = 0;
+  int clock_khz = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess ||
+      cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, 0) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  if (major != 9) return 0;  // Hopper: 1024 dense BF16 FMA per SM and clock, twice for FP8
+  const double flops_per_clock = fp8 ? 8192.0 : 4096.0;
+  return sms * (clock_khz * 1e3) * flops_per_clock / 1e12;
+}
+
 }  // namespace spark::bench

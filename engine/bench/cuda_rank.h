@@ -48,5 +48,9 @@ Status MakeCudaRank(const CudaRankSpec& spec, int rank, int tp, engine::KeyValue
 // (0 when the device does not report its memory clock, as unified-memory devices may).
 Result<std::string> CudaDeviceName();
 double CudaPeakBandwidthGbs();
+// Dense tensor-core peak of CUDA device 0 in TFLOP/s, FP8 (`fp8`) or BF16 operands: SMs x SM
+// clock x 8192 / 4096 FLOPs per clock on sm_90; 0 for architectures without a known rate
+// (pass --peak-tflops).
+double CudaPeakTflops(bool fp8);
 
 }  // namespace spark::bench

@@ -160,6 +160,28 @@ StepBytes DecodeStepBytes(const engine::ModelConfig& c, int tp, int batch, doubl
   return s;
 }
 
+double DecodeStepFlops(const engine::ModelConfig& c, int tp, int batch, double context) {
+  const double h = static_cast<double>(c.hidden_size);
+  const double t = static_cast<double>(std::max(1, tp));
+  const double q_local = static_cast<double>(c.q_size()) / t;
+  const double kv_local = static_cast<double>(std::max(1, c.num_key_value_heads / tp)) *
+                          static_cast<double>(c.head_dim);
+  double per_token = 0;  // multiply-adds per token
+  for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
+    per_token += h * (q_local + 2 * kv_local) + q_local * h;  // q, k, v, o
+    per_token += 2 * context * q_local;                       // scores and values
+    if (c.IsMoeLayer(layer)) {
+      const double im = static_cast<double>(c.moe_intermediate_size) / t;
+      per_token += (c.num_experts_per_tok + c.n_shared_experts) * 3 * h * im;
+      per_token += c.n_routed_experts * h;  // router
+    } else {
+      per_token += 3 * h * static_cast<double>(c.intermediate_size) / t;
+    }
+  }
+  per_token += h * static_cast<double>(c.vocab_size) / t;  // lm_head
+  return 2 * per_token * batch;
+}
+
 Result<engine::ModelConfig> ResolveBenchConfig(const EngineBenchOptions& o) {
   if (!o.model_dir.empty() && !o.config.empty()) {
     return InvalidArgument("give either --model DIR or --config NAME|PATH, not both");
@@ -289,6 +311,16 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
           "the device does not report its memory bandwidth; pass --peak-bandwidth-gbs");
     }
   }
+  if (o.peak_tflops > 0) {
+    report.peak_tflops = o.peak_tflops;
+    report.tflops_source = "--peak-tflops";
+  } else if (o.backend == "cuda") {
+#if defined(SPARK_HAVE_CUDA)
+    // FP8 weights run FP8 GEMMs (W8A8); BF16 weights BF16 ones.
+    report.peak_tflops = CudaPeakTflops(config.quant.method != engine::QuantMethod::kNone);
+    report.tflops_source = "device attributes";
+#endif
+  }
 
   if (log)
     *log << "loading " << report.model << " (" << report.layers << " layers, " << report.quant
@@ -339,6 +371,12 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     r.roofline_ms = r.bytes.total() / (report.peak_bandwidth_gbs * 1e9) * 1000.0;
     r.achieved_gbs = r.bytes.total() / (r.itl_ms / 1000.0) / 1e9;
     r.bandwidth_ratio = r.achieved_gbs / report.peak_bandwidth_gbs;
+    r.step_flops = DecodeStepFlops(config, o.tp, batch, context);
+    r.achieved_tflops = r.step_flops / (r.itl_ms / 1000.0) / 1e12;
+    if (report.peak_tflops > 0) {
+      r.compute_roofline_ms = r.step_flops / (report.peak_tflops * 1e12) * 1000.0;
+      r.compute_ratio = r.achieved_tflops / report.peak_tflops;
+    }
     if (log) *log << "batch " << batch << " done\n";
     report.batches.push_back(r);
   }
@@ -355,11 +393,14 @@ void PrintEngineBenchReport(const EngineBenchReport& r, bool json, std::ostream&
                     "\"batch\":%d,\"prefill_tokens_per_s\":%.1f,\"ttft_ms\":%.3f,"
                     "\"decode_tokens_per_s\":%.1f,\"itl_ms\":%.3f,\"itl_p50_ms\":%.3f,"
                     "\"step_bytes\":%.0f,\"roofline_ms\":%.4f,\"achieved_gbs\":%.1f,"
-                    "\"peak_gbs\":%.1f,\"bandwidth_ratio\":%.4f}\n",
+                    "\"peak_gbs\":%.1f,\"bandwidth_ratio\":%.4f,\"step_flops\":%.0f,"
+                    "\"achieved_tflops\":%.3f,\"peak_tflops\":%.1f,"
+                    "\"compute_roofline_ms\":%.4f,\"compute_ratio\":%.4f}\n",
                     r.model.c_str(), r.device.c_str(), r.layers, r.quant.c_str(), b.batch,
                     b.prefill_tokens_per_s, b.ttft_ms, b.decode_tokens_per_s, b.itl_ms,
                     b.itl_p50_ms, b.bytes.total(), b.roofline_ms, b.achieved_gbs,
-                    r.peak_bandwidth_gbs, b.bandwidth_ratio);
+                    r.peak_bandwidth_gbs, b.bandwidth_ratio, b.step_flops, b.achieved_tflops,
+                    r.peak_tflops, b.compute_roofline_ms, b.compute_ratio);
       out << line;
     }
     return;
@@ -369,15 +410,25 @@ void PrintEngineBenchReport(const EngineBenchReport& r, bool json, std::ostream&
                 r.model.c_str(), r.layers, r.quant.c_str(), r.device.c_str(), r.peak_bandwidth_gbs,
                 r.peak_source.c_str(), r.load_s);
   out << line;
+  if (r.peak_tflops > 0) {
+    std::snprintf(line, sizeof(line), "compute peak %.0f TFLOP/s (%s)\n", r.peak_tflops,
+                  r.tflops_source.c_str());
+    out << line;
+  }
   out << "batch  prefill tok/s   TTFT ms  decode tok/s    ITL ms   p50 ms  step MB  experts"
-         "  roofline ms  achieved GB/s  of peak\n";
+         "  roofline ms  achieved GB/s  of peak  TFLOP/s  compute ms  of compute\n";
   for (const BatchResult& b : r.batches) {
+    char compute[64] = "        -           -";
+    if (r.peak_tflops > 0) {
+      std::snprintf(compute, sizeof(compute), "%10.3f  %9.1f%%", b.compute_roofline_ms,
+                    100.0 * b.compute_ratio);
+    }
     std::snprintf(line, sizeof(line),
                   "%5d  %13.1f  %8.2f  %12.1f  %8.3f  %7.3f  %7.1f  %7.1f  %11.3f  %13.1f  "
-                  "%6.1f%%\n",
+                  "%6.1f%%  %7.2f  %s\n",
                   b.batch, b.prefill_tokens_per_s, b.ttft_ms, b.decode_tokens_per_s, b.itl_ms,
                   b.itl_p50_ms, b.bytes.total() / 1e6, b.bytes.expected_experts, b.roofline_ms,
-                  b.achieved_gbs, 100.0 * b.bandwidth_ratio);
+                  b.achieved_gbs, 100.0 * b.bandwidth_ratio, b.achieved_tflops, compute);
     out << line;
   }
 }

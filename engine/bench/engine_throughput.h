@@ -37,6 +37,8 @@ struct EngineBenchOptions {
   int threads = 0;                  // CPU backend threads per rank; 0 = cores / tp
   int64_t max_batch_tokens = 2048;  // tokens per prefill step
   double peak_bandwidth_gbs = 0;    // 0 = the device's (CUDA) or a measured read rate (CPU)
+  double peak_tflops = 0;           // 0 = the device's dense tensor-core peak where known
+                                    // (sm_90: SMs x clock x 4096 BF16 / 8192 FP8 per clock)
   uint64_t seed = 0;                // dummy weights
   bool json = false;                // one JSON object per batch size instead of the table
   bool cuda_graphs = true;          // CUDA: decode steps replay CUDA graphs
@@ -49,6 +51,12 @@ struct StepBytes {
   double expected_experts = 0;  // distinct routed experts per MoE layer (uniform routing)
   double total() const { return weight_bytes + kv_bytes; }
 };
+
+// Floating-point operations of one rank in a decode step of `batch` sequences at context
+// `context`: 2 per weight each token multiplies (attention projections, the top-k routed and the
+// shared experts, the router, dense MLPs, lm_head; sliced by `tp`) plus the attention scores and
+// values (4 * context * local q width per token and layer).
+double DecodeStepFlops(const engine::ModelConfig& config, int tp, int batch, double context);
 
 // Weights in their stored dtype (FP8: 1 byte + scales; BF16: 2), sliced by `tp`; routed experts
 // counted as E * (1 - (1 - k/E)^batch), the expected number of distinct experts that `batch`
@@ -67,6 +75,10 @@ struct BatchResult {
   double roofline_ms = 0;   // bytes.total() / peak
   double achieved_gbs = 0;  // bytes.total() / itl
   double bandwidth_ratio = 0;
+  double step_flops = 0;           // DecodeStepFlops at the mean decode context
+  double compute_roofline_ms = 0;  // step_flops / peak compute (0 when the peak is unknown)
+  double achieved_tflops = 0;      // step_flops / itl
+  double compute_ratio = 0;        // achieved_tflops / peak (0 when unknown)
 };
 
 struct EngineBenchReport {
@@ -74,6 +86,8 @@ struct EngineBenchReport {
   std::string device;  // e.g. "NVIDIA H200" or "CPU (16 threads)"
   double peak_bandwidth_gbs = 0;
   std::string peak_source;  // "device attributes", "measured", "--peak-bandwidth-gbs"
+  double peak_tflops = 0;   // dense compute peak of the weights' GEMM dtype; 0 = unknown
+  std::string tflops_source;
   int layers = 0;
   std::string quant;  // bf16 | fp8-channel | fp8-block
   double load_s = 0;

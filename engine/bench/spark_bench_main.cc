@@ -64,6 +64,9 @@ int main(int argc, char** argv) {
   engine->add_option("--peak-bandwidth-gbs", o.peak_bandwidth_gbs,
                      "memory bandwidth peak for the roofline (default: the device's, or a "
                      "measured read rate on CPU)");
+  engine->add_option("--peak-tflops", o.peak_tflops,
+                     "dense compute peak for the compute roofline (default: the device's where "
+                     "known, Hopper)");
   engine->add_option("--seed", o.seed, "dummy weights seed");
   engine->add_flag("--json", o.json, "one JSON object per batch size");
   engine->add_flag("--cuda-graphs,!--no-cuda-graphs", o.cuda_graphs,

@@ -48,6 +48,26 @@ TEST(DecodeStepBytesTest, TinyGlmByHand) {
   EXPECT_DOUBLE_EQ(tp2.kv_bytes, one.kv_bytes / 2);
 }
 
+TEST(DecodeStepFlopsTest, TinyGlmByHand) {
+  Result<engine::ModelConfig> c = engine::LoadModelConfig(Model("glm_base"));
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  // Multiply-adds per token (shapes as above): q, k, v, o; attention over `context` keys of the
+  // 4x32 query width; dense MLP; top-2 + 1 shared expert and the router; lm_head.
+  const double projections = 64 * 128 + 2 * 64 * 64 + 128 * 64;
+  const double dense = 3 * 64 * 128;
+  const double experts = 3 * (3 * 64 * 32) + 8 * 64;
+  const double lm_head = 64 * 256;
+  auto by_hand = [&](double context, int batch) {
+    return 2 * batch * (3 * (projections + 2 * context * 128) + dense + 2 * experts + lm_head);
+  };
+  EXPECT_DOUBLE_EQ(DecodeStepFlops(*c, 1, 1, 10), by_hand(10, 1));
+  EXPECT_DOUBLE_EQ(DecodeStepFlops(*c, 1, 8, 20), by_hand(20, 8));
+  // Two ranks: every sliced matrix and the attention width halve, the router does not.
+  const double tp2 = 2 * (3 * ((projections + 2 * 10 * 128) / 2) + dense / 2 +
+                          2 * (3 * (3 * 64 * 32) / 2 + 8 * 64) + lm_head / 2);
+  EXPECT_DOUBLE_EQ(DecodeStepFlops(*c, 2, 1, 10), tp2);
+}
+
 TEST(DecodeStepBytesTest, Fp8WeightsCountOneByteAndTheirScales) {
   Result<engine::ModelConfig> air = engine::BuiltinConfig("glm-4.5-air");
   ASSERT_TRUE(air.ok());
