@@ -28,7 +28,7 @@ struct CudaRankSpec {
   int64_t kv_cache_bytes = 0;
   int64_t max_batch_tokens = 2048;
   std::string prefix;  // rendezvous key prefix of the group
-  bool cuda_graphs = true;
+  bool cuda_graphs = false;
 };
 
 // What every CUDA rank does before its backend: selects CUDA device `rank` (an error naming

@@ -41,7 +41,7 @@ struct EngineBenchOptions {
                                     // (sm_90: SMs x clock x 4096 BF16 / 8192 FP8 per clock)
   uint64_t seed = 0;                // dummy weights
   bool json = false;                // one JSON object per batch size instead of the table
-  bool cuda_graphs = true;          // CUDA: decode steps replay CUDA graphs
+  bool cuda_graphs = false;         // CUDA: decode steps replay CUDA graphs
 };
 
 // Bytes one rank reads in a decode step of `batch` sequences at context length `context`.

@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
   engine->add_option("--seed", o.seed, "dummy weights seed");
   engine->add_flag("--json", o.json, "one JSON object per batch size");
   engine->add_flag("--cuda-graphs,!--no-cuda-graphs", o.cuda_graphs,
-                   "CUDA: replay decode steps from CUDA graphs (default on)");
+                   "CUDA: replay decode steps from CUDA graphs (default off)");
 
   spark::bench::SpeculativeBenchOptions so;
   std::string spec_model;

@@ -12,7 +12,7 @@
 //   moe_autotune      "on" or "off": whether a CUDA shard tunes the MoE tile configs its device
 //                     class has no records for at load (default on; docs/moe-tuning.md)
 //   cuda_graphs       "on" or "off": whether a CUDA shard replays decode steps from CUDA graphs
-//                     (default on; engine/cuda/cuda_backend.h)
+//                     (default off; engine/cuda/cuda_backend.h)
 // Any other extra key is an error naming the accepted keys (a typo must not pass silently).
 //
 // EngineOptions.speculative (steps > 0) turns on speculative decoding with the checkpoint's MTP
@@ -61,7 +61,7 @@ struct EngineSettings {
   int kv_block_tokens = 16;
   bool gpu_sampling = true;  // CUDA backend only
   bool moe_autotune = true;  // CUDA backend only
-  bool cuda_graphs = true;   // CUDA backend only
+  bool cuda_graphs = false;  // CUDA backend only
   std::chrono::milliseconds step_timeout{30000};
   std::chrono::milliseconds keepalive{1000};
   // EngineOptions.speculative, resolved (topk 1: draft_tokens = steps + 1); steps 0 = off.

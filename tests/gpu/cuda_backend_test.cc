@@ -531,6 +531,7 @@ TEST(CudaBackendTest, DecodeGraphsMatchEagerSteps) {
     spec.seed = 5;
     CudaBackendOptions opts = SmallOptions();
     opts.kv_cache_bytes = int64_t{512} << 20;
+    opts.cuda_graphs = true;
     CudaBackendOptions eager_opts = opts;
     eager_opts.cuda_graphs = false;
     Result<std::unique_ptr<CudaBackend>> g = CudaBackend::CreateDummy(cfg, spec, nullptr, opts);

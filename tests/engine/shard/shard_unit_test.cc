@@ -186,7 +186,9 @@ TEST(ShardSettingsTest, EngineOptionsAndExtraKeys) {
             std::string::npos);
   options.mutable_extra()->erase("moe_autotune");
 
-  EXPECT_TRUE(ResolveEngineSettings(options)->cuda_graphs);  // default on
+  EXPECT_FALSE(ResolveEngineSettings(options)->cuda_graphs);  // default off
+  (*options.mutable_extra())["cuda_graphs"] = "on";
+  EXPECT_TRUE(ResolveEngineSettings(options)->cuda_graphs);
   (*options.mutable_extra())["cuda_graphs"] = "off";
   EXPECT_FALSE(ResolveEngineSettings(options)->cuda_graphs);
   (*options.mutable_extra())["cuda_graphs"] = "1";
