@@ -62,14 +62,13 @@ Status MakeCudaRank(const CudaRankSpec& spec, int rank, int tp, engine::KeyValue
     SPARK_ASSIGN_OR_RETURN(parts->backend,
                            cuda::CudaBackend::CreateDummy(spec.config, dummy, nccl, options));
   } else {
+    // Streamed: one decoder layer in host memory at a time.
     engine::LoadOptions load;
     load.tp_rank = rank;
     load.tp_size = tp;
     load.max_layers = spec.max_layers;
-    SPARK_ASSIGN_OR_RETURN(engine::ModelWeights weights,
-                           engine::LoadModelWeights(spec.model_dir, load));
     SPARK_ASSIGN_OR_RETURN(parts->backend,
-                           cuda::CudaBackend::Create(std::move(weights), nccl, options));
+                           cuda::CudaBackend::Load(spec.model_dir, load, nccl, options));
   }
   return Status::Ok();
 }
