@@ -62,7 +62,7 @@ lc_start_agent() {  # agent i sees only GPU i
 
 finish() {
   local code=$1
-  for m in spec plain nomtp; do lc_undeploy "$m" >/dev/null 2>&1; done
+  for m in spec plain auto nomtp; do lc_undeploy "$m" >/dev/null 2>&1; done
   lc_stop >/dev/null 2>&1
   tar -czf "$out/ctl-logs.tar.gz" -C "$LC_STATE" logs agents 2>/dev/null
   [ "$code" -eq 0 ] && say "ALL PASSED"
@@ -115,8 +115,8 @@ drafted=$(curl -sS "$(lc_url)/metrics" | sed -n 's/^spark_spec_drafted_tokens_to
 awk -v d="${drafted:-0}" 'BEGIN {exit !(d > 0)}' || fail "no drafted tokens in /metrics"
 lc_undeploy spec || fail "undeploy spec"
 
-say "3. deploy plain (same checkpoint, no speculation)"
-deploy_wait plain "$LC_STATE/model-mtp"
+say "3. deploy plain (same checkpoint, --option speculative=off)"
+deploy_wait plain "$LC_STATE/model-mtp" --option speculative=off
 plain_chat=$(chat plain) || fail "chat on plain"
 plain_ids=$(complete plain) || fail "completion on plain"
 say "   chat: $plain_chat"
@@ -124,7 +124,23 @@ say "   ids:  $plain_ids"
 [ "$spec_chat" = "$plain_chat" ] || fail "greedy chat differs with speculation"
 [ "$spec_ids" = "$plain_ids" ] || fail "greedy completion differs with speculation"
 say "   greedy output equal with and without speculation"
+off_drafted=$(curl -sS "$(lc_url)/metrics" | sed -n 's/^spark_spec_drafted_tokens_total{model="plain"} //p')
+[ -z "$off_drafted" ] || [ "$off_drafted" = 0 ] || fail "speculative=off drafted $off_drafted tokens"
 lc_undeploy plain || fail "undeploy plain"
+
+say "3b. deploy auto (same checkpoint, no speculative option): speculates on CUDA only"
+deploy_wait auto "$LC_STATE/model-mtp"
+auto_ids=$(complete auto) || fail "completion on auto"
+[ "$auto_ids" = "$plain_ids" ] || fail "greedy completion differs in the automatic mode"
+sleep 2
+auto_drafted=$(curl -sS "$(lc_url)/metrics" | sed -n 's/^spark_spec_drafted_tokens_total{model="auto"} //p')
+say "   auto: drafted ${auto_drafted:-none}"
+if [ "$BACKEND" = cuda ]; then
+  awk -v d="${auto_drafted:-0}" 'BEGIN {exit !(d > 0)}' || fail "the automatic mode did not speculate on CUDA"
+else
+  [ -z "$auto_drafted" ] || [ "$auto_drafted" = 0 ] || fail "the automatic mode speculated on the CPU"
+fi
+lc_undeploy auto || fail "undeploy auto"
 
 say "4. speculative on a checkpoint without MTP fails naming the fix"
 lc_make_model || fail "spark-model tiny"
