@@ -603,7 +603,7 @@ DeploymentView Controller::View(const Deployment& d) const {
   DeploymentView view;
   view.record = d.record;
   view.waiting_reason = d.waiting_reason;
-  if (d.options.engine.speculative().steps() > 0) {
+  if (d.options.engine.speculative().steps() > 0 || d.speculative_reported) {
     spark::v1::SpeculativeStats total = d.speculative_ended;
     AddSpeculativeStats(d.speculative_run, &total);
     view.speculative = std::move(total);

@@ -218,6 +218,7 @@ class Controller {
     spark::v1::SpeculativeStats speculative_ended;
     spark::v1::SpeculativeStats speculative_run;
     uint64_t speculative_generation = 0;
+    bool speculative_reported = false;  // rank 0 of some run reported counters
   };
 
   // A shard of an ended run that was told to stop and has not been seen gone yet.

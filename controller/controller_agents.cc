@@ -528,6 +528,7 @@ void Controller::RecordSpeculativeStats(Deployment& d, uint64_t generation,
     d.speculative_generation = generation;
   }
   d.speculative_run = stats;
+  d.speculative_reported = true;
 }
 
 void Controller::HandleRendezvousPublish(const AgentPlane::Inbound& inbound) {

@@ -9,8 +9,9 @@
 //   load_format                              "auto" or "dummy"
 //   dtype                                    string ("auto", "bfloat16", ...)
 //   seed                                     unsigned integer
-//   speculative                              object {steps, topk, draft_tokens}: speculative
-//                                            decoding with the checkpoint's MTP layer (below)
+//   speculative                              "auto" (the default), "off", or an object {steps,
+//                                            topk, draft_tokens}: speculative decoding with the
+//                                            checkpoint's MTP layer (below)
 //   speculative_steps, speculative_topk, speculative_draft_tokens
 //                                            flat aliases of the speculative object's fields
 //                                            (give either the object or the aliases)
@@ -20,15 +21,17 @@
 //                                            deadlines for this deployment
 // Unknown keys are refused with the list of known ones.
 //
-// speculative (validated as SGLang does; a field of 0 counts as not given):
-//   steps         draft steps per verify, [1, 32]; absent or 0 = speculative decoding off (then
-//                 topk and draft_tokens must be absent too)
+// speculative (validated as SGLang does; a field of 0 counts as not given). Absent, null or
+// "auto": the shard decides (on for the CUDA backend with a checkpoint that has its MTP layer;
+// engine/shard/shard_settings.h); "off", an empty object or steps 0: off.
+//   steps         draft steps per verify, [1, 32]; 0 = speculative decoding off (then topk and
+//                 draft_tokens must be absent too)
 //   topk          branching per draft step, [1, 16]; default 1 (a chain)
 //   draft_tokens  tokens verified per step: with topk 1 it is steps + 1 (the default; any other
 //                 value is refused); with topk > 1 it is required, in [2, min(64, 1 + topk +
 //                 (steps - 1) * topk^2)]
-// The normalized form always holds the object with all three fields (the flat aliases are folded
-// into it), and has no "speculative" key when speculative decoding is off.
+// The normalized form holds the object with all three fields (the flat aliases are folded into
+// it), "off", or no "speculative" key (automatic).
 //
 // Thread safety: pure functions.
 #pragma once

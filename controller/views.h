@@ -35,7 +35,8 @@ struct DeploymentView {
   std::string waiting_reason;       // why no run is starting now (placement, backoff)
   bool serving = false;             // a generation can be served now
   // Speculative decoding counters summed over the deployment's runs since the controller
-  // started; set when the deployment has speculative decoding on (zeros until rank 0 reports).
+  // started; set when the deployment asks for speculative decoding (zeros until rank 0 reports)
+  // or when rank 0 reported counters (the automatic mode turned it on).
   std::optional<spark::v1::SpeculativeStats> speculative;
 };
 

@@ -292,6 +292,39 @@ TEST_F(ControllerTest, DeployPlacesRanksAndBecomesReadyAfterTheFirstGeneration) 
   EXPECT_EQ(future.get(), (std::vector<int>{11, 12}));
 }
 
+TEST_F(ControllerTest, SpeculativeCountersShowOnceRankZeroReportsThemWithoutOptions) {
+  // No speculative option (the automatic mode): no counters until rank 0 reports some, as a
+  // shard whose backend and checkpoint turned speculation on does.
+  auto a = Agent("a");
+  Result<DeploymentView> deployed = Deploy("m", 1);
+  ASSERT_TRUE(deployed.ok()) << deployed.status().ToString();
+  auto assignments = Assignments({a.get()});
+  ASSERT_EQ(assignments.size(), 1u);
+  EXPECT_EQ(assignments[0].options().speculative().steps(), 0u);
+  EXPECT_EQ(assignments[0].options().speculative().mode(), spark::v1::SPECULATIVE_MODE_AUTO);
+  BringUp("m", {a.get()}, assignments);
+  EXPECT_FALSE(Get("m")->speculative.has_value());
+
+  spark::v1::Envelope report;
+  spark::v1::ShardStatus* s = report.mutable_shard_status();
+  s->set_deployment("m");
+  s->set_run_id(assignments[0].run_id());
+  s->set_generation(assignments[0].generation());
+  s->set_rank(0);
+  s->set_phase(spark::v1::SHARD_PHASE_READY);
+  s->set_pid(1000);
+  s->set_data_endpoint(data_.endpoint());
+  s->mutable_speculative()->set_verify_steps(7);
+  s->mutable_speculative()->set_drafted_tokens(21);
+  s->mutable_speculative()->set_accepted_tokens(9);
+  a->Send(report, assignments[0].generation());
+  ASSERT_TRUE(WaitUntil([&] {
+    Result<DeploymentView> v = Get("m");
+    return v.ok() && v->speculative.has_value() && v->speculative->verify_steps() == 7;
+  }));
+  EXPECT_EQ(Get("m")->speculative->drafted_tokens(), 21u);
+}
+
 TEST_F(ControllerTest, InFlightRequestsFailWhenTheRunFails) {
   auto a = Agent("a");
   auto b = Agent("b");
