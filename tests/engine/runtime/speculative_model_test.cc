@@ -106,11 +106,10 @@ class SpeculativeModelTest : public ::testing::Test {
   static std::vector<Output> Generate(Backend* backend, const SpeculativeOptions& spec,
                                       const std::vector<std::vector<int32_t>>& prompts,
                                       const std::vector<SamplingParams>& params,
-                                      SpeculativeStats* stats = nullptr,
-                                      int64_t max_batch_tokens = 64) {
+                                      SpeculativeStats* stats = nullptr) {
     SchedulerOptions options;
     options.speculative = spec;
-    options.max_batch_tokens = max_batch_tokens;  // prompts are read in chunks next to verification
+    options.max_batch_tokens = 64;  // prompts are read in chunks next to verification
     auto scheduler = Scheduler::Create(backend, options);
     EXPECT_TRUE(scheduler.ok()) << scheduler.status().ToString();
     if (!scheduler.ok()) return {};
