@@ -235,20 +235,35 @@ int ShardRun::Run() {
 
   const bool cuda = a.backend() == spark::v1::BACKEND_CUDA;
   if (cuda && !BuiltWithCuda()) return Fail(kExitUnsupported, WithoutCudaMessage());
-  if (settings_.speculative_auto) {
-    // Mode AUTO: on where it helps (the same decision on every rank: the same checkpoint).
+  // Speculative decoding: asked for explicitly, or possibly turned on by mode AUTO (CUDA only).
+  // Either way the checkpoint's MTP layer is looked up once, before joining the group and
+  // loading the weights: its config, and (real weights) whether its files hold the layer.
+  const bool asked = settings_.speculative.enabled();
+  if (asked || (settings_.speculative_auto && cuda)) {
     const bool dummy = a.options().load_format() == spark::v1::LOAD_FORMAT_DUMMY;
-    bool on = false;
+    std::optional<engine::ModelConfig> config;
+    size_t mtp_layers_present = 0;
     if (dummy) {
-      Result<engine::ModelConfig> config = engine::LoadModelConfig(a.model_path());
-      on = config.ok() && AutoSpeculation(a.backend(), *config, 0, true);
+      if (Result<engine::ModelConfig> c = engine::LoadModelConfig(a.model_path()); c.ok()) {
+        config = std::move(c).value();
+      }
     } else if (Result<engine::CheckpointSummary> files =
                    engine::InspectCheckpoint(a.model_path(), static_cast<int>(a.world_size()));
                files.ok()) {
-      on = AutoSpeculation(a.backend(), files->config,
-                           static_cast<size_t>(std::max(files->mtp_layers, 0)), false);
+      config = files->config;
+      mtp_layers_present = static_cast<size_t>(std::max(files->mtp_layers, 0));
     }
-    if (on) {
+    // An unreadable checkpoint is left to the load, which names the problem.
+    if (asked && config) {
+      // Refuse a model without an MTP layer (in its config, or in its files).
+      Status has_mtp = CheckSpeculativeModel(*config, a.model_path());
+      if (has_mtp.ok() && !dummy) {
+        has_mtp = CheckMtpWeightsLoaded(*config, a.model_path(), mtp_layers_present);
+      }
+      if (!has_mtp.ok()) return Fail(kExitUsage, has_mtp.message());
+    } else if (!asked && config &&
+               AutoSpeculation(a.backend(), *config, mtp_layers_present, dummy)) {
+      // Mode AUTO: on where it helps (the same decision on every rank: the same checkpoint).
       settings_.speculative = AutoSpeculativeOptions();
       SPARK_LOG(INFO).With("steps", settings_.speculative.steps)
           << "speculative decoding on (automatic: CUDA backend, checkpoint with its MTP layer; "
@@ -256,25 +271,6 @@ int ShardRun::Run() {
     }
   }
   const bool speculative = settings_.speculative.enabled();
-  if (speculative) {
-    // Refuse a model without an MTP layer (in its config, or in its files) before joining the
-    // group and loading the weights. An unreadable checkpoint is left to the load, which names
-    // the problem.
-    Status has_mtp = Status::Ok();
-    if (a.options().load_format() == spark::v1::LOAD_FORMAT_DUMMY) {
-      Result<engine::ModelConfig> config = engine::LoadModelConfig(a.model_path());
-      if (config.ok()) has_mtp = CheckSpeculativeModel(*config, a.model_path());
-    } else if (Result<engine::CheckpointSummary> files =
-                   engine::InspectCheckpoint(a.model_path(), static_cast<int>(a.world_size()));
-               files.ok()) {
-      has_mtp = CheckSpeculativeModel(files->config, a.model_path());
-      if (has_mtp.ok()) {
-        has_mtp = CheckMtpWeightsLoaded(files->config, a.model_path(),
-                                        static_cast<size_t>(std::max(files->mtp_layers, 0)));
-      }
-    }
-    if (!has_mtp.ok()) return Fail(kExitUsage, has_mtp.message());
-  }
 
   advertise_host_ = args_.advertise_host;
   if (advertise_host_.empty()) {
