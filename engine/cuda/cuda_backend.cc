@@ -287,6 +287,43 @@ struct GraphLayout {
   int max_blocks = 0;
 };
 
+// Byte offsets of a batch's metadata in one upload buffer, each field 16-byte aligned, and the
+// buffer's size.
+struct MetaLayout {
+  int64_t ids = 0;          // [tokens] int32
+  int64_t pos = 0;          // [tokens] int32
+  int64_t slots = 0;        // [tokens] int64
+  int64_t sel = 0;          // [sel_rows] int32
+  int64_t hsel = 0;         // [hidden_rows] int32
+  int64_t start = 0;        // [chunks] int32
+  int64_t len = 0;          // [chunks] int32
+  int64_t offset = 0;       // [chunks] int32
+  int64_t tiles = 0;        // [tiles] int2
+  int64_t tables = 0;       // [chunks, max_blocks] int32
+  int64_t mask_offset = 0;  // [chunks] int32 when mask_words > 0
+  int64_t masks = 0;        // [mask_words] uint32
+  int64_t bytes = 0;
+};
+
+MetaLayout MetaLayoutFor(int64_t tokens, int64_t sel_rows, int64_t hidden_rows, int64_t chunks,
+                         int64_t tiles, int64_t max_blocks, int64_t mask_words) {
+  auto align = [](int64_t v) { return (v + 15) / 16 * 16; };
+  MetaLayout m;
+  m.pos = m.ids + align(tokens * 4);
+  m.slots = m.pos + align(tokens * 4);
+  m.sel = m.slots + align(tokens * 8);
+  m.hsel = m.sel + align(sel_rows * 4);
+  m.start = m.hsel + align(hidden_rows * 4);
+  m.len = m.start + align(chunks * 4);
+  m.offset = m.len + align(chunks * 4);
+  m.tiles = m.offset + align(chunks * 4);
+  m.tables = m.tiles + align(tiles * 8);
+  m.mask_offset = m.tables + align(chunks * max_blocks * 4);
+  m.masks = m.mask_offset + (mask_words > 0 ? align(chunks * 4) : 0);
+  m.bytes = m.masks + align(mask_words * 4);
+  return m;
+}
+
 }  // namespace
 
 struct CudaBackend::Impl {
@@ -1048,24 +1085,14 @@ Status CudaBackend::Impl::PrepareGraphs() {
   return ResizeGraphMeta(std::min<int64_t>(kGraphInitialTableBlocks, kv->num_blocks()));
 }
 
-namespace {
-
-// Metadata bytes of a graph batch: the PlanBatch layout for `bucket` one-token chunks.
-int64_t GraphMetaBytes(int bucket, int64_t table_blocks, int tiles_per_chunk) {
-  auto align = [](int64_t v) { return (v + 15) / 16 * 16; };
-  const int64_t b = bucket;
-  return align(b * 4) * 2 + align(b * 8) + align(b * 4) + align(b * 4) * 3 +
-         align(b * tiles_per_chunk * 8) + align(b * table_blocks * 4);
-}
-
-}  // namespace
-
 Status CudaBackend::Impl::ResizeGraphMeta(int64_t table_blocks) {
   SPARK_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
   DropGraphs();
   const int group = local_q / local_kv;
   const int tiles = (group + kAttentionRowsPerTile - 1) / kAttentionRowsPerTile;
-  const int64_t bytes = GraphMetaBytes(graph_buckets.back(), table_blocks, tiles);
+  // The PlanBatch layout of the largest bucket: one-token chunks, no hidden rows, no trees.
+  const int64_t b = graph_buckets.back();
+  const int64_t bytes = MetaLayoutFor(b, b, 0, b, b * tiles, table_blocks, 0).bytes;
   if (bytes > graph_meta_bytes) {
     if (graph_meta) SPARK_CUDA_RETURN_IF_ERROR(cudaFree(graph_meta));
     graph_meta = nullptr;
@@ -1217,20 +1244,9 @@ Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chun
     num_tiles += int64_t{chunks - real_chunks} *
                  ((group + kAttentionRowsPerTile - 1) / kAttentionRowsPerTile);
   }
-  auto align = [](int64_t v) { return (v + 15) / 16 * 16; };
-  const int64_t off_ids = 0;
-  const int64_t off_pos = off_ids + align(total * 4);
-  const int64_t off_slots = off_pos + align(total * 4);
-  const int64_t off_sel = off_slots + align(total * 8);
-  const int64_t off_hsel = off_sel + align(sel_cap * 4);
-  const int64_t off_start = off_hsel + align(plan.hidden_rows * 4);
-  const int64_t off_len = off_start + align(chunks * 4);
-  const int64_t off_offset = off_len + align(chunks * 4);
-  const int64_t off_tiles = off_offset + align(chunks * 4);
-  const int64_t off_tables = off_tiles + align(num_tiles * 8);
-  const int64_t off_mask_offset = off_tables + align(int64_t{chunks} * max_blocks * 4);
-  const int64_t off_masks = off_mask_offset + (mask_words > 0 ? align(chunks * 4) : 0);
-  const int64_t meta_needed = off_masks + align(mask_words * 4);
+  const MetaLayout layout =
+      MetaLayoutFor(total, sel_cap, plan.hidden_rows, chunks, num_tiles, max_blocks, mask_words);
+  const int64_t meta_needed = layout.bytes;
   if (graph != nullptr) {
     // The previous step may still be reading the pinned buffer.
     SPARK_CHECK(meta_needed <= graph_meta_bytes);
@@ -1249,18 +1265,18 @@ Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chun
     SPARK_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
   }
   char* mh = graph != nullptr ? graph_meta_host.as<char>() : meta_host.as<char>();
-  auto* ids = reinterpret_cast<int32_t*>(mh + off_ids);
-  auto* pos = reinterpret_cast<int32_t*>(mh + off_pos);
-  auto* slots = reinterpret_cast<int64_t*>(mh + off_slots);
-  auto* sel = reinterpret_cast<int32_t*>(mh + off_sel);
-  auto* hsel_rows = reinterpret_cast<int32_t*>(mh + off_hsel);
-  auto* cstart = reinterpret_cast<int32_t*>(mh + off_start);
-  auto* clen = reinterpret_cast<int32_t*>(mh + off_len);
-  auto* coff = reinterpret_cast<int32_t*>(mh + off_offset);
-  auto* tiles = reinterpret_cast<int2*>(mh + off_tiles);
-  auto* tables = reinterpret_cast<int32_t*>(mh + off_tables);
-  auto* mask_offset = reinterpret_cast<int32_t*>(mh + off_mask_offset);
-  auto* masks = reinterpret_cast<uint32_t*>(mh + off_masks);
+  auto* ids = reinterpret_cast<int32_t*>(mh + layout.ids);
+  auto* pos = reinterpret_cast<int32_t*>(mh + layout.pos);
+  auto* slots = reinterpret_cast<int64_t*>(mh + layout.slots);
+  auto* sel = reinterpret_cast<int32_t*>(mh + layout.sel);
+  auto* hsel_rows = reinterpret_cast<int32_t*>(mh + layout.hsel);
+  auto* cstart = reinterpret_cast<int32_t*>(mh + layout.start);
+  auto* clen = reinterpret_cast<int32_t*>(mh + layout.len);
+  auto* coff = reinterpret_cast<int32_t*>(mh + layout.offset);
+  auto* tiles = reinterpret_cast<int2*>(mh + layout.tiles);
+  auto* tables = reinterpret_cast<int32_t*>(mh + layout.tables);
+  auto* mask_offset = reinterpret_cast<int32_t*>(mh + layout.mask_offset);
+  auto* masks = reinterpret_cast<uint32_t*>(mh + layout.masks);
   output.row_begin.resize(static_cast<size_t>(chunks));
   if (plan.want_hidden) output.hidden_row_begin.resize(static_cast<size_t>(chunks));
   int64_t t = 0;
@@ -1338,24 +1354,24 @@ Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chun
   SPARK_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dev_meta, mh, static_cast<size_t>(meta_needed),
                                              cudaMemcpyHostToDevice, stream));
   char* md = static_cast<char*>(dev_meta);
-  plan.ids = reinterpret_cast<const int32_t*>(md + off_ids);
-  plan.pos = reinterpret_cast<const int32_t*>(md + off_pos);
-  plan.slots = reinterpret_cast<const int64_t*>(md + off_slots);
-  plan.sel = reinterpret_cast<const int32_t*>(md + off_sel);
-  plan.hidden_sel = reinterpret_cast<const int32_t*>(md + off_hsel);
+  plan.ids = reinterpret_cast<const int32_t*>(md + layout.ids);
+  plan.pos = reinterpret_cast<const int32_t*>(md + layout.pos);
+  plan.slots = reinterpret_cast<const int64_t*>(md + layout.slots);
+  plan.sel = reinterpret_cast<const int32_t*>(md + layout.sel);
+  plan.hidden_sel = reinterpret_cast<const int32_t*>(md + layout.hsel);
 
   AttentionBatch& ab = plan.attention;
-  ab.start = reinterpret_cast<const int32_t*>(md + off_start);
-  ab.len = reinterpret_cast<const int32_t*>(md + off_len);
-  ab.offset = reinterpret_cast<const int32_t*>(md + off_offset);
-  ab.block_tables = reinterpret_cast<const int32_t*>(md + off_tables);
+  ab.start = reinterpret_cast<const int32_t*>(md + layout.start);
+  ab.len = reinterpret_cast<const int32_t*>(md + layout.len);
+  ab.offset = reinterpret_cast<const int32_t*>(md + layout.offset);
+  ab.block_tables = reinterpret_cast<const int32_t*>(md + layout.tables);
   ab.max_blocks = max_blocks;
-  ab.tiles = reinterpret_cast<const int2*>(md + off_tiles);
+  ab.tiles = reinterpret_cast<const int2*>(md + layout.tiles);
   ab.num_tiles = static_cast<int>(num_tiles);
   ab.total_tokens = static_cast<int>(total);
   if (mask_words > 0) {
-    ab.tree_mask_offset = reinterpret_cast<const int32_t*>(md + off_mask_offset);
-    ab.tree_masks = reinterpret_cast<const uint32_t*>(md + off_masks);
+    ab.tree_mask_offset = reinterpret_cast<const int32_t*>(md + layout.mask_offset);
+    ab.tree_masks = reinterpret_cast<const uint32_t*>(md + layout.masks);
   }
   AttentionShape& as = plan.shape;
   as.q_heads = local_q;
@@ -1570,12 +1586,11 @@ Result<ForwardOutput> CudaBackend::Impl::ForwardGraph(const std::vector<ChunkRef
   const GraphLayout layout{bucket, static_cast<int>(graph_table_blocks)};
   SPARK_ASSIGN_OR_RETURN(BatchPlan plan, PlanBatch(refs, *kv, "KV cache", true, output, &layout));
   cudaGraphExec_t& exec = graph_execs[bucket];
-  if (exec == nullptr && graph_stats.disabled_reason.empty()) {
-    Status captured = CaptureDecode(plan, &exec);
-    if (!captured.ok()) {
-      // The step runs eagerly below; later steps too.
+  if (exec == nullptr) {
+    // On failure exec stays null: this step runs eagerly below, and GraphBucket sends every
+    // later step to the eager path.
+    if (Status captured = CaptureDecode(plan, &exec); !captured.ok()) {
       graph_stats.disabled_reason = captured.ToString();
-      exec = nullptr;
     }
   }
   const float* pending = nullptr;
