@@ -14,7 +14,9 @@
 # Settings (environment, read by lc_start): LC_BUILD (build tree with the binaries, required),
 # LC_STATE (state directory, required), LC_AGENTS (default 2), LC_HTTP_PORT (0: any free port),
 # LC_API_KEYS_FILE / LC_ADMIN_KEY_FILE (passed to spark-controller when set), LC_QUIET (1: no
-# progress lines), LC_CONTROLLER_FLAGS (extra spark-controller flags, split on spaces).
+# progress lines), LC_CONTROLLER_FLAGS (extra spark-controller flags, split on spaces),
+# LC_BACKEND (the agents' backend, default cpu), LC_PIN_GPUS (1: agent i sees only GPU i through
+# CUDA_VISIBLE_DEVICES, so each shard's device 0 is its own GPU).
 #
 # Processes are started with setsid so that they outlive the calling shell; lc_stop ends exactly
 # the processes recorded in the pid files (and the shards those agents recorded), nothing else.
@@ -116,12 +118,32 @@ lc_start_agent() {
   mkdir -p "$LC_STATE/agents/$node"
   # Every agent of this machine pretends to be its own node, with its own boot id.
   [ -s "$LC_STATE/agents/$node.boot-id" ] || cat /proc/sys/kernel/random/uuid >"$LC_STATE/agents/$node.boot-id"
-  setsid "$LC_BUILD/agent/spark-agent" --controller "$(lc_agent_endpoint)" --node-name "$node" \
-    --backend cpu --state-dir "$LC_STATE/agents/$node" \
+  local pin=()
+  if [ "${LC_PIN_GPUS:-0}" = 1 ]; then pin=(env "CUDA_VISIBLE_DEVICES=$i"); fi
+  "${pin[@]}" setsid "$LC_BUILD/agent/spark-agent" --controller "$(lc_agent_endpoint)" \
+    --node-name "$node" --backend "${LC_BACKEND:-cpu}" --state-dir "$LC_STATE/agents/$node" \
     --shard-binary "$LC_BUILD/engine/shard/spark-shard" --data-listen 127.0.0.1:0 \
     --advertise-host 127.0.0.1 --boot-id-file "$LC_STATE/agents/$node.boot-id" --insecure \
     --log-sink stderr >>"$LC_STATE/logs/agent-$i.log" 2>&1 </dev/null &
   echo $! >"$LC_STATE/pids/agent-$i.pid"
+}
+
+# A build tree (LC_BUILD layout) of links into the bin/ of a binary bundle (scripts/gpu-bundle,
+# absolute path BUNDLE): prints the new directory, or fails naming a missing binary.
+lc_build_from_bundle() {
+  local bin=$1/bin dir b
+  dir=$(mktemp -d) || return 1
+  mkdir -p "$dir/controller" "$dir/agent" "$dir/engine/shard" "$dir/engine/tools"
+  for b in controller/spark-controller controller/sparkctl agent/spark-agent \
+    engine/shard/spark-shard engine/tools/spark-model; do
+    if [ ! -x "$bin/$(basename "$b")" ]; then
+      rm -rf "$dir"
+      lc_die "$bin/$(basename "$b") is missing; build the bundle with scripts/gpu-bundle"
+      return 1
+    fi
+    ln -s "$bin/$(basename "$b")" "$dir/$b"
+  done
+  printf '%s\n' "$dir"
 }
 
 lc_nodes_alive() {

@@ -29,36 +29,16 @@ fail() {
 export LD_LIBRARY_PATH="$ROOT/$bundle/lib:${LD_LIBRARY_PATH:-}"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 
-LC_BUILD=$(mktemp -d)
-mkdir -p "$LC_BUILD/controller" "$LC_BUILD/agent" "$LC_BUILD/engine/shard" "$LC_BUILD/engine/tools"
-for b in controller/spark-controller controller/sparkctl agent/spark-agent \
-  engine/shard/spark-shard engine/tools/spark-model; do
-  [ -x "$ROOT/$bundle/bin/$(basename "$b")" ] || {
-    echo "ctl.sh: $bundle/bin/$(basename "$b") is missing" >&2
-    exit 2
-  }
-  ln -s "$ROOT/$bundle/bin/$(basename "$b")" "$LC_BUILD/$b"
-done
+BACKEND=${SPARK_CLUSTER_BACKEND:-cuda}
+# shellcheck source=/dev/null
+source "$ROOT/scripts/lib/local-cluster.sh"
+LC_BUILD=$(lc_build_from_bundle "$ROOT/$bundle") || exit 2
 export LC_BUILD
 export LC_STATE=$(mktemp -d)
 export LC_QUIET=1 LC_HTTP_PORT=0 LC_READY_TIMEOUT_S=${LC_READY_TIMEOUT_S:-300} LC_AGENTS=2
 export LC_CONTROLLER_FLAGS="--restart-budget 1"
-BACKEND=${SPARK_CLUSTER_BACKEND:-cuda}
-# shellcheck source=/dev/null
-source "$ROOT/scripts/lib/local-cluster.sh"
-
-lc_start_agent() {  # agent i sees only GPU i
-  local i=$1 node="n$1"
-  if lc_pid "agent-$i" >/dev/null; then return 0; fi
-  mkdir -p "$LC_STATE/agents/$node"
-  [ -s "$LC_STATE/agents/$node.boot-id" ] || cat /proc/sys/kernel/random/uuid >"$LC_STATE/agents/$node.boot-id"
-  CUDA_VISIBLE_DEVICES=$i setsid "$LC_BUILD/agent/spark-agent" --controller "$(lc_agent_endpoint)" \
-    --node-name "$node" --backend "$BACKEND" --state-dir "$LC_STATE/agents/$node" \
-    --shard-binary "$LC_BUILD/engine/shard/spark-shard" --data-listen 127.0.0.1:0 \
-    --advertise-host 127.0.0.1 --boot-id-file "$LC_STATE/agents/$node.boot-id" --insecure \
-    --log-sink stderr >>"$LC_STATE/logs/agent-$i.log" 2>&1 </dev/null &
-  echo $! >"$LC_STATE/pids/agent-$i.pid"
-}
+# Agent i sees only GPU i.
+export LC_BACKEND=$BACKEND LC_PIN_GPUS=1
 
 finish() {
   local code=$1
