@@ -23,30 +23,8 @@ step() {
 }
 step speculation 100 $B/bin/gpu_speculation_test
 grep -iE 'us|ms' "$OUT/speculation.log" | grep -iE 'verify|draft|compact|decode step' | head -10 >>$S
-spec_generate() {
-  local M=$PWD/$B/bin/spark-model d=$OUT/spec; mkdir -p $d
-  $M tiny $d/tiny_mtp --mtp --seed 5 >/dev/null || return 1
-  $PWD/$B/bin/spark-bench speculative --write-model $d/self_draft --layers 8 >/dev/null || return 1
-  local fail=0
-  for model in $d/tiny_mtp $d/self_draft; do
-    local base="generate $model --ids 5,17,3,99,1,250,42 --max-tokens 48 --ignore-eos --json --backend cuda"
-    $M $base >$d/plain.json || { fail=1; continue; }
-    for flags in "--spec-steps 3" "--spec-steps 1" "--spec-steps 3 --spec-topk 2 --spec-draft-tokens 6" "--spec-steps 2 --spec-topk 3 --spec-draft-tokens 8"; do
-      $M $base $flags >$d/spec.json || { fail=1; echo "[spec] ERROR $(basename $model) $flags"; continue; }
-      python3 - $d/plain.json $d/spec.json "$(basename $model) $flags" <<'PY' || fail=1
-import json, sys
-a = json.load(open(sys.argv[1])); b = json.load(open(sys.argv[2]))
-ok = a["ids"] == b["ids"]
-print(("[spec] OK  " if ok else "[spec] FAIL"), sys.argv[3], "acceptance", b["speculative"]["acceptance_length"],
-      "decode tok/s", b["decode_tokens_per_s"], "vs plain", a["decode_tokens_per_s"])
-sys.exit(0 if ok else 1)
-PY
-    done
-  done
-  return $fail
-}
-export -f spec_generate; export B OUT
-step spec_generate 50 bash -c spec_generate
+# Greedy equality with speculation through spark-model on CUDA (and its decode speeds).
+step spec_generate 90 env SPARK_GPU_BUNDLE=$B OUT=$OUT/spec bash tests/gpu/checks/speculative_generate.sh
 step graphs 90 $B/bin/gpu_backend_test --gtest_filter='*DecodeGraphs*'
 grep -E '^\[cuda-graphs' "$OUT/graphs.log" >>$S
 # Decode steps from CUDA graphs against eager steps: GLM-4.5-Air shapes, FP8, 24 of 46 layers
