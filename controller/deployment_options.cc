@@ -146,7 +146,6 @@ Result<json> NormalizeImpl(const json& options) {
   json out = json::object();
   json speculative = json::object();  // typed fields, from the object or the flat aliases
   std::string speculative_source;     // the key that gave them first
-  bool speculative_off = false;       // "speculative": "off"
   for (auto it = options.begin(); it != options.end(); ++it) {
     const std::string& key = it.key();
     const json& value = it.value();
@@ -160,10 +159,7 @@ Result<json> NormalizeImpl(const json& options) {
       if (key == "speculative" && (value.is_null() || value == "auto")) continue;  // the default
       speculative_source = key;
       if (key == "speculative") {
-        if (value == "off") {
-          speculative_off = true;
-          continue;
-        }
+        if (value == "off") continue;  // given, without steps: off (below)
         if (!value.is_object()) {
           return InvalidArgument(
               "option \"speculative\" must be \"auto\" (the default: on for the CUDA backend when "
@@ -229,7 +225,7 @@ Result<json> NormalizeImpl(const json& options) {
   SPARK_ASSIGN_OR_RETURN(json normalized, NormalizeSpeculative(speculative));
   if (!normalized.is_null()) {
     out["speculative"] = std::move(normalized);
-  } else if (speculative_off || !speculative_source.empty()) {
+  } else if (!speculative_source.empty()) {
     out["speculative"] = "off";
   }
   return out;
