@@ -31,16 +31,14 @@ struct Output {
   FinishReason finish = FinishReason::kNone;
 };
 
-// Refuses forwards of more than `limit` tokens, as the CUDA backend does beyond its
-// max_batch_tokens (its workspace); counts the MTP forwards and their largest size.
+// Refuses MTP forwards of more than `limit` tokens, as the CUDA backend does beyond its
+// max_batch_tokens (its workspace); counts them and their largest size. Everything else is the
+// inner backend's.
 class TokenLimitBackend final : public Backend {
  public:
   TokenLimitBackend(Backend* inner, int64_t limit) : inner_(inner), limit_(limit) {}
   const ModelConfig& config() const override { return inner_->config(); }
   Result<ForwardOutput> Forward(const ForwardBatch& batch) override {
-    int64_t tokens = 0;
-    for (const SequenceChunk& c : batch.chunks) tokens += static_cast<int64_t>(c.tokens.size());
-    if (tokens > limit_) return InvalidArgument("forward of " + std::to_string(tokens) + " tokens");
     return inner_->Forward(batch);
   }
   void Release(uint64_t seq_id) override { inner_->Release(seq_id); }
