@@ -29,6 +29,7 @@ struct CudaRankSpec {
   int64_t max_batch_tokens = 2048;
   std::string prefix;  // rendezvous key prefix of the group
   bool cuda_graphs = false;
+  bool kv_cache_fp8 = false;  // FP8 E4M3 KV cache
 };
 
 // What every CUDA rank does before its backend: selects CUDA device `rank` (an error naming

@@ -126,7 +126,8 @@ Status Prefill(engine::Backend* b, int batch, int input_len, int64_t max_tokens,
 
 }  // namespace
 
-StepBytes DecodeStepBytes(const engine::ModelConfig& c, int tp, int batch, double context) {
+StepBytes DecodeStepBytes(const engine::ModelConfig& c, int tp, int batch, double context,
+                          int kv_element_bytes) {
   StepBytes s;
   const double h = static_cast<double>(c.hidden_size);
   const double t = static_cast<double>(std::max(1, tp));
@@ -156,7 +157,8 @@ StepBytes DecodeStepBytes(const engine::ModelConfig& c, int tp, int batch, doubl
   w += LinearBytes(c, static_cast<double>(c.vocab_size) / t, h, false);  // lm_head
   s.weight_bytes = w;
   s.kv_bytes =
-      static_cast<double>(batch) * context * static_cast<double>(KvBytesPerToken(c, tp, 2));
+      static_cast<double>(batch) * context *
+      static_cast<double>(KvBytesPerToken(c, tp, kv_element_bytes));
   return s;
 }
 
@@ -221,6 +223,14 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
   if (o.backend != "cpu" && o.backend != "cuda") {
     return InvalidArgument("--backend must be cpu or cuda, got '" + o.backend + "'");
   }
+  if (o.kv_cache_dtype != "bf16" && o.kv_cache_dtype != "fp8") {
+    return InvalidArgument("--kv-cache-dtype must be bf16 or fp8, got '" + o.kv_cache_dtype + "'");
+  }
+  if (o.kv_cache_dtype == "fp8" && o.backend != "cuda") {
+    return Unimplemented(
+        "--kv-cache-dtype fp8 is not supported on the CPU backend yet (its cache is fp32); use "
+        "--backend cuda");
+  }
 #if !defined(SPARK_HAVE_CUDA)
   if (o.backend == "cuda") {
     return Unimplemented(
@@ -282,7 +292,9 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     spec.dummy = o.dummy || o.model_dir.empty();
     spec.seed = o.seed;
     spec.max_layers = config.num_hidden_layers;
-    spec.kv_cache_bytes = tokens_needed * KvBytesPerToken(config, o.tp, 2) + (64 << 20);
+    spec.kv_cache_fp8 = o.kv_cache_dtype == "fp8";
+    spec.kv_cache_bytes =
+        tokens_needed * KvBytesPerToken(config, o.tp, spec.kv_cache_fp8 ? 1 : 2) + (64 << 20);
     spec.max_batch_tokens = o.max_batch_tokens;
     spec.prefix = prefix;
     spec.cuda_graphs = o.cuda_graphs;
@@ -292,6 +304,7 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     SPARK_ASSIGN_OR_RETURN(report.device, CudaDeviceName());
     if (o.tp > 1) report.device += " x" + std::to_string(o.tp);
     report.device += o.cuda_graphs ? ", CUDA graphs" : ", eager";
+    if (spec.kv_cache_fp8) report.device += ", FP8 KV cache";
 #endif
   }
 
@@ -367,7 +380,8 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     r.itl_p50_ms = sorted[sorted.size() / 2];
     r.decode_tokens_per_s = batch / (r.itl_ms / 1000.0);
     const double context = o.input_len + (o.output_len - 1) / 2.0 + 1;
-    r.bytes = DecodeStepBytes(config, o.tp, batch, context);
+    r.bytes = DecodeStepBytes(config, o.tp, batch, context,
+                              o.backend == "cuda" && o.kv_cache_dtype == "fp8" ? 1 : 2);
     r.roofline_ms = r.bytes.total() / (report.peak_bandwidth_gbs * 1e9) * 1000.0;
     r.achieved_gbs = r.bytes.total() / (r.itl_ms / 1000.0) / 1e9;
     r.bandwidth_ratio = r.achieved_gbs / report.peak_bandwidth_gbs;

@@ -42,12 +42,13 @@ struct EngineBenchOptions {
   uint64_t seed = 0;                // dummy weights
   bool json = false;                // one JSON object per batch size instead of the table
   bool cuda_graphs = false;         // CUDA: decode steps replay CUDA graphs
+  std::string kv_cache_dtype = "bf16";  // CUDA: bf16 | fp8 (E4M3 KV cache)
 };
 
 // Bytes one rank reads in a decode step of `batch` sequences at context length `context`.
 struct StepBytes {
   double weight_bytes = 0;      // dense weights + expected distinct routed experts + lm_head
-  double kv_bytes = 0;          // K and V of every cached token of every sequence (BF16)
+  double kv_bytes = 0;          // K and V of every cached token of every sequence
   double expected_experts = 0;  // distinct routed experts per MoE layer (uniform routing)
   double total() const { return weight_bytes + kv_bytes; }
 };
@@ -60,8 +61,10 @@ double DecodeStepFlops(const engine::ModelConfig& config, int tp, int batch, dou
 
 // Weights in their stored dtype (FP8: 1 byte + scales; BF16: 2), sliced by `tp`; routed experts
 // counted as E * (1 - (1 - k/E)^batch), the expected number of distinct experts that `batch`
-// tokens choose under uniform routing; KV in BF16 of the rank's kv heads.
-StepBytes DecodeStepBytes(const engine::ModelConfig& config, int tp, int batch, double context);
+// tokens choose under uniform routing; KV of the rank's kv heads, `kv_element_bytes` per element
+// (2: BF16, 1: FP8).
+StepBytes DecodeStepBytes(const engine::ModelConfig& config, int tp, int batch, double context,
+                          int kv_element_bytes = 2);
 
 struct BatchResult {
   int batch = 0;

@@ -71,6 +71,8 @@ int main(int argc, char** argv) {
   engine->add_flag("--json", o.json, "one JSON object per batch size");
   engine->add_flag("--cuda-graphs,!--no-cuda-graphs", o.cuda_graphs,
                    "CUDA: replay decode steps from CUDA graphs (default off)");
+  engine->add_option("--kv-cache-dtype", o.kv_cache_dtype, "CUDA: KV cache element type")
+      ->check(CLI::IsMember({"bf16", "fp8"}));
 
   spark::bench::SpeculativeBenchOptions so;
   std::string spec_model;

@@ -1,5 +1,7 @@
 #include "engine/cuda/attention.h"
 
+#include <cuda_fp8.h>
+
 #include <cmath>
 
 #include "engine/cuda/device_math.cuh"
@@ -18,12 +20,38 @@ struct Smem {
       (static_cast<int64_t>(kAttentionRowsPerTile) * HD + kKeyTile * kKStride + kKeyTile * HD) * 4;
 };
 
+// Eight cached elements as one load: 16 bytes of BF16 or 8 bytes of FP8 E4M3.
+template <class TC>
+struct CacheVec;
+template <>
+struct CacheVec<__nv_bfloat16> {
+  using Raw = uint4;
+  static __device__ __forceinline__ void ToFloat(const Raw& raw, float* out) {
+    const __nv_bfloat16* b = reinterpret_cast<const __nv_bfloat16*>(&raw);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) out[e] = __bfloat162float(b[e]);
+  }
+};
+template <>
+struct CacheVec<__nv_fp8_e4m3> {
+  using Raw = uint2;
+  static __device__ __forceinline__ void ToFloat(const Raw& raw, float* out) {
+    const __nv_fp8x2_storage_t* q2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&raw);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(q2[e], __NV_E4M3)));
+      out[2 * e] = f.x;
+      out[2 * e + 1] = f.y;
+    }
+  }
+};
+
 // kTree: the batch carries tree masks (a separate instantiation, so causal batches run the
-// unchanged kernel).
-template <int HD, bool kTree>
+// unchanged kernel). TC: the cache element type.
+template <int HD, bool kTree, class TC>
 __global__ void __launch_bounds__(kWarps * 32)
-    PagedAttentionKernel(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ kc,
-                         const __nv_bfloat16* __restrict__ vc, AttentionBatch batch,
+    PagedAttentionKernel(const __nv_bfloat16* __restrict__ q, const TC* __restrict__ kc,
+                         const TC* __restrict__ vc, AttentionBatch batch,
                          AttentionShape shape, int splits, int split_keys,
                          float* __restrict__ partial_o, float* __restrict__ partial_ml,
                          __nv_bfloat16* __restrict__ out) {
@@ -92,12 +120,14 @@ __global__ void __launch_bounds__(kWarps * 32)
     qpos[i] = row < row_end ? start + row / group : -1;
   }
 
-  // K/V tiles are prefetched into registers one tile ahead (raw BF16, 8 per 16-byte load), so
-  // the global loads of tile i + 1 overlap the arithmetic on tile i.
+  // K/V tiles are prefetched into registers one tile ahead (raw elements, 8 per load), so the
+  // global loads of tile i + 1 overlap the arithmetic on tile i.
+  using Vec = CacheVec<TC>;
+  using Raw = typename Vec::Raw;
   constexpr int kVecPerKey = HD / 8;
   constexpr int kVecs = kKeyTile * kVecPerKey;
   constexpr int kVecIters = (kVecs + kWarps * 32 - 1) / (kWarps * 32);
-  uint4 kreg[kVecIters], vreg[kVecIters];
+  Raw kreg[kVecIters], vreg[kVecIters];
   auto prefetch = [&](int kt) {
 #pragma unroll
     for (int it = 0; it < kVecIters; ++it) {
@@ -105,16 +135,16 @@ __global__ void __launch_bounds__(kWarps * 32)
       const int j = idx / kVecPerKey;
       const int d0 = (idx - j * kVecPerKey) * 8;
       const int key = kt + j;
-      kreg[it] = make_uint4(0, 0, 0, 0);
-      vreg[it] = make_uint4(0, 0, 0, 0);
+      kreg[it] = Raw{};
+      vreg[it] = Raw{};
       if (idx < kVecs && key < key_end) {
         const int block = table[key / shape.block_tokens];
         const int off = key % shape.block_tokens;
         const int64_t base =
             ((static_cast<int64_t>(block) * shape.kv_heads + g) * shape.block_tokens + off) * HD +
             d0;
-        kreg[it] = __ldg(reinterpret_cast<const uint4*>(kc + base));
-        vreg[it] = __ldg(reinterpret_cast<const uint4*>(vc + base));
+        kreg[it] = __ldg(reinterpret_cast<const Raw*>(kc + base));
+        vreg[it] = __ldg(reinterpret_cast<const Raw*>(vc + base));
       }
     }
   };
@@ -128,12 +158,13 @@ __global__ void __launch_bounds__(kWarps * 32)
       if (idx >= kVecs) continue;
       const int j = idx / kVecPerKey;
       const int d0 = (idx - j * kVecPerKey) * 8;
-      const __nv_bfloat16* kb = reinterpret_cast<const __nv_bfloat16*>(&kreg[it]);
-      const __nv_bfloat16* vb = reinterpret_cast<const __nv_bfloat16*>(&vreg[it]);
+      float kf[8], vf[8];
+      Vec::ToFloat(kreg[it], kf);
+      Vec::ToFloat(vreg[it], vf);
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        ks[j * Smem<HD>::kKStride + d0 + e] = __bfloat162float(kb[e]);
-        vs[j * HD + d0 + e] = __bfloat162float(vb[e]);
+        ks[j * Smem<HD>::kKStride + d0 + e] = kf[e];
+        vs[j * HD + d0 + e] = vf[e];
       }
     }
     if (kt + kKeyTile < key_end) prefetch(kt + kKeyTile);
@@ -244,9 +275,9 @@ __global__ void CombineKernel(const float* __restrict__ partial_o,
   }
 }
 
-template <int HD, bool kTree>
-cudaError_t LaunchKernel(const __nv_bfloat16* q, const __nv_bfloat16* k_cache,
-                         const __nv_bfloat16* v_cache, const AttentionBatch& batch,
+template <int HD, bool kTree, class TC>
+cudaError_t LaunchKernel(const __nv_bfloat16* q, const TC* k_cache, const TC* v_cache,
+                         const AttentionBatch& batch,
                          const AttentionShape& shape, int splits, int split_keys, float* partial_o,
                          float* partial_ml, __nv_bfloat16* out, int64_t max_smem_bytes,
                          cudaStream_t stream) {
@@ -254,13 +285,13 @@ cudaError_t LaunchKernel(const __nv_bfloat16* q, const __nv_bfloat16* k_cache,
   if (smem > max_smem_bytes) return cudaErrorInvalidConfiguration;
   if (smem > 48 * 1024) {
     cudaError_t err =
-        cudaFuncSetAttribute(PagedAttentionKernel<HD, kTree>,
+        cudaFuncSetAttribute(PagedAttentionKernel<HD, kTree, TC>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
   dim3 grid(static_cast<unsigned>(batch.num_tiles), static_cast<unsigned>(shape.kv_heads),
             static_cast<unsigned>(splits));
-  PagedAttentionKernel<HD, kTree><<<grid, kWarps * 32, static_cast<size_t>(smem), stream>>>(
+  PagedAttentionKernel<HD, kTree, TC><<<grid, kWarps * 32, static_cast<size_t>(smem), stream>>>(
       q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o, partial_ml, out);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || splits == 1) return err;
@@ -271,18 +302,32 @@ cudaError_t LaunchKernel(const __nv_bfloat16* q, const __nv_bfloat16* k_cache,
   return cudaGetLastError();
 }
 
-template <int HD>
-cudaError_t Launch(const __nv_bfloat16* q, const __nv_bfloat16* k_cache,
-                   const __nv_bfloat16* v_cache, const AttentionBatch& batch,
-                   const AttentionShape& shape, int splits, int split_keys, float* partial_o,
-                   float* partial_ml, __nv_bfloat16* out, int64_t max_smem_bytes,
-                   cudaStream_t stream) {
+template <int HD, class TC>
+cudaError_t LaunchTyped(const __nv_bfloat16* q, const void* k_cache, const void* v_cache,
+                        const AttentionBatch& batch, const AttentionShape& shape, int splits,
+                        int split_keys, float* partial_o, float* partial_ml, __nv_bfloat16* out,
+                        int64_t max_smem_bytes, cudaStream_t stream) {
+  const TC* kc = static_cast<const TC*>(k_cache);
+  const TC* vc = static_cast<const TC*>(v_cache);
   if (batch.tree_masks != nullptr) {
-    return LaunchKernel<HD, true>(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
+    return LaunchKernel<HD, true>(q, kc, vc, batch, shape, splits, split_keys, partial_o,
                                   partial_ml, out, max_smem_bytes, stream);
   }
-  return LaunchKernel<HD, false>(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
+  return LaunchKernel<HD, false>(q, kc, vc, batch, shape, splits, split_keys, partial_o,
                                  partial_ml, out, max_smem_bytes, stream);
+}
+
+template <int HD>
+cudaError_t Launch(const __nv_bfloat16* q, const void* k_cache, const void* v_cache,
+                   const AttentionBatch& batch, const AttentionShape& shape, int splits,
+                   int split_keys, float* partial_o, float* partial_ml, __nv_bfloat16* out,
+                   int64_t max_smem_bytes, cudaStream_t stream) {
+  if (shape.cache_dtype == KvCacheDtype::kFp8E4m3) {
+    return LaunchTyped<HD, __nv_fp8_e4m3>(q, k_cache, v_cache, batch, shape, splits, split_keys,
+                                          partial_o, partial_ml, out, max_smem_bytes, stream);
+  }
+  return LaunchTyped<HD, __nv_bfloat16>(q, k_cache, v_cache, batch, shape, splits, split_keys,
+                                        partial_o, partial_ml, out, max_smem_bytes, stream);
 }
 
 }  // namespace
@@ -304,8 +349,8 @@ int64_t AttentionSmemBytes(int head_dim) {
   }
 }
 
-cudaError_t PagedAttention(const __nv_bfloat16* q, const __nv_bfloat16* k_cache,
-                           const __nv_bfloat16* v_cache, const AttentionBatch& batch,
+cudaError_t PagedAttention(const __nv_bfloat16* q, const void* k_cache, const void* v_cache,
+                           const AttentionBatch& batch,
                            const AttentionShape& shape, int splits, int split_keys,
                            float* partial_o, float* partial_ml, __nv_bfloat16* out,
                            int64_t max_smem_bytes, cudaStream_t stream) {

@@ -15,7 +15,8 @@
 // and itself) instead of every earlier one.
 //
 // q / out: [tokens, q_heads * head_dim] BF16. Cache layout (one layer): [num_blocks][kv_heads]
-// [block_tokens][head_dim] BF16. head_dim in {16, 32, 64, 128, 256}.
+// [block_tokens][head_dim] of shape.cache_dtype (BF16 or FP8 E4M3, converted to fp32 on load).
+// head_dim in {16, 32, 64, 128, 256}.
 // Raw device pointers; stream-ordered; callers own all buffers.
 #pragma once
 
@@ -23,6 +24,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+
+#include "engine/cuda/kv_dtype.h"
 
 namespace spark::cuda {
 
@@ -52,6 +55,7 @@ struct AttentionShape {
   int head_dim = 0;
   int block_tokens = 16;
   float scale = 1.f;
+  KvCacheDtype cache_dtype = KvCacheDtype::kBf16;
 };
 
 // Keys per split are `split_keys` (a multiple of 32) when splits > 1; split_keys 0 divides each
@@ -60,8 +64,8 @@ struct AttentionShape {
 // total_tokens * q_heads, head_dim] fp32 and partial_ml: [splits, total_tokens * q_heads, 2]
 // (running max, sum); both unused when splits == 1. max_smem_bytes caps the shared memory of a
 // block (the kernel needs (3 * 16 + 32) * head_dim * 4 bytes + padding).
-cudaError_t PagedAttention(const __nv_bfloat16* q, const __nv_bfloat16* k_cache,
-                           const __nv_bfloat16* v_cache, const AttentionBatch& batch,
+cudaError_t PagedAttention(const __nv_bfloat16* q, const void* k_cache, const void* v_cache,
+                           const AttentionBatch& batch,
                            const AttentionShape& shape, int splits, int split_keys,
                            float* partial_o, float* partial_ml, __nv_bfloat16* out,
                            int64_t max_smem_bytes, cudaStream_t stream);

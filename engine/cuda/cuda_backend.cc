@@ -1019,6 +1019,7 @@ Status CudaBackend::Impl::Finish() {
   shape.kv_heads = local_kv;
   shape.head_dim = config.head_dim;
   shape.block_tokens = options.kv_block_tokens;
+  shape.dtype = options.kv_cache_dtype;
   int64_t budget = 0;
   if (options.kv_cache_bytes > 0) {
     budget = options.kv_cache_bytes;
@@ -1379,6 +1380,7 @@ Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chun
   as.head_dim = hd;
   as.block_tokens = bt;
   as.scale = static_cast<float>(std::pow(static_cast<double>(hd), -0.5));
+  as.cache_dtype = options.kv_cache_dtype;
   // Split along the keys when few blocks would run over long contexts.
   const int64_t ctas = num_tiles * local_kv;
   const int64_t sms = std::max(1, device.multiprocessors);
@@ -1423,14 +1425,15 @@ Status CudaBackend::Impl::RunLayer(const LayerDev& D, CudaKvCache& cache, int ca
   rp.inv_freq = inv_freq;
   rp.eps = eps;
   rp.block_tokens = options.kv_block_tokens;
+  rp.cache_dtype = options.kv_cache_dtype;
   rp.q_bias = D.q_bias;
   rp.k_bias = D.k_bias;
   rp.v_bias = D.v_bias;
   rp.q_norm = D.q_norm;
   rp.k_norm = D.k_norm;
   const int64_t smem_limit = device.EffectiveSmemPerBlock(options.smem_cap_bytes);
-  __nv_bfloat16* kc = cache.keys(cache_layer);
-  __nv_bfloat16* vc = cache.values(cache_layer);
+  void* kc = cache.keys(cache_layer);
+  void* vc = cache.values(cache_layer);
 
   SPARK_CUDA_RETURN_IF_ERROR(RmsNormF32(pending, x, D.input_norm, h, nullptr, total,
                                         static_cast<int>(hsz), eps, nullptr, stream));
@@ -1748,9 +1751,13 @@ Status CudaBackend::Impl::KeepCacheEntries(uint64_t seq_id, CacheKind kind, int6
     SPARK_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(moves, pairs.data(), pairs.size() * sizeof(int64_t),
                                                cudaMemcpyHostToDevice, stream));
     const CudaKvShape& shape = cache->shape();
-    SPARK_CUDA_RETURN_IF_ERROR(KvCompact(
-        cache->keys(0), 2 * shape.num_layers, cache->values(0) - cache->keys(0), shape.kv_heads,
-        shape.block_tokens, shape.head_dim, moves, static_cast<int>(count), stream));
+    const int elem_bytes = KvElemBytes(shape.dtype);
+    const int64_t matrix_elems = (static_cast<const uint8_t*>(cache->values(0)) -
+                                  static_cast<const uint8_t*>(cache->keys(0))) /
+                                 elem_bytes;
+    SPARK_CUDA_RETURN_IF_ERROR(KvCompact(cache->keys(0), elem_bytes, 2 * shape.num_layers,
+                                         matrix_elems, shape.kv_heads, shape.block_tokens,
+                                         shape.head_dim, moves, static_cast<int>(count), stream));
   }
   return cache->Truncate(seq_id, prefix_len + static_cast<int64_t>(keep.size()));
 }

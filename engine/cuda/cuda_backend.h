@@ -16,9 +16,10 @@
 // values of MakeDummyWeights (engine/model/loader.h) directly on the device: bit-identical to
 // Create(MakeDummyWeights(...)), without a host copy (load_format=dummy for large models).
 //
-// KV cache: BF16 K and V of the rank's local kv heads, paged in blocks of kv_block_tokens; the
-// pool is sized after the weights and workspace are allocated, from kv_cache_bytes when given
-// (unified-memory devices such as GB10), else kv_cache_fraction of the device's free memory.
+// KV cache: K and V of the rank's local kv heads in BF16 (or FP8 E4M3: kv_cache_dtype), paged in
+// blocks of kv_block_tokens; the pool is sized after the weights and workspace are allocated,
+// from kv_cache_bytes when given (unified-memory devices such as GB10), else kv_cache_fraction
+// of the device's free memory.
 // ResourceExhausted names the numbers when the weights or a single KV block do not fit.
 //
 // Speculative decoding (engine/runtime/backend.h): tree chunks (PagedAttention with per-token
@@ -53,6 +54,7 @@
 
 #include "common/status.h"
 #include "engine/comm/communicator.h"
+#include "engine/cuda/kv_dtype.h"
 #include "engine/cuda/moe_tuner.h"
 #include "engine/model/config.h"
 #include "engine/model/loader.h"
@@ -76,6 +78,10 @@ struct CudaBackendOptions {
   int64_t kv_cache_bytes = 0;
   double kv_cache_fraction = 0.9;
   int kv_block_tokens = 16;
+  // Element type of the KV cache (engine/cuda/kv_dtype.h): BF16, or FP8 E4M3 with scale 1 (twice
+  // the tokens in the same bytes, half the KV bytes a decode step reads; attention still
+  // computes in fp32). The MTP layer's cache uses the same type.
+  KvCacheDtype kv_cache_dtype = KvCacheDtype::kBf16;
   // Tokens (summed over the chunks) one Forward may carry; sizes the activation workspace.
   int64_t max_batch_tokens = 4096;
   // Caps the shared memory per block a kernel may use (0 = the device's opt-in limit);

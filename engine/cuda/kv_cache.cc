@@ -35,15 +35,14 @@ CudaKvCache::~CudaKvCache() {
   if (pool_) cudaFree(pool_);
 }
 
-int64_t CudaKvCache::LayerElems() const {
-  return num_blocks_ * shape_.kv_heads * shape_.block_tokens * shape_.head_dim;
+int64_t CudaKvCache::LayerBytes() const {
+  return num_blocks_ * shape_.kv_heads * shape_.block_tokens * shape_.head_dim *
+         KvElemBytes(shape_.dtype);
 }
 
-__nv_bfloat16* CudaKvCache::keys(int layer) const { return pool_ + 2 * layer * LayerElems(); }
+void* CudaKvCache::keys(int layer) const { return pool_ + 2 * layer * LayerBytes(); }
 
-__nv_bfloat16* CudaKvCache::values(int layer) const {
-  return pool_ + (2 * layer + 1) * LayerElems();
-}
+void* CudaKvCache::values(int layer) const { return pool_ + (2 * layer + 1) * LayerBytes(); }
 
 int64_t CudaKvCache::Length(uint64_t seq) const {
   auto it = seqs_.find(seq);

@@ -1,15 +1,14 @@
 // CudaKvCache: the paged KV cache of one CUDA rank.
 //
 // One device allocation holds, per layer, K and V as [num_blocks][kv_heads][block_tokens]
-// [head_dim] BF16. Block bookkeeping (free list, per-sequence block tables) lives on the host;
-// the backend uploads the block tables of a batch before its kernels run. Semantics as
+// [head_dim] elements of the cache's dtype (engine/cuda/kv_dtype.h: BF16 or FP8 E4M3). Block
+// bookkeeping (free list, per-sequence block tables) lives on the host; the backend uploads the
+// block tables of a batch before its kernels run. Semantics as
 // CpuKvCache: Grow takes blocks (ResourceExhausted when too few are free, nothing changes),
 // Truncate and Release return them.
 //
 // Thread safety: one owner thread. Ownership: owns the device pool.
 #pragma once
-
-#include <cuda_bf16.h>
 
 #include <cstdint>
 #include <memory>
@@ -17,6 +16,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "engine/cuda/kv_dtype.h"
 
 namespace spark::cuda {
 
@@ -25,9 +25,10 @@ struct CudaKvShape {
   int kv_heads = 0;
   int head_dim = 0;
   int block_tokens = 16;
+  KvCacheDtype dtype = KvCacheDtype::kBf16;
   // Bytes of one block over all layers, K and V.
   int64_t BlockBytes() const {
-    return int64_t{2} * num_layers * kv_heads * block_tokens * head_dim * 2;
+    return int64_t{2} * num_layers * kv_heads * block_tokens * head_dim * KvElemBytes(dtype);
   }
 };
 
@@ -55,13 +56,14 @@ class CudaKvCache {
   // Block ids of a sequence in position order (empty for unknown ids).
   const std::vector<int32_t>& Blocks(uint64_t seq) const;
 
-  __nv_bfloat16* keys(int layer) const;
-  __nv_bfloat16* values(int layer) const;
+  // Start of K / V of one layer (elements of shape().dtype).
+  void* keys(int layer) const;
+  void* values(int layer) const;
 
  private:
   CudaKvCache(const CudaKvShape& shape, int64_t num_blocks)
       : shape_(shape), num_blocks_(num_blocks) {}
-  int64_t LayerElems() const;  // one of K or V of one layer
+  int64_t LayerBytes() const;  // one of K or V of one layer
 
   struct Sequence {
     int64_t length = 0;
@@ -69,7 +71,7 @@ class CudaKvCache {
   };
   CudaKvShape shape_;
   int64_t num_blocks_ = 0;
-  __nv_bfloat16* pool_ = nullptr;
+  uint8_t* pool_ = nullptr;
   std::vector<int32_t> free_;
   std::unordered_map<uint64_t, Sequence> seqs_;
 };

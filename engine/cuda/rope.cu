@@ -1,5 +1,7 @@
 #include "engine/cuda/rope.h"
 
+#include <cuda_fp8.h>
+
 #include "engine/cuda/device_math.cuh"
 
 namespace spark::cuda {
@@ -8,11 +10,15 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kMaxHeadDim = 256;
 
+__device__ __forceinline__ void Store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+__device__ __forceinline__ void Store(__nv_fp8_e4m3* p, float v) { *p = __nv_fp8_e4m3(v); }
+
+// TC: the cache element type (__nv_bfloat16 or __nv_fp8_e4m3).
+template <class TC>
 __global__ void QkvRopeKernel(const float* __restrict__ qkv, const int32_t* __restrict__ positions,
                               const int64_t* __restrict__ slots, QkvRopeParams p,
-                              __nv_bfloat16* __restrict__ q_out,
-                              __nv_bfloat16* __restrict__ k_cache,
-                              __nv_bfloat16* __restrict__ v_cache) {
+                              __nv_bfloat16* __restrict__ q_out, TC* __restrict__ k_cache,
+                              TC* __restrict__ v_cache) {
   __shared__ float buf[kWarps][kMaxHeadDim];
   const int64_t t = blockIdx.x;
   const int warp = threadIdx.x >> 5;
@@ -44,13 +50,10 @@ __global__ void QkvRopeKernel(const float* __restrict__ qkv, const int32_t* __re
       for (int d = lane; d < hd; d += 32) b[d] = norm[d] * (b[d] * inv);
     }
     __syncwarp();
-    __nv_bfloat16* dst;
-    if (is_q) {
-      dst = q_out + (t * p.q_heads + local) * hd;
-    } else {
-      __nv_bfloat16* cache = is_k ? k_cache : v_cache;
-      dst = cache + ((block * p.kv_heads + local) * p.block_tokens + offset) * hd;
-    }
+    __nv_bfloat16* q_dst = is_q ? q_out + (t * p.q_heads + local) * hd : nullptr;
+    TC* c_dst = is_q ? nullptr
+                     : (is_k ? k_cache : v_cache) +
+                           ((block * p.kv_heads + local) * p.block_tokens + offset) * hd;
     for (int d = lane; d < hd; d += 32) {
       float v = b[d];
       if (!is_q && !is_k) {
@@ -64,7 +67,11 @@ __global__ void QkvRopeKernel(const float* __restrict__ qkv, const int32_t* __re
         sincosf(pos * p.inv_freq[d - half], &s, &c);
         v = b[d] * c + b[d - half] * s;
       }
-      dst[d] = __float2bfloat16(v);
+      if (is_q) {
+        q_dst[d] = __float2bfloat16(v);
+      } else {
+        Store(c_dst + d, v);
+      }
     }
     __syncwarp();
   }
@@ -74,15 +81,23 @@ __global__ void QkvRopeKernel(const float* __restrict__ qkv, const int32_t* __re
 
 cudaError_t QkvRopeCacheWrite(const float* qkv, int64_t tokens, const int32_t* positions,
                               const int64_t* slots, const QkvRopeParams& params,
-                              __nv_bfloat16* q_out, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache,
+                              __nv_bfloat16* q_out, void* k_cache, void* v_cache,
                               cudaStream_t stream) {
   if (tokens == 0) return cudaSuccess;
   if (params.head_dim <= 0 || params.head_dim > kMaxHeadDim || params.rotary_dim % 2 != 0 ||
       params.rotary_dim > params.head_dim || params.block_tokens <= 0) {
     return cudaErrorInvalidValue;
   }
-  QkvRopeKernel<<<static_cast<unsigned>(tokens), kWarps * 32, 0, stream>>>(
-      qkv, positions, slots, params, q_out, k_cache, v_cache);
+  const unsigned blocks = static_cast<unsigned>(tokens);
+  if (params.cache_dtype == KvCacheDtype::kFp8E4m3) {
+    QkvRopeKernel<<<blocks, kWarps * 32, 0, stream>>>(qkv, positions, slots, params, q_out,
+                                                      static_cast<__nv_fp8_e4m3*>(k_cache),
+                                                      static_cast<__nv_fp8_e4m3*>(v_cache));
+  } else {
+    QkvRopeKernel<<<blocks, kWarps * 32, 0, stream>>>(qkv, positions, slots, params, q_out,
+                                                      static_cast<__nv_bfloat16*>(k_cache),
+                                                      static_cast<__nv_bfloat16*>(v_cache));
+  }
   return cudaGetLastError();
 }
 

@@ -5,7 +5,8 @@
 // writes q as BF16 and K/V into the paged cache.
 //
 // qkv: [tokens, (q_heads + 2 * kv_heads) * head_dim] fp32, q heads first, then k, then v.
-// Paged cache layout (one layer): [num_blocks][kv_heads][block_tokens][head_dim] BF16;
+// Paged cache layout (one layer): [num_blocks][kv_heads][block_tokens][head_dim] of
+// params.cache_dtype (BF16, or FP8 E4M3 rounded to nearest even and saturated);
 // slots[t] = block * block_tokens + offset of token t. head_dim <= 256.
 // Raw device pointers; stream-ordered; callers own all buffers.
 #pragma once
@@ -14,6 +15,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+
+#include "engine/cuda/kv_dtype.h"
 
 namespace spark::cuda {
 
@@ -30,11 +33,12 @@ struct QkvRopeParams {
   const float* k_norm = nullptr;
   float eps = 1e-6f;
   int block_tokens = 16;
+  KvCacheDtype cache_dtype = KvCacheDtype::kBf16;
 };
 
 cudaError_t QkvRopeCacheWrite(const float* qkv, int64_t tokens, const int32_t* positions,
                               const int64_t* slots, const QkvRopeParams& params,
-                              __nv_bfloat16* q_out, __nv_bfloat16* k_cache, __nv_bfloat16* v_cache,
+                              __nv_bfloat16* q_out, void* k_cache, void* v_cache,
                               cudaStream_t stream);
 
 }  // namespace spark::cuda

@@ -235,6 +235,11 @@ int ShardRun::Run() {
 
   const bool cuda = a.backend() == spark::v1::BACKEND_CUDA;
   if (cuda && !BuiltWithCuda()) return Fail(kExitUnsupported, WithoutCudaMessage());
+  if (!cuda && settings_.kv_cache_fp8) {
+    return Fail(kExitUnsupported,
+                "engine option kv_cache_dtype=fp8 is not supported on the CPU backend yet; deploy "
+                "on the CUDA backend, or without kv_cache_dtype (BF16 on CUDA, fp32 on the CPU)");
+  }
   // Speculative decoding: asked for explicitly, or possibly turned on by mode AUTO (CUDA only).
   // Either way the checkpoint's MTP layer is looked up once, before joining the group and
   // loading the weights: its config, and (real weights) whether its files hold the layer.

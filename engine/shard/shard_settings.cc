@@ -11,7 +11,7 @@ namespace {
 constexpr int64_t kDefaultKvCacheBytes = int64_t{256} << 20;
 constexpr const char* kExtraKeys =
     "threads, max_batch_tokens, step_timeout_ms, keepalive_ms, kv_block_tokens, sampler, "
-    "moe_autotune, cuda_graphs";
+    "moe_autotune, cuda_graphs, kv_cache_dtype";
 
 Result<int64_t> ParseExtraInt(const std::string& key, const std::string& value, int64_t min,
                               int64_t max) {
@@ -104,6 +104,12 @@ Result<EngineSettings> ResolveEngineSettings(const spark::v1::EngineOptions& opt
         return InvalidArgument("engine option cuda_graphs must be on or off, got '" + value + "'");
       }
       s.cuda_graphs = value == "on";
+    } else if (key == "kv_cache_dtype") {
+      if (value != "bf16" && value != "fp8") {
+        return InvalidArgument("engine option kv_cache_dtype must be bf16 or fp8, got '" + value +
+                               "'");
+      }
+      s.kv_cache_fp8 = value == "fp8";
     } else {
       return InvalidArgument("unknown engine option '" + key + "'; known options: " + kExtraKeys);
     }

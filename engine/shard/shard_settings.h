@@ -13,6 +13,9 @@
 //                     class has no records for at load (default on; docs/moe-tuning.md)
 //   cuda_graphs       "on" or "off": whether a CUDA shard replays decode steps from CUDA graphs
 //                     (default off; engine/cuda/cuda_backend.h)
+//   kv_cache_dtype    "bf16" or "fp8": the KV cache's element type on the CUDA backend (default
+//                     bf16; fp8 = E4M3 with scale 1, twice the tokens per byte; the CPU backend
+//                     refuses fp8)
 // Any other extra key is an error naming the accepted keys (a typo must not pass silently).
 //
 // EngineOptions.speculative (steps > 0) turns on speculative decoding with the checkpoint's MTP
@@ -62,6 +65,7 @@ struct EngineSettings {
   bool gpu_sampling = true;  // CUDA backend only
   bool moe_autotune = true;  // CUDA backend only
   bool cuda_graphs = false;  // CUDA backend only
+  bool kv_cache_fp8 = false;  // CUDA backend only (kv_cache_dtype=fp8)
   std::chrono::milliseconds step_timeout{30000};
   std::chrono::milliseconds keepalive{1000};
   // EngineOptions.speculative, resolved (topk 1: draft_tokens = steps + 1); steps 0 = off.

@@ -1,11 +1,13 @@
 // Paged attention on the GPU against the CPU backend's PagedAttention (engine/cpu/kernels.h):
 // GLM-4.5-Air / GLM-4.7 head layouts per TP size, decode batches of odd size over long contexts
 // (with and without the split along the keys), prefill chunks that start inside the cache, and
-// every supported head_dim. Inputs are BF16-representable so both sides see the same numbers;
-// tolerance 1e-2 absolute on outputs of magnitude <= 1 (the GPU rounds its output to BF16).
+// every supported head_dim, with BF16 and FP8 E4M3 caches. Inputs are representable in the
+// cache's type (and in BF16) so both sides see the same numbers; tolerance 1e-2 absolute on
+// outputs of magnitude <= 1 (the GPU rounds its output to BF16).
 #include "engine/cuda/attention.h"
 
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -35,9 +37,11 @@ struct AttnCase {
   int q_heads, kv_heads, head_dim, block_tokens;
   std::vector<ChunkSpec> chunks;
   int splits;  // 1, or forced split count
+  bool fp8_cache = false;
 };
 
 float RoundBf16(float v) { return __bfloat162float(__float2bfloat16(v)); }
+float RoundFp8(float v) { return static_cast<float>(__nv_fp8_e4m3(v)); }
 
 double RunCase(const AttnCase& c, bool print_time) {
   const bool check = !print_time;  // timing runs skip the CPU reference
@@ -66,6 +70,8 @@ double RunCase(const AttnCase& c, bool print_time) {
   const int64_t block_elems = int64_t{c.kv_heads} * bt * hd;
   std::vector<__nv_bfloat16> kc(static_cast<size_t>(num_blocks * block_elems));
   std::vector<__nv_bfloat16> vc(kc.size());
+  std::vector<__nv_fp8_e4m3> kc8(kc.size()), vc8(kc.size());
+  auto round_kv = [&](float v) { return c.fp8_cache ? RoundFp8(v) : RoundBf16(v); };
   std::vector<float> q(static_cast<size_t>(int64_t{total} * c.q_heads * hd));
   for (float& v : q) v = RoundBf16(dist(rng));
   std::vector<__nv_bfloat16> qb(q.size());
@@ -90,13 +96,15 @@ double RunCase(const AttnCase& c, bool print_time) {
       const int blk = tables[i * max_blocks + p / bt];
       for (int g = 0; g < c.kv_heads; ++g) {
         for (int d = 0; d < hd; ++d) {
-          const float kv = RoundBf16(dist(rng));
-          const float vv = RoundBf16(dist(rng));
+          const float kv = round_kv(dist(rng));
+          const float vv = round_kv(dist(rng));
           kf[(static_cast<size_t>(p) * c.kv_heads + g) * hd + d] = kv;
           vf[(static_cast<size_t>(p) * c.kv_heads + g) * hd + d] = vv;
           const int64_t at = ((int64_t{blk} * c.kv_heads + g) * bt + p % bt) * hd + d;
           kc[static_cast<size_t>(at)] = __float2bfloat16(kv);
           vc[static_cast<size_t>(at)] = __float2bfloat16(vv);
+          kc8[static_cast<size_t>(at)] = __nv_fp8_e4m3(kv);
+          vc8[static_cast<size_t>(at)] = __nv_fp8_e4m3(vv);
         }
       }
     }
@@ -121,6 +129,7 @@ double RunCase(const AttnCase& c, bool print_time) {
   }
 
   DeviceBuffer<__nv_bfloat16> dq(qb), dk(kc), dv(vc);
+  DeviceBuffer<__nv_fp8_e4m3> dk8(kc8), dv8(vc8);
   DeviceBuffer<__nv_bfloat16> dout(static_cast<int64_t>(q.size()));
   DeviceBuffer<int32_t> dtables(tables), dstart(start), dlen(len), doffset(offset);
   DeviceBuffer<int2> dtiles(tiles);
@@ -138,8 +147,11 @@ double RunCase(const AttnCase& c, bool print_time) {
   batch.num_tiles = static_cast<int>(tiles.size());
   batch.total_tokens = total;
   AttentionShape shape{c.q_heads, c.kv_heads, hd, bt, scale};
+  shape.cache_dtype = c.fp8_cache ? KvCacheDtype::kFp8E4m3 : KvCacheDtype::kBf16;
+  const void* kdev = c.fp8_cache ? static_cast<const void*>(dk8.get()) : dk.get();
+  const void* vdev = c.fp8_cache ? static_cast<const void*>(dv8.get()) : dv.get();
   auto launch = [&] {
-    return PagedAttention(dq.get(), dk.get(), dv.get(), batch, shape, splits, split_keys, po.get(),
+    return PagedAttention(dq.get(), kdev, vdev, batch, shape, splits, split_keys, po.get(),
                           pml.get(), dout.get(), 232448, nullptr);
   };
   EXPECT_EQ(launch(), cudaSuccess);
@@ -180,6 +192,9 @@ TEST(PagedAttentionTest, MatchesCpuOverShapesAndBatches) {
       {"hd32_block8", 4, 2, 32, 8, {{0, 40}, {9, 3}}, 1},
       {"hd64_split3", 4, 2, 64, 16, {{0, 1}, {700, 1}}, 3},
       {"hd256_mha", 2, 2, 256, 16, {{0, 20}, {31, 2}}, 1},
+      {"fp8_air_tp1_decode7_split8", 96, 8, 128, 16, decode7, 8, true},
+      {"fp8_glm47_tp8_mixed", 12, 1, 128, 16, {{0, 33}, {500, 1}, {64, 17}}, 1, true},
+      {"fp8_hd64_split3", 4, 2, 64, 16, {{0, 1}, {700, 1}}, 3, true},
   };
   const char* quick = std::getenv("SPARK_GPU_QUICK");
   for (const AttnCase& c : cases) {
@@ -198,6 +213,8 @@ TEST(PagedAttentionTest, Timings) {
   for (int i = 0; i < 32; ++i) decode32.push_back({4095, 1});
   RunCase({"air_tp1_decode32_ctx4096", 96, 8, 128, 16, decode32, 1}, true);
   RunCase({"air_tp1_decode1_ctx32768_split32", 96, 8, 128, 16, {{32767, 1}}, 32}, true);
+  RunCase({"fp8_air_tp1_decode32_ctx4096", 96, 8, 128, 16, decode32, 1, true}, true);
+  RunCase({"fp8_air_tp1_decode1_ctx32768_split32", 96, 8, 128, 16, {{32767, 1}}, 32, true}, true);
   RunCase({"air_tp1_decode1_ctx32768_nosplit", 96, 8, 128, 16, {{32767, 1}}, 1}, true);
   RunCase({"air_tp1_prefill2048", 96, 8, 128, 16, {{0, 2048}}, 1}, true);
 }

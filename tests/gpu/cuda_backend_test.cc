@@ -8,6 +8,7 @@
 //   * a random GLM-4 MoE at GLM-4.5-Air widths (1 dense + 1 MoE layer, BF16 and FP8 per-channel)
 //     against CpuBackend, with mixed prefill / decode batches; CreateDummy (weights generated on
 //     the GPU) against Create(MakeDummyWeights) bit for bit;
+//   * the FP8 E4M3 KV cache: twice the tokens in the same budget, close to the references;
 //   * batch semantics: errors, ResourceExhausted, Release, FreeKvTokens, TruncateSequence,
 //     chunked prefill against one-shot prefill, and a clear error when a model does not fit.
 // Tolerances: logits vs the fp32 references within 3e-2 * max|ref| (FP8 weights: 1.5e-1 with the
@@ -707,6 +708,65 @@ TEST(CudaBackendTest, BatchSemanticsAndKvAccounting) {
   be.Release(2);
   be.Release(99);
   EXPECT_EQ(be.FreeKvTokens(), 64);
+}
+
+// FP8 E4M3 KV cache: the same budget holds twice the tokens; every tiny reference checkpoint
+// (BF16 weights) stays close to its transformers logits and to the BF16 cache, with the same
+// greedy tokens until a near tie.
+TEST(CudaBackendTest, Fp8KvCacheHoldsTwiceTheTokensAndTracksTheReference) {
+  const std::vector<ModelCase> cases = Cases();
+  ASSERT_FALSE(cases.empty()) << "no reference models under " << ModelsDir();
+  for (const ModelCase& c : cases) {
+    if (c.scheme != "bf16") continue;
+    SCOPED_TRACE(c.variant);
+    const fs::path dir = ModelsDir() / c.variant;
+    Result<ModelConfig> config = engine::LoadModelConfig(dir);
+    ASSERT_TRUE(config.ok()) << config.status().ToString();
+    const Reference ref = LoadReference(dir, "", config->vocab_size);
+    CudaBackendOptions bf16_opts = SmallOptions();
+    CudaBackendOptions fp8_opts = SmallOptions();
+    fp8_opts.kv_cache_dtype = KvCacheDtype::kFp8E4m3;
+    Result<std::unique_ptr<CudaBackend>> bf16 = CudaBackend::Load(dir, {}, nullptr, bf16_opts);
+    Result<std::unique_ptr<CudaBackend>> fp8 = CudaBackend::Load(dir, {}, nullptr, fp8_opts);
+    ASSERT_TRUE(bf16.ok()) << bf16.status().ToString();
+    ASSERT_TRUE(fp8.ok()) << fp8.status().ToString();
+    const int64_t block = bf16_opts.kv_block_tokens;
+    EXPECT_GE((*fp8)->KvCapacityTokens(), 2 * (*bf16)->KvCapacityTokens());
+    EXPECT_LE((*fp8)->KvCapacityTokens(), 2 * (*bf16)->KvCapacityTokens() + 2 * block);
+    Result<RunResult> a = RunModel(**bf16, ref);
+    Result<RunResult> b = RunModel(**fp8, ref);
+    ASSERT_TRUE(a.ok()) << a.status().ToString();
+    ASSERT_TRUE(b.ok()) << b.status().ToString();
+    const double max_ref = MaxAbs(ref.logits);
+    const double vs_ref = MaxDiff(b->prompt_logits, ref.logits) / max_ref;
+    const double vs_bf16 = MaxDiff(b->prompt_logits, a->prompt_logits) / max_ref;
+    const int64_t vocab = config->vocab_size;
+    size_t argmax_agree = 0;
+    for (size_t p = 0; p < ref.ids.size(); ++p) {
+      argmax_agree += Argmax(b->prompt_logits.data() + p * vocab, vocab) ==
+                      Argmax(a->prompt_logits.data() + p * vocab, vocab);
+    }
+    size_t must_match = ref.greedy.size();
+    for (size_t i = 0; i < ref.greedy_gaps.size() && i < ref.greedy.size(); ++i) {
+      if (ref.greedy_gaps[i] <= 2.0 * vs_ref * max_ref) {
+        must_match = i;
+        break;
+      }
+    }
+    size_t greedy_match = 0;
+    while (greedy_match < ref.greedy.size() && b->greedy[greedy_match] == ref.greedy[greedy_match])
+      ++greedy_match;
+    std::printf(
+        "[cuda-fp8-kv] %-11s capacity %lld tokens (BF16 %lld); max|fp8-ref|/max|ref| = %.3e, "
+        "max|fp8-bf16|/max|ref| = %.3e, argmax %zu/%zu equal to the BF16 cache, greedy %zu/%zu "
+        "match (%zu required)\n",
+        c.variant.c_str(), static_cast<long long>((*fp8)->KvCapacityTokens()),
+        static_cast<long long>((*bf16)->KvCapacityTokens()), vs_ref, vs_bf16, argmax_agree,
+        ref.ids.size(), greedy_match, ref.greedy.size(), must_match);
+    EXPECT_LE(vs_ref, 1e-1);
+    EXPECT_GE(argmax_agree, ref.ids.size() * 9 / 10);
+    EXPECT_GE(greedy_match, std::min<size_t>(must_match, 8));
+  }
 }
 
 TEST(CudaBackendTest, ModelThatDoesNotFitNamesTheNumbers) {

@@ -109,7 +109,8 @@ class CudaSpeculationTest : public ::testing::Test {
   }
 
   static std::unique_ptr<CudaBackend> Gpu(bool mtp = true, int rank = 0, int size = 1,
-                                          engine::Communicator* comm = nullptr) {
+                                          engine::Communicator* comm = nullptr,
+                                          KvCacheDtype kv_dtype = KvCacheDtype::kBf16) {
     engine::LoadOptions load;
     load.load_mtp = mtp;
     load.tp_rank = rank;
@@ -119,6 +120,7 @@ class CudaSpeculationTest : public ::testing::Test {
     if (!w.ok()) return nullptr;
     EXPECT_EQ(w->mtp.size(), mtp ? 1u : 0u);
     CudaBackendOptions opts = GpuOptions();
+    opts.kv_cache_dtype = kv_dtype;
     if (comm != nullptr) opts.collectives = CollectiveMode::kHost;
     Result<std::unique_ptr<CudaBackend>> b = CudaBackend::Create(std::move(*w), comm, opts);
     EXPECT_TRUE(b.ok()) << b.status().ToString();
@@ -367,6 +369,32 @@ TEST_F(CudaSpeculationTest, KeepCacheEntriesKeepsTheAcceptedPath) {
   EXPECT_TRUE(gpu->KeepCacheEntries(42, CacheKind::kTarget, 0, {}).ok());
   EXPECT_EQ(gpu->KeepCacheEntries(42, CacheKind::kTarget, 0, {0}).code(),
             StatusCode::kInvalidArgument);
+}
+
+// The same compaction in an FP8 E4M3 cache (one byte per element): the next step after keeping
+// root -> 2 -> 5 -> 6 matches the accepted path from scratch in the same kind of cache.
+TEST_F(CudaSpeculationTest, KeepCacheEntriesMovesFp8Entries) {
+  std::unique_ptr<CudaBackend> gpu = Gpu(true, 0, 1, nullptr, KvCacheDtype::kFp8E4m3);
+  ASSERT_TRUE(gpu);
+  const int64_t vocab = gpu->config().vocab_size;
+  const int p = 27;
+  const std::vector<int32_t> prompt = Tokens(p, 3, vocab);
+  const std::vector<int32_t> tree = Tokens(7, 4, vocab);
+  const int32_t next = 77;
+  ASSERT_TRUE(gpu->Forward(Chunk(1, 0, prompt)).ok());
+  ASSERT_TRUE(gpu->Forward(Chunk(1, p, tree, true, kParents)).ok());
+  const std::vector<int32_t> keep = PathTo(6);
+  ASSERT_TRUE(gpu->KeepCacheEntries(1, CacheKind::kTarget, p, keep).ok());
+  EXPECT_EQ(gpu->CachedTokens(1), p + 4);
+  Result<ForwardOutput> g = gpu->Forward(Chunk(1, p + 4, {next}));
+  std::vector<int32_t> chain = prompt;
+  for (int32_t n : keep) chain.push_back(tree[static_cast<size_t>(n)]);
+  chain.push_back(next);
+  Result<ForwardOutput> ref = gpu->Forward(Chunk(2, 0, chain));
+  ASSERT_TRUE(g.ok() && ref.ok());
+  const double vs_chain = RelDiff(g->logits, ref->logits);
+  std::printf("[cuda-spec-keep] FP8 cache: vs the accepted path from scratch %.3e\n", vs_chain);
+  EXPECT_LE(vs_chain, 3e-2);
 }
 
 TEST_F(CudaSpeculationTest, ForwardMtpMatchesCpu) {

@@ -46,6 +46,11 @@ TEST(DecodeStepBytesTest, TinyGlmByHand) {
   EXPECT_DOUBLE_EQ(tp2.weight_bytes,
                    (3 * attention + dense + 2 * 3 * expert + lm_head) / 2 + 2 * router);
   EXPECT_DOUBLE_EQ(tp2.kv_bytes, one.kv_bytes / 2);
+
+  // FP8 KV cache: one byte per element, the weights unchanged.
+  StepBytes fp8_kv = DecodeStepBytes(*c, 1, 1, 10, 1);
+  EXPECT_DOUBLE_EQ(fp8_kv.kv_bytes, 10 * kv_per_token / 2);
+  EXPECT_DOUBLE_EQ(fp8_kv.weight_bytes, one.weight_bytes);
 }
 
 TEST(DecodeStepFlopsTest, TinyGlmByHand) {
@@ -149,6 +154,15 @@ TEST(RunEngineBenchTest, BadOptionsAreRejected) {
   o.batch_sizes = {1};
   o.tp = 3;  // 4 heads do not split over 3 ranks
   EXPECT_FALSE(RunEngineBench(o, nullptr).ok());
+  o.tp = 1;
+  o.kv_cache_dtype = "fp8";  // the CPU cache is fp32
+  Result<EngineBenchReport> fp8 = RunEngineBench(o, nullptr);
+  EXPECT_EQ(fp8.status().code(), StatusCode::kUnimplemented);
+  EXPECT_NE(fp8.status().message().find("--kv-cache-dtype fp8 is not supported on the CPU"),
+            std::string::npos);
+  o.kv_cache_dtype = "fp16";
+  EXPECT_EQ(RunEngineBench(o, nullptr).status().code(), StatusCode::kInvalidArgument);
+  o.kv_cache_dtype = "bf16";
 #if !defined(SPARK_HAVE_CUDA)
   o.tp = 1;
   o.backend = "cuda";

@@ -195,6 +195,17 @@ TEST(ShardSettingsTest, EngineOptionsAndExtraKeys) {
   EXPECT_NE(ResolveEngineSettings(options).status().message().find(
                 "cuda_graphs must be on or off, got '1'"),
             std::string::npos);
+  options.mutable_extra()->erase("cuda_graphs");
+
+  EXPECT_FALSE(ResolveEngineSettings(options)->kv_cache_fp8);  // default bf16
+  (*options.mutable_extra())["kv_cache_dtype"] = "fp8";
+  EXPECT_TRUE(ResolveEngineSettings(options)->kv_cache_fp8);
+  (*options.mutable_extra())["kv_cache_dtype"] = "bf16";
+  EXPECT_FALSE(ResolveEngineSettings(options)->kv_cache_fp8);
+  (*options.mutable_extra())["kv_cache_dtype"] = "fp16";
+  EXPECT_NE(ResolveEngineSettings(options).status().message().find(
+                "kv_cache_dtype must be bf16 or fp8, got 'fp16'"),
+            std::string::npos);
 }
 
 TEST(ShardSettingsTest, SpeculativeOptionsAreResolvedAsTheEngineDoes) {

@@ -603,6 +603,20 @@ TEST_F(SparkShardTest, TheCudaBackendIsRefusedClearly) {
   EXPECT_EQ(WaitExit(shard, milliseconds(5000)), ExitInfo::Code(5));
 }
 
+TEST_F(SparkShardTest, AnFp8KvCacheIsRefusedOnTheCpuBackend) {
+  FakeController controller(1);
+  auto a = Assignment(0, 1);
+  (*a.mutable_options()->mutable_extra())["kv_cache_dtype"] = "fp8";
+  Process* shard = Start(a, controller);
+  auto failed = controller.WaitForPhase(0, spark::v1::SHARD_PHASE_FAILED, milliseconds(15000));
+  ASSERT_TRUE(failed.has_value());
+  EXPECT_NE(failed->failure_reason().find(
+                "kv_cache_dtype=fp8 is not supported on the CPU backend yet"),
+            std::string::npos)
+      << failed->failure_reason();
+  EXPECT_EQ(WaitExit(shard, milliseconds(5000)), ExitInfo::Code(5));
+}
+
 TEST_F(SparkShardTest, SpeculativeDecodingOnAModelWithoutMtpIsRefusedBeforeTheRendezvous) {
   FakeController controller(1);
   auto a = Assignment(0, 1);
