@@ -46,14 +46,16 @@ __global__ void __launch_bounds__(kWarps * 32)
   float channel_scale = 1.f;
   if (T == WeightType::kFP8 && w.scale_kind == WeightScale::kPerChannel) channel_scale = w.scale[n];
   const int64_t kb = (w.block_k > 0 ? (w.in + w.block_k - 1) / w.block_k : 0);
-  for (int64_t k0 = k_begin + static_cast<int64_t>(lane) * kE; k0 < k_end; k0 += 32 * kE) {
+  const uint8_t* row_bytes =
+      static_cast<const uint8_t*>(w.data) + n * w.in * (T == WeightType::kBF16 ? 2 : 1);
+  // One 16-byte weight vector at element k0: dequantised and multiplied into every row.
+  auto consume = [&](const uint4& raw, int64_t k0) {
     float wv[kE];
     if constexpr (T == WeightType::kBF16) {
-      const __nv_bfloat16* row = static_cast<const __nv_bfloat16*>(w.data) + n * w.in;
-      LoadX8(row + k0, wv);
+      const __nv_bfloat16* b = reinterpret_cast<const __nv_bfloat16*>(&raw);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) wv[e] = __bfloat162float(b[e]);
     } else {
-      const uint8_t* row = static_cast<const uint8_t*>(w.data) + n * w.in;
-      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(row + k0));
       const __nv_fp8x2_storage_t* q2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&raw);
       // Per-channel scales are applied once at the end; block scales per 16-element vector.
       const float s = w.scale_kind == WeightScale::kBlock
@@ -79,7 +81,22 @@ __global__ void __launch_bounds__(kWarps * 32)
         }
       }
     }
+  };
+  // kUnroll weight vectors per lane are loaded before any is consumed, so each warp keeps
+  // several 16-byte loads in flight (one at a time leaves the memory system under-occupied).
+  constexpr int kUnroll = 4;
+  constexpr int64_t kStride = 32 * kE;
+  const uint4* wrow = reinterpret_cast<const uint4*>(row_bytes);
+  const int64_t elems_per_vec = kE;
+  int64_t k0 = k_begin + static_cast<int64_t>(lane) * kE;
+  for (; k0 + (kUnroll - 1) * kStride < k_end; k0 += kUnroll * kStride) {
+    uint4 raw[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) raw[u] = __ldg(wrow + (k0 + u * kStride) / elems_per_vec);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) consume(raw[u], k0 + u * kStride);
   }
+  for (; k0 < k_end; k0 += kStride) consume(__ldg(wrow + k0 / elems_per_vec), k0);
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
     if (m >= rows) break;
