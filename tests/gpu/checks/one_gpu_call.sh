@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One GPU call (about 7 minutes) for the parts not yet run on a GPU: speculative decoding on CUDA,
 # the backend and MoE suites, spark-model on CUDA. Bundle: scripts/gpu-bundle gpu_speculation_test
-# gpu_backend_test gpu_kernels_test gpu_moe_test gpu_sampling_test spark-model spark-bench
-# spark-shard spark-agent spark-controller sparkctl; then, from the repository root:
+# gpu_backend_test gpu_kernels_test gpu_moe_test spark-model spark-bench bench_moe; then, from the
+# repository root:
 #   run(carry=["bundle"], command="OUT=$OUT bash tests/gpu/checks/one_gpu_call.sh")
 set -uo pipefail
 B=bundle
@@ -59,6 +59,10 @@ PY
 export -f model_cuda
 step model_cuda 30 bash -c model_cuda
 step kernels 40 $B/bin/gpu_kernels_test
+# The fused MoE kernel alone at the anchor's shapes (GLM-4.7 tp=4, GLM-4.5-Air), FP8 per-channel,
+# with and without the GB10 cap; roofline from the copy bandwidth measured in the same run.
+step moe_bench 150 $B/bin/bench_moe --formats fp8-per-channel --caps 0,101376
+cat "$OUT/moe_bench.log" >>$S
 # Per-kernel GPU time of eager decode steps (2 layers): where a step's time goes.
 step ncu 90 ncu --metrics gpu__time_duration.sum --print-summary per-kernel $B/bin/spark-bench \
   engine --config glm-4.5-air --load-format dummy --backend cuda --layers 2 --batch-sizes 1 \
