@@ -156,9 +156,8 @@ StepBytes DecodeStepBytes(const engine::ModelConfig& c, int tp, int batch, doubl
   }
   w += LinearBytes(c, static_cast<double>(c.vocab_size) / t, h, false);  // lm_head
   s.weight_bytes = w;
-  s.kv_bytes =
-      static_cast<double>(batch) * context *
-      static_cast<double>(KvBytesPerToken(c, tp, kv_element_bytes));
+  s.kv_bytes = static_cast<double>(batch) * context *
+               static_cast<double>(KvBytesPerToken(c, tp, kv_element_bytes));
   return s;
 }
 

@@ -34,14 +34,14 @@ struct EngineBenchOptions {
   std::vector<int> batch_sizes = {1};
   int input_len = 128;
   int output_len = 32;
-  int threads = 0;                  // CPU backend threads per rank; 0 = cores / tp
-  int64_t max_batch_tokens = 2048;  // tokens per prefill step
-  double peak_bandwidth_gbs = 0;    // 0 = the device's (CUDA) or a measured read rate (CPU)
-  double peak_tflops = 0;           // 0 = the device's dense tensor-core peak where known
-                                    // (sm_90: SMs x clock x 4096 BF16 / 8192 FP8 per clock)
-  uint64_t seed = 0;                // dummy weights
-  bool json = false;                // one JSON object per batch size instead of the table
-  bool cuda_graphs = false;         // CUDA: decode steps replay CUDA graphs
+  int threads = 0;                      // CPU backend threads per rank; 0 = cores / tp
+  int64_t max_batch_tokens = 2048;      // tokens per prefill step
+  double peak_bandwidth_gbs = 0;        // 0 = the device's (CUDA) or a measured read rate (CPU)
+  double peak_tflops = 0;               // 0 = the device's dense tensor-core peak where known
+                                        // (sm_90: SMs x clock x 4096 BF16 / 8192 FP8 per clock)
+  uint64_t seed = 0;                    // dummy weights
+  bool json = false;                    // one JSON object per batch size instead of the table
+  bool cuda_graphs = false;             // CUDA: decode steps replay CUDA graphs
   std::string kv_cache_dtype = "bf16";  // CUDA: bf16 | fp8 (E4M3 KV cache)
 };
 

@@ -51,10 +51,9 @@ struct CacheVec<__nv_fp8_e4m3> {
 template <int HD, bool kTree, class TC>
 __global__ void __launch_bounds__(kWarps * 32)
     PagedAttentionKernel(const __nv_bfloat16* __restrict__ q, const TC* __restrict__ kc,
-                         const TC* __restrict__ vc, AttentionBatch batch,
-                         AttentionShape shape, int splits, int split_keys,
-                         float* __restrict__ partial_o, float* __restrict__ partial_ml,
-                         __nv_bfloat16* __restrict__ out) {
+                         const TC* __restrict__ vc, AttentionBatch batch, AttentionShape shape,
+                         int splits, int split_keys, float* __restrict__ partial_o,
+                         float* __restrict__ partial_ml, __nv_bfloat16* __restrict__ out) {
   constexpr int kDpl = (HD + 31) / 32;  // output dims per lane
   extern __shared__ float smem[];
   float* qs = smem;                                // [16][HD]
@@ -277,10 +276,9 @@ __global__ void CombineKernel(const float* __restrict__ partial_o,
 
 template <int HD, bool kTree, class TC>
 cudaError_t LaunchKernel(const __nv_bfloat16* q, const TC* k_cache, const TC* v_cache,
-                         const AttentionBatch& batch,
-                         const AttentionShape& shape, int splits, int split_keys, float* partial_o,
-                         float* partial_ml, __nv_bfloat16* out, int64_t max_smem_bytes,
-                         cudaStream_t stream) {
+                         const AttentionBatch& batch, const AttentionShape& shape, int splits,
+                         int split_keys, float* partial_o, float* partial_ml, __nv_bfloat16* out,
+                         int64_t max_smem_bytes, cudaStream_t stream) {
   const int64_t smem = Smem<HD>::kBytes;
   if (smem > max_smem_bytes) return cudaErrorInvalidConfiguration;
   if (smem > 48 * 1024) {
@@ -313,8 +311,8 @@ cudaError_t LaunchTyped(const __nv_bfloat16* q, const void* k_cache, const void*
     return LaunchKernel<HD, true>(q, kc, vc, batch, shape, splits, split_keys, partial_o,
                                   partial_ml, out, max_smem_bytes, stream);
   }
-  return LaunchKernel<HD, false>(q, kc, vc, batch, shape, splits, split_keys, partial_o,
-                                 partial_ml, out, max_smem_bytes, stream);
+  return LaunchKernel<HD, false>(q, kc, vc, batch, shape, splits, split_keys, partial_o, partial_ml,
+                                 out, max_smem_bytes, stream);
 }
 
 template <int HD>
@@ -350,9 +348,8 @@ int64_t AttentionSmemBytes(int head_dim) {
 }
 
 cudaError_t PagedAttention(const __nv_bfloat16* q, const void* k_cache, const void* v_cache,
-                           const AttentionBatch& batch,
-                           const AttentionShape& shape, int splits, int split_keys,
-                           float* partial_o, float* partial_ml, __nv_bfloat16* out,
+                           const AttentionBatch& batch, const AttentionShape& shape, int splits,
+                           int split_keys, float* partial_o, float* partial_ml, __nv_bfloat16* out,
                            int64_t max_smem_bytes, cudaStream_t stream) {
   if (batch.num_tiles == 0) return cudaSuccess;
   if ((batch.tree_masks == nullptr) != (batch.tree_mask_offset == nullptr)) {

@@ -65,9 +65,8 @@ struct AttentionShape {
 // (running max, sum); both unused when splits == 1. max_smem_bytes caps the shared memory of a
 // block (the kernel needs (3 * 16 + 32) * head_dim * 4 bytes + padding).
 cudaError_t PagedAttention(const __nv_bfloat16* q, const void* k_cache, const void* v_cache,
-                           const AttentionBatch& batch,
-                           const AttentionShape& shape, int splits, int split_keys,
-                           float* partial_o, float* partial_ml, __nv_bfloat16* out,
+                           const AttentionBatch& batch, const AttentionShape& shape, int splits,
+                           int split_keys, float* partial_o, float* partial_ml, __nv_bfloat16* out,
                            int64_t max_smem_bytes, cudaStream_t stream);
 
 // Shared memory one attention block needs for a head_dim.

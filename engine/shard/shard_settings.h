@@ -62,9 +62,9 @@ struct EngineSettings {
   int max_running = 64;
   int64_t max_model_len = 0;  // 0 = the model's max_position_embeddings
   int kv_block_tokens = 16;
-  bool gpu_sampling = true;  // CUDA backend only
-  bool moe_autotune = true;  // CUDA backend only
-  bool cuda_graphs = false;  // CUDA backend only
+  bool gpu_sampling = true;   // CUDA backend only
+  bool moe_autotune = true;   // CUDA backend only
+  bool cuda_graphs = false;   // CUDA backend only
   bool kv_cache_fp8 = false;  // CUDA backend only (kv_cache_dtype=fp8)
   std::chrono::milliseconds step_timeout{30000};
   std::chrono::milliseconds keepalive{1000};

@@ -166,10 +166,10 @@ TEST(QkvRopeTest, MatchesCpuNormAndRotary) {
     }
     const float saturated = static_cast<float>(v8[static_cast<size_t>(
         ((slots.back() / bt * c.kv_heads + 0) * bt + slots.back() % bt) * hd)]);
-    std::printf("[rope] %-14s fp8 cache: %lld / %lld equal to the rounded reference, worst %.2f "
-                "steps, saturated %g\n",
-                c.name, static_cast<long long>(exact), static_cast<long long>(total), worst8,
-                saturated);
+    std::printf(
+        "[rope] %-14s fp8 cache: %lld / %lld equal to the rounded reference, worst %.2f "
+        "steps, saturated %g\n",
+        c.name, static_cast<long long>(exact), static_cast<long long>(total), worst8, saturated);
     EXPECT_GE(exact, total * 99 / 100) << c.name;
     EXPECT_LE(worst8, 1.5) << c.name;
     EXPECT_EQ(saturated, 448.f) << c.name;

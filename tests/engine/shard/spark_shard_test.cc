@@ -610,9 +610,9 @@ TEST_F(SparkShardTest, AnFp8KvCacheIsRefusedOnTheCpuBackend) {
   Process* shard = Start(a, controller);
   auto failed = controller.WaitForPhase(0, spark::v1::SHARD_PHASE_FAILED, milliseconds(15000));
   ASSERT_TRUE(failed.has_value());
-  EXPECT_NE(failed->failure_reason().find(
-                "kv_cache_dtype=fp8 is not supported on the CPU backend yet"),
-            std::string::npos)
+  EXPECT_NE(
+      failed->failure_reason().find("kv_cache_dtype=fp8 is not supported on the CPU backend yet"),
+      std::string::npos)
       << failed->failure_reason();
   EXPECT_EQ(WaitExit(shard, milliseconds(5000)), ExitInfo::Code(5));
 }
