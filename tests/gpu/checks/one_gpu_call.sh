@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One GPU call (about 7 minutes) for the parts not yet run on a GPU: speculative decoding on CUDA,
+# One GPU call (about 7 minutes) for the parts not yet run on a GPU, performance first (decode
+# graphs, spark-bench, the MoE kernel alone, an ncu profile), then speculative decoding on CUDA,
 # the backend and MoE suites, spark-model on CUDA. Bundle: scripts/gpu-bundle gpu_speculation_test
 # gpu_backend_test gpu_kernels_test gpu_moe_test spark-model spark-bench bench_moe; then, from the
 # repository root:
@@ -21,10 +22,6 @@ step() {
   echo "== $name rc=$rc $(( $(date +%s) - t0 ))s" >>$S
   grep -E '^\[  (PASSED|FAILED) |^\[  FAILED  \]|^\[(cuda-air|moe|spec|model-cuda|timing)|Failure$' "$OUT/$name.log" | head -40 >>$S
 }
-step speculation 100 $B/bin/gpu_speculation_test
-grep -iE 'us|ms' "$OUT/speculation.log" | grep -iE 'verify|draft|compact|decode step' | head -10 >>$S
-# Greedy equality with speculation through spark-model on CUDA (and its decode speeds).
-step spec_generate 90 env SPARK_GPU_BUNDLE=$B OUT=$OUT/spec bash tests/gpu/checks/speculative_generate.sh
 step graphs 90 $B/bin/gpu_backend_test --gtest_filter='*DecodeGraphs*'
 grep -E '^\[cuda-graphs' "$OUT/graphs.log" >>$S
 # Decode steps from CUDA graphs against eager steps: GLM-4.5-Air shapes, FP8, 24 of 46 layers
@@ -34,6 +31,14 @@ for g in --cuda-graphs --no-cuda-graphs; do
     --backend cuda --layers 24 --batch-sizes 1,8,64 --input-len 128 --output-len 32 $g
   tail -n 4 "$OUT/bench$g.log" >>$S
 done
+# The fused MoE kernel alone at the anchor's shapes (GLM-4.7 tp=4, GLM-4.5-Air), FP8 per-channel,
+# with and without the GB10 cap; roofline from the copy bandwidth measured in the same run.
+step moe_bench 150 $B/bin/bench_moe --formats fp8-per-channel --caps 0,101376
+cat "$OUT/moe_bench.log" >>$S
+# Per-kernel GPU time of eager decode steps (2 layers): where a step's time goes.
+step ncu 90 ncu --metrics gpu__time_duration.sum --print-summary per-kernel $B/bin/spark-bench \
+  engine --config glm-4.5-air --load-format dummy --backend cuda --layers 2 --batch-sizes 1 \
+  --input-len 16 --output-len 8 --no-cuda-graphs
 step backend 70 $B/bin/gpu_backend_test --gtest_filter='-*DecodeGraphs*'
 step moe_air 40 $B/bin/gpu_moe_test --gtest_filter='MoeForwardMiscTest.*:Shapes/MoeForwardTest.*glm45air*'
 model_cuda() {
@@ -59,12 +64,8 @@ PY
 export -f model_cuda
 step model_cuda 30 bash -c model_cuda
 step kernels 40 $B/bin/gpu_kernels_test
-# The fused MoE kernel alone at the anchor's shapes (GLM-4.7 tp=4, GLM-4.5-Air), FP8 per-channel,
-# with and without the GB10 cap; roofline from the copy bandwidth measured in the same run.
-step moe_bench 150 $B/bin/bench_moe --formats fp8-per-channel --caps 0,101376
-cat "$OUT/moe_bench.log" >>$S
-# Per-kernel GPU time of eager decode steps (2 layers): where a step's time goes.
-step ncu 90 ncu --metrics gpu__time_duration.sum --print-summary per-kernel $B/bin/spark-bench \
-  engine --config glm-4.5-air --load-format dummy --backend cuda --layers 2 --batch-sizes 1 \
-  --input-len 16 --output-len 8 --no-cuda-graphs
+step speculation 100 $B/bin/gpu_speculation_test
+grep -iE 'us|ms' "$OUT/speculation.log" | grep -iE 'verify|draft|compact|decode step' | head -10 >>$S
+# Greedy equality with speculation through spark-model on CUDA (and its decode speeds).
+step spec_generate 90 env SPARK_GPU_BUNDLE=$B OUT=$OUT/spec bash tests/gpu/checks/speculative_generate.sh
 echo done >>$S
