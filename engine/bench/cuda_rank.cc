@@ -9,6 +9,7 @@
 #include "engine/comm/nccl_communicator.h"
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/cuda_check.h"
+#include "engine/cuda/gpu_sampler.h"
 #include "engine/model/loader.h"
 
 namespace spark::bench {
@@ -70,6 +71,12 @@ Status MakeCudaRank(const CudaRankSpec& spec, int rank, int tp, engine::KeyValue
     load.max_layers = spec.max_layers;
     SPARK_ASSIGN_OR_RETURN(parts->backend,
                            cuda::CudaBackend::Load(spec.model_dir, load, nccl, options));
+  }
+  if (rank == 0 && spec.sample_rows > 0) {
+    const auto& backend = static_cast<const cuda::CudaBackend&>(*parts->backend);
+    SPARK_ASSIGN_OR_RETURN(
+        parts->sampler,
+        cuda::GpuSampler::Create(backend.config().vocab_size, spec.sample_rows, backend.stream()));
   }
   return Status::Ok();
 }

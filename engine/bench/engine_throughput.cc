@@ -297,12 +297,14 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     spec.max_batch_tokens = o.max_batch_tokens;
     spec.prefix = prefix;
     spec.cuda_graphs = o.cuda_graphs;
+    spec.sample_rows = max_batch;
     factory = [spec, &store](int rank, int tp, RankParts* parts) {
       return MakeCudaRank(spec, rank, tp, &store, parts);
     };
     SPARK_ASSIGN_OR_RETURN(report.device, CudaDeviceName());
     if (o.tp > 1) report.device += " x" + std::to_string(o.tp);
     report.device += o.cuda_graphs ? ", CUDA graphs" : ", eager";
+    report.device += ", GPU sampling";
     if (spec.kv_cache_fp8) report.device += ", FP8 KV cache";
 #endif
   }
@@ -342,7 +344,10 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
                          ThreadTpGroup::Create(o.tp, factory));
   report.load_s = MsSince(load_start) / 1000.0;
   engine::Backend* backend = group->backend();
+  engine::BatchSampler* sampler = group->sampler();
   const int64_t vocab = config.vocab_size;
+  engine::SamplingParams greedy;
+  greedy.temperature = 0.0f;
 
   // Warm-up: kernels, cuBLASLt heuristics, thread pools.
   SPARK_RETURN_IF_ERROR(Prefill(backend, 1, std::min(o.input_len, 16), o.max_batch_tokens, vocab));
@@ -366,8 +371,22 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
         chunk.tokens = {static_cast<int32_t>((int64_t{s} * 131 + step * 7 + 1) % vocab)};
         fb.chunks.push_back(std::move(chunk));
       }
+      // A step as serving runs it: the forward pass, then (with a sampler) greedy sampling of
+      // every row, from the device logits where the sampler takes them.
+      fb.logits_on_device = sampler != nullptr && sampler->SamplesDeviceRows();
       const auto t0 = Clock::now();
-      SPARK_RETURN_IF_ERROR(backend->Forward(fb).status());
+      SPARK_ASSIGN_OR_RETURN(engine::ForwardOutput out, backend->Forward(fb));
+      if (sampler != nullptr) {
+        std::vector<engine::BatchSampleRow> rows(static_cast<size_t>(batch));
+        for (int s = 0; s < batch; ++s) {
+          const int64_t first = out.row_begin[static_cast<size_t>(s)] * vocab;
+          rows[static_cast<size_t>(s)].logits =
+              out.device_logits != nullptr ? out.device_logits + first : out.logits.data() + first;
+          rows[static_cast<size_t>(s)].on_device = out.device_logits != nullptr;
+          rows[static_cast<size_t>(s)].params = &greedy;
+        }
+        SPARK_RETURN_IF_ERROR(sampler->SampleBatch(vocab, rows).status());
+      }
       steps.push_back(MsSince(t0));
     }
     for (int s = 0; s < batch; ++s) backend->Release(static_cast<uint64_t>(s + 1));

@@ -8,7 +8,9 @@
 // reports prefill tokens/s, time to first token (the prefill of the whole batch), decode
 // tokens/s, inter-token latency (mean step time), and the roofline: the bytes one rank reads per
 // decode step (DecodeStepBytes) over the device's peak bandwidth, the measured step time, the
-// achieved bandwidth and its ratio to the peak.
+// achieved bandwidth and its ratio to the peak. On the CUDA backend a decode step is timed as
+// serving runs it: the forward pass with the logits left on the device, then greedy GPU
+// sampling of every row (engine/cuda/gpu_sampler.h); on the CPU, the forward pass alone.
 //
 // Thread safety: RunEngineBench runs on the calling thread (plus the TP group's worker threads).
 #pragma once

@@ -87,6 +87,7 @@ Status ThreadTpGroup::Shutdown() {
     if (first.ok() && !s.ok()) first = s;
   }
   leader_.reset();
+  rank0_.sampler.reset();
   rank0_.backend.reset();
   rank0_.comm.reset();
   return first;

@@ -20,6 +20,7 @@
 #include "common/status.h"
 #include "engine/comm/communicator.h"
 #include "engine/runtime/backend.h"
+#include "engine/runtime/batch_sampler.h"
 #include "engine/runtime/tp_engine.h"
 
 namespace spark::bench {
@@ -27,6 +28,9 @@ namespace spark::bench {
 struct RankParts {
   std::unique_ptr<engine::Communicator> comm;  // nullptr with one rank
   std::unique_ptr<engine::Backend> backend;    // borrows comm
+  // Rank 0, optional: samples every decode step as serving does (the CUDA backend's GPU
+  // sampler, on the backend's device logits). Destroyed before the backend.
+  std::unique_ptr<engine::BatchSampler> sampler;
 };
 
 // Builds rank `rank`'s communicator (when tp_size > 1) and backend into `parts`, on that rank's
@@ -42,6 +46,8 @@ class ThreadTpGroup {
   ThreadTpGroup& operator=(const ThreadTpGroup&) = delete;
 
   engine::Backend* backend();
+  // Rank 0's sampler (RankParts::sampler), or nullptr.
+  engine::BatchSampler* sampler() { return rank0_.sampler.get(); }
   int tp_size() const { return tp_size_; }
   // Stops and joins the workers; the first error of any rank. Idempotent.
   Status Shutdown();

@@ -443,7 +443,8 @@ struct CudaBackend::Impl {
   std::string GraphsOffReason() const;  // empty when decode graphs are possible
   Status PrepareGraphs();
   int GraphBucket(const ForwardBatch& batch) const;
-  Result<ForwardOutput> ForwardGraph(const std::vector<ChunkRef>& refs, int bucket);
+  Result<ForwardOutput> ForwardGraph(const std::vector<ChunkRef>& refs, int bucket,
+                                     bool logits_on_device);
   Status CaptureDecode(const BatchPlan& plan, cudaGraphExec_t* exec);
   Status ResizeGraphMeta(int64_t table_blocks);
   void DropGraphs();
@@ -452,9 +453,11 @@ struct CudaBackend::Impl {
   // (-1 = the MTP layer).
   Status RunLayer(const LayerDev& D, CudaKvCache& cache, int cache_layer, const BatchPlan& plan,
                   const float*& pending, int layer);
-  // The final norm (`norm`) of the output rows, lm_head, logits (and hidden rows) to the host.
+  // The final norm (`norm`) of the output rows, lm_head, logits (and hidden rows) to the host;
+  // with `logits_on_device` (one rank, rows within one pass, no hidden rows) the logits stay in
+  // the device buffer (ForwardOutput::device_logits) and the step ends without a host sync.
   Status RunHead(const float* norm, const float* pending, const BatchPlan& plan,
-                 ForwardOutput& output);
+                 ForwardOutput& output, bool logits_on_device = false);
   Result<ForwardOutput> Forward(const ForwardBatch& batch);
   Result<ForwardOutput> ForwardMtp(const MtpBatch& batch);
   Status KeepCacheEntries(uint64_t seq_id, CacheKind kind, int64_t prefix_len,
@@ -1468,7 +1471,7 @@ Status CudaBackend::Impl::RunLayer(const LayerDev& D, CudaKvCache& cache, int ca
 }
 
 Status CudaBackend::Impl::RunHead(const float* norm, const float* pending, const BatchPlan& plan,
-                                  ForwardOutput& output) {
+                                  ForwardOutput& output, bool logits_on_device) {
   const int64_t hsz = config.hidden_size;
   const float eps = static_cast<float>(config.rms_norm_eps);
   const int64_t rows = plan.rows;
@@ -1490,6 +1493,12 @@ Status CudaBackend::Impl::RunHead(const float* norm, const float* pending, const
                                         static_cast<int>(hsz), eps, plan.sel, stream));
 
   const int64_t vocab = config.vocab_size;
+  if (logits_on_device && (comm == nullptr || tp_size == 1) && rows <= kLogitRowsPerPass &&
+      !plan.want_hidden) {
+    SPARK_RETURN_IF_ERROR(linear->Run(lm_head, hsel, rows, logits, stream));
+    output.device_logits = logits;
+    return Status::Ok();
+  }
   output.logits.resize(static_cast<size_t>(rows * vocab));
   for (int64_t r0 = 0; r0 < rows; r0 += kLogitRowsPerPass) {
     const int64_t n = std::min(kLogitRowsPerPass, rows - r0);
@@ -1538,14 +1547,16 @@ Result<ForwardOutput> CudaBackend::Impl::Forward(const ForwardBatch& batch) {
     refs.push_back(
         {ch.seq_id, ch.start_pos, &ch.tokens, ch.all_logits, &ch.tree_parents, ch.return_hidden});
   }
-  if (const int bucket = GraphBucket(batch); bucket > 0) return ForwardGraph(refs, bucket);
+  if (const int bucket = GraphBucket(batch); bucket > 0) {
+    return ForwardGraph(refs, bucket, batch.logits_on_device);
+  }
   ForwardOutput output;
   output.vocab_size = config.vocab_size;
   SPARK_ASSIGN_OR_RETURN(BatchPlan plan, PlanBatch(refs, *kv, "KV cache", true, output));
   if (plan.total == 0) return output;
   const float* pending = nullptr;
   SPARK_RETURN_IF_ERROR(RunLayers(plan, pending));
-  SPARK_RETURN_IF_ERROR(RunHead(final_norm, pending, plan, output));
+  SPARK_RETURN_IF_ERROR(RunHead(final_norm, pending, plan, output, batch.logits_on_device));
   return output;
 }
 
@@ -1574,8 +1585,8 @@ int CudaBackend::Impl::GraphBucket(const ForwardBatch& batch) const {
                            static_cast<int>(batch.chunks.size()));
 }
 
-Result<ForwardOutput> CudaBackend::Impl::ForwardGraph(const std::vector<ChunkRef>& refs,
-                                                      int bucket) {
+Result<ForwardOutput> CudaBackend::Impl::ForwardGraph(const std::vector<ChunkRef>& refs, int bucket,
+                                                      bool logits_on_device) {
   const int64_t bt = options.kv_block_tokens;
   int64_t need_blocks = 1;
   for (const ChunkRef& ch : refs) need_blocks = std::max(need_blocks, ch.start_pos / bt + 1);
@@ -1607,7 +1618,7 @@ Result<ForwardOutput> CudaBackend::Impl::ForwardGraph(const std::vector<ChunkRef
   } else {
     SPARK_RETURN_IF_ERROR(RunLayers(plan, pending));
   }
-  SPARK_RETURN_IF_ERROR(RunHead(final_norm, pending, plan, output));
+  SPARK_RETURN_IF_ERROR(RunHead(final_norm, pending, plan, output, logits_on_device));
   return output;
 }
 

@@ -68,17 +68,27 @@ Result<std::vector<engine::SampleResult>> GpuSampler::SampleBatch(
   std::vector<engine::SampleResult> all;
   all.reserve(rows.size());
   std::vector<GpuSampleRequest> reqs;
+  const size_t row_floats = static_cast<size_t>(vocab_);
   for (size_t begin = 0; begin < rows.size(); begin += static_cast<size_t>(max_rows_)) {
     const size_t end = std::min(rows.size(), begin + static_cast<size_t>(max_rows_));
     reqs.clear();
+    // Device rows that follow each other in memory (a decode batch) are sampled in place.
+    bool in_place = true;
+    for (size_t r = begin; r < end; ++r) {
+      in_place = in_place && rows[r].on_device &&
+                 rows[r].logits == rows[begin].logits + (r - begin) * row_floats;
+    }
     for (size_t r = begin; r < end; ++r) {
       const engine::BatchSampleRow& row = rows[r];
-      SPARK_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
-          d_logits_ + (r - begin) * static_cast<size_t>(vocab_), row.logits,
-          static_cast<size_t>(vocab_) * sizeof(float), cudaMemcpyHostToDevice, stream_));
+      if (!in_place) {
+        SPARK_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
+            d_logits_ + (r - begin) * row_floats, row.logits, row_floats * sizeof(float),
+            row.on_device ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice, stream_));
+      }
       reqs.push_back({row.params, row.prompt, row.output, row.seed, row.draw});
     }
-    SPARK_ASSIGN_OR_RETURN(std::vector<engine::SampleResult> part, Sample(d_logits_, reqs));
+    float* logits = in_place ? const_cast<float*>(rows[begin].logits) : d_logits_;
+    SPARK_ASSIGN_OR_RETURN(std::vector<engine::SampleResult> part, Sample(logits, reqs));
     for (engine::SampleResult& s : part) all.push_back(std::move(s));
   }
   return all;

@@ -4,7 +4,9 @@
 //
 // The caller keeps each request's state: its parameters, prompt, emitted tokens, seed and how
 // many tokens it has sampled; GpuSampler turns them into the kernel's penalty lists. As an
-// engine::BatchSampler it serves the Scheduler (SchedulerOptions::batch_sampler) from host rows.
+// engine::BatchSampler it serves the Scheduler (SchedulerOptions::batch_sampler) from host rows
+// or from the backend's device logits (ForwardOutput::device_logits); for device rows its stream
+// must be the backend's (or ordered after it).
 //
 // Thread safety: one thread (the engine loop). Ownership: owns its device and pinned host
 // buffers; borrows the stream.
@@ -49,9 +51,11 @@ class GpuSampler final : public engine::BatchSampler {
   Result<std::vector<engine::SampleResult>> SampleHost(const float* logits,
                                                        std::span<const GpuSampleRequest> rows);
 
-  // engine::BatchSampler: host rows, max_rows at a time.
+  // engine::BatchSampler: host rows, or device rows of the stream's device (sampled in place,
+  // and overwritten, when they follow each other in memory), max_rows at a time.
   Result<std::vector<engine::SampleResult>> SampleBatch(
       int64_t vocab_size, std::span<const engine::BatchSampleRow> rows) override;
+  bool SamplesDeviceRows() const override { return true; }
 
   int64_t vocab_size() const { return vocab_; }
   int64_t max_rows() const { return max_rows_; }

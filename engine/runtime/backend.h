@@ -66,11 +66,21 @@ struct MtpBatch {
 
 struct ForwardBatch {
   std::vector<SequenceChunk> chunks;
+  // The caller samples on the backend's device (a BatchSampler with SamplesDeviceRows()): a
+  // backend that keeps logits in device memory may then return them in
+  // ForwardOutput::device_logits and leave `logits` empty. A hint: a backend that cannot (the
+  // CPU backend, or a configuration that gathers logits through the host) fills `logits` as
+  // always. Only the rank that samples reads it.
+  bool logits_on_device = false;
 };
 
 struct ForwardOutput {
   int64_t vocab_size = 0;
-  std::vector<float> logits;       // [rows, vocab_size] row-major
+  std::vector<float> logits;  // [rows, vocab_size] row-major
+  // Instead of `logits` (ForwardBatch::logits_on_device): [rows, vocab_size] row-major in the
+  // backend's device memory, ordered on the backend's stream (work queued after Forward on that
+  // stream sees them), writable, valid until the next call on this backend. Null otherwise.
+  float* device_logits = nullptr;
   std::vector<int64_t> row_begin;  // first row of each chunk, in batch order
   // When any chunk asked return_hidden: [hidden rows, hidden_size] row-major, the rows of the
   // chunks that asked in batch order (SequenceChunk: every token; MtpChunk: its logit rows), and

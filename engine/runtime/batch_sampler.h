@@ -20,7 +20,11 @@
 namespace spark::engine {
 
 struct BatchSampleRow {
-  const float* logits = nullptr;  // vocab_size floats (host memory)
+  // vocab_size floats: host memory, or the backend's device memory (ForwardOutput::
+  // device_logits, writable) when `on_device`, which only a sampler whose SamplesDeviceRows()
+  // is true receives.
+  const float* logits = nullptr;
+  bool on_device = false;
   const SamplingParams* params = nullptr;
   std::span<const int32_t> prompt;  // feeds the repetition penalty
   std::span<const int32_t> output;  // tokens emitted so far
@@ -34,6 +38,9 @@ class BatchSampler {
   // One result per row, in order.
   virtual Result<std::vector<SampleResult>> SampleBatch(int64_t vocab_size,
                                                         std::span<const BatchSampleRow> rows) = 0;
+  // True when rows may point into the backend's device memory (the Scheduler then asks the
+  // backend for device logits, ForwardBatch::logits_on_device, and skips the host copy).
+  virtual bool SamplesDeviceRows() const { return false; }
 };
 
 }  // namespace spark::engine

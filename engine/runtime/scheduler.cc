@@ -454,6 +454,8 @@ Result<StepStats> Scheduler::Step() {
   while (true) {
     BuildBatch(batch, owners, admit);
     if (batch.chunks.empty()) return stats;
+    batch.logits_on_device = !speculate && options_.batch_sampler != nullptr &&
+                             options_.batch_sampler->SamplesDeviceRows();
     Status drafted = speculate ? Draft(batch, owners, rounds) : Status::Ok();
     Status failure = drafted;
     if (drafted.ok()) {
@@ -530,8 +532,13 @@ Result<StepStats> Scheduler::Step() {
     if (seq.pending() == 0) ready.push_back(i);  // else a prompt chunk; more to read
   }
 
+  const bool on_device = output.device_logits != nullptr;
+  if (on_device && options_.batch_sampler == nullptr) {
+    return Internal("the backend returned device logits to a scheduler that samples on the host");
+  }
   auto row_of = [&](size_t i) {
-    return output.logits.data() + output.row_begin[i] * output.vocab_size;
+    return (on_device ? output.device_logits : output.logits.data()) +
+           output.row_begin[i] * output.vocab_size;
   };
   std::vector<SampleResult> samples;
   if (options_.batch_sampler != nullptr && !ready.empty()) {
@@ -540,7 +547,7 @@ Result<StepStats> Scheduler::Step() {
     for (size_t i : ready) {
       const Sequence& seq = *owners[i];
       const std::span<const int32_t> all(seq.tokens);
-      rows.push_back({row_of(i), &seq.request.params,
+      rows.push_back({row_of(i), on_device, &seq.request.params,
                       all.first(static_cast<size_t>(seq.prompt_len)),
                       all.subspan(static_cast<size_t>(seq.prompt_len)), seq.sampler->seed(),
                       static_cast<uint64_t>(seq.generated)});

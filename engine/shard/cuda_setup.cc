@@ -44,7 +44,8 @@ Result<std::unique_ptr<engine::Communicator>> JoinNcclGroup(int, int, engine::Ke
   return Unimplemented(WithoutCudaMessage());
 }
 
-Result<std::unique_ptr<engine::BatchSampler>> CreateGpuBatchSampler(int64_t, int64_t) {
+Result<std::unique_ptr<engine::BatchSampler>> CreateGpuBatchSampler(const engine::Backend&,
+                                                                    int64_t) {
   return Unimplemented(WithoutCudaMessage());
 }
 
@@ -166,10 +167,17 @@ Result<std::unique_ptr<engine::Backend>> CreateShardCudaBackend(const spark::v1:
   return std::unique_ptr<engine::Backend>(std::move(backend));
 }
 
-Result<std::unique_ptr<engine::BatchSampler>> CreateGpuBatchSampler(int64_t vocab_size,
+Result<std::unique_ptr<engine::BatchSampler>> CreateGpuBatchSampler(const engine::Backend& backend,
                                                                     int64_t max_rows) {
-  SPARK_ASSIGN_OR_RETURN(std::unique_ptr<cuda::GpuSampler> sampler,
-                         cuda::GpuSampler::Create(vocab_size, max_rows, nullptr));
+  const auto* cuda_backend = dynamic_cast<const cuda::CudaBackend*>(&backend);
+  if (cuda_backend == nullptr) {
+    return InvalidArgument(
+        "the GPU sampler needs the CUDA backend (engine option sampler=cpu "
+        "samples on the CPU)");
+  }
+  SPARK_ASSIGN_OR_RETURN(
+      std::unique_ptr<cuda::GpuSampler> sampler,
+      cuda::GpuSampler::Create(backend.config().vocab_size, max_rows, cuda_backend->stream()));
   return std::unique_ptr<engine::BatchSampler>(std::move(sampler));
 }
 

@@ -71,8 +71,9 @@ Result<std::unique_ptr<engine::Backend>> CreateShardCudaBackend(
     const engine::Communicator* nccl, const CudaBackendSetup& setup);
 
 // Rank 0's GPU sampler (engine/cuda/gpu_sampler.h) for up to `max_rows` rows per call, on the
-// current device.
-Result<std::unique_ptr<engine::BatchSampler>> CreateGpuBatchSampler(int64_t vocab_size,
+// current device and the stream of `backend` (a CudaBackend from CreateShardCudaBackend), so
+// that it samples the backend's device logits in order. InvalidArgument for another backend.
+Result<std::unique_ptr<engine::BatchSampler>> CreateGpuBatchSampler(const engine::Backend& backend,
                                                                     int64_t max_rows);
 
 }  // namespace spark::shard

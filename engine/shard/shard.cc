@@ -429,7 +429,7 @@ int ShardRun::Run() {
     }
     if (cuda && settings_.gpu_sampling) {
       Result<std::unique_ptr<engine::BatchSampler>> sampler =
-          CreateGpuBatchSampler(backend_->config().vocab_size, settings_.max_running);
+          CreateGpuBatchSampler(*backend_, settings_.max_running);
       if (!sampler.ok()) {
         if (leader_) leader_->Stop().IgnoreError();
         return Fail(kExitFailed, "GPU sampler: " + sampler.status().message());

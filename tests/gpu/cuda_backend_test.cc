@@ -9,6 +9,7 @@
 //     against CpuBackend, with mixed prefill / decode batches; CreateDummy (weights generated on
 //     the GPU) against Create(MakeDummyWeights) bit for bit;
 //   * the FP8 E4M3 KV cache: twice the tokens in the same budget, close to the references;
+//   * device logits (ForwardBatch::logits_on_device) equal to the host logits, sampled on the GPU;
 //   * batch semantics: errors, ResourceExhausted, Release, FreeKvTokens, TruncateSequence,
 //     chunked prefill against one-shot prefill, and a clear error when a model does not fit.
 // Tolerances: logits vs the fp32 references within 3e-2 * max|ref| (FP8 weights: 1.5e-1 with the
@@ -40,6 +41,7 @@
 #include "common/check.h"
 #include "engine/comm/gloo_communicator.h"
 #include "engine/cpu/cpu_backend.h"
+#include "engine/cuda/gpu_sampler.h"
 #include "engine/model/config.h"
 #include "engine/model/loader.h"
 #include "engine/model/quantize.h"
@@ -639,6 +641,100 @@ TEST(CudaBackendTest, DecodeGraphsMatchEagerSteps) {
     reserved.chunks.push_back({.seq_id = ~uint64_t{0}, .start_pos = 0, .tokens = {1}});
     EXPECT_EQ(graphs.Forward(reserved).status().code(), StatusCode::kInvalidArgument);
   }
+}
+
+// ForwardBatch::logits_on_device: the rows stay in device memory, bit for bit the host logits of
+// an identical backend (prefill steps eagerly, decode steps from CUDA graphs), and the GPU
+// sampler on the backend's stream samples them in place (contiguous rows) or copies them
+// (a subset) with the same tokens as from host rows.
+TEST(CudaBackendTest, DeviceLogitsEqualHostLogitsAndFeedTheGpuSampler) {
+  const ModelConfig cfg = AirTwoLayers(true);
+  DummyWeightsSpec spec;
+  spec.seed = 9;
+  CudaBackendOptions opts = SmallOptions();
+  opts.kv_cache_bytes = int64_t{256} << 20;
+  opts.cuda_graphs = true;
+  Result<std::unique_ptr<CudaBackend>> h = CudaBackend::CreateDummy(cfg, spec, nullptr, opts);
+  ASSERT_TRUE(h.ok()) << h.status().ToString();
+  Result<std::unique_ptr<CudaBackend>> d = CudaBackend::CreateDummy(cfg, spec, nullptr, opts);
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  CudaBackend& host = **h;
+  CudaBackend& dev = **d;
+  const int64_t vocab = cfg.vocab_size;
+  Result<std::unique_ptr<GpuSampler>> hs = GpuSampler::Create(vocab, 8, host.stream());
+  Result<std::unique_ptr<GpuSampler>> ds = GpuSampler::Create(vocab, 8, dev.stream());
+  ASSERT_TRUE(hs.ok() && ds.ok());
+  engine::SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  engine::SamplingParams sampled;
+  sampled.temperature = 0.8f;
+  sampled.top_k = 40;
+
+  const std::vector<int> prompt = {5, 9, 13};
+  std::vector<int64_t> pos(prompt.size(), 0);
+  std::vector<int32_t> next(prompt.size(), 0);
+  int device_steps = 0;
+  for (int step = 0; step < 7; ++step) {
+    ForwardBatch batch;
+    for (size_t s = 0; s < prompt.size(); ++s) {
+      std::vector<int32_t> t;
+      if (step == 0) {
+        for (int i = 0; i < prompt[s]; ++i) t.push_back(static_cast<int32_t>((s * 31 + i) % 997));
+      } else {
+        t = {next[s]};
+      }
+      batch.chunks.push_back({.seq_id = s + 1, .start_pos = pos[s], .tokens = t});
+    }
+    ForwardBatch on_device = batch;
+    on_device.logits_on_device = true;
+    Result<ForwardOutput> a = host.Forward(batch);
+    Result<ForwardOutput> b = dev.Forward(on_device);
+    ASSERT_TRUE(a.ok()) << a.status().ToString();
+    ASSERT_TRUE(b.ok()) << b.status().ToString();
+    ASSERT_EQ(a->device_logits, nullptr);
+    ASSERT_NE(b->device_logits, nullptr) << "step " << step;
+    EXPECT_TRUE(b->logits.empty());
+    EXPECT_EQ(a->row_begin, b->row_begin);
+    std::vector<float> copied(a->logits.size());
+    ASSERT_EQ(cudaMemcpyAsync(copied.data(), b->device_logits, copied.size() * sizeof(float),
+                              cudaMemcpyDeviceToHost, dev.stream()),
+              cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(dev.stream()), cudaSuccess);
+    EXPECT_EQ(std::memcmp(copied.data(), a->logits.data(), copied.size() * sizeof(float)), 0)
+        << "step " << step;
+    ++device_steps;
+
+    // Step 0 samples rows 0 and 2 (copied), later steps every row (in place).
+    std::vector<size_t> rows = step == 0 ? std::vector<size_t>{0, 2} : std::vector<size_t>{0, 1, 2};
+    std::vector<engine::BatchSampleRow> host_rows;
+    std::vector<engine::BatchSampleRow> dev_rows;
+    for (size_t s : rows) {
+      engine::BatchSampleRow r;
+      r.params = s == 1 ? &sampled : &greedy;
+      r.seed = 7 + s;
+      r.draw = static_cast<uint64_t>(step);
+      r.logits = a->logits.data() + a->row_begin[s] * vocab;
+      host_rows.push_back(r);
+      r.logits = b->device_logits + b->row_begin[s] * vocab;
+      r.on_device = true;
+      dev_rows.push_back(r);
+    }
+    Result<std::vector<engine::SampleResult>> ta = (*hs)->SampleBatch(vocab, host_rows);
+    Result<std::vector<engine::SampleResult>> tb = (*ds)->SampleBatch(vocab, dev_rows);
+    ASSERT_TRUE(ta.ok()) << ta.status().ToString();
+    ASSERT_TRUE(tb.ok()) << tb.status().ToString();
+    ASSERT_EQ(ta->size(), rows.size());
+    ASSERT_EQ(tb->size(), rows.size());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      EXPECT_EQ((*ta)[i].token, (*tb)[i].token) << "step " << step << " row " << rows[i];
+      next[rows[i]] = (*ta)[i].token;
+    }
+    for (size_t s = 0; s < prompt.size(); ++s) {
+      pos[s] += static_cast<int64_t>(batch.chunks[s].tokens.size());
+    }
+  }
+  EXPECT_EQ(device_steps, 7);
+  EXPECT_GT(dev.graph_stats().launches, 0) << "decode steps ran from CUDA graphs";
 }
 
 TEST(CudaBackendTest, BatchSemanticsAndKvAccounting) {

@@ -393,5 +393,105 @@ TEST_F(BatchSamplerSchedulerTest, BatchSamplerGetsEveryReadyRowWithItsHistory) {
   }
 }
 
+// A backend that keeps the logits "on its device" when asked (ForwardBatch::logits_on_device):
+// rows in its own buffer, returned as device_logits with the host logits left empty.
+class DeviceLogitsBackend final : public Backend {
+ public:
+  explicit DeviceLogitsBackend(Backend* inner) : inner_(inner) {}
+  const ModelConfig& config() const override { return inner_->config(); }
+  Result<ForwardOutput> Forward(const ForwardBatch& batch) override {
+    asked.push_back(batch.logits_on_device);
+    SPARK_ASSIGN_OR_RETURN(ForwardOutput out, inner_->Forward(batch));
+    if (batch.logits_on_device || always) {
+      device = std::move(out.logits);
+      out.logits.clear();
+      out.device_logits = device.data();
+    }
+    return out;
+  }
+  void Release(uint64_t seq_id) override { inner_->Release(seq_id); }
+  int64_t FreeKvTokens() const override { return inner_->FreeKvTokens(); }
+
+  std::vector<bool> asked;
+  std::vector<float> device;
+  bool always = false;  // return device logits even when not asked
+
+ private:
+  Backend* inner_;
+};
+
+// ReplayingBatchSampler's decisions for rows that must come from the backend's device buffer.
+class DeviceRowsSampler final : public BatchSampler {
+ public:
+  explicit DeviceRowsSampler(const DeviceLogitsBackend* backend) : backend_(backend) {}
+  Result<std::vector<SampleResult>> SampleBatch(int64_t vocab,
+                                                std::span<const BatchSampleRow> rows) override {
+    for (const BatchSampleRow& r : rows) {
+      const float* begin = backend_->device.data();
+      const float* end = begin + backend_->device.size();
+      if (!r.on_device || r.logits < begin || r.logits + vocab > end) {
+        ++host_rows;
+      }
+    }
+    return replay.SampleBatch(vocab, rows);
+  }
+  bool SamplesDeviceRows() const override { return true; }
+
+  ReplayingBatchSampler replay;
+  int host_rows = 0;
+
+ private:
+  const DeviceLogitsBackend* backend_;
+};
+
+TEST_F(BatchSamplerSchedulerTest, DeviceRowsSamplerGetsTheBackendsDeviceLogits) {
+  std::map<uint64_t, Collected> want;
+  for (bool device : {false, true}) {
+    results_.clear();
+    FakeBackend fake(kVocab, 1024);
+    DeviceLogitsBackend backend(&fake);
+    DeviceRowsSampler device_sampler(&backend);
+    SchedulerOptions options;
+    options.max_batch_tokens = 8;
+    if (device) options.batch_sampler = &device_sampler;
+    auto s = Make(&backend, options);
+    for (uint64_t id : {1, 2, 3}) {
+      Request r = Greedy(id, Prompt(11, static_cast<int>(id)), 5);
+      r.params.top_logprobs = 2;
+      ASSERT_TRUE(s->AddRequest(std::move(r)).ok());
+    }
+    RunToCompletion(*s);
+    ASSERT_FALSE(backend.asked.empty());
+    if (!device) {
+      // A host sampler never asks for device logits.
+      for (bool asked : backend.asked) EXPECT_FALSE(asked);
+      want = results_;
+      continue;
+    }
+    for (bool asked : backend.asked) EXPECT_TRUE(asked);
+    EXPECT_EQ(device_sampler.replay.seen.size(), 15u);
+    EXPECT_EQ(device_sampler.host_rows, 0);
+    for (uint64_t id : {1, 2, 3}) {
+      EXPECT_EQ(results_[id].tokens, want[id].tokens) << "request " << id;
+      ASSERT_EQ(results_[id].events.size(), want[id].events.size());
+      for (size_t k = 0; k < want[id].events.size(); ++k) {
+        EXPECT_EQ(results_[id].events[k].logprob, want[id].events[k].logprob);
+      }
+    }
+  }
+}
+
+TEST_F(BatchSamplerSchedulerTest, DeviceLogitsWithoutABatchSamplerAreAnInternalError) {
+  FakeBackend fake(kVocab, 1024);
+  DeviceLogitsBackend backend(&fake);
+  backend.always = true;
+  auto s = Make(&backend);
+  ASSERT_TRUE(s->AddRequest(Greedy(1, {1, 2}, 3)).ok());
+  Result<StepStats> step = s->Step();
+  ASSERT_FALSE(step.ok());
+  EXPECT_EQ(step.status().code(), StatusCode::kInternal);
+  EXPECT_NE(step.status().message().find("device logits"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace spark::engine
