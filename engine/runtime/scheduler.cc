@@ -492,6 +492,8 @@ Result<StepStats> Scheduler::Step() {
   }
 
   stats.sequences = static_cast<int>(batch.chunks.size());
+  stats.on_device = output.device_logits != nullptr;
+  if (options_.on_forward_issued) options_.on_forward_issued();
   if (speculate && (output.hidden_size != hidden_size_ ||
                     output.hidden_row_begin.size() != batch.chunks.size())) {
     return Internal("the backend returned no hidden states for a speculative step (hidden size " +

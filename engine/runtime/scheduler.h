@@ -100,6 +100,11 @@ struct SchedulerOptions {
   // Speculative decoding with the backend's MTP layer; steps 0 = off. Needs max_batch_tokens >=
   // draft_tokens (every decoding sequence takes draft_tokens of a step's budget).
   SpeculativeOptions speculative;
+  // Called inside Step() once the backend has taken the step's forward pass, before its tokens
+  // are sampled. When the logits stay on the device (StepStats::on_device) the device is still
+  // computing the step then, so host work placed here (delivering the previous step's tokens)
+  // overlaps it. Runs on the Step() thread; must not call Step(). Null = nothing.
+  std::function<void()> on_forward_issued;
 };
 
 struct StepStats {
@@ -109,6 +114,9 @@ struct StepStats {
   int sampled = 0;             // tokens emitted (all tokens of accepted speculative runs)
   int preemptions = 0;         // sequences preempted during this step
   int finished = 0;            // requests finished (any reason) during this step
+  // The step's logits stayed in device memory (ForwardOutput::device_logits): its forward pass
+  // ran asynchronously until the sampler read the tokens.
+  bool on_device = false;
 };
 
 class Scheduler {

@@ -49,7 +49,12 @@ Result<std::unique_ptr<LeaderLoop>> LeaderLoop::Create(engine::Backend* backend,
   loop->watchdog_ = watchdog;
   loop->stamper_ = stamper;
   loop->options_ = options;
-  SPARK_ASSIGN_OR_RETURN(loop->scheduler_, engine::Scheduler::Create(backend, options.scheduler));
+  // The previous step's tokens go out while the device computes the next step (when its logits
+  // stay on the device; otherwise they were sent right after their own step).
+  engine::SchedulerOptions scheduler_options = options.scheduler;
+  LeaderLoop* raw = loop.get();
+  scheduler_options.on_forward_issued = [raw] { raw->FlushChunks(); };
+  SPARK_ASSIGN_OR_RETURN(loop->scheduler_, engine::Scheduler::Create(backend, scheduler_options));
 
   loop->context_ = std::make_unique<ZmqContext>();
   if (options.server_keys) {
@@ -118,7 +123,9 @@ Status LeaderLoop::Run(int stop_fd) {
         FinishAll(spark::v1::FINISH_REASON_ERROR, failed.message());
         return failed;
       }
-      FlushChunks();
+      // A step computed on the device leaves its tokens for the next step to send while the
+      // device runs it (on_forward_issued); the last step of a burst sends them now.
+      if (!stats->on_device || !scheduler_->HasWork()) FlushChunks();
       if (stats->sequences > 0) next_keepalive = SteadyClock::now() + options_.keepalive;
     }
     MaybeReportSpeculativeStats();
@@ -335,6 +342,7 @@ void LeaderLoop::FlushChunks() {
 }
 
 void LeaderLoop::FinishAll(spark::v1::FinishReason reason, const std::string& message) {
+  FlushChunks();  // tokens already produced go out first
   for (auto& [engine_id, live] : live_) {
     if (live->detached) continue;
     spark::v1::Envelope envelope;

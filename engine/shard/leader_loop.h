@@ -4,7 +4,9 @@
 //     CancelRequest -> Scheduler::Cancel;
 //   - Scheduler::Step while there is work, streaming the tokens each step produced as one
 //     TokenChunk per request (logprobs when asked; the last chunk carries the finish reason,
-//     usage and timings);
+//     usage and timings). When a step's logits stayed on the device (GPU sampling), its chunks
+//     go out during the next step, right after that step's forward pass is issued, so sending
+//     overlaps the GPU's work; a step that leaves no work behind sends its own at once;
 //   - TpLeaderBackend::KeepAlive when idle, every `keepalive`, so the workers' op timeout never
 //     fires;
 //   - with speculative decoding on, the scheduler's SpeculativeStats to `on_speculative_stats`

@@ -6,6 +6,7 @@
 #include <set>
 #include <vector>
 
+#include "tests/engine/runtime/device_logits_backend.h"
 #include "tests/engine/runtime/fake_backend.h"
 #include "tests/engine/runtime/scheduler_test_util.h"
 
@@ -324,33 +325,9 @@ TEST_F(SchedulerTest, BackendFailureIsReturnedByStep) {
 namespace spark::engine {
 namespace {
 
-// A BatchSampler with the CPU Sampler's decisions: each row replays its request's history into a
-// fresh Sampler. It records what the scheduler hands it.
-class ReplayingBatchSampler final : public BatchSampler {
- public:
-  Result<std::vector<SampleResult>> SampleBatch(int64_t vocab,
-                                                std::span<const BatchSampleRow> rows) override {
-    ++calls;
-    std::vector<SampleResult> out;
-    for (const BatchSampleRow& r : rows) {
-      seen.push_back({std::vector<int32_t>(r.prompt.begin(), r.prompt.end()),
-                      std::vector<int32_t>(r.output.begin(), r.output.end()), r.draw});
-      SamplingParams p = *r.params;
-      p.seed = r.seed;
-      Sampler s(p, r.prompt);
-      for (int32_t t : r.output) s.Accept(t);
-      out.push_back(s.Sample({r.logits, static_cast<size_t>(vocab)}));
-    }
-    return out;
-  }
-  struct Row {
-    std::vector<int32_t> prompt;
-    std::vector<int32_t> output;
-    uint64_t draw;
-  };
-  std::vector<Row> seen;
-  int calls = 0;
-};
+using testing::DeviceLogitsBackend;
+using testing::DeviceRowsSampler;
+using testing::ReplayingBatchSampler;
 
 class BatchSamplerSchedulerTest : public SchedulerTest {};
 
@@ -393,57 +370,6 @@ TEST_F(BatchSamplerSchedulerTest, BatchSamplerGetsEveryReadyRowWithItsHistory) {
   }
 }
 
-// A backend that keeps the logits "on its device" when asked (ForwardBatch::logits_on_device):
-// rows in its own buffer, returned as device_logits with the host logits left empty.
-class DeviceLogitsBackend final : public Backend {
- public:
-  explicit DeviceLogitsBackend(Backend* inner) : inner_(inner) {}
-  const ModelConfig& config() const override { return inner_->config(); }
-  Result<ForwardOutput> Forward(const ForwardBatch& batch) override {
-    asked.push_back(batch.logits_on_device);
-    SPARK_ASSIGN_OR_RETURN(ForwardOutput out, inner_->Forward(batch));
-    if (batch.logits_on_device || always) {
-      device = std::move(out.logits);
-      out.logits.clear();
-      out.device_logits = device.data();
-    }
-    return out;
-  }
-  void Release(uint64_t seq_id) override { inner_->Release(seq_id); }
-  int64_t FreeKvTokens() const override { return inner_->FreeKvTokens(); }
-
-  std::vector<bool> asked;
-  std::vector<float> device;
-  bool always = false;  // return device logits even when not asked
-
- private:
-  Backend* inner_;
-};
-
-// ReplayingBatchSampler's decisions for rows that must come from the backend's device buffer.
-class DeviceRowsSampler final : public BatchSampler {
- public:
-  explicit DeviceRowsSampler(const DeviceLogitsBackend* backend) : backend_(backend) {}
-  Result<std::vector<SampleResult>> SampleBatch(int64_t vocab,
-                                                std::span<const BatchSampleRow> rows) override {
-    for (const BatchSampleRow& r : rows) {
-      const float* begin = backend_->device.data();
-      const float* end = begin + backend_->device.size();
-      if (!r.on_device || r.logits < begin || r.logits + vocab > end) {
-        ++host_rows;
-      }
-    }
-    return replay.SampleBatch(vocab, rows);
-  }
-  bool SamplesDeviceRows() const override { return true; }
-
-  ReplayingBatchSampler replay;
-  int host_rows = 0;
-
- private:
-  const DeviceLogitsBackend* backend_;
-};
-
 TEST_F(BatchSamplerSchedulerTest, DeviceRowsSamplerGetsTheBackendsDeviceLogits) {
   std::map<uint64_t, Collected> want;
   for (bool device : {false, true}) {
@@ -479,6 +405,45 @@ TEST_F(BatchSamplerSchedulerTest, DeviceRowsSamplerGetsTheBackendsDeviceLogits) 
       }
     }
   }
+}
+
+TEST_F(BatchSamplerSchedulerTest, ForwardIssuedHookRunsAfterEachForwardBeforeSampling) {
+  FakeBackend fake(kVocab, 1024);
+  DeviceLogitsBackend backend(&fake);
+  DeviceRowsSampler sampler(&backend);
+  int hooks = 0;
+  std::vector<int> forwards_at_hook;
+  sampler.hooks = &hooks;
+  SchedulerOptions options;
+  options.max_batch_tokens = 8;
+  options.batch_sampler = &sampler;
+  options.on_forward_issued = [&] {
+    ++hooks;
+    forwards_at_hook.push_back(static_cast<int>(backend.asked.size()));
+  };
+  auto s = Make(&backend, options);
+  for (uint64_t id : {1, 2}) ASSERT_TRUE(s->AddRequest(Greedy(id, Prompt(11, 3), 4)).ok());
+  int device_steps = 0;
+  for (int i = 0; i < 100 && s->HasWork(); ++i) {
+    Result<StepStats> st = s->Step();
+    ASSERT_TRUE(st.ok()) << st.status().ToString();
+    if (st->sequences > 0) {
+      EXPECT_TRUE(st->on_device);
+    }
+    device_steps += st->on_device;
+  }
+  EXPECT_FALSE(s->HasWork());
+  // Once per forward pass, right after it: the k-th hook saw k forward passes.
+  ASSERT_EQ(hooks, static_cast<int>(backend.asked.size()));
+  for (size_t k = 0; k < forwards_at_hook.size(); ++k) {
+    EXPECT_EQ(forwards_at_hook[k], static_cast<int>(k) + 1);
+  }
+  // Every sampling call came after its step's hook.
+  ASSERT_FALSE(sampler.hooks_at_sample.empty());
+  for (size_t c = 0; c < sampler.hooks_at_sample.size(); ++c) {
+    EXPECT_EQ(sampler.hooks_at_sample[c], sampler.forwards_at_sample[c]);
+  }
+  EXPECT_EQ(device_steps, hooks);
 }
 
 TEST_F(BatchSamplerSchedulerTest, DeviceLogitsWithoutABatchSamplerAreAnInternalError) {

@@ -23,6 +23,7 @@
 #include "common/process.h"
 #include "common/zmq.h"
 #include "proto/framing.h"
+#include "tests/engine/shard/data_client.h"
 #include "tests/engine/shard/fake_controller.h"
 
 namespace spark::shard {
@@ -31,6 +32,7 @@ namespace {
 namespace fs = std::filesystem;
 using std::chrono::milliseconds;
 using SteadyClock = std::chrono::steady_clock;
+using testing::DataClient;
 using testing::FakeController;
 
 constexpr milliseconds kReadyTimeout{60000};
@@ -62,81 +64,6 @@ std::vector<spark::v1::ShardPhase> DistinctPhases(
   }
   return phases;
 }
-
-// A DEALER on the rank-0 data plane, as the controller has.
-class DataClient {
- public:
-  explicit DataClient(const std::string& endpoint, const CurveKeyPair* keys = nullptr,
-                      const std::string& server_key = "") {
-    socket_.emplace(ZmqSocket::Create(context_, ZmqSocketType::kDealer).value());
-    EXPECT_TRUE(socket_->SetRoutingId("controller-data").ok());
-    if (keys != nullptr) {
-      EXPECT_TRUE(socket_->SetCurveClient(*keys, server_key).ok());
-    }
-    EXPECT_TRUE(socket_->Connect(endpoint).ok());
-  }
-
-  // Queues one envelope; a peer that never completes the handshake may make this fail.
-  Status Send(spark::v1::Envelope envelope) {
-    envelope.set_sender_id("controller");
-    envelope.set_sequence(++sequence_);
-    envelope.set_sender_incarnation(7);
-    return socket_->Send({proto::EncodeEnvelope(envelope)}, milliseconds(1000));
-  }
-
-  void Generate(const spark::v1::GenerateRequest& request) {
-    spark::v1::Envelope envelope;
-    *envelope.mutable_generate_request() = request;
-    EXPECT_TRUE(Send(std::move(envelope)).ok());
-  }
-
-  void Cancel(const std::string& request_id) {
-    spark::v1::Envelope envelope;
-    envelope.mutable_cancel_request()->set_request_id(request_id);
-    envelope.mutable_cancel_request()->set_reason("test");
-    EXPECT_TRUE(Send(std::move(envelope)).ok());
-  }
-
-  // The next chunk of `request_id` (others are kept for later), or nullopt after `timeout`.
-  std::optional<spark::v1::TokenChunk> Next(const std::string& request_id, milliseconds timeout) {
-    const auto until = SteadyClock::now() + timeout;
-    while (true) {
-      for (auto it = queued_.begin(); it != queued_.end(); ++it) {
-        if (it->request_id() == request_id) {
-          spark::v1::TokenChunk chunk = *it;
-          queued_.erase(it);
-          return chunk;
-        }
-      }
-      const auto left = std::chrono::duration_cast<milliseconds>(until - SteadyClock::now());
-      if (left.count() <= 0) return std::nullopt;
-      auto message = socket_->Recv(left);
-      if (!message.ok()) continue;
-      auto envelope = proto::DecodeEnvelope(message->at(0));
-      EXPECT_TRUE(envelope.ok());
-      if (envelope.ok() && envelope->has_token_chunk()) queued_.push_back(envelope->token_chunk());
-    }
-  }
-
-  // Every chunk of `request_id` up to the final one (empty when none came in time).
-  std::vector<spark::v1::TokenChunk> Collect(const std::string& request_id, milliseconds timeout) {
-    std::vector<spark::v1::TokenChunk> chunks;
-    const auto until = SteadyClock::now() + timeout;
-    while (true) {
-      auto left = std::chrono::duration_cast<milliseconds>(until - SteadyClock::now());
-      auto chunk = Next(request_id, std::max(left, milliseconds(0)));
-      if (!chunk) return {};
-      chunks.push_back(*chunk);
-      if (chunk->finish_reason() != spark::v1::FINISH_REASON_NONE) return chunks;
-    }
-  }
-
- private:
-  ZmqContext context_;
-  std::optional<ZmqSocket> socket_;
-  uint64_t sequence_ = 0;
-  std::vector<spark::v1::TokenChunk> queued_;
-};
 
 spark::v1::SamplingParams Greedy(uint32_t max_tokens) {
   spark::v1::SamplingParams p;
