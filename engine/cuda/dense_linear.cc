@@ -67,7 +67,7 @@ DenseLinear::~DenseLinear() {
 
 Status DenseLinear::RunGemv(const DeviceLinear& w, const __nv_bfloat16* x, int64_t rows, float* y,
                             cudaStream_t stream) {
-  int splits = GemvKSplits(w, limits_.sms);
+  int splits = GemvKSplits(w, limits_.sms, static_cast<int>(rows));
   const int64_t per_split = rows * w.out;
   splits = static_cast<int>(std::max<int64_t>(
       1, std::min<int64_t>(splits, gemv_partial_floats_ / std::max<int64_t>(per_split, 1))));

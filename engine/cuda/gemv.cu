@@ -111,6 +111,89 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+// One activation row against FP8 weights (decode at batch 1): each warp computes kRowsPerWarp
+// consecutive outputs, so a lane converts its 16 activations once for kRowsPerWarp weight vectors
+// (loaded together: kRowsPerWarp x kUnrollK 16-byte loads in flight per lane). The per-channel
+// scale is applied once per output, a block scale once per 16-element vector. The generic kernel
+// spends most of its instructions per weight byte on activation conversions and the scale.
+constexpr int kRowsPerWarp = 4;
+
+template <bool kBlock>
+__global__ void __launch_bounds__(kWarps * 32)
+    GemvFp8OneRowKernel(DeviceLinear w, const __nv_bfloat16* __restrict__ x, int64_t k_chunk,
+                        float* __restrict__ partial, float* __restrict__ y,
+                        const float* __restrict__ bias, int k_splits) {
+  constexpr int kUnrollK = 2;
+  constexpr int64_t kStride = 32 * 16;
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kRowsPerWarp;
+  if (n0 >= w.out) return;
+  const int64_t k_begin = blockIdx.y * k_chunk;
+  const int64_t k_end = min(w.in, k_begin + k_chunk);
+  const int64_t kb = kBlock ? (w.in + w.block_k - 1) / w.block_k : 0;
+  const uint4* wrows[kRowsPerWarp];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    // Rows past the end re-read the last row; their sums are never stored.
+    const int64_t n = min(n0 + r, w.out - 1);
+    wrows[r] = reinterpret_cast<const uint4*>(static_cast<const uint8_t*>(w.data) + n * w.in);
+  }
+  float acc[kRowsPerWarp];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) acc[r] = 0.f;
+
+  auto consume = [&](const uint4(&raw)[kRowsPerWarp], int64_t k0) {
+    float xv[16];
+    LoadX8(x + k0, xv);
+    LoadX8(x + k0 + 8, xv + 8);
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const __nv_fp8x2_storage_t* q2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&raw[r]);
+      float d = 0.f;
+      float& a = kBlock ? d : acc[r];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(q2[e], __NV_E4M3)));
+        a = fmaf(f.x, xv[2 * e], a);
+        a = fmaf(f.y, xv[2 * e + 1], a);
+      }
+      if constexpr (kBlock) {
+        const int64_t n = min(n0 + r, w.out - 1);
+        acc[r] = fmaf(__ldg(w.scale + (n / w.block_n) * kb + k0 / w.block_k), d, acc[r]);
+      }
+    }
+  };
+  int64_t k0 = k_begin + static_cast<int64_t>(lane) * 16;
+  for (; k0 + (kUnrollK - 1) * kStride < k_end; k0 += kUnrollK * kStride) {
+    uint4 raw[kUnrollK][kRowsPerWarp];
+#pragma unroll
+    for (int u = 0; u < kUnrollK; ++u)
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r) raw[u][r] = __ldg(wrows[r] + (k0 + u * kStride) / 16);
+#pragma unroll
+    for (int u = 0; u < kUnrollK; ++u) consume(raw[u], k0 + u * kStride);
+  }
+  for (; k0 < k_end; k0 += kStride) {
+    uint4 raw[kRowsPerWarp];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) raw[r] = __ldg(wrows[r] + k0 / 16);
+    consume(raw, k0);
+  }
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int64_t n = n0 + r;
+    float v = WarpSum(acc[r]);
+    if (lane != 0 || n >= w.out) continue;
+    if (!kBlock) v *= w.scale[n];
+    if (k_splits == 1) {
+      y[n] = v + (bias ? bias[n] : 0.f);
+    } else {
+      partial[static_cast<int64_t>(blockIdx.y) * w.out + n] = v;
+    }
+  }
+}
+
 __global__ void ReduceKernel(const float* __restrict__ partial, int k_splits, int64_t count,
                              int64_t out, const float* __restrict__ bias, float* __restrict__ y) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
@@ -126,8 +209,23 @@ template <WeightType T>
 cudaError_t LaunchRows(const DeviceLinear& w, const __nv_bfloat16* x, int rows, int64_t k_chunk,
                        int k_splits, float* partial, float* y, const float* bias,
                        cudaStream_t stream) {
-  dim3 grid(static_cast<unsigned>((w.out + kWarps - 1) / kWarps), static_cast<unsigned>(k_splits));
   const unsigned threads = kWarps * 32;
+  if constexpr (T == WeightType::kFP8) {
+    if (rows <= 1) {
+      constexpr int64_t per_block = int64_t{kWarps} * kRowsPerWarp;
+      const dim3 grid1(static_cast<unsigned>((w.out + per_block - 1) / per_block),
+                       static_cast<unsigned>(k_splits));
+      if (w.scale_kind == WeightScale::kBlock) {
+        GemvFp8OneRowKernel<true>
+            <<<grid1, threads, 0, stream>>>(w, x, k_chunk, partial, y, bias, k_splits);
+      } else {
+        GemvFp8OneRowKernel<false>
+            <<<grid1, threads, 0, stream>>>(w, x, k_chunk, partial, y, bias, k_splits);
+      }
+      return cudaGetLastError();
+    }
+  }
+  dim3 grid(static_cast<unsigned>((w.out + kWarps - 1) / kWarps), static_cast<unsigned>(k_splits));
   if (rows <= 1) {
     GemvKernel<T, 1><<<grid, threads, 0, stream>>>(w, x, rows, k_chunk, partial, y, bias, k_splits);
   } else if (rows <= 2) {
@@ -152,8 +250,10 @@ bool GemvSupports(const DeviceLinear& w) {
   return w.scale_kind == WeightScale::kPerChannel;
 }
 
-int GemvKSplits(const DeviceLinear& w, int sms) {
-  const int64_t ctas = (w.out + kWarps - 1) / kWarps;
+int GemvKSplits(const DeviceLinear& w, int sms, int rows) {
+  const int64_t per_block =
+      w.type == WeightType::kFP8 && rows <= 1 ? int64_t{kWarps} * kRowsPerWarp : kWarps;
+  const int64_t ctas = (w.out + per_block - 1) / per_block;
   const int64_t elems = w.type == WeightType::kBF16 ? 8 : 16;
   const int64_t step = 32 * elems * 4;  // at least four vectors per lane and split
   const int64_t max_splits = std::max<int64_t>(1, w.in / step);

@@ -1,8 +1,11 @@
 // Split-K GEMV for small batches (decode): y[m, n] = sum_k x[m, k] * W[n, k] (+ bias[n]) for
-// m < rows <= 16, BF16 activations, BF16 or FP8 (per-channel / block) weights dequantised
-// element by element (float(q) * scale, like the CPU), fp32 accumulation, fp32 output.
+// m < rows <= 16, BF16 activations, BF16 or FP8 (per-channel / block) weights, fp32
+// accumulation, fp32 output. BF16 and several rows: weights dequantised element by element
+// (float(q) * scale, like the CPU); one row of FP8: sum_k float(q) * x per 16-element vector,
+// times the block scale per vector or the channel scale per output (equal up to rounding).
 //
-// Each warp streams one weight row in 16-byte vectors; the K dimension is split over
+// Each warp streams one weight row in 16-byte vectors (four rows at a time for one row of FP8
+// activations, sharing the activation conversions); the K dimension is split over
 // `k_splits` blocks whose partial sums go to `partial` ([k_splits, rows, out] fp32) and are
 // summed in a fixed order by a second kernel, so results are deterministic. With k_splits == 1
 // no partial buffer is needed. Requirements: in % 16 == 0 (FP8) / in % 8 == 0 (BF16), 16-byte
@@ -21,8 +24,9 @@ namespace spark::cuda {
 
 constexpr int kGemvMaxRows = 16;
 
-// Chooses the K split for a weight on a device with `sms` multiprocessors.
-int GemvKSplits(const DeviceLinear& w, int sms);
+// Chooses the K split for a weight on a device with `sms` multiprocessors and `rows` activation
+// rows.
+int GemvKSplits(const DeviceLinear& w, int sms, int rows);
 
 // True when the GEMV kernel supports this weight's shape and layout.
 bool GemvSupports(const DeviceLinear& w);

@@ -106,7 +106,7 @@ struct Shape {
 const Shape kShapes[] = {
     {"air_qkv_tp1", 14336, 4096},   {"air_o_tp2", 4096, 6144},     {"air_gate_up_tp4", 5472, 4096},
     {"air_down_tp1", 4096, 10944},  {"glm47_qkv_tp8", 1792, 5120}, {"glm47_o_tp8", 5120, 1536},
-    {"glm47_down_tp8", 5120, 1536}, {"lm_head_tp8", 18944, 5120},
+    {"glm47_down_tp8", 5120, 1536}, {"lm_head_tp8", 18944, 5120},  {"odd_out", 1003, 1536},
 };
 
 // SPARK_GPU_QUICK=1 (compute-sanitizer runs): two small shapes and two batch sizes.
