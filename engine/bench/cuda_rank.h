@@ -30,6 +30,7 @@ struct CudaRankSpec {
   std::string prefix;  // rendezvous key prefix of the group
   bool cuda_graphs = false;
   bool kv_cache_fp8 = false;  // FP8 E4M3 KV cache
+  bool attention_tensor_cores = false;
   // Rank 0 samples each decode step on the GPU (RankParts::sampler, a GpuSampler on the
   // backend's stream) for up to this many rows per call; 0 = no sampler.
   int64_t sample_rows = 0;

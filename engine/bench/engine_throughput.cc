@@ -230,6 +230,10 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
         "--kv-cache-dtype fp8 is not supported on the CPU backend yet (its cache is fp32); use "
         "--backend cuda");
   }
+  if (o.attention_tensor_cores && o.backend != "cuda") {
+    return InvalidArgument(
+        "--attention-tensor-cores selects a CUDA attention kernel; use it with --backend cuda");
+  }
 #if !defined(SPARK_HAVE_CUDA)
   if (o.backend == "cuda") {
     return Unimplemented(
@@ -298,6 +302,7 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     spec.prefix = prefix;
     spec.cuda_graphs = o.cuda_graphs;
     spec.sample_rows = max_batch;
+    spec.attention_tensor_cores = o.attention_tensor_cores;
     factory = [spec, &store](int rank, int tp, RankParts* parts) {
       return MakeCudaRank(spec, rank, tp, &store, parts);
     };
@@ -306,6 +311,7 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     report.device += o.cuda_graphs ? ", CUDA graphs" : ", eager";
     report.device += ", GPU sampling";
     if (spec.kv_cache_fp8) report.device += ", FP8 KV cache";
+    if (spec.attention_tensor_cores) report.device += ", tensor-core attention";
 #endif
   }
 

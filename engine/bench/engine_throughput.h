@@ -45,6 +45,7 @@ struct EngineBenchOptions {
   bool json = false;                    // one JSON object per batch size instead of the table
   bool cuda_graphs = false;             // CUDA: decode steps replay CUDA graphs
   std::string kv_cache_dtype = "bf16";  // CUDA: bf16 | fp8 (E4M3 KV cache)
+  bool attention_tensor_cores = false;  // CUDA: the mma.sync attention kernel where it applies
 };
 
 // Bytes one rank reads in a decode step of `batch` sequences at context length `context`.

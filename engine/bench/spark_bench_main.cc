@@ -73,6 +73,10 @@ int main(int argc, char** argv) {
                    "CUDA: replay decode steps from CUDA graphs (default off)");
   engine->add_option("--kv-cache-dtype", o.kv_cache_dtype, "CUDA: KV cache element type")
       ->check(CLI::IsMember({"bf16", "fp8"}));
+  engine->add_flag("--attention-tensor-cores,!--no-attention-tensor-cores",
+                   o.attention_tensor_cores,
+                   "CUDA: attention on tensor cores where it applies (head_dim 128, BF16 cache; "
+                   "default off)");
 
   spark::bench::SpeculativeBenchOptions so;
   std::string spec_model;

@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "engine/cuda/attention_mma.h"
 #include "engine/cuda/device_math.cuh"
 
 namespace spark::cuda {
@@ -291,12 +292,18 @@ cudaError_t LaunchKernel(const __nv_bfloat16* q, const TC* k_cache, const TC* v_
             static_cast<unsigned>(splits));
   PagedAttentionKernel<HD, kTree, TC><<<grid, kWarps * 32, static_cast<size_t>(smem), stream>>>(
       q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o, partial_ml, out);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess || splits == 1) return err;
+  return cudaGetLastError();
+}
+
+// Merges the splits' partial results into `out` (nothing to do with one split).
+cudaError_t Combine(const AttentionBatch& batch, const AttentionShape& shape, int splits,
+                    const float* partial_o, const float* partial_ml, __nv_bfloat16* out,
+                    cudaStream_t stream) {
+  if (splits == 1) return cudaSuccess;
   const int64_t rows = static_cast<int64_t>(batch.total_tokens) * shape.q_heads;
-  const unsigned combine_threads = HD < 128 ? 32 : 128;
-  CombineKernel<<<static_cast<unsigned>(rows), combine_threads, 0, stream>>>(partial_o, partial_ml,
-                                                                             splits, rows, HD, out);
+  const unsigned combine_threads = shape.head_dim < 128 ? 32 : 128;
+  CombineKernel<<<static_cast<unsigned>(rows), combine_threads, 0, stream>>>(
+      partial_o, partial_ml, splits, rows, shape.head_dim, out);
   return cudaGetLastError();
 }
 
@@ -326,6 +333,31 @@ cudaError_t Launch(const __nv_bfloat16* q, const void* k_cache, const void* v_ca
   }
   return LaunchTyped<HD, __nv_bfloat16>(q, k_cache, v_cache, batch, shape, splits, split_keys,
                                         partial_o, partial_ml, out, max_smem_bytes, stream);
+}
+
+cudaError_t LaunchHeadDim(const __nv_bfloat16* q, const void* k_cache, const void* v_cache,
+                          const AttentionBatch& batch, const AttentionShape& shape, int splits,
+                          int split_keys, float* partial_o, float* partial_ml, __nv_bfloat16* out,
+                          int64_t max_smem_bytes, cudaStream_t stream) {
+  switch (shape.head_dim) {
+    case 16:
+      return Launch<16>(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
+                        partial_ml, out, max_smem_bytes, stream);
+    case 32:
+      return Launch<32>(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
+                        partial_ml, out, max_smem_bytes, stream);
+    case 64:
+      return Launch<64>(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
+                        partial_ml, out, max_smem_bytes, stream);
+    case 128:
+      return Launch<128>(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
+                         partial_ml, out, max_smem_bytes, stream);
+    case 256:
+      return Launch<256>(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
+                         partial_ml, out, max_smem_bytes, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
 }
 
 }  // namespace
@@ -360,25 +392,17 @@ cudaError_t PagedAttention(const __nv_bfloat16* q, const void* k_cache, const vo
                       partial_ml == nullptr))) {
     return cudaErrorInvalidValue;
   }
-  switch (shape.head_dim) {
-    case 16:
-      return Launch<16>(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
+  cudaError_t err = cudaSuccess;
+  if (shape.tensor_cores && AttentionMmaSupports(batch, shape, max_smem_bytes)) {
+    err = PagedAttentionMma(q, static_cast<const __nv_bfloat16*>(k_cache),
+                            static_cast<const __nv_bfloat16*>(v_cache), batch, shape, splits,
+                            split_keys, partial_o, partial_ml, out, max_smem_bytes, stream);
+  } else {
+    err = LaunchHeadDim(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
                         partial_ml, out, max_smem_bytes, stream);
-    case 32:
-      return Launch<32>(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
-                        partial_ml, out, max_smem_bytes, stream);
-    case 64:
-      return Launch<64>(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
-                        partial_ml, out, max_smem_bytes, stream);
-    case 128:
-      return Launch<128>(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
-                         partial_ml, out, max_smem_bytes, stream);
-    case 256:
-      return Launch<256>(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
-                         partial_ml, out, max_smem_bytes, stream);
-    default:
-      return cudaErrorInvalidValue;
   }
+  if (err != cudaSuccess) return err;
+  return Combine(batch, shape, splits, partial_o, partial_ml, out, stream);
 }
 
 }  // namespace spark::cuda

@@ -1384,6 +1384,7 @@ Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chun
   as.block_tokens = bt;
   as.scale = static_cast<float>(std::pow(static_cast<double>(hd), -0.5));
   as.cache_dtype = options.kv_cache_dtype;
+  as.tensor_cores = options.attention_tensor_cores;
   // Split along the keys when few blocks would run over long contexts.
   const int64_t ctas = num_tiles * local_kv;
   const int64_t sms = std::max(1, device.multiprocessors);

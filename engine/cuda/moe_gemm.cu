@@ -6,11 +6,20 @@
 #include <vector>
 
 #include "engine/cuda/cuda_check.h"
+#include "engine/cuda/mma.cuh"
 
 namespace spark::cuda {
 
 namespace moe_internal {
 namespace {
+
+using mma::CpAsync16;
+using mma::CpAsyncCommit;
+using mma::CpAsyncWait;
+using mma::CpAsyncWaitPending;
+using mma::LdMatrixX4;
+using mma::Mma;
+using mma::SmemAddr;
 
 template <int BM, int BN, int BK, int WARPS>
 struct Tile {
@@ -30,66 +39,6 @@ struct Tile {
 // Row tables at the start of dynamic shared memory: A row pointers, pair ids, scales.
 __host__ __device__ constexpr int RowTableBytes(int block_m) {
   return ((block_m * 16 + 16) + 127) / 128 * 128;
-}
-
-__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, bool valid) {
-  const int bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-__device__ __forceinline__ void CpAsyncWaitPending(int n) {
-  switch (n) {
-    case 0:
-      CpAsyncWait<0>();
-      break;
-    case 1:
-      CpAsyncWait<1>();
-      break;
-    case 2:
-      CpAsyncWait<2>();
-      break;
-    case 3:
-      CpAsyncWait<3>();
-      break;
-    case 4:
-      CpAsyncWait<4>();
-      break;
-    default:
-      CpAsyncWait<0>();
-      break;
-  }
-}
-
-__device__ __forceinline__ void LdMatrixX4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
-                                           uint32_t& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
-
-template <bool kFp8>
-__device__ __forceinline__ void Mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-  if constexpr (kFp8) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
 }
 
 // Scale of weight column `col` of expert `e` for K group `kg` (block FP8).

@@ -38,6 +38,8 @@ struct AttnCase {
   std::vector<ChunkSpec> chunks;
   int splits;  // 1, or forced split count
   bool fp8_cache = false;
+  bool tensor_cores = false;  // AttentionShape::tensor_cores (engine/cuda/attention_mma.h)
+  bool even_splits = false;   // split_keys 0: each chunk's keys divided among the splits
 };
 
 float RoundBf16(float v) { return __bfloat162float(__float2bfloat16(v)); }
@@ -133,8 +135,9 @@ double RunCase(const AttnCase& c, bool print_time) {
   DeviceBuffer<__nv_bfloat16> dout(static_cast<int64_t>(q.size()));
   DeviceBuffer<int32_t> dtables(tables), dstart(start), dlen(len), doffset(offset);
   DeviceBuffer<int2> dtiles(tiles);
-  const int split_keys = c.splits > 1 ? ((max_ctx + c.splits - 1) / c.splits + 31) / 32 * 32 : 0;
+  int split_keys = c.splits > 1 ? ((max_ctx + c.splits - 1) / c.splits + 31) / 32 * 32 : 0;
   const int splits = c.splits > 1 ? (max_ctx + split_keys - 1) / split_keys : 1;
+  if (c.even_splits) split_keys = 0;
   DeviceBuffer<float> po(static_cast<int64_t>(splits) * total * c.q_heads * hd);
   DeviceBuffer<float> pml(static_cast<int64_t>(splits) * total * c.q_heads * 2);
   AttentionBatch batch;
@@ -148,6 +151,7 @@ double RunCase(const AttnCase& c, bool print_time) {
   batch.total_tokens = total;
   AttentionShape shape{c.q_heads, c.kv_heads, hd, bt, scale};
   shape.cache_dtype = c.fp8_cache ? KvCacheDtype::kFp8E4m3 : KvCacheDtype::kBf16;
+  shape.tensor_cores = c.tensor_cores;
   const void* kdev = c.fp8_cache ? static_cast<const void*>(dk8.get()) : dk.get();
   const void* vdev = c.fp8_cache ? static_cast<const void*>(dv8.get()) : dv.get();
   auto launch = [&] {
@@ -171,7 +175,13 @@ double RunCase(const AttnCase& c, bool print_time) {
     cudaEventSynchronize(b);
     float ms = 0;
     cudaEventElapsedTime(&ms, a, b);
-    std::printf("[attention] %s: %.1f us per call (splits %d)\n", c.name, ms * 1000.f / 20, splits);
+    double kv_bytes = 0;
+    for (const ChunkSpec& ch : c.chunks) {
+      kv_bytes += 2.0 * (ch.start + ch.len) * c.kv_heads * hd * (c.fp8_cache ? 1 : 2);
+    }
+    const double us = ms * 1000.0 / 20;
+    std::printf("[attention] %s: %.1f us per call (splits %d), KV read %.0f GB/s\n", c.name, us,
+                splits, kv_bytes / (us * 1e3));
     cudaEventDestroy(a);
     cudaEventDestroy(b);
   }
@@ -179,6 +189,8 @@ double RunCase(const AttnCase& c, bool print_time) {
 }
 
 TEST(PagedAttentionTest, MatchesCpuOverShapesAndBatches) {
+  std::vector<std::string> names;
+  names.reserve(16);
   std::vector<ChunkSpec> decode7 = {{0, 1},   {16, 1},   {99, 1},  {512, 1},
                                     {999, 1}, {2046, 1}, {4099, 1}};
   std::vector<AttnCase> cases = {
@@ -195,7 +207,19 @@ TEST(PagedAttentionTest, MatchesCpuOverShapesAndBatches) {
       {"fp8_air_tp1_decode7_split8", 96, 8, 128, 16, decode7, 8, true},
       {"fp8_glm47_tp8_mixed", 12, 1, 128, 16, {{0, 33}, {500, 1}, {64, 17}}, 1, true},
       {"fp8_hd64_split3", 4, 2, 64, 16, {{0, 1}, {700, 1}}, 3, true},
+      {"even_air_tp1_decode7_split8", 96, 8, 128, 16, decode7, 8, false, false, true},
   };
+  // The tensor-core kernel on every case it serves (head_dim 128, BF16 cache); P is rounded to
+  // BF16 before P V, within the same tolerance.
+  const size_t simt_cases = cases.size();
+  for (size_t i = 0; i < simt_cases; ++i) {
+    if (cases[i].head_dim != 128 || cases[i].fp8_cache) continue;
+    AttnCase tc = cases[i];
+    tc.tensor_cores = true;
+    names.push_back(std::string("tc_") + cases[i].name);
+    cases.push_back(tc);
+  }
+  for (size_t i = simt_cases; i < cases.size(); ++i) cases[i].name = names[i - simt_cases].c_str();
   const char* quick = std::getenv("SPARK_GPU_QUICK");
   for (const AttnCase& c : cases) {
     if (quick != nullptr && *quick == '1' && std::string(c.name).rfind("air", 0) == 0) continue;
@@ -217,6 +241,10 @@ TEST(PagedAttentionTest, Timings) {
   RunCase({"fp8_air_tp1_decode1_ctx32768_split32", 96, 8, 128, 16, {{32767, 1}}, 32, true}, true);
   RunCase({"air_tp1_decode1_ctx32768_nosplit", 96, 8, 128, 16, {{32767, 1}}, 1}, true);
   RunCase({"air_tp1_prefill2048", 96, 8, 128, 16, {{0, 2048}}, 1}, true);
+  RunCase({"tc_air_tp1_decode32_ctx4096", 96, 8, 128, 16, decode32, 1, false, true}, true);
+  RunCase({"tc_air_tp1_decode1_ctx32768_split32", 96, 8, 128, 16, {{32767, 1}}, 32, false, true},
+          true);
+  RunCase({"tc_air_tp1_prefill2048", 96, 8, 128, 16, {{0, 2048}}, 1, false, true}, true);
 }
 
 TEST(PagedAttentionTest, RejectsSharedMemoryAboveTheCap) {

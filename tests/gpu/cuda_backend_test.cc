@@ -737,6 +737,78 @@ TEST(CudaBackendTest, DeviceLogitsEqualHostLogitsAndFeedTheGpuSampler) {
   EXPECT_GT(dev.graph_stats().launches, 0) << "decode steps ran from CUDA graphs";
 }
 
+// AttentionShape::tensor_cores through the whole backend: prefill chunks and decode steps (with
+// and without key splits) against a backend on the CUDA-core attention kernel, same weights.
+TEST(CudaBackendTest, TensorCoreAttentionTracksTheCudaCoreKernel) {
+  const ModelConfig cfg = AirTwoLayers(true);
+  DummyWeightsSpec spec;
+  spec.seed = 11;
+  CudaBackendOptions opts = SmallOptions();
+  opts.kv_cache_bytes = int64_t{256} << 20;
+  CudaBackendOptions tc_opts = opts;
+  tc_opts.attention_tensor_cores = true;
+  Result<std::unique_ptr<CudaBackend>> a = CudaBackend::CreateDummy(cfg, spec, nullptr, tc_opts);
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  Result<std::unique_ptr<CudaBackend>> b = CudaBackend::CreateDummy(cfg, spec, nullptr, opts);
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  const int64_t vocab = cfg.vocab_size;
+  int compared = 0;
+  int argmax_equal = 0;
+  double worst = 0;
+  auto both = [&](const ForwardBatch& batch) {
+    Result<ForwardOutput> x = (*a)->Forward(batch);
+    Result<ForwardOutput> y = (*b)->Forward(batch);
+    EXPECT_TRUE(x.ok() && y.ok());
+    if (!x.ok() || !y.ok()) return std::vector<float>{};
+    for (size_t r = 0; r * vocab < y->logits.size(); ++r) {
+      const std::vector<float> xr(x->logits.begin() + r * vocab,
+                                  x->logits.begin() + (r + 1) * vocab);
+      const std::vector<float> yr(y->logits.begin() + r * vocab,
+                                  y->logits.begin() + (r + 1) * vocab);
+      const double rel = MaxDiff(xr, yr) / MaxAbs(yr);
+      worst = std::max(worst, rel);
+      EXPECT_LE(rel, 2e-2) << "row " << r;
+      argmax_equal += Argmax(xr.data(), vocab) == Argmax(yr.data(), vocab);
+      ++compared;
+    }
+    return y->logits;
+  };
+  const std::vector<int> lengths = {40, 700, 1500};
+  std::vector<int64_t> pos(lengths.size(), 0);
+  std::vector<int32_t> next(lengths.size(), 0);
+  for (size_t s = 0; s < lengths.size(); ++s) {
+    while (pos[s] < lengths[s]) {
+      const int64_t n = std::min<int64_t>(512, lengths[s] - pos[s]);
+      std::vector<int32_t> t;
+      for (int64_t i = 0; i < n; ++i) t.push_back(static_cast<int32_t>((pos[s] + i) * 31 % vocab));
+      ForwardBatch pre;
+      pre.chunks.push_back({.seq_id = s + 1, .start_pos = pos[s], .tokens = t});
+      const std::vector<float> logits = both(pre);
+      ASSERT_FALSE(logits.empty());
+      next[s] = Argmax(logits.data(), vocab);
+      pos[s] += n;
+    }
+  }
+  for (int step = 0; step < 8; ++step) {
+    ForwardBatch dec;
+    const size_t n = step % 2 == 0 ? 1 : lengths.size();  // one long sequence: key splits
+    for (size_t s = 0; s < n; ++s) {
+      const size_t seq = step % 2 == 0 ? 2 : s;
+      dec.chunks.push_back({.seq_id = seq + 1, .start_pos = pos[seq], .tokens = {next[seq]}});
+    }
+    const std::vector<float> logits = both(dec);
+    ASSERT_FALSE(logits.empty());
+    for (size_t i = 0; i < n; ++i) {
+      const size_t seq = step % 2 == 0 ? 2 : i;
+      next[seq] = Argmax(logits.data() + static_cast<int64_t>(i) * vocab, vocab);
+      pos[seq] += 1;
+    }
+  }
+  EXPECT_GE(argmax_equal, compared * 9 / 10) << argmax_equal << " of " << compared;
+  std::printf("[tc-attention] max rel logit diff %.3g, argmax equal %d/%d\n", worst, argmax_equal,
+              compared);
+}
+
 TEST(CudaBackendTest, BatchSemanticsAndKvAccounting) {
   const fs::path dir = ModelsDir() / "glm_base";
   Result<ModelWeights> w = engine::LoadModelWeights(dir, {});

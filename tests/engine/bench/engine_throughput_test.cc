@@ -163,6 +163,11 @@ TEST(RunEngineBenchTest, BadOptionsAreRejected) {
   o.kv_cache_dtype = "fp16";
   EXPECT_EQ(RunEngineBench(o, nullptr).status().code(), StatusCode::kInvalidArgument);
   o.kv_cache_dtype = "bf16";
+  o.attention_tensor_cores = true;  // a CUDA kernel
+  Result<EngineBenchReport> tc = RunEngineBench(o, nullptr);
+  EXPECT_EQ(tc.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(tc.status().message().find("--backend cuda"), std::string::npos);
+  o.attention_tensor_cores = false;
 #if !defined(SPARK_HAVE_CUDA)
   o.tp = 1;
   o.backend = "cuda";

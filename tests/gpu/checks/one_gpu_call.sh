@@ -20,9 +20,9 @@ step() {
   timeout "$t" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
   echo "== $name rc=$rc $(( $(date +%s) - t0 ))s" >>$S
-  grep -E '^\[  (PASSED|FAILED) |^\[  FAILED  \]|^\[(cuda-air|moe|spec|model-cuda|timing)|Failure$' "$OUT/$name.log" | head -40 >>$S
+  grep -E '^\[  (PASSED|FAILED) |^\[  FAILED  \]|^\[(cuda-air|moe|spec|model-cuda|timing|attention|linear-timing|tc-attention)|Failure$' "$OUT/$name.log" | head -60 >>$S
 }
-step graphs 90 $B/bin/gpu_backend_test --gtest_filter='*DecodeGraphs*:*DeviceLogits*'
+step graphs 90 $B/bin/gpu_backend_test --gtest_filter='*DecodeGraphs*:*DeviceLogits*:*TensorCoreAttention*'
 grep -E '^\[cuda-graphs' "$OUT/graphs.log" >>$S
 # Decode steps from CUDA graphs against eager steps: GLM-4.5-Air shapes, FP8, 24 of 46 layers
 # (fits an H100 80GB), same machine, same run.
@@ -33,13 +33,20 @@ for g in --cuda-graphs --no-cuda-graphs; do
 done
 # The fused MoE kernel alone at the anchor's shapes (GLM-4.7 tp=4, GLM-4.5-Air), FP8 per-channel,
 # with and without the GB10 cap; roofline from the copy bandwidth measured in the same run.
+# Decode at a long context with the tensor-core attention kernel against the CUDA-core one.
+for a in --attention-tensor-cores --no-attention-tensor-cores; do
+  step long$a 90 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
+    --backend cuda --layers 8 --batch-sizes 1,16 --input-len 4096 --output-len 16 \
+    --cuda-graphs $a
+  tail -n 3 "$OUT/long$a.log" >>$S
+done
 step moe_bench 150 $B/bin/bench_moe --formats fp8-per-channel --caps 0,101376
 cat "$OUT/moe_bench.log" >>$S
 # Per-kernel GPU time of eager decode steps (2 layers): where a step's time goes.
 step ncu 90 ncu --metrics gpu__time_duration.sum --print-summary per-kernel $B/bin/spark-bench \
   engine --config glm-4.5-air --load-format dummy --backend cuda --layers 2 --batch-sizes 1 \
   --input-len 16 --output-len 8 --no-cuda-graphs
-step backend 70 $B/bin/gpu_backend_test --gtest_filter='-*DecodeGraphs*:*DeviceLogits*'
+step backend 70 $B/bin/gpu_backend_test --gtest_filter='-*DecodeGraphs*:*DeviceLogits*:*TensorCoreAttention*'
 step moe_air 40 $B/bin/gpu_moe_test --gtest_filter='MoeForwardMiscTest.*:Shapes/MoeForwardTest.*glm45air*'
 model_cuda() {
   local m=$OUT/tiny ids=5,17,3,99,1,42,7,8,250,11
