@@ -222,7 +222,8 @@ TEST(PagedAttentionTest, MatchesCpuOverShapesAndBatches) {
   for (size_t i = simt_cases; i < cases.size(); ++i) cases[i].name = names[i - simt_cases].c_str();
   const char* quick = std::getenv("SPARK_GPU_QUICK");
   for (const AttnCase& c : cases) {
-    if (quick != nullptr && *quick == '1' && std::string(c.name).rfind("air", 0) == 0) continue;
+    if (quick != nullptr && *quick == '1' && std::string(c.name).find("air") != std::string::npos)
+      continue;
     const double diff = RunCase(c, false);
     std::printf("[attention] %-32s max |gpu - cpu| = %.3g\n", c.name, diff);
     EXPECT_LE(diff, 1e-2) << c.name;

@@ -71,6 +71,13 @@ PY
 export -f model_cuda
 step model_cuda 30 bash -c model_cuda
 step kernels 40 $B/bin/gpu_kernels_test
+# The tensor-core attention kernel under racecheck and memcheck (quick shapes).
+step sanitize_attention 120 env SPARK_GPU_QUICK=1 compute-sanitizer --tool racecheck \
+  --error-exitcode 3 $B/bin/gpu_kernels_test --gtest_filter='PagedAttention*'
+tail -n 3 "$OUT/sanitize_attention.log" >>$S
+step memcheck_attention 120 env SPARK_GPU_QUICK=1 compute-sanitizer --tool memcheck \
+  --error-exitcode 3 $B/bin/gpu_kernels_test --gtest_filter='PagedAttention*'
+tail -n 3 "$OUT/memcheck_attention.log" >>$S
 step speculation 100 $B/bin/gpu_speculation_test
 grep -iE 'us|ms' "$OUT/speculation.log" | grep -iE 'verify|draft|compact|decode step' | head -10 >>$S
 # Greedy equality with speculation through spark-model on CUDA (and its decode speeds).
