@@ -75,8 +75,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"bf16", "fp8"}));
   engine->add_flag("--attention-tensor-cores,!--no-attention-tensor-cores",
                    o.attention_tensor_cores,
-                   "CUDA: attention on tensor cores where it applies (head_dim 128, BF16 cache; "
-                   "default off)");
+                   "CUDA: attention on tensor cores where it applies (head_dim 128; default "
+                   "off)");
 
   spark::bench::SpeculativeBenchOptions so;
   std::string spec_model;

@@ -394,9 +394,8 @@ cudaError_t PagedAttention(const __nv_bfloat16* q, const void* k_cache, const vo
   }
   cudaError_t err = cudaSuccess;
   if (shape.tensor_cores && AttentionMmaSupports(batch, shape, max_smem_bytes)) {
-    err = PagedAttentionMma(q, static_cast<const __nv_bfloat16*>(k_cache),
-                            static_cast<const __nv_bfloat16*>(v_cache), batch, shape, splits,
-                            split_keys, partial_o, partial_ml, out, max_smem_bytes, stream);
+    err = PagedAttentionMma(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
+                            partial_ml, out, max_smem_bytes, stream);
   } else {
     err = LaunchHeadDim(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
                         partial_ml, out, max_smem_bytes, stream);

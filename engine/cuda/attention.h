@@ -56,8 +56,8 @@ struct AttentionShape {
   int block_tokens = 16;
   float scale = 1.f;
   KvCacheDtype cache_dtype = KvCacheDtype::kBf16;
-  // The tensor-core kernel (engine/cuda/attention_mma.h) where it applies: head_dim 128, BF16
-  // cache, no tree masks, its shared memory within max_smem_bytes; else the CUDA-core kernel.
+  // The tensor-core kernel (engine/cuda/attention_mma.h) where it applies: head_dim 128, no tree
+  // masks, its shared memory within max_smem_bytes; else the CUDA-core kernel.
   bool tensor_cores = false;
 };
 

@@ -1,5 +1,7 @@
 #include "engine/cuda/attention_mma.h"
 
+#include <cuda_fp8.h>
+
 #include <cmath>
 
 #include "engine/cuda/mma.cuh"
@@ -26,6 +28,14 @@ constexpr int kQBytes = kRows * kRowBytes;
 constexpr int kTileBytes = kKeyTile * kRowBytes;
 constexpr int kStageBytes = 2 * kTileBytes;  // K then V
 constexpr int kSmemBytes = kQBytes + 2 * kStageBytes;
+// FP8 E4M3 cache: the raw tiles (128 bytes per key) are copied in two stages at the start of the
+// stage area, and converted into one BF16 K/V tile pair at its second half before each tile's
+// mma work.
+constexpr int kRawRowBytes = kHd;
+constexpr int kRawChunks = kRawRowBytes / 16;
+constexpr int kRawTileBytes = kKeyTile * kRawRowBytes;
+constexpr int kRawStageBytes = 2 * kRawTileBytes;
+static_assert(2 * kRawStageBytes <= kStageBytes, "raw FP8 stages fit the first BF16 stage");
 constexpr int kDTiles = kHd / 8;  // n8 tiles of the output
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -46,13 +56,26 @@ __device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
+// Eight FP8 E4M3 values (one 8-byte half of a raw chunk) as eight BF16 values.
+__device__ __forceinline__ uint4 Fp8x8ToBf16(uint2 raw) {
+  const __nv_fp8x2_storage_t* q2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&raw);
+  uint32_t out[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(q2[e], __NV_E4M3)));
+    out[e] = PackBf16(f.x, f.y);
+  }
+  return make_uint4(out[0], out[1], out[2], out[3]);
+}
+
+// TC: the cache element type (__nv_bfloat16, or __nv_fp8_e4m3 converted to BF16 in shared
+// memory).
+template <class TC>
 __global__ void __launch_bounds__(kThreads)
-    PagedAttentionMmaKernel(const __nv_bfloat16* __restrict__ q,
-                            const __nv_bfloat16* __restrict__ kc,
-                            const __nv_bfloat16* __restrict__ vc, AttentionBatch batch,
-                            AttentionShape shape, int splits, int split_keys,
-                            float* __restrict__ partial_o, float* __restrict__ partial_ml,
-                            __nv_bfloat16* __restrict__ out) {
+    PagedAttentionMmaKernel(const __nv_bfloat16* __restrict__ q, const TC* __restrict__ kc,
+                            const TC* __restrict__ vc, AttentionBatch batch, AttentionShape shape,
+                            int splits, int split_keys, float* __restrict__ partial_o,
+                            float* __restrict__ partial_ml, __nv_bfloat16* __restrict__ out) {
   extern __shared__ __align__(128) uint8_t smem[];
   uint8_t* qs = smem;
   uint8_t* stages = smem + kQBytes;
@@ -84,23 +107,44 @@ __global__ void __launch_bounds__(kThreads)
     key_end = min(key_end, key_begin + per_split);
   }
 
-  // K and V rows of the tile at `kt` into stage `s`; keys past key_end are zero-filled.
+  constexpr bool kFp8 = sizeof(TC) == 1;
+  // K and V rows of the tile at `kt` into stage `s` (BF16: swizzled, ready for ldmatrix; FP8:
+  // raw rows); keys past key_end are zero-filled.
   auto load_tile = [&](int s, int kt) {
-    const uint32_t kdst = SmemAddr(stages + s * kStageBytes);
-    const uint32_t vdst = kdst + kTileBytes;
-    for (int i = tid; i < kKeyTile * kChunks; i += kThreads) {
-      const int j = i / kChunks;
-      const int c = i - j * kChunks;
+    constexpr int chunks = kFp8 ? kRawChunks : kChunks;
+    constexpr int elems = 16 / sizeof(TC);
+    const uint32_t kdst = SmemAddr(stages + s * (kFp8 ? kRawStageBytes : kStageBytes));
+    const uint32_t vdst = kdst + (kFp8 ? kRawTileBytes : kTileBytes);
+    for (int i = tid; i < kKeyTile * chunks; i += kThreads) {
+      const int j = i / chunks;
+      const int c = i - j * chunks;
       const int key = kt + j;
       const bool valid = key < key_end;
       int64_t src = 0;
       if (valid) {
         const int block = __ldg(table + key / bt);
-        src = ((static_cast<int64_t>(block) * shape.kv_heads + g) * bt + key % bt) * kHd + c * 8;
+        src =
+            ((static_cast<int64_t>(block) * shape.kv_heads + g) * bt + key % bt) * kHd + c * elems;
       }
-      const int dst = Swizzle(j, c);
+      const int dst = kFp8 ? j * kRawRowBytes + c * 16 : Swizzle(j, c);
       CpAsync16(kdst + dst, kc + src, valid);
       CpAsync16(vdst + dst, vc + src, valid);
+    }
+  };
+  // FP8: the raw tile of stage `s` into the BF16 tile pair (zeros stay zeros).
+  uint8_t* converted = stages + kStageBytes;
+  auto convert_tile = [&](int s) {
+    const uint8_t* raw = stages + s * kRawStageBytes;
+    for (int i = tid; i < 2 * kKeyTile * kRawChunks; i += kThreads) {
+      const int which = i / (kKeyTile * kRawChunks);  // 0: K, 1: V
+      const int rest = i - which * kKeyTile * kRawChunks;
+      const int j = rest / kRawChunks;
+      const int c = rest - j * kRawChunks;
+      const uint4 v =
+          *reinterpret_cast<const uint4*>(raw + which * kRawTileBytes + j * kRawRowBytes + c * 16);
+      uint8_t* dst = converted + which * kTileBytes;
+      *reinterpret_cast<uint4*>(dst + Swizzle(j, 2 * c)) = Fp8x8ToBf16(make_uint2(v.x, v.y));
+      *reinterpret_cast<uint4*>(dst + Swizzle(j, 2 * c + 1)) = Fp8x8ToBf16(make_uint2(v.z, v.w));
     }
   };
   if (key_begin < key_end) load_tile(0, key_begin);
@@ -150,7 +194,11 @@ __global__ void __launch_bounds__(kThreads)
     CpAsyncCommit();
     CpAsyncWait<1>();
     __syncthreads();
-    const uint8_t* ks_tile = stages + stage * kStageBytes;
+    if constexpr (kFp8) {
+      convert_tile(stage);
+      __syncthreads();
+    }
+    const uint8_t* ks_tile = kFp8 ? converted : stages + stage * kStageBytes;
     const uint8_t* vs_tile = ks_tile + kTileBytes;
 
     // S = Q K^T over this warp's 16 keys: two n8 tiles.
@@ -293,25 +341,41 @@ int64_t AttentionMmaSmemBytes() { return kSmemBytes; }
 
 bool AttentionMmaSupports(const AttentionBatch& batch, const AttentionShape& shape,
                           int64_t max_smem_bytes) {
-  return shape.head_dim == kHd && shape.cache_dtype == KvCacheDtype::kBf16 &&
-         batch.tree_masks == nullptr && kSmemBytes <= max_smem_bytes;
+  return shape.head_dim == kHd && batch.tree_masks == nullptr && kSmemBytes <= max_smem_bytes;
 }
 
-cudaError_t PagedAttentionMma(const __nv_bfloat16* q, const __nv_bfloat16* k_cache,
-                              const __nv_bfloat16* v_cache, const AttentionBatch& batch,
-                              const AttentionShape& shape, int splits, int split_keys,
-                              float* partial_o, float* partial_ml, __nv_bfloat16* out,
-                              int64_t max_smem_bytes, cudaStream_t stream) {
-  if (!AttentionMmaSupports(batch, shape, max_smem_bytes)) return cudaErrorInvalidValue;
-  if (batch.num_tiles == 0) return cudaSuccess;
-  cudaError_t err = cudaFuncSetAttribute(PagedAttentionMmaKernel,
+namespace {
+
+template <class TC>
+cudaError_t LaunchMma(const __nv_bfloat16* q, const void* k_cache, const void* v_cache,
+                      const AttentionBatch& batch, const AttentionShape& shape, int splits,
+                      int split_keys, float* partial_o, float* partial_ml, __nv_bfloat16* out,
+                      cudaStream_t stream) {
+  cudaError_t err = cudaFuncSetAttribute(PagedAttentionMmaKernel<TC>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
   if (err != cudaSuccess) return err;
   const dim3 grid(static_cast<unsigned>(batch.num_tiles), static_cast<unsigned>(shape.kv_heads),
                   static_cast<unsigned>(splits));
-  PagedAttentionMmaKernel<<<grid, kThreads, kSmemBytes, stream>>>(
-      q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o, partial_ml, out);
+  PagedAttentionMmaKernel<TC><<<grid, kThreads, kSmemBytes, stream>>>(
+      q, static_cast<const TC*>(k_cache), static_cast<const TC*>(v_cache), batch, shape, splits,
+      split_keys, partial_o, partial_ml, out);
   return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t PagedAttentionMma(const __nv_bfloat16* q, const void* k_cache, const void* v_cache,
+                              const AttentionBatch& batch, const AttentionShape& shape, int splits,
+                              int split_keys, float* partial_o, float* partial_ml,
+                              __nv_bfloat16* out, int64_t max_smem_bytes, cudaStream_t stream) {
+  if (!AttentionMmaSupports(batch, shape, max_smem_bytes)) return cudaErrorInvalidValue;
+  if (batch.num_tiles == 0) return cudaSuccess;
+  if (shape.cache_dtype == KvCacheDtype::kFp8E4m3) {
+    return LaunchMma<__nv_fp8_e4m3>(q, k_cache, v_cache, batch, shape, splits, split_keys,
+                                    partial_o, partial_ml, out, stream);
+  }
+  return LaunchMma<__nv_bfloat16>(q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o,
+                                  partial_ml, out, stream);
 }
 
 }  // namespace spark::cuda

@@ -1,5 +1,6 @@
 // Tensor-core (mma.sync BF16) variant of PagedAttention (engine/cuda/attention.h) for head_dim
-// 128 over a BF16 cache without tree masks: the same batch, tiles, splits and outputs, computed
+// 128 over a BF16 or FP8 E4M3 cache (converted to BF16 in shared memory) without tree masks: the
+// same batch, tiles, splits and outputs, computed
 // FlashAttention-2 style. A block takes one tile of 16 (token, head) rows of one kv head (for a
 // decode step: the q heads that share the kv head) and one split; its four warps take 16 keys
 // each of every 64-key tile (K and V copied to shared memory with cp.async, double-buffered,
@@ -29,10 +30,11 @@ bool AttentionMmaSupports(const AttentionBatch& batch, const AttentionShape& sha
 
 // PagedAttention's contract (split_keys as there); cudaErrorInvalidValue when
 // !AttentionMmaSupports.
-cudaError_t PagedAttentionMma(const __nv_bfloat16* q, const __nv_bfloat16* k_cache,
-                              const __nv_bfloat16* v_cache, const AttentionBatch& batch,
-                              const AttentionShape& shape, int splits, int split_keys,
-                              float* partial_o, float* partial_ml, __nv_bfloat16* out,
-                              int64_t max_smem_bytes, cudaStream_t stream);
+// The main pass only: with splits > 1 the caller merges partial_o / partial_ml (PagedAttention
+// does).
+cudaError_t PagedAttentionMma(const __nv_bfloat16* q, const void* k_cache, const void* v_cache,
+                              const AttentionBatch& batch, const AttentionShape& shape, int splits,
+                              int split_keys, float* partial_o, float* partial_ml,
+                              __nv_bfloat16* out, int64_t max_smem_bytes, cudaStream_t stream);
 
 }  // namespace spark::cuda

@@ -209,11 +209,11 @@ TEST(PagedAttentionTest, MatchesCpuOverShapesAndBatches) {
       {"fp8_hd64_split3", 4, 2, 64, 16, {{0, 1}, {700, 1}}, 3, true},
       {"even_air_tp1_decode7_split8", 96, 8, 128, 16, decode7, 8, false, false, true},
   };
-  // The tensor-core kernel on every case it serves (head_dim 128, BF16 cache); P is rounded to
-  // BF16 before P V, within the same tolerance.
+  // The tensor-core kernel on every case it serves (head_dim 128, BF16 and FP8 caches); P is
+  // rounded to BF16 before P V, within the same tolerance.
   const size_t simt_cases = cases.size();
   for (size_t i = 0; i < simt_cases; ++i) {
-    if (cases[i].head_dim != 128 || cases[i].fp8_cache) continue;
+    if (cases[i].head_dim != 128) continue;
     AttnCase tc = cases[i];
     tc.tensor_cores = true;
     names.push_back(std::string("tc_") + cases[i].name);
@@ -246,6 +246,9 @@ TEST(PagedAttentionTest, Timings) {
   RunCase({"tc_air_tp1_decode1_ctx32768_split32", 96, 8, 128, 16, {{32767, 1}}, 32, false, true},
           true);
   RunCase({"tc_air_tp1_prefill2048", 96, 8, 128, 16, {{0, 2048}}, 1, false, true}, true);
+  RunCase({"tc_fp8_air_tp1_decode32_ctx4096", 96, 8, 128, 16, decode32, 1, true, true}, true);
+  RunCase({"tc_fp8_air_tp1_decode1_ctx32768_split32", 96, 8, 128, 16, {{32767, 1}}, 32, true, true},
+          true);
 }
 
 TEST(PagedAttentionTest, RejectsSharedMemoryAboveTheCap) {
