@@ -83,8 +83,8 @@ struct CudaBackendOptions {
   // computes in fp32). The MTP layer's cache uses the same type.
   KvCacheDtype kv_cache_dtype = KvCacheDtype::kBf16;
   // Attention on tensor cores (engine/cuda/attention_mma.h) where it applies (head_dim 128, no
-  // tree masks; BF16 or FP8 cache); the CUDA-core kernel otherwise. Off by default until its GPU check
-  // (gpu_kernels_test's tc_ attention cases) has passed.
+  // tree masks; BF16 or FP8 cache); the CUDA-core kernel otherwise. Off by default until its GPU
+  // check (gpu_kernels_test's tc_ attention cases) has passed.
   bool attention_tensor_cores = false;
   // Tokens (summed over the chunks) one Forward may carry; sizes the activation workspace.
   int64_t max_batch_tokens = 4096;
