@@ -2,7 +2,9 @@
 
 #include <cuda_fp8.h>
 
+#include <atomic>
 #include <cmath>
+#include <cstdint>
 
 #include "engine/cuda/mma.cuh"
 
@@ -346,13 +348,28 @@ bool AttentionMmaSupports(const AttentionBatch& batch, const AttentionShape& sha
 
 namespace {
 
+// Raises the kernel's dynamic shared memory limit once per device (the first launch on a device
+// comes from an eager step, before any decode graph is captured).
+template <class TC>
+cudaError_t EnsureSmemLimit() {
+  static std::atomic<uint64_t> done{0};
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+  if (bit != 0 && (done.load(std::memory_order_acquire) & bit) != 0) return cudaSuccess;
+  err = cudaFuncSetAttribute(PagedAttentionMmaKernel<TC>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+  if (err == cudaSuccess) done.fetch_or(bit, std::memory_order_release);
+  return err;
+}
+
 template <class TC>
 cudaError_t LaunchMma(const __nv_bfloat16* q, const void* k_cache, const void* v_cache,
                       const AttentionBatch& batch, const AttentionShape& shape, int splits,
                       int split_keys, float* partial_o, float* partial_ml, __nv_bfloat16* out,
                       cudaStream_t stream) {
-  cudaError_t err = cudaFuncSetAttribute(PagedAttentionMmaKernel<TC>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+  const cudaError_t err = EnsureSmemLimit<TC>();
   if (err != cudaSuccess) return err;
   const dim3 grid(static_cast<unsigned>(batch.num_tiles), static_cast<unsigned>(shape.kv_heads),
                   static_cast<unsigned>(splits));
