@@ -1281,8 +1281,9 @@ Result<BatchPlan> CudaBackend::Impl::PlanBatch(const std::vector<ChunkRef>& chun
   auto* tables = reinterpret_cast<int32_t*>(mh + layout.tables);
   auto* mask_offset = reinterpret_cast<int32_t*>(mh + layout.mask_offset);
   auto* masks = reinterpret_cast<uint32_t*>(mh + layout.masks);
-  output.row_begin.resize(static_cast<size_t>(chunks));
-  if (plan.want_hidden) output.hidden_row_begin.resize(static_cast<size_t>(chunks));
+  // One entry per chunk of the batch (padding chunks of a graph bucket have no rows).
+  output.row_begin.resize(static_cast<size_t>(real_chunks));
+  if (plan.want_hidden) output.hidden_row_begin.resize(static_cast<size_t>(real_chunks));
   int64_t t = 0;
   int64_t r = 0;
   int64_t hr = 0;

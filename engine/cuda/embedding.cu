@@ -8,6 +8,7 @@ __global__ void EmbeddingKernel(const __nv_bfloat16* __restrict__ table, int64_t
   const int64_t t = blockIdx.x;
   const __nv_bfloat16* row = table + static_cast<int64_t>(ids[t]) * hidden;
   float* dst = out + t * hidden;
+#pragma unroll 4
   for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = __bfloat162float(row[i]);
 }
 
@@ -16,7 +17,8 @@ __global__ void EmbeddingKernel(const __nv_bfloat16* __restrict__ table, int64_t
 cudaError_t EmbeddingLookup(const __nv_bfloat16* table, int64_t hidden, const int32_t* ids,
                             int64_t tokens, float* out, cudaStream_t stream) {
   if (tokens == 0) return cudaSuccess;
-  EmbeddingKernel<<<static_cast<unsigned>(tokens), 256, 0, stream>>>(table, hidden, ids, out);
+  const unsigned threads = hidden >= 4096 ? 1024 : 256;
+  EmbeddingKernel<<<static_cast<unsigned>(tokens), threads, 0, stream>>>(table, hidden, ids, out);
   return cudaGetLastError();
 }
 

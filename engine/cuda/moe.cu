@@ -281,6 +281,7 @@ __global__ void QuantRowKernel(const __nv_bfloat16* __restrict__ x, int64_t cols
   if (rows_device != nullptr && row >= *rows_device) return;
   const __nv_bfloat16* xr = x + row * cols;
   float amax = 0.f;
+#pragma unroll 4
   for (int64_t i = threadIdx.x; i < cols; i += blockDim.x)
     amax = fmaxf(amax, fabsf(__bfloat162float(xr[i])));
   __shared__ float warp_max[32];
@@ -583,8 +584,10 @@ cudaError_t QuantizeFp8Rows(const __nv_bfloat16* x, int64_t rows, int64_t cols, 
   if (rows == 0) return cudaSuccess;
   auto* qb = static_cast<uint8_t*>(q);
   if (group_cols == 0) {
-    QuantRowKernel<<<static_cast<unsigned>(rows), 256, 0, stream>>>(x, cols, qb, scales,
-                                                                    rows_device);
+    // Enough threads for a few elements each: one row (a decode step) is latency-bound.
+    const unsigned threads = cols >= 4096 ? 1024 : 256;
+    QuantRowKernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(x, cols, qb, scales,
+                                                                        rows_device);
   } else if (group_cols == 128 && cols % 128 == 0) {
     const int64_t warps = rows * (cols / 128);
     QuantGroupKernel<<<static_cast<unsigned>((warps + 7) / 8), 256, 0, stream>>>(

@@ -1,5 +1,7 @@
 #include "engine/cuda/rmsnorm.h"
 
+#include <algorithm>
+
 #include "engine/cuda/device_math.cuh"
 
 namespace spark::cuda {
@@ -70,6 +72,59 @@ __global__ void RmsNormF32Kernel(const float* __restrict__ add, float* __restric
   }
 }
 
+// The same for rows of at most kRegThreads * kPer elements, one block per row: every element a
+// thread handles is loaded before any is used and stays in registers for the output, so a row
+// costs about three memory round trips instead of two passes of dependent loads (a decode step
+// has a single row: its latency is the kernel's time).
+constexpr int kRegThreads = 1024;
+constexpr int kPer = 8;
+
+__global__ void __launch_bounds__(kRegThreads)
+    RmsNormF32RegKernel(const float* __restrict__ add, float* __restrict__ residual,
+                        const float* __restrict__ weight, __nv_bfloat16* __restrict__ out,
+                        float* __restrict__ out_f32, int hidden, float eps,
+                        const int32_t* __restrict__ row_index) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  const int64_t src = row_index ? row_index[row] : row;
+  float* r = residual + src * hidden;
+  const float* a = add ? add + src * hidden : nullptr;
+  float v[kPer];
+  float sum_sq = 0.f;
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const int i = threadIdx.x + j * blockDim.x;
+    v[j] = i < hidden ? r[i] : 0.f;
+  }
+  if (a) {
+    float av[kPer];
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const int i = threadIdx.x + j * blockDim.x;
+      av[j] = i < hidden ? a[i] : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const int i = threadIdx.x + j * blockDim.x;
+      v[j] += av[j];
+      if (i < hidden) r[i] = v[j];
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) sum_sq += v[j] * v[j];
+  const float total = BlockSum(sum_sq, scratch);
+  const float inv = rsqrtf(total / static_cast<float>(hidden) + eps);
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const int i = threadIdx.x + j * blockDim.x;
+    if (i < hidden) {
+      const float y = weight[i] * (v[j] * inv);
+      out[row * hidden + i] = __float2bfloat16(y);
+      if (out_f32) out_f32[row * hidden + i] = y;
+    }
+  }
+}
+
 }  // namespace
 
 cudaError_t RmsNormF32(const float* add, float* residual, const float* weight, __nv_bfloat16* out,
@@ -77,6 +132,14 @@ cudaError_t RmsNormF32(const float* add, float* residual, const float* weight, _
                        const int32_t* row_index, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   if (add != nullptr && row_index != nullptr) return cudaErrorInvalidValue;
+  if (hidden <= kRegThreads * kPer) {
+    // Threads to hold the row in kPer registers each, whole warps, at least kThreads.
+    int threads = (hidden + kPer - 1) / kPer;
+    threads = std::max(kThreads, std::min(kRegThreads, (threads + 31) / 32 * 32));
+    RmsNormF32RegKernel<<<static_cast<unsigned>(rows), static_cast<unsigned>(threads), 0, stream>>>(
+        add, residual, weight, out, out_f32, hidden, eps, row_index);
+    return cudaGetLastError();
+  }
   RmsNormF32Kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
       add, residual, weight, out, out_f32, hidden, eps, row_index);
   return cudaGetLastError();

@@ -32,7 +32,9 @@ __global__ void QkvRopeKernel(const float* __restrict__ qkv, const int32_t* __re
   const int64_t offset = slot - block * p.block_tokens;
   const float* row = qkv + t * static_cast<int64_t>(heads) * hd;
   float* b = buf[warp];
-  for (int h = warp; h < heads; h += kWarps) {
+  // Heads are spread over gridDim.y blocks per token (one warp per head), so a decode step's
+  // single token does not walk every head in one block.
+  for (int h = blockIdx.y * kWarps + warp; h < heads; h += kWarps * gridDim.y) {
     const bool is_q = h < p.q_heads;
     const bool is_k = !is_q && h < p.q_heads + p.kv_heads;
     const int local = is_q ? h : (is_k ? h - p.q_heads : h - p.q_heads - p.kv_heads);
@@ -88,7 +90,9 @@ cudaError_t QkvRopeCacheWrite(const float* qkv, int64_t tokens, const int32_t* p
       params.rotary_dim > params.head_dim || params.block_tokens <= 0) {
     return cudaErrorInvalidValue;
   }
-  const unsigned blocks = static_cast<unsigned>(tokens);
+  const int heads = params.q_heads + 2 * params.kv_heads;
+  const dim3 blocks(static_cast<unsigned>(tokens),
+                    static_cast<unsigned>((heads + kWarps - 1) / kWarps));
   if (params.cache_dtype == KvCacheDtype::kFp8E4m3) {
     QkvRopeKernel<<<blocks, kWarps * 32, 0, stream>>>(qkv, positions, slots, params, q_out,
                                                       static_cast<__nv_fp8_e4m3*>(k_cache),

@@ -20,7 +20,7 @@ step() {
   timeout "$t" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
   echo "== $name rc=$rc $(( $(date +%s) - t0 ))s" >>$S
-  grep -E '^\[  (PASSED|FAILED) |^\[  FAILED  \]|^\[(cuda-air|moe|spec|model-cuda|timing|attention|linear-timing|tc-attention)|Failure$' "$OUT/$name.log" | head -60 >>$S
+  grep -E '^\[  (PASSED|FAILED) |^\[  FAILED  \]|^\[(cuda-air|moe|spec|model-cuda|timing|attention|linear|tc-attention)|Failure$' "$OUT/$name.log" | head -60 >>$S
 }
 step graphs 90 $B/bin/gpu_backend_test --gtest_filter='*DecodeGraphs*:*DeviceLogits*:*TensorCoreAttention*'
 grep -E '^\[cuda-graphs' "$OUT/graphs.log" >>$S
@@ -70,7 +70,8 @@ PY
 }
 export -f model_cuda
 step model_cuda 30 bash -c model_cuda
-step kernels 40 $B/bin/gpu_kernels_test
+step kernels 60 $B/bin/gpu_kernels_test --gtest_filter='-*Timing*'
+step kernel_timings 60 $B/bin/gpu_kernels_test --gtest_filter='*Timing*'
 # The tensor-core attention kernel under racecheck and memcheck (quick shapes).
 step sanitize_attention 120 env SPARK_GPU_QUICK=1 compute-sanitizer --tool racecheck \
   --error-exitcode 3 $B/bin/gpu_kernels_test --gtest_filter='PagedAttention*'
