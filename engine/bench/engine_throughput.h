@@ -43,7 +43,7 @@ struct EngineBenchOptions {
                                         // (sm_90: SMs x clock x 4096 BF16 / 8192 FP8 per clock)
   uint64_t seed = 0;                    // dummy weights
   bool json = false;                    // one JSON object per batch size instead of the table
-  bool cuda_graphs = false;             // CUDA: decode steps replay CUDA graphs
+  bool cuda_graphs = false;             // CUDA: decode steps replay CUDA graphs (CLI: tp 1)
   std::string kv_cache_dtype = "bf16";  // CUDA: bf16 | fp8 (E4M3 KV cache)
   bool attention_tensor_cores = false;  // CUDA: the mma.sync attention kernel where it applies
 };

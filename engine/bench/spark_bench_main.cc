@@ -69,8 +69,10 @@ int main(int argc, char** argv) {
                      "known, Hopper)");
   engine->add_option("--seed", o.seed, "dummy weights seed");
   engine->add_flag("--json", o.json, "one JSON object per batch size");
-  engine->add_flag("--cuda-graphs,!--no-cuda-graphs", o.cuda_graphs,
-                   "CUDA: replay decode steps from CUDA graphs (default off)");
+  CLI::Option* graphs_flag =
+      engine->add_flag("--cuda-graphs,!--no-cuda-graphs", o.cuda_graphs,
+                       "CUDA: replay decode steps from CUDA graphs (default: with --tp 1, as a "
+                       "shard's cuda_graphs=auto)");
   engine->add_option("--kv-cache-dtype", o.kv_cache_dtype, "CUDA: KV cache element type")
       ->check(CLI::IsMember({"bf16", "fp8"}));
   engine->add_flag("--attention-tensor-cores,!--no-attention-tensor-cores",
@@ -138,6 +140,7 @@ int main(int argc, char** argv) {
   }
 
   if (engine->parsed()) {
+    if (graphs_flag->count() == 0) o.cuda_graphs = o.tp == 1;
     o.model_dir = model_dir;
     o.dummy = load_format == "dummy";
     bool ok = false;

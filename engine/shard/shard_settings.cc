@@ -100,10 +100,15 @@ Result<EngineSettings> ResolveEngineSettings(const spark::v1::EngineOptions& opt
       }
       s.moe_autotune = value == "on";
     } else if (key == "cuda_graphs") {
-      if (value != "on" && value != "off") {
-        return InvalidArgument("engine option cuda_graphs must be on or off, got '" + value + "'");
+      if (value != "on" && value != "off" && value != "auto") {
+        return InvalidArgument("engine option cuda_graphs must be on, off or auto, got '" + value +
+                               "'");
       }
-      s.cuda_graphs = value == "on";
+      if (value == "auto") {
+        s.cuda_graphs.reset();
+      } else {
+        s.cuda_graphs = value == "on";
+      }
     } else if (key == "kv_cache_dtype") {
       if (value != "bf16" && value != "fp8") {
         return InvalidArgument("engine option kv_cache_dtype must be bf16 or fp8, got '" + value +
@@ -232,6 +237,10 @@ int64_t MemAvailableBytes() {
     if (fields >> kib) return kib * 1024;
   }
   return 0;
+}
+
+bool CudaGraphsFor(const EngineSettings& settings, int world_size) {
+  return settings.cuda_graphs.value_or(world_size == 1);
 }
 
 }  // namespace spark::shard

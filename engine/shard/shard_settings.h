@@ -11,8 +11,10 @@
 //                     the CPU backend always samples on the CPU)
 //   moe_autotune      "on" or "off": whether a CUDA shard tunes the MoE tile configs its device
 //                     class has no records for at load (default on; docs/moe-tuning.md)
-//   cuda_graphs       "on" or "off": whether a CUDA shard replays decode steps from CUDA graphs
-//                     (default off; engine/cuda/cuda_backend.h)
+//   cuda_graphs       "on", "off" or "auto": whether a CUDA shard replays decode steps from CUDA
+//                     graphs (engine/cuda/cuda_backend.h); auto (the default) = on for a
+//                     deployment of one rank, off with tp > 1 until graphs with NCCL collectives
+//                     have passed their check on a multi-GPU machine (CudaGraphsFor)
 //   kv_cache_dtype    "bf16" or "fp8": the KV cache's element type on the CUDA backend (default
 //                     bf16; fp8 = E4M3 with scale 1, twice the tokens per byte; the CPU backend
 //                     refuses fp8)
@@ -35,6 +37,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 
 #include "common/status.h"
@@ -62,10 +65,10 @@ struct EngineSettings {
   int max_running = 64;
   int64_t max_model_len = 0;  // 0 = the model's max_position_embeddings
   int kv_block_tokens = 16;
-  bool gpu_sampling = true;   // CUDA backend only
-  bool moe_autotune = true;   // CUDA backend only
-  bool cuda_graphs = false;   // CUDA backend only
-  bool kv_cache_fp8 = false;  // CUDA backend only (kv_cache_dtype=fp8)
+  bool gpu_sampling = true;         // CUDA backend only
+  bool moe_autotune = true;         // CUDA backend only
+  std::optional<bool> cuda_graphs;  // CUDA backend only; unset = auto (CudaGraphsFor)
+  bool kv_cache_fp8 = false;        // CUDA backend only (kv_cache_dtype=fp8)
   std::chrono::milliseconds step_timeout{30000};
   std::chrono::milliseconds keepalive{1000};
   // EngineOptions.speculative, resolved (topk 1: draft_tokens = steps + 1); steps 0 = off.
@@ -88,6 +91,10 @@ bool AutoSpeculation(spark::v1::Backend backend, const engine::ModelConfig& conf
 
 // Parses EngineOptions into settings (no model needed). InvalidArgument naming the key.
 Result<EngineSettings> ResolveEngineSettings(const spark::v1::EngineOptions& options);
+
+// Whether a CUDA shard of a deployment with `world_size` ranks replays decode steps from CUDA
+// graphs: the explicit cuda_graphs option, else (auto) only with one rank.
+bool CudaGraphsFor(const EngineSettings& settings, int world_size);
 
 // Speculative decoding needs the checkpoint's MTP layer: FailedPrecondition ("model X has no MTP
 // layer (num_nextn_predict_layers = 0): deploy without speculative") when `config` declares

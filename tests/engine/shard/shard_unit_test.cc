@@ -186,14 +186,21 @@ TEST(ShardSettingsTest, EngineOptionsAndExtraKeys) {
             std::string::npos);
   options.mutable_extra()->erase("moe_autotune");
 
-  EXPECT_FALSE(ResolveEngineSettings(options)->cuda_graphs);  // default off
+  // Default auto: graphs with one rank only.
+  EXPECT_FALSE(ResolveEngineSettings(options)->cuda_graphs.has_value());
+  EXPECT_TRUE(CudaGraphsFor(*ResolveEngineSettings(options), 1));
+  EXPECT_FALSE(CudaGraphsFor(*ResolveEngineSettings(options), 2));
   (*options.mutable_extra())["cuda_graphs"] = "on";
-  EXPECT_TRUE(ResolveEngineSettings(options)->cuda_graphs);
+  EXPECT_TRUE(CudaGraphsFor(*ResolveEngineSettings(options), 1));
+  EXPECT_TRUE(CudaGraphsFor(*ResolveEngineSettings(options), 4));
   (*options.mutable_extra())["cuda_graphs"] = "off";
-  EXPECT_FALSE(ResolveEngineSettings(options)->cuda_graphs);
+  EXPECT_FALSE(CudaGraphsFor(*ResolveEngineSettings(options), 1));
+  (*options.mutable_extra())["cuda_graphs"] = "auto";
+  EXPECT_TRUE(CudaGraphsFor(*ResolveEngineSettings(options), 1));
+  EXPECT_FALSE(CudaGraphsFor(*ResolveEngineSettings(options), 2));
   (*options.mutable_extra())["cuda_graphs"] = "1";
   EXPECT_NE(ResolveEngineSettings(options).status().message().find(
-                "cuda_graphs must be on or off, got '1'"),
+                "cuda_graphs must be on, off or auto, got '1'"),
             std::string::npos);
   options.mutable_extra()->erase("cuda_graphs");
 
