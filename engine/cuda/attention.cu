@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "engine/cuda/attention_mma.h"
+#include "engine/cuda/attention_tile.cuh"
 #include "engine/cuda/device_math.cuh"
 
 namespace spark::cuda {
@@ -13,6 +14,7 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kRowsPerWarp = kAttentionRowsPerTile / kWarps;
 constexpr int kKeyTile = 32;
+static_assert(kKeyTile == kAttentionSplitKeyTile, "split boundaries on key tiles");
 
 template <int HD>
 struct Smem {
@@ -61,37 +63,25 @@ __global__ void __launch_bounds__(kWarps * 32)
   float* ks = qs + kAttentionRowsPerTile * HD;     // [32][HD + 1]
   float* vs = ks + kKeyTile * Smem<HD>::kKStride;  // [32][HD]
 
-  const int2 tile = batch.tiles[blockIdx.x];
-  const int chunk = tile.x;
-  const int row_begin = tile.y;
+  const AttentionTileWork work = AttentionTileFor(batch, shape, splits, split_keys);
+  const int chunk = work.chunk;
+  const int row_begin = work.row_begin;
+  const int row_end = work.row_end;
   const int g = blockIdx.y;
   const int split = blockIdx.z;
-  const int group = shape.q_heads / shape.kv_heads;
-  const int start = batch.start[chunk];
-  const int len = batch.len[chunk];
-  const int offset = batch.offset[chunk];
-  const int rows = len * group;
-  const int row_end = min(rows, row_begin + kAttentionRowsPerTile);
-  const int* table = batch.block_tables + static_cast<int64_t>(chunk) * batch.max_blocks;
+  const int group = work.group;
+  const int start = work.start;
+  const int len = work.len;
+  const int offset = work.offset;
+  const int key_begin = work.key_begin;
+  const int key_end = work.key_end;
+  const int* table = work.table;
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
   // Tree chunks: token t's visibility row of the chunk's own keys starts at masks + t * words.
   const int mask_offset = kTree ? batch.tree_mask_offset[chunk] : -1;
   const uint32_t* masks = mask_offset >= 0 ? batch.tree_masks + mask_offset : nullptr;
   const int mask_words = (len + 31) >> 5;
-
-  // Keys this block covers.
-  const int last_token = (row_end - 1) / group;
-  int key_end = start + last_token + 1;
-  int key_begin = 0;
-  if (splits > 1) {
-    // split_keys 0: this chunk's keys divided evenly (in whole key tiles) among the splits.
-    const int per_split =
-        split_keys > 0 ? split_keys
-                       : ((start + len + splits - 1) / splits + kKeyTile - 1) / kKeyTile * kKeyTile;
-    key_begin = split * per_split;
-    key_end = min(key_end, key_begin + per_split);
-  }
 
   // Query rows into shared memory (fp32).
   for (int idx = threadIdx.x; idx < kAttentionRowsPerTile * HD; idx += blockDim.x) {

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "engine/cuda/attention_tile.cuh"
 #include "engine/cuda/mma.cuh"
 
 namespace spark::cuda {
@@ -43,9 +44,6 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 // The cross-warp merge after the loop reuses the stage area.
 static_assert(kWarps * kRows * (kHd + 2) * 4 <= 2 * kStageBytes, "merge area");
-// The CUDA-core kernel's key splits are whole 32-key tiles; this kernel uses the same split
-// boundaries (any partition of the keys is valid, its tiles need no alignment).
-constexpr int kSplitTile = 32;
 
 // Byte offset of 16-byte chunk `c` of row `r` in a tile of kRowBytes rows: the chunk index is
 // XORed with the row's low three bits, so the eight rows an ldmatrix reads hit distinct banks.
@@ -82,32 +80,21 @@ __global__ void __launch_bounds__(kThreads)
   uint8_t* qs = smem;
   uint8_t* stages = smem + kQBytes;
 
-  const int2 tile = batch.tiles[blockIdx.x];
-  const int chunk = tile.x;
-  const int row_begin = tile.y;
+  const AttentionTileWork work = AttentionTileFor(batch, shape, splits, split_keys);
+  const int row_begin = work.row_begin;
+  const int row_end = work.row_end;
   const int g = blockIdx.y;
   const int split = blockIdx.z;
-  const int group = shape.q_heads / shape.kv_heads;
-  const int start = batch.start[chunk];
-  const int len = batch.len[chunk];
-  const int offset = batch.offset[chunk];
-  const int row_end = min(len * group, row_begin + kRows);
-  const int* table = batch.block_tables + static_cast<int64_t>(chunk) * batch.max_blocks;
+  const int group = work.group;
+  const int start = work.start;
+  const int offset = work.offset;
+  const int key_begin = work.key_begin;
+  const int key_end = work.key_end;
+  const int* table = work.table;
   const int bt = shape.block_tokens;
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
   const int lane = tid & 31;
-
-  // Keys this block covers (as the CUDA-core kernel).
-  int key_end = start + (row_end - 1) / group + 1;
-  int key_begin = 0;
-  if (splits > 1) {
-    const int per_split = split_keys > 0 ? split_keys
-                                         : ((start + len + splits - 1) / splits + kSplitTile - 1) /
-                                               kSplitTile * kSplitTile;
-    key_begin = split * per_split;
-    key_end = min(key_end, key_begin + per_split);
-  }
 
   constexpr bool kFp8 = sizeof(TC) == 1;
   // K and V rows of the tile at `kt` into stage `s` (BF16: swizzled, ready for ldmatrix; FP8:
