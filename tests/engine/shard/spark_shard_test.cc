@@ -442,7 +442,11 @@ TEST_F(SparkShardTest, SigtermToEveryRankAtOnceStopsEachCleanly) {
   ASSERT_TRUE(shards_[0]->Kill(SIGTERM).ok());
   EXPECT_EQ(WaitExit(shards_[0].get(), milliseconds(15000)), ExitInfo::Code(0));
   EXPECT_EQ(WaitExit(shards_[1].get(), milliseconds(15000)), ExitInfo::Code(0));
+  // The last report may still be in flight when the process is gone.
   for (uint32_t rank : {0u, 1u}) {
+    EXPECT_TRUE(controller.WaitForPhase(rank, spark::v1::SHARD_PHASE_STOPPED, milliseconds(5000))
+                    .has_value())
+        << "rank " << rank;
     auto statuses = controller.Statuses(rank);
     ASSERT_FALSE(statuses.empty());
     EXPECT_EQ(statuses.back().phase(), spark::v1::SHARD_PHASE_STOPPED) << "rank " << rank;
