@@ -42,8 +42,11 @@ for a in --attention-tensor-cores --no-attention-tensor-cores; do
 done
 step moe_bench 150 $B/bin/bench_moe --formats fp8-per-channel --caps 0,101376
 cat "$OUT/moe_bench.log" >>$S
-# Per-kernel GPU time of eager decode steps (2 layers): where a step's time goes.
-step ncu 90 ncu --metrics gpu__time_duration.sum --print-summary per-kernel $B/bin/spark-bench \
+# Per-kernel GPU time of eager decode steps (2 layers): where a step's time goes. Caches are not
+# flushed between kernels and clocks not locked, as in a run (ncu's defaults flush and lock, which
+# makes one-block kernels read several microseconds slower).
+step ncu 90 ncu --cache-control none --clock-control none --metrics gpu__time_duration.sum \
+  --print-summary per-kernel $B/bin/spark-bench \
   engine --config glm-4.5-air --load-format dummy --backend cuda --layers 2 --batch-sizes 1 \
   --input-len 16 --output-len 8 --no-cuda-graphs
 step backend 70 $B/bin/gpu_backend_test --gtest_filter='-*DecodeGraphs*:*DeviceLogits*:*TensorCoreAttention*'
