@@ -368,6 +368,7 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     r.ttft_ms = r.prefill_ms;
     r.prefill_tokens_per_s = batch * o.input_len / (r.prefill_ms / 1000.0);
     std::vector<double> steps;
+    double issue_sum_ms = 0;
     for (int step = 0; step < o.output_len; ++step) {
       engine::ForwardBatch fb;
       for (int s = 0; s < batch; ++s) {
@@ -382,6 +383,7 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
       fb.logits_on_device = sampler != nullptr && sampler->SamplesDeviceRows();
       const auto t0 = Clock::now();
       SPARK_ASSIGN_OR_RETURN(engine::ForwardOutput out, backend->Forward(fb));
+      issue_sum_ms += MsSince(t0);
       if (sampler != nullptr) {
         std::vector<engine::BatchSampleRow> rows(static_cast<size_t>(batch));
         for (int s = 0; s < batch; ++s) {
@@ -402,6 +404,7 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     std::vector<double> sorted = steps;
     std::sort(sorted.begin(), sorted.end());
     r.itl_p50_ms = sorted[sorted.size() / 2];
+    r.issue_ms = issue_sum_ms / static_cast<double>(steps.size());
     r.decode_tokens_per_s = batch / (r.itl_ms / 1000.0);
     const double context = o.input_len + (o.output_len - 1) / 2.0 + 1;
     r.bytes = DecodeStepBytes(config, o.tp, batch, context,
@@ -433,12 +436,12 @@ void PrintEngineBenchReport(const EngineBenchReport& r, bool json, std::ostream&
                     "\"step_bytes\":%.0f,\"roofline_ms\":%.4f,\"achieved_gbs\":%.1f,"
                     "\"peak_gbs\":%.1f,\"bandwidth_ratio\":%.4f,\"step_flops\":%.0f,"
                     "\"achieved_tflops\":%.3f,\"peak_tflops\":%.1f,"
-                    "\"compute_roofline_ms\":%.4f,\"compute_ratio\":%.4f}\n",
+                    "\"compute_roofline_ms\":%.4f,\"compute_ratio\":%.4f,\"issue_ms\":%.3f}\n",
                     r.model.c_str(), r.device.c_str(), r.layers, r.quant.c_str(), b.batch,
                     b.prefill_tokens_per_s, b.ttft_ms, b.decode_tokens_per_s, b.itl_ms,
                     b.itl_p50_ms, b.bytes.total(), b.roofline_ms, b.achieved_gbs,
                     r.peak_bandwidth_gbs, b.bandwidth_ratio, b.step_flops, b.achieved_tflops,
-                    r.peak_tflops, b.compute_roofline_ms, b.compute_ratio);
+                    r.peak_tflops, b.compute_roofline_ms, b.compute_ratio, b.issue_ms);
       out << line;
     }
     return;
@@ -454,7 +457,7 @@ void PrintEngineBenchReport(const EngineBenchReport& r, bool json, std::ostream&
     out << line;
   }
   out << "batch  prefill tok/s   TTFT ms  decode tok/s    ITL ms   p50 ms  step MB  experts"
-         "  roofline ms  achieved GB/s  of peak  TFLOP/s  compute ms  of compute\n";
+         "  roofline ms  achieved GB/s  of peak  TFLOP/s  compute ms  of compute  issue ms\n";
   for (const BatchResult& b : r.batches) {
     char compute[64] = "        -           -";
     if (r.peak_tflops > 0) {
@@ -463,10 +466,11 @@ void PrintEngineBenchReport(const EngineBenchReport& r, bool json, std::ostream&
     }
     std::snprintf(line, sizeof(line),
                   "%5d  %13.1f  %8.2f  %12.1f  %8.3f  %7.3f  %7.1f  %7.1f  %11.3f  %13.1f  "
-                  "%6.1f%%  %7.2f  %s\n",
+                  "%6.1f%%  %7.2f  %s  %8.3f\n",
                   b.batch, b.prefill_tokens_per_s, b.ttft_ms, b.decode_tokens_per_s, b.itl_ms,
                   b.itl_p50_ms, b.bytes.total() / 1e6, b.bytes.expected_experts, b.roofline_ms,
-                  b.achieved_gbs, 100.0 * b.bandwidth_ratio, b.achieved_tflops, compute);
+                  b.achieved_gbs, 100.0 * b.bandwidth_ratio, b.achieved_tflops, compute,
+                  b.issue_ms);
     out << line;
   }
 }

@@ -76,6 +76,10 @@ struct BatchResult {
   double ttft_ms = 0;
   double itl_ms = 0;  // mean decode step
   double itl_p50_ms = 0;
+  // Mean time a decode step spends in Backend::Forward. On the CUDA backend with device logits
+  // that is the host's cost of queueing the step (the GPU then runs while the sampler waits):
+  // close to itl_ms means the step is bound by the host. On the CPU backend, the whole pass.
+  double issue_ms = 0;
   double decode_tokens_per_s = 0;
   StepBytes bytes;          // at the mean decode context
   double roofline_ms = 0;   // bytes.total() / peak

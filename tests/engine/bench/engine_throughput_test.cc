@@ -130,6 +130,9 @@ TEST(RunEngineBenchTest, TinyCheckpointOnCpuWithTwoRanks) {
       EXPECT_GT(b.prefill_tokens_per_s, 0);
       EXPECT_GT(b.decode_tokens_per_s, 0);
       EXPECT_GT(b.itl_ms, 0);
+      // The CPU backend's Forward is the whole step (no sampler here).
+      EXPECT_GT(b.issue_ms, 0);
+      EXPECT_LE(b.issue_ms, b.itl_ms * 1.0001);
       EXPECT_NEAR(b.decode_tokens_per_s, b.batch * 1000.0 / b.itl_ms, 1e-6);
       const StepBytes want =
           DecodeStepBytes(*engine::LoadModelConfig(o.model_dir), tp, b.batch, 9 + 1.5 + 1);
@@ -143,6 +146,7 @@ TEST(RunEngineBenchTest, TinyCheckpointOnCpuWithTwoRanks) {
     std::ostringstream json;
     PrintEngineBenchReport(*r, true, json);
     EXPECT_NE(json.str().find("\"batch\":3"), std::string::npos);
+    EXPECT_NE(json.str().find("\"issue_ms\":"), std::string::npos);
   }
 }
 
