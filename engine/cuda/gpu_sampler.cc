@@ -20,6 +20,8 @@ Result<std::unique_ptr<GpuSampler>> GpuSampler::Create(int64_t vocab_size, int64
       cudaMalloc(&s->d_logits_, rows * static_cast<size_t>(vocab_size) * sizeof(float)));
   SPARK_CUDA_RETURN_IF_ERROR(cudaMalloc(&s->d_params_, rows * sizeof(SampleRowParams)));
   SPARK_CUDA_RETURN_IF_ERROR(cudaMalloc(&s->d_results_, rows * sizeof(SampleRowResult)));
+  SPARK_CUDA_RETURN_IF_ERROR(
+      cudaMalloc(&s->d_greedy_, static_cast<size_t>(GreedyPartialBytes(max_rows))));
   SPARK_CUDA_RETURN_IF_ERROR(cudaMallocHost(&s->h_results_, rows * sizeof(SampleRowResult)));
   SPARK_RETURN_IF_ERROR(s->Reserve(4096));
   return s;
@@ -30,6 +32,7 @@ GpuSampler::~GpuSampler() {
   cudaFree(d_logits_);
   cudaFree(d_params_);
   cudaFree(d_results_);
+  cudaFree(d_greedy_);
   cudaFreeHost(h_results_);
   cudaFree(d_tokens_);
 }
@@ -143,6 +146,15 @@ Result<std::vector<engine::SampleResult>> GpuSampler::Sample(
     }
     p.out_end = static_cast<int32_t>(out_ids.size());
   }
+  // Plain greedy rows only (a decode batch of greedy requests): argmax and logprob over many
+  // blocks per row, no uploads.
+  const bool plain_greedy =
+      n <= 65535 && std::all_of(params_.begin(), params_.end(), GreedyFastPathServes);
+  if (plain_greedy) {
+    SPARK_CUDA_RETURN_IF_ERROR(
+        SampleGreedyRows(logits, static_cast<int64_t>(n), vocab_, d_greedy_, d_results_, stream_));
+    return Collect(rows);
+  }
   // One upload: rep ids, output ids, output counts.
   tokens_.clear();
   tokens_.insert(tokens_.end(), rep.begin(), rep.end());
@@ -161,6 +173,12 @@ Result<std::vector<engine::SampleResult>> GpuSampler::Sample(
   const int32_t* d_cnt = d_out + out_ids.size();
   SPARK_CUDA_RETURN_IF_ERROR(SampleRows(logits, static_cast<int64_t>(n), vocab_, d_params_, d_rep,
                                         d_out, d_cnt, d_results_, stream_));
+  return Collect(rows);
+}
+
+Result<std::vector<engine::SampleResult>> GpuSampler::Collect(
+    std::span<const GpuSampleRequest> rows) {
+  const size_t n = rows.size();
   SPARK_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_results_, d_results_, n * sizeof(SampleRowResult),
                                              cudaMemcpyDeviceToHost, stream_));
   SPARK_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));

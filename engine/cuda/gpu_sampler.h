@@ -64,6 +64,8 @@ class GpuSampler final : public engine::BatchSampler {
   GpuSampler(int64_t vocab, int64_t max_rows, cudaStream_t stream)
       : vocab_(vocab), max_rows_(max_rows), stream_(stream) {}
   Status Reserve(size_t tokens);
+  // The results of the rows just sampled into d_results_, copied back (stream synchronised).
+  Result<std::vector<engine::SampleResult>> Collect(std::span<const GpuSampleRequest> rows);
 
   int64_t vocab_;
   int64_t max_rows_;
@@ -72,6 +74,7 @@ class GpuSampler final : public engine::BatchSampler {
   SampleRowParams* d_params_ = nullptr;
   SampleRowResult* d_results_ = nullptr;
   SampleRowResult* h_results_ = nullptr;  // pinned
+  void* d_greedy_ = nullptr;              // SampleGreedyRows partials for max_rows rows
   int32_t* d_tokens_ = nullptr;           // rep ids, then output ids, then output counts
   size_t token_capacity_ = 0;
   std::vector<SampleRowParams> params_;

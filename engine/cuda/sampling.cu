@@ -296,4 +296,108 @@ cudaError_t SampleRows(float* logits, int64_t rows, int64_t vocab, const SampleR
   return cudaGetLastError();
 }
 
+namespace {
+
+struct GreedyPartial {
+  float max_logit;  // of the block's slice, and its lowest id
+  int32_t id;
+  double sum;  // sum of exp(l - max_logit) over the slice
+};
+
+constexpr int kGreedyThreads = 256;
+
+__global__ void __launch_bounds__(kGreedyThreads)
+    GreedyPartialKernel(const float* __restrict__ logits, int32_t vocab,
+                        GreedyPartial* __restrict__ partials) {
+  using Reduce = cub::BlockReduce<MaxIdx, kGreedyThreads>;
+  using ReduceD = cub::BlockReduce<double, kGreedyThreads>;
+  __shared__ union {
+    typename Reduce::TempStorage idx;
+    typename ReduceD::TempStorage dbl;
+  } temp;
+  __shared__ MaxIdx best;
+  const int64_t row = blockIdx.y;
+  const float* l = logits + row * vocab;
+  const int32_t per =
+      (vocab + static_cast<int32_t>(gridDim.x) - 1) / static_cast<int32_t>(gridDim.x);
+  const int32_t begin = min(vocab, static_cast<int32_t>(blockIdx.x) * per);
+  const int32_t end = min(vocab, begin + per);
+  MaxIdx local{-INFINITY, vocab};
+  for (int32_t i = begin + static_cast<int32_t>(threadIdx.x); i < end; i += kGreedyThreads) {
+    local = MaxIdxOp()(local, MaxIdx{l[i], i});
+  }
+  const MaxIdx reduced = Reduce(temp.idx).Reduce(local, MaxIdxOp());
+  if (threadIdx.x == 0) best = reduced;
+  __syncthreads();
+  const MaxIdx b = best;
+  double s = 0.0;
+  if (isfinite(b.v)) {
+    for (int32_t i = begin + static_cast<int32_t>(threadIdx.x); i < end; i += kGreedyThreads) {
+      s += exp(static_cast<double>(l[i]) - static_cast<double>(b.v));
+    }
+  }
+  const double total = ReduceD(temp.dbl).Sum(s);
+  if (threadIdx.x == 0) partials[row * gridDim.x + blockIdx.x] = GreedyPartial{b.v, b.i, total};
+}
+
+// One warp per row.
+__global__ void GreedyCombineKernel(const float* __restrict__ logits, int32_t vocab, int blocks,
+                                    const GreedyPartial* __restrict__ partials,
+                                    SampleRowResult* __restrict__ results) {
+  const int64_t row = blockIdx.x;
+  const int lane = threadIdx.x;
+  const GreedyPartial* p = partials + row * blocks;
+  MaxIdx best{-INFINITY, vocab};
+  for (int b = lane; b < blocks; b += 32) best = MaxIdxOp()(best, MaxIdx{p[b].max_logit, p[b].id});
+  for (int off = 16; off > 0; off >>= 1) {
+    const MaxIdx other{__shfl_xor_sync(0xffffffffu, best.v, off),
+                       __shfl_xor_sync(0xffffffffu, best.i, off)};
+    best = MaxIdxOp()(best, other);
+  }
+  const int32_t argmax = best.i < vocab ? best.i : 0;
+  const float max_logit = logits[row * vocab + argmax];
+  double s = 0.0;
+  if (isfinite(max_logit)) {
+    for (int b = lane; b < blocks; b += 32) {
+      if (isfinite(p[b].max_logit)) {
+        s += p[b].sum * exp(static_cast<double>(p[b].max_logit) - static_cast<double>(max_logit));
+      }
+    }
+  }
+  for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+  if (lane == 0) {
+    const double lse = isfinite(max_logit) ? static_cast<double>(max_logit) + log(s) : max_logit;
+    results[row].token = argmax;
+    results[row].logprob = static_cast<float>(static_cast<double>(max_logit) - lse);
+  }
+}
+
+}  // namespace
+
+bool GreedyFastPathServes(const SampleRowParams& p) {
+  return p.temperature == 0.0f && p.repetition_penalty == 1.0f && p.presence_penalty == 0.0f &&
+         p.frequency_penalty == 0.0f && p.top_logprobs == 0;
+}
+
+int64_t GreedyPartialBytes(int64_t rows) {
+  return rows * kGreedyBlocksPerRow * static_cast<int64_t>(sizeof(GreedyPartial));
+}
+
+cudaError_t SampleGreedyRows(const float* logits, int64_t rows, int64_t vocab, void* partials,
+                             SampleRowResult* results, cudaStream_t stream) {
+  if (rows <= 0) return cudaSuccess;
+  if (vocab <= 0 || vocab > INT32_MAX || rows > 65535 || partials == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  auto* parts = static_cast<GreedyPartial*>(partials);
+  const dim3 grid(kGreedyBlocksPerRow, static_cast<unsigned>(rows));
+  GreedyPartialKernel<<<grid, kGreedyThreads, 0, stream>>>(logits, static_cast<int32_t>(vocab),
+                                                           parts);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  GreedyCombineKernel<<<static_cast<unsigned>(rows), 32, 0, stream>>>(
+      logits, static_cast<int32_t>(vocab), kGreedyBlocksPerRow, parts, results);
+  return cudaGetLastError();
+}
+
 }  // namespace spark::cuda

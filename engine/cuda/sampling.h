@@ -55,4 +55,15 @@ cudaError_t SampleRows(float* logits, int64_t rows, int64_t vocab, const SampleR
                        const int32_t* rep_tokens, const int32_t* out_tokens,
                        const int32_t* out_counts, SampleRowResult* results, cudaStream_t stream);
 
+// Plain greedy rows (GreedyFastPathServes: temperature 0, no penalties, no top logprobs) over
+// kGreedyBlocksPerRow blocks per row instead of one: the same token (the largest logit, the lowest
+// id on ties) and logprob (log-sum-exp in double, per block and merged) as SampleRows, the logits
+// untouched (SampleRows would not change them either). `partials`: GreedyPartialBytes(rows) bytes
+// of device memory. A decode step's single row no longer waits on one multiprocessor.
+constexpr int kGreedyBlocksPerRow = 32;
+bool GreedyFastPathServes(const SampleRowParams& params);
+int64_t GreedyPartialBytes(int64_t rows);
+cudaError_t SampleGreedyRows(const float* logits, int64_t rows, int64_t vocab, void* partials,
+                             SampleRowResult* results, cudaStream_t stream);
+
 }  // namespace spark::cuda

@@ -104,6 +104,50 @@ TEST(GpuSamplingTest, GreedyPenaltiesAndLogprobsMatchTheCpuSampler) {
   }
 }
 
+// Batches of plain greedy rows (no penalties, no top logprobs) take the many-block path
+// (SampleGreedyRows): the same tokens, lowest id on ties, and logprobs as the CPU sampler, for
+// vocabularies smaller than its block count, odd sizes and GLM's; and a timing of one row.
+TEST(GpuSamplingTest, PlainGreedyBatchesMatchTheCpuSampler) {
+  for (int64_t vocab : {int64_t{7}, int64_t{1000}, int64_t{151552}, int64_t{151553}}) {
+    const int64_t n = 5;
+    std::vector<float> logits = RandomLogits(n, vocab, 9 + vocab, 3.0f);
+    logits[static_cast<size_t>(vocab) + 3 % vocab] = 50.0f;  // a tie in row 1: the lower id wins
+    logits[static_cast<size_t>(vocab) + 5 % vocab] = 50.0f;
+    logits[static_cast<size_t>(3 * vocab + vocab - 1)] = 60.0f;  // row 3: the last id
+    std::vector<Row> rows(static_cast<size_t>(n));
+    for (Row& row : rows) {
+      row.params.temperature = 0.0f;
+      row.params.top_k = 40;  // ignored by greedy decoding
+      row.prompt = {1, 2, 3};
+    }
+    auto sampler = GpuSampler::Create(vocab, n, nullptr);
+    ASSERT_TRUE(sampler.ok()) << sampler.status().ToString();
+    std::vector<SampleResult> got = GpuSample(**sampler, rows, logits, 0, 0);
+    ASSERT_EQ(got.size(), rows.size());
+    for (int64_t r = 0; r < n; ++r) {
+      std::span<const float> row(logits.data() + r * vocab, static_cast<size_t>(vocab));
+      SampleResult want = CpuSample(rows[static_cast<size_t>(r)], row, 0);
+      EXPECT_EQ(got[static_cast<size_t>(r)].token, want.token) << "vocab " << vocab << " row " << r;
+      EXPECT_NEAR(got[static_cast<size_t>(r)].logprob, want.logprob, 1e-4)
+          << "vocab " << vocab << " row " << r;
+    }
+    if (vocab == 151552) {
+      EXPECT_EQ(got[1].token, 3);
+      EXPECT_EQ(got[3].token, vocab - 1);
+      DeviceBuffer<float> d(std::vector<float>(logits.begin(), logits.begin() + vocab));
+      std::vector<GpuSampleRequest> one = {{&rows[0].params, rows[0].prompt, {}, 0, 0}};
+      for (int i = 0; i < 3; ++i) ASSERT_TRUE((*sampler)->Sample(d.get(), one).ok());
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < 20; ++i) ASSERT_TRUE((*sampler)->Sample(d.get(), one).ok());
+      const double us =
+          std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() /
+          20;
+      std::printf("[sampling] plain greedy, one row of %lld: %.1f us per call (host included)\n",
+                  static_cast<long long>(vocab), us);
+    }
+  }
+}
+
 // The exact distribution of the CPU sampler's filters (sorted candidates, as its contract says).
 std::vector<double> ExactDistribution(std::vector<float> l, const SamplingParams& p) {
   const int64_t vocab = static_cast<int64_t>(l.size());
