@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One GPU call (about 7 minutes) for the parts not yet run on a GPU, performance first (decode
 # graphs, spark-bench, the MoE kernel alone, an ncu profile), then speculative decoding on CUDA,
-# the backend and MoE suites, spark-model on CUDA. Bundle: scripts/gpu-bundle gpu_speculation_test
-# gpu_backend_test gpu_kernels_test gpu_moe_test spark-model spark-bench bench_moe; then, from the
-# repository root:
+# the backend and MoE suites, spark-model on CUDA, GPU sampling. Bundle: scripts/gpu-bundle
+# gpu_speculation_test gpu_backend_test gpu_kernels_test gpu_moe_test gpu_sampling_test spark-model
+# spark-bench bench_moe; then, from the repository root:
 #   run(carry=["bundle"], command="OUT=$OUT bash tests/gpu/checks/one_gpu_call.sh")
 set -uo pipefail
 B=bundle
@@ -74,6 +74,8 @@ PY
 export -f model_cuda
 step model_cuda 30 bash -c model_cuda
 step kernels 60 $B/bin/gpu_kernels_test --gtest_filter='-*Timing*'
+step sampling 60 $B/bin/gpu_sampling_test --gtest_filter='*Greedy*'
+grep -E '^\[sampling' "$OUT/sampling.log" >>$S
 step kernel_timings 60 $B/bin/gpu_kernels_test --gtest_filter='*Timing*'
 # The tensor-core attention kernel under racecheck and memcheck (quick shapes).
 step sanitize_attention 120 env SPARK_GPU_QUICK=1 compute-sanitizer --tool racecheck \
