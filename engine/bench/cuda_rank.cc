@@ -10,6 +10,7 @@
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/gpu_sampler.h"
+#include "engine/cuda/moe_tuner.h"
 #include "engine/model/loader.h"
 
 namespace spark::bench {
@@ -42,6 +43,32 @@ Result<engine::Communicator*> JoinCudaRank(int rank, int tp, engine::NcclOptions
   return raw;
 }
 
+namespace {
+
+// CudaRankSpec::moe_tune: the tuned tile configs of the model's MoE shapes on this rank's GPU.
+Status TuneMoeOfRank(const CudaRankSpec& spec, int rank, int tp,
+                     cuda::CudaBackendOptions* options) {
+  if (spec.config.n_routed_experts <= 0) return Status::Ok();
+  SPARK_ASSIGN_OR_RETURN(cuda::MoeShape shape, cuda::MoeShapeOfModel(spec.config, tp));
+  const cuda::MoeWeightFormat format = cuda::MoeWeightFormatOfModel(spec.config);
+  SPARK_ASSIGN_OR_RETURN(cuda::DeviceInfo device, cuda::QueryDevice(rank));
+  SPARK_ASSIGN_OR_RETURN(cuda::MoeConfigTable table,
+                         cuda::MoeConfigTable::Create(device, options->smem_cap_bytes));
+  cuda::MoeTunerOptions tuner;
+  tuner.batches = engine::MoeBatchBuckets(spec.max_batch_tokens);
+  tuner.max_seconds = spec.moe_tune_max_seconds;
+  SPARK_ASSIGN_OR_RETURN(cuda::MoeTuneResult tuned,
+                         cuda::TuneMoe(device, table, shape, format, tuner));
+  SPARK_ASSIGN_OR_RETURN(
+      options->moe_tuned,
+      cuda::MoeTunedChoicesOf(tuned.records, cuda::MoeDeviceClassOf(device, table), shape, format,
+                              table));
+  if (rank == 0 && spec.moe_tune_seconds != nullptr) *spec.moe_tune_seconds = tuned.seconds;
+  return Status::Ok();
+}
+
+}  // namespace
+
 Status MakeCudaRank(const CudaRankSpec& spec, int rank, int tp, engine::KeyValueStore* store,
                     RankParts* parts) {
   cuda::CudaBackendOptions options;
@@ -56,6 +83,7 @@ Status MakeCudaRank(const CudaRankSpec& spec, int rank, int tp, engine::KeyValue
   n.op_timeout_ms = 600000;  // loading a large model on another rank may take minutes
   SPARK_ASSIGN_OR_RETURN(engine::Communicator * nccl,
                          JoinCudaRank(rank, tp, n, store, &options, parts));
+  if (spec.moe_tune) SPARK_RETURN_IF_ERROR(TuneMoeOfRank(spec, rank, tp, &options));
   if (spec.dummy || spec.model_dir.empty()) {
     cuda::DummyWeightsSpec dummy;
     dummy.tp_rank = rank;

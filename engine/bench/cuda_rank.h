@@ -31,6 +31,12 @@ struct CudaRankSpec {
   bool cuda_graphs = false;
   bool kv_cache_fp8 = false;  // FP8 E4M3 KV cache
   bool attention_tensor_cores = false;
+  // Tune the MoE tile configs on each rank's GPU for the model's expert shapes (batch buckets up
+  // to max_batch_tokens) before the backend is made, as a shard does at its first load; rank 0
+  // stores the tuning time in *moe_tune_seconds.
+  bool moe_tune = false;
+  double moe_tune_max_seconds = 600;
+  double* moe_tune_seconds = nullptr;
   // Rank 0 samples each decode step on the GPU (RankParts::sampler, a GpuSampler on the
   // backend's stream) for up to this many rows per call; 0 = no sampler.
   int64_t sample_rows = 0;

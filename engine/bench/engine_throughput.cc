@@ -230,6 +230,9 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
         "--kv-cache-dtype fp8 is not supported on the CPU backend yet (its cache is fp32); use "
         "--backend cuda");
   }
+  if (o.moe_tune && o.backend != "cuda") {
+    return InvalidArgument("--moe-tune tunes the CUDA MoE kernels; use it with --backend cuda");
+  }
   if (o.attention_tensor_cores && o.backend != "cuda") {
     return InvalidArgument(
         "--attention-tensor-cores selects a CUDA attention kernel; use it with --backend cuda");
@@ -303,6 +306,8 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     spec.cuda_graphs = o.cuda_graphs;
     spec.sample_rows = max_batch;
     spec.attention_tensor_cores = o.attention_tensor_cores;
+    spec.moe_tune = o.moe_tune;
+    spec.moe_tune_seconds = &report.moe_tune_s;
     factory = [spec, &store](int rank, int tp, RankParts* parts) {
       return MakeCudaRank(spec, rank, tp, &store, parts);
     };
@@ -426,7 +431,7 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
 }
 
 void PrintEngineBenchReport(const EngineBenchReport& r, bool json, std::ostream& out) {
-  char line[512];
+  char line[1024];
   if (json) {
     for (const BatchResult& b : r.batches) {
       std::snprintf(line, sizeof(line),
@@ -436,12 +441,14 @@ void PrintEngineBenchReport(const EngineBenchReport& r, bool json, std::ostream&
                     "\"step_bytes\":%.0f,\"roofline_ms\":%.4f,\"achieved_gbs\":%.1f,"
                     "\"peak_gbs\":%.1f,\"bandwidth_ratio\":%.4f,\"step_flops\":%.0f,"
                     "\"achieved_tflops\":%.3f,\"peak_tflops\":%.1f,"
-                    "\"compute_roofline_ms\":%.4f,\"compute_ratio\":%.4f,\"issue_ms\":%.3f}\n",
+                    "\"compute_roofline_ms\":%.4f,\"compute_ratio\":%.4f,\"issue_ms\":%.3f,\"moe_"
+                    "tune_s\":%.1f}\n",
                     r.model.c_str(), r.device.c_str(), r.layers, r.quant.c_str(), b.batch,
                     b.prefill_tokens_per_s, b.ttft_ms, b.decode_tokens_per_s, b.itl_ms,
                     b.itl_p50_ms, b.bytes.total(), b.roofline_ms, b.achieved_gbs,
                     r.peak_bandwidth_gbs, b.bandwidth_ratio, b.step_flops, b.achieved_tflops,
-                    r.peak_tflops, b.compute_roofline_ms, b.compute_ratio, b.issue_ms);
+                    r.peak_tflops, b.compute_roofline_ms, b.compute_ratio, b.issue_ms,
+                    r.moe_tune_s);
       out << line;
     }
     return;
@@ -451,6 +458,11 @@ void PrintEngineBenchReport(const EngineBenchReport& r, bool json, std::ostream&
                 r.model.c_str(), r.layers, r.quant.c_str(), r.device.c_str(), r.peak_bandwidth_gbs,
                 r.peak_source.c_str(), r.load_s);
   out << line;
+  if (r.moe_tune_s >= 0) {
+    std::snprintf(line, sizeof(line), "MoE tile configs tuned in %.1f s (within the load)\n",
+                  r.moe_tune_s);
+    out << line;
+  }
   if (r.peak_tflops > 0) {
     std::snprintf(line, sizeof(line), "compute peak %.0f TFLOP/s (%s)\n", r.peak_tflops,
                   r.tflops_source.c_str());

@@ -46,6 +46,7 @@ struct EngineBenchOptions {
   bool cuda_graphs = false;             // CUDA: decode steps replay CUDA graphs (CLI: tp 1)
   std::string kv_cache_dtype = "bf16";  // CUDA: bf16 | fp8 (E4M3 KV cache)
   bool attention_tensor_cores = false;  // CUDA: the mma.sync attention kernel where it applies
+  bool moe_tune = false;                // CUDA: tune the MoE tile configs first (as a shard does)
 };
 
 // Bytes one rank reads in a decode step of `batch` sequences at context length `context`.
@@ -101,6 +102,7 @@ struct EngineBenchReport {
   int layers = 0;
   std::string quant;  // bf16 | fp8-channel | fp8-block
   double load_s = 0;
+  double moe_tune_s = -1;  // MoE tuning time inside load_s (--moe-tune), -1 = not tuned
   std::vector<BatchResult> batches;
 };
 

@@ -75,6 +75,9 @@ int main(int argc, char** argv) {
                        "shard's cuda_graphs=auto)");
   engine->add_option("--kv-cache-dtype", o.kv_cache_dtype, "CUDA: KV cache element type")
       ->check(CLI::IsMember({"bf16", "fp8"}));
+  engine->add_flag("--moe-tune", o.moe_tune,
+                   "CUDA: tune the MoE tile configs on the GPU before measuring, as a shard does "
+                   "at its first load (the time is printed; default: the heuristic configs)");
   engine->add_flag("--attention-tensor-cores,!--no-attention-tensor-cores",
                    o.attention_tensor_cores,
                    "CUDA: attention on tensor cores where it applies (head_dim 128; default "

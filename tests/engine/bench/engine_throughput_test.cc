@@ -172,6 +172,9 @@ TEST(RunEngineBenchTest, BadOptionsAreRejected) {
   EXPECT_EQ(tc.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(tc.status().message().find("--backend cuda"), std::string::npos);
   o.attention_tensor_cores = false;
+  o.moe_tune = true;  // tunes CUDA kernels
+  EXPECT_EQ(RunEngineBench(o, nullptr).status().code(), StatusCode::kInvalidArgument);
+  o.moe_tune = false;
 #if !defined(SPARK_HAVE_CUDA)
   o.tp = 1;
   o.backend = "cuda";
