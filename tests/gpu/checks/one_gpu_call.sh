@@ -33,6 +33,11 @@ for g in --cuda-graphs --no-cuda-graphs; do
 done
 # The fused MoE kernel alone at the anchor's shapes (GLM-4.7 tp=4, GLM-4.5-Air), FP8 per-channel,
 # with and without the GB10 cap; roofline from the copy bandwidth measured in the same run.
+# The same with MoE tile configs tuned first (buckets up to 256 tokens), with the tuning time.
+step bench_tuned 240 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
+  --backend cuda --layers 24 --batch-sizes 1,8,64 --input-len 128 --output-len 32 \
+  --max-batch-tokens 256 --moe-tune
+tail -n 6 "$OUT/bench_tuned.log" >>$S
 # Decode at a long context with the tensor-core attention kernel against the CUDA-core one.
 for a in --attention-tensor-cores --no-attention-tensor-cores; do
   step long$a 90 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
