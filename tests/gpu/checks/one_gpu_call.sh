@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One GPU call (about 7 minutes) for the parts not yet run on a GPU, performance first (decode
-# graphs, spark-bench, the MoE kernel alone, an ncu profile), then speculative decoding on CUDA,
-# the backend and MoE suites, spark-model on CUDA, GPU sampling. Bundle: scripts/gpu-bundle
+# The GPU checks of work not yet (fully) run on a GPU, about ten minutes: correctness of the
+# default paths first, then performance (spark-bench, ncu, tuned MoE, tensor-core attention, the
+# MoE kernel alone), then the rest (backend suite, timings, sanitizers, speculative decoding on
+# CUDA). ONLY="step ..." runs a subset within a short budget. Bundle: scripts/gpu-bundle
 # gpu_speculation_test gpu_backend_test gpu_kernels_test gpu_moe_test gpu_sampling_test spark-model
 # spark-bench bench_moe; then, from the repository root:
 #   run(carry=["bundle"], command="OUT=$OUT bash tests/gpu/checks/one_gpu_call.sh")
@@ -22,40 +23,14 @@ step() {
   echo "== $name rc=$rc $(( $(date +%s) - t0 ))s" >>$S
   grep -E '^\[  (PASSED|FAILED) |^\[  FAILED  \]|^\[(cuda-air|moe|spec|model-cuda|timing|attention|linear|tc-attention)|Failure$' "$OUT/$name.log" | head -60 >>$S
 }
+# Correctness of what runs by default first: kernels against the CPU (RMSNorm, RoPE,
+# attention, dense linears with the FP8 GEMV), greedy GPU sampling, graphs and device logits,
+# spark-model on CUDA against the CPU backend, the MoE at GLM-4.5-Air widths.
+step kernels 60 $B/bin/gpu_kernels_test --gtest_filter='-*Timing*'
+step sampling 60 $B/bin/gpu_sampling_test --gtest_filter='*Greedy*'
+grep -E '^\[sampling' "$OUT/sampling.log" >>$S
 step graphs 90 $B/bin/gpu_backend_test --gtest_filter='*DecodeGraphs*:*DeviceLogits*:*TensorCoreAttention*'
 grep -E '^\[cuda-graphs' "$OUT/graphs.log" >>$S
-# Decode steps from CUDA graphs against eager steps: GLM-4.5-Air shapes, FP8, 24 of 46 layers
-# (fits an H100 80GB), same machine, same run.
-for g in --cuda-graphs --no-cuda-graphs; do
-  step bench$g 90 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
-    --backend cuda --layers 24 --batch-sizes 1,8,64 --input-len 128 --output-len 32 $g
-  tail -n 4 "$OUT/bench$g.log" >>$S
-done
-# The fused MoE kernel alone at the anchor's shapes (GLM-4.7 tp=4, GLM-4.5-Air), FP8 per-channel,
-# with and without the GB10 cap; roofline from the copy bandwidth measured in the same run.
-# The same with MoE tile configs tuned first (buckets up to 256 tokens), with the tuning time.
-step bench_tuned 240 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
-  --backend cuda --layers 24 --batch-sizes 1,8,64 --input-len 128 --output-len 32 \
-  --max-batch-tokens 256 --moe-tune
-tail -n 6 "$OUT/bench_tuned.log" >>$S
-# Decode at a long context with the tensor-core attention kernel against the CUDA-core one.
-for a in --attention-tensor-cores --no-attention-tensor-cores; do
-  step long$a 90 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
-    --backend cuda --layers 8 --batch-sizes 1,16 --input-len 4096 --output-len 16 \
-    --cuda-graphs $a
-  tail -n 3 "$OUT/long$a.log" >>$S
-done
-step moe_bench 150 $B/bin/bench_moe --formats fp8-per-channel --caps 0,101376
-cat "$OUT/moe_bench.log" >>$S
-# Per-kernel GPU time of eager decode steps (2 layers): where a step's time goes. Caches are not
-# flushed between kernels and clocks not locked, as in a run (ncu's defaults flush and lock, which
-# makes one-block kernels read several microseconds slower).
-step ncu 90 ncu --cache-control none --clock-control none --metrics gpu__time_duration.sum \
-  --print-summary per-kernel $B/bin/spark-bench \
-  engine --config glm-4.5-air --load-format dummy --backend cuda --layers 2 --batch-sizes 1 \
-  --input-len 16 --output-len 8 --no-cuda-graphs
-step backend 70 $B/bin/gpu_backend_test --gtest_filter='-*DecodeGraphs*:*DeviceLogits*:*TensorCoreAttention*'
-step moe_air 40 $B/bin/gpu_moe_test --gtest_filter='MoeForwardMiscTest.*:Shapes/MoeForwardTest.*glm45air*'
 model_cuda() {
   local m=$OUT/tiny ids=5,17,3,99,1,42,7,8,250,11
   $B/bin/spark-model tiny $m >/dev/null || return 1
@@ -78,9 +53,41 @@ PY
 }
 export -f model_cuda
 step model_cuda 30 bash -c model_cuda
-step kernels 60 $B/bin/gpu_kernels_test --gtest_filter='-*Timing*'
-step sampling 60 $B/bin/gpu_sampling_test --gtest_filter='*Greedy*'
-grep -E '^\[sampling' "$OUT/sampling.log" >>$S
+step moe_air 40 $B/bin/gpu_moe_test --gtest_filter='MoeForwardMiscTest.*:Shapes/MoeForwardTest.*glm45air*'
+# Performance.
+# Decode steps from CUDA graphs against eager steps: GLM-4.5-Air shapes, FP8, 24 of 46 layers
+# (fits an H100 80GB), same machine, same run.
+for g in --cuda-graphs --no-cuda-graphs; do
+  step bench$g 90 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
+    --backend cuda --layers 24 --batch-sizes 1,8,64 --input-len 128 --output-len 32 $g
+  tail -n 4 "$OUT/bench$g.log" >>$S
+done
+# Per-kernel GPU time of eager decode steps (2 layers): where a step's time goes. Caches are not
+# flushed between kernels and clocks not locked, as in a run (ncu's defaults flush and lock, which
+# makes one-block kernels read several microseconds slower).
+step ncu 90 ncu --cache-control none --clock-control none --metrics gpu__time_duration.sum \
+  --print-summary per-kernel $B/bin/spark-bench \
+  engine --config glm-4.5-air --load-format dummy --backend cuda --layers 2 --batch-sizes 1 \
+  --input-len 16 --output-len 8 --no-cuda-graphs
+# spark-bench as above with MoE tile configs tuned first (buckets up to 256 tokens), with the
+# tuning time.
+step bench_tuned 240 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
+  --backend cuda --layers 24 --batch-sizes 1,8,64 --input-len 128 --output-len 32 \
+  --max-batch-tokens 256 --moe-tune
+tail -n 6 "$OUT/bench_tuned.log" >>$S
+# Decode at a long context with the tensor-core attention kernel against the CUDA-core one.
+for a in --attention-tensor-cores --no-attention-tensor-cores; do
+  step long$a 90 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
+    --backend cuda --layers 8 --batch-sizes 1,16 --input-len 4096 --output-len 16 \
+    --cuda-graphs $a
+  tail -n 3 "$OUT/long$a.log" >>$S
+done
+# The fused MoE kernel alone at the anchor's shapes (GLM-4.7 tp=4, GLM-4.5-Air), FP8 per-channel,
+# with and without the GB10 cap; roofline from the copy bandwidth measured in the same run.
+step moe_bench 150 $B/bin/bench_moe --formats fp8-per-channel --caps 0,101376
+cat "$OUT/moe_bench.log" >>$S
+# The rest of the backend suite, timings, sanitizers, speculation.
+step backend 70 $B/bin/gpu_backend_test --gtest_filter='-*DecodeGraphs*:*DeviceLogits*:*TensorCoreAttention*'
 step kernel_timings 60 $B/bin/gpu_kernels_test --gtest_filter='*Timing*'
 # The tensor-core attention kernel under racecheck and memcheck (quick shapes).
 step sanitize_attention 120 env SPARK_GPU_QUICK=1 compute-sanitizer --tool racecheck \
