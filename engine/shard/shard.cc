@@ -50,6 +50,8 @@ constexpr milliseconds kDefaultReadyWait{30 * 60 * 1000};
 constexpr milliseconds kDefaultRendezvousTimeout{60000};
 
 const char* kLoadedKeyPrefix = "loaded/";
+// After a failed rendezvous: how long to look for a peer's published load failure.
+constexpr milliseconds kPeerFailureWait{1000};
 
 int64_t UnixMs(Clock::WallTimePoint t) {
   return std::chrono::duration_cast<milliseconds>(t.time_since_epoch()).count();
@@ -88,6 +90,8 @@ class ShardRun {
   // Publishes this rank's load outcome and waits for every other rank's; empty on success,
   // otherwise the reason naming the ranks.
   std::string AgreeLoaded(const Status& own);
+  // The load failures other ranks published by `until` ("rank R (failed: ...)", "; "-joined).
+  std::string PeerLoadFailures(SteadyClock::time_point until);
 
   const ShardArgs& args_;
   spark::v1::ShardAssignment assignment_;
@@ -323,6 +327,10 @@ int ShardRun::Run() {
     };
     Result<std::unique_ptr<engine::Communicator>> comm = join();
     if (!comm.ok()) {
+      // A peer that joined, then failed to load and exited, can close the connection before
+      // this rank's side of the group is up: name that failure rather than the connection.
+      const std::string peers = PeerLoadFailures(SteadyClock::now() + kPeerFailureWait);
+      if (!peers.empty()) return Fail(kExitLoad, "another rank failed to load: " + peers);
       return Fail(kExitRendezvous, "rendezvous failed: " + comm.status().message());
     }
     comm_ = std::move(comm).value();
@@ -449,6 +457,18 @@ int ShardRun::Run() {
     loop_ = std::move(created).value();
   }
   return Serve();
+}
+
+std::string ShardRun::PeerLoadFailures(SteadyClock::time_point until) {
+  std::string failed;
+  for (uint32_t r = 0; r < assignment_.world_size(); ++r) {
+    if (r == assignment_.rank()) continue;
+    Result<std::string> value = store_->Get(kLoadedKeyPrefix + std::to_string(r), MsLeft(until));
+    if (value.ok() && *value != "ok") {
+      failed += (failed.empty() ? "" : "; ") + ("rank " + std::to_string(r) + " (" + *value + ")");
+    }
+  }
+  return failed;
 }
 
 std::string ShardRun::AgreeLoaded(const Status& own) {
