@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <map>
 #include <thread>
 #include <vector>
@@ -281,15 +283,19 @@ TEST(TpEngineTest, WorkerEndsWithAnErrorWhenTheLeaderVanishes) {
   gloo.op_timeout_ms = 500;
   FakeBackend worker_backend(10, 64);
   Status worker_status;
+  std::atomic<bool> joined{false};
   std::thread worker([&] {
     auto comm = GlooCommunicator::Create(1, 2, &store, gloo);
-    ASSERT_TRUE(comm.ok());
+    joined = true;
+    ASSERT_TRUE(comm.ok()) << comm.status().ToString();
     worker_status = RunTpWorker(&worker_backend, comm->get());
   });
   {
     auto comm = GlooCommunicator::Create(0, 2, &store, gloo);
     ASSERT_TRUE(comm.ok());
-    // The leader goes away without sending the stop message.
+    // Both sides of the group are up (a leader gone during the worker's handshake would fail
+    // the worker's Create instead); then the leader goes away without the stop message.
+    while (!joined) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   worker.join();
   EXPECT_FALSE(worker_status.ok());
