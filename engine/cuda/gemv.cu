@@ -205,29 +205,33 @@ __global__ void ReduceKernel(const float* __restrict__ partial, int k_splits, in
   }
 }
 
+// Outputs one block computes: kRowsPerWarp per warp for one row of FP8 activations
+// (GemvFp8OneRowKernel), one per warp otherwise (GemvKernel).
+int64_t OutputsPerBlock(const DeviceLinear& w, int rows) {
+  return w.type == WeightType::kFP8 && rows <= 1 ? int64_t{kWarps} * kRowsPerWarp : kWarps;
+}
+
 template <WeightType T>
 cudaError_t LaunchRows(const DeviceLinear& w, const __nv_bfloat16* x, int rows, int64_t k_chunk,
                        int k_splits, float* partial, float* y, const float* bias,
                        cudaStream_t stream) {
   const unsigned threads = kWarps * 32;
-  if constexpr (T == WeightType::kFP8) {
-    if (rows <= 1) {
-      constexpr int64_t per_block = int64_t{kWarps} * kRowsPerWarp;
-      const dim3 grid1(static_cast<unsigned>((w.out + per_block - 1) / per_block),
-                       static_cast<unsigned>(k_splits));
+  const int64_t per_block = OutputsPerBlock(w, rows);
+  const dim3 grid(static_cast<unsigned>((w.out + per_block - 1) / per_block),
+                  static_cast<unsigned>(k_splits));
+  if (rows <= 1) {
+    if constexpr (T == WeightType::kFP8) {
       if (w.scale_kind == WeightScale::kBlock) {
         GemvFp8OneRowKernel<true>
-            <<<grid1, threads, 0, stream>>>(w, x, k_chunk, partial, y, bias, k_splits);
+            <<<grid, threads, 0, stream>>>(w, x, k_chunk, partial, y, bias, k_splits);
       } else {
         GemvFp8OneRowKernel<false>
-            <<<grid1, threads, 0, stream>>>(w, x, k_chunk, partial, y, bias, k_splits);
+            <<<grid, threads, 0, stream>>>(w, x, k_chunk, partial, y, bias, k_splits);
       }
-      return cudaGetLastError();
+    } else {
+      GemvKernel<T, 1>
+          <<<grid, threads, 0, stream>>>(w, x, rows, k_chunk, partial, y, bias, k_splits);
     }
-  }
-  dim3 grid(static_cast<unsigned>((w.out + kWarps - 1) / kWarps), static_cast<unsigned>(k_splits));
-  if (rows <= 1) {
-    GemvKernel<T, 1><<<grid, threads, 0, stream>>>(w, x, rows, k_chunk, partial, y, bias, k_splits);
   } else if (rows <= 2) {
     GemvKernel<T, 2><<<grid, threads, 0, stream>>>(w, x, rows, k_chunk, partial, y, bias, k_splits);
   } else if (rows <= 4) {
@@ -251,8 +255,7 @@ bool GemvSupports(const DeviceLinear& w) {
 }
 
 int GemvKSplits(const DeviceLinear& w, int sms, int rows) {
-  const int64_t per_block =
-      w.type == WeightType::kFP8 && rows <= 1 ? int64_t{kWarps} * kRowsPerWarp : kWarps;
+  const int64_t per_block = OutputsPerBlock(w, rows);
   const int64_t ctas = (w.out + per_block - 1) / per_block;
   const int64_t elems = w.type == WeightType::kBF16 ? 8 : 16;
   const int64_t step = 32 * elems * 4;  // at least four vectors per lane and split
