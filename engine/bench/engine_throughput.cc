@@ -392,9 +392,7 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
       if (sampler != nullptr) {
         std::vector<engine::BatchSampleRow> rows(static_cast<size_t>(batch));
         for (int s = 0; s < batch; ++s) {
-          const int64_t first = out.row_begin[static_cast<size_t>(s)] * vocab;
-          rows[static_cast<size_t>(s)].logits =
-              out.device_logits != nullptr ? out.device_logits + first : out.logits.data() + first;
+          rows[static_cast<size_t>(s)].logits = out.ChunkLogits(static_cast<size_t>(s));
           rows[static_cast<size_t>(s)].on_device = out.device_logits != nullptr;
           rows[static_cast<size_t>(s)].params = &greedy;
         }

@@ -82,6 +82,10 @@ struct ForwardOutput {
   // stream sees them), writable, valid until the next call on this backend. Null otherwise.
   float* device_logits = nullptr;
   std::vector<int64_t> row_begin;  // first row of each chunk, in batch order
+  // The logits of chunk i's first row, in device_logits when set, else in logits.
+  const float* ChunkLogits(size_t i) const {
+    return (device_logits != nullptr ? device_logits : logits.data()) + row_begin[i] * vocab_size;
+  }
   // When any chunk asked return_hidden: [hidden rows, hidden_size] row-major, the rows of the
   // chunks that asked in batch order (SequenceChunk: every token; MtpChunk: its logit rows), and
   // hidden_row_begin[i] = the first hidden row of chunk i (a chunk that did not ask contributes

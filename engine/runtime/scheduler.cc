@@ -383,7 +383,6 @@ Status Scheduler::Verify(Round& round, const ForwardOutput& output, StepStats& s
   const int32_t nodes = tree.size();
   const SamplingParams& params = seq.request.params;
   const bool want_logprobs = params.logprobs || params.top_logprobs > 0;
-  const int64_t first_row = output.row_begin[round.chunk];
   const size_t vocab = static_cast<size_t>(output.vocab_size);
 
   // The target's processed distribution at a node, counting the path's drafts as output.
@@ -394,7 +393,7 @@ Status Scheduler::Verify(Round& round, const ForwardOutput& output, StepStats& s
       std::vector<int32_t> path;
       for (int32_t x = node; x > 0; x = tree.parents[x]) path.push_back(tree.tokens[x]);
       std::reverse(path.begin(), path.end());
-      const std::span<const float> row(output.logits.data() + (first_row + node) * vocab, vocab);
+      const std::span<const float> row(output.ChunkLogits(round.chunk) + node * vocab, vocab);
       seq.sampler->Distribution(row, path, want_logprobs, &dists[node]);
       have[node] = 1;
     }
@@ -534,14 +533,9 @@ Result<StepStats> Scheduler::Step() {
     if (seq.pending() == 0) ready.push_back(i);  // else a prompt chunk; more to read
   }
 
-  const bool on_device = output.device_logits != nullptr;
-  if (on_device && options_.batch_sampler == nullptr) {
+  if (stats.on_device && options_.batch_sampler == nullptr) {
     return Internal("the backend returned device logits to a scheduler that samples on the host");
   }
-  auto row_of = [&](size_t i) {
-    return (on_device ? output.device_logits : output.logits.data()) +
-           output.row_begin[i] * output.vocab_size;
-  };
   std::vector<SampleResult> samples;
   if (options_.batch_sampler != nullptr && !ready.empty()) {
     std::vector<BatchSampleRow> rows;
@@ -549,7 +543,7 @@ Result<StepStats> Scheduler::Step() {
     for (size_t i : ready) {
       const Sequence& seq = *owners[i];
       const std::span<const int32_t> all(seq.tokens);
-      rows.push_back({row_of(i), on_device, &seq.request.params,
+      rows.push_back({output.ChunkLogits(i), stats.on_device, &seq.request.params,
                       all.first(static_cast<size_t>(seq.prompt_len)),
                       all.subspan(static_cast<size_t>(seq.prompt_len)), seq.sampler->seed(),
                       static_cast<uint64_t>(seq.generated)});
@@ -561,8 +555,8 @@ Result<StepStats> Scheduler::Step() {
     }
   } else {
     for (size_t i : ready) {
-      samples.push_back(
-          owners[i]->sampler->Sample({row_of(i), static_cast<size_t>(output.vocab_size)}));
+      samples.push_back(owners[i]->sampler->Sample(
+          {output.ChunkLogits(i), static_cast<size_t>(output.vocab_size)}));
     }
   }
 
