@@ -118,7 +118,6 @@ Status LeaderLoop::Run(int stop_fd) {
         return scheduler_->Step();
       }();
       if (!stats.ok()) {
-        FlushChunks();
         Status failed = stats.status().WithContext("engine step failed");
         FinishAll(spark::v1::FINISH_REASON_ERROR, failed.message());
         return failed;

@@ -90,8 +90,13 @@ class ShardRun {
   // Publishes this rank's load outcome and waits for every other rank's; empty on success,
   // otherwise the reason naming the ranks.
   std::string AgreeLoaded(const Status& own);
-  // The load failures other ranks published by `until` ("rank R (failed: ...)", "; "-joined).
-  std::string PeerLoadFailures(SteadyClock::time_point until);
+  // What the other ranks published of their load by `until`: their failures ("rank R (failed:
+  // ...)", "; "-joined) and the ranks that published nothing.
+  struct PeerLoads {
+    std::string failed;
+    std::vector<std::string> missing;
+  };
+  PeerLoads ReadPeerLoads(SteadyClock::time_point until);
 
   const ShardArgs& args_;
   spark::v1::ShardAssignment assignment_;
@@ -329,8 +334,10 @@ int ShardRun::Run() {
     if (!comm.ok()) {
       // A peer that joined, then failed to load and exited, can close the connection before
       // this rank's side of the group is up: name that failure rather than the connection.
-      const std::string peers = PeerLoadFailures(SteadyClock::now() + kPeerFailureWait);
-      if (!peers.empty()) return Fail(kExitLoad, "another rank failed to load: " + peers);
+      const PeerLoads peers = ReadPeerLoads(SteadyClock::now() + kPeerFailureWait);
+      if (!peers.failed.empty()) {
+        return Fail(kExitLoad, "another rank failed to load: " + peers.failed);
+      }
       return Fail(kExitRendezvous, "rendezvous failed: " + comm.status().message());
     }
     comm_ = std::move(comm).value();
@@ -459,16 +466,19 @@ int ShardRun::Run() {
   return Serve();
 }
 
-std::string ShardRun::PeerLoadFailures(SteadyClock::time_point until) {
-  std::string failed;
+ShardRun::PeerLoads ShardRun::ReadPeerLoads(SteadyClock::time_point until) {
+  PeerLoads peers;
   for (uint32_t r = 0; r < assignment_.world_size(); ++r) {
     if (r == assignment_.rank()) continue;
     Result<std::string> value = store_->Get(kLoadedKeyPrefix + std::to_string(r), MsLeft(until));
-    if (value.ok() && *value != "ok") {
-      failed += (failed.empty() ? "" : "; ") + ("rank " + std::to_string(r) + " (" + *value + ")");
+    if (!value.ok()) {
+      peers.missing.push_back(std::to_string(r));
+    } else if (*value != "ok") {
+      peers.failed +=
+          (peers.failed.empty() ? "" : "; ") + ("rank " + std::to_string(r) + " (" + *value + ")");
     }
   }
-  return failed;
+  return peers;
 }
 
 std::string ShardRun::AgreeLoaded(const Status& own) {
@@ -476,25 +486,12 @@ std::string ShardRun::AgreeLoaded(const Status& own) {
                                  own.ok() ? std::string("ok") : "failed: " + own.message());
   if (!published.ok()) return published.message();
   if (!own.ok()) return "";
-  const auto until = deadline_.value_or(SteadyClock::now() + kDefaultReadyWait);
-  std::vector<std::string> failed;
-  std::vector<std::string> missing;
-  for (uint32_t r = 0; r < assignment_.world_size(); ++r) {
-    if (r == assignment_.rank()) continue;
-    Result<std::string> value = store_->Get(kLoadedKeyPrefix + std::to_string(r), MsLeft(until));
-    if (!value.ok()) {
-      missing.push_back(std::to_string(r));
-    } else if (*value != "ok") {
-      failed.push_back("rank " + std::to_string(r) + " (" + *value + ")");
-    }
-  }
-  std::string reason;
-  for (const std::string& f : failed) reason += (reason.empty() ? "" : "; ") + f;
-  if (!reason.empty()) return "another rank failed to load: " + reason;
-  if (!missing.empty()) {
+  const PeerLoads peers = ReadPeerLoads(deadline_.value_or(SteadyClock::now() + kDefaultReadyWait));
+  if (!peers.failed.empty()) return "another rank failed to load: " + peers.failed;
+  if (!peers.missing.empty()) {
     std::string ranks;
-    for (const std::string& m : missing) ranks += (ranks.empty() ? "" : ", ") + m;
-    return "rank" + std::string(missing.size() > 1 ? "s " : " ") + ranks +
+    for (const std::string& m : peers.missing) ranks += (ranks.empty() ? "" : ", ") + m;
+    return "rank" + std::string(peers.missing.size() > 1 ? "s " : " ") + ranks +
            " did not finish loading in time; check their logs (a slow disk or a crash)";
   }
   return "";
