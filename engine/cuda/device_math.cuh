@@ -1,5 +1,5 @@
-// Device-side helpers shared by the CUDA kernels: exact dtype conversions and warp reductions.
-// Header-only, device code; stateless.
+// Device-side helpers shared by the CUDA kernels: exact dtype conversions and warp reductions,
+// and the launch width of one-block-per-row kernels. Header-only; stateless.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -9,6 +9,10 @@
 #include <cstdint>
 
 namespace spark::cuda {
+
+// Threads of a kernel with one block per row of `cols` elements: 1024 for wide rows, so that a
+// lone row (a decode step's token) costs each thread only a few dependent loads; else 256.
+inline unsigned RowKernelThreads(int64_t cols) { return cols >= 4096 ? 1024u : 256u; }
 
 // Exact FP8 E4M3 -> float (every e4m3 value is representable in fp32).
 __device__ __forceinline__ float Fp8ToFloat(uint8_t bits) {

@@ -1,5 +1,7 @@
 #include "engine/cuda/embedding.h"
 
+#include "engine/cuda/device_math.cuh"
+
 namespace spark::cuda {
 namespace {
 
@@ -17,8 +19,8 @@ __global__ void EmbeddingKernel(const __nv_bfloat16* __restrict__ table, int64_t
 cudaError_t EmbeddingLookup(const __nv_bfloat16* table, int64_t hidden, const int32_t* ids,
                             int64_t tokens, float* out, cudaStream_t stream) {
   if (tokens == 0) return cudaSuccess;
-  const unsigned threads = hidden >= 4096 ? 1024 : 256;
-  EmbeddingKernel<<<static_cast<unsigned>(tokens), threads, 0, stream>>>(table, hidden, ids, out);
+  EmbeddingKernel<<<static_cast<unsigned>(tokens), RowKernelThreads(hidden), 0, stream>>>(
+      table, hidden, ids, out);
   return cudaGetLastError();
 }
 

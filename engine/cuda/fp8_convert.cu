@@ -92,8 +92,8 @@ cudaError_t Bf16ToF32(const __nv_bfloat16* in, int64_t count, float* out, cudaSt
 cudaError_t QuantizePerToken(const __nv_bfloat16* x, int64_t rows, int64_t cols, uint8_t* q,
                              float* scale, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  const unsigned threads = cols >= 4096 ? 1024 : 256;  // few rows (decode) are latency-bound
-  QuantizeKernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(x, cols, q, scale);
+  QuantizeKernel<<<static_cast<unsigned>(rows), RowKernelThreads(cols), 0, stream>>>(x, cols, q,
+                                                                                     scale);
   return cudaGetLastError();
 }
 

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "engine/cuda/cuda_check.h"
+#include "engine/cuda/device_math.cuh"
 #include "engine/cuda/moe_gemm.h"
 
 namespace spark::cuda {
@@ -584,10 +585,8 @@ cudaError_t QuantizeFp8Rows(const __nv_bfloat16* x, int64_t rows, int64_t cols, 
   if (rows == 0) return cudaSuccess;
   auto* qb = static_cast<uint8_t*>(q);
   if (group_cols == 0) {
-    // Enough threads for a few elements each: one row (a decode step) is latency-bound.
-    const unsigned threads = cols >= 4096 ? 1024 : 256;
-    QuantRowKernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(x, cols, qb, scales,
-                                                                        rows_device);
+    QuantRowKernel<<<static_cast<unsigned>(rows), RowKernelThreads(cols), 0, stream>>>(
+        x, cols, qb, scales, rows_device);
   } else if (group_cols == 128 && cols % 128 == 0) {
     const int64_t warps = rows * (cols / 128);
     QuantGroupKernel<<<static_cast<unsigned>((warps + 7) / 8), 256, 0, stream>>>(
