@@ -237,6 +237,10 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     return InvalidArgument(
         "--attention-tensor-cores selects a CUDA attention kernel; use it with --backend cuda");
   }
+  if (o.fuse_shared_experts && o.backend != "cuda") {
+    return InvalidArgument(
+        "--fuse-shared-experts selects the CUDA MoE kernels' layout; use it with --backend cuda");
+  }
 #if !defined(SPARK_HAVE_CUDA)
   if (o.backend == "cuda") {
     return Unimplemented(
@@ -306,6 +310,7 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     spec.cuda_graphs = o.cuda_graphs;
     spec.sample_rows = max_batch;
     spec.attention_tensor_cores = o.attention_tensor_cores;
+    spec.fuse_shared_experts = o.fuse_shared_experts;
     spec.moe_tune = o.moe_tune;
     spec.moe_tune_seconds = &report.moe_tune_s;
     factory = [spec, &store](int rank, int tp, RankParts* parts) {
@@ -317,6 +322,7 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     report.device += ", GPU sampling";
     if (spec.kv_cache_fp8) report.device += ", FP8 KV cache";
     if (spec.attention_tensor_cores) report.device += ", tensor-core attention";
+    if (spec.fuse_shared_experts) report.device += ", shared expert in the MoE kernels";
 #endif
   }
 

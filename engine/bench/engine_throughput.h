@@ -46,6 +46,7 @@ struct EngineBenchOptions {
   bool cuda_graphs = false;             // CUDA: decode steps replay CUDA graphs (CLI: tp 1)
   std::string kv_cache_dtype = "bf16";  // CUDA: bf16 | fp8 (E4M3 KV cache)
   bool attention_tensor_cores = false;  // CUDA: the mma.sync attention kernel where it applies
+  bool fuse_shared_experts = false;     // CUDA: shared expert inside the fused MoE kernels
   bool moe_tune = false;                // CUDA: tune the MoE tile configs first (as a shard does)
 };
 

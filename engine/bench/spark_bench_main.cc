@@ -82,6 +82,9 @@ int main(int argc, char** argv) {
                    o.attention_tensor_cores,
                    "CUDA: attention on tensor cores where it applies (head_dim 128; default "
                    "off)");
+  engine->add_flag("--fuse-shared-experts,!--no-fuse-shared-experts", o.fuse_shared_experts,
+                   "CUDA: run a MoE layer's shared expert inside the fused MoE kernels as one "
+                   "more expert slot (default off)");
 
   spark::bench::SpeculativeBenchOptions so;
   std::string spec_model;

@@ -635,21 +635,24 @@ Status CudaBackend::Impl::UploadLayer(LayerDev& D, int l, LayerWeights& L) {
   SPARK_RETURN_IF_ERROR(upload_vec(L.input_norm, &D.input_norm));
   SPARK_RETURN_IF_ERROR(upload_vec(L.post_attn_norm, &D.post_norm));
   D.is_moe = L.is_moe;
-  const ExpertWeights* mlp = L.is_moe ? (L.has_shared_expert ? &L.shared : nullptr) : &L.mlp;
-  if (mlp != nullptr) {
-    D.has_mlp = true;
-    SPARK_ASSIGN_OR_RETURN(D.gate_up, UploadStacked({&mlp->gate, &mlp->up}));
-    SPARK_ASSIGN_OR_RETURN(D.down, UploadStacked({&mlp->down}));
-    max_inter = std::max(max_inter, mlp->gate.out);
-  }
+  bool shared_fused = false;
   if (L.is_moe) {
-    Result<PackedMoeLayer> packed = PackMoeLayer(L, config);
+    Result<PackedMoeLayer> packed = PackMoeLayer(L, config, options.fuse_shared_experts);
     if (!packed.ok()) return packed.status().WithContext("layer " + std::to_string(l));
     SPARK_ASSIGN_OR_RETURN(D.moe_owned, MoeDeviceLayer::Upload(*packed, stream));
     D.moe = D.moe_owned.view();
     has_moe = true;
     moe_format = packed->format;
     moe_shape = packed->shape;
+    shared_fused = packed->shape.shared_experts > 0;
+  }
+  const ExpertWeights* mlp =
+      L.is_moe ? (L.has_shared_expert && !shared_fused ? &L.shared : nullptr) : &L.mlp;
+  if (mlp != nullptr) {
+    D.has_mlp = true;
+    SPARK_ASSIGN_OR_RETURN(D.gate_up, UploadStacked({&mlp->gate, &mlp->up}));
+    SPARK_ASSIGN_OR_RETURN(D.down, UploadStacked({&mlp->down}));
+    max_inter = std::max(max_inter, mlp->gate.out);
   }
   return Status::Ok();
 }
@@ -851,17 +854,22 @@ Status CudaBackend::Impl::GenerateModel(const DummyWeightsSpec& spec, int mtp_la
       SPARK_RETURN_IF_ERROR(mlp(p + "mlp.", c.intermediate_size));
       return Status::Ok();
     }
-    if (c.n_shared_experts > 0) {
+    // One shared expert of the routed experts' size rides in the MoE kernels as the last slot
+    // (CudaBackendOptions::fuse_shared_experts), with the values the dense path would get.
+    const bool fuse_shared = options.fuse_shared_experts && c.n_shared_experts == 1;
+    if (c.n_shared_experts > 0 && !fuse_shared) {
       SPARK_RETURN_IF_ERROR(
           mlp(p + "mlp.shared_experts.", c.moe_intermediate_size * c.n_shared_experts));
     }
-    // Routed experts straight into MoeForward's layout (moe.h): w13 [E, 2*Im, H] with gate and
-    // up rows interleaved, w2 [E, H, Im].
+    // Routed experts straight into MoeForward's layout (moe.h): w13 [E+S, 2*Im, H] with gate
+    // and up rows interleaved, w2 [E+S, H, Im].
     const int e_count = c.n_routed_experts;
     const Range r = split(c.moe_intermediate_size);
     const int64_t im = r.size();
     MoeLayerDevice& M = D.moe;
     M.shape = MoeShapeFromConfig(c, static_cast<int>(im));
+    M.shape.shared_experts = fuse_shared ? 1 : 0;
+    const int slots = M.shape.gemm_experts();
     M.format = !quantized ? MoeWeightFormat::kBf16
                           : (c.quant.method == QuantMethod::kFp8PerChannel
                                  ? MoeWeightFormat::kFp8PerChannel
@@ -886,11 +894,11 @@ Status CudaBackend::Impl::GenerateModel(const DummyWeightsSpec& spec, int mtp_la
     const bool fp8 = quantized;
     const int64_t elem = fp8 ? 1 : 2;
     SPARK_ASSIGN_OR_RETURN(uint8_t * w13,
-                           weights.Alloc<uint8_t>(int64_t{e_count} * 2 * im * hsz * elem));
-    SPARK_ASSIGN_OR_RETURN(uint8_t * w2,
-                           weights.Alloc<uint8_t>(int64_t{e_count} * hsz * im * elem));
-    for (int e = 0; e < e_count; ++e) {
-      const std::string ep = p + "mlp.experts." + std::to_string(e) + ".";
+                           weights.Alloc<uint8_t>(int64_t{slots} * 2 * im * hsz * elem));
+    SPARK_ASSIGN_OR_RETURN(uint8_t * w2, weights.Alloc<uint8_t>(int64_t{slots} * hsz * im * elem));
+    for (int e = 0; e < slots; ++e) {
+      const std::string ep =
+          e < e_count ? p + "mlp.experts." + std::to_string(e) + "." : p + "mlp.shared_experts.";
       uint8_t* base = w13 + int64_t{e} * 2 * im * hsz * elem;
       SPARK_CUDA_RETURN_IF_ERROR(FillDummyMatrix(DummyNameKey(seed, ep + "gate_proj.weight"), hsz,
                                                  r.begin, im, 0, hsz, fp8, base, 2 * hsz, stream));
@@ -908,9 +916,9 @@ Status CudaBackend::Impl::GenerateModel(const DummyWeightsSpec& spec, int mtp_la
       const float s2 = DummyFp8Scale(c.moe_intermediate_size);
       const bool per_channel = M.format == MoeWeightFormat::kFp8PerChannel;
       const int64_t n13 =
-          per_channel ? int64_t{e_count} * 2 * im : int64_t{e_count} * 2 * (im / 128) * (hsz / 128);
+          per_channel ? int64_t{slots} * 2 * im : int64_t{slots} * 2 * (im / 128) * (hsz / 128);
       const int64_t n2 =
-          per_channel ? int64_t{e_count} * hsz : int64_t{e_count} * (hsz / 128) * (im / 128);
+          per_channel ? int64_t{slots} * hsz : int64_t{slots} * (hsz / 128) * (im / 128);
       SPARK_ASSIGN_OR_RETURN(M.w13_scale,
                              upload_vec(std::vector<float>(static_cast<size_t>(n13), s13)));
       SPARK_ASSIGN_OR_RETURN(M.w2_scale,

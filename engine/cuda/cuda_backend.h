@@ -86,6 +86,13 @@ struct CudaBackendOptions {
   // tree masks; BF16 or FP8 cache); the CUDA-core kernel otherwise. Off by default until its GPU
   // check (gpu_kernels_test's tc_ attention cases) has passed.
   bool attention_tensor_cores = false;
+  // MoE layers whose shared expert has the routed experts' shape and format (GLM-4's one
+  // shared expert) run it inside the fused MoE kernels as one more expert slot taken by every
+  // token with weight 1 (engine/cuda/moe.h), instead of a separate gate/up GEMV, SiLU-multiply
+  // and down GEMV: three kernels fewer per layer and more blocks for the grouped GEMMs. Its
+  // activations are then quantised to FP8 per token like the routed experts'. Off by default
+  // until gpu_backend_test's FusedSharedExpert check has passed on a GPU.
+  bool fuse_shared_experts = false;
   // Tokens (summed over the chunks) one Forward may carry; sizes the activation workspace.
   int64_t max_batch_tokens = 4096;
   // Caps the shared memory per block a kernel may use (0 = the device's opt-in limit);

@@ -68,6 +68,7 @@ __global__ void __launch_bounds__(256)
 
 struct TopKArgs {
   int experts, top_k, n_group, topk_group;
+  int shared;  // shared expert slots appended to every token's row (ids experts.., weight 1)
   bool norm_topk_prob, softmax;
   float scaling;
 };
@@ -210,11 +211,16 @@ __global__ void TopKKernel(const float* __restrict__ logits, const float* __rest
     float sum = 0.f;
     for (int i = 0; i < a.top_k; ++i) sum += ss[i];
     const float denom = sum + 1e-20f;
+    const int64_t row = t * (a.top_k + a.shared);
     for (int i = 0; i < a.top_k; ++i) {
       float w = ss[i];
       if (a.norm_topk_prob) w = w / denom;
-      ids[t * a.top_k + i] = si[i];
-      weights[t * a.top_k + i] = w * a.scaling;
+      ids[row + i] = si[i];
+      weights[row + i] = w * a.scaling;
+    }
+    for (int i = 0; i < a.shared; ++i) {
+      ids[row + a.top_k + i] = a.experts + i;
+      weights[row + a.top_k + i] = 1.0f;
     }
   }
 }
@@ -377,7 +383,7 @@ __global__ void CombineKernel(const float* __restrict__ pair_out, int64_t tokens
 
 bool SameShape(const MoeShape& a, const MoeShape& b) {
   return a.num_experts == b.num_experts && a.hidden == b.hidden && a.inter == b.inter &&
-         a.top_k == b.top_k;
+         a.top_k == b.top_k && a.shared_experts == b.shared_experts;
 }
 
 }  // namespace
@@ -395,6 +401,8 @@ Status MoeShape::Validate(MoeWeightFormat format) const {
     return Unimplemented(what + "more than 512 routed experts are not supported yet");
   if (top_k > kMaxTopK || top_k > num_experts)
     return InvalidArgument(what + "top_k must be at most min(32, experts)");
+  if (shared_experts < 0 || pairs_per_token() > kMaxTopK)
+    return InvalidArgument(what + "top_k plus the fused shared experts must be at most 32");
   if (n_group < 1 || n_group > kMaxGroups || num_experts % n_group != 0 || topk_group < 1 ||
       topk_group > n_group)
     return InvalidArgument(what +
@@ -421,14 +429,14 @@ Result<MoeWorkspace> MoeWorkspace::Create(const MoeShape& shape, MoeWeightFormat
   w.shape_ = shape;
   w.format_ = format;
   w.max_tokens_ = max_tokens;
-  const int64_t e = shape.num_experts, h = shape.hidden, im = shape.inter, k = shape.top_k;
-  const int64_t pairs = max_tokens * k;
+  const int64_t e = shape.num_experts, h = shape.hidden, im = shape.inter;
+  const int64_t pairs = max_tokens * shape.pairs_per_token();
   // Sized for every compiled block_m: the same workspace serves any table (capped or not).
   const MoeScratchSizes scratch =
-      table != nullptr
-          ? table->ScratchFor(format, shape.num_experts, shape.hidden, shape.inter, shape.top_k,
-                              max_tokens)
-          : MoeScratchFor(shape.num_experts, shape.hidden, shape.inter, shape.top_k, max_tokens);
+      table != nullptr ? table->ScratchFor(format, shape.gemm_experts(), shape.hidden, shape.inter,
+                                           shape.pairs_per_token(), max_tokens)
+                       : MoeScratchFor(shape.gemm_experts(), shape.hidden, shape.inter,
+                                       shape.pairs_per_token(), max_tokens);
   w.max_mblocks_ = scratch.max_mblocks;
   w.max_rows_ = scratch.max_rows;
   const bool fp8 = format != MoeWeightFormat::kBf16;
@@ -548,12 +556,18 @@ Result<MoePhaseTimes> MoeWorkspace::PhaseTimes() const {
 cudaError_t MoeTopK(const MoeShape& shape, const float* logits, const float* correction_bias,
                     int64_t tokens, int32_t* topk_ids, float* topk_weights, cudaStream_t stream) {
   if (tokens == 0) return cudaSuccess;
-  if (shape.num_experts > 32 * kMaxExpertsPerLane || shape.top_k > kMaxTopK ||
-      shape.n_group > kMaxGroups || shape.top_k < 1)
+  if (shape.num_experts > 32 * kMaxExpertsPerLane || shape.pairs_per_token() > kMaxTopK ||
+      shape.n_group > kMaxGroups || shape.top_k < 1 || shape.shared_experts < 0)
     return cudaErrorInvalidValue;
-  TopKArgs a{shape.num_experts,          shape.top_k,          shape.n_group,
-             shape.topk_group,           shape.norm_topk_prob, shape.softmax_scoring,
-             shape.routed_scaling_factor};
+  TopKArgs a;
+  a.experts = shape.num_experts;
+  a.top_k = shape.top_k;
+  a.n_group = shape.n_group;
+  a.topk_group = shape.topk_group;
+  a.shared = shape.shared_experts;
+  a.norm_topk_prob = shape.norm_topk_prob;
+  a.softmax = shape.softmax_scoring;
+  a.scaling = shape.routed_scaling_factor;
   const unsigned blocks = static_cast<unsigned>((tokens + 3) / 4);
   TopKKernel<<<blocks, 128, 0, stream>>>(logits, correction_bias, tokens, a, topk_ids,
                                          topk_weights);
@@ -609,7 +623,7 @@ struct MoeWorkspaceAccess {
         layer.format != w.format_)
       return cudaErrorInvalidValue;
     if (tokens == 0) return cudaSuccess;
-    const int64_t pairs = tokens * s.top_k;
+    const int64_t pairs = tokens * s.pairs_per_token();
     const MoeWeightFormat format = layer.format;
     const bool fp8 = format != MoeWeightFormat::kBf16;
     const bool block = format == MoeWeightFormat::kFp8Block;
@@ -619,8 +633,9 @@ struct MoeWorkspaceAccess {
     scratch.max_mblocks = w.max_mblocks_;
     scratch.split_partial_floats = w.split_partial_floats_;
     scratch.split_counters = w.split_counter_count_;
-    Result<MoeLaunch> launch = table.PlanLaunch(format, s.num_experts, s.hidden, s.inter, s.top_k,
-                                                tokens, scratch, forced_gate_up, forced_down);
+    Result<MoeLaunch> launch =
+        table.PlanLaunch(format, s.gemm_experts(), s.hidden, s.inter, s.pairs_per_token(), tokens,
+                         scratch, forced_gate_up, forced_down);
     if (!launch.ok()) {
       return launch.status().code() == StatusCode::kOutOfRange ? cudaErrorInvalidValue
                                                                : cudaErrorInvalidConfiguration;
@@ -638,9 +653,9 @@ struct MoeWorkspaceAccess {
     if (err != cudaSuccess) return err;
     err = MoeRoute(layer, x, tokens, w.logits_, w.topk_ids_, w.topk_weights_, stream);
     if (err != cudaSuccess) return err;
-    const size_t perm_smem = size_t{3} * s.num_experts * sizeof(int);
+    const size_t perm_smem = size_t{3} * s.gemm_experts() * sizeof(int);
     PermuteKernel<<<1, 1024, perm_smem, stream>>>(w.topk_ids_, static_cast<int>(pairs),
-                                                  s.num_experts, bm, w.sorted_pairs_,
+                                                  s.gemm_experts(), bm, w.sorted_pairs_,
                                                   w.mblock_expert_, w.num_rows_);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
     if ((err = mark(1)) != cudaSuccess) return err;
@@ -652,7 +667,7 @@ struct MoeWorkspaceAccess {
     g.topk_weights = w.topk_weights_;
     g.partials = w.split_partials_;
     g.counters = w.split_counters_;
-    g.top_k = s.top_k;
+    g.top_k = s.pairs_per_token();
     g.mblocks = static_cast<int>(mblocks);
 
     // Gate/up.
@@ -692,7 +707,7 @@ struct MoeWorkspaceAccess {
 
     const int64_t quads = tokens * (s.hidden / 4);
     CombineKernel<T><<<static_cast<unsigned>((quads + 255) / 256), 256, 0, stream>>>(
-        w.out_pairs_, tokens, s.top_k, s.hidden, addend, out);
+        w.out_pairs_, tokens, s.pairs_per_token(), s.hidden, addend, out);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
     return mark(4);
   }

@@ -1,11 +1,14 @@
 // Routed experts of a GLM-4 MoE layer on the GPU (shared/docs/glm4-moe.md §2.7-2.8, §6, §7).
 //
 // MoeForward(layer, x, tokens, out, workspace, table, stream) computes, for every token t,
-//   out[t] = Σ_j w[t,j] * Expert_{idx[t,j]}(x[t])          (routed experts only)
+//   out[t] = Σ_j w[t,j] * Expert_{idx[t,j]}(x[t]) + Σ_s Shared_s(x[t])
 // where (idx, w) come from the router: fp32 logits x·Wr^T, sigmoid (or softmax), correction
 // bias for the choice only, group-limited top-k, weights from the unbiased scores, renormalised
-// and scaled by routed_scaling_factor. The caller adds the shared expert and runs the
-// tensor-parallel all-reduce. Choices are deterministic (no atomics decide them), and so are the
+// and scaled by routed_scaling_factor. Shared experts are optional: with
+// MoeShape::shared_experts = S > 0 the last S expert slots of w13/w2 hold them and every token
+// takes each with weight 1, as S more (token, expert) pairs of the same grouped GEMMs (one
+// pipeline instead of a separate MLP); otherwise the caller adds the shared expert. The caller
+// runs the tensor-parallel all-reduce. Choices are deterministic (no atomics decide them), and so are the
 // sums: the k expert outputs of a token are added in ascending expert order, split-K partials
 // in split order.
 //
@@ -17,12 +20,12 @@
 // launches one above the device's (or the emulated) shared-memory limit.
 //
 // Device layout of a layer (built by PackMoeLayer, engine/cuda/moe_pack.h):
-//   w13 [E, 2*Im, H]: gate and up rows INTERLEAVED: row 2i = gate_i, row 2i+1 = up_i.
-//   w2  [E, H, Im].
+//   w13 [E+S, 2*Im, H]: gate and up rows INTERLEAVED: row 2i = gate_i, row 2i+1 = up_i.
+//   w2  [E+S, H, Im].   (E routed experts, then S shared ones; scales follow the same order)
 //   BF16 or e4m3 (MoeWeightFormat). Scales (fp32):
-//     kFp8PerChannel: w13_scale [E, 2*Im] (interleaved like the rows), w2_scale [E, H].
-//     kFp8Block:      w13_scale [E, 2, Im/128, H/128] (gate blocks, then up blocks),
-//                     w2_scale [E, H/128, Im/128]; H and Im must be multiples of 128.
+//     kFp8PerChannel: w13_scale [E+S, 2*Im] (interleaved like the rows), w2_scale [E+S, H].
+//     kFp8Block:      w13_scale [E+S, 2, Im/128, H/128] (gate blocks, then up blocks),
+//                     w2_scale [E+S, H/128, Im/128]; H and Im must be multiples of 128.
 //   router [E, H] fp32, router_bias [E] fp32 or nullptr.
 //
 // Thread safety: stream-ordered; one workspace per concurrent stream. Ownership: MoeLayerDevice
@@ -50,6 +53,13 @@ struct MoeShape {
   bool norm_topk_prob = true;
   bool softmax_scoring = false;  // false: sigmoid (GLM-4); true: softmax (Qwen3-MoE)
   float routed_scaling_factor = 1.0f;
+  // Shared experts held as the last expert slots (each of intermediate size Im, like a routed
+  // one) and taken by every token with weight 1; 0 = the caller runs them.
+  int shared_experts = 0;
+
+  // Expert slots of the grouped GEMMs and (token, expert) pairs per token.
+  int gemm_experts() const { return num_experts + shared_experts; }
+  int pairs_per_token() const { return top_k + shared_experts; }
 
   // Clear InvalidArgument naming the problem when the shape is not supported.
   Status Validate(MoeWeightFormat format) const;
@@ -107,7 +117,8 @@ class MoeWorkspace {
   Status SetPhaseTiming(bool on);
   Result<MoePhaseTimes> PhaseTimes() const;
 
-  // Router results of the last forward (device): [tokens, top_k], experts ascending per token.
+  // Router results of the last forward (device): [tokens, top_k + S], routed experts ascending
+  // per token, then the shared slots E..E+S-1 with weight 1.
   const int32_t* topk_ids() const { return topk_ids_; }
   const float* topk_weights() const { return topk_weights_; }
 
@@ -136,7 +147,7 @@ class MoeWorkspace {
   __nv_bfloat16* inter_ = nullptr;     // [max_rows, Im]
   void* inter_q_ = nullptr;            // FP8 [max_rows, Im]
   float* inter_scale_ = nullptr;       // [max_rows, Im/128] or [max_rows]
-  float* out_pairs_ = nullptr;         // [max_tokens * top_k, H]
+  float* out_pairs_ = nullptr;         // [max_tokens * (top_k + S), H]
   float* split_partials_ = nullptr;    // split-K partial tiles
   int32_t* split_counters_ = nullptr;  // per-tile arrival counters (kept zero between launches)
   int64_t split_partial_floats_ = 0;
@@ -145,8 +156,8 @@ class MoeWorkspace {
   int64_t max_mblocks_ = 0;
 };
 
-// Routed experts of `tokens` rows of x [tokens, H] (BF16) into out [tokens, H]. When `addend`
-// is not null, out = addend + routed (e.g. the shared expert's output). tokens may be 0.
+// Experts of `tokens` rows of x [tokens, H] (BF16) into out [tokens, H]. When `addend` is not
+// null, out = addend + experts (e.g. a shared expert run separately). tokens may be 0.
 // Errors: cudaErrorInvalidValue for tokens > workspace.max_tokens() or a shape/format that the
 // workspace was not made for; cudaErrorInvalidConfiguration if the table's choice does not fit.
 cudaError_t MoeForward(const MoeLayerDevice& layer, const __nv_bfloat16* x, int64_t tokens,
@@ -163,8 +174,9 @@ cudaError_t MoeForwardWithConfigs(const MoeLayerDevice& layer, const __nv_bfloat
                                   const MoeConfigTable& table, const MoeTileConfig& gate_up,
                                   const MoeTileConfig& down, cudaStream_t stream);
 
-// Router alone: logits, scores and top-k of `tokens` rows into ids/weights [tokens, top_k]
-// (experts ascending per token), exactly the choice MoeForward makes.
+// Router alone: logits, scores and top-k of `tokens` rows into ids/weights [tokens, top_k + S]
+// (routed experts ascending per token, then the S shared slots with weight 1), exactly the
+// choice MoeForward makes.
 cudaError_t MoeRoute(const MoeLayerDevice& layer, const __nv_bfloat16* x, int64_t tokens,
                      float* logits, int32_t* topk_ids, float* topk_weights, cudaStream_t stream);
 // Top-k selection alone from fp32 logits [tokens, E].

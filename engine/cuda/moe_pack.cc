@@ -1,5 +1,6 @@
 #include "engine/cuda/moe_pack.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -105,8 +106,56 @@ MoeShape MoeShapeFromConfig(const engine::ModelConfig& config, int inter_local) 
   return s;
 }
 
+namespace {
+
+// Expert `x` into slot `e` of `p` (rows interleaved, scales in the matching order).
+Status PackExpert(const engine::ExpertWeights& x, const std::string& name, int64_t e,
+                  PackedMoeLayer& p) {
+  const int64_t h = p.shape.hidden;
+  const int64_t im = p.shape.inter;
+  const MoeWeightFormat format = p.format;
+  SPARK_RETURN_IF_ERROR(CheckWeight(x.gate, name + ".gate_proj", im, h, format));
+  SPARK_RETURN_IF_ERROR(CheckWeight(x.up, name + ".up_proj", im, h, format));
+  SPARK_RETURN_IF_ERROR(CheckWeight(x.down, name + ".down_proj", h, im, format));
+  const int64_t esize = format == MoeWeightFormat::kBf16 ? 2 : 1;
+  std::byte* w13 = p.w13.data() + e * 2 * im * h * esize;
+  for (int64_t i = 0; i < im; ++i) {
+    CopyRow(x.gate, i, w13 + (2 * i) * h * esize);
+    CopyRow(x.up, i, w13 + (2 * i + 1) * h * esize);
+  }
+  std::byte* w2 = p.w2.data() + e * h * im * esize;
+  for (int64_t r = 0; r < h; ++r) CopyRow(x.down, r, w2 + r * im * esize);
+  if (format == MoeWeightFormat::kFp8PerChannel) {
+    for (int64_t i = 0; i < im; ++i) {
+      p.w13_scale[e * 2 * im + 2 * i] = x.gate.scale[i];
+      p.w13_scale[e * 2 * im + 2 * i + 1] = x.up.scale[i];
+    }
+    std::copy(x.down.scale.begin(), x.down.scale.end(), p.w2_scale.begin() + e * h);
+  } else if (format == MoeWeightFormat::kFp8Block) {
+    const int64_t half = (im / 128) * (h / 128);
+    std::copy(x.gate.scale.begin(), x.gate.scale.end(), p.w13_scale.begin() + e * 2 * half);
+    std::copy(x.up.scale.begin(), x.up.scale.end(), p.w13_scale.begin() + e * 2 * half + half);
+    std::copy(x.down.scale.begin(), x.down.scale.end(), p.w2_scale.begin() + e * half);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+bool CanFuseSharedExpert(const engine::LayerWeights& layer) {
+  if (!layer.is_moe || !layer.has_shared_expert || layer.experts.empty()) return false;
+  const engine::ExpertWeights& routed = layer.experts[0];
+  const engine::ExpertWeights& shared = layer.shared;
+  Result<MoeWeightFormat> a = FormatOf(routed.gate, "experts.0.gate_proj");
+  Result<MoeWeightFormat> b = FormatOf(shared.gate, "shared_experts.gate_proj");
+  return a.ok() && b.ok() && *a == *b && shared.gate.out == routed.gate.out &&
+         shared.gate.in == routed.gate.in && shared.down.out == routed.down.out &&
+         shared.down.in == routed.down.in && shared.gate.dtype == routed.gate.dtype &&
+         shared.gate.block_n == routed.gate.block_n && shared.gate.block_k == routed.gate.block_k;
+}
+
 Result<PackedMoeLayer> PackMoeLayer(const engine::LayerWeights& layer,
-                                    const engine::ModelConfig& config) {
+                                    const engine::ModelConfig& config, bool fuse_shared) {
   if (!layer.is_moe || layer.experts.empty())
     return InvalidArgument("PackMoeLayer: the layer has no routed experts");
   const int64_t e_count = static_cast<int64_t>(layer.experts.size());
@@ -121,6 +170,7 @@ Result<PackedMoeLayer> PackMoeLayer(const engine::LayerWeights& layer,
                          FormatOf(layer.experts[0].gate, "experts.0.gate_proj"));
   PackedMoeLayer p;
   p.shape = MoeShapeFromConfig(config, static_cast<int>(im));
+  p.shape.shared_experts = fuse_shared && CanFuseSharedExpert(layer) ? 1 : 0;
   p.format = format;
   SPARK_RETURN_IF_ERROR(p.shape.Validate(format));
   if (static_cast<int64_t>(layer.router.size()) != e_count * h)
@@ -131,43 +181,23 @@ Result<PackedMoeLayer> PackMoeLayer(const engine::LayerWeights& layer,
   p.router = layer.router;
   p.router_bias = layer.router_bias;
 
+  const int64_t slots = p.shape.gemm_experts();
   const int64_t esize = format == MoeWeightFormat::kBf16 ? 2 : 1;
-  p.w13.resize(static_cast<size_t>(e_count * 2 * im * h * esize));
-  p.w2.resize(static_cast<size_t>(e_count * h * im * esize));
-  const bool fp8 = format != MoeWeightFormat::kBf16;
-  const bool block = format == MoeWeightFormat::kFp8Block;
-  if (fp8 && !block) {
-    p.w13_scale.resize(e_count * 2 * im);
-    p.w2_scale.resize(e_count * h);
-  } else if (block) {
-    p.w13_scale.resize(e_count * 2 * (im / 128) * (h / 128));
-    p.w2_scale.resize(e_count * (h / 128) * (im / 128));
+  p.w13.resize(static_cast<size_t>(slots * 2 * im * h * esize));
+  p.w2.resize(static_cast<size_t>(slots * h * im * esize));
+  if (format == MoeWeightFormat::kFp8PerChannel) {
+    p.w13_scale.resize(slots * 2 * im);
+    p.w2_scale.resize(slots * h);
+  } else if (format == MoeWeightFormat::kFp8Block) {
+    p.w13_scale.resize(slots * 2 * (im / 128) * (h / 128));
+    p.w2_scale.resize(slots * (h / 128) * (im / 128));
   }
   for (int64_t e = 0; e < e_count; ++e) {
-    const engine::ExpertWeights& x = layer.experts[e];
-    const std::string name = "experts." + std::to_string(e);
-    SPARK_RETURN_IF_ERROR(CheckWeight(x.gate, name + ".gate_proj", im, h, format));
-    SPARK_RETURN_IF_ERROR(CheckWeight(x.up, name + ".up_proj", im, h, format));
-    SPARK_RETURN_IF_ERROR(CheckWeight(x.down, name + ".down_proj", h, im, format));
-    std::byte* w13 = p.w13.data() + e * 2 * im * h * esize;
-    for (int64_t i = 0; i < im; ++i) {
-      CopyRow(x.gate, i, w13 + (2 * i) * h * esize);
-      CopyRow(x.up, i, w13 + (2 * i + 1) * h * esize);
-    }
-    std::byte* w2 = p.w2.data() + e * h * im * esize;
-    for (int64_t r = 0; r < h; ++r) CopyRow(x.down, r, w2 + r * im * esize);
-    if (fp8 && !block) {
-      for (int64_t i = 0; i < im; ++i) {
-        p.w13_scale[e * 2 * im + 2 * i] = x.gate.scale[i];
-        p.w13_scale[e * 2 * im + 2 * i + 1] = x.up.scale[i];
-      }
-      std::copy(x.down.scale.begin(), x.down.scale.end(), p.w2_scale.begin() + e * h);
-    } else if (block) {
-      const int64_t half = (im / 128) * (h / 128);
-      std::copy(x.gate.scale.begin(), x.gate.scale.end(), p.w13_scale.begin() + e * 2 * half);
-      std::copy(x.up.scale.begin(), x.up.scale.end(), p.w13_scale.begin() + e * 2 * half + half);
-      std::copy(x.down.scale.begin(), x.down.scale.end(), p.w2_scale.begin() + e * half);
-    }
+    SPARK_RETURN_IF_ERROR(
+        PackExpert(layer.experts[e], "experts." + std::to_string(e), e, p));
+  }
+  if (p.shape.shared_experts > 0) {
+    SPARK_RETURN_IF_ERROR(PackExpert(layer.shared, "shared_experts", e_count, p));
   }
   return p;
 }

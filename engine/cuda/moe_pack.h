@@ -32,11 +32,17 @@ struct PackedMoeLayer {
 // The MoeShape of a MoE layer of `config` as held by a rank (Im = the experts' local rows).
 MoeShape MoeShapeFromConfig(const engine::ModelConfig& config, int inter_local);
 
-// Packs the routed experts of `layer` (is_moe). BF16 weights give kBf16; FP8 with per-channel
-// scales kFp8PerChannel; FP8 with 128x128 blocks kFp8Block. F32/F16 weights are converted to
-// BF16. Errors name the tensor and what is unsupported (e.g. other block sizes).
+// Whether the layer's shared expert can ride in the grouped GEMMs as one more expert slot: it
+// exists and has the routed experts' shape, dtype and scaling (GLM-4: n_shared_experts 1).
+bool CanFuseSharedExpert(const engine::LayerWeights& layer);
+
+// Packs the routed experts of `layer` (is_moe), and with `fuse_shared` its shared expert as the
+// last slot where CanFuseSharedExpert (shape.shared_experts says whether it did). BF16 weights
+// give kBf16; FP8 with per-channel scales kFp8PerChannel; FP8 with 128x128 blocks kFp8Block.
+// F32/F16 weights are converted to BF16. Errors name the tensor and what is unsupported (e.g.
+// other block sizes).
 Result<PackedMoeLayer> PackMoeLayer(const engine::LayerWeights& layer,
-                                    const engine::ModelConfig& config);
+                                    const engine::ModelConfig& config, bool fuse_shared = false);
 
 // Device copy of a packed layer.
 class MoeDeviceLayer {

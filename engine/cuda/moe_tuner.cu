@@ -237,7 +237,8 @@ engine::MoeDeviceClass MoeDeviceClassOf(const DeviceInfo& device, const MoeConfi
 }
 
 engine::MoeGemmShape MoeGemmShapeOf(const MoeShape& shape, MoeWeightFormat format) {
-  return {MoeWeightFormatName(format), shape.num_experts, shape.hidden, shape.inter, shape.top_k};
+  return {MoeWeightFormatName(format), shape.gemm_experts(), shape.hidden, shape.inter,
+          shape.pairs_per_token()};
 }
 
 engine::MoeTileChoice MoeTileChoiceOf(const MoeTileConfig& c) {
@@ -277,8 +278,8 @@ Result<std::vector<MoeTunedChoice>> MoeTunedChoicesOf(
   const std::vector<engine::MoeGemmDims> dims = engine::MoeGemmDimsOf(gemm_shape);
   std::vector<MoeTunedChoice> out;
   for (const engine::MoeTuningRecord& r : records) {
-    if (r.device != device || r.format != gemm_shape.format || r.experts != shape.num_experts ||
-        r.top_k != shape.top_k)
+    if (r.device != device || r.format != gemm_shape.format || r.experts != gemm_shape.experts ||
+        r.top_k != gemm_shape.top_k)
       continue;
     const engine::MoeGemmDims* d = nullptr;
     for (const auto& x : dims) {
@@ -291,7 +292,7 @@ Result<std::vector<MoeTunedChoice>> MoeTunedChoicesOf(
     MoeTunedChoice c;
     c.format = format;
     c.gemm = r.gemm == "gate_up" ? MoeGemm::kGateUp : MoeGemm::kDown;
-    c.pairs = r.batch * shape.top_k;
+    c.pairs = r.batch * shape.pairs_per_token();
     c.config = *config;
     out.push_back(c);
   }
@@ -319,13 +320,15 @@ Result<MoeRandomLayer> MoeRandomLayer::Create(const MoeShape& shape, MoeWeightFo
   };
   l.view_.shape = shape;
   l.view_.format = format;
-  const int64_t e = shape.num_experts, h = shape.hidden, im = shape.inter;
+  // Router over the routed experts; weights for every expert slot (shared ones included).
+  const int64_t routed = shape.num_experts, e = shape.gemm_experts();
+  const int64_t h = shape.hidden, im = shape.inter;
   const int64_t w13 = e * 2 * im * h, w2 = e * h * im;
-  SPARK_ASSIGN_OR_RETURN(void* router, alloc(e * h * 4));
-  SPARK_ASSIGN_OR_RETURN(void* bias, alloc(e * 4));
-  FillFloat<<<1024, 256>>>(static_cast<float*>(router), e * h,
+  SPARK_ASSIGN_OR_RETURN(void* router, alloc(routed * h * 4));
+  SPARK_ASSIGN_OR_RETURN(void* bias, alloc(routed * 4));
+  FillFloat<<<1024, 256>>>(static_cast<float*>(router), routed * h,
                            4.0f / std::sqrt(static_cast<float>(h)), seed + 1);
-  FillFloat<<<1, 256>>>(static_cast<float*>(bias), e, 0.05f, seed + 2);
+  FillFloat<<<1, 256>>>(static_cast<float*>(bias), routed, 0.05f, seed + 2);
   l.view_.router = static_cast<const float*>(router);
   l.view_.router_bias = static_cast<const float*>(bias);
   if (format == MoeWeightFormat::kBf16) {
@@ -418,8 +421,8 @@ Result<MoeTuneResult> TuneMoe(const DeviceInfo& device, const MoeConfigTable& ta
       continue;
     }
     const auto bucket_start = std::chrono::steady_clock::now();
-    const int64_t pairs = tokens * shape.top_k;
-    const int64_t rows_per_expert = (pairs + shape.num_experts - 1) / shape.num_experts;
+    const int64_t pairs = tokens * shape.pairs_per_token();
+    const int64_t rows_per_expert = (pairs + shape.gemm_experts() - 1) / shape.gemm_experts();
     const int64_t max_bm = std::max<int64_t>(32, 2 * rows_per_expert);
     std::vector<int> block_ms;
     for (const MoeTileConfig& c : all) {
@@ -431,7 +434,7 @@ Result<MoeTuneResult> TuneMoe(const DeviceInfo& device, const MoeConfigTable& ta
     double best_sum = 1e30;
     Timed best_gu, best_dn;
     for (int bm : block_ms) {
-      const int64_t mblocks = std::min<int64_t>(shape.num_experts, pairs) + pairs / bm;
+      const int64_t mblocks = std::min<int64_t>(shape.gemm_experts(), pairs) + pairs / bm;
       auto candidates_for = [&](MoeGemm gemm) {
         const int64_t n = gemm == MoeGemm::kGateUp ? int64_t{2} * shape.inter : shape.hidden;
         const int64_t k = gemm == MoeGemm::kGateUp ? shape.hidden : shape.inter;
@@ -457,7 +460,7 @@ Result<MoeTuneResult> TuneMoe(const DeviceInfo& device, const MoeConfigTable& ta
       const std::vector<MoeTileConfig> dn_cands = candidates_for(MoeGemm::kDown);
       if (gu_cands.empty() || dn_cands.empty()) continue;
       // Down fixed at the table's heuristic choice when it has this block_m, else the first.
-      MoeTileConfig down0 = table.Select(format, MoeGemm::kDown, pairs, shape.num_experts,
+      MoeTileConfig down0 = table.Select(format, MoeGemm::kDown, pairs, shape.gemm_experts(),
                                          shape.hidden, shape.inter, 8);
       if (down0.block_m != bm) down0 = dn_cands.front();
       SPARK_ASSIGN_OR_RETURN(
@@ -480,10 +483,10 @@ Result<MoeTuneResult> TuneMoe(const DeviceInfo& device, const MoeConfigTable& ta
       r.device = device_class;
       r.format = gemm_shape.format;
       r.gemm = gemm == MoeGemm::kGateUp ? "gate_up" : "down";
-      r.experts = shape.num_experts;
+      r.experts = gemm_shape.experts;
       r.n = gemm == MoeGemm::kGateUp ? int64_t{2} * shape.inter : shape.hidden;
       r.k = gemm == MoeGemm::kGateUp ? shape.hidden : shape.inter;
-      r.top_k = shape.top_k;
+      r.top_k = gemm_shape.top_k;
       r.batch = tokens;
       r.config = MoeTileChoiceOf(timed.config);
       r.measured_us = timed.us;
@@ -537,7 +540,7 @@ Result<std::vector<MoeTableComparison>> CompareMoeTables(
         c.tuned_down = plan.down;
       }
     }
-    const int64_t pairs = tokens * shape.top_k;
+    const int64_t pairs = tokens * shape.pairs_per_token();
     const MoeTunedChoice* gu = nullptr;
     const MoeTunedChoice* dn = nullptr;
     for (const MoeTunedChoice& e : expected) {

@@ -77,10 +77,10 @@ struct MoeTileChoice {
 // The routed-expert GEMMs of one model on one tensor-parallel rank.
 struct MoeGemmShape {
   std::string format;  // "bf16", "fp8-per-channel", "fp8-block128"
-  int experts = 0;     // E
+  int experts = 0;     // expert slots of the grouped GEMMs: E, plus fused shared experts
   int64_t hidden = 0;  // H
   int64_t inter = 0;   // Im of this rank
-  int top_k = 0;
+  int top_k = 0;       // (token, expert) pairs per token: top_k, plus fused shared experts
 };
 
 struct MoeTuningRecord {

@@ -158,11 +158,13 @@ TEST(MoeRouterTest, TopKMatchesCpuRouteTokenExactly) {
   struct Case {
     int experts, top_k, n_group, topk_group;
     bool softmax, bias, ties;
+    int shared = 0;  // fused shared expert slots after the routed choice
   };
   const Case cases[] = {{128, 8, 1, 1, false, true, false}, {160, 8, 1, 1, false, true, false},
                         {64, 6, 8, 3, false, true, false},  {160, 8, 1, 1, false, true, true},
                         {128, 8, 1, 1, true, false, false}, {32, 4, 4, 2, false, false, true},
-                        {512, 32, 1, 1, false, true, false}};
+                        {512, 32, 1, 1, false, true, false}, {128, 8, 1, 1, false, true, false, 1},
+                        {512, 31, 1, 1, false, true, false, 1}};
   for (const Case& c : cases) {
     const int64_t tokens = 257;
     std::mt19937 rng(c.experts * 31 + c.top_k);
@@ -177,14 +179,16 @@ TEST(MoeRouterTest, TopKMatchesCpuRouteTokenExactly) {
     shape.topk_group = c.topk_group;
     shape.softmax_scoring = c.softmax;
     shape.routed_scaling_factor = 2.5f;
-    DeviceBuffer<float> dl(logits.size()), db(bias.size()), dw(tokens * c.top_k);
-    DeviceBuffer<int32_t> di(tokens * c.top_k);
+    shape.shared_experts = c.shared;
+    const int stride = c.top_k + c.shared;
+    DeviceBuffer<float> dl(logits.size()), db(bias.size()), dw(tokens * stride);
+    DeviceBuffer<int32_t> di(tokens * stride);
     SPARK_CUDA_CHECK(cudaMemcpy(dl.ptr, logits.data(), logits.size() * 4, cudaMemcpyHostToDevice));
     SPARK_CUDA_CHECK(cudaMemcpy(db.ptr, bias.data(), bias.size() * 4, cudaMemcpyHostToDevice));
     ASSERT_EQ(MoeTopK(shape, dl.ptr, c.bias ? db.ptr : nullptr, tokens, di.ptr, dw.ptr, nullptr),
               cudaSuccess);
-    std::vector<int32_t> ids(tokens * c.top_k);
-    std::vector<float> w(tokens * c.top_k);
+    std::vector<int32_t> ids(tokens * stride);
+    std::vector<float> w(tokens * stride);
     SPARK_CUDA_CHECK(cudaMemcpy(ids.data(), di.ptr, ids.size() * 4, cudaMemcpyDeviceToHost));
     SPARK_CUDA_CHECK(cudaMemcpy(w.data(), dw.ptr, w.size() * 4, cudaMemcpyDeviceToHost));
     engine::RouterParams p;
@@ -200,9 +204,13 @@ TEST(MoeRouterTest, TopKMatchesCpuRouteTokenExactly) {
       engine::RouteToken(logits.data() + t * c.experts, c.bias ? bias.data() : nullptr, p,
                          cpu_ids.data(), cpu_w.data());
       for (int j = 0; j < c.top_k; ++j) {
-        ASSERT_EQ(ids[t * c.top_k + j], cpu_ids[j])
+        ASSERT_EQ(ids[t * stride + j], cpu_ids[j])
             << "E=" << c.experts << " groups=" << c.n_group << " ties=" << c.ties << " token " << t;
-        EXPECT_NEAR(w[t * c.top_k + j], cpu_w[j], 2e-6f * std::fabs(cpu_w[j]) + 1e-7f);
+        EXPECT_NEAR(w[t * stride + j], cpu_w[j], 2e-6f * std::fabs(cpu_w[j]) + 1e-7f);
+      }
+      for (int j = 0; j < c.shared; ++j) {
+        EXPECT_EQ(ids[t * stride + c.top_k + j], c.experts + j);
+        EXPECT_EQ(w[t * stride + c.top_k + j], 1.0f);
       }
     }
   }
@@ -235,6 +243,43 @@ TEST(MoePackTest, InterleavesGateAndUpRowsWithTheirScales) {
                             h * im * es),
                 0);
     }
+  }
+  // A shared expert of the routed shape goes into slot E with its scales; one of another size
+  // (or without fuse_shared) stays out.
+  for (MoeWeightFormat format :
+       {MoeWeightFormat::kBf16, MoeWeightFormat::kFp8PerChannel, MoeWeightFormat::kFp8Block}) {
+    engine::LayerWeights layer = MakeMoeTestLayer(shape, format, 5, Pool());
+    layer.has_shared_expert = true;
+    layer.shared = layer.experts[1];
+    EXPECT_TRUE(CanFuseSharedExpert(layer));
+    auto plain = PackMoeLayer(layer, MoeTestConfig(shape));
+    ASSERT_TRUE(plain.ok());
+    EXPECT_EQ(plain->shape.shared_experts, 0);
+    auto fused = PackMoeLayer(layer, MoeTestConfig(shape), true);
+    ASSERT_TRUE(fused.ok()) << fused.status().ToString();
+    EXPECT_EQ(fused->shape.shared_experts, 1);
+    EXPECT_EQ(fused->shape.gemm_experts(), shape.experts + 1);
+    const int64_t e = shape.experts;
+    const int64_t slot13 = static_cast<int64_t>(plain->w13.size()) / e;
+    const int64_t slot2 = static_cast<int64_t>(plain->w2.size()) / e;
+    ASSERT_EQ(static_cast<int64_t>(fused->w13.size()), slot13 * (e + 1));
+    EXPECT_EQ(std::memcmp(fused->w13.data(), plain->w13.data(), plain->w13.size()), 0);
+    EXPECT_EQ(std::memcmp(fused->w13.data() + e * slot13, plain->w13.data() + slot13, slot13), 0);
+    EXPECT_EQ(std::memcmp(fused->w2.data() + e * slot2, plain->w2.data() + slot2, slot2), 0);
+    if (format != MoeWeightFormat::kBf16) {
+      const int64_t s13 = static_cast<int64_t>(plain->w13_scale.size()) / e;
+      const int64_t s2 = static_cast<int64_t>(plain->w2_scale.size()) / e;
+      ASSERT_EQ(static_cast<int64_t>(fused->w13_scale.size()), s13 * (e + 1));
+      for (int64_t i = 0; i < s13; ++i)
+        EXPECT_EQ(fused->w13_scale[e * s13 + i], plain->w13_scale[s13 + i]);
+      for (int64_t i = 0; i < s2; ++i)
+        EXPECT_EQ(fused->w2_scale[e * s2 + i], plain->w2_scale[s2 + i]);
+    }
+    layer.shared.gate.out /= 2;  // a shared expert of another size
+    EXPECT_FALSE(CanFuseSharedExpert(layer));
+    auto other = PackMoeLayer(layer, MoeTestConfig(shape), true);
+    ASSERT_TRUE(other.ok());
+    EXPECT_EQ(other->shape.shared_experts, 0);
   }
   // Unsupported shapes name the problem.
   MoeShape bad = MoeShapeFromConfig(MoeTestConfig(kTiny), 192);

@@ -175,6 +175,11 @@ TEST(RunEngineBenchTest, BadOptionsAreRejected) {
   o.moe_tune = true;  // tunes CUDA kernels
   EXPECT_EQ(RunEngineBench(o, nullptr).status().code(), StatusCode::kInvalidArgument);
   o.moe_tune = false;
+  o.fuse_shared_experts = true;  // a CUDA kernel layout
+  Result<EngineBenchReport> fused = RunEngineBench(o, nullptr);
+  EXPECT_EQ(fused.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(fused.status().message().find("--fuse-shared-experts"), std::string::npos);
+  o.fuse_shared_experts = false;
 #if !defined(SPARK_HAVE_CUDA)
   o.tp = 1;
   o.backend = "cuda";

@@ -29,8 +29,8 @@ step() {
 step kernels 60 $B/bin/gpu_kernels_test --gtest_filter='-*Timing*'
 step sampling 60 $B/bin/gpu_sampling_test --gtest_filter='*Greedy*'
 grep -E '^\[sampling' "$OUT/sampling.log" >>$S
-step graphs 90 $B/bin/gpu_backend_test --gtest_filter='*DecodeGraphs*:*DeviceLogits*:*TensorCoreAttention*'
-grep -E '^\[cuda-graphs' "$OUT/graphs.log" >>$S
+step graphs 120 $B/bin/gpu_backend_test --gtest_filter='*DecodeGraphs*:*DeviceLogits*:*TensorCoreAttention*:*FusedSharedExpert*'
+grep -E '^\[cuda-graphs|fused shared' "$OUT/graphs.log" >>$S
 model_cuda() {
   local m=$OUT/tiny ids=5,17,3,99,1,42,7,8,250,11
   $B/bin/spark-model tiny $m >/dev/null || return 1
@@ -53,11 +53,12 @@ PY
 }
 export -f model_cuda
 step model_cuda 30 bash -c model_cuda
-step moe_air 40 $B/bin/gpu_moe_test --gtest_filter='MoeForwardMiscTest.*:Shapes/MoeForwardTest.*glm45air*'
+step moe_air 60 $B/bin/gpu_moe_test --gtest_filter='MoeRouterTest.*:MoePackTest.*:MoeForwardMiscTest.*:Shapes/MoeForwardTest.*glm45air*'
 # Performance.
 # Decode steps from CUDA graphs against eager steps: GLM-4.5-Air shapes, FP8, 24 of 46 layers
 # (fits an H100 80GB), same machine, same run.
-for g in --cuda-graphs --no-cuda-graphs; do
+# The shared expert inside the fused MoE kernels against the separate MLP, with graphs.
+for g in --cuda-graphs --no-cuda-graphs --fuse-shared-experts; do
   step bench$g 90 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
     --backend cuda --layers 24 --batch-sizes 1,8,64 --input-len 128 --output-len 32 $g
   tail -n 4 "$OUT/bench$g.log" >>$S
@@ -87,7 +88,7 @@ done
 step moe_bench 150 $B/bin/bench_moe --formats fp8-per-channel --caps 0,101376
 cat "$OUT/moe_bench.log" >>$S
 # The rest of the backend suite, timings, sanitizers, speculation.
-step backend 70 $B/bin/gpu_backend_test --gtest_filter='-*DecodeGraphs*:*DeviceLogits*:*TensorCoreAttention*'
+step backend 70 $B/bin/gpu_backend_test --gtest_filter='-*DecodeGraphs*:*DeviceLogits*:*TensorCoreAttention*:*FusedSharedExpert*'
 step kernel_timings 60 $B/bin/gpu_kernels_test --gtest_filter='*Timing*'
 # The tensor-core attention kernel under racecheck and memcheck (quick shapes).
 step sanitize_attention 120 env SPARK_GPU_QUICK=1 compute-sanitizer --tool racecheck \
