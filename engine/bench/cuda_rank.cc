@@ -77,6 +77,7 @@ Status MakeCudaRank(const CudaRankSpec& spec, int rank, int tp, engine::KeyValue
   options.cuda_graphs = spec.cuda_graphs;
   options.attention_tensor_cores = spec.attention_tensor_cores;
   options.fuse_shared_experts = spec.fuse_shared_experts;
+  options.programmatic_launch = spec.programmatic_launch;
   if (spec.kv_cache_fp8) options.kv_cache_dtype = cuda::KvCacheDtype::kFp8E4m3;
   engine::NcclOptions n;
   n.prefix = spec.prefix;

@@ -32,6 +32,7 @@ struct CudaRankSpec {
   bool kv_cache_fp8 = false;  // FP8 E4M3 KV cache
   bool attention_tensor_cores = false;
   bool fuse_shared_experts = false;  // CudaBackendOptions::fuse_shared_experts
+  bool programmatic_launch = false;  // CudaBackendOptions::programmatic_launch
   // Tune the MoE tile configs on each rank's GPU for the model's expert shapes (batch buckets up
   // to max_batch_tokens) before the backend is made, as a shard does at its first load; rank 0
   // stores the tuning time in *moe_tune_seconds.

@@ -237,6 +237,10 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     return InvalidArgument(
         "--attention-tensor-cores selects a CUDA attention kernel; use it with --backend cuda");
   }
+  if (o.programmatic_launch && o.backend != "cuda") {
+    return InvalidArgument(
+        "--programmatic-launch is a CUDA launch mode; use it with --backend cuda");
+  }
   if (o.fuse_shared_experts && o.backend != "cuda") {
     return InvalidArgument(
         "--fuse-shared-experts selects the CUDA MoE kernels' layout; use it with --backend cuda");
@@ -311,6 +315,7 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     spec.sample_rows = max_batch;
     spec.attention_tensor_cores = o.attention_tensor_cores;
     spec.fuse_shared_experts = o.fuse_shared_experts;
+    spec.programmatic_launch = o.programmatic_launch;
     spec.moe_tune = o.moe_tune;
     spec.moe_tune_seconds = &report.moe_tune_s;
     factory = [spec, &store](int rank, int tp, RankParts* parts) {
@@ -323,6 +328,7 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     if (spec.kv_cache_fp8) report.device += ", FP8 KV cache";
     if (spec.attention_tensor_cores) report.device += ", tensor-core attention";
     if (spec.fuse_shared_experts) report.device += ", shared expert in the MoE kernels";
+    if (spec.programmatic_launch) report.device += ", programmatic launch";
 #endif
   }
 

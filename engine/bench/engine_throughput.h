@@ -47,6 +47,7 @@ struct EngineBenchOptions {
   std::string kv_cache_dtype = "bf16";  // CUDA: bf16 | fp8 (E4M3 KV cache)
   bool attention_tensor_cores = false;  // CUDA: the mma.sync attention kernel where it applies
   bool fuse_shared_experts = false;     // CUDA: shared expert inside the fused MoE kernels
+  bool programmatic_launch = false;     // CUDA: kernels with programmatic dependent launch
   bool moe_tune = false;                // CUDA: tune the MoE tile configs first (as a shard does)
 };
 

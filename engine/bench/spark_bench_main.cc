@@ -85,6 +85,9 @@ int main(int argc, char** argv) {
   engine->add_flag("--fuse-shared-experts,!--no-fuse-shared-experts", o.fuse_shared_experts,
                    "CUDA: run a MoE layer's shared expert inside the fused MoE kernels as one "
                    "more expert slot (default off)");
+  engine->add_flag("--programmatic-launch,!--no-programmatic-launch", o.programmatic_launch,
+                   "CUDA: launch kernels with programmatic dependent launch (sm_90+), each "
+                   "scheduled while its predecessor finishes (default off)");
 
   spark::bench::SpeculativeBenchOptions so;
   std::string spec_model;

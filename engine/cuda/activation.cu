@@ -1,10 +1,12 @@
 #include "engine/cuda/activation.h"
+#include "engine/cuda/programmatic_launch.cuh"
 
 namespace spark::cuda {
 namespace {
 
 __global__ void SiluMulKernel(const float* __restrict__ gate_up, int64_t rows, int64_t inter,
                               __nv_bfloat16* __restrict__ out) {
+  PdlBegin();
   const int64_t total = rows * inter;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -23,8 +25,8 @@ cudaError_t SiluMul(const float* gate_up, int64_t rows, int64_t inter, __nv_bflo
   const int64_t total = rows * inter;
   if (total == 0) return cudaSuccess;
   const int64_t blocks = (total + 255) / 256;
-  SiluMulKernel<<<static_cast<unsigned>(blocks < 65535 ? blocks : 65535), 256, 0, stream>>>(
-      gate_up, rows, inter, out);
+  LaunchKernel(SiluMulKernel, static_cast<unsigned>(blocks < 65535 ? blocks : 65535), 256, 0,
+               stream, gate_up, rows, inter, out);
   return cudaGetLastError();
 }
 

@@ -7,6 +7,7 @@
 #include "engine/cuda/attention_mma.h"
 #include "engine/cuda/attention_tile.cuh"
 #include "engine/cuda/device_math.cuh"
+#include "engine/cuda/programmatic_launch.cuh"
 
 namespace spark::cuda {
 namespace {
@@ -57,6 +58,7 @@ __global__ void __launch_bounds__(kWarps * 32)
                          const TC* __restrict__ vc, AttentionBatch batch, AttentionShape shape,
                          int splits, int split_keys, float* __restrict__ partial_o,
                          float* __restrict__ partial_ml, __nv_bfloat16* __restrict__ out) {
+  PdlBegin();
   constexpr int kDpl = (HD + 31) / 32;  // output dims per lane
   extern __shared__ float smem[];
   float* qs = smem;                                // [16][HD]
@@ -246,6 +248,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 __global__ void CombineKernel(const float* __restrict__ partial_o,
                               const float* __restrict__ partial_ml, int splits, int64_t rows,
                               int hd, __nv_bfloat16* __restrict__ out) {
+  PdlBegin();
   const int64_t row = blockIdx.x;
   float big = -INFINITY;
   for (int s = 0; s < splits; ++s) big = fmaxf(big, partial_ml[(s * rows + row) * 2]);
@@ -266,10 +269,10 @@ __global__ void CombineKernel(const float* __restrict__ partial_o,
 }
 
 template <int HD, bool kTree, class TC>
-cudaError_t LaunchKernel(const __nv_bfloat16* q, const TC* k_cache, const TC* v_cache,
-                         const AttentionBatch& batch, const AttentionShape& shape, int splits,
-                         int split_keys, float* partial_o, float* partial_ml, __nv_bfloat16* out,
-                         int64_t max_smem_bytes, cudaStream_t stream) {
+cudaError_t LaunchAttention(const __nv_bfloat16* q, const TC* k_cache, const TC* v_cache,
+                            const AttentionBatch& batch, const AttentionShape& shape, int splits,
+                            int split_keys, float* partial_o, float* partial_ml, __nv_bfloat16* out,
+                            int64_t max_smem_bytes, cudaStream_t stream) {
   const int64_t smem = Smem<HD>::kBytes;
   if (smem > max_smem_bytes) return cudaErrorInvalidConfiguration;
   if (smem > 48 * 1024) {
@@ -280,8 +283,9 @@ cudaError_t LaunchKernel(const __nv_bfloat16* q, const TC* k_cache, const TC* v_
   }
   dim3 grid(static_cast<unsigned>(batch.num_tiles), static_cast<unsigned>(shape.kv_heads),
             static_cast<unsigned>(splits));
-  PagedAttentionKernel<HD, kTree, TC><<<grid, kWarps * 32, static_cast<size_t>(smem), stream>>>(
-      q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o, partial_ml, out);
+  LaunchKernel(PagedAttentionKernel<HD, kTree, TC>, grid, kWarps * 32, static_cast<size_t>(smem),
+               stream, q, k_cache, v_cache, batch, shape, splits, split_keys, partial_o, partial_ml,
+               out);
   return cudaGetLastError();
 }
 
@@ -292,8 +296,8 @@ cudaError_t Combine(const AttentionBatch& batch, const AttentionShape& shape, in
   if (splits == 1) return cudaSuccess;
   const int64_t rows = static_cast<int64_t>(batch.total_tokens) * shape.q_heads;
   const unsigned combine_threads = shape.head_dim < 128 ? 32 : 128;
-  CombineKernel<<<static_cast<unsigned>(rows), combine_threads, 0, stream>>>(
-      partial_o, partial_ml, splits, rows, shape.head_dim, out);
+  LaunchKernel(CombineKernel, static_cast<unsigned>(rows), combine_threads, 0, stream, partial_o,
+               partial_ml, splits, rows, shape.head_dim, out);
   return cudaGetLastError();
 }
 
@@ -305,11 +309,11 @@ cudaError_t LaunchTyped(const __nv_bfloat16* q, const void* k_cache, const void*
   const TC* kc = static_cast<const TC*>(k_cache);
   const TC* vc = static_cast<const TC*>(v_cache);
   if (batch.tree_masks != nullptr) {
-    return LaunchKernel<HD, true>(q, kc, vc, batch, shape, splits, split_keys, partial_o,
-                                  partial_ml, out, max_smem_bytes, stream);
+    return LaunchAttention<HD, true>(q, kc, vc, batch, shape, splits, split_keys, partial_o,
+                                     partial_ml, out, max_smem_bytes, stream);
   }
-  return LaunchKernel<HD, false>(q, kc, vc, batch, shape, splits, split_keys, partial_o, partial_ml,
-                                 out, max_smem_bytes, stream);
+  return LaunchAttention<HD, false>(q, kc, vc, batch, shape, splits, split_keys, partial_o,
+                                    partial_ml, out, max_smem_bytes, stream);
 }
 
 template <int HD>

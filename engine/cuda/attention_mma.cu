@@ -8,6 +8,7 @@
 
 #include "engine/cuda/attention_tile.cuh"
 #include "engine/cuda/mma.cuh"
+#include "engine/cuda/programmatic_launch.cuh"
 
 namespace spark::cuda {
 namespace {
@@ -76,6 +77,7 @@ __global__ void __launch_bounds__(kThreads)
                             const TC* __restrict__ vc, AttentionBatch batch, AttentionShape shape,
                             int splits, int split_keys, float* __restrict__ partial_o,
                             float* __restrict__ partial_ml, __nv_bfloat16* __restrict__ out) {
+  PdlBegin();
   extern __shared__ __align__(128) uint8_t smem[];
   uint8_t* qs = smem;
   uint8_t* stages = smem + kQBytes;
@@ -360,9 +362,9 @@ cudaError_t LaunchMma(const __nv_bfloat16* q, const void* k_cache, const void* v
   if (err != cudaSuccess) return err;
   const dim3 grid(static_cast<unsigned>(batch.num_tiles), static_cast<unsigned>(shape.kv_heads),
                   static_cast<unsigned>(splits));
-  PagedAttentionMmaKernel<TC><<<grid, kThreads, kSmemBytes, stream>>>(
-      q, static_cast<const TC*>(k_cache), static_cast<const TC*>(v_cache), batch, shape, splits,
-      split_keys, partial_o, partial_ml, out);
+  LaunchKernel(PagedAttentionMmaKernel<TC>, grid, kThreads, kSmemBytes, stream, q,
+               static_cast<const TC*>(k_cache), static_cast<const TC*>(v_cache), batch, shape,
+               splits, split_keys, partial_o, partial_ml, out);
   return cudaGetLastError();
 }
 

@@ -22,6 +22,7 @@
 #include "engine/cuda/kv_compact.h"
 #include "engine/cuda/moe.h"
 #include "engine/cuda/moe_pack.h"
+#include "engine/cuda/programmatic_launch.h"
 #include "engine/cuda/rmsnorm.h"
 #include "engine/cuda/rope.h"
 #include "engine/model/dtype.h"
@@ -1873,6 +1874,7 @@ const ModelConfig& CudaBackend::config() const { return impl_->config; }
 
 Result<ForwardOutput> CudaBackend::Forward(const ForwardBatch& batch) {
   SPARK_CUDA_RETURN_IF_ERROR(cudaSetDevice(impl_->options.device));
+  ProgrammaticLaunchScope pdl(impl_->options.programmatic_launch);
   return impl_->Forward(batch);
 }
 
@@ -1889,6 +1891,7 @@ int64_t CudaBackend::FreeKvTokens() const {
 bool CudaBackend::SupportsSpeculation() const { return impl_->has_mtp; }
 Result<ForwardOutput> CudaBackend::ForwardMtp(const MtpBatch& batch) {
   SPARK_CUDA_RETURN_IF_ERROR(cudaSetDevice(impl_->options.device));
+  ProgrammaticLaunchScope pdl(impl_->options.programmatic_launch);
   return impl_->ForwardMtp(batch);
 }
 int64_t CudaBackend::CachedTokens(uint64_t seq_id, CacheKind kind) const {

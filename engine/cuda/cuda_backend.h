@@ -93,6 +93,12 @@ struct CudaBackendOptions {
   // activations are then quantised to FP8 per token like the routed experts'. Off by default
   // until gpu_backend_test's FusedSharedExpert check has passed on a GPU.
   bool fuse_shared_experts = false;
+  // Kernels of Forward / ForwardMtp launch with programmatic dependent launch (sm_90+;
+  // engine/cuda/programmatic_launch.h): each is scheduled while its predecessor finishes, which
+  // hides most of the gap between the short kernels of a small-batch decode step (eager and in
+  // CUDA graphs). Off by default until gpu_backend_test's ProgrammaticLaunch check has passed on
+  // a GPU.
+  bool programmatic_launch = false;
   // Tokens (summed over the chunks) one Forward may carry; sizes the activation workspace.
   int64_t max_batch_tokens = 4096;
   // Caps the shared memory per block a kernel may use (0 = the device's opt-in limit);

@@ -3,12 +3,14 @@
 #include <algorithm>
 
 #include "engine/cuda/device_math.cuh"
+#include "engine/cuda/programmatic_launch.cuh"
 
 namespace spark::cuda {
 namespace {
 
 __global__ void QuantizeKernel(const __nv_bfloat16* __restrict__ x, int64_t cols,
                                uint8_t* __restrict__ q, float* __restrict__ scale) {
+  PdlBegin();
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   const __nv_bfloat16* xr = x + row * cols;
@@ -33,6 +35,7 @@ __global__ void QuantizeKernel(const __nv_bfloat16* __restrict__ x, int64_t cols
 }
 
 __global__ void DequantKernel(DeviceLinear w, __nv_bfloat16* __restrict__ out) {
+  PdlBegin();
   const int64_t total = w.out * w.in;
   const uint8_t* q = static_cast<const uint8_t*>(w.data);
   const int64_t kb = (w.block_k > 0 ? (w.in + w.block_k - 1) / w.block_k : 0);
@@ -50,6 +53,7 @@ __global__ void DequantKernel(DeviceLinear w, __nv_bfloat16* __restrict__ out) {
 // 16 elements per thread (one 16-byte load of FP8 codes); requires in % 16 == 0 and, for
 // block scales, block_k % 16 == 0.
 __global__ void DequantVecKernel(DeviceLinear w, __nv_bfloat16* __restrict__ out) {
+  PdlBegin();
   const int64_t vecs = w.out * w.in / 16;
   const uint4* q = static_cast<const uint4*>(w.data);
   const int64_t kb = w.block_k > 0 ? (w.in + w.block_k - 1) / w.block_k : 0;
@@ -74,6 +78,7 @@ __global__ void DequantVecKernel(DeviceLinear w, __nv_bfloat16* __restrict__ out
 
 __global__ void Bf16ToF32Kernel(const __nv_bfloat16* __restrict__ in, int64_t count,
                                 float* __restrict__ out) {
+  PdlBegin();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     out[i] = __bfloat162float(in[i]);
@@ -85,15 +90,15 @@ __global__ void Bf16ToF32Kernel(const __nv_bfloat16* __restrict__ in, int64_t co
 cudaError_t Bf16ToF32(const __nv_bfloat16* in, int64_t count, float* out, cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
   const int64_t blocks = std::min<int64_t>((count + 255) / 256, 65535);
-  Bf16ToF32Kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(in, count, out);
+  LaunchKernel(Bf16ToF32Kernel, static_cast<unsigned>(blocks), 256, 0, stream, in, count, out);
   return cudaGetLastError();
 }
 
 cudaError_t QuantizePerToken(const __nv_bfloat16* x, int64_t rows, int64_t cols, uint8_t* q,
                              float* scale, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  QuantizeKernel<<<static_cast<unsigned>(rows), RowKernelThreads(cols), 0, stream>>>(x, cols, q,
-                                                                                     scale);
+  LaunchKernel(QuantizeKernel, static_cast<unsigned>(rows), RowKernelThreads(cols), 0, stream, x,
+               cols, q, scale);
   return cudaGetLastError();
 }
 
@@ -106,11 +111,11 @@ cudaError_t DequantizeWeight(const DeviceLinear& w, __nv_bfloat16* out, cudaStre
   const bool vec = w.in % 16 == 0 && (w.scale_kind != WeightScale::kBlock || w.block_k % 16 == 0);
   if (vec) {
     const int64_t blocks = std::min<int64_t>((total / 16 + 255) / 256, 65535);
-    DequantVecKernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(w, out);
+    LaunchKernel(DequantVecKernel, static_cast<unsigned>(blocks), 256, 0, stream, w, out);
     return cudaGetLastError();
   }
   const int64_t blocks = std::min<int64_t>((total + 255) / 256, 65535);
-  DequantKernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(w, out);
+  LaunchKernel(DequantKernel, static_cast<unsigned>(blocks), 256, 0, stream, w, out);
   return cudaGetLastError();
 }
 

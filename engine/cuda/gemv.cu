@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "engine/cuda/device_math.cuh"
+#include "engine/cuda/programmatic_launch.cuh"
 
 namespace spark::cuda {
 namespace {
@@ -33,6 +34,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     GemvKernel(DeviceLinear w, const __nv_bfloat16* __restrict__ x, int rows, int64_t k_chunk,
                float* __restrict__ partial, float* __restrict__ y, const float* __restrict__ bias,
                int k_splits) {
+  PdlBegin();
   constexpr int kE = Vec<T>::kElems;
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
@@ -123,6 +125,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     GemvFp8OneRowKernel(DeviceLinear w, const __nv_bfloat16* __restrict__ x, int64_t k_chunk,
                         float* __restrict__ partial, float* __restrict__ y,
                         const float* __restrict__ bias, int k_splits) {
+  PdlBegin();
   constexpr int kUnrollK = 2;
   constexpr int64_t kStride = 32 * 16;
   const int warp = threadIdx.x >> 5;
@@ -196,6 +199,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 __global__ void ReduceKernel(const float* __restrict__ partial, int k_splits, int64_t count,
                              int64_t out, const float* __restrict__ bias, float* __restrict__ y) {
+  PdlBegin();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     float s = 0.f;
@@ -222,25 +226,28 @@ cudaError_t LaunchRows(const DeviceLinear& w, const __nv_bfloat16* x, int rows, 
   if (rows <= 1) {
     if constexpr (T == WeightType::kFP8) {
       if (w.scale_kind == WeightScale::kBlock) {
-        GemvFp8OneRowKernel<true>
-            <<<grid, threads, 0, stream>>>(w, x, k_chunk, partial, y, bias, k_splits);
+        LaunchKernel(GemvFp8OneRowKernel<true>, grid, threads, 0, stream, w, x, k_chunk, partial, y,
+                     bias, k_splits);
       } else {
-        GemvFp8OneRowKernel<false>
-            <<<grid, threads, 0, stream>>>(w, x, k_chunk, partial, y, bias, k_splits);
+        LaunchKernel(GemvFp8OneRowKernel<false>, grid, threads, 0, stream, w, x, k_chunk, partial,
+                     y, bias, k_splits);
       }
     } else {
-      GemvKernel<T, 1>
-          <<<grid, threads, 0, stream>>>(w, x, rows, k_chunk, partial, y, bias, k_splits);
+      LaunchKernel(GemvKernel<T, 1>, grid, threads, 0, stream, w, x, rows, k_chunk, partial, y,
+                   bias, k_splits);
     }
   } else if (rows <= 2) {
-    GemvKernel<T, 2><<<grid, threads, 0, stream>>>(w, x, rows, k_chunk, partial, y, bias, k_splits);
+    LaunchKernel(GemvKernel<T, 2>, grid, threads, 0, stream, w, x, rows, k_chunk, partial, y, bias,
+                 k_splits);
   } else if (rows <= 4) {
-    GemvKernel<T, 4><<<grid, threads, 0, stream>>>(w, x, rows, k_chunk, partial, y, bias, k_splits);
+    LaunchKernel(GemvKernel<T, 4>, grid, threads, 0, stream, w, x, rows, k_chunk, partial, y, bias,
+                 k_splits);
   } else if (rows <= 8) {
-    GemvKernel<T, 8><<<grid, threads, 0, stream>>>(w, x, rows, k_chunk, partial, y, bias, k_splits);
+    LaunchKernel(GemvKernel<T, 8>, grid, threads, 0, stream, w, x, rows, k_chunk, partial, y, bias,
+                 k_splits);
   } else {
-    GemvKernel<T, 16>
-        <<<grid, threads, 0, stream>>>(w, x, rows, k_chunk, partial, y, bias, k_splits);
+    LaunchKernel(GemvKernel<T, 16>, grid, threads, 0, stream, w, x, rows, k_chunk, partial, y, bias,
+                 k_splits);
   }
   return cudaGetLastError();
 }
@@ -285,8 +292,8 @@ cudaError_t Gemv(const DeviceLinear& w, const __nv_bfloat16* x, int rows, const 
   if (err != cudaSuccess || splits == 1) return err;
   const int64_t count = static_cast<int64_t>(rows) * w.out;
   const int64_t blocks = std::min<int64_t>((count + 255) / 256, 4096);
-  ReduceKernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(partial, splits, count, w.out,
-                                                                  bias, y);
+  LaunchKernel(ReduceKernel, static_cast<unsigned>(blocks), 256, 0, stream, partial, splits, count,
+               w.out, bias, y);
   return cudaGetLastError();
 }
 

@@ -9,6 +9,7 @@
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/device_math.cuh"
 #include "engine/cuda/moe_gemm.h"
+#include "engine/cuda/programmatic_launch.cuh"
 
 namespace spark::cuda {
 
@@ -30,6 +31,7 @@ template <int TT>
 __global__ void __launch_bounds__(256)
     RouterLogitsKernel(const __nv_bfloat16* __restrict__ x, const float* __restrict__ w,
                        int64_t tokens, int experts, int hidden, float* __restrict__ logits) {
+  PdlBegin();
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int e = blockIdx.x;
@@ -91,6 +93,7 @@ __device__ __forceinline__ void WarpArgMax(float& v, int& i, float& payload) {
 __global__ void TopKKernel(const float* __restrict__ logits, const float* __restrict__ bias,
                            int64_t tokens, TopKArgs a, int32_t* __restrict__ ids,
                            float* __restrict__ weights) {
+  PdlBegin();
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int64_t t = int64_t{blockIdx.x} * (blockDim.x / 32) + warp;
@@ -231,6 +234,7 @@ __global__ void TopKKernel(const float* __restrict__ logits, const float* __rest
 __global__ void PermuteKernel(const int32_t* __restrict__ ids, int pairs, int experts, int block_m,
                               int32_t* __restrict__ sorted_pairs,
                               int32_t* __restrict__ mblock_expert, int32_t* __restrict__ num_rows) {
+  PdlBegin();
   extern __shared__ int perm_smem[];
   int* counts = perm_smem;          // [E]
   int* offsets = counts + experts;  // [E]
@@ -284,6 +288,7 @@ __device__ __forceinline__ uint8_t ToE4M3(float v) {
 __global__ void QuantRowKernel(const __nv_bfloat16* __restrict__ x, int64_t cols,
                                uint8_t* __restrict__ q, float* __restrict__ scales,
                                const int32_t* __restrict__ rows_device) {
+  PdlBegin();
   const int64_t row = blockIdx.x;
   if (rows_device != nullptr && row >= *rows_device) return;
   const __nv_bfloat16* xr = x + row * cols;
@@ -313,6 +318,7 @@ __global__ void QuantRowKernel(const __nv_bfloat16* __restrict__ x, int64_t cols
 __global__ void QuantGroupKernel(const __nv_bfloat16* __restrict__ x, int64_t rows, int64_t cols,
                                  uint8_t* __restrict__ q, float* __restrict__ scales,
                                  const int32_t* __restrict__ rows_device) {
+  PdlBegin();
   const int lane = threadIdx.x & 31;
   const int64_t groups_per_row = cols / 128;
   const int64_t gid = int64_t{blockIdx.x} * (blockDim.x / 32) + (threadIdx.x >> 5);
@@ -358,6 +364,7 @@ __device__ __forceinline__ void Store4(__nv_bfloat16* p, float4 v) {
 template <class T>
 __global__ void CombineKernel(const float* __restrict__ pair_out, int64_t tokens, int top_k,
                               int hidden, const T* __restrict__ addend, T* __restrict__ out) {
+  PdlBegin();
   const int64_t quads = int64_t{hidden} / 4;
   const int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (i >= tokens * quads) return;
@@ -569,8 +576,8 @@ cudaError_t MoeTopK(const MoeShape& shape, const float* logits, const float* cor
   a.softmax = shape.softmax_scoring;
   a.scaling = shape.routed_scaling_factor;
   const unsigned blocks = static_cast<unsigned>((tokens + 3) / 4);
-  TopKKernel<<<blocks, 128, 0, stream>>>(logits, correction_bias, tokens, a, topk_ids,
-                                         topk_weights);
+  LaunchKernel(TopKKernel, blocks, 128, 0, stream, logits, correction_bias, tokens, a, topk_ids,
+               topk_weights);
   return cudaGetLastError();
 }
 
@@ -581,12 +588,12 @@ cudaError_t MoeRoute(const MoeLayerDevice& layer, const __nv_bfloat16* x, int64_
   const dim3 block(256);
   if (tokens < 64) {
     const dim3 grid(s.num_experts, static_cast<unsigned>((tokens + 7) / 8));
-    RouterLogitsKernel<8>
-        <<<grid, block, 0, stream>>>(x, layer.router, tokens, s.num_experts, s.hidden, logits);
+    LaunchKernel(RouterLogitsKernel<8>, grid, block, 0, stream, x, layer.router, tokens,
+                 s.num_experts, s.hidden, logits);
   } else {
     const dim3 grid(s.num_experts, static_cast<unsigned>((tokens + 31) / 32));
-    RouterLogitsKernel<32>
-        <<<grid, block, 0, stream>>>(x, layer.router, tokens, s.num_experts, s.hidden, logits);
+    LaunchKernel(RouterLogitsKernel<32>, grid, block, 0, stream, x, layer.router, tokens,
+                 s.num_experts, s.hidden, logits);
   }
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
@@ -599,12 +606,12 @@ cudaError_t QuantizeFp8Rows(const __nv_bfloat16* x, int64_t rows, int64_t cols, 
   if (rows == 0) return cudaSuccess;
   auto* qb = static_cast<uint8_t*>(q);
   if (group_cols == 0) {
-    QuantRowKernel<<<static_cast<unsigned>(rows), RowKernelThreads(cols), 0, stream>>>(
-        x, cols, qb, scales, rows_device);
+    LaunchKernel(QuantRowKernel, static_cast<unsigned>(rows), RowKernelThreads(cols), 0, stream, x,
+                 cols, qb, scales, rows_device);
   } else if (group_cols == 128 && cols % 128 == 0) {
     const int64_t warps = rows * (cols / 128);
-    QuantGroupKernel<<<static_cast<unsigned>((warps + 7) / 8), 256, 0, stream>>>(
-        x, rows, cols, qb, scales, rows_device);
+    LaunchKernel(QuantGroupKernel, static_cast<unsigned>((warps + 7) / 8), 256, 0, stream, x, rows,
+                 cols, qb, scales, rows_device);
   } else {
     return cudaErrorInvalidValue;
   }
@@ -654,9 +661,8 @@ struct MoeWorkspaceAccess {
     err = MoeRoute(layer, x, tokens, w.logits_, w.topk_ids_, w.topk_weights_, stream);
     if (err != cudaSuccess) return err;
     const size_t perm_smem = size_t{3} * s.gemm_experts() * sizeof(int);
-    PermuteKernel<<<1, 1024, perm_smem, stream>>>(w.topk_ids_, static_cast<int>(pairs),
-                                                  s.gemm_experts(), bm, w.sorted_pairs_,
-                                                  w.mblock_expert_, w.num_rows_);
+    LaunchKernel(PermuteKernel, 1, 1024, perm_smem, stream, w.topk_ids_, static_cast<int>(pairs),
+                 s.gemm_experts(), bm, w.sorted_pairs_, w.mblock_expert_, w.num_rows_);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
     if ((err = mark(1)) != cudaSuccess) return err;
 
@@ -706,8 +712,8 @@ struct MoeWorkspaceAccess {
     if ((err = mark(3)) != cudaSuccess) return err;
 
     const int64_t quads = tokens * (s.hidden / 4);
-    CombineKernel<T><<<static_cast<unsigned>((quads + 255) / 256), 256, 0, stream>>>(
-        w.out_pairs_, tokens, s.pairs_per_token(), s.hidden, addend, out);
+    LaunchKernel(CombineKernel<T>, static_cast<unsigned>((quads + 255) / 256), 256, 0, stream,
+                 w.out_pairs_, tokens, s.pairs_per_token(), s.hidden, addend, out);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
     return mark(4);
   }

@@ -7,6 +7,7 @@
 
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/mma.cuh"
+#include "engine/cuda/programmatic_launch.cuh"
 
 namespace spark::cuda {
 
@@ -56,6 +57,7 @@ __device__ __forceinline__ float BlockWeightScale(const GemmParams& p, int e, in
 
 template <int BM, int BN, int BK, int WARPS, bool kFp8, bool kBlock>
 __global__ void __launch_bounds__(WARPS * 32) MoeGemmKernel(GemmParams p, int stages, int split_k) {
+  PdlBegin();
   using T = Tile<BM, BN, BK, WARPS>;
   extern __shared__ __align__(128) uint8_t smem[];
   const uint8_t** a_rows = reinterpret_cast<const uint8_t**>(smem);  // [BM]
@@ -365,8 +367,8 @@ struct Launcher {
                     static_cast<unsigned>((params.n + BN - 1) / BN),
                     static_cast<unsigned>(config.split_k));
     const size_t smem = static_cast<size_t>(config.SmemBytes());
-    MoeGemmKernel<BM, BN, BK, W, kFp8, kBlock>
-        <<<grid, W * 32, smem, stream>>>(params, config.stages, config.split_k);
+    LaunchKernel(MoeGemmKernel<BM, BN, BK, W, kFp8, kBlock>, grid, W * 32, smem, stream, params,
+                 config.stages, config.split_k);
     return cudaGetLastError();
   }
 };

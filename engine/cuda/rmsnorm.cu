@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "engine/cuda/device_math.cuh"
+#include "engine/cuda/programmatic_launch.cuh"
 
 namespace spark::cuda {
 namespace {
@@ -13,6 +14,7 @@ __global__ void RmsNormResidualKernel(const __nv_bfloat16* __restrict__ x,
                                       __nv_bfloat16* __restrict__ residual,
                                       const __nv_bfloat16* __restrict__ weight,
                                       __nv_bfloat16* __restrict__ out, int hidden, float eps) {
+  PdlBegin();
   const int64_t row = blockIdx.x;
   __nv_bfloat16* r = residual + row * hidden;
   const __nv_bfloat16* xr = x ? x + row * hidden : nullptr;
@@ -49,6 +51,7 @@ __global__ void RmsNormF32Kernel(const float* __restrict__ add, float* __restric
                                  const float* __restrict__ weight, __nv_bfloat16* __restrict__ out,
                                  float* __restrict__ out_f32, int hidden, float eps,
                                  const int32_t* __restrict__ row_index) {
+  PdlBegin();
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   const int64_t src = row_index ? row_index[row] : row;
@@ -84,6 +87,7 @@ __global__ void __launch_bounds__(kRegThreads)
                         const float* __restrict__ weight, __nv_bfloat16* __restrict__ out,
                         float* __restrict__ out_f32, int hidden, float eps,
                         const int32_t* __restrict__ row_index) {
+  PdlBegin();
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   const int64_t src = row_index ? row_index[row] : row;
@@ -136,12 +140,12 @@ cudaError_t RmsNormF32(const float* add, float* residual, const float* weight, _
     // Threads to hold the row in kPer registers each, whole warps, at least kThreads.
     int threads = (hidden + kPer - 1) / kPer;
     threads = std::max(kThreads, std::min(kRegThreads, (threads + 31) / 32 * 32));
-    RmsNormF32RegKernel<<<static_cast<unsigned>(rows), static_cast<unsigned>(threads), 0, stream>>>(
-        add, residual, weight, out, out_f32, hidden, eps, row_index);
+    LaunchKernel(RmsNormF32RegKernel, static_cast<unsigned>(rows), static_cast<unsigned>(threads),
+                 0, stream, add, residual, weight, out, out_f32, hidden, eps, row_index);
     return cudaGetLastError();
   }
-  RmsNormF32Kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
-      add, residual, weight, out, out_f32, hidden, eps, row_index);
+  LaunchKernel(RmsNormF32Kernel, static_cast<unsigned>(rows), kThreads, 0, stream, add, residual,
+               weight, out, out_f32, hidden, eps, row_index);
   return cudaGetLastError();
 }
 
@@ -149,8 +153,8 @@ cudaError_t RmsNormResidual(const __nv_bfloat16* x, __nv_bfloat16* residual,
                             const __nv_bfloat16* weight, __nv_bfloat16* out, int64_t rows,
                             int hidden, float eps, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  RmsNormResidualKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, residual, weight,
-                                                                              out, hidden, eps);
+  LaunchKernel(RmsNormResidualKernel, static_cast<unsigned>(rows), kThreads, 0, stream, x, residual,
+               weight, out, hidden, eps);
   return cudaGetLastError();
 }
 

@@ -3,6 +3,7 @@
 #include <cuda_fp8.h>
 
 #include "engine/cuda/device_math.cuh"
+#include "engine/cuda/programmatic_launch.cuh"
 
 namespace spark::cuda {
 namespace {
@@ -19,6 +20,7 @@ __global__ void QkvRopeKernel(const float* __restrict__ qkv, const int32_t* __re
                               const int64_t* __restrict__ slots, QkvRopeParams p,
                               __nv_bfloat16* __restrict__ q_out, TC* __restrict__ k_cache,
                               TC* __restrict__ v_cache) {
+  PdlBegin();
   __shared__ float buf[kWarps][kMaxHeadDim];
   const int64_t t = blockIdx.x;
   const int warp = threadIdx.x >> 5;
@@ -94,13 +96,13 @@ cudaError_t QkvRopeCacheWrite(const float* qkv, int64_t tokens, const int32_t* p
   const dim3 blocks(static_cast<unsigned>(tokens),
                     static_cast<unsigned>((heads + kWarps - 1) / kWarps));
   if (params.cache_dtype == KvCacheDtype::kFp8E4m3) {
-    QkvRopeKernel<<<blocks, kWarps * 32, 0, stream>>>(qkv, positions, slots, params, q_out,
-                                                      static_cast<__nv_fp8_e4m3*>(k_cache),
-                                                      static_cast<__nv_fp8_e4m3*>(v_cache));
+    LaunchKernel(QkvRopeKernel<__nv_fp8_e4m3>, blocks, kWarps * 32, 0, stream, qkv, positions,
+                 slots, params, q_out, static_cast<__nv_fp8_e4m3*>(k_cache),
+                 static_cast<__nv_fp8_e4m3*>(v_cache));
   } else {
-    QkvRopeKernel<<<blocks, kWarps * 32, 0, stream>>>(qkv, positions, slots, params, q_out,
-                                                      static_cast<__nv_bfloat16*>(k_cache),
-                                                      static_cast<__nv_bfloat16*>(v_cache));
+    LaunchKernel(QkvRopeKernel<__nv_bfloat16>, blocks, kWarps * 32, 0, stream, qkv, positions,
+                 slots, params, q_out, static_cast<__nv_bfloat16*>(k_cache),
+                 static_cast<__nv_bfloat16*>(v_cache));
   }
   return cudaGetLastError();
 }

@@ -1,3 +1,4 @@
+#include "engine/cuda/programmatic_launch.cuh"
 #include "engine/cuda/sampling.h"
 
 #include <curand_kernel.h>
@@ -111,6 +112,7 @@ __global__ void __launch_bounds__(kThreads)
     SampleKernel(float* logits, int32_t vocab, const SampleRowParams* params,
                  const int32_t* rep_tokens, const int32_t* out_tokens, const int32_t* out_counts,
                  SampleRowResult* results) {
+  PdlBegin();
   __shared__ Shared sh;
   const int64_t row = blockIdx.x;
   float* l = logits + row * vocab;
@@ -291,8 +293,8 @@ cudaError_t SampleRows(float* logits, int64_t rows, int64_t vocab, const SampleR
                        const int32_t* out_counts, SampleRowResult* results, cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
   if (vocab <= 0 || vocab > INT32_MAX || rows > INT32_MAX) return cudaErrorInvalidValue;
-  SampleKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
-      logits, static_cast<int32_t>(vocab), params, rep_tokens, out_tokens, out_counts, results);
+  LaunchKernel(SampleKernel, static_cast<unsigned>(rows), kThreads, 0, stream, logits,
+               static_cast<int32_t>(vocab), params, rep_tokens, out_tokens, out_counts, results);
   return cudaGetLastError();
 }
 
@@ -309,6 +311,7 @@ constexpr int kGreedyThreads = 256;
 __global__ void __launch_bounds__(kGreedyThreads)
     GreedyPartialKernel(const float* __restrict__ logits, int32_t vocab,
                         GreedyPartial* __restrict__ partials) {
+  PdlBegin();
   using Reduce = cub::BlockReduce<MaxIdx, kGreedyThreads>;
   using ReduceD = cub::BlockReduce<double, kGreedyThreads>;
   __shared__ union {
@@ -344,6 +347,7 @@ __global__ void __launch_bounds__(kGreedyThreads)
 __global__ void GreedyCombineKernel(const float* __restrict__ logits, int32_t vocab, int blocks,
                                     const GreedyPartial* __restrict__ partials,
                                     SampleRowResult* __restrict__ results) {
+  PdlBegin();
   const int64_t row = blockIdx.x;
   const int lane = threadIdx.x;
   const GreedyPartial* p = partials + row * blocks;
@@ -391,12 +395,12 @@ cudaError_t SampleGreedyRows(const float* logits, int64_t rows, int64_t vocab, v
   }
   auto* parts = static_cast<GreedyPartial*>(partials);
   const dim3 grid(kGreedyBlocksPerRow, static_cast<unsigned>(rows));
-  GreedyPartialKernel<<<grid, kGreedyThreads, 0, stream>>>(logits, static_cast<int32_t>(vocab),
-                                                           parts);
+  LaunchKernel(GreedyPartialKernel, grid, kGreedyThreads, 0, stream, logits,
+               static_cast<int32_t>(vocab), parts);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  GreedyCombineKernel<<<static_cast<unsigned>(rows), 32, 0, stream>>>(
-      logits, static_cast<int32_t>(vocab), kGreedyBlocksPerRow, parts, results);
+  LaunchKernel(GreedyCombineKernel, static_cast<unsigned>(rows), 32, 0, stream, logits,
+               static_cast<int32_t>(vocab), kGreedyBlocksPerRow, parts, results);
   return cudaGetLastError();
 }
 

@@ -180,6 +180,11 @@ TEST(RunEngineBenchTest, BadOptionsAreRejected) {
   EXPECT_EQ(fused.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(fused.status().message().find("--fuse-shared-experts"), std::string::npos);
   o.fuse_shared_experts = false;
+  o.programmatic_launch = true;  // a CUDA launch mode
+  Result<EngineBenchReport> pdl = RunEngineBench(o, nullptr);
+  EXPECT_EQ(pdl.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(pdl.status().message().find("--programmatic-launch"), std::string::npos);
+  o.programmatic_launch = false;
 #if !defined(SPARK_HAVE_CUDA)
   o.tp = 1;
   o.backend = "cuda";

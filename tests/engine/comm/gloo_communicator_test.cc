@@ -292,16 +292,27 @@ TEST_F(FileKeyValueStoreTest, PeerProcessExitFailsTheCollectiveInsteadOfHanging)
   ASSERT_TRUE(store.ok());
   GlooOptions options = TestOptions("procs");
   options.op_timeout_ms = 3000;
+  // The child exits once rank 0's side of the group is up too (a byte on `go`): exiting while
+  // rank 0 still connects would fail Create instead of the collective.
+  int go[2];
+  ASSERT_EQ(pipe(go), 0);
   pid_t child = fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
     // Rank 1: joins the group, then exits without taking part in any collective.
+    close(go[1]);
     auto child_store = FileKeyValueStore::Open(dir_.string());
     if (!child_store.ok()) _exit(2);
     auto comm = GlooCommunicator::Create(1, 2, child_store->get(), options);
-    _exit(comm.ok() ? 0 : 3);
+    char byte = 0;
+    const bool told = read(go[0], &byte, 1) == 1;
+    _exit(comm.ok() && told ? 0 : 3);
   }
+  close(go[0]);
   auto comm = GlooCommunicator::Create(0, 2, store->get(), options);
+  const char byte = 1;
+  EXPECT_EQ(write(go[1], &byte, 1), 1);
+  close(go[1]);
   ASSERT_TRUE(comm.ok()) << comm.status().ToString();
   int wstatus = 0;
   ASSERT_EQ(waitpid(child, &wstatus, 0), child);

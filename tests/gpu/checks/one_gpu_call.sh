@@ -29,8 +29,8 @@ step() {
 step kernels 60 $B/bin/gpu_kernels_test --gtest_filter='-*Timing*'
 step sampling 60 $B/bin/gpu_sampling_test --gtest_filter='*Greedy*'
 grep -E '^\[sampling' "$OUT/sampling.log" >>$S
-step graphs 120 $B/bin/gpu_backend_test --gtest_filter='*DecodeGraphs*:*DeviceLogits*:*TensorCoreAttention*:*FusedSharedExpert*'
-grep -E '^\[cuda-graphs|fused shared' "$OUT/graphs.log" >>$S
+step graphs 150 $B/bin/gpu_backend_test --gtest_filter='*DecodeGraphs*:*DeviceLogits*:*TensorCoreAttention*:*FusedSharedExpert*:*ProgrammaticLaunch*'
+grep -E '^\[cuda-graphs|^\[pdl|fused shared' "$OUT/graphs.log" >>$S
 model_cuda() {
   local m=$OUT/tiny ids=5,17,3,99,1,42,7,8,250,11
   $B/bin/spark-model tiny $m >/dev/null || return 1
@@ -57,11 +57,14 @@ step moe_air 60 $B/bin/gpu_moe_test --gtest_filter='MoeRouterTest.*:MoePackTest.
 # Performance.
 # Decode steps from CUDA graphs against eager steps: GLM-4.5-Air shapes, FP8, 24 of 46 layers
 # (fits an H100 80GB), same machine, same run.
-# The shared expert inside the fused MoE kernels against the separate MLP, with graphs.
-for g in --cuda-graphs --no-cuda-graphs --fuse-shared-experts; do
-  step bench$g 90 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
+# The shared expert inside the fused MoE kernels against the separate MLP, programmatic
+# dependent launch, and both, with graphs.
+for g in --cuda-graphs --no-cuda-graphs --fuse-shared-experts --programmatic-launch \
+    "--programmatic-launch --fuse-shared-experts"; do
+  n=bench$(echo "$g" | tr -d ' ')
+  step $n 90 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
     --backend cuda --layers 24 --batch-sizes 1,8,64 --input-len 128 --output-len 32 $g
-  tail -n 4 "$OUT/bench$g.log" >>$S
+  tail -n 4 "$OUT/$n.log" >>$S
 done
 # Per-kernel GPU time of eager decode steps (2 layers): where a step's time goes. Caches are not
 # flushed between kernels and clocks not locked, as in a run (ncu's defaults flush and lock, which
@@ -88,7 +91,7 @@ done
 step moe_bench 150 $B/bin/bench_moe --formats fp8-per-channel --caps 0,101376
 cat "$OUT/moe_bench.log" >>$S
 # The rest of the backend suite, timings, sanitizers, speculation.
-step backend 70 $B/bin/gpu_backend_test --gtest_filter='-*DecodeGraphs*:*DeviceLogits*:*TensorCoreAttention*:*FusedSharedExpert*'
+step backend 70 $B/bin/gpu_backend_test --gtest_filter='-*DecodeGraphs*:*DeviceLogits*:*TensorCoreAttention*:*FusedSharedExpert*:*ProgrammaticLaunch*'
 step kernel_timings 60 $B/bin/gpu_kernels_test --gtest_filter='*Timing*'
 # The tensor-core attention kernel under racecheck and memcheck (quick shapes).
 step sanitize_attention 120 env SPARK_GPU_QUICK=1 compute-sanitizer --tool racecheck \
