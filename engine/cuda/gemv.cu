@@ -125,7 +125,6 @@ __global__ void __launch_bounds__(kWarps * 32)
     GemvFp8OneRowKernel(DeviceLinear w, const __nv_bfloat16* __restrict__ x, int64_t k_chunk,
                         float* __restrict__ partial, float* __restrict__ y,
                         const float* __restrict__ bias, int k_splits) {
-  PdlBegin();
   constexpr int kUnrollK = 2;
   constexpr int64_t kStride = 32 * 16;
   const int warp = threadIdx.x >> 5;
@@ -168,12 +167,21 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
   };
   int64_t k0 = k_begin + static_cast<int64_t>(lane) * 16;
-  for (; k0 + (kUnrollK - 1) * kStride < k_end; k0 += kUnrollK * kStride) {
-    uint4 raw[kUnrollK][kRowsPerWarp];
+  uint4 raw[kUnrollK][kRowsPerWarp];
+  auto load = [&](int64_t k) {
 #pragma unroll
     for (int u = 0; u < kUnrollK; ++u)
 #pragma unroll
-      for (int r = 0; r < kRowsPerWarp; ++r) raw[u][r] = __ldg(wrows[r] + (k0 + u * kStride) / 16);
+      for (int r = 0; r < kRowsPerWarp; ++r) raw[u][r] = __ldg(wrows[r] + (k + u * kStride) / 16);
+  };
+  // Weights do not come from the preceding kernels: with programmatic dependent launch the
+  // first loads are in flight while those finish; x is read only after the wait.
+  bool loaded = k0 + (kUnrollK - 1) * kStride < k_end;
+  if (loaded) load(k0);
+  PdlBegin();
+  for (; k0 + (kUnrollK - 1) * kStride < k_end; k0 += kUnrollK * kStride) {
+    if (!loaded) load(k0);
+    loaded = false;
 #pragma unroll
     for (int u = 0; u < kUnrollK; ++u) consume(raw[u], k0 + u * kStride);
   }

@@ -4,12 +4,13 @@
 // Decode steps at small batches are chains of short kernels whose gaps are a large part of the
 // step; PDL removes most of them (also inside CUDA graphs, which record the programmatic edges).
 //
-// Contract for kernels launched through LaunchKernel: their first statement is
-// PdlWaitForPrecedingKernels() (engine/cuda/programmatic_launch.cuh), which returns once every
-// preceding kernel of the stream has completed and its memory is visible; nothing is read or
-// written before it (the predecessor may still read what this kernel writes). They then call
-// PdlAllowDependentLaunch() so that the next kernel may be scheduled. Both are no-ops when the
-// kernel was launched without PDL and on devices before sm_90.
+// Contract for kernels launched through LaunchKernel: they call PdlWaitForPrecedingKernels()
+// (engine/cuda/programmatic_launch.cuh), which returns once every preceding kernel of the stream
+// has completed and its memory is visible, before they read anything a preceding kernel writes
+// and before they write anything (a predecessor may still read it). Only data no kernel of the
+// stream writes (weights, scales) may be loaded before it: the FP8 GEMV starts streaming its
+// weights that way. They then call PdlAllowDependentLaunch() so that the next kernel may be
+// scheduled. Both are no-ops when the kernel was launched without PDL and before sm_90.
 //
 // Whether LaunchKernel uses PDL is a per-thread setting (a backend's forward runs on its rank's
 // thread): ProgrammaticLaunchScope turns it on or off for a scope; the default is off.
