@@ -805,6 +805,9 @@ TEST_F(SecureControllerTest, KeysTrustedAndRevokedWithSparkctlKeys) {
 
   ASSERT_TRUE(TrustAgentKey(keys_dir, "b", untrusted_.public_key, false).ok());
   Advance(milliseconds(11000), {&good});  // the controller re-reads trusted/ every 10 s
+  // The re-read runs in the loop turn after a message; the second ack proves it has run.
+  ASSERT_TRUE(good.Heartbeat().has_value());
+  ASSERT_TRUE(good.Heartbeat().has_value());
   {
     FakeAgent joined(context_, "b", endpoint_, "boot-1", &untrusted_, controller_keys_.public_key);
     ASSERT_TRUE(joined.Register().has_value());
@@ -813,6 +816,8 @@ TEST_F(SecureControllerTest, KeysTrustedAndRevokedWithSparkctlKeys) {
 
   ASSERT_TRUE(RevokeAgentKey(keys_dir, "b").ok());
   Advance(milliseconds(11000), {&good});
+  ASSERT_TRUE(good.Heartbeat().has_value());
+  ASSERT_TRUE(good.Heartbeat().has_value());
   FakeAgent revoked(context_, "b", endpoint_, "boot-2", &untrusted_, controller_keys_.public_key);
   spark::v1::Envelope registration;
   registration.mutable_node_registration()->set_node_name("b");
