@@ -82,12 +82,14 @@ int main(int argc, char** argv) {
                    o.attention_tensor_cores,
                    "CUDA: attention on tensor cores where it applies (head_dim 128; default "
                    "off)");
-  engine->add_flag("--fuse-shared-experts,!--no-fuse-shared-experts", o.fuse_shared_experts,
-                   "CUDA: run a MoE layer's shared expert inside the fused MoE kernels as one "
-                   "more expert slot (default off)");
-  engine->add_flag("--programmatic-launch,!--no-programmatic-launch", o.programmatic_launch,
-                   "CUDA: launch kernels with programmatic dependent launch (sm_90+), each "
-                   "scheduled while its predecessor finishes (default off)");
+  CLI::Option* fuse_flag = engine->add_flag(
+      "--fuse-shared-experts,!--no-fuse-shared-experts", o.fuse_shared_experts,
+      "CUDA: run a MoE layer's shared expert inside the fused MoE kernels as one more expert "
+      "slot for batches up to 256 tokens (default: on with --backend cuda, as a shard)");
+  CLI::Option* pdl_flag = engine->add_flag(
+      "--programmatic-launch,!--no-programmatic-launch", o.programmatic_launch,
+      "CUDA: launch kernels with programmatic dependent launch (sm_90+), each scheduled while "
+      "its predecessor finishes (default: on with --backend cuda, as a shard)");
 
   spark::bench::SpeculativeBenchOptions so;
   std::string spec_model;
@@ -150,6 +152,9 @@ int main(int argc, char** argv) {
 
   if (engine->parsed()) {
     if (graphs_flag->count() == 0) o.cuda_graphs = o.tp == 1;
+    // CudaBackendOptions' defaults, unless a flag says otherwise.
+    if (fuse_flag->count() == 0) o.fuse_shared_experts = o.backend == "cuda";
+    if (pdl_flag->count() == 0) o.programmatic_launch = o.backend == "cuda";
     o.model_dir = model_dir;
     o.dummy = load_format == "dummy";
     bool ok = false;

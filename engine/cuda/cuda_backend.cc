@@ -53,6 +53,11 @@ namespace {
 constexpr int64_t kLogitRowsPerPass = 256;
 constexpr int64_t kAttentionPartialBytes = int64_t{64} << 20;
 constexpr int kMaxAttentionSplits = 32;
+// Batches of up to this many tokens run a fused shared expert inside the MoE kernels
+// (CudaBackendOptions::fuse_shared_experts); larger ones run its dense copy. Decode buckets stay
+// below it; on an H100 the fused path wins at 64 tokens and loses ~9% of prefill throughput at
+// 2,048-token chunks.
+constexpr int64_t kSharedInMoeMaxTokens = 256;
 // The sequence id that owns the KV block of the decode graphs' padding rows.
 constexpr uint64_t kPaddingSequence = ~uint64_t{0};
 // Decode-graph buckets (batch sizes), the smallest bucket >= the batch serves it.
@@ -137,7 +142,9 @@ class PinnedBuffer {
 // Device bytes of a rank's weights, from the config alone (streamed and generated loads); with
 // `mtp`, one more decoder layer (index num_hidden_layers) and eh_proj.
 int64_t EstimateWeightBytes(const ModelConfig& cfg, int tp, int local_q, int local_kv,
-                            int64_t vocab_local, bool mtp = false) {
+                            int64_t vocab_local, bool mtp, bool fuse_shared) {
+  // A fused shared expert is held twice (MoE slot and dense copy).
+  const int64_t shared_copies = fuse_shared && cfg.n_shared_experts == 1 ? 2 : 1;
   const int64_t hsz = cfg.hidden_size;
   const int64_t elem = cfg.quant.method != QuantMethod::kNone ? 1 : 2;
   const int64_t qkv = int64_t{local_q + 2 * local_kv} * cfg.head_dim;
@@ -150,7 +157,8 @@ int64_t EstimateWeightBytes(const ModelConfig& cfg, int tp, int local_q, int loc
     } else {
       bytes += int64_t{cfg.n_routed_experts} * 3 * cfg.moe_intermediate_size / tp * hsz * elem +
                int64_t{cfg.n_routed_experts} * hsz * 4;
-      bytes += int64_t{cfg.n_shared_experts} * 3 * cfg.moe_intermediate_size / tp * hsz * elem;
+      bytes += shared_copies * cfg.n_shared_experts * 3 * cfg.moe_intermediate_size / tp * hsz *
+               elem;
     }
   }
   if (mtp) bytes += 2 * hsz * hsz * 2 + 3 * hsz * 4;
@@ -167,7 +175,7 @@ int64_t MlpBytes(const ExpertWeights& w) {
   return LinearBytes(w.gate) + LinearBytes(w.up) + LinearBytes(w.down);
 }
 
-int64_t LayerBytes(const LayerWeights& L) {
+int64_t LayerBytes(const LayerWeights& L, bool fuse_shared) {
   int64_t total = LinearBytes(L.q) + LinearBytes(L.k) + LinearBytes(L.v) + LinearBytes(L.o);
   total += static_cast<int64_t>(L.input_norm.size() + L.post_attn_norm.size() + L.q_norm.size() +
                                 L.k_norm.size() + L.router.size() + L.router_bias.size()) *
@@ -175,16 +183,17 @@ int64_t LayerBytes(const LayerWeights& L) {
   if (!L.is_moe) total += MlpBytes(L.mlp);
   for (const ExpertWeights& e : L.experts) total += MlpBytes(e);
   if (L.has_shared_expert) total += MlpBytes(L.shared);
+  if (fuse_shared && CanFuseSharedExpert(L)) total += MlpBytes(L.shared);  // the MoE slot
   return total;
 }
 
-int64_t WeightBytes(const ModelWeights& w) {
+int64_t WeightBytes(const ModelWeights& w, bool fuse_shared) {
   int64_t total =
       LinearBytes(w.embed) + LinearBytes(w.lm_head) + static_cast<int64_t>(w.final_norm.size()) * 4;
-  for (const LayerWeights& L : w.layers) total += LayerBytes(L);
+  for (const LayerWeights& L : w.layers) total += LayerBytes(L, fuse_shared);
   if (!w.mtp.empty()) {
     const MtpWeights& m = w.mtp.front();
-    total += LayerBytes(m.layer) + LinearBytes(m.eh_proj) +
+    total += LayerBytes(m.layer, fuse_shared) + LinearBytes(m.eh_proj) +
              static_cast<int64_t>(m.enorm.size() + m.hnorm.size() + m.shared_head_norm.size()) * 4;
   }
   return total;
@@ -636,7 +645,6 @@ Status CudaBackend::Impl::UploadLayer(LayerDev& D, int l, LayerWeights& L) {
   SPARK_RETURN_IF_ERROR(upload_vec(L.input_norm, &D.input_norm));
   SPARK_RETURN_IF_ERROR(upload_vec(L.post_attn_norm, &D.post_norm));
   D.is_moe = L.is_moe;
-  bool shared_fused = false;
   if (L.is_moe) {
     Result<PackedMoeLayer> packed = PackMoeLayer(L, config, options.fuse_shared_experts);
     if (!packed.ok()) return packed.status().WithContext("layer " + std::to_string(l));
@@ -645,10 +653,10 @@ Status CudaBackend::Impl::UploadLayer(LayerDev& D, int l, LayerWeights& L) {
     has_moe = true;
     moe_format = packed->format;
     moe_shape = packed->shape;
-    shared_fused = packed->shape.shared_experts > 0;
   }
-  const ExpertWeights* mlp =
-      L.is_moe ? (L.has_shared_expert && !shared_fused ? &L.shared : nullptr) : &L.mlp;
+  // A fused shared expert keeps its dense copy too: batches above kSharedInMoeMaxTokens run it
+  // as a dense MLP (cuBLASLt serves large M better than the grouped GEMM's expert slot).
+  const ExpertWeights* mlp = L.is_moe ? (L.has_shared_expert ? &L.shared : nullptr) : &L.mlp;
   if (mlp != nullptr) {
     D.has_mlp = true;
     SPARK_ASSIGN_OR_RETURN(D.gate_up, UploadStacked({&mlp->gate, &mlp->up}));
@@ -857,8 +865,9 @@ Status CudaBackend::Impl::GenerateModel(const DummyWeightsSpec& spec, int mtp_la
     }
     // One shared expert of the routed experts' size rides in the MoE kernels as the last slot
     // (CudaBackendOptions::fuse_shared_experts), with the values the dense path would get.
+    // The dense copy serves batches above kSharedInMoeMaxTokens.
     const bool fuse_shared = options.fuse_shared_experts && c.n_shared_experts == 1;
-    if (c.n_shared_experts > 0 && !fuse_shared) {
+    if (c.n_shared_experts > 0) {
       SPARK_RETURN_IF_ERROR(
           mlp(p + "mlp.shared_experts.", c.moe_intermediate_size * c.n_shared_experts));
     }
@@ -1463,7 +1472,11 @@ Status CudaBackend::Impl::RunLayer(const LayerDev& D, CudaKvCache& cache, int ca
   SPARK_CUDA_RETURN_IF_ERROR(RmsNormF32(o, x, D.post_norm, h, nullptr, total, static_cast<int>(hsz),
                                         eps, nullptr, stream));
   const float* addend = nullptr;
-  if (D.has_mlp) {
+  // A fused shared expert runs inside the MoE kernels for small batches (decode), its dense copy
+  // for large ones (prefill).
+  const bool shared_in_moe =
+      D.is_moe && D.moe.shape.shared_experts > 0 && total <= kSharedInMoeMaxTokens;
+  if (D.has_mlp && !shared_in_moe) {
     float* dst = D.is_moe ? shared : mlp;
     const int64_t inter = D.gate_up.out / 2;
     SPARK_RETURN_IF_ERROR(linear->Run(D.gate_up, h, total, gate_up, stream));
@@ -1473,7 +1486,8 @@ Status CudaBackend::Impl::RunLayer(const LayerDev& D, CudaKvCache& cache, int ca
   }
   if (D.is_moe) {
     SPARK_CUDA_RETURN_IF_ERROR(
-        MoeForward(D.moe, h, total, mlp, addend, moe_ws, *moe_table, stream));
+        MoeForward(D.moe, h, total, mlp, addend, moe_ws, *moe_table, stream,
+                   shared_in_moe ? MoeSharedSlots::kRun : MoeSharedSlots::kSkip));
   }
   st = AllReduce(mlp, total * hsz);
   if (!st.ok()) return st.WithContext("all-reduce after the MLP of " + name());
@@ -1803,7 +1817,7 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::Create(ModelWeights weights, C
                            engine::kWeightMismatchHint);
   }
   SPARK_RETURN_IF_ERROR(engine::ValidateModelWeights(weights, impl->local_q, impl->local_kv));
-  SPARK_RETURN_IF_ERROR(impl->CheckFits(WeightBytes(weights)));
+  SPARK_RETURN_IF_ERROR(impl->CheckFits(WeightBytes(weights, options.fuse_shared_experts)));
   SPARK_RETURN_IF_ERROR(impl->UploadModel(weights));
   SPARK_RETURN_IF_ERROR(impl->Finish());
   return std::unique_ptr<CudaBackend>(new CudaBackend(std::move(impl)));
@@ -1824,8 +1838,9 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::CreateDummy(const ModelConfig&
       spec.mtp && config.num_nextn_predict_layers > 0 ? config.num_hidden_layers : -1;
   auto impl = std::make_unique<Impl>();
   SPARK_RETURN_IF_ERROR(impl->Init(cfg, spec.tp_rank, spec.tp_size, comm, options));
-  const int64_t bytes = EstimateWeightBytes(cfg, spec.tp_size, impl->local_q, impl->local_kv,
-                                            impl->vocab_local, mtp_layer >= 0);
+  const int64_t bytes =
+      EstimateWeightBytes(cfg, spec.tp_size, impl->local_q, impl->local_kv, impl->vocab_local,
+                          mtp_layer >= 0, options.fuse_shared_experts);
   SPARK_RETURN_IF_ERROR(impl->CheckFits(bytes));
   SPARK_RETURN_IF_ERROR(impl->GenerateModel(spec, mtp_layer));
   SPARK_RETURN_IF_ERROR(impl->Finish());
@@ -1845,7 +1860,8 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::Load(const std::filesystem::pa
   SPARK_RETURN_IF_ERROR(impl->Init(cfg, load.tp_rank, load.tp_size, comm, options));
   SPARK_RETURN_IF_ERROR(impl->CheckFits(
       EstimateWeightBytes(cfg, load.tp_size, impl->local_q, impl->local_kv, impl->vocab_local,
-                          load.load_mtp && cfg.num_nextn_predict_layers > 0)));
+                          load.load_mtp && cfg.num_nextn_predict_layers > 0,
+                          options.fuse_shared_experts)));
   impl->layers.resize(static_cast<size_t>(cfg.num_hidden_layers));
   Impl* raw = impl.get();
   load.on_layer = [raw](int l, LayerWeights&& layer) -> Status {

@@ -581,8 +581,11 @@ cudaError_t MoeTopK(const MoeShape& shape, const float* logits, const float* cor
   return cudaGetLastError();
 }
 
-cudaError_t MoeRoute(const MoeLayerDevice& layer, const __nv_bfloat16* x, int64_t tokens,
-                     float* logits, int32_t* topk_ids, float* topk_weights, cudaStream_t stream) {
+namespace {
+
+// fp32 router logits [tokens, E] of x.
+cudaError_t RouterLogits(const MoeLayerDevice& layer, const __nv_bfloat16* x, int64_t tokens,
+                         float* logits, cudaStream_t stream) {
   if (tokens == 0) return cudaSuccess;
   const MoeShape& s = layer.shape;
   const dim3 block(256);
@@ -595,9 +598,16 @@ cudaError_t MoeRoute(const MoeLayerDevice& layer, const __nv_bfloat16* x, int64_
     LaunchKernel(RouterLogitsKernel<32>, grid, block, 0, stream, x, layer.router, tokens,
                  s.num_experts, s.hidden, logits);
   }
-  cudaError_t err = cudaGetLastError();
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t MoeRoute(const MoeLayerDevice& layer, const __nv_bfloat16* x, int64_t tokens,
+                     float* logits, int32_t* topk_ids, float* topk_weights, cudaStream_t stream) {
+  const cudaError_t err = RouterLogits(layer, x, tokens, logits, stream);
   if (err != cudaSuccess) return err;
-  return MoeTopK(s, logits, layer.router_bias, tokens, topk_ids, topk_weights, stream);
+  return MoeTopK(layer.shape, logits, layer.router_bias, tokens, topk_ids, topk_weights, stream);
 }
 
 cudaError_t QuantizeFp8Rows(const __nv_bfloat16* x, int64_t rows, int64_t cols, int group_cols,
@@ -624,11 +634,14 @@ struct MoeWorkspaceAccess {
   static cudaError_t Run(const MoeLayerDevice& layer, const __nv_bfloat16* x, int64_t tokens,
                          T* out, const T* addend, MoeWorkspace& w, const MoeConfigTable& table,
                          const MoeTileConfig* forced_gate_up, const MoeTileConfig* forced_down,
-                         cudaStream_t stream) {
-    const MoeShape& s = layer.shape;
-    if (tokens < 0 || tokens > w.max_tokens_ || w.base_ == nullptr || !SameShape(s, w.shape_) ||
-        layer.format != w.format_)
+                         MoeSharedSlots shared, cudaStream_t stream) {
+    if (tokens < 0 || tokens > w.max_tokens_ || w.base_ == nullptr ||
+        !SameShape(layer.shape, w.shape_) || layer.format != w.format_)
       return cudaErrorInvalidValue;
+    // The shape this forward runs: without the shared slots the GEMMs see the routed experts
+    // only (the weights' layout is unchanged; slot indices stay below E).
+    MoeShape s = layer.shape;
+    if (shared == MoeSharedSlots::kSkip) s.shared_experts = 0;
     if (tokens == 0) return cudaSuccess;
     const int64_t pairs = tokens * s.pairs_per_token();
     const MoeWeightFormat format = layer.format;
@@ -658,7 +671,9 @@ struct MoeWorkspaceAccess {
 
     cudaError_t err = mark(0);
     if (err != cudaSuccess) return err;
-    err = MoeRoute(layer, x, tokens, w.logits_, w.topk_ids_, w.topk_weights_, stream);
+    err = RouterLogits(layer, x, tokens, w.logits_, stream);
+    if (err != cudaSuccess) return err;
+    err = MoeTopK(s, w.logits_, layer.router_bias, tokens, w.topk_ids_, w.topk_weights_, stream);
     if (err != cudaSuccess) return err;
     const size_t perm_smem = size_t{3} * s.gemm_experts() * sizeof(int);
     LaunchKernel(PermuteKernel, 1, 1024, perm_smem, stream, w.topk_ids_, static_cast<int>(pairs),
@@ -723,14 +738,14 @@ cudaError_t MoeForward(const MoeLayerDevice& layer, const __nv_bfloat16* x, int6
                        __nv_bfloat16* out, const __nv_bfloat16* addend, MoeWorkspace& workspace,
                        const MoeConfigTable& table, cudaStream_t stream) {
   return MoeWorkspaceAccess::Run(layer, x, tokens, out, addend, workspace, table, nullptr, nullptr,
-                                 stream);
+                                 MoeSharedSlots::kRun, stream);
 }
 
 cudaError_t MoeForward(const MoeLayerDevice& layer, const __nv_bfloat16* x, int64_t tokens,
                        float* out, const float* addend, MoeWorkspace& workspace,
-                       const MoeConfigTable& table, cudaStream_t stream) {
+                       const MoeConfigTable& table, cudaStream_t stream, MoeSharedSlots shared) {
   return MoeWorkspaceAccess::Run(layer, x, tokens, out, addend, workspace, table, nullptr, nullptr,
-                                 stream);
+                                 shared, stream);
 }
 
 cudaError_t MoeForwardWithConfigs(const MoeLayerDevice& layer, const __nv_bfloat16* x,
@@ -738,7 +753,7 @@ cudaError_t MoeForwardWithConfigs(const MoeLayerDevice& layer, const __nv_bfloat
                                   const MoeConfigTable& table, const MoeTileConfig& gate_up,
                                   const MoeTileConfig& down, cudaStream_t stream) {
   return MoeWorkspaceAccess::Run<float>(layer, x, tokens, out, nullptr, workspace, table, &gate_up,
-                                        &down, stream);
+                                        &down, MoeSharedSlots::kRun, stream);
 }
 
 }  // namespace spark::cuda

@@ -156,6 +156,11 @@ class MoeWorkspace {
   int64_t max_mblocks_ = 0;
 };
 
+// Whether a forward runs the shared experts held in the layer's last slots (MoeShape::
+// shared_experts) or leaves them to the caller (which then runs its own copy, e.g. for large
+// batches where a dense GEMM serves them better).
+enum class MoeSharedSlots { kRun, kSkip };
+
 // Experts of `tokens` rows of x [tokens, H] (BF16) into out [tokens, H]. When `addend` is not
 // null, out = addend + experts (e.g. a shared expert run separately). tokens may be 0.
 // Errors: cudaErrorInvalidValue for tokens > workspace.max_tokens() or a shape/format that the
@@ -165,7 +170,8 @@ cudaError_t MoeForward(const MoeLayerDevice& layer, const __nv_bfloat16* x, int6
                        const MoeConfigTable& table, cudaStream_t stream);
 cudaError_t MoeForward(const MoeLayerDevice& layer, const __nv_bfloat16* x, int64_t tokens,
                        float* out, const float* addend, MoeWorkspace& workspace,
-                       const MoeConfigTable& table, cudaStream_t stream);
+                       const MoeConfigTable& table, cudaStream_t stream,
+                       MoeSharedSlots shared = MoeSharedSlots::kRun);
 
 // Same pipeline with explicit tile configs for both GEMMs (autotuning, tests). The configs must
 // pass table.Check and share block_m; otherwise cudaErrorInvalidConfiguration and nothing runs.

@@ -219,7 +219,8 @@ MoeWeightFormat MoeWeightFormatOfModel(const engine::ModelConfig& config) {
   return MoeWeightFormat::kBf16;
 }
 
-Result<MoeShape> MoeShapeOfModel(const engine::ModelConfig& config, int tp) {
+Result<MoeShape> MoeShapeOfModel(const engine::ModelConfig& config, int tp,
+                                 bool fuse_shared_experts) {
   if (config.n_routed_experts <= 0 || config.moe_intermediate_size <= 0) {
     return InvalidArgument("the model (" + config.architecture_name +
                            ") has no routed experts: there is no MoE GEMM to tune");
@@ -229,7 +230,10 @@ Result<MoeShape> MoeShapeOfModel(const engine::ModelConfig& config, int tp) {
                            " does not divide the experts' intermediate size " +
                            std::to_string(config.moe_intermediate_size));
   }
-  return MoeShapeFromConfig(config, static_cast<int>(config.moe_intermediate_size / tp));
+  MoeShape shape = MoeShapeFromConfig(config, static_cast<int>(config.moe_intermediate_size / tp));
+  // As the backend decides (a shared expert of the routed experts' size, engine/cuda/moe_pack.h).
+  shape.shared_experts = fuse_shared_experts && config.n_shared_experts == 1 ? 1 : 0;
+  return shape;
 }
 
 engine::MoeDeviceClass MoeDeviceClassOf(const DeviceInfo& device, const MoeConfigTable& table) {

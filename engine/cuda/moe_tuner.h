@@ -39,9 +39,13 @@ namespace spark::cuda {
 Result<MoeWeightFormat> ParseMoeWeightFormat(std::string_view name);
 // The MoE weight format the checkpoint of `config` loads as (quantisation method).
 MoeWeightFormat MoeWeightFormatOfModel(const engine::ModelConfig& config);
-// The routed-expert shape one of `tp` ranks holds; InvalidArgument for a dense model or an
-// intermediate size that `tp` does not divide.
-Result<MoeShape> MoeShapeOfModel(const engine::ModelConfig& config, int tp);
+// The expert shape one of `tp` ranks holds, with the shared expert as one more slot when
+// `fuse_shared_experts` and the model's shared expert can ride in the MoE kernels
+// (CudaBackendOptions::fuse_shared_experts: the shape the backend's kernels run and look tuned
+// configs up for); InvalidArgument for a dense model or an intermediate size that `tp` does not
+// divide.
+Result<MoeShape> MoeShapeOfModel(const engine::ModelConfig& config, int tp,
+                                 bool fuse_shared_experts);
 
 // Conversions between the kernel's types and the records'.
 engine::MoeDeviceClass MoeDeviceClassOf(const DeviceInfo& device, const MoeConfigTable& table);

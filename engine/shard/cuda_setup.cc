@@ -128,6 +128,7 @@ Result<std::unique_ptr<engine::Backend>> CreateShardCudaBackend(const spark::v1:
   tune.smem_cap_bytes = options.smem_cap_bytes;
   tune.max_batch_tokens = setup.max_batch_tokens;
   tune.autotune = settings.moe_autotune;
+  tune.fuse_shared_experts = options.fuse_shared_experts;
   options.cuda_graphs = CudaGraphsFor(settings, world);
   if (settings.kv_cache_fp8) options.kv_cache_dtype = cuda::KvCacheDtype::kFp8E4m3;
   if (const char* file = std::getenv(engine::kMoeTuningFileEnv); file != nullptr) {

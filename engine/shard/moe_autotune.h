@@ -28,6 +28,7 @@ struct MoeAutotuneSetup {
   bool autotune = true;    // engine option moe_autotune
   std::string cache_file;  // the agent's cache file; "" = none
   double max_seconds = 600;
+  bool fuse_shared_experts = true;  // CudaBackendOptions::fuse_shared_experts (the tuned shape)
 };
 
 // What was found and done (for logs and tests).

@@ -41,6 +41,7 @@ struct TuneMoeArgs {
   int tp = 1;
   std::string format;
   int64_t smem_cap_bytes = 0;
+  bool fuse_shared_experts = true;  // the shape the backend runs by default
   std::string batches;
   int64_t max_batch_tokens = 2048;
   std::string out;
@@ -109,7 +110,7 @@ Result<std::vector<int64_t>> ResolveBatches(const TuneMoeArgs& args) {
 int RunTuneMoe(const TuneMoeArgs& args) {
   Result<engine::ModelConfig> config = ResolveConfig(args);
   if (!config.ok()) return Fail(config.status());
-  Result<cuda::MoeShape> shape = cuda::MoeShapeOfModel(*config, args.tp);
+  Result<cuda::MoeShape> shape = cuda::MoeShapeOfModel(*config, args.tp, args.fuse_shared_experts);
   if (!shape.ok()) return Fail(shape.status());
   cuda::MoeWeightFormat format = cuda::MoeWeightFormatOfModel(*config);
   if (!args.format.empty()) {
@@ -256,6 +257,10 @@ SPARK_MODEL_COMMAND(kTuneMoeCommand, "tune-moe", [](CLI::App& app) -> std::funct
                   "shared memory per block to tune for (0 = the device's; 101376 = GB10)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--fuse-shared-experts,!--no-fuse-shared-experts", args->fuse_shared_experts,
+                "tune the shape with the shared expert as one more expert slot, as the CUDA "
+                "backend runs it by default (fuse_shared_experts)")
+      ->capture_default_str();
   cmd->add_option("--batches", args->batches, "token buckets, powers of two (1,2,4,...)");
   cmd->add_option("--max-batch-tokens", args->max_batch_tokens,
                   "without --batches: buckets 1 .. this (the shard's max_batch_tokens)")

@@ -7,7 +7,7 @@
 # spark-bench bench_moe; then, from the repository root:
 #   run(carry=["bundle"], command="OUT=$OUT bash tests/gpu/checks/one_gpu_call.sh")
 set -uo pipefail
-B=bundle
+export B=bundle
 tar -C $B -xzf $B/bin.tar.gz
 export LD_LIBRARY_PATH=$PWD/$B/lib:${LD_LIBRARY_PATH:-} NCCL_NVLS_ENABLE=0
 export SPARK_REFERENCE_MODELS_DIR=$PWD/tests/data/models
@@ -57,10 +57,8 @@ step moe_air 60 $B/bin/gpu_moe_test --gtest_filter='MoeRouterTest.*:MoePackTest.
 # Performance.
 # Decode steps from CUDA graphs against eager steps: GLM-4.5-Air shapes, FP8, 24 of 46 layers
 # (fits an H100 80GB), same machine, same run.
-# The shared expert inside the fused MoE kernels against the separate MLP, programmatic
-# dependent launch, and both, with graphs.
-for g in --cuda-graphs --no-cuda-graphs --fuse-shared-experts --programmatic-launch \
-    "--programmatic-launch --fuse-shared-experts"; do
+# Defaults (shared expert in the MoE kernels, programmatic launch) against neither, with graphs.
+for g in --cuda-graphs --no-cuda-graphs "--no-fuse-shared-experts --no-programmatic-launch"; do
   n=bench$(echo "$g" | tr -d ' ')
   step $n 90 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
     --backend cuda --layers 24 --batch-sizes 1,8,64 --input-len 128 --output-len 32 $g
