@@ -78,10 +78,10 @@ int main(int argc, char** argv) {
   engine->add_flag("--moe-tune", o.moe_tune,
                    "CUDA: tune the MoE tile configs on the GPU before measuring, as a shard does "
                    "at its first load (the time is printed; default: the heuristic configs)");
-  engine->add_flag("--attention-tensor-cores,!--no-attention-tensor-cores",
-                   o.attention_tensor_cores,
-                   "CUDA: attention on tensor cores where it applies (head_dim 128; default "
-                   "off)");
+  CLI::Option* tc_flag = engine->add_flag(
+      "--attention-tensor-cores,!--no-attention-tensor-cores", o.attention_tensor_cores,
+      "CUDA: attention on tensor cores where it applies (head_dim 128; default: on with "
+      "--backend cuda, as a shard)");
   CLI::Option* fuse_flag = engine->add_flag(
       "--fuse-shared-experts,!--no-fuse-shared-experts", o.fuse_shared_experts,
       "CUDA: run a MoE layer's shared expert inside the fused MoE kernels as one more expert "
@@ -155,6 +155,7 @@ int main(int argc, char** argv) {
     // CudaBackendOptions' defaults, unless a flag says otherwise.
     if (fuse_flag->count() == 0) o.fuse_shared_experts = o.backend == "cuda";
     if (pdl_flag->count() == 0) o.programmatic_launch = o.backend == "cuda";
+    if (tc_flag->count() == 0) o.attention_tensor_cores = o.backend == "cuda";
     o.model_dir = model_dir;
     o.dummy = load_format == "dummy";
     bool ok = false;
