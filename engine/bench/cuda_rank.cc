@@ -49,7 +49,8 @@ namespace {
 Status TuneMoeOfRank(const CudaRankSpec& spec, int rank, int tp,
                      cuda::CudaBackendOptions* options) {
   if (spec.config.n_routed_experts <= 0) return Status::Ok();
-  SPARK_ASSIGN_OR_RETURN(cuda::MoeShape shape, cuda::MoeShapeOfModel(spec.config, tp, spec.fuse_shared_experts));
+  SPARK_ASSIGN_OR_RETURN(cuda::MoeShape shape,
+                         cuda::MoeShapeOfModel(spec.config, tp, spec.fuse_shared_experts));
   const cuda::MoeWeightFormat format = cuda::MoeWeightFormatOfModel(spec.config);
   SPARK_ASSIGN_OR_RETURN(cuda::DeviceInfo device, cuda::QueryDevice(rank));
   SPARK_ASSIGN_OR_RETURN(cuda::MoeConfigTable table,

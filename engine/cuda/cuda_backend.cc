@@ -157,8 +157,8 @@ int64_t EstimateWeightBytes(const ModelConfig& cfg, int tp, int local_q, int loc
     } else {
       bytes += int64_t{cfg.n_routed_experts} * 3 * cfg.moe_intermediate_size / tp * hsz * elem +
                int64_t{cfg.n_routed_experts} * hsz * 4;
-      bytes += shared_copies * cfg.n_shared_experts * 3 * cfg.moe_intermediate_size / tp * hsz *
-               elem;
+      bytes +=
+          shared_copies * cfg.n_shared_experts * 3 * cfg.moe_intermediate_size / tp * hsz * elem;
     }
   }
   if (mtp) bytes += 2 * hsz * hsz * 2 + 3 * hsz * 4;
@@ -1858,10 +1858,9 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::Load(const std::filesystem::pa
   if (load.max_layers > 0) cfg.num_hidden_layers = std::min(load.max_layers, cfg.num_hidden_layers);
   auto impl = std::make_unique<Impl>();
   SPARK_RETURN_IF_ERROR(impl->Init(cfg, load.tp_rank, load.tp_size, comm, options));
-  SPARK_RETURN_IF_ERROR(impl->CheckFits(
-      EstimateWeightBytes(cfg, load.tp_size, impl->local_q, impl->local_kv, impl->vocab_local,
-                          load.load_mtp && cfg.num_nextn_predict_layers > 0,
-                          options.fuse_shared_experts)));
+  SPARK_RETURN_IF_ERROR(impl->CheckFits(EstimateWeightBytes(
+      cfg, load.tp_size, impl->local_q, impl->local_kv, impl->vocab_local,
+      load.load_mtp && cfg.num_nextn_predict_layers > 0, options.fuse_shared_experts)));
   impl->layers.resize(static_cast<size_t>(cfg.num_hidden_layers));
   Impl* raw = impl.get();
   load.on_layer = [raw](int l, LayerWeights&& layer) -> Status {

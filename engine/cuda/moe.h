@@ -8,9 +8,9 @@
 // MoeShape::shared_experts = S > 0 the last S expert slots of w13/w2 hold them and every token
 // takes each with weight 1, as S more (token, expert) pairs of the same grouped GEMMs (one
 // pipeline instead of a separate MLP); otherwise the caller adds the shared expert. The caller
-// runs the tensor-parallel all-reduce. Choices are deterministic (no atomics decide them), and so are the
-// sums: the k expert outputs of a token are added in ascending expert order, split-K partials
-// in split order.
+// runs the tensor-parallel all-reduce. Choices are deterministic (no atomics decide them), and so
+// are the sums: the k expert outputs of a token are added in ascending expert order, split-K
+// partials in split order.
 //
 // Pipeline: router -> permutation (pairs sorted by expert, padded to BLOCK_M) -> [per-token or
 // 1x128 FP8 quantisation of x] -> grouped GEMM gate/up with SiLU(gate)*up in the epilogue ->

@@ -193,8 +193,7 @@ Result<PackedMoeLayer> PackMoeLayer(const engine::LayerWeights& layer,
     p.w2_scale.resize(slots * (h / 128) * (im / 128));
   }
   for (int64_t e = 0; e < e_count; ++e) {
-    SPARK_RETURN_IF_ERROR(
-        PackExpert(layer.experts[e], "experts." + std::to_string(e), e, p));
+    SPARK_RETURN_IF_ERROR(PackExpert(layer.experts[e], "experts." + std::to_string(e), e, p));
   }
   if (p.shape.shared_experts > 0) {
     SPARK_RETURN_IF_ERROR(PackExpert(layer.shared, "shared_experts", e_count, p));

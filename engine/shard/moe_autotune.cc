@@ -12,7 +12,8 @@ Result<MoeAutotuneOutcome> PrepareMoeTuning(const spark::v1::ShardAssignment& a,
   MoeAutotuneOutcome out;
   SPARK_ASSIGN_OR_RETURN(engine::ModelConfig config, engine::LoadModelConfig(a.model_path()));
   if (config.n_routed_experts <= 0) return out;
-  SPARK_ASSIGN_OR_RETURN(cuda::MoeShape shape, cuda::MoeShapeOfModel(config, setup.tp, setup.fuse_shared_experts));
+  SPARK_ASSIGN_OR_RETURN(cuda::MoeShape shape,
+                         cuda::MoeShapeOfModel(config, setup.tp, setup.fuse_shared_experts));
   const cuda::MoeWeightFormat format = cuda::MoeWeightFormatOfModel(config);
   SPARK_ASSIGN_OR_RETURN(cuda::DeviceInfo device, cuda::QueryDevice(setup.device));
   SPARK_ASSIGN_OR_RETURN(cuda::MoeConfigTable table,

@@ -84,8 +84,8 @@ struct RowMatch {
   int rows = 0;
   double worst = 0;
 };
-RowMatch CompareRows(const std::vector<float>& got, const std::vector<float>& want,
-                     int64_t row_len, double tol) {
+RowMatch CompareRows(const std::vector<float>& got, const std::vector<float>& want, int64_t row_len,
+                     double tol) {
   EXPECT_EQ(got.size(), want.size());
   RowMatch m;
   for (size_t off = 0; off + row_len <= std::min(got.size(), want.size()); off += row_len) {

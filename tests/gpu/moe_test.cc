@@ -160,11 +160,12 @@ TEST(MoeRouterTest, TopKMatchesCpuRouteTokenExactly) {
     bool softmax, bias, ties;
     int shared = 0;  // fused shared expert slots after the routed choice
   };
-  const Case cases[] = {{128, 8, 1, 1, false, true, false}, {160, 8, 1, 1, false, true, false},
-                        {64, 6, 8, 3, false, true, false},  {160, 8, 1, 1, false, true, true},
-                        {128, 8, 1, 1, true, false, false}, {32, 4, 4, 2, false, false, true},
-                        {512, 32, 1, 1, false, true, false}, {128, 8, 1, 1, false, true, false, 1},
-                        {512, 31, 1, 1, false, true, false, 1}};
+  const Case cases[] = {
+      {128, 8, 1, 1, false, true, false},    {160, 8, 1, 1, false, true, false},
+      {64, 6, 8, 3, false, true, false},     {160, 8, 1, 1, false, true, true},
+      {128, 8, 1, 1, true, false, false},    {32, 4, 4, 2, false, false, true},
+      {512, 32, 1, 1, false, true, false},   {128, 8, 1, 1, false, true, false, 1},
+      {512, 31, 1, 1, false, true, false, 1}};
   for (const Case& c : cases) {
     const int64_t tokens = 257;
     std::mt19937 rng(c.experts * 31 + c.top_k);
