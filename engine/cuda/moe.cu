@@ -89,7 +89,10 @@ __device__ __forceinline__ void WarpArgMax(float& v, int& i, float& payload) {
   }
 }
 
-// One warp per token: the exact selection of engine/cpu/kernels.h RouteToken.
+// One warp per token: the exact selection of engine/cpu/kernels.h RouteToken. Each lane holds
+// kPerLane experts (lane + 32 j): the smallest count that covers E keeps the selection loops
+// short (4 for 128 experts).
+template <int kPerLane>
 __global__ void TopKKernel(const float* __restrict__ logits, const float* __restrict__ bias,
                            int64_t tokens, TopKArgs a, int32_t* __restrict__ ids,
                            float* __restrict__ weights) {
@@ -102,10 +105,10 @@ __global__ void TopKKernel(const float* __restrict__ logits, const float* __rest
   __shared__ float sel_score[4][kMaxTopK];
   if (t >= tokens) return;
   const float* l = logits + t * a.experts;
-  float s[kMaxExpertsPerLane], c[kMaxExpertsPerLane];
+  float s[kPerLane], c[kPerLane];
   float mx = -INFINITY;
 #pragma unroll
-  for (int j = 0; j < kMaxExpertsPerLane; ++j) {
+  for (int j = 0; j < kPerLane; ++j) {
     const int e = lane + 32 * j;
     s[j] = e < a.experts ? l[e] : -INFINITY;
     mx = fmaxf(mx, s[j]);
@@ -114,20 +117,20 @@ __global__ void TopKKernel(const float* __restrict__ logits, const float* __rest
     for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
     float sum = 0.f;
 #pragma unroll
-    for (int j = 0; j < kMaxExpertsPerLane; ++j) {
+    for (int j = 0; j < kPerLane; ++j) {
       const int e = lane + 32 * j;
       s[j] = e < a.experts ? expf(s[j] - mx) : 0.f;
       sum += s[j];
     }
     for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
 #pragma unroll
-    for (int j = 0; j < kMaxExpertsPerLane; ++j) s[j] /= sum;
+    for (int j = 0; j < kPerLane; ++j) s[j] /= sum;
   } else {
 #pragma unroll
-    for (int j = 0; j < kMaxExpertsPerLane; ++j) s[j] = 1.0f / (1.0f + expf(-s[j]));
+    for (int j = 0; j < kPerLane; ++j) s[j] = 1.0f / (1.0f + expf(-s[j]));
   }
 #pragma unroll
-  for (int j = 0; j < kMaxExpertsPerLane; ++j) {
+  for (int j = 0; j < kPerLane; ++j) {
     const int e = lane + 32 * j;
     c[j] = e < a.experts ? (bias != nullptr ? s[j] + bias[e] : s[j]) : 0.f;
   }
@@ -141,7 +144,7 @@ __global__ void TopKKernel(const float* __restrict__ logits, const float* __rest
         float v = -INFINITY, pay = 0.f;
         int idx = -1;
 #pragma unroll
-        for (int j = 0; j < kMaxExpertsPerLane; ++j) {
+        for (int j = 0; j < kPerLane; ++j) {
           const int e = lane + 32 * j;
           if (e / per == g && e < a.experts && e != first &&
               (idx < 0 || c[j] > v || (c[j] == v && e < idx))) {
@@ -169,7 +172,7 @@ __global__ void TopKKernel(const float* __restrict__ logits, const float* __rest
       keep_mask |= 1u << idx;
     }
 #pragma unroll
-    for (int j = 0; j < kMaxExpertsPerLane; ++j) {
+    for (int j = 0; j < kPerLane; ++j) {
       const int e = lane + 32 * j;
       if (e < a.experts && !((keep_mask >> (e / per)) & 1u)) c[j] = 0.f;
     }
@@ -179,7 +182,7 @@ __global__ void TopKKernel(const float* __restrict__ logits, const float* __rest
     float v = -INFINITY, pay = 0.f;
     int idx = -1;
 #pragma unroll
-    for (int j = 0; j < kMaxExpertsPerLane; ++j) {
+    for (int j = 0; j < kPerLane; ++j) {
       const int e = lane + 32 * j;
       if (e < a.experts && !((taken >> j) & 1u) &&
           (idx < 0 || c[j] > v || (c[j] == v && e < idx))) {
@@ -576,7 +579,10 @@ cudaError_t MoeTopK(const MoeShape& shape, const float* logits, const float* cor
   a.softmax = shape.softmax_scoring;
   a.scaling = shape.routed_scaling_factor;
   const unsigned blocks = static_cast<unsigned>((tokens + 3) / 4);
-  LaunchKernel(TopKKernel, blocks, 128, 0, stream, logits, correction_bias, tokens, a, topk_ids,
+  auto* kernel = shape.num_experts <= 32 * 4   ? TopKKernel<4>
+                 : shape.num_experts <= 32 * 8 ? TopKKernel<8>
+                                               : TopKKernel<kMaxExpertsPerLane>;
+  LaunchKernel(kernel, blocks, 128, 0, stream, logits, correction_bias, tokens, a, topk_ids,
                topk_weights);
   return cudaGetLastError();
 }
