@@ -401,10 +401,11 @@ bool SameShape(const MoeShape& a, const MoeShape& b) {
 // ---- Shape --------------------------------------------------------------------------------------
 
 Status MoeShape::Validate(MoeWeightFormat format) const {
-  const std::string what = "MoE layer (E=" + std::to_string(num_experts) +
-                           ", H=" + std::to_string(hidden) + ", Im=" + std::to_string(inter) +
-                           ", top-" + std::to_string(top_k) + ", " + MoeWeightFormatName(format) +
-                           "): ";
+  const std::string what =
+      "MoE layer (E=" + std::to_string(num_experts) + ", H=" + std::to_string(hidden) +
+      ", Im=" + std::to_string(inter) + ", top-" + std::to_string(top_k) +
+      (shared_experts > 0 ? " + " + std::to_string(shared_experts) + " shared" : std::string()) +
+      ", " + MoeWeightFormatName(format) + "): ";
   if (num_experts <= 0 || hidden <= 0 || inter <= 0 || top_k <= 0)
     return InvalidArgument(what + "experts, hidden, intermediate size and top_k must be positive");
   if (num_experts > 32 * kMaxExpertsPerLane)
