@@ -144,7 +144,7 @@ class PinnedBuffer {
 int64_t EstimateWeightBytes(const ModelConfig& cfg, int tp, int local_q, int local_kv,
                             int64_t vocab_local, bool mtp, bool fuse_shared) {
   // A fused shared expert is held twice (MoE slot and dense copy).
-  const int64_t shared_copies = fuse_shared && cfg.n_shared_experts == 1 ? 2 : 1;
+  const int64_t shared_copies = 1 + FusedSharedExperts(cfg, fuse_shared);
   const int64_t hsz = cfg.hidden_size;
   const int64_t elem = cfg.quant.method != QuantMethod::kNone ? 1 : 2;
   const int64_t qkv = int64_t{local_q + 2 * local_kv} * cfg.head_dim;
@@ -866,7 +866,6 @@ Status CudaBackend::Impl::GenerateModel(const DummyWeightsSpec& spec, int mtp_la
     // One shared expert of the routed experts' size rides in the MoE kernels as the last slot
     // (CudaBackendOptions::fuse_shared_experts), with the values the dense path would get.
     // The dense copy serves batches above kSharedInMoeMaxTokens.
-    const bool fuse_shared = options.fuse_shared_experts && c.n_shared_experts == 1;
     if (c.n_shared_experts > 0) {
       SPARK_RETURN_IF_ERROR(
           mlp(p + "mlp.shared_experts.", c.moe_intermediate_size * c.n_shared_experts));
@@ -878,7 +877,7 @@ Status CudaBackend::Impl::GenerateModel(const DummyWeightsSpec& spec, int mtp_la
     const int64_t im = r.size();
     MoeLayerDevice& M = D.moe;
     M.shape = MoeShapeFromConfig(c, static_cast<int>(im));
-    M.shape.shared_experts = fuse_shared ? 1 : 0;
+    M.shape.shared_experts = FusedSharedExperts(c, options.fuse_shared_experts);
     const int slots = M.shape.gemm_experts();
     M.format = !quantized ? MoeWeightFormat::kBf16
                           : (c.quant.method == QuantMethod::kFp8PerChannel

@@ -142,6 +142,10 @@ Status PackExpert(const engine::ExpertWeights& x, const std::string& name, int64
 
 }  // namespace
 
+int FusedSharedExperts(const engine::ModelConfig& config, bool fuse) {
+  return fuse && config.n_shared_experts == 1 ? 1 : 0;
+}
+
 bool CanFuseSharedExpert(const engine::LayerWeights& layer) {
   if (!layer.is_moe || !layer.has_shared_expert || layer.experts.empty()) return false;
   const engine::ExpertWeights& routed = layer.experts[0];

@@ -32,6 +32,12 @@ struct PackedMoeLayer {
 // The MoeShape of a MoE layer of `config` as held by a rank (Im = the experts' local rows).
 MoeShape MoeShapeFromConfig(const engine::ModelConfig& config, int inter_local);
 
+// Shared expert slots of `config`'s MoE layers when `fuse` (CudaBackendOptions::
+// fuse_shared_experts) asks for them: 1 for one shared expert of the routed experts' size
+// (GLM-4), else 0: the rule for shapes made from a config (generated weights, tuning, memory
+// estimates); PackMoeLayer decides from the loaded weights (CanFuseSharedExpert).
+int FusedSharedExperts(const engine::ModelConfig& config, bool fuse);
+
 // Whether the layer's shared expert can ride in the grouped GEMMs as one more expert slot: it
 // exists and has the routed experts' shape, dtype and scaling (GLM-4: n_shared_experts 1).
 bool CanFuseSharedExpert(const engine::LayerWeights& layer);

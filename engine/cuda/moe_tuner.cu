@@ -232,7 +232,7 @@ Result<MoeShape> MoeShapeOfModel(const engine::ModelConfig& config, int tp,
   }
   MoeShape shape = MoeShapeFromConfig(config, static_cast<int>(config.moe_intermediate_size / tp));
   // As the backend decides (a shared expert of the routed experts' size, engine/cuda/moe_pack.h).
-  shape.shared_experts = fuse_shared_experts && config.n_shared_experts == 1 ? 1 : 0;
+  shape.shared_experts = FusedSharedExperts(config, fuse_shared_experts);
   return shape;
 }
 
