@@ -370,10 +370,14 @@ std::vector<ForwardBatch> MixedBatches(int64_t vocab) {
   return b;
 }
 
+// The default options (shared expert inside the MoE kernels, CudaBackendOptions::
+// fuse_shared_experts) packed from a checkpoint (Create) and generated on the device
+// (CreateDummy), and the separate shared-expert MLP, against the CPU backend.
 TEST(CudaBackendTest, RandomMoeAtAirWidthsMatchesCpuBackend) {
   for (bool fp8 : {false, true}) {
     SCOPED_TRACE(fp8 ? "fp8_channel" : "bf16");
     const ModelConfig cfg = AirTwoLayers(fp8);
+    ASSERT_EQ(cfg.n_shared_experts, 1);
     engine::LoadOptions load;
     load.seed = 11;
     Result<ModelWeights> wg = engine::MakeDummyWeights(cfg, load);
@@ -393,6 +397,11 @@ TEST(CudaBackendTest, RandomMoeAtAirWidthsMatchesCpuBackend) {
     Result<std::unique_ptr<CudaBackend>> exact =
         CudaBackend::CreateDummy(cfg, spec, nullptr, exact_opts);
     ASSERT_TRUE(exact.ok()) << exact.status().ToString();
+    CudaBackendOptions separate_opts = opts;
+    separate_opts.fuse_shared_experts = false;
+    Result<std::unique_ptr<CudaBackend>> separate =
+        CudaBackend::CreateDummy(cfg, spec, nullptr, separate_opts);
+    ASSERT_TRUE(separate.ok()) << separate.status().ToString();
 
     Result<ModelWeights> wc = engine::MakeDummyWeights(cfg, load);
     ASSERT_TRUE(wc.ok());
@@ -407,7 +416,9 @@ TEST(CudaBackendTest, RandomMoeAtAirWidthsMatchesCpuBackend) {
       Result<ForwardOutput> g = (*gen)->Forward(batch);
       Result<ForwardOutput> b = (*cpu)->Forward(batch);
       Result<ForwardOutput> e = (*exact)->Forward(batch);
+      Result<ForwardOutput> s = (*separate)->Forward(batch);
       ASSERT_TRUE(e.ok()) << e.status().ToString();
+      ASSERT_TRUE(s.ok()) << s.status().ToString();
       ASSERT_TRUE(a.ok()) << a.status().ToString();
       ASSERT_TRUE(g.ok()) << g.status().ToString();
       ASSERT_TRUE(b.ok()) << b.status().ToString();
@@ -422,11 +433,12 @@ TEST(CudaBackendTest, RandomMoeAtAirWidthsMatchesCpuBackend) {
         const int32_t y = Argmax(a->logits.data() + r * cfg.vocab_size, cfg.vocab_size);
         if (x == y || want[x] - want[y] <= 2.0 * diff) ++agree;
       }
+      const double separate_diff = MaxDiff(s->logits, b->logits) / max_ref;
       std::printf(
-          "[cuda-air] %-11s step %d: max|gpu-cpu|/max|cpu| = %.3e, argmax %d/%lld agree, "
-          "device-generated weights %s\n",
-          fp8 ? "fp8_channel" : "bf16", step, diff / max_ref, agree, static_cast<long long>(rows),
-          a->logits == g->logits ? "bit-identical" : "DIFFER");
+          "[cuda-air] %-11s step %d: max|gpu-cpu|/max|cpu| = %.3e (separate shared-expert MLP "
+          "%.3e), argmax %d/%lld agree, device-generated weights %s\n",
+          fp8 ? "fp8_channel" : "bf16", step, diff / max_ref, separate_diff, agree,
+          static_cast<long long>(rows), a->logits == g->logits ? "bit-identical" : "DIFFER");
       const double exact_diff = MaxDiff(e->logits, b->logits) / max_ref;
       std::printf(
           "[cuda-air] %-11s step %d: without FP8 activations in the dense linears "
@@ -434,79 +446,10 @@ TEST(CudaBackendTest, RandomMoeAtAirWidthsMatchesCpuBackend) {
           fp8 ? "fp8_channel" : "bf16", step, exact_diff);
       // BF16: 6.3e-3..6.8e-3 measured on an H200; FP8 W8A8: ~0.11; FP8 with BF16 activations
       // in the dense linears (the MoE still quantises its activations): ~1.2e-2.
+      // The shared expert in the MoE kernels: the same error as the separate MLP (H100).
       EXPECT_LE(diff / max_ref, fp8 ? 1.5e-1 : 2e-2);
+      EXPECT_LE(separate_diff, fp8 ? 1.5e-1 : 2e-2);
       EXPECT_LE(exact_diff, fp8 ? 5e-2 : 2e-2);
-      EXPECT_EQ(agree, rows);
-      EXPECT_EQ(a->logits, g->logits) << "CreateDummy must equal Create(MakeDummyWeights)";
-      ++step;
-    }
-  }
-}
-
-// CudaBackendOptions::fuse_shared_experts: the shared expert as the last slot of the fused MoE
-// kernels, packed from a checkpoint (Create) and generated on the device (CreateDummy), against
-// the CPU backend and the separate-MLP path on the same weights.
-TEST(CudaBackendTest, FusedSharedExpertMatchesCpuBackend) {
-  for (bool fp8 : {false, true}) {
-    SCOPED_TRACE(fp8 ? "fp8_channel" : "bf16");
-    const ModelConfig cfg = AirTwoLayers(fp8);
-    ASSERT_EQ(cfg.n_shared_experts, 1);
-    engine::LoadOptions load;
-    load.seed = 11;
-    CudaBackendOptions opts = SmallOptions();
-    opts.kv_cache_bytes = int64_t{256} << 20;
-    opts.fuse_shared_experts = false;
-    CudaBackendOptions fused_opts = opts;
-    fused_opts.fuse_shared_experts = true;
-    Result<ModelWeights> wg = engine::MakeDummyWeights(cfg, load);
-    ASSERT_TRUE(wg.ok()) << wg.status().ToString();
-    Result<std::unique_ptr<CudaBackend>> packed =
-        CudaBackend::Create(std::move(*wg), nullptr, fused_opts);
-    ASSERT_TRUE(packed.ok()) << packed.status().ToString();
-    DummyWeightsSpec spec;
-    spec.seed = 11;
-    Result<std::unique_ptr<CudaBackend>> gen =
-        CudaBackend::CreateDummy(cfg, spec, nullptr, fused_opts);
-    ASSERT_TRUE(gen.ok()) << gen.status().ToString();
-    Result<std::unique_ptr<CudaBackend>> separate =
-        CudaBackend::CreateDummy(cfg, spec, nullptr, opts);
-    ASSERT_TRUE(separate.ok()) << separate.status().ToString();
-    Result<ModelWeights> wc = engine::MakeDummyWeights(cfg, load);
-    ASSERT_TRUE(wc.ok());
-    engine::CpuBackendOptions cpu_opts;
-    cpu_opts.kv_cache_bytes = int64_t{64} << 20;
-    Result<std::unique_ptr<engine::CpuBackend>> cpu =
-        engine::CpuBackend::Create(std::move(*wc), nullptr, cpu_opts);
-    ASSERT_TRUE(cpu.ok());
-    int step = 0;
-    for (const ForwardBatch& batch : MixedBatches(cfg.vocab_size)) {
-      Result<ForwardOutput> a = (*packed)->Forward(batch);
-      Result<ForwardOutput> g = (*gen)->Forward(batch);
-      Result<ForwardOutput> s = (*separate)->Forward(batch);
-      Result<ForwardOutput> b = (*cpu)->Forward(batch);
-      ASSERT_TRUE(a.ok()) << a.status().ToString();
-      ASSERT_TRUE(g.ok()) << g.status().ToString();
-      ASSERT_TRUE(s.ok()) << s.status().ToString();
-      ASSERT_TRUE(b.ok()) << b.status().ToString();
-      ASSERT_EQ(a->row_begin, b->row_begin);
-      const double max_ref = MaxAbs(b->logits);
-      const double diff = MaxDiff(a->logits, b->logits);
-      const int64_t rows = static_cast<int64_t>(b->logits.size()) / cfg.vocab_size;
-      int agree = 0;
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* want = b->logits.data() + r * cfg.vocab_size;
-        const int32_t x = Argmax(want, cfg.vocab_size);
-        const int32_t y = Argmax(a->logits.data() + r * cfg.vocab_size, cfg.vocab_size);
-        if (x == y || want[x] - want[y] <= 2.0 * diff) ++agree;
-      }
-      std::printf(
-          "[cuda-air] %-11s fused shared expert step %d: max|gpu-cpu|/max|cpu| = %.3e "
-          "(separate MLP %.3e), argmax %d/%lld agree, device-generated weights %s\n",
-          fp8 ? "fp8_channel" : "bf16", step, diff / max_ref,
-          MaxDiff(s->logits, b->logits) / max_ref, agree, static_cast<long long>(rows),
-          a->logits == g->logits ? "bit-identical" : "DIFFER");
-      // As RandomMoeAtAirWidthsMatchesCpuBackend: BF16 within 2e-2, FP8 W8A8 within 0.15.
-      EXPECT_LE(diff / max_ref, fp8 ? 1.5e-1 : 2e-2);
       EXPECT_EQ(agree, rows);
       EXPECT_EQ(a->logits, g->logits) << "CreateDummy must equal Create(MakeDummyWeights)";
       ++step;
@@ -517,7 +460,7 @@ TEST(CudaBackendTest, FusedSharedExpertMatchesCpuBackend) {
       long_prompt.push_back(static_cast<int32_t>(i * 37 % cfg.vocab_size));
     ForwardBatch big;
     big.chunks.push_back({.seq_id = 9, .start_pos = 0, .tokens = long_prompt, .all_logits = true});
-    Result<ForwardOutput> a = (*packed)->Forward(big);
+    Result<ForwardOutput> a = (*gpu)->Forward(big);
     Result<ForwardOutput> s = (*separate)->Forward(big);
     ASSERT_TRUE(a.ok() && s.ok());
     EXPECT_TRUE(a->logits == s->logits)
