@@ -49,6 +49,7 @@ struct EngineBenchOptions {
   bool fuse_shared_experts = false;     // CUDA: shared expert inside the fused MoE kernels
   bool programmatic_launch = false;     // CUDA: kernels with programmatic dependent launch
   bool moe_tune = false;                // CUDA: tune the MoE tile configs first (as a shard does)
+  int moe_gemv_max_tokens = -1;         // CUDA: MoE GEMV path up to this many tokens (-1: default)
 };
 
 // Bytes one rank reads in a decode step of `batch` sequences at context length `context`.

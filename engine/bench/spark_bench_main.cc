@@ -86,6 +86,12 @@ int main(int argc, char** argv) {
       "--fuse-shared-experts,!--no-fuse-shared-experts", o.fuse_shared_experts,
       "CUDA: run a MoE layer's shared expert inside the fused MoE kernels as one more expert "
       "slot for batches up to 256 tokens (default: on with --backend cuda, as a shard)");
+  engine
+      ->add_option("--moe-gemv-max-tokens", o.moe_gemv_max_tokens,
+                   "CUDA: MoE forwards of at most N tokens run the expert GEMMs as GEMVs over the "
+                   "(token, expert) pairs, larger ones the grouped tile GEMMs (default: the "
+                   "backend's, as a shard; 0 = never)")
+      ->check(CLI::NonNegativeNumber);
   CLI::Option* pdl_flag = engine->add_flag(
       "--programmatic-launch,!--no-programmatic-launch", o.programmatic_launch,
       "CUDA: launch kernels with programmatic dependent launch (sm_90+), each scheduled while "

@@ -1022,6 +1022,7 @@ Status CudaBackend::Impl::Finish() {
   if (has_moe) {
     SPARK_ASSIGN_OR_RETURN(MoeConfigTable table,
                            MoeConfigTable::Create(device, options.smem_cap_bytes));
+    table.SetGemvMaxTokens(options.moe_gemv_max_tokens);
     SPARK_RETURN_IF_ERROR(ApplyMoeTunedChoices(options.moe_tuned, table)
                               .WithContext("applying the tuned MoE tile configs"));
     moe_table.emplace(std::move(table));

@@ -101,6 +101,9 @@ struct CudaBackendOptions {
   // the FP8 GEMV starts streaming its weights before the wait (eager and in CUDA graphs; logits
   // bit-identical to plain launches; H100: ~1% off a batch-1 decode step).
   bool programmatic_launch = true;
+  // MoE forwards of at most this many tokens run the expert GEMMs as GEMVs over the router's
+  // (token, expert) pairs (engine/cuda/moe_gemv.h) instead of the grouped tile GEMMs; 0 = never.
+  int moe_gemv_max_tokens = kMoeGemvMaxTokensDefault;
   // Tokens (summed over the chunks) one Forward may carry; sizes the activation workspace.
   int64_t max_batch_tokens = 4096;
   // Caps the shared memory per block a kernel may use (0 = the device's opt-in limit);

@@ -9,6 +9,7 @@
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/device_math.cuh"
 #include "engine/cuda/moe_gemm.h"
+#include "engine/cuda/moe_gemv.h"
 #include "engine/cuda/programmatic_launch.cuh"
 
 namespace spark::cuda {
@@ -637,6 +638,32 @@ cudaError_t QuantizeFp8Rows(const __nv_bfloat16* x, int64_t rows, int64_t cols, 
 
 // The forward pass; a friend of MoeWorkspace for its buffers.
 struct MoeWorkspaceAccess {
+  // The GEMV path (moe_gemv.h) for a few tokens: router, gate/up, down with the combine.
+  template <class T, class Mark>
+  static cudaError_t RunGemv(const MoeLayerDevice& layer, const MoeShape& s,
+                             const __nv_bfloat16* x, int64_t tokens, T* out, const T* addend,
+                             MoeWorkspace& w, cudaStream_t stream, Mark& mark) {
+    w.last_plan_ = MoePlan{tokens, MoeTileConfig{}, MoeTileConfig{}, true};
+    cudaError_t err = mark(0);
+    if (err != cudaSuccess) return err;
+    if ((err = RouterLogits(layer, x, tokens, w.logits_, stream)) != cudaSuccess) return err;
+    err = MoeTopK(s, w.logits_, layer.router_bias, tokens, w.topk_ids_, w.topk_weights_, stream);
+    if (err != cudaSuccess || (err = mark(1)) != cudaSuccess) return err;
+    moe_internal::MoeGemvParams p;
+    p.format = layer.format;
+    p.tokens = tokens;
+    p.pairs_per_token = s.pairs_per_token();
+    p.hidden = s.hidden;
+    p.inter = s.inter;
+    p.ids = w.topk_ids_;
+    p.weights = w.topk_weights_;
+    err = moe_internal::MoeGemvGateUp(p, x, layer.w13, layer.w13_scale, w.inter_, stream);
+    if (err != cudaSuccess || (err = mark(2)) != cudaSuccess) return err;
+    err = moe_internal::MoeGemvDown(p, w.inter_, layer.w2, layer.w2_scale, addend, out, stream);
+    if (err != cudaSuccess || (err = mark(3)) != cudaSuccess) return err;
+    return mark(4);
+  }
+
   template <class T>
   static cudaError_t Run(const MoeLayerDevice& layer, const __nv_bfloat16* x, int64_t tokens,
                          T* out, const T* addend, MoeWorkspace& w, const MoeConfigTable& table,
@@ -654,6 +681,13 @@ struct MoeWorkspaceAccess {
     const MoeWeightFormat format = layer.format;
     const bool fp8 = format != MoeWeightFormat::kBf16;
     const bool block = format == MoeWeightFormat::kFp8Block;
+    auto mark = [&](int i) {
+      return w.timing_ ? cudaEventRecord(w.events_[i], stream) : cudaSuccess;
+    };
+    if (forced_gate_up == nullptr && forced_down == nullptr && tokens <= table.gemv_max_tokens() &&
+        moe_internal::MoeGemvSupports(format, s.hidden, s.inter)) {
+      return RunGemv(layer, s, x, tokens, out, addend, w, stream, mark);
+    }
 
     MoeScratchSizes scratch;
     scratch.max_rows = w.max_rows_;
@@ -671,10 +705,7 @@ struct MoeWorkspaceAccess {
     const MoeTileConfig& down = launch->down;
     const int bm = gate_up.block_m;
     const int64_t mblocks = launch->mblocks;
-    w.last_plan_ = MoePlan{tokens, gate_up, down};
-    auto mark = [&](int i) {
-      return w.timing_ ? cudaEventRecord(w.events_[i], stream) : cudaSuccess;
-    };
+    w.last_plan_ = MoePlan{tokens, gate_up, down, false};
 
     cudaError_t err = mark(0);
     if (err != cudaSuccess) return err;

@@ -11,6 +11,7 @@
 //
 //   bench_moe [--shapes glm47-tp4,glm45-air] [--formats fp8-per-channel,bf16,fp8-block128]
 //             [--batches 1,8,64,256,1024] [--iters 20] [--tune] [--caps 0,101376]
+//             [--gemv-max-tokens N]   (batches up to N on the GEMV path; default: the table's)
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
@@ -145,6 +146,7 @@ int Main(int argc, char** argv) {
   std::vector<int64_t> caps = {0, 101376};
   int iters = 20;
   bool tune = false;
+  int gemv_max_tokens = -1;  // the table's default
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -168,11 +170,13 @@ int Main(int argc, char** argv) {
       iters = std::max(1, std::atoi(next().c_str()));
     } else if (a == "--tune") {
       tune = true;
+    } else if (a == "--gemv-max-tokens") {
+      gemv_max_tokens = std::max(0, std::atoi(next().c_str()));
     } else {
       std::fprintf(stderr,
                    "usage: bench_moe [--shapes glm47-tp4,glm45-air] [--formats "
                    "fp8-per-channel,bf16,fp8-block128] [--batches 1,8,...] [--caps 0,101376] "
-                   "[--iters N] [--tune]\n");
+                   "[--iters N] [--tune] [--gemv-max-tokens N]\n");
       return 2;
     }
   }
@@ -250,6 +254,7 @@ int Main(int argc, char** argv) {
           std::fprintf(stderr, "bench_moe: %s\n", table.status().ToString().c_str());
           return 1;
         }
+        if (gemv_max_tokens >= 0) table->SetGemvMaxTokens(gemv_max_tokens);
         const std::string cap_name = cap > 0 ? std::to_string(cap) : "device";
         for (size_t bi = 0; bi < batches.size(); ++bi) {
           const int64_t b = batches[bi];
@@ -261,8 +266,9 @@ int Main(int argc, char** argv) {
           mb_read[bi] = bytes / 1e6;
           std::printf("%-7s %-6lld %10.1f %10.1f %9.1f %7.1f%%  %s | %s\n", cap_name.c_str(),
                       static_cast<long long>(b), t.total_us, t.gemm_us, mb_read[bi],
-                      100.0 * roof_us[bi] / t.gemm_us, plan.gate_up.ToString().c_str(),
-                      plan.down.ToString().c_str());
+                      100.0 * roof_us[bi] / t.gemm_us,
+                      plan.gemv ? "GEMV" : plan.gate_up.ToString().c_str(),
+                      plan.gemv ? "GEMV" : plan.down.ToString().c_str());
         }
         if (!tune) continue;
         // The autotuner (engine/cuda/moe_tuner.h) over the same buckets, then the serving path
@@ -295,7 +301,8 @@ int Main(int argc, char** argv) {
                       static_cast<long long>(c.batch), "-", c.tuned_gemm_us, mb_read[bi],
                       100.0 * roof_us[bi] / c.tuned_gemm_us,
                       c.launched_expected ? "" : " (NOT LAUNCHED)",
-                      c.tuned_gate_up.ToString().c_str(), c.tuned_down.ToString().c_str());
+                      c.gemv ? "GEMV" : c.tuned_gate_up.ToString().c_str(),
+                      c.gemv ? "GEMV" : c.tuned_down.ToString().c_str());
         }
         std::printf("%-7s tuning took %.1f s (%lld timed forwards)\n", cap_name.c_str(),
                     tuned->seconds, static_cast<long long>(tuned->timed_forwards));

@@ -41,6 +41,9 @@ enum class MoeGemm : uint8_t {
   kDown,    // [rows, Im] x w2[e]^T * routing weight -> [pairs, H]
 };
 
+// Token count up to which a forward runs the GEMV path by default (MoeConfigTable).
+constexpr int kMoeGemvMaxTokensDefault = 2;
+
 struct MoeTileConfig {
   int kernel = -1;        // index of the compiled variant (MoeKernelVariants())
   int block_m = 0;        // rows (token-expert pairs) per tile; also the permutation's padding
@@ -122,6 +125,12 @@ class MoeConfigTable {
   Status SetTuned(MoeWeightFormat format, MoeGemm gemm, int64_t pairs, const MoeTileConfig& config);
   void ClearTuned() { tuned_.clear(); }
 
+  // Forwards of at most this many tokens run the expert GEMMs as GEMVs over the (token, expert)
+  // pairs (engine/cuda/moe_gemv.h) instead of the grouped tile GEMM; 0 turns that path off.
+  // Forwards with explicit tile configs (MoeForwardWithConfigs) always run the tiles.
+  int gemv_max_tokens() const { return gemv_max_tokens_; }
+  void SetGemvMaxTokens(int tokens) { gemv_max_tokens_ = tokens < 0 ? 0 : tokens; }
+
   // Whether `config` may be launched here (within the limit, valid for the format).
   Status Check(MoeWeightFormat format, const MoeTileConfig& config) const;
 
@@ -152,6 +161,7 @@ class MoeConfigTable {
 
   int64_t smem_limit_bytes_ = 0;
   int multiprocessors_ = 0;
+  int gemv_max_tokens_ = kMoeGemvMaxTokensDefault;
   std::vector<Tuned> tuned_;
 };
 

@@ -13,6 +13,7 @@
 
 #include "common/check.h"
 #include "engine/cuda/cuda_check.h"
+#include "engine/cuda/moe_gemv.h"
 #include "engine/cuda/moe_pack.h"
 
 namespace spark::cuda {
@@ -419,7 +420,16 @@ Result<MoeTuneResult> TuneMoe(const DeviceInfo& device, const MoeConfigTable& ta
   const int sms = std::max(1, table.multiprocessors());
   MoeTuneResult result;
   const int64_t now_ms = WallMs();
+  const bool gemv = moe_internal::MoeGemvSupports(format, shape.hidden, shape.inter);
   for (int64_t tokens : batches) {
+    if (gemv && tokens <= table.gemv_max_tokens()) {
+      result.gemv_batches.push_back(tokens);
+      if (options.progress) {
+        options.progress("batch " + std::to_string(tokens) +
+                         ": GEMV path (no tile configs to tune)");
+      }
+      continue;
+    }
     if (elapsed_s() > options.max_seconds) {
       result.skipped_batches.push_back(tokens);
       continue;
@@ -552,9 +562,10 @@ Result<std::vector<MoeTableComparison>> CompareMoeTables(
         continue;
       (e.gemm == MoeGemm::kGateUp ? gu : dn) = &e;
     }
-    c.launched_expected = gu != nullptr && dn != nullptr &&
-                          SameConfig(gu->config, c.tuned_gate_up) &&
-                          SameConfig(dn->config, c.tuned_down);
+    c.gemv = timer.last_plan().gemv;
+    c.launched_expected = c.gemv || (gu != nullptr && dn != nullptr &&
+                                     SameConfig(gu->config, c.tuned_gate_up) &&
+                                     SameConfig(dn->config, c.tuned_down));
     out.push_back(c);
   }
   return out;

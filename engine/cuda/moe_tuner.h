@@ -107,12 +107,15 @@ struct MoeTunerOptions {
 struct MoeTuneResult {
   std::vector<engine::MoeTuningRecord> records;  // both GEMMs of every bucket tuned
   std::vector<int64_t> skipped_batches;          // not tuned: max_seconds ran out
+  // Not tuned: served by the GEMV path at or below the table's gemv_max_tokens (no tiles run).
+  std::vector<int64_t> gemv_batches;
   double seconds = 0;
   int64_t timed_forwards = 0;
 };
 
 // Tunes `shape`/`format` on `device` (current device) within `table`'s limit; records carry the
-// table's device class, tuned_unix_ms = now and source "tuner".
+// table's device class, tuned_unix_ms = now and source "tuner". Batches the table sends down the
+// GEMV path (MoeConfigTable::gemv_max_tokens) launch no tile config and are not tuned.
 Result<MoeTuneResult> TuneMoe(const DeviceInfo& device, const MoeConfigTable& table,
                               const MoeShape& shape, MoeWeightFormat format,
                               const MoeTunerOptions& options);
@@ -126,6 +129,7 @@ struct MoeTableComparison {
   MoeTileConfig heuristic_gate_up, heuristic_down;
   MoeTileConfig tuned_gate_up, tuned_down;  // what MoeForward launched with the tuned table
   bool launched_expected = false;           // tuned_* equal the expected choices
+  bool gemv = false;  // the tuned table ran the GEMV path (no tile configs; launched_expected)
 };
 // Runs MoeForward (the serving path, not explicit configs) on random weights with `heuristic`
 // and with `tuned` for every bucket; `expected` are the choices applied to `tuned`.

@@ -146,7 +146,9 @@ Errors Compare(const Fixture& f, const RunResult& r, const MoeReference& ref,
       ++e.route_mismatches;
       continue;
     }
-    e.mirror = std::max(e.mirror, RowRelError(r.out.data() + t * h, ref.mirror.data() + i * h, h));
+    // The GEMV path keeps BF16 activations: its mirror has no FP8 activation rounding.
+    const std::vector<float>& mirror = r.plan.gemv ? ref.mirror_gemv : ref.mirror;
+    e.mirror = std::max(e.mirror, RowRelError(r.out.data() + t * h, mirror.data() + i * h, h));
     e.plain = std::max(e.plain, RowRelError(r.out.data() + t * h, ref.plain.data() + i * h, h));
   }
   return e;
@@ -306,33 +308,45 @@ TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
   const int64_t max_tokens = *std::max_element(c.token_counts.begin(), c.token_counts.end());
   auto ws = MoeWorkspace::Create(f->device.view().shape, c.format, max_tokens);
   ASSERT_TRUE(ws.ok()) << ws.status().ToString();
-  for (int64_t cap : {int64_t{0}, kGb10SmemBytes}) {
-    auto table = MoeConfigTable::Create(Device(), cap);
-    ASSERT_TRUE(table.ok()) << table.status().ToString();
-    for (int64_t tokens : c.token_counts) {
-      const auto x = MakeMoeTestInput(tokens, c.shape.hidden, tokens * 7 + 1);
-      std::vector<int64_t> rows;
-      const int64_t step = std::max<int64_t>(1, tokens / c.max_reference_rows);
-      for (int64_t t = 0; t < tokens; t += step) rows.push_back(t);
-      if (rows.back() != tokens - 1) rows.push_back(tokens - 1);
+  for (int64_t tokens : c.token_counts) {
+    const auto x = MakeMoeTestInput(tokens, c.shape.hidden, tokens * 7 + 1);
+    std::vector<int64_t> rows;
+    const int64_t step = std::max<int64_t>(1, tokens / c.max_reference_rows);
+    for (int64_t t = 0; t < tokens; t += step) rows.push_back(t);
+    if (rows.back() != tokens - 1) rows.push_back(tokens - 1);
+    const MoeReference ref = ComputeMoeReference(f->config, f->layer, c.format, x, rows, Pool());
+    // Each shared-memory limit with the table's GEMV threshold, then both paths forced: tiles
+    // only (threshold 0) and GEMVs at every token count.
+    struct Setting {
+      int64_t cap;
+      int gemv_max_tokens;
+    };
+    for (const Setting& setting : {Setting{0, -1}, Setting{kGb10SmemBytes, -1}, Setting{0, 0},
+                                   Setting{0, 1 << 20}}) {
+      auto table = MoeConfigTable::Create(Device(), setting.cap);
+      ASSERT_TRUE(table.ok()) << table.status().ToString();
+      if (setting.gemv_max_tokens >= 0) table->SetGemvMaxTokens(setting.gemv_max_tokens);
       const RunResult r = RunGpu(*f, x, tokens, *table, *ws);
-      const MoeReference ref = ComputeMoeReference(f->config, f->layer, c.format, x, rows, Pool());
       const Errors e = Compare(*f, r, ref, rows);
       std::printf(
-          "[moe] %s %s T=%lld cap=%lld: gate_up %s, down %s; err vs mirror %.2e, vs cpu "
-          "%.2e, routing mismatches %d/%zu\n",
+          "[moe] %s %s T=%lld cap=%lld gemv<=%d: %s; err vs mirror %.2e, vs cpu %.2e, routing "
+          "mismatches %d/%zu\n",
           c.shape.name, MoeWeightFormatName(c.format), static_cast<long long>(tokens),
-          static_cast<long long>(cap), r.plan.gate_up.ToString().c_str(),
-          r.plan.down.ToString().c_str(), e.mirror, e.plain, e.route_mismatches, rows.size());
+          static_cast<long long>(setting.cap), table->gemv_max_tokens(),
+          r.plan.gemv ? "GEMV"
+                      : (r.plan.gate_up.ToString() + " | " + r.plan.down.ToString()).c_str(),
+          e.mirror, e.plain, e.route_mismatches, rows.size());
+      EXPECT_EQ(r.plan.gemv, tokens <= table->gemv_max_tokens());
       EXPECT_LE(r.plan.gate_up.SmemBytes(), table->smem_limit_bytes());
       EXPECT_LE(r.plan.down.SmemBytes(), table->smem_limit_bytes());
-      if (cap > 0) {
+      if (setting.cap > 0) {
         EXPECT_LE(r.plan.gate_up.SmemBytes(), kGb10SmemBytes);
         EXPECT_LE(r.plan.down.SmemBytes(), kGb10SmemBytes);
       }
       // Near-ties of the fp32 logits may pick differently; they must stay rare.
       EXPECT_LE(e.route_mismatches, static_cast<int>(rows.size() / 20));
-      EXPECT_LE(e.mirror, MirrorTol(c.format)) << c.shape.name << " T=" << tokens;
+      EXPECT_LE(e.mirror, r.plan.gemv ? MirrorTol(MoeWeightFormat::kBf16) : MirrorTol(c.format))
+          << c.shape.name << " T=" << tokens;
       EXPECT_LE(e.plain, PlainTol(c.format)) << c.shape.name << " T=" << tokens;
     }
   }
@@ -453,12 +467,15 @@ TEST(MoeForwardMiscTest, AirWidthsEveryBatchSizeWithAndWithoutGb10Cap) {
               cudaSuccess)
         << "uncapped, T=" << tokens;
     const int64_t pairs = tokens * kAir.top_k;
-    EXPECT_EQ(capped_plan.gate_up.block_m, capped->BlockMFor(f->format, pairs, kAir.experts));
-    EXPECT_LE(capped_plan.gate_up.SmemBytes(), kGb10SmemBytes);
-    EXPECT_LE(capped_plan.down.SmemBytes(), kGb10SmemBytes);
-    const MoeTileConfig want =
-        capped->Select(f->format, MoeGemm::kDown, pairs, kAir.experts, kAir.hidden, kAir.inter, 8);
-    EXPECT_EQ(capped_plan.down.split_k, want.split_k) << "T=" << tokens;
+    EXPECT_EQ(capped_plan.gemv, tokens <= capped->gemv_max_tokens()) << "T=" << tokens;
+    if (!capped_plan.gemv) {  // the GEMV path has no tiles
+      EXPECT_EQ(capped_plan.gate_up.block_m, capped->BlockMFor(f->format, pairs, kAir.experts));
+      EXPECT_LE(capped_plan.gate_up.SmemBytes(), kGb10SmemBytes);
+      EXPECT_LE(capped_plan.down.SmemBytes(), kGb10SmemBytes);
+      const MoeTileConfig want =
+          capped->Select(f->format, MoeGemm::kDown, pairs, kAir.experts, kAir.hidden, kAir.inter, 8);
+      EXPECT_EQ(capped_plan.down.split_k, want.split_k) << "T=" << tokens;
+    }
     SPARK_CUDA_CHECK(cudaMemcpy(a.data(), da.ptr, tokens * h * 4, cudaMemcpyDeviceToHost));
     SPARK_CUDA_CHECK(cudaMemcpy(b.data(), db.ptr, tokens * h * 4, cudaMemcpyDeviceToHost));
     for (int64_t t = 0; t < tokens; ++t)
@@ -477,22 +494,29 @@ TEST(MoeForwardMiscTest, DeterministicBf16OutputWithAddendAndLimits) {
   auto table = MoeConfigTable::Create(Device(), 0);
   ASSERT_TRUE(table.ok());
   const auto x = MakeMoeTestInput(tokens, h, 3);
-  const RunResult a = RunGpu(*f, x, tokens, *table, *ws);
-  const RunResult b = RunGpu(*f, x, tokens, *table, *ws);
-  EXPECT_EQ(std::memcmp(a.out.data(), b.out.data(), a.out.size() * 4), 0) << "not deterministic";
-
-  // BF16 output plus an addend (the shared expert's output).
   std::vector<uint16_t> addend = MakeMoeTestInput(tokens, h, 4);
   DeviceBuffer<__nv_bfloat16> dx(tokens * h), dadd(tokens * h), dout(tokens * h);
   SPARK_CUDA_CHECK(cudaMemcpy(dx.ptr, x.data(), tokens * h * 2, cudaMemcpyHostToDevice));
   SPARK_CUDA_CHECK(cudaMemcpy(dadd.ptr, addend.data(), tokens * h * 2, cudaMemcpyHostToDevice));
-  ASSERT_EQ(MoeForward(f->device.view(), dx.ptr, tokens, dout.ptr, dadd.ptr, *ws, *table, nullptr),
-            cudaSuccess);
-  std::vector<uint16_t> out(tokens * h);
-  SPARK_CUDA_CHECK(cudaMemcpy(out.data(), dout.ptr, out.size() * 2, cudaMemcpyDeviceToHost));
-  for (int64_t i = 0; i < tokens * h; ++i) {
-    const float want = a.out[i] + engine::Bf16ToFloat(addend[i]);
-    ASSERT_NEAR(engine::Bf16ToFloat(out[i]), want, std::fabs(want) * 8e-3f + 1e-6f) << i;
+  // The tile path (33 tokens), then the GEMV path at the same token count.
+  for (const int gemv_max_tokens : {0, 1 << 20}) {
+    table->SetGemvMaxTokens(gemv_max_tokens);
+    const RunResult a = RunGpu(*f, x, tokens, *table, *ws);
+    const RunResult b = RunGpu(*f, x, tokens, *table, *ws);
+    EXPECT_EQ(a.plan.gemv, gemv_max_tokens > 0);
+    EXPECT_EQ(std::memcmp(a.out.data(), b.out.data(), a.out.size() * 4), 0) << "not deterministic";
+
+    // BF16 output plus an addend (the shared expert's output).
+    ASSERT_EQ(
+        MoeForward(f->device.view(), dx.ptr, tokens, dout.ptr, dadd.ptr, *ws, *table, nullptr),
+        cudaSuccess);
+    std::vector<uint16_t> out(tokens * h);
+    SPARK_CUDA_CHECK(cudaMemcpy(out.data(), dout.ptr, out.size() * 2, cudaMemcpyDeviceToHost));
+    for (int64_t i = 0; i < tokens * h; ++i) {
+      const float want = a.out[i] + engine::Bf16ToFloat(addend[i]);
+      ASSERT_NEAR(engine::Bf16ToFloat(out[i]), want, std::fabs(want) * 8e-3f + 1e-6f)
+          << i << " gemv " << a.plan.gemv;
+    }
   }
   // More tokens than the workspace holds, or a workspace of another shape: an error, no launch.
   DeviceBuffer<__nv_bfloat16> big(2 * tokens * h);

@@ -150,6 +150,7 @@ MoeReference ComputeMoeReference(const engine::ModelConfig& config,
   }
   ref.plain.assign(s_count * h, 0.f);
   ref.mirror.assign(s_count * h, 0.f);
+  ref.mirror_gemv.assign(s_count * h, 0.f);
   for (int e = 0; e < params.num_experts; ++e) {
     std::vector<std::pair<int64_t, float>> list;  // (row in subset, weight)
     for (int64_t i = 0; i < s_count; ++i)
@@ -158,22 +159,24 @@ MoeReference ComputeMoeReference(const engine::ModelConfig& config,
     if (list.empty()) continue;
     const int64_t m = static_cast<int64_t>(list.size());
     const engine::ExpertWeights& w = layer.experts[e];
-    for (int variant = 0; variant < 2; ++variant) {  // 0 plain, 1 mirror
-      const std::vector<float>& src = variant == 0 ? xs : xq;
+    for (int variant = 0; variant < 3; ++variant) {  // 0 plain, 1 mirror, 2 mirror_gemv
+      const std::vector<float>& src = variant == 1 ? xq : xs;
       std::vector<float> in(m * h), g(m * im), u(m * im), y(m * h);
       for (int64_t r = 0; r < m; ++r)
         std::copy_n(src.data() + list[r].first * h, h, in.data() + r * h);
       engine::Linear(in.data(), m, w.gate, g.data(), pool);
       engine::Linear(in.data(), m, w.up, u.data(), pool);
       engine::SiluMul(g.data(), u.data(), m * im, g.data());
-      if (variant == 1) {
+      if (variant > 0) {
         for (float& v : g) v = RoundBf16(v);
-        if (fp8) {
+        if (fp8 && variant == 1) {
           for (int64_t r = 0; r < m; ++r) QuantDequantRow(g.data() + r * im, im, group);
         }
       }
       engine::Linear(g.data(), m, w.down, y.data(), pool);
-      std::vector<float>& out = variant == 0 ? ref.plain : ref.mirror;
+      std::vector<float>& out = variant == 0   ? ref.plain
+                                : variant == 1 ? ref.mirror
+                                               : ref.mirror_gemv;
       for (int64_t r = 0; r < m; ++r) {
         float* dst = out.data() + list[r].first * h;
         for (int64_t j = 0; j < h; ++j) dst[j] += y[r * h + j] * list[r].second;

@@ -4,7 +4,8 @@
 //
 // Two references per token: `plain` is the CPU backend's MoE math (fp32 activations, fp32
 // intermediate); `mirror` adds the GPU path's roundings (FP8 activation quantisation per token /
-// per 1x128 group, BF16 intermediate) so that the kernels can be held to a tight tolerance.
+// per 1x128 group, BF16 intermediate) so that the kernels can be held to a tight tolerance;
+// `mirror_gemv` those of the GEMV path for a few tokens (BF16 intermediate only).
 //
 // Thread safety: functions are reentrant. Ownership: values.
 #pragma once
@@ -39,6 +40,7 @@ struct MoeReference {
   std::vector<float> weights;  // [S, k]
   std::vector<float> plain;    // [S, H]
   std::vector<float> mirror;   // [S, H]
+  std::vector<float> mirror_gemv;  // [S, H]
 };
 
 // Reference for the tokens `rows` of x.

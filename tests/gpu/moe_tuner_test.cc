@@ -75,6 +75,13 @@ TEST_P(MoeTunerTest, TunedRecordsAreValidLaunchedAndMatchTheHeuristicResults) {
     MoeTunerOptions options;
     options.batches = {1, 16, 256};
     options.iters = 2;
+    // With the table's GEMV threshold batch 1 runs no tiles and is not tuned.
+    Result<MoeTuneResult> with_gemv = TuneMoe(device_, *table, shape, format, options);
+    ASSERT_TRUE(with_gemv.ok()) << with_gemv.status().ToString();
+    EXPECT_EQ(with_gemv->records.size(), 4u);
+    EXPECT_EQ(with_gemv->gemv_batches, std::vector<int64_t>{1});
+    // The tiles at every batch from here on.
+    table->SetGemvMaxTokens(0);
     Result<MoeTuneResult> tuned = TuneMoe(device_, *table, shape, format, options);
     ASSERT_TRUE(tuned.ok()) << tuned.status().ToString();
     ASSERT_EQ(tuned->records.size(), 6u);
@@ -104,12 +111,14 @@ TEST_P(MoeTunerTest, TunedRecordsAreValidLaunchedAndMatchTheHeuristicResults) {
     ASSERT_EQ(choices->size(), 6u);
     Result<MoeConfigTable> tuned_table = MoeConfigTable::Create(device_, cap);
     ASSERT_TRUE(tuned_table.ok());
+    tuned_table->SetGemvMaxTokens(0);
     ASSERT_TRUE(ApplyMoeTunedChoices(*choices, *tuned_table).ok());
 
     Result<std::vector<MoeTableComparison>> compared =
         CompareMoeTables(*table, *tuned_table, *choices, shape, format, options.batches, 3);
     ASSERT_TRUE(compared.ok()) << compared.status().ToString();
     for (const MoeTableComparison& c : *compared) {
+      EXPECT_FALSE(c.gemv) << "batch " << c.batch;
       EXPECT_TRUE(c.launched_expected)
           << "batch " << c.batch << ": launched " << c.tuned_gate_up.ToString() << " | "
           << c.tuned_down.ToString();

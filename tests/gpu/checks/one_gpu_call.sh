@@ -3,8 +3,8 @@
 # default paths first, then performance (spark-bench, ncu, tuned MoE, tensor-core attention, the
 # MoE kernel alone), then the rest (backend suite, timings, sanitizers, speculative decoding on
 # CUDA). ONLY="step ..." runs a subset within a short budget. Bundle: scripts/gpu-bundle
-# gpu_speculation_test gpu_backend_test gpu_kernels_test gpu_moe_test gpu_sampling_test spark-model
-# spark-bench bench_moe; then, from the repository root:
+# gpu_speculation_test gpu_backend_test gpu_kernels_test gpu_moe_test gpu_moe_tuner_test
+# gpu_sampling_test spark-model spark-bench bench_moe; then, from the repository root:
 #   run(carry=["bundle"], command="OUT=$OUT bash tests/gpu/checks/one_gpu_call.sh")
 set -uo pipefail
 export B=bundle
@@ -54,11 +54,15 @@ PY
 export -f model_cuda
 step model_cuda 30 bash -c model_cuda
 step moe_air 60 $B/bin/gpu_moe_test --gtest_filter='MoeRouterTest.*:MoePackTest.*:MoeForwardMiscTest.*:Shapes/MoeForwardTest.*glm45air*'
+# The whole MoE suite (every shape and format, tiles and the GEMV path) and the tuner.
+step moe_all 240 $B/bin/gpu_moe_test
+step moe_tuner 120 $B/bin/gpu_moe_tuner_test
 # Performance.
 # Decode steps from CUDA graphs against eager steps: GLM-4.5-Air shapes, FP8, 24 of 46 layers
 # (fits an H100 80GB), same machine, same run.
 # Defaults (shared expert in the MoE kernels, programmatic launch) against neither, with graphs.
-for g in --cuda-graphs --no-cuda-graphs "--no-fuse-shared-experts --no-programmatic-launch"; do
+for g in --cuda-graphs --no-cuda-graphs "--no-fuse-shared-experts --no-programmatic-launch" \
+  "--moe-gemv-max-tokens 0"; do
   n=bench$(echo "$g" | tr -d ' ')
   step $n 90 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
     --backend cuda --layers 24 --batch-sizes 1,8,64 --input-len 128 --output-len 32 $g
@@ -88,6 +92,12 @@ done
 # with and without the GB10 cap; roofline from the copy bandwidth measured in the same run.
 step moe_bench 150 $B/bin/bench_moe --formats fp8-per-channel --caps 0,101376
 cat "$OUT/moe_bench.log" >>$S
+# Few tokens: the GEMV path against the tiles (both formats of the FP8 checkpoints).
+for g in 0 8; do
+  step moe_gemv$g 90 $B/bin/bench_moe --formats fp8-per-channel,fp8-block128 --caps 0 \
+    --batches 1,2,4,8 --gemv-max-tokens $g
+  grep -vE '^device|^$' "$OUT/moe_gemv$g.log" >>$S
+done
 # The rest of the backend suite, timings, sanitizers, speculation.
 step backend 70 $B/bin/gpu_backend_test --gtest_filter='-*DecodeGraphs*:*DeviceLogits*:*TensorCoreAttention*:*RandomMoeAtAirWidths*:*ProgrammaticLaunch*'
 step kernel_timings 60 $B/bin/gpu_kernels_test --gtest_filter='*Timing*'
