@@ -12,6 +12,8 @@ namespace {
 
 constexpr int64_t kLtWorkspaceBytes = int64_t{32} << 20;
 constexpr int64_t kGemvPartialBytes = int64_t{64} << 20;
+// GEMV output blocks whose K splits reduce in the kernel (32 outputs each: 262,144 outputs).
+constexpr int64_t kGemvCounters = 8192;
 
 }  // namespace
 
@@ -42,6 +44,9 @@ Result<std::unique_ptr<DenseLinear>> DenseLinear::Create(const DenseLinearLimits
   d->gemv_partial_floats_ = kGemvPartialBytes / 4;
   SPARK_CUDA_RETURN_IF_ERROR(cudaMalloc(&d->gemv_partial_, kGemvPartialBytes));
   d->workspace_bytes_ += kGemvPartialBytes;
+  SPARK_CUDA_RETURN_IF_ERROR(cudaMalloc(&d->gemv_counters_, kGemvCounters * sizeof(int32_t)));
+  SPARK_CUDA_RETURN_IF_ERROR(cudaMemset(d->gemv_counters_, 0, kGemvCounters * sizeof(int32_t)));
+  d->workspace_bytes_ += kGemvCounters * sizeof(int32_t);
   if (limits.max_fp8_weight_elems > 0) {
     const int64_t q_bytes = limits.max_rows * limits.max_in;
     SPARK_CUDA_RETURN_IF_ERROR(
@@ -59,6 +64,7 @@ Result<std::unique_ptr<DenseLinear>> DenseLinear::Create(const DenseLinearLimits
 
 DenseLinear::~DenseLinear() {
   if (gemv_partial_) cudaFree(gemv_partial_);
+  if (gemv_counters_) cudaFree(gemv_counters_);
   if (x_q_) cudaFree(x_q_);
   if (x_scale_) cudaFree(x_scale_);
   if (dequant_) cudaFree(dequant_);
@@ -72,7 +78,8 @@ Status DenseLinear::RunGemv(const DeviceLinear& w, const __nv_bfloat16* x, int64
   splits = static_cast<int>(std::max<int64_t>(
       1, std::min<int64_t>(splits, gemv_partial_floats_ / std::max<int64_t>(per_split, 1))));
   SPARK_CUDA_RETURN_IF_ERROR(
-      Gemv(w, x, static_cast<int>(rows), nullptr, splits, gemv_partial_, y, stream));
+      Gemv(w, x, static_cast<int>(rows), nullptr, splits, gemv_partial_, y, stream,
+           gemv_counters_, kGemvCounters));
   return Status::Ok();
 }
 

@@ -68,6 +68,7 @@ class DenseLinear {
   DenseLinearLimits limits_;
   std::unique_ptr<LtGemm> lt_;
   float* gemv_partial_ = nullptr;
+  int32_t* gemv_counters_ = nullptr;  // split arrivals per GEMV output block (zero when idle)
   int64_t gemv_partial_floats_ = 0;
   uint8_t* x_q_ = nullptr;
   float* x_scale_ = nullptr;

@@ -120,19 +120,25 @@ __global__ void __launch_bounds__(kWarps * 32)
 // spends most of its instructions per weight byte on activation conversions and the scale.
 constexpr int kRowsPerWarp = 4;
 
+// With k_splits > 1 and `counters` (one per output block, zero on entry and exit), the last
+// block of an output range to finish sums the splits' partials in split order (the result of
+// ReduceKernel, without its launch); otherwise ReduceKernel does.
 template <bool kBlock>
 __global__ void __launch_bounds__(kWarps * 32)
     GemvFp8OneRowKernel(DeviceLinear w, const __nv_bfloat16* __restrict__ x, int64_t k_chunk,
                         float* __restrict__ partial, float* __restrict__ y,
-                        const float* __restrict__ bias, int k_splits) {
-  constexpr int kUnrollK = 2;
+                        const float* __restrict__ bias, int k_splits,
+                        int32_t* __restrict__ counters) {
+  constexpr int kUnrollK = 4;
   constexpr int64_t kStride = 32 * 16;
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
   const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kRowsPerWarp;
-  if (n0 >= w.out) return;
+  const bool block_reduce = k_splits > 1 && counters != nullptr;
+  // Warps past the last output skip the work but stay for the block's reduction barrier.
+  if (n0 >= w.out && !block_reduce) return;
   const int64_t k_begin = blockIdx.y * k_chunk;
-  const int64_t k_end = min(w.in, k_begin + k_chunk);
+  const int64_t k_end = n0 < w.out ? min(w.in, k_begin + k_chunk) : k_begin;
   const int64_t kb = kBlock ? (w.in + w.block_k - 1) / w.block_k : 0;
   const uint4* wrows[kRowsPerWarp];
 #pragma unroll
@@ -166,30 +172,32 @@ __global__ void __launch_bounds__(kWarps * 32)
       }
     }
   };
-  int64_t k0 = k_begin + static_cast<int64_t>(lane) * 16;
   uint4 raw[kUnrollK][kRowsPerWarp];
-  auto load = [&](int64_t k) {
+  // kUnrollK vectors per row and lane are loaded before any is used; those past k_end are
+  // predicated off, so a chunk that is not a multiple of the unrolled stride still has all its
+  // loads in flight at once.
+  auto load = [&](int64_t kk) {
 #pragma unroll
-    for (int u = 0; u < kUnrollK; ++u)
+    for (int u = 0; u < kUnrollK; ++u) {
+      const int64_t k = kk + u * kStride;
+      if (k < k_end) {
 #pragma unroll
-      for (int r = 0; r < kRowsPerWarp; ++r) raw[u][r] = __ldg(wrows[r] + (k + u * kStride) / 16);
+        for (int r = 0; r < kRowsPerWarp; ++r) raw[u][r] = __ldg(wrows[r] + k / 16);
+      }
+    }
   };
   // Weights do not come from the preceding kernels: with programmatic dependent launch the
   // first loads are in flight while those finish; x is read only after the wait.
-  bool loaded = k0 + (kUnrollK - 1) * kStride < k_end;
-  if (loaded) load(k0);
+  const int64_t k_first = k_begin + static_cast<int64_t>(lane) * 16;
+  load(k_first);
   PdlBegin();
-  for (; k0 + (kUnrollK - 1) * kStride < k_end; k0 += kUnrollK * kStride) {
-    if (!loaded) load(k0);
-    loaded = false;
+  for (int64_t kk = k_first; kk < k_end; kk += kUnrollK * kStride) {
+    if (kk != k_first) load(kk);
 #pragma unroll
-    for (int u = 0; u < kUnrollK; ++u) consume(raw[u], k0 + u * kStride);
-  }
-  for (; k0 < k_end; k0 += kStride) {
-    uint4 raw[kRowsPerWarp];
-#pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) raw[r] = __ldg(wrows[r] + k0 / 16);
-    consume(raw, k0);
+    for (int u = 0; u < kUnrollK; ++u) {
+      const int64_t k = kk + u * kStride;
+      if (k < k_end) consume(raw[u], k);
+    }
   }
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
@@ -203,6 +211,24 @@ __global__ void __launch_bounds__(kWarps * 32)
       partial[static_cast<int64_t>(blockIdx.y) * w.out + n] = v;
     }
   }
+  if (!block_reduce) return;
+  __shared__ bool last;
+  __threadfence();  // this block's partials, visible before its arrival is counted
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(counters + blockIdx.x, 1) == k_splits - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  constexpr int kOutputs = kWarps * kRowsPerWarp;
+  if (threadIdx.x < kOutputs) {
+    const int64_t n = static_cast<int64_t>(blockIdx.x) * kOutputs + threadIdx.x;
+    if (n < w.out) {
+      float s = 0.f;
+      for (int k = 0; k < k_splits; ++k) s += __ldcg(partial + k * w.out + n);
+      y[n] = s + (bias ? bias[n] : 0.f);
+    }
+  }
+  if (threadIdx.x == 0) counters[blockIdx.x] = 0;
 }
 
 __global__ void ReduceKernel(const float* __restrict__ partial, int k_splits, int64_t count,
@@ -226,7 +252,7 @@ int64_t OutputsPerBlock(const DeviceLinear& w, int rows) {
 template <WeightType T>
 cudaError_t LaunchRows(const DeviceLinear& w, const __nv_bfloat16* x, int rows, int64_t k_chunk,
                        int k_splits, float* partial, float* y, const float* bias,
-                       cudaStream_t stream) {
+                       int32_t* counters, cudaStream_t stream) {
   const unsigned threads = kWarps * 32;
   const int64_t per_block = OutputsPerBlock(w, rows);
   const dim3 grid(static_cast<unsigned>((w.out + per_block - 1) / per_block),
@@ -235,10 +261,10 @@ cudaError_t LaunchRows(const DeviceLinear& w, const __nv_bfloat16* x, int rows, 
     if constexpr (T == WeightType::kFP8) {
       if (w.scale_kind == WeightScale::kBlock) {
         LaunchKernel(GemvFp8OneRowKernel<true>, grid, threads, 0, stream, w, x, k_chunk, partial, y,
-                     bias, k_splits);
+                     bias, k_splits, counters);
       } else {
         LaunchKernel(GemvFp8OneRowKernel<false>, grid, threads, 0, stream, w, x, k_chunk, partial,
-                     y, bias, k_splits);
+                     y, bias, k_splits, counters);
       }
     } else {
       LaunchKernel(GemvKernel<T, 1>, grid, threads, 0, stream, w, x, rows, k_chunk, partial, y,
@@ -280,7 +306,8 @@ int GemvKSplits(const DeviceLinear& w, int sms, int rows) {
 }
 
 cudaError_t Gemv(const DeviceLinear& w, const __nv_bfloat16* x, int rows, const float* bias,
-                 int k_splits, float* partial, float* y, cudaStream_t stream) {
+                 int k_splits, float* partial, float* y, cudaStream_t stream, int32_t* counters,
+                 int64_t num_counters) {
   if (rows <= 0 || w.out == 0) return cudaSuccess;
   if (rows > kGemvMaxRows || k_splits < 1 || !GemvSupports(w) ||
       (k_splits > 1 && partial == nullptr)) {
@@ -293,11 +320,18 @@ cudaError_t Gemv(const DeviceLinear& w, const __nv_bfloat16* x, int rows, const 
     k_chunk = (k_chunk + w.block_k - 1) / w.block_k * w.block_k;
   }
   const int splits = static_cast<int>((w.in + k_chunk - 1) / k_chunk);
+  // The one-row FP8 kernel reduces its splits itself when there is a counter per output block.
+  const int64_t out_blocks = (w.out + kWarps * kRowsPerWarp - 1) / (kWarps * kRowsPerWarp);
+  const bool in_kernel = w.type == WeightType::kFP8 && rows <= 1 && splits > 1 &&
+                         counters != nullptr && out_blocks <= num_counters;
+  int32_t* used_counters = in_kernel ? counters : nullptr;
   cudaError_t err =
       w.type == WeightType::kBF16
-          ? LaunchRows<WeightType::kBF16>(w, x, rows, k_chunk, splits, partial, y, bias, stream)
-          : LaunchRows<WeightType::kFP8>(w, x, rows, k_chunk, splits, partial, y, bias, stream);
-  if (err != cudaSuccess || splits == 1) return err;
+          ? LaunchRows<WeightType::kBF16>(w, x, rows, k_chunk, splits, partial, y, bias,
+                                          used_counters, stream)
+          : LaunchRows<WeightType::kFP8>(w, x, rows, k_chunk, splits, partial, y, bias,
+                                         used_counters, stream);
+  if (err != cudaSuccess || splits == 1 || in_kernel) return err;
   const int64_t count = static_cast<int64_t>(rows) * w.out;
   const int64_t blocks = std::min<int64_t>((count + 255) / 256, 4096);
   LaunchKernel(ReduceKernel, static_cast<unsigned>(blocks), 256, 0, stream, partial, splits, count,

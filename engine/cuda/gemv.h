@@ -31,7 +31,11 @@ int GemvKSplits(const DeviceLinear& w, int sms, int rows);
 // True when the GEMV kernel supports this weight's shape and layout.
 bool GemvSupports(const DeviceLinear& w);
 
+// `counters` (optional, `num_counters` ints, zero on entry and left zero): with them the
+// one-row FP8 kernel sums its K splits itself (the last block of each output range, in split
+// order: the same result) instead of a second kernel.
 cudaError_t Gemv(const DeviceLinear& w, const __nv_bfloat16* x, int rows, const float* bias,
-                 int k_splits, float* partial, float* y, cudaStream_t stream);
+                 int k_splits, float* partial, float* y, cudaStream_t stream,
+                 int32_t* counters = nullptr, int64_t num_counters = 0);
 
 }  // namespace spark::cuda
