@@ -29,10 +29,10 @@ constexpr int kMaxGroups = 32;
 // One block per (expert, TT tokens): 8 warps split H, fp32 sums reduced in a fixed order.
 // logits[t, e] = Σ_h float(x[t,h]) * w[e,h].
 template <int TT>
-__global__ void __launch_bounds__(256)
-    RouterLogitsKernel(const __nv_bfloat16* __restrict__ x, const float* __restrict__ w,
-                       int64_t tokens, int experts, int hidden, float* __restrict__ logits) {
-  PdlBegin();
+__device__ __forceinline__ void RouterLogitsBlock(const __nv_bfloat16* __restrict__ x,
+                                                  const float* __restrict__ w, int64_t tokens,
+                                                  int experts, int hidden,
+                                                  float* __restrict__ logits) {
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int e = blockIdx.x;
@@ -69,6 +69,14 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+template <int TT>
+__global__ void __launch_bounds__(256)
+    RouterLogitsKernel(const __nv_bfloat16* __restrict__ x, const float* __restrict__ w,
+                       int64_t tokens, int experts, int hidden, float* __restrict__ logits) {
+  PdlBegin();
+  RouterLogitsBlock<TT>(x, w, tokens, experts, hidden, logits);
+}
+
 struct TopKArgs {
   int experts, top_k, n_group, topk_group;
   int shared;  // shared expert slots appended to every token's row (ids experts.., weight 1)
@@ -90,28 +98,30 @@ __device__ __forceinline__ void WarpArgMax(float& v, int& i, float& payload) {
   }
 }
 
-// One warp per token: the exact selection of engine/cpu/kernels.h RouteToken. Each lane holds
-// kPerLane experts (lane + 32 j): the smallest count that covers E keeps the selection loops
-// short (4 for 128 experts).
+// The warp's per-token scratch in shared memory.
+struct TopKScratch {
+  float group_score[kMaxGroups];
+  int sel_idx[kMaxTopK];
+  float sel_score[kMaxTopK];
+};
+
+// One warp selects token t's experts: the exact selection of engine/cpu/kernels.h RouteToken.
+// Each lane holds kPerLane experts (lane + 32 j): the smallest count that covers E keeps the
+// selection loops short (4 for 128 experts). Logits are read through L2 (they may come from
+// other blocks of the same kernel).
 template <int kPerLane>
-__global__ void TopKKernel(const float* __restrict__ logits, const float* __restrict__ bias,
-                           int64_t tokens, TopKArgs a, int32_t* __restrict__ ids,
-                           float* __restrict__ weights) {
-  PdlBegin();
+__device__ __forceinline__ void TopKWarp(const float* __restrict__ logits,
+                                         const float* __restrict__ bias, int64_t t,
+                                         const TopKArgs& a, int32_t* __restrict__ ids,
+                                         float* __restrict__ weights, TopKScratch& scratch) {
   const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  const int64_t t = int64_t{blockIdx.x} * (blockDim.x / 32) + warp;
-  __shared__ float group_score[4][kMaxGroups];
-  __shared__ int sel_idx[4][kMaxTopK];
-  __shared__ float sel_score[4][kMaxTopK];
-  if (t >= tokens) return;
   const float* l = logits + t * a.experts;
   float s[kPerLane], c[kPerLane];
   float mx = -INFINITY;
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
     const int e = lane + 32 * j;
-    s[j] = e < a.experts ? l[e] : -INFINITY;
+    s[j] = e < a.experts ? __ldcg(l + e) : -INFINITY;
     mx = fmaxf(mx, s[j]);
   }
   if (a.softmax) {
@@ -158,7 +168,7 @@ __global__ void TopKKernel(const float* __restrict__ logits, const float* __rest
         first = idx;
         total += pay;
       }
-      if (lane == 0) group_score[warp][g] = total;
+      if (lane == 0) scratch.group_score[g] = total;
     }
     __syncwarp();
     unsigned keep_mask = 0;  // bit g: group kept
@@ -166,7 +176,7 @@ __global__ void TopKKernel(const float* __restrict__ logits, const float* __rest
       float v = -INFINITY, pay = 0.f;
       int idx = -1;
       if (lane < a.n_group && !((keep_mask >> lane) & 1u)) {
-        v = group_score[warp][lane];
+        v = scratch.group_score[lane];
         idx = lane;
       }
       WarpArgMax(v, idx, pay);
@@ -195,14 +205,14 @@ __global__ void TopKKernel(const float* __restrict__ logits, const float* __rest
     WarpArgMax(v, idx, pay);
     if ((idx & 31) == lane) taken |= 1u << (idx >> 5);
     if (lane == 0) {
-      sel_idx[warp][r] = idx;
-      sel_score[warp][r] = pay;
+      scratch.sel_idx[r] = idx;
+      scratch.sel_score[r] = pay;
     }
   }
   __syncwarp();
   if (lane == 0) {
-    int* si = sel_idx[warp];
-    float* ss = sel_score[warp];
+    int* si = scratch.sel_idx;
+    float* ss = scratch.sel_score;
     for (int i = 1; i < a.top_k; ++i) {  // ascending expert index
       const int ki = si[i];
       const float ks = ss[i];
@@ -230,6 +240,44 @@ __global__ void TopKKernel(const float* __restrict__ logits, const float* __rest
       weights[row + a.top_k + i] = 1.0f;
     }
   }
+}
+
+// One warp per token, four tokens per block.
+template <int kPerLane>
+__global__ void TopKKernel(const float* __restrict__ logits, const float* __restrict__ bias,
+                           int64_t tokens, TopKArgs a, int32_t* __restrict__ ids,
+                           float* __restrict__ weights) {
+  PdlBegin();
+  const int warp = threadIdx.x >> 5;
+  const int64_t t = int64_t{blockIdx.x} * (blockDim.x / 32) + warp;
+  __shared__ TopKScratch scratch[4];
+  if (t < tokens) TopKWarp<kPerLane>(logits, bias, t, a, ids, weights, scratch[warp]);
+}
+
+// Router logits and top-k in one launch for up to kRouterTopKMaxTokens tokens: one block per
+// expert computes its logits (RouterLogitsBlock), and the last block to finish (an arrival
+// counter, zero on entry and left zero) selects every token's experts, one warp per token.
+constexpr int kRouterTopKMaxTokens = 8;
+
+template <int kPerLane>
+__global__ void __launch_bounds__(256)
+    RouterTopKKernel(const __nv_bfloat16* __restrict__ x, const float* __restrict__ w,
+                     int64_t tokens, int hidden, const float* __restrict__ bias, TopKArgs a,
+                     float* __restrict__ logits, int32_t* __restrict__ counter,
+                     int32_t* __restrict__ ids, float* __restrict__ weights) {
+  PdlBegin();
+  RouterLogitsBlock<kRouterTopKMaxTokens>(x, w, tokens, a.experts, hidden, logits);
+  __shared__ bool last;
+  __threadfence();  // this block's logits, visible before its arrival is counted
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1) == static_cast<int>(gridDim.x) - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  __shared__ TopKScratch scratch[kRouterTopKMaxTokens];
+  const int warp = threadIdx.x >> 5;
+  if (warp < tokens) TopKWarp<kPerLane>(logits, bias, warp, a, ids, weights, scratch[warp]);
+  if (threadIdx.x == 0) *counter = 0;
 }
 
 // ---- Permutation ------------------------------------------------------------------------------
@@ -474,6 +522,7 @@ Result<MoeWorkspace> MoeWorkspace::Create(const MoeShape& shape, MoeWeightFormat
       {reinterpret_cast<void**>(&w.out_pairs_), pairs * h * 4},
       {reinterpret_cast<void**>(&w.split_partials_), split_floats * 4},
       {reinterpret_cast<void**>(&w.split_counters_), scratch.split_counters * 4},
+      {reinterpret_cast<void**>(&w.route_counter_), 4},
   };
   int64_t total = 0;
   for (const Slot& s : slots) total += (s.bytes + 255) / 256 * 256;
@@ -494,6 +543,7 @@ Result<MoeWorkspace> MoeWorkspace::Create(const MoeShape& shape, MoeWeightFormat
   w.split_partial_floats_ = split_floats;
   w.split_counter_count_ = scratch.split_counters;
   SPARK_CUDA_RETURN_IF_ERROR(cudaMemset(w.split_counters_, 0, scratch.split_counters * 4));
+  SPARK_CUDA_RETURN_IF_ERROR(cudaMemset(w.route_counter_, 0, 4));
   return std::move(w);
 }
 
@@ -526,6 +576,7 @@ MoeWorkspace& MoeWorkspace::operator=(MoeWorkspace&& other) noexcept {
     out_pairs_ = other.out_pairs_;
     split_partials_ = other.split_partials_;
     split_counters_ = other.split_counters_;
+    route_counter_ = other.route_counter_;
     split_partial_floats_ = other.split_partial_floats_;
     split_counter_count_ = other.split_counter_count_;
     max_rows_ = other.max_rows_;
@@ -565,12 +616,14 @@ Result<MoePhaseTimes> MoeWorkspace::PhaseTimes() const {
 
 // ---- Kernel entry points ------------------------------------------------------------------------
 
-cudaError_t MoeTopK(const MoeShape& shape, const float* logits, const float* correction_bias,
-                    int64_t tokens, int32_t* topk_ids, float* topk_weights, cudaStream_t stream) {
-  if (tokens == 0) return cudaSuccess;
-  if (shape.num_experts > 32 * kMaxExpertsPerLane || shape.pairs_per_token() > kMaxTopK ||
-      shape.n_group > kMaxGroups || shape.top_k < 1 || shape.shared_experts < 0)
-    return cudaErrorInvalidValue;
+namespace {
+
+bool TopKSupports(const MoeShape& shape) {
+  return shape.num_experts <= 32 * kMaxExpertsPerLane && shape.pairs_per_token() <= kMaxTopK &&
+         shape.n_group <= kMaxGroups && shape.top_k >= 1 && shape.shared_experts >= 0;
+}
+
+TopKArgs TopKArgsOf(const MoeShape& shape) {
   TopKArgs a;
   a.experts = shape.num_experts;
   a.top_k = shape.top_k;
@@ -580,6 +633,16 @@ cudaError_t MoeTopK(const MoeShape& shape, const float* logits, const float* cor
   a.norm_topk_prob = shape.norm_topk_prob;
   a.softmax = shape.softmax_scoring;
   a.scaling = shape.routed_scaling_factor;
+  return a;
+}
+
+}  // namespace
+
+cudaError_t MoeTopK(const MoeShape& shape, const float* logits, const float* correction_bias,
+                    int64_t tokens, int32_t* topk_ids, float* topk_weights, cudaStream_t stream) {
+  if (tokens == 0) return cudaSuccess;
+  if (!TopKSupports(shape)) return cudaErrorInvalidValue;
+  const TopKArgs a = TopKArgsOf(shape);
   const unsigned blocks = static_cast<unsigned>((tokens + 3) / 4);
   auto* kernel = shape.num_experts <= 32 * 4   ? TopKKernel<4>
                  : shape.num_experts <= 32 * 8 ? TopKKernel<8>
@@ -606,6 +669,27 @@ cudaError_t RouterLogits(const MoeLayerDevice& layer, const __nv_bfloat16* x, in
     LaunchKernel(RouterLogitsKernel<32>, grid, block, 0, stream, x, layer.router, tokens,
                  s.num_experts, s.hidden, logits);
   }
+  return cudaGetLastError();
+}
+
+// Logits and top-k: one kernel for up to kRouterTopKMaxTokens tokens when `counter` (a zeroed
+// device int) is given, else two.
+cudaError_t Route(const MoeLayerDevice& layer, const MoeShape& s, const __nv_bfloat16* x,
+                  int64_t tokens, float* logits, int32_t* topk_ids, float* topk_weights,
+                  int32_t* counter, cudaStream_t stream) {
+  if (tokens == 0) return cudaSuccess;
+  if (counter == nullptr || tokens > kRouterTopKMaxTokens) {
+    const cudaError_t err = RouterLogits(layer, x, tokens, logits, stream);
+    if (err != cudaSuccess) return err;
+    return MoeTopK(s, logits, layer.router_bias, tokens, topk_ids, topk_weights, stream);
+  }
+  if (!TopKSupports(s)) return cudaErrorInvalidValue;
+  auto* kernel = s.num_experts <= 32 * 4   ? RouterTopKKernel<4>
+                 : s.num_experts <= 32 * 8 ? RouterTopKKernel<8>
+                                           : RouterTopKKernel<kMaxExpertsPerLane>;
+  LaunchKernel(kernel, static_cast<unsigned>(s.num_experts), 256, 0, stream, x, layer.router,
+               tokens, s.hidden, layer.router_bias, TopKArgsOf(s), logits, counter, topk_ids,
+               topk_weights);
   return cudaGetLastError();
 }
 
@@ -646,8 +730,8 @@ struct MoeWorkspaceAccess {
     w.last_plan_ = MoePlan{tokens, MoeTileConfig{}, MoeTileConfig{}, true};
     cudaError_t err = mark(0);
     if (err != cudaSuccess) return err;
-    if ((err = RouterLogits(layer, x, tokens, w.logits_, stream)) != cudaSuccess) return err;
-    err = MoeTopK(s, w.logits_, layer.router_bias, tokens, w.topk_ids_, w.topk_weights_, stream);
+    err = Route(layer, s, x, tokens, w.logits_, w.topk_ids_, w.topk_weights_, w.route_counter_,
+                stream);
     if (err != cudaSuccess || (err = mark(1)) != cudaSuccess) return err;
     moe_internal::MoeGemvParams p;
     p.format = layer.format;

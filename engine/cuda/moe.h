@@ -12,7 +12,8 @@
 // are the sums: the k expert outputs of a token are added in ascending expert order, split-K
 // partials in split order.
 //
-// Pipeline of a few tokens (MoeConfigTable::gemv_max_tokens): router -> gate/up GEMV per
+// Pipeline of a few tokens (MoeConfigTable::gemv_max_tokens): router (logits and top-k in one
+// kernel up to 8 tokens) -> gate/up GEMV per
 // (token, expert) pair with SiLU(gate)*up -> down GEMV summing a token's pairs (+ addend), BF16
 // activations (engine/cuda/moe_gemv.h). Otherwise: router -> permutation (pairs sorted by
 // expert, padded to BLOCK_M) -> [per-token or 1x128 FP8 quantisation of x] -> grouped GEMM
@@ -153,6 +154,7 @@ class MoeWorkspace {
   float* out_pairs_ = nullptr;         // [max_tokens * (top_k + S), H]
   float* split_partials_ = nullptr;    // split-K partial tiles
   int32_t* split_counters_ = nullptr;  // per-tile arrival counters (kept zero between launches)
+  int32_t* route_counter_ = nullptr;   // router blocks arrived (fused router + top-k; zero)
   int64_t split_partial_floats_ = 0;
   int64_t split_counter_count_ = 0;
   int64_t max_rows_ = 0;

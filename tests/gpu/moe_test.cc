@@ -222,6 +222,50 @@ TEST(MoeRouterTest, TopKMatchesCpuRouteTokenExactly) {
 // ---- Packing
 // -------------------------------------------------------------------------------------
 
+// The GEMV path's router (logits and top-k in one kernel, last block selects) chooses exactly
+// what MoeRoute's two kernels choose, for 1..8 tokens (then two kernels again).
+TEST(MoeRouterTest, FusedRouterTopKEqualsTwoKernels) {
+  for (const MoeTestShape& shape : {kTinyGrouped, kAir, kGlm47Tp4}) {
+    auto f = MakeFixture(shape, MoeWeightFormat::kFp8PerChannel, 5);
+    const int64_t max_tokens = 10, h = shape.hidden;
+    const int pairs = shape.top_k;
+    auto ws = MoeWorkspace::Create(f->device.view().shape, f->format, max_tokens);
+    ASSERT_TRUE(ws.ok()) << ws.status().ToString();
+    auto table = MoeConfigTable::Create(Device(), 0);
+    ASSERT_TRUE(table.ok());
+    table->SetGemvMaxTokens(static_cast<int>(max_tokens));
+    const auto x = MakeMoeTestInput(max_tokens, shape.hidden, 19);
+    DeviceBuffer<__nv_bfloat16> dx(max_tokens * h);
+    DeviceBuffer<float> dout(max_tokens * h), logits(max_tokens * shape.experts);
+    DeviceBuffer<int32_t> ids(max_tokens * pairs);
+    DeviceBuffer<float> weights(max_tokens * pairs);
+    SPARK_CUDA_CHECK(cudaMemcpy(dx.ptr, x.data(), x.size() * 2, cudaMemcpyHostToDevice));
+    for (int64_t tokens = 1; tokens <= max_tokens; ++tokens) {
+      // Twice: the arrival counter must be back at zero after a forward.
+      for (int rep = 0; rep < 2; ++rep) {
+        ASSERT_EQ(MoeForward(f->device.view(), dx.ptr, tokens, dout.ptr, nullptr, *ws, *table,
+                             nullptr),
+                  cudaSuccess);
+        ASSERT_TRUE(ws->last_plan().gemv);
+        ASSERT_EQ(MoeRoute(f->device.view(), dx.ptr, tokens, logits.ptr, ids.ptr, weights.ptr,
+                           nullptr),
+                  cudaSuccess);
+        const size_t n = static_cast<size_t>(tokens * pairs);
+        std::vector<int32_t> got_ids(n), want_ids(n);
+        std::vector<float> got_w(n), want_w(n);
+        SPARK_CUDA_CHECK(cudaMemcpy(got_ids.data(), ws->topk_ids(), n * 4, cudaMemcpyDeviceToHost));
+        SPARK_CUDA_CHECK(cudaMemcpy(want_ids.data(), ids.ptr, n * 4, cudaMemcpyDeviceToHost));
+        SPARK_CUDA_CHECK(
+            cudaMemcpy(got_w.data(), ws->topk_weights(), n * 4, cudaMemcpyDeviceToHost));
+        SPARK_CUDA_CHECK(cudaMemcpy(want_w.data(), weights.ptr, n * 4, cudaMemcpyDeviceToHost));
+        EXPECT_EQ(got_ids, want_ids) << shape.name << " T=" << tokens;
+        EXPECT_EQ(std::memcmp(got_w.data(), want_w.data(), n * 4), 0)
+            << shape.name << " T=" << tokens;
+      }
+    }
+  }
+}
+
 TEST(MoePackTest, InterleavesGateAndUpRowsWithTheirScales) {
   const MoeTestShape shape = kTiny;
   for (MoeWeightFormat format :
