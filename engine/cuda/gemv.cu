@@ -129,7 +129,9 @@ __global__ void __launch_bounds__(kWarps * 32)
                         float* __restrict__ partial, float* __restrict__ y,
                         const float* __restrict__ bias, int k_splits,
                         int32_t* __restrict__ counters) {
-  constexpr int kUnrollK = 4;
+  // Two vectors per row in flight per lane: measured faster on an H100 than four (which
+  // doubles the registers and halves the resident blocks).
+  constexpr int kUnrollK = 2;
   constexpr int64_t kStride = 32 * 16;
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
@@ -172,32 +174,30 @@ __global__ void __launch_bounds__(kWarps * 32)
       }
     }
   };
+  int64_t k0 = k_begin + static_cast<int64_t>(lane) * 16;
   uint4 raw[kUnrollK][kRowsPerWarp];
-  // kUnrollK vectors per row and lane are loaded before any is used; those past k_end are
-  // predicated off, so a chunk that is not a multiple of the unrolled stride still has all its
-  // loads in flight at once.
-  auto load = [&](int64_t kk) {
+  auto load = [&](int64_t k) {
 #pragma unroll
-    for (int u = 0; u < kUnrollK; ++u) {
-      const int64_t k = kk + u * kStride;
-      if (k < k_end) {
+    for (int u = 0; u < kUnrollK; ++u)
 #pragma unroll
-        for (int r = 0; r < kRowsPerWarp; ++r) raw[u][r] = __ldg(wrows[r] + k / 16);
-      }
-    }
+      for (int r = 0; r < kRowsPerWarp; ++r) raw[u][r] = __ldg(wrows[r] + (k + u * kStride) / 16);
   };
   // Weights do not come from the preceding kernels: with programmatic dependent launch the
   // first loads are in flight while those finish; x is read only after the wait.
-  const int64_t k_first = k_begin + static_cast<int64_t>(lane) * 16;
-  load(k_first);
+  bool loaded = k0 + (kUnrollK - 1) * kStride < k_end;
+  if (loaded) load(k0);
   PdlBegin();
-  for (int64_t kk = k_first; kk < k_end; kk += kUnrollK * kStride) {
-    if (kk != k_first) load(kk);
+  for (; k0 + (kUnrollK - 1) * kStride < k_end; k0 += kUnrollK * kStride) {
+    if (!loaded) load(k0);
+    loaded = false;
 #pragma unroll
-    for (int u = 0; u < kUnrollK; ++u) {
-      const int64_t k = kk + u * kStride;
-      if (k < k_end) consume(raw[u], k);
-    }
+    for (int u = 0; u < kUnrollK; ++u) consume(raw[u], k0 + u * kStride);
+  }
+  for (; k0 < k_end; k0 += kStride) {
+    uint4 raw1[kRowsPerWarp];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) raw1[r] = __ldg(wrows[r] + k0 / 16);
+    consume(raw1, k0);
   }
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {

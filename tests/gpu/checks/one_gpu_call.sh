@@ -96,14 +96,14 @@ cat "$OUT/moe_bench.log" >>$S
 for g in 0 8; do
   step moe_gemv$g 90 $B/bin/bench_moe --formats fp8-per-channel,fp8-block128 --caps 0 \
     --batches 1,2,4,8 --gemv-max-tokens $g
-  grep -vE '^device|^$' "$OUT/moe_gemv$g.log" >>$S
+  grep -vE '^device:|^$' "$OUT/moe_gemv$g.log" >>$S
 done
 # The autotuner at large batches (tuned against heuristic tiles), then a whole model's MoE
 # shapes tuned offline as `spark-model tune-moe` does (issue 7: under 10 minutes on one GPU).
 step moe_tune_bench 150 $B/bin/bench_moe --formats fp8-per-channel --caps 0 --batches 64,256,1024 --tune
-grep -vE '^device|^$' "$OUT/moe_tune_bench.log" >>$S
-step tune_moe 590 $B/bin/spark-model tune-moe --config glm-4.5-air --tp 1 --format fp8-channel \
-  --out $OUT/moe_tuning.json
+grep -vE '^device:|^$' "$OUT/moe_tune_bench.log" >>$S
+step tune_moe ${TUNE_S:-590} $B/bin/spark-model tune-moe --config glm-4.5-air --tp 1 \
+  --format fp8-channel --out $OUT/moe_tuning.json --max-seconds $(( ${TUNE_S:-590} - 30 ))
 tail -n 30 "$OUT/tune_moe.log" >>$S
 # The rest of the backend suite, timings, sanitizers, speculation.
 step backend 70 $B/bin/gpu_backend_test --gtest_filter='-*DecodeGraphs*:*DeviceLogits*:*TensorCoreAttention*:*RandomMoeAtAirWidths*:*ProgrammaticLaunch*'
