@@ -41,8 +41,10 @@ enum class MoeGemm : uint8_t {
   kDown,    // [rows, Im] x w2[e]^T * routing weight -> [pairs, H]
 };
 
-// Token count up to which a forward runs the GEMV path by default (MoeConfigTable).
-constexpr int kMoeGemvMaxTokensDefault = 2;
+// Token count up to which a forward runs the GEMV path by default (MoeConfigTable): H100,
+// bench_moe at GLM-4.7 tp=4 and GLM-4.5-Air shapes, FP8: GEMVs faster at 1, 2 and 4 tokens,
+// the tiles at 8 (Air).
+constexpr int kMoeGemvMaxTokensDefault = 4;
 
 struct MoeTileConfig {
   int kernel = -1;        // index of the compiled variant (MoeKernelVariants())
