@@ -251,8 +251,8 @@ int64_t OutputsPerBlock(const DeviceLinear& w, int rows) {
 
 template <WeightType T>
 cudaError_t LaunchRows(const DeviceLinear& w, const __nv_bfloat16* x, int rows, int64_t k_chunk,
-                       int k_splits, float* partial, float* y, const float* bias,
-                       int32_t* counters, cudaStream_t stream) {
+                       int k_splits, float* partial, float* y, const float* bias, int32_t* counters,
+                       cudaStream_t stream) {
   const unsigned threads = kWarps * 32;
   const int64_t per_block = OutputsPerBlock(w, rows);
   const dim3 grid(static_cast<unsigned>((w.out + per_block - 1) / per_block),
@@ -325,12 +325,11 @@ cudaError_t Gemv(const DeviceLinear& w, const __nv_bfloat16* x, int rows, const 
   const bool in_kernel = w.type == WeightType::kFP8 && rows <= 1 && splits > 1 &&
                          counters != nullptr && out_blocks <= num_counters;
   int32_t* used_counters = in_kernel ? counters : nullptr;
-  cudaError_t err =
-      w.type == WeightType::kBF16
-          ? LaunchRows<WeightType::kBF16>(w, x, rows, k_chunk, splits, partial, y, bias,
-                                          used_counters, stream)
-          : LaunchRows<WeightType::kFP8>(w, x, rows, k_chunk, splits, partial, y, bias,
-                                         used_counters, stream);
+  cudaError_t err = w.type == WeightType::kBF16
+                        ? LaunchRows<WeightType::kBF16>(w, x, rows, k_chunk, splits, partial, y,
+                                                        bias, used_counters, stream)
+                        : LaunchRows<WeightType::kFP8>(w, x, rows, k_chunk, splits, partial, y,
+                                                       bias, used_counters, stream);
   if (err != cudaSuccess || splits == 1 || in_kernel) return err;
   const int64_t count = static_cast<int64_t>(rows) * w.out;
   const int64_t blocks = std::min<int64_t>((count + 255) / 256, 4096);

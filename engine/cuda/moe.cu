@@ -724,9 +724,9 @@ cudaError_t QuantizeFp8Rows(const __nv_bfloat16* x, int64_t rows, int64_t cols, 
 struct MoeWorkspaceAccess {
   // The GEMV path (moe_gemv.h) for a few tokens: router, gate/up, down with the combine.
   template <class T, class Mark>
-  static cudaError_t RunGemv(const MoeLayerDevice& layer, const MoeShape& s,
-                             const __nv_bfloat16* x, int64_t tokens, T* out, const T* addend,
-                             MoeWorkspace& w, cudaStream_t stream, Mark& mark) {
+  static cudaError_t RunGemv(const MoeLayerDevice& layer, const MoeShape& s, const __nv_bfloat16* x,
+                             int64_t tokens, T* out, const T* addend, MoeWorkspace& w,
+                             cudaStream_t stream, Mark& mark) {
     w.last_plan_ = MoePlan{tokens, MoeTileConfig{}, MoeTileConfig{}, true};
     cudaError_t err = mark(0);
     if (err != cudaSuccess) return err;

@@ -18,9 +18,10 @@
 // activations (engine/cuda/moe_gemv.h). Otherwise: router -> permutation (pairs sorted by
 // expert, padded to BLOCK_M) -> [per-token or 1x128 FP8 quantisation of x] -> grouped GEMM
 // gate/up with SiLU(gate)*up in the epilogue -> [quantisation of the intermediate] -> grouped
-// GEMM down with the routing weight in the epilogue -> combine over k. Tensor cores through mma.sync (m16n8k16 BF16, m16n8k32 e4m3),
-// portable to sm_90 and sm_121; the tile config comes from a MoeConfigTable, which never
-// launches one above the device's (or the emulated) shared-memory limit.
+// GEMM down with the routing weight in the epilogue -> combine over k. Tensor cores through
+// mma.sync (m16n8k16 BF16, m16n8k32 e4m3), portable to sm_90 and sm_121; the tile config comes from
+// a MoeConfigTable, which never launches one above the device's (or the emulated) shared-memory
+// limit.
 //
 // Device layout of a layer (built by PackMoeLayer, engine/cuda/moe_pack.h):
 //   w13 [E+S, 2*Im, H]: gate and up rows INTERLEAVED: row 2i = gate_i, row 2i+1 = up_i.
@@ -92,7 +93,8 @@ struct MoePlan {
   int64_t tokens = 0;
   MoeTileConfig gate_up;  // unset (kernel -1) on the GEMV path
   MoeTileConfig down;
-  bool gemv = false;  // the expert GEMMs ran as GEMVs over the pairs (MoeConfigTable::gemv_max_tokens)
+  bool gemv =
+      false;  // the expert GEMMs ran as GEMVs over the pairs (MoeConfigTable::gemv_max_tokens)
 };
 
 // Device scratch for up to `max_tokens` tokens of one layer shape and format. Rows and row

@@ -57,7 +57,8 @@ __device__ __forceinline__ void ConsumeVector(const uint4 (&raw)[kRows],
         a = fmaf(f.x, xv[2 * e], a);
         a = fmaf(f.y, xv[2 * e + 1], a);
       }
-      if constexpr (F == MoeWeightFormat::kFp8Block) acc[r] = fmaf(__ldg(srow[r] + k / 128), d, acc[r]);
+      if constexpr (F == MoeWeightFormat::kFp8Block)
+        acc[r] = fmaf(__ldg(srow[r] + k / 128), d, acc[r]);
     }
   }
 }
@@ -217,12 +218,12 @@ cudaError_t LaunchDown(const MoeGemvParams& p, const __nv_bfloat16* inter, const
   const auto* w = static_cast<const uint8_t*>(w2);
   switch (p.format) {
     case MoeWeightFormat::kBf16:
-      LaunchKernel(DownKernel<MoeWeightFormat::kBf16, T>, grid, kWarps * 32, 0, stream, p, inter,
-                   w, w2_scale, addend, out);
+      LaunchKernel(DownKernel<MoeWeightFormat::kBf16, T>, grid, kWarps * 32, 0, stream, p, inter, w,
+                   w2_scale, addend, out);
       break;
     case MoeWeightFormat::kFp8PerChannel:
-      LaunchKernel(DownKernel<MoeWeightFormat::kFp8PerChannel, T>, grid, kWarps * 32, 0, stream,
-                   p, inter, w, w2_scale, addend, out);
+      LaunchKernel(DownKernel<MoeWeightFormat::kFp8PerChannel, T>, grid, kWarps * 32, 0, stream, p,
+                   inter, w, w2_scale, addend, out);
       break;
     case MoeWeightFormat::kFp8Block:
       LaunchKernel(DownKernel<MoeWeightFormat::kFp8Block, T>, grid, kWarps * 32, 0, stream, p,
@@ -258,8 +259,8 @@ cudaError_t MoeGemvGateUp(const MoeGemvParams& p, const __nv_bfloat16* x, const 
                    x, w, w13_scale, inter);
       break;
     case MoeWeightFormat::kFp8Block:
-      LaunchKernel(GateUpKernel<MoeWeightFormat::kFp8Block>, grid, kWarps * 32, 0, stream, p, x,
-                   w, w13_scale, inter);
+      LaunchKernel(GateUpKernel<MoeWeightFormat::kFp8Block>, grid, kWarps * 32, 0, stream, p, x, w,
+                   w13_scale, inter);
       break;
   }
   return cudaGetLastError();

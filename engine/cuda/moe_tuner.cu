@@ -563,9 +563,9 @@ Result<std::vector<MoeTableComparison>> CompareMoeTables(
       (e.gemm == MoeGemm::kGateUp ? gu : dn) = &e;
     }
     c.gemv = timer.last_plan().gemv;
-    c.launched_expected = c.gemv || (gu != nullptr && dn != nullptr &&
-                                     SameConfig(gu->config, c.tuned_gate_up) &&
-                                     SameConfig(dn->config, c.tuned_down));
+    c.launched_expected =
+        c.gemv || (gu != nullptr && dn != nullptr && SameConfig(gu->config, c.tuned_gate_up) &&
+                   SameConfig(dn->config, c.tuned_down));
     out.push_back(c);
   }
   return out;

@@ -789,9 +789,9 @@ TEST(CudaSpeculationAirTest, AirWidthsMatchCpuAndTimings) {
   std::printf(
       "[cuda-spec-air] rows within 3e-2: prompt %d/%d, hidden %d/%d, tree %d/%d, MTP logits "
       "%d/%d, hidden %d/%d; attention on CUDA cores: prompt logits %.3e hidden %.3e\n",
-      prompt_rows.within, prompt_rows.rows, hidden_rows.within, hidden_rows.rows,
-      tree_rows.within, tree_rows.rows, mtp_rows.within, mtp_rows.rows, mtp_hidden_rows.within,
-      mtp_hidden_rows.rows, cc_prompt, cc_hidden);
+      prompt_rows.within, prompt_rows.rows, hidden_rows.within, hidden_rows.rows, tree_rows.within,
+      tree_rows.rows, mtp_rows.within, mtp_rows.rows, mtp_hidden_rows.within, mtp_hidden_rows.rows,
+      cc_prompt, cc_hidden);
   // Tensor-core attention (P in BF16) moves the MoE input by ~2e-3: a near-tie of the random
   // router may flip in a prompt row (H100: one row at 8.2e-2). Attention on CUDA cores: within
   // 3e-2 everywhere.

@@ -243,13 +243,13 @@ TEST(MoeRouterTest, FusedRouterTopKEqualsTwoKernels) {
     for (int64_t tokens = 1; tokens <= max_tokens; ++tokens) {
       // Twice: the arrival counter must be back at zero after a forward.
       for (int rep = 0; rep < 2; ++rep) {
-        ASSERT_EQ(MoeForward(f->device.view(), dx.ptr, tokens, dout.ptr, nullptr, *ws, *table,
-                             nullptr),
-                  cudaSuccess);
+        ASSERT_EQ(
+            MoeForward(f->device.view(), dx.ptr, tokens, dout.ptr, nullptr, *ws, *table, nullptr),
+            cudaSuccess);
         ASSERT_TRUE(ws->last_plan().gemv);
-        ASSERT_EQ(MoeRoute(f->device.view(), dx.ptr, tokens, logits.ptr, ids.ptr, weights.ptr,
-                           nullptr),
-                  cudaSuccess);
+        ASSERT_EQ(
+            MoeRoute(f->device.view(), dx.ptr, tokens, logits.ptr, ids.ptr, weights.ptr, nullptr),
+            cudaSuccess);
         const size_t n = static_cast<size_t>(tokens * pairs);
         std::vector<int32_t> got_ids(n), want_ids(n);
         std::vector<float> got_w(n), want_w(n);
@@ -365,8 +365,8 @@ TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
       int64_t cap;
       int gemv_max_tokens;
     };
-    for (const Setting& setting : {Setting{0, -1}, Setting{kGb10SmemBytes, -1}, Setting{0, 0},
-                                   Setting{0, 1 << 20}}) {
+    for (const Setting& setting :
+         {Setting{0, -1}, Setting{kGb10SmemBytes, -1}, Setting{0, 0}, Setting{0, 1 << 20}}) {
       auto table = MoeConfigTable::Create(Device(), setting.cap);
       ASSERT_TRUE(table.ok()) << table.status().ToString();
       if (setting.gemv_max_tokens >= 0) table->SetGemvMaxTokens(setting.gemv_max_tokens);
@@ -516,8 +516,8 @@ TEST(MoeForwardMiscTest, AirWidthsEveryBatchSizeWithAndWithoutGb10Cap) {
       EXPECT_EQ(capped_plan.gate_up.block_m, capped->BlockMFor(f->format, pairs, kAir.experts));
       EXPECT_LE(capped_plan.gate_up.SmemBytes(), kGb10SmemBytes);
       EXPECT_LE(capped_plan.down.SmemBytes(), kGb10SmemBytes);
-      const MoeTileConfig want =
-          capped->Select(f->format, MoeGemm::kDown, pairs, kAir.experts, kAir.hidden, kAir.inter, 8);
+      const MoeTileConfig want = capped->Select(f->format, MoeGemm::kDown, pairs, kAir.experts,
+                                                kAir.hidden, kAir.inter, 8);
       EXPECT_EQ(capped_plan.down.split_k, want.split_k) << "T=" << tokens;
     }
     SPARK_CUDA_CHECK(cudaMemcpy(a.data(), da.ptr, tokens * h * 4, cudaMemcpyDeviceToHost));

@@ -36,10 +36,10 @@ engine::LayerWeights MakeMoeTestLayer(const MoeTestShape& shape, MoeWeightFormat
 std::vector<uint16_t> MakeMoeTestInput(int64_t tokens, int hidden, uint64_t seed);
 
 struct MoeReference {
-  std::vector<int32_t> ids;    // [S, k] CPU routing (ascending experts)
-  std::vector<float> weights;  // [S, k]
-  std::vector<float> plain;    // [S, H]
-  std::vector<float> mirror;   // [S, H]
+  std::vector<int32_t> ids;        // [S, k] CPU routing (ascending experts)
+  std::vector<float> weights;      // [S, k]
+  std::vector<float> plain;        // [S, H]
+  std::vector<float> mirror;       // [S, H]
   std::vector<float> mirror_gemv;  // [S, H]
 };
 
