@@ -93,8 +93,8 @@ struct MoePlan {
   int64_t tokens = 0;
   MoeTileConfig gate_up;  // unset (kernel -1) on the GEMV path
   MoeTileConfig down;
-  bool gemv =
-      false;  // the expert GEMMs ran as GEMVs over the pairs (MoeConfigTable::gemv_max_tokens)
+  // The expert GEMMs ran as GEMVs over the pairs (MoeConfigTable::gemv_max_tokens).
+  bool gemv = false;
 };
 
 // Device scratch for up to `max_tokens` tokens of one layer shape and format. Rows and row
