@@ -26,6 +26,14 @@ __device__ __forceinline__ uint8_t FloatToFp8(float v) {
   return static_cast<uint8_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
 }
 
+// Eight BF16 values from one 16-byte read-only load (p 16-byte aligned) as floats.
+__device__ __forceinline__ void LoadX8(const __nv_bfloat16* p, float* out) {
+  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+  const __nv_bfloat16* b = reinterpret_cast<const __nv_bfloat16*>(&raw);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) out[e] = __bfloat162float(b[e]);
+}
+
 __device__ __forceinline__ float WarpSum(float v) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
   return v;

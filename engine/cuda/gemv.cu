@@ -22,13 +22,6 @@ struct Vec<WeightType::kFP8> {
   static constexpr int kElems = 16;
 };
 
-__device__ __forceinline__ void LoadX8(const __nv_bfloat16* p, float* out) {
-  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
-  const __nv_bfloat16* b = reinterpret_cast<const __nv_bfloat16*>(&raw);
-#pragma unroll
-  for (int e = 0; e < 8; ++e) out[e] = __bfloat162float(b[e]);
-}
-
 template <WeightType T, int MT>
 __global__ void __launch_bounds__(kWarps * 32)
     GemvKernel(DeviceLinear w, const __nv_bfloat16* __restrict__ x, int rows, int64_t k_chunk,

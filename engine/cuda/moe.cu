@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "engine/cuda/cuda_check.h"
@@ -21,7 +22,7 @@ namespace {
 constexpr float kFp8Max = 448.0f;
 constexpr float kAmaxFloor = 1e-10f;
 constexpr int kMaxExpertsPerLane = 16;  // top-k kernel: E <= 512
-constexpr int kMaxTopK = 32;
+constexpr int kMaxTopK = moe_internal::kMoeMaxPairsPerToken;
 constexpr int kMaxGroups = 32;
 
 // ---- Router ---------------------------------------------------------------------------------
@@ -618,6 +619,19 @@ Result<MoePhaseTimes> MoeWorkspace::PhaseTimes() const {
 
 namespace {
 
+// Calls f(std::integral_constant<int, P>{}) with P the experts per lane TopKWarp needs for
+// `experts` (4 for 128, 8 for 256, else kMaxExpertsPerLane).
+template <class F>
+void WithExpertsPerLane(int experts, F&& f) {
+  if (experts <= 32 * 4) {
+    f(std::integral_constant<int, 4>{});
+  } else if (experts <= 32 * 8) {
+    f(std::integral_constant<int, 8>{});
+  } else {
+    f(std::integral_constant<int, kMaxExpertsPerLane>{});
+  }
+}
+
 bool TopKSupports(const MoeShape& shape) {
   return shape.num_experts <= 32 * kMaxExpertsPerLane && shape.pairs_per_token() <= kMaxTopK &&
          shape.n_group <= kMaxGroups && shape.top_k >= 1 && shape.shared_experts >= 0;
@@ -644,11 +658,10 @@ cudaError_t MoeTopK(const MoeShape& shape, const float* logits, const float* cor
   if (!TopKSupports(shape)) return cudaErrorInvalidValue;
   const TopKArgs a = TopKArgsOf(shape);
   const unsigned blocks = static_cast<unsigned>((tokens + 3) / 4);
-  auto* kernel = shape.num_experts <= 32 * 4   ? TopKKernel<4>
-                 : shape.num_experts <= 32 * 8 ? TopKKernel<8>
-                                               : TopKKernel<kMaxExpertsPerLane>;
-  LaunchKernel(kernel, blocks, 128, 0, stream, logits, correction_bias, tokens, a, topk_ids,
-               topk_weights);
+  WithExpertsPerLane(shape.num_experts, [&](auto per_lane) {
+    LaunchKernel(TopKKernel<decltype(per_lane)::value>, blocks, 128, 0, stream, logits,
+                 correction_bias, tokens, a, topk_ids, topk_weights);
+  });
   return cudaGetLastError();
 }
 
@@ -684,12 +697,11 @@ cudaError_t Route(const MoeLayerDevice& layer, const MoeShape& s, const __nv_bfl
     return MoeTopK(s, logits, layer.router_bias, tokens, topk_ids, topk_weights, stream);
   }
   if (!TopKSupports(s)) return cudaErrorInvalidValue;
-  auto* kernel = s.num_experts <= 32 * 4   ? RouterTopKKernel<4>
-                 : s.num_experts <= 32 * 8 ? RouterTopKKernel<8>
-                                           : RouterTopKKernel<kMaxExpertsPerLane>;
-  LaunchKernel(kernel, static_cast<unsigned>(s.num_experts), 256, 0, stream, x, layer.router,
-               tokens, s.hidden, layer.router_bias, TopKArgsOf(s), logits, counter, topk_ids,
-               topk_weights);
+  WithExpertsPerLane(s.num_experts, [&](auto per_lane) {
+    LaunchKernel(RouterTopKKernel<decltype(per_lane)::value>, static_cast<unsigned>(s.num_experts),
+                 256, 0, stream, x, layer.router, tokens, s.hidden, layer.router_bias,
+                 TopKArgsOf(s), logits, counter, topk_ids, topk_weights);
+  });
   return cudaGetLastError();
 }
 
@@ -697,9 +709,7 @@ cudaError_t Route(const MoeLayerDevice& layer, const MoeShape& s, const __nv_bfl
 
 cudaError_t MoeRoute(const MoeLayerDevice& layer, const __nv_bfloat16* x, int64_t tokens,
                      float* logits, int32_t* topk_ids, float* topk_weights, cudaStream_t stream) {
-  const cudaError_t err = RouterLogits(layer, x, tokens, logits, stream);
-  if (err != cudaSuccess) return err;
-  return MoeTopK(layer.shape, logits, layer.router_bias, tokens, topk_ids, topk_weights, stream);
+  return Route(layer, layer.shape, x, tokens, logits, topk_ids, topk_weights, nullptr, stream);
 }
 
 cudaError_t QuantizeFp8Rows(const __nv_bfloat16* x, int64_t rows, int64_t cols, int group_cols,
@@ -768,8 +778,8 @@ struct MoeWorkspaceAccess {
     auto mark = [&](int i) {
       return w.timing_ ? cudaEventRecord(w.events_[i], stream) : cudaSuccess;
     };
-    if (forced_gate_up == nullptr && forced_down == nullptr && tokens <= table.gemv_max_tokens() &&
-        moe_internal::MoeGemvSupports(format, s.hidden, s.inter)) {
+    if (forced_gate_up == nullptr && forced_down == nullptr &&
+        moe_internal::MoeGemvServes(table, format, s.hidden, s.inter, tokens)) {
       return RunGemv(layer, s, x, tokens, out, addend, w, stream, mark);
     }
 
@@ -793,9 +803,7 @@ struct MoeWorkspaceAccess {
 
     cudaError_t err = mark(0);
     if (err != cudaSuccess) return err;
-    err = RouterLogits(layer, x, tokens, w.logits_, stream);
-    if (err != cudaSuccess) return err;
-    err = MoeTopK(s, w.logits_, layer.router_bias, tokens, w.topk_ids_, w.topk_weights_, stream);
+    err = Route(layer, s, x, tokens, w.logits_, w.topk_ids_, w.topk_weights_, nullptr, stream);
     if (err != cudaSuccess) return err;
     const size_t perm_smem = size_t{3} * s.gemm_experts() * sizeof(int);
     LaunchKernel(PermuteKernel, 1, 1024, perm_smem, stream, w.topk_ids_, static_cast<int>(pairs),

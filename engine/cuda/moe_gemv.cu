@@ -16,19 +16,11 @@ constexpr int kRowsPerWarp = 4;  // weight rows one warp streams together
 // four (twice the registers, half the resident blocks, longer compute phases without loads).
 constexpr int kVectorsInFlight = 2;
 constexpr int kDownOutputs = 16;  // outputs (hidden columns) of one down block
-constexpr int kMaxPairs = 32;     // pairs per token (moe.cu's kMaxTopK)
 
 constexpr bool IsFp8(MoeWeightFormat f) { return f != MoeWeightFormat::kBf16; }
 // Elements in one 16-byte weight vector.
 constexpr int VecElems(MoeWeightFormat f) { return IsFp8(f) ? 16 : 8; }
 constexpr int ElemBytes(MoeWeightFormat f) { return IsFp8(f) ? 1 : 2; }
-
-__device__ __forceinline__ void LoadX8(const __nv_bfloat16* p, float* out) {
-  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
-  const __nv_bfloat16* b = reinterpret_cast<const __nv_bfloat16*>(&raw);
-#pragma unroll
-  for (int e = 0; e < 8; ++e) out[e] = __bfloat162float(b[e]);
-}
 
 // acc[r] += w[r][k .. k+kE) · x[k .. k+kE) for one 16-byte vector per row. Block scales are
 // applied per vector (srow[r][k / 128]); per-channel scales by the caller after the sum.
@@ -154,7 +146,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     DownKernel(MoeGemvParams p, const __nv_bfloat16* __restrict__ inter,
                const uint8_t* __restrict__ w2, const float* __restrict__ scale,
                const T* __restrict__ addend, T* __restrict__ out) {
-  __shared__ float part[kMaxPairs][kDownOutputs];
+  __shared__ float part[kMoeMaxPairsPerToken][kDownOutputs];
   PdlBegin();
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
@@ -203,7 +195,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 }
 
 bool Valid(const MoeGemvParams& p) {
-  return p.tokens > 0 && p.pairs_per_token > 0 && p.pairs_per_token <= kMaxPairs &&
+  return p.tokens > 0 && p.pairs_per_token > 0 && p.pairs_per_token <= kMoeMaxPairsPerToken &&
          MoeGemvSupports(p.format, p.hidden, p.inter) && p.tokens <= 65535 &&
          p.tokens * p.pairs_per_token <= 65535;
 }
@@ -239,6 +231,11 @@ bool MoeGemvSupports(MoeWeightFormat format, int hidden, int inter) {
   const int align = VecElems(format);
   if (hidden <= 0 || inter <= 0 || hidden % align != 0 || inter % align != 0) return false;
   return format != MoeWeightFormat::kFp8Block || (hidden % 128 == 0 && inter % 128 == 0);
+}
+
+bool MoeGemvServes(const MoeConfigTable& table, MoeWeightFormat format, int hidden, int inter,
+                   int64_t tokens) {
+  return tokens <= table.gemv_max_tokens() && MoeGemvSupports(format, hidden, inter);
 }
 
 cudaError_t MoeGemvGateUp(const MoeGemvParams& p, const __nv_bfloat16* x, const void* w13,

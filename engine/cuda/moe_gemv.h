@@ -24,9 +24,18 @@
 
 namespace spark::cuda::moe_internal {
 
+// Most (token, expert) pairs per token: the router's top-k limit (moe.cu), and the pairs the down
+// kernel's shared memory holds.
+constexpr int kMoeMaxPairsPerToken = 32;
+
 // Whether the kernels serve a layer of this format and these sizes (16-byte weight vectors; block
 // FP8 also needs H and Im in whole 128-element blocks).
 bool MoeGemvSupports(MoeWeightFormat format, int hidden, int inter);
+
+// Whether a forward of `tokens` tokens with `table` runs these kernels (the table's
+// gemv_max_tokens and MoeGemvSupports); forwards with explicit tile configs never do.
+bool MoeGemvServes(const MoeConfigTable& table, MoeWeightFormat format, int hidden, int inter,
+                   int64_t tokens);
 
 struct MoeGemvParams {
   MoeWeightFormat format = MoeWeightFormat::kBf16;

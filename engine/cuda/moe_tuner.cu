@@ -420,9 +420,8 @@ Result<MoeTuneResult> TuneMoe(const DeviceInfo& device, const MoeConfigTable& ta
   const int sms = std::max(1, table.multiprocessors());
   MoeTuneResult result;
   const int64_t now_ms = WallMs();
-  const bool gemv = moe_internal::MoeGemvSupports(format, shape.hidden, shape.inter);
   for (int64_t tokens : batches) {
-    if (gemv && tokens <= table.gemv_max_tokens()) {
+    if (moe_internal::MoeGemvServes(table, format, shape.hidden, shape.inter, tokens)) {
       result.gemv_batches.push_back(tokens);
       if (options.progress) {
         options.progress("batch " + std::to_string(tokens) +
