@@ -28,12 +28,16 @@ constexpr int kMaxGroups = 32;
 // ---- Router ---------------------------------------------------------------------------------
 
 // One block per (expert, TT tokens): 8 warps split H, fp32 sums reduced in a fixed order.
-// logits[t, e] = Σ_h float(x[t,h]) * w[e,h].
+// logits[t, e] = Σ_h float(x[t,h]) * w[e,h]. The router weights do not come from the preceding
+// kernels: each thread loads its first kHeld weight vectors (all of them for H <= 8192), then
+// waits for the preceding kernels (programmatic launch), then reads x.
 template <int TT>
 __device__ __forceinline__ void RouterLogitsBlock(const __nv_bfloat16* __restrict__ x,
                                                   const float* __restrict__ w, int64_t tokens,
                                                   int experts, int hidden,
                                                   float* __restrict__ logits) {
+  constexpr int kHeld = 8;
+  constexpr int kStride = 256 * 4;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int e = blockIdx.x;
@@ -43,8 +47,14 @@ __device__ __forceinline__ void RouterLogitsBlock(const __nv_bfloat16* __restric
 #pragma unroll
   for (int i = 0; i < TT; ++i) sum[i] = 0.f;
   const float* wr = w + int64_t{e} * hidden;
-  for (int h = threadIdx.x * 4; h < hidden; h += 256 * 4) {
-    const float4 wv = __ldg(reinterpret_cast<const float4*>(wr + h));
+  const int h0 = static_cast<int>(threadIdx.x) * 4;
+  float4 held[kHeld];
+#pragma unroll
+  for (int j = 0; j < kHeld; ++j) {
+    if (h0 + j * kStride < hidden) held[j] = __ldg(reinterpret_cast<const float4*>(wr + h0 + j * kStride));
+  }
+  PdlBegin();
+  auto add = [&](const float4& wv, int h) {
 #pragma unroll
     for (int i = 0; i < TT; ++i) {
       if (t0 + i < tokens) {
@@ -55,6 +65,13 @@ __device__ __forceinline__ void RouterLogitsBlock(const __nv_bfloat16* __restric
                   __high2float(b) * wv.w;
       }
     }
+  };
+#pragma unroll
+  for (int j = 0; j < kHeld; ++j) {
+    if (h0 + j * kStride < hidden) add(held[j], h0 + j * kStride);
+  }
+  for (int h = h0 + kHeld * kStride; h < hidden; h += kStride) {
+    add(__ldg(reinterpret_cast<const float4*>(wr + h)), h);
   }
 #pragma unroll
   for (int i = 0; i < TT; ++i) {
@@ -74,7 +91,6 @@ template <int TT>
 __global__ void __launch_bounds__(256)
     RouterLogitsKernel(const __nv_bfloat16* __restrict__ x, const float* __restrict__ w,
                        int64_t tokens, int experts, int hidden, float* __restrict__ logits) {
-  PdlBegin();
   RouterLogitsBlock<TT>(x, w, tokens, experts, hidden, logits);
 }
 
@@ -266,7 +282,6 @@ __global__ void __launch_bounds__(256)
                      int64_t tokens, int hidden, const float* __restrict__ bias, TopKArgs a,
                      float* __restrict__ logits, int32_t* __restrict__ counter,
                      int32_t* __restrict__ ids, float* __restrict__ weights) {
-  PdlBegin();
   RouterLogitsBlock<kRouterTopKMaxTokens>(x, w, tokens, a.experts, hidden, logits);
   __shared__ bool last;
   __threadfence();  // this block's logits, visible before its arrival is counted
@@ -736,13 +751,7 @@ struct MoeWorkspaceAccess {
   template <class T, class Mark>
   static cudaError_t RunGemv(const MoeLayerDevice& layer, const MoeShape& s, const __nv_bfloat16* x,
                              int64_t tokens, T* out, const T* addend, MoeWorkspace& w,
-                             cudaStream_t stream, Mark& mark) {
-    w.last_plan_ = MoePlan{tokens, MoeTileConfig{}, MoeTileConfig{}, true};
-    cudaError_t err = mark(0);
-    if (err != cudaSuccess) return err;
-    err = Route(layer, s, x, tokens, w.logits_, w.topk_ids_, w.topk_weights_, w.route_counter_,
-                stream);
-    if (err != cudaSuccess || (err = mark(1)) != cudaSuccess) return err;
+                             const MoeConfigTable& table, cudaStream_t stream, Mark& mark) {
     moe_internal::MoeGemvParams p;
     p.format = layer.format;
     p.tokens = tokens;
@@ -751,6 +760,15 @@ struct MoeWorkspaceAccess {
     p.inter = s.inter;
     p.ids = w.topk_ids_;
     p.weights = w.topk_weights_;
+    p.tiling = table.gemv_tiling();
+    p.multiprocessors = table.multiprocessors();
+    w.last_plan_ = MoePlan{tokens, MoeTileConfig{}, MoeTileConfig{}, true,
+                           moe_internal::MoeGemvResolveTiling(p)};
+    cudaError_t err = mark(0);
+    if (err != cudaSuccess) return err;
+    err = Route(layer, s, x, tokens, w.logits_, w.topk_ids_, w.topk_weights_, w.route_counter_,
+                stream);
+    if (err != cudaSuccess || (err = mark(1)) != cudaSuccess) return err;
     err = moe_internal::MoeGemvGateUp(p, x, layer.w13, layer.w13_scale, w.inter_, stream);
     if (err != cudaSuccess || (err = mark(2)) != cudaSuccess) return err;
     err = moe_internal::MoeGemvDown(p, w.inter_, layer.w2, layer.w2_scale, addend, out, stream);
@@ -780,7 +798,7 @@ struct MoeWorkspaceAccess {
     };
     if (forced_gate_up == nullptr && forced_down == nullptr &&
         moe_internal::MoeGemvServes(table, format, s.hidden, s.inter, tokens)) {
-      return RunGemv(layer, s, x, tokens, out, addend, w, stream, mark);
+      return RunGemv(layer, s, x, tokens, out, addend, w, table, stream, mark);
     }
 
     MoeScratchSizes scratch;
@@ -799,7 +817,7 @@ struct MoeWorkspaceAccess {
     const MoeTileConfig& down = launch->down;
     const int bm = gate_up.block_m;
     const int64_t mblocks = launch->mblocks;
-    w.last_plan_ = MoePlan{tokens, gate_up, down, false};
+    w.last_plan_ = MoePlan{tokens, gate_up, down, false, {}};
 
     cudaError_t err = mark(0);
     if (err != cudaSuccess) return err;

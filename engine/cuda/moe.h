@@ -95,6 +95,7 @@ struct MoePlan {
   MoeTileConfig down;
   // The expert GEMMs ran as GEMVs over the pairs (MoeConfigTable::gemv_max_tokens).
   bool gemv = false;
+  MoeGemvTiling gemv_tiling;  // the GEMV kernels' work split, resolved (GEMV path only)
 };
 
 // Device scratch for up to `max_tokens` tokens of one layer shape and format. Rows and row

@@ -12,6 +12,8 @@
 //   bench_moe [--shapes glm47-tp4,glm45-air] [--formats fp8-per-channel,bf16,fp8-block128]
 //             [--batches 1,8,64,256,1024] [--iters 20] [--tune] [--caps 0,101376]
 //             [--gemv-max-tokens N]   (batches up to N on the GEMV path; default: the table's)
+//             [--gemv-k-splits 0,1,2,4,8] [--gemv-down-outputs 0,4,8,16]
+//                 (the GEMV kernels' work split, every combination in turn; 0 = chosen per shape)
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
@@ -147,6 +149,7 @@ int Main(int argc, char** argv) {
   int iters = 20;
   bool tune = false;
   int gemv_max_tokens = -1;  // the table's default
+  std::vector<int> gemv_k_splits = {0}, gemv_down_outputs = {0};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -172,11 +175,16 @@ int Main(int argc, char** argv) {
       tune = true;
     } else if (a == "--gemv-max-tokens") {
       gemv_max_tokens = std::max(0, std::atoi(next().c_str()));
+    } else if (a == "--gemv-k-splits" || a == "--gemv-down-outputs") {
+      auto& list = a == "--gemv-k-splits" ? gemv_k_splits : gemv_down_outputs;
+      list.clear();
+      for (const auto& v : Split(next())) list.push_back(std::atoi(v.c_str()));
     } else {
       std::fprintf(stderr,
                    "usage: bench_moe [--shapes glm47-tp4,glm45-air] [--formats "
                    "fp8-per-channel,bf16,fp8-block128] [--batches 1,8,...] [--caps 0,101376] "
-                   "[--iters N] [--tune] [--gemv-max-tokens N]\n");
+                   "[--iters N] [--tune] [--gemv-max-tokens N] [--gemv-k-splits 0,1,2,4,8] "
+                   "[--gemv-down-outputs 0,4,8,16]\n");
       return 2;
     }
   }
@@ -256,20 +264,34 @@ int Main(int argc, char** argv) {
         }
         if (gemv_max_tokens >= 0) table->SetGemvMaxTokens(gemv_max_tokens);
         const std::string cap_name = cap > 0 ? std::to_string(cap) : "device";
-        for (size_t bi = 0; bi < batches.size(); ++bi) {
-          const int64_t b = batches[bi];
-          const Timing t = runner.Time(b, *table, nullptr, nullptr, iters);
-          const MoePlan plan = ws->last_plan();
-          const int64_t experts = DistinctExperts(*ws, b, s.top_k);
-          const double bytes = static_cast<double>(experts * layer.expert_bytes());
-          roof_us[bi] = bytes / copy_bw * 1e6;
-          mb_read[bi] = bytes / 1e6;
-          std::printf("%-7s %-6lld %10.1f %10.1f %9.1f %7.1f%%  %s | %s\n", cap_name.c_str(),
-                      static_cast<long long>(b), t.total_us, t.gemm_us, mb_read[bi],
-                      100.0 * roof_us[bi] / t.gemm_us,
-                      plan.gemv ? "GEMV" : plan.gate_up.ToString().c_str(),
-                      plan.gemv ? "GEMV" : plan.down.ToString().c_str());
+        for (const int k_splits : gemv_k_splits) {
+          for (const int down_outputs : gemv_down_outputs) {
+            const Status set = table->SetGemvTiling(MoeGemvTiling{k_splits, down_outputs});
+            if (!set.ok()) {
+              std::fprintf(stderr, "bench_moe: %s\n", set.ToString().c_str());
+              return 2;
+            }
+            for (size_t bi = 0; bi < batches.size(); ++bi) {
+              const int64_t b = batches[bi];
+              const Timing t = runner.Time(b, *table, nullptr, nullptr, iters);
+              const MoePlan plan = ws->last_plan();
+              const int64_t experts = DistinctExperts(*ws, b, s.top_k);
+              const double bytes = static_cast<double>(experts * layer.expert_bytes());
+              roof_us[bi] = bytes / copy_bw * 1e6;
+              mb_read[bi] = bytes / 1e6;
+              const std::string gemv = "GEMV k" + std::to_string(plan.gemv_tiling.gate_up_k_splits) +
+                                       " | GEMV d" +
+                                       std::to_string(plan.gemv_tiling.down_outputs);
+              std::printf("%-7s %-6lld %10.1f %10.1f %9.1f %7.1f%%  %s\n", cap_name.c_str(),
+                          static_cast<long long>(b), t.total_us, t.gemm_us, mb_read[bi],
+                          100.0 * roof_us[bi] / t.gemm_us,
+                          plan.gemv ? gemv.c_str()
+                                    : (plan.gate_up.ToString() + " | " + plan.down.ToString())
+                                          .c_str());
+            }
+          }
         }
+        (void)table->SetGemvTiling(MoeGemvTiling{});
         if (!tune) continue;
         // The autotuner (engine/cuda/moe_tuner.h) over the same buckets, then the serving path
         // with the tuned table.

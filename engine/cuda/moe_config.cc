@@ -342,6 +342,21 @@ Result<MoeLaunch> MoeConfigTable::PlanLaunch(MoeWeightFormat format, int experts
   return plan;
 }
 
+Status MoeConfigTable::SetGemvTiling(const MoeGemvTiling& tiling) {
+  const int k = tiling.gate_up_k_splits;
+  const int d = tiling.down_outputs;
+  if (k != 0 && k != 1 && k != 2 && k != 4 && k != 8) {
+    return InvalidArgument("MoE GEMV gate/up K splits " + std::to_string(k) +
+                                   " not supported: use 1, 2, 4 or 8 (0 = chosen per shape)");
+  }
+  if (d != 0 && d != 4 && d != 8 && d != 16) {
+    return InvalidArgument("MoE GEMV down outputs per block " + std::to_string(d) +
+                                   " not supported: use 4, 8 or 16 (0 = chosen per shape)");
+  }
+  gemv_tiling_ = tiling;
+  return Status::Ok();
+}
+
 Status MoeConfigTable::SetTuned(MoeWeightFormat format, MoeGemm gemm, int64_t pairs,
                                 const MoeTileConfig& config) {
   SPARK_RETURN_IF_ERROR(Check(format, config));

@@ -46,6 +46,12 @@ enum class MoeGemm : uint8_t {
 // the tiles at 8 (Air).
 constexpr int kMoeGemvMaxTokensDefault = 4;
 
+// Work split of the GEMV path's kernels (engine/cuda/moe_gemv.h); 0 = chosen per shape.
+struct MoeGemvTiling {
+  int gate_up_k_splits = 0;  // warps of a gate/up block that split H for one row group: 1, 2, 4, 8
+  int down_outputs = 0;      // hidden columns of one down block: 4, 8, 16
+};
+
 struct MoeTileConfig {
   int kernel = -1;        // index of the compiled variant (MoeKernelVariants())
   int block_m = 0;        // rows (token-expert pairs) per tile; also the permutation's padding
@@ -132,6 +138,10 @@ class MoeConfigTable {
   // Forwards with explicit tile configs (MoeForwardWithConfigs) always run the tiles.
   int gemv_max_tokens() const { return gemv_max_tokens_; }
   void SetGemvMaxTokens(int tokens) { gemv_max_tokens_ = tokens < 0 ? 0 : tokens; }
+  // The GEMV kernels' work split; InvalidArgument for a value outside those listed in
+  // MoeGemvTiling.
+  const MoeGemvTiling& gemv_tiling() const { return gemv_tiling_; }
+  Status SetGemvTiling(const MoeGemvTiling& tiling);
 
   // Whether `config` may be launched here (within the limit, valid for the format).
   Status Check(MoeWeightFormat format, const MoeTileConfig& config) const;
@@ -164,6 +174,7 @@ class MoeConfigTable {
   int64_t smem_limit_bytes_ = 0;
   int multiprocessors_ = 0;
   int gemv_max_tokens_ = kMoeGemvMaxTokensDefault;
+  MoeGemvTiling gemv_tiling_;
   std::vector<Tuned> tuned_;
 };
 

@@ -15,7 +15,6 @@ constexpr int kRowsPerWarp = 4;  // weight rows one warp streams together
 // Vectors per row and lane in flight (x kRowsPerWarp loads): two measured faster on an H100 than
 // four (twice the registers, half the resident blocks, longer compute phases without loads).
 constexpr int kVectorsInFlight = 2;
-constexpr int kDownOutputs = 16;  // outputs (hidden columns) of one down block
 
 constexpr bool IsFp8(MoeWeightFormat f) { return f != MoeWeightFormat::kBf16; }
 // Elements in one 16-byte weight vector.
@@ -55,48 +54,62 @@ __device__ __forceinline__ void ConsumeVector(const uint4 (&raw)[kRows],
   }
 }
 
-// Per-lane partial dot products of kRows weight rows (w[r], k_elems elements each) with x.
-// Lane l takes the vectors l, l + 32, ...; kUnroll of them per row are loaded before any is
-// used (kRows x kUnroll 16-byte loads in flight per lane), out-of-range ones predicated off, so
-// short rows (the down GEMM's K = Im) are one round trip.
-template <MoeWeightFormat F, int kRows, int kUnroll>
+// Per-lane partial dot products of kRows weight rows (w[r]) with x over the elements
+// [k_begin, k_end) (k_begin a multiple of the vector width). Lane l takes the vectors l, l + 32,
+// ... of the range; each round loads kUnroll of them per row before any is used (kRows x kUnroll
+// 16-byte loads in flight per lane), out-of-range ones predicated off, so a short range is one
+// round trip. The round loop is warp-uniform: `before_use` runs once in every lane, after the
+// first round's loads are issued and before x is read.
+template <MoeWeightFormat F, int kRows, int kUnroll, class BeforeUse>
 __device__ __forceinline__ void DotRows(const uint4* const (&w)[kRows],
                                         const float* const (&srow)[kRows],
-                                        const __nv_bfloat16* __restrict__ x, int k_elems,
-                                        float (&acc)[kRows]) {
+                                        const __nv_bfloat16* __restrict__ x, int k_begin,
+                                        int k_end, float (&acc)[kRows], BeforeUse&& before_use) {
   constexpr int kE = VecElems(F);
   constexpr int kStride = 32 * kE;
   const int lane = threadIdx.x & 31;
-  for (int kk = lane * kE; kk < k_elems; kk += kUnroll * kStride) {
+  bool first = true;
+  for (int round = k_begin; round < k_end; round += kUnroll * kStride) {
+    const int base = round + lane * kE;
     uint4 raw[kUnroll][kRows];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int k = kk + u * kStride;
-      if (k < k_elems) {
+      const int k = base + u * kStride;
+      if (k < k_end) {
 #pragma unroll
         for (int r = 0; r < kRows; ++r) raw[u][r] = __ldg(w[r] + k / kE);
       }
     }
+    if (first) {
+      before_use();
+      first = false;
+    }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int k = kk + u * kStride;
-      if (k < k_elems) ConsumeVector<F, kRows>(raw[u], srow, x, k, acc);
+      const int k = base + u * kStride;
+      if (k < k_end) ConsumeVector<F, kRows>(raw[u], srow, x, k, acc);
     }
   }
 }
 
-// grid (ceil(Im / (2 * kWarps)), pairs): each warp the rows (gate_i, up_i, gate_i+1, up_i+1).
+// grid (ceil(Im / (2 * kWarps / k_splits)), pairs): the warps of a block form kWarps / k_splits
+// row groups, each the rows (gate_i, up_i, gate_i+1, up_i+1), and the k_splits warps of a group
+// take consecutive k_chunk-element ranges of H; their sums meet in shared memory (split order).
 template <MoeWeightFormat F>
 __global__ void __launch_bounds__(kWarps * 32)
-    GateUpKernel(MoeGemvParams p, const __nv_bfloat16* __restrict__ x,
+    GateUpKernel(MoeGemvParams p, int k_splits, int k_chunk, const __nv_bfloat16* __restrict__ x,
                  const uint8_t* __restrict__ w13, const float* __restrict__ scale,
                  __nv_bfloat16* __restrict__ inter) {
+  __shared__ float part[kWarps][kRowsPerWarp];
   PdlBegin();
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
+  const int groups = kWarps / k_splits;
+  const int group = warp % groups;
+  const int split = warp / groups;
   const int64_t pair = blockIdx.y;
-  const int i0 = (static_cast<int>(blockIdx.x) * kWarps + warp) * 2;
-  if (i0 >= p.inter) return;
+  const int i0 = (static_cast<int>(blockIdx.x) * groups + group) * 2;
+  const bool active = i0 < p.inter;
   const int64_t e = p.ids[pair];
   const int64_t token = pair / p.pairs_per_token;
   const int64_t rows = 2 * int64_t{p.inter};
@@ -117,13 +130,33 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
   }
   float acc[kRowsPerWarp] = {};
-  DotRows<F, kRowsPerWarp, kVectorsInFlight>(w, srow, x + token * p.hidden, p.hidden, acc);
+  const int k_begin = split * k_chunk;
+  const int k_end = min(p.hidden, k_begin + k_chunk);
+  if (active) {
+    DotRows<F, kRowsPerWarp, kVectorsInFlight>(w, srow, x + token * p.hidden, k_begin, k_end, acc,
+                                               [] {});
+  }
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) acc[r] = WarpSum(acc[r]);
+  if (k_splits > 1) {
+    if (lane == 0) {
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r) part[warp][r] = acc[r];
+    }
+    __syncthreads();
+    if (split != 0) return;
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      float sum = 0.f;
+      for (int sp = 0; sp < k_splits; ++sp) sum += part[group + sp * groups][r];
+      acc[r] = sum;
+    }
+  }
+  if (!active || lane != 0) return;
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
-    acc[r] = WarpSum(acc[r]);
     if constexpr (F == MoeWeightFormat::kFp8PerChannel) acc[r] *= __ldg(srow[r]);
   }
-  if (lane != 0) return;
 #pragma unroll
   for (int q = 0; q < 2; ++q) {
     const int i = i0 + q;
@@ -139,27 +172,39 @@ __device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162fl
 __device__ __forceinline__ void Store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void Store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
 
-// grid (ceil(H / kDownOutputs), tokens): a block's warps take (pair, 4 outputs) items; each
-// pair's weighted outputs go to shared memory and are summed over the pairs in order.
-template <MoeWeightFormat F, class T>
+constexpr int kMaxDownOutputs = 16;
+
+// grid (ceil(H / outputs), tokens): a block's warps take (pair, 4 outputs) items; each pair's
+// weighted outputs go to shared memory and are summed over the pairs in order. kUnroll vectors
+// per row and lane cover Im in one round where kUnroll * 32 vectors reach it.
+// The expert ids come from the router, which completed before the gate/up kernel got past its
+// own wait: each warp issues its first weight loads before waiting for gate/up (programmatic
+// launch), reading the ids through L2 (never a stale L1 line of an earlier layer).
+template <MoeWeightFormat F, int kUnroll, class T>
 __global__ void __launch_bounds__(kWarps * 32)
-    DownKernel(MoeGemvParams p, const __nv_bfloat16* __restrict__ inter,
+    DownKernel(MoeGemvParams p, int outputs, const __nv_bfloat16* __restrict__ inter,
                const uint8_t* __restrict__ w2, const float* __restrict__ scale,
                const T* __restrict__ addend, T* __restrict__ out) {
-  __shared__ float part[kMoeMaxPairsPerToken][kDownOutputs];
-  PdlBegin();
+  __shared__ float part[kMoeMaxPairsPerToken][kMaxDownOutputs];
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
   const int64_t t = blockIdx.y;
-  const int n_base = static_cast<int>(blockIdx.x) * kDownOutputs;
+  const int n_base = static_cast<int>(blockIdx.x) * outputs;
   const int pairs = p.pairs_per_token;
-  constexpr int kQuads = kDownOutputs / kRowsPerWarp;
+  const int quads = outputs / kRowsPerWarp;
   const int kb_i = p.inter / 128;
-  for (int item = warp; item < kQuads * pairs; item += kWarps) {
-    const int j = item / kQuads;
-    const int n0 = n_base + (item % kQuads) * kRowsPerWarp;
+  bool waited = false;
+  auto wait_once = [&waited] {
+    if (!waited) {
+      PdlBegin();
+      waited = true;
+    }
+  };
+  for (int item = warp; item < quads * pairs; item += kWarps) {
+    const int j = item / quads;
+    const int n0 = n_base + (item % quads) * kRowsPerWarp;
     const int64_t pair = t * pairs + j;
-    const int64_t e = p.ids[pair];
+    const int64_t e = __ldcg(p.ids + pair);
     const uint4* w[kRowsPerWarp];
     const float* srow[kRowsPerWarp];
 #pragma unroll
@@ -175,7 +220,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       }
     }
     float acc[kRowsPerWarp] = {};
-    DotRows<F, kRowsPerWarp, kVectorsInFlight>(w, srow, inter + pair * p.inter, p.inter, acc);
+    DotRows<F, kRowsPerWarp, kUnroll>(w, srow, inter + pair * p.inter, 0, p.inter, acc, wait_once);
     const float weight = p.weights[pair];
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
@@ -184,8 +229,9 @@ __global__ void __launch_bounds__(kWarps * 32)
       if (lane == 0) part[j][n0 - n_base + r] = v * weight;
     }
   }
+  wait_once();  // warps without an item
   __syncthreads();
-  if (threadIdx.x >= kDownOutputs) return;
+  if (static_cast<int>(threadIdx.x) >= outputs) return;
   const int n = n_base + static_cast<int>(threadIdx.x);
   if (n >= p.hidden) return;
   float s = 0.f;
@@ -195,9 +241,26 @@ __global__ void __launch_bounds__(kWarps * 32)
 }
 
 bool Valid(const MoeGemvParams& p) {
+  const int k = p.tiling.gate_up_k_splits;
+  const int d = p.tiling.down_outputs;
+  if ((k != 0 && k != 1 && k != 2 && k != 4 && k != 8) || (d != 0 && d != 4 && d != 8 && d != 16))
+    return false;
   return p.tokens > 0 && p.pairs_per_token > 0 && p.pairs_per_token <= kMoeMaxPairsPerToken &&
          MoeGemvSupports(p.format, p.hidden, p.inter) && p.tokens <= 65535 &&
          p.tokens * p.pairs_per_token <= 65535;
+}
+
+// Vectors per row and lane of the down kernel's rounds: Im in one round up to 96 vectors.
+template <MoeWeightFormat F, class T, class Launch>
+void WithDownUnroll(int inter, Launch&& launch) {
+  const int vectors = inter / VecElems(F);
+  if (vectors <= 32) {
+    launch(DownKernel<F, 1, T>);
+  } else if (vectors <= 64) {
+    launch(DownKernel<F, 2, T>);
+  } else {
+    launch(DownKernel<F, 3, T>);
+  }
 }
 
 template <class T>
@@ -205,21 +268,22 @@ cudaError_t LaunchDown(const MoeGemvParams& p, const __nv_bfloat16* inter, const
                        const float* w2_scale, const T* addend, T* out, cudaStream_t stream) {
   if (p.tokens == 0) return cudaSuccess;
   if (!Valid(p)) return cudaErrorInvalidValue;
-  const dim3 grid(static_cast<unsigned>((p.hidden + kDownOutputs - 1) / kDownOutputs),
+  const int outputs = MoeGemvResolveTiling(p).down_outputs;
+  const dim3 grid(static_cast<unsigned>((p.hidden + outputs - 1) / outputs),
                   static_cast<unsigned>(p.tokens));
   const auto* w = static_cast<const uint8_t*>(w2);
+  auto launch = [&](auto kernel) {
+    LaunchKernel(kernel, grid, kWarps * 32, 0, stream, p, outputs, inter, w, w2_scale, addend, out);
+  };
   switch (p.format) {
     case MoeWeightFormat::kBf16:
-      LaunchKernel(DownKernel<MoeWeightFormat::kBf16, T>, grid, kWarps * 32, 0, stream, p, inter, w,
-                   w2_scale, addend, out);
+      WithDownUnroll<MoeWeightFormat::kBf16, T>(p.inter, launch);
       break;
     case MoeWeightFormat::kFp8PerChannel:
-      LaunchKernel(DownKernel<MoeWeightFormat::kFp8PerChannel, T>, grid, kWarps * 32, 0, stream, p,
-                   inter, w, w2_scale, addend, out);
+      WithDownUnroll<MoeWeightFormat::kFp8PerChannel, T>(p.inter, launch);
       break;
     case MoeWeightFormat::kFp8Block:
-      LaunchKernel(DownKernel<MoeWeightFormat::kFp8Block, T>, grid, kWarps * 32, 0, stream, p,
-                   inter, w, w2_scale, addend, out);
+      WithDownUnroll<MoeWeightFormat::kFp8Block, T>(p.inter, launch);
       break;
   }
   return cudaGetLastError();
@@ -238,26 +302,45 @@ bool MoeGemvServes(const MoeConfigTable& table, MoeWeightFormat format, int hidd
   return tokens <= table.gemv_max_tokens() && MoeGemvSupports(format, hidden, inter);
 }
 
+MoeGemvTiling MoeGemvResolveTiling(const MoeGemvParams& p) {
+  MoeGemvTiling t = p.tiling;
+  const int64_t sms = std::max(1, p.multiprocessors);
+  if (t.gate_up_k_splits <= 0) {
+    // Split H until the grid holds about two waves of resident warps, keeping at least 512
+    // elements per warp.
+    const int64_t warps = p.tokens * p.pairs_per_token * ((p.inter + 1) / 2);
+    int k = 1;
+    while (k < kWarps && warps * k < 64 * sms && p.hidden / (2 * k) >= 512) k *= 2;
+    t.gate_up_k_splits = k;
+  }
+  if (t.down_outputs <= 0) t.down_outputs = 8;
+  return t;
+}
+
 cudaError_t MoeGemvGateUp(const MoeGemvParams& p, const __nv_bfloat16* x, const void* w13,
                           const float* w13_scale, __nv_bfloat16* inter, cudaStream_t stream) {
   if (p.tokens == 0) return cudaSuccess;
   if (!Valid(p)) return cudaErrorInvalidValue;
-  const int per_block = 2 * kWarps;
+  const int k_splits = MoeGemvResolveTiling(p).gate_up_k_splits;
+  const int elems = VecElems(p.format);
+  const int k_chunk = (p.hidden + k_splits * elems - 1) / (k_splits * elems) * elems;
+  const int per_block = 2 * (kWarps / k_splits);
   const dim3 grid(static_cast<unsigned>((p.inter + per_block - 1) / per_block),
                   static_cast<unsigned>(p.tokens * p.pairs_per_token));
   const auto* w = static_cast<const uint8_t*>(w13);
+  auto launch = [&](auto kernel) {
+    LaunchKernel(kernel, grid, kWarps * 32, 0, stream, p, k_splits, k_chunk, x, w, w13_scale,
+                 inter);
+  };
   switch (p.format) {
     case MoeWeightFormat::kBf16:
-      LaunchKernel(GateUpKernel<MoeWeightFormat::kBf16>, grid, kWarps * 32, 0, stream, p, x, w,
-                   w13_scale, inter);
+      launch(GateUpKernel<MoeWeightFormat::kBf16>);
       break;
     case MoeWeightFormat::kFp8PerChannel:
-      LaunchKernel(GateUpKernel<MoeWeightFormat::kFp8PerChannel>, grid, kWarps * 32, 0, stream, p,
-                   x, w, w13_scale, inter);
+      launch(GateUpKernel<MoeWeightFormat::kFp8PerChannel>);
       break;
     case MoeWeightFormat::kFp8Block:
-      LaunchKernel(GateUpKernel<MoeWeightFormat::kFp8Block>, grid, kWarps * 32, 0, stream, p, x, w,
-                   w13_scale, inter);
+      launch(GateUpKernel<MoeWeightFormat::kFp8Block>);
       break;
   }
   return cudaGetLastError();

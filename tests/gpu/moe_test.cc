@@ -360,16 +360,21 @@ TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
     if (rows.back() != tokens - 1) rows.push_back(tokens - 1);
     const MoeReference ref = ComputeMoeReference(f->config, f->layer, c.format, x, rows, Pool());
     // Each shared-memory limit with the table's GEMV threshold, then both paths forced: tiles
-    // only (threshold 0) and GEMVs at every token count.
+    // only (threshold 0) and GEMVs at every token count, with the per-shape work split and each
+    // gate/up K split and down block width.
     struct Setting {
       int64_t cap;
       int gemv_max_tokens;
+      MoeGemvTiling tiling;
     };
     for (const Setting& setting :
-         {Setting{0, -1}, Setting{kGb10SmemBytes, -1}, Setting{0, 0}, Setting{0, 1 << 20}}) {
+         {Setting{0, -1, {}}, Setting{kGb10SmemBytes, -1, {}}, Setting{0, 0, {}},
+          Setting{0, 1 << 20, {}}, Setting{0, 1 << 20, {1, 16}}, Setting{0, 1 << 20, {2, 4}},
+          Setting{0, 1 << 20, {4, 8}}, Setting{0, 1 << 20, {8, 4}}}) {
       auto table = MoeConfigTable::Create(Device(), setting.cap);
       ASSERT_TRUE(table.ok()) << table.status().ToString();
       if (setting.gemv_max_tokens >= 0) table->SetGemvMaxTokens(setting.gemv_max_tokens);
+      ASSERT_TRUE(table->SetGemvTiling(setting.tiling).ok());
       const RunResult r = RunGpu(*f, x, tokens, *table, *ws);
       const Errors e = Compare(*f, r, ref, rows);
       std::printf(
@@ -377,10 +382,16 @@ TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
           "mismatches %d/%zu\n",
           c.shape.name, MoeWeightFormatName(c.format), static_cast<long long>(tokens),
           static_cast<long long>(setting.cap), table->gemv_max_tokens(),
-          r.plan.gemv ? "GEMV"
+          r.plan.gemv ? ("GEMV k" + std::to_string(r.plan.gemv_tiling.gate_up_k_splits) + " d" +
+                         std::to_string(r.plan.gemv_tiling.down_outputs))
+                            .c_str()
                       : (r.plan.gate_up.ToString() + " | " + r.plan.down.ToString()).c_str(),
           e.mirror, e.plain, e.route_mismatches, rows.size());
       EXPECT_EQ(r.plan.gemv, tokens <= table->gemv_max_tokens());
+      if (r.plan.gemv && setting.tiling.gate_up_k_splits > 0) {
+        EXPECT_EQ(r.plan.gemv_tiling.gate_up_k_splits, setting.tiling.gate_up_k_splits);
+        EXPECT_EQ(r.plan.gemv_tiling.down_outputs, setting.tiling.down_outputs);
+      }
       EXPECT_LE(r.plan.gate_up.SmemBytes(), table->smem_limit_bytes());
       EXPECT_LE(r.plan.down.SmemBytes(), table->smem_limit_bytes());
       if (setting.cap > 0) {

@@ -191,6 +191,29 @@ TEST(MoeConfigTest, PlansTheWorkspaceCannotHoldOrInvalidConfigsFailClearly) {
   EXPECT_EQ(plan->gate_up.split_k, 8);
 }
 
+TEST(MoeConfigTest, GemvTilingAcceptsTheCompiledSplitsOnly) {
+  Result<MoeConfigTable> table = MoeConfigTable::ForLimit(kHopperSmemBytes, 132);
+  ASSERT_TRUE(table.ok());
+  EXPECT_EQ(table->gemv_tiling().gate_up_k_splits, 0);
+  EXPECT_EQ(table->gemv_tiling().down_outputs, 0);
+  for (const int k : {0, 1, 2, 4, 8}) {
+    for (const int d : {0, 4, 8, 16}) {
+      EXPECT_TRUE(table->SetGemvTiling(MoeGemvTiling{k, d}).ok()) << k << " " << d;
+      EXPECT_EQ(table->gemv_tiling().gate_up_k_splits, k);
+      EXPECT_EQ(table->gemv_tiling().down_outputs, d);
+    }
+  }
+  const Status bad_k = table->SetGemvTiling(MoeGemvTiling{3, 8});
+  EXPECT_EQ(bad_k.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad_k.message().find("use 1, 2, 4 or 8"), std::string::npos) << bad_k.message();
+  const Status bad_d = table->SetGemvTiling(MoeGemvTiling{2, 32});
+  EXPECT_EQ(bad_d.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad_d.message().find("use 4, 8 or 16"), std::string::npos) << bad_d.message();
+  // A rejected tiling leaves the previous one in place.
+  EXPECT_EQ(table->gemv_tiling().gate_up_k_splits, 8);
+  EXPECT_EQ(table->gemv_tiling().down_outputs, 16);
+}
+
 TEST(MoeConfigTest, TableWithoutRoomForAnyConfigIsRejected) {
   EXPECT_EQ(MoeConfigTable::ForLimit(0, 132).status().code(), StatusCode::kInvalidArgument);
   Result<MoeConfigTable> tiny = MoeConfigTable::ForLimit(16 * 1024, 132);

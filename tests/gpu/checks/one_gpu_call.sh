@@ -54,6 +54,11 @@ PY
 export -f model_cuda
 step model_cuda 30 bash -c model_cuda
 step moe_air 60 $B/bin/gpu_moe_test --gtest_filter='MoeRouterTest.*:MoePackTest.*:MoeForwardMiscTest.*:Shapes/MoeForwardTest.*glm45air*'
+# The GEMV path's work split: every gate/up K split and down block width at 1, 2, 4 and 8
+# tokens (k0/d0: chosen per shape), both FP8 formats' per-channel layout.
+step moe_gemv_sweep 90 $B/bin/bench_moe --formats fp8-per-channel --caps 0 --batches 1,2,4,8 \
+  --gemv-max-tokens 8 --gemv-k-splits 0,1,2,4,8 --gemv-down-outputs 0,4,8,16 --iters 30
+grep -vE '^device:|^$' "$OUT/moe_gemv_sweep.log" >>$S
 # The whole MoE suite (every shape and format, tiles and the GEMV path) and the tuner.
 step moe_all 240 $B/bin/gpu_moe_test
 step moe_tuner 120 $B/bin/gpu_moe_tuner_test
