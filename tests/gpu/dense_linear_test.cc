@@ -243,5 +243,71 @@ TEST(DenseLinearTest, DecodeTimingsGemvVersusCublasLt) {
   }
 }
 
+// The one-row FP8 GEMV (decode at batch 1) at every K split from 1 to 8, with and without the
+// in-kernel split reduction: every split gives split 1's result up to fp32 summation order, and
+// its time is printed next to the split GemvKSplits picks. Four copies of the weights are cycled
+// so that the timed reads come from HBM, not from the L2 cache.
+TEST(DenseLinearTest, OneRowFp8GemvEveryKSplit) {
+  if (Quick()) GTEST_SKIP() << "timings skipped in quick mode";
+  Result<DeviceInfo> dev = QueryDevice(0);
+  ASSERT_TRUE(dev.ok());
+  const Shape shapes[] = {{"air_qkv_tp1", 14336, 4096},
+                          {"air_o_tp1", 4096, 12288},
+                          {"glm47_qkv_tp4", 3584, 5120},
+                          {"glm47_o_tp4", 5120, 3072}};
+  constexpr int kCopies = 4;
+  constexpr int kMaxSplits = 8;
+  for (const Shape& s : shapes) {
+    const LinearWeight w = MakeWeight(s.out, s.in, Fmt::kFp8Channel, 11);
+    std::vector<Uploaded> copies;
+    for (int c = 0; c < kCopies; ++c) copies.push_back(Upload(w));
+    std::vector<__nv_bfloat16> hx(static_cast<size_t>(s.in));
+    std::mt19937 rng(5);
+    std::uniform_real_distribution<float> dist(-2.f, 2.f);
+    for (auto& v : hx) v = __float2bfloat16(dist(rng));
+    DeviceBuffer<__nv_bfloat16> dx(hx);
+    DeviceBuffer<float> dy(s.out), partial(kMaxSplits * s.out);
+    DeviceBuffer<int32_t> counters(std::vector<int32_t>(8192, 0));
+    std::vector<float> first;
+    const int picked = GemvKSplits(copies[0].view, dev->multiprocessors, 1);
+    for (int splits = 1; splits <= kMaxSplits; ++splits) {
+      for (const bool in_kernel : {true, false}) {
+        if (splits == 1 && !in_kernel) continue;
+        auto run = [&](int c) {
+          return Gemv(copies[c].view, dx.get(), 1, nullptr, splits, partial.get(), dy.get(),
+                      nullptr, in_kernel ? counters.get() : nullptr, in_kernel ? 8192 : 0);
+        };
+        ASSERT_EQ(run(0), cudaSuccess);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        const std::vector<float> y = dy.Download();
+        if (first.empty()) first = y;
+        float scale = 0.f, diff = 0.f;
+        for (size_t i = 0; i < y.size(); ++i) {
+          scale = std::max(scale, std::fabs(first[i]));
+          diff = std::max(diff, std::fabs(y[i] - first[i]));
+        }
+        EXPECT_LE(diff, 1e-5f * scale) << s.name << " splits " << splits;
+        cudaEvent_t a, b;
+        cudaEventCreate(&a);
+        cudaEventCreate(&b);
+        const int iters = 64;
+        cudaEventRecord(a);
+        for (int i = 0; i < iters; ++i) ASSERT_EQ(run(i % kCopies), cudaSuccess);
+        cudaEventRecord(b);
+        cudaEventSynchronize(b);
+        float ms = 0;
+        cudaEventElapsedTime(&ms, a, b);
+        cudaEventDestroy(a);
+        cudaEventDestroy(b);
+        const double us = ms * 1000.0 / iters;
+        std::printf("[gemv-splits] %-14s splits %d %-12s %8.2f us %7.0f GB/s%s\n", s.name, splits,
+                    in_kernel ? "in-kernel" : "reduce-kernel", us,
+                    static_cast<double>(w.data.size()) / (us * 1e3),
+                    splits == picked && in_kernel ? "  <- GemvKSplits" : "");
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace spark::cuda

@@ -59,6 +59,9 @@ step moe_air 60 $B/bin/gpu_moe_test --gtest_filter='MoeRouterTest.*:MoePackTest.
 step moe_gemv_sweep 90 $B/bin/bench_moe --formats fp8-per-channel --caps 0 --batches 1,2,4,8 \
   --gemv-max-tokens 8 --gemv-k-splits 0,1,2,4,8 --gemv-down-outputs 0,4,8,16 --iters 30
 grep -vE '^device:|^$' "$OUT/moe_gemv_sweep.log" >>$S
+# The dense one-row FP8 GEMV (batch-1 qkv / o) at every K split.
+step gemv_splits 60 $B/bin/gpu_kernels_test --gtest_filter='*EveryKSplit*'
+grep -E '^\[gemv-splits' "$OUT/gemv_splits.log" >>$S
 # The whole MoE suite (every shape and format, tiles and the GEMV path) and the tuner.
 step moe_all 240 $B/bin/gpu_moe_test
 step moe_tuner 120 $B/bin/gpu_moe_tuner_test
