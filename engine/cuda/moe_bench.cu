@@ -6,7 +6,9 @@
 // (distinct routed experts x their weight and scale bytes), and the ratio of the roofline time
 // (bytes / peak copy bandwidth measured in the same run) to the GEMM time. With --tune it also
 // runs the autotuner (engine/cuda/moe_tuner.h) over the batches and reports, through the serving
-// path with the tuned table, the GEMM time of the tuned configs and the tuning time. Random weights
+// path with the tuned table, the GEMM time of the tuned configs and the tuning time. graph_us is
+// the whole forward (router included) replayed from a CUDA graph with programmatic launch, as a
+// decode step runs it (no events between the kernels). Random weights
 // are generated on the GPU; the L2 cache is flushed before every timed run.
 //
 //   bench_moe [--shapes glm47-tp4,glm45-air] [--formats fp8-per-channel,bf16,fp8-block128]
@@ -30,6 +32,7 @@
 #include "engine/cuda/device_info.h"
 #include "engine/cuda/moe.h"
 #include "engine/cuda/moe_tuner.h"
+#include "engine/cuda/programmatic_launch.h"
 
 namespace spark::cuda {
 namespace {
@@ -132,6 +135,45 @@ struct Runner {
     t.total_us /= iters;
     t.gemm_us /= iters;
     return t;
+  }
+
+  // Mean time of the whole forward (router and both GEMMs) as a decode step runs it: captured in
+  // a CUDA graph with programmatic launch, no events between the kernels, each replay after an
+  // L2 flush.
+  double GraphUs(int64_t tokens, const MoeConfigTable& table, int iters) {
+    (void)ws.SetPhaseTiming(false);
+    cudaStream_t stream;
+    Check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    {
+      ProgrammaticLaunchScope pdl(true);
+      Check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "capture");
+      Check(MoeForward(layer.view(), x, tokens, out, nullptr, ws, table, stream), "MoeForward");
+      Check(cudaStreamEndCapture(stream, &graph), "end capture");
+    }
+    Check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+    cudaEvent_t a, b;
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    double sum_us = 0;
+    for (int i = 0; i < iters + 1; ++i) {
+      Check(cudaMemsetAsync(flush, i, flush_bytes, stream), "flush");
+      cudaEventRecord(a, stream);
+      Check(cudaGraphLaunch(exec, stream), "graph launch");
+      cudaEventRecord(b, stream);
+      Check(cudaEventSynchronize(b), "graph run");
+      float ms = 0;
+      cudaEventElapsedTime(&ms, a, b);
+      if (i > 0) sum_us += 1e3 * ms;
+    }
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    cudaStreamDestroy(stream);
+    (void)ws.SetPhaseTiming(true);
+    return sum_us / iters;
   }
 };
 
@@ -254,8 +296,8 @@ int Main(int argc, char** argv) {
       Runner runner{layer, *ws, x, out, flush, flush_bytes, inputs, max_tokens};
       std::vector<double> roof_us(batches.size(), 0.0), mb_read(batches.size(), 0.0);
       std::printf("\n%s, %s weights\n", s.name.c_str(), fname.c_str());
-      std::printf("%-7s %-6s %10s %10s %9s %8s  %s\n", "smem", "batch", "total_us", "gemms_us",
-                  "MB_read", "roofl%", "configs (gate_up | down)");
+      std::printf("%-7s %-6s %10s %10s %9s %8s %9s  %s\n", "smem", "batch", "total_us", "gemms_us",
+                  "MB_read", "roofl%", "graph_us", "configs (gate_up | down)");
       for (int64_t cap : caps) {
         auto table = MoeConfigTable::Create(*dev, cap);
         if (!table.ok()) {
@@ -282,9 +324,10 @@ int Main(int argc, char** argv) {
               const std::string gemv = "GEMV k" + std::to_string(plan.gemv_tiling.gate_up_k_splits) +
                                        " | GEMV d" +
                                        std::to_string(plan.gemv_tiling.down_outputs);
-              std::printf("%-7s %-6lld %10.1f %10.1f %9.1f %7.1f%%  %s\n", cap_name.c_str(),
+              const double graph_us = runner.GraphUs(b, *table, iters);
+              std::printf("%-7s %-6lld %10.1f %10.1f %9.1f %7.1f%% %9.1f  %s\n", cap_name.c_str(),
                           static_cast<long long>(b), t.total_us, t.gemm_us, mb_read[bi],
-                          100.0 * roof_us[bi] / t.gemm_us,
+                          100.0 * roof_us[bi] / t.gemm_us, graph_us,
                           plan.gemv ? gemv.c_str()
                                     : (plan.gate_up.ToString() + " | " + plan.down.ToString())
                                           .c_str());
