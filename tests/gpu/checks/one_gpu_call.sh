@@ -83,6 +83,14 @@ step ncu 90 ncu --cache-control none --clock-control none --metrics gpu__time_du
   --print-summary per-kernel $B/bin/spark-bench \
   engine --config glm-4.5-air --load-format dummy --backend cuda --layers 2 --batch-sizes 1 \
   --input-len 16 --output-len 8 --no-cuda-graphs
+# Why the batch-1 GEMVs stop short of the bandwidth: throughput and warp stall reasons of the MoE
+# gate/up and down GEMVs (GLM-4.5-Air shapes) and the dense one-row FP8 GEMV.
+step ncu_gemv 120 ncu --cache-control all --clock-control none \
+  -k 'regex:GateUpKernel|DownKernel|GemvFp8OneRow' -c 12 \
+  --section SpeedOfLight --section WarpStateStats --section Occupancy --section LaunchStats \
+  $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy --backend cuda --layers 2 \
+  --batch-sizes 1 --input-len 16 --output-len 4 --no-cuda-graphs
+grep -E '^  [A-Za-z].*(Kernel|Gemv)|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Achieved Occupancy|Theoretical Occupancy|Registers Per|Waves Per SM|Stall|cycles being stalled|Block Limit' "$OUT/ncu_gemv.log" | head -120 >>$S
 # spark-bench as above with MoE tile configs tuned first (buckets up to 256 tokens), with the
 # tuning time.
 step bench_tuned 240 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
