@@ -51,7 +51,8 @@ __device__ __forceinline__ void RouterLogitsBlock(const __nv_bfloat16* __restric
   float4 held[kHeld];
 #pragma unroll
   for (int j = 0; j < kHeld; ++j) {
-    if (h0 + j * kStride < hidden) held[j] = __ldg(reinterpret_cast<const float4*>(wr + h0 + j * kStride));
+    if (h0 + j * kStride < hidden)
+      held[j] = __ldg(reinterpret_cast<const float4*>(wr + h0 + j * kStride));
   }
   PdlBegin();
   auto add = [&](const float4& wv, int h) {

@@ -321,16 +321,16 @@ int Main(int argc, char** argv) {
               const double bytes = static_cast<double>(experts * layer.expert_bytes());
               roof_us[bi] = bytes / copy_bw * 1e6;
               mb_read[bi] = bytes / 1e6;
-              const std::string gemv = "GEMV k" + std::to_string(plan.gemv_tiling.gate_up_k_splits) +
-                                       " | GEMV d" +
-                                       std::to_string(plan.gemv_tiling.down_outputs);
+              const std::string gemv = "GEMV k" +
+                                       std::to_string(plan.gemv_tiling.gate_up_k_splits) +
+                                       " | GEMV d" + std::to_string(plan.gemv_tiling.down_outputs);
               const double graph_us = runner.GraphUs(b, *table, iters);
               std::printf("%-7s %-6lld %10.1f %10.1f %9.1f %7.1f%% %9.1f  %s\n", cap_name.c_str(),
                           static_cast<long long>(b), t.total_us, t.gemm_us, mb_read[bi],
                           100.0 * roof_us[bi] / t.gemm_us, graph_us,
-                          plan.gemv ? gemv.c_str()
-                                    : (plan.gate_up.ToString() + " | " + plan.down.ToString())
-                                          .c_str());
+                          plan.gemv
+                              ? gemv.c_str()
+                              : (plan.gate_up.ToString() + " | " + plan.down.ToString()).c_str());
             }
           }
         }

@@ -347,11 +347,11 @@ Status MoeConfigTable::SetGemvTiling(const MoeGemvTiling& tiling) {
   const int d = tiling.down_outputs;
   if (k != 0 && k != 1 && k != 2 && k != 4 && k != 8) {
     return InvalidArgument("MoE GEMV gate/up K splits " + std::to_string(k) +
-                                   " not supported: use 1, 2, 4 or 8 (0 = chosen per shape)");
+                           " not supported: use 1, 2, 4 or 8 (0 = chosen per shape)");
   }
   if (d != 0 && d != 4 && d != 8 && d != 16) {
     return InvalidArgument("MoE GEMV down outputs per block " + std::to_string(d) +
-                                   " not supported: use 4, 8 or 16 (0 = chosen per shape)");
+                           " not supported: use 4, 8 or 16 (0 = chosen per shape)");
   }
   gemv_tiling_ = tiling;
   return Status::Ok();

@@ -63,8 +63,8 @@ __device__ __forceinline__ void ConsumeVector(const uint4 (&raw)[kRows],
 template <MoeWeightFormat F, int kRows, int kUnroll, class BeforeUse>
 __device__ __forceinline__ void DotRows(const uint4* const (&w)[kRows],
                                         const float* const (&srow)[kRows],
-                                        const __nv_bfloat16* __restrict__ x, int k_begin,
-                                        int k_end, float (&acc)[kRows], BeforeUse&& before_use) {
+                                        const __nv_bfloat16* __restrict__ x, int k_begin, int k_end,
+                                        float (&acc)[kRows], BeforeUse&& before_use) {
   constexpr int kE = VecElems(F);
   constexpr int kStride = 32 * kE;
   const int lane = threadIdx.x & 31;

@@ -13,7 +13,8 @@
 // scheduled. A kernel therefore starts only after its predecessor got past its own wait: what the
 // kernels two or more launches back wrote is complete when it starts, and may be read before the
 // wait through L2 (ld.global.cg, never a possibly stale L1 line); the MoE down GEMV reads the
-// router's expert ids that way to start streaming the experts' weights. Both are no-ops when the kernel was launched without PDL and before sm_90.
+// router's expert ids that way to start streaming the experts' weights. Both are no-ops when the
+// kernel was launched without PDL and before sm_90.
 //
 // Whether LaunchKernel uses PDL is a per-thread setting (a backend's forward runs on its rank's
 // thread): ProgrammaticLaunchScope turns it on or off for a scope; the default is off.
