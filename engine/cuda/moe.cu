@@ -762,7 +762,6 @@ struct MoeWorkspaceAccess {
     p.ids = w.topk_ids_;
     p.weights = w.topk_weights_;
     p.tiling = table.gemv_tiling();
-    p.multiprocessors = table.multiprocessors();
     w.last_plan_ = MoePlan{tokens, MoeTileConfig{}, MoeTileConfig{}, true,
                            moe_internal::MoeGemvResolveTiling(p)};
     cudaError_t err = mark(0);

@@ -15,7 +15,8 @@
 //             [--batches 1,8,64,256,1024] [--iters 20] [--tune] [--caps 0,101376]
 //             [--gemv-max-tokens N]   (batches up to N on the GEMV path; default: the table's)
 //             [--gemv-k-splits 0,1,2,4,8] [--gemv-down-outputs 0,4,8,16]
-//                 (the GEMV kernels' work split, every combination in turn; 0 = chosen per shape)
+//             [--gemv-down-vectors 0,1,2,3]
+//                 (the GEMV kernels' work split, every combination in turn; 0 = the default)
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
@@ -191,7 +192,7 @@ int Main(int argc, char** argv) {
   int iters = 20;
   bool tune = false;
   int gemv_max_tokens = -1;  // the table's default
-  std::vector<int> gemv_k_splits = {0}, gemv_down_outputs = {0};
+  std::vector<int> gemv_k_splits = {0}, gemv_down_outputs = {0}, gemv_down_vectors = {0};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -217,8 +218,10 @@ int Main(int argc, char** argv) {
       tune = true;
     } else if (a == "--gemv-max-tokens") {
       gemv_max_tokens = std::max(0, std::atoi(next().c_str()));
-    } else if (a == "--gemv-k-splits" || a == "--gemv-down-outputs") {
-      auto& list = a == "--gemv-k-splits" ? gemv_k_splits : gemv_down_outputs;
+    } else if (a == "--gemv-k-splits" || a == "--gemv-down-outputs" || a == "--gemv-down-vectors") {
+      auto& list = a == "--gemv-k-splits"
+                       ? gemv_k_splits
+                       : (a == "--gemv-down-outputs" ? gemv_down_outputs : gemv_down_vectors);
       list.clear();
       for (const auto& v : Split(next())) list.push_back(std::atoi(v.c_str()));
     } else {
@@ -226,7 +229,7 @@ int Main(int argc, char** argv) {
                    "usage: bench_moe [--shapes glm47-tp4,glm45-air] [--formats "
                    "fp8-per-channel,bf16,fp8-block128] [--batches 1,8,...] [--caps 0,101376] "
                    "[--iters N] [--tune] [--gemv-max-tokens N] [--gemv-k-splits 0,1,2,4,8] "
-                   "[--gemv-down-outputs 0,4,8,16]\n");
+                   "[--gemv-down-outputs 0,4,8,16] [--gemv-down-vectors 0,1,2,3]\n");
       return 2;
     }
   }
@@ -306,32 +309,36 @@ int Main(int argc, char** argv) {
         }
         if (gemv_max_tokens >= 0) table->SetGemvMaxTokens(gemv_max_tokens);
         const std::string cap_name = cap > 0 ? std::to_string(cap) : "device";
-        for (const int k_splits : gemv_k_splits) {
-          for (const int down_outputs : gemv_down_outputs) {
-            const Status set = table->SetGemvTiling(MoeGemvTiling{k_splits, down_outputs});
-            if (!set.ok()) {
-              std::fprintf(stderr, "bench_moe: %s\n", set.ToString().c_str());
-              return 2;
-            }
-            for (size_t bi = 0; bi < batches.size(); ++bi) {
-              const int64_t b = batches[bi];
-              const Timing t = runner.Time(b, *table, nullptr, nullptr, iters);
-              const MoePlan plan = ws->last_plan();
-              const int64_t experts = DistinctExperts(*ws, b, s.top_k);
-              const double bytes = static_cast<double>(experts * layer.expert_bytes());
-              roof_us[bi] = bytes / copy_bw * 1e6;
-              mb_read[bi] = bytes / 1e6;
-              const std::string gemv = "GEMV k" +
-                                       std::to_string(plan.gemv_tiling.gate_up_k_splits) +
-                                       " | GEMV d" + std::to_string(plan.gemv_tiling.down_outputs);
-              const double graph_us = runner.GraphUs(b, *table, iters);
-              std::printf("%-7s %-6lld %10.1f %10.1f %9.1f %7.1f%% %9.1f  %s\n", cap_name.c_str(),
-                          static_cast<long long>(b), t.total_us, t.gemm_us, mb_read[bi],
-                          100.0 * roof_us[bi] / t.gemm_us, graph_us,
-                          plan.gemv
-                              ? gemv.c_str()
-                              : (plan.gate_up.ToString() + " | " + plan.down.ToString()).c_str());
-            }
+        std::vector<MoeGemvTiling> tilings;
+        for (const int k : gemv_k_splits) {
+          for (const int d : gemv_down_outputs) {
+            for (const int v : gemv_down_vectors) tilings.push_back(MoeGemvTiling{k, d, v});
+          }
+        }
+        for (const MoeGemvTiling& tiling : tilings) {
+          const Status set = table->SetGemvTiling(tiling);
+          if (!set.ok()) {
+            std::fprintf(stderr, "bench_moe: %s\n", set.ToString().c_str());
+            return 2;
+          }
+          for (size_t bi = 0; bi < batches.size(); ++bi) {
+            const int64_t b = batches[bi];
+            const Timing t = runner.Time(b, *table, nullptr, nullptr, iters);
+            const MoePlan plan = ws->last_plan();
+            const int64_t experts = DistinctExperts(*ws, b, s.top_k);
+            const double bytes = static_cast<double>(experts * layer.expert_bytes());
+            roof_us[bi] = bytes / copy_bw * 1e6;
+            mb_read[bi] = bytes / 1e6;
+            const MoeGemvTiling& used = plan.gemv_tiling;
+            const std::string configs =
+                plan.gemv ? "GEMV k" + std::to_string(used.gate_up_k_splits) + " | GEMV d" +
+                                std::to_string(used.down_outputs) + " v" +
+                                std::to_string(used.down_vectors)
+                          : plan.gate_up.ToString() + " | " + plan.down.ToString();
+            const double graph_us = runner.GraphUs(b, *table, iters);
+            std::printf("%-7s %-6lld %10.1f %10.1f %9.1f %7.1f%% %9.1f  %s\n", cap_name.c_str(),
+                        static_cast<long long>(b), t.total_us, t.gemm_us, mb_read[bi],
+                        100.0 * roof_us[bi] / t.gemm_us, graph_us, configs.c_str());
           }
         }
         (void)table->SetGemvTiling(MoeGemvTiling{});

@@ -353,6 +353,11 @@ Status MoeConfigTable::SetGemvTiling(const MoeGemvTiling& tiling) {
     return InvalidArgument("MoE GEMV down outputs per block " + std::to_string(d) +
                            " not supported: use 4, 8 or 16 (0 = chosen per shape)");
   }
+  if (tiling.down_vectors < 0 || tiling.down_vectors > 3) {
+    return InvalidArgument("MoE GEMV down vectors in flight " +
+                           std::to_string(tiling.down_vectors) +
+                           " not supported: use 1, 2 or 3 (0 = chosen per shape)");
+  }
   gemv_tiling_ = tiling;
   return Status::Ok();
 }

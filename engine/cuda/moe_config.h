@@ -46,10 +46,12 @@ enum class MoeGemm : uint8_t {
 // the tiles at 8 (Air).
 constexpr int kMoeGemvMaxTokensDefault = 4;
 
-// Work split of the GEMV path's kernels (engine/cuda/moe_gemv.h); 0 = chosen per shape.
+// Work split of the GEMV path's kernels (engine/cuda/moe_gemv.h); 0 = the default: 1 K split,
+// 16 outputs, min(2, Im / 512 rounded up) vectors (the split measured on an H100, 2026-12-07).
 struct MoeGemvTiling {
   int gate_up_k_splits = 0;  // warps of a gate/up block that split H for one row group: 1, 2, 4, 8
   int down_outputs = 0;      // hidden columns of one down block: 4, 8, 16
+  int down_vectors = 0;      // 16-byte vectors per weight row and lane in flight in down: 1, 2, 3
 };
 
 struct MoeTileConfig {

@@ -176,7 +176,7 @@ constexpr int kMaxDownOutputs = 16;
 
 // grid (ceil(H / outputs), tokens): a block's warps take (pair, 4 outputs) items; each pair's
 // weighted outputs go to shared memory and are summed over the pairs in order. kUnroll vectors
-// per row and lane cover Im in one round where kUnroll * 32 vectors reach it.
+// per row and lane are in flight (Im in one round where kUnroll * 32 vectors reach it).
 // The expert ids come from the router, which completed before the gate/up kernel got past its
 // own wait: each warp issues its first weight loads before waiting for gate/up (programmatic
 // launch), reading the ids through L2 (never a stale L1 line of an earlier layer).
@@ -243,20 +243,21 @@ __global__ void __launch_bounds__(kWarps * 32)
 bool Valid(const MoeGemvParams& p) {
   const int k = p.tiling.gate_up_k_splits;
   const int d = p.tiling.down_outputs;
-  if ((k != 0 && k != 1 && k != 2 && k != 4 && k != 8) || (d != 0 && d != 4 && d != 8 && d != 16))
+  const int v = p.tiling.down_vectors;
+  if ((k != 0 && k != 1 && k != 2 && k != 4 && k != 8) || (d != 0 && d != 4 && d != 8 && d != 16) ||
+      v < 0 || v > 3)
     return false;
   return p.tokens > 0 && p.pairs_per_token > 0 && p.pairs_per_token <= kMoeMaxPairsPerToken &&
          MoeGemvSupports(p.format, p.hidden, p.inter) && p.tokens <= 65535 &&
          p.tokens * p.pairs_per_token <= 65535;
 }
 
-// Vectors per row and lane of the down kernel's rounds: Im in one round up to 96 vectors.
+// The down kernel with `vectors` 16-byte vectors per row and lane in flight (1, 2 or 3).
 template <MoeWeightFormat F, class T, class Launch>
-void WithDownUnroll(int inter, Launch&& launch) {
-  const int vectors = inter / VecElems(F);
-  if (vectors <= 32) {
+void WithDownVectors(int vectors, Launch&& launch) {
+  if (vectors == 1) {
     launch(DownKernel<F, 1, T>);
-  } else if (vectors <= 64) {
+  } else if (vectors == 2) {
     launch(DownKernel<F, 2, T>);
   } else {
     launch(DownKernel<F, 3, T>);
@@ -268,7 +269,8 @@ cudaError_t LaunchDown(const MoeGemvParams& p, const __nv_bfloat16* inter, const
                        const float* w2_scale, const T* addend, T* out, cudaStream_t stream) {
   if (p.tokens == 0) return cudaSuccess;
   if (!Valid(p)) return cudaErrorInvalidValue;
-  const int outputs = MoeGemvResolveTiling(p).down_outputs;
+  const MoeGemvTiling tiling = MoeGemvResolveTiling(p);
+  const int outputs = tiling.down_outputs;
   const dim3 grid(static_cast<unsigned>((p.hidden + outputs - 1) / outputs),
                   static_cast<unsigned>(p.tokens));
   const auto* w = static_cast<const uint8_t*>(w2);
@@ -277,13 +279,13 @@ cudaError_t LaunchDown(const MoeGemvParams& p, const __nv_bfloat16* inter, const
   };
   switch (p.format) {
     case MoeWeightFormat::kBf16:
-      WithDownUnroll<MoeWeightFormat::kBf16, T>(p.inter, launch);
+      WithDownVectors<MoeWeightFormat::kBf16, T>(tiling.down_vectors, launch);
       break;
     case MoeWeightFormat::kFp8PerChannel:
-      WithDownUnroll<MoeWeightFormat::kFp8PerChannel, T>(p.inter, launch);
+      WithDownVectors<MoeWeightFormat::kFp8PerChannel, T>(tiling.down_vectors, launch);
       break;
     case MoeWeightFormat::kFp8Block:
-      WithDownUnroll<MoeWeightFormat::kFp8Block, T>(p.inter, launch);
+      WithDownVectors<MoeWeightFormat::kFp8Block, T>(tiling.down_vectors, launch);
       break;
   }
   return cudaGetLastError();
@@ -304,16 +306,12 @@ bool MoeGemvServes(const MoeConfigTable& table, MoeWeightFormat format, int hidd
 
 MoeGemvTiling MoeGemvResolveTiling(const MoeGemvParams& p) {
   MoeGemvTiling t = p.tiling;
-  const int64_t sms = std::max(1, p.multiprocessors);
-  if (t.gate_up_k_splits <= 0) {
-    // Split H until the grid holds about two waves of resident warps, keeping at least 512
-    // elements per warp.
-    const int64_t warps = p.tokens * p.pairs_per_token * ((p.inter + 1) / 2);
-    int k = 1;
-    while (k < kWarps && warps * k < 64 * sms && p.hidden / (2 * k) >= 512) k *= 2;
-    t.gate_up_k_splits = k;
+  if (t.gate_up_k_splits <= 0) t.gate_up_k_splits = 1;
+  if (t.down_outputs <= 0) t.down_outputs = 16;
+  if (t.down_vectors <= 0) {
+    const int vectors = p.inter / VecElems(p.format);
+    t.down_vectors = vectors <= 32 ? 1 : 2;
   }
-  if (t.down_outputs <= 0) t.down_outputs = 8;
   return t;
 }
 

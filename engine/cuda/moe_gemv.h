@@ -45,12 +45,11 @@ struct MoeGemvParams {
   int inter = 0;                   // Im
   const int32_t* ids = nullptr;    // [tokens, P] expert slot of each pair
   const float* weights = nullptr;  // [tokens, P] routing weight of each pair
-  MoeGemvTiling tiling;            // zeros: chosen per shape (MoeGemvResolveTiling)
-  int multiprocessors = 0;         // SMs the automatic tiling fills
+  MoeGemvTiling tiling;            // zeros: the defaults (MoeGemvResolveTiling)
 };
 
-// The tiling a launch of `p` uses: p.tiling's non-zero values, the rest chosen for the shape and
-// p.multiprocessors.
+// The tiling a launch of `p` uses: p.tiling's non-zero values, MoeGemvTiling's defaults for the
+// rest.
 MoeGemvTiling MoeGemvResolveTiling(const MoeGemvParams& p);
 
 // x [tokens, H] BF16, w13/w13_scale as in moe.h, inter [tokens * P, Im] BF16.

@@ -369,8 +369,8 @@ TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
     };
     for (const Setting& setting :
          {Setting{0, -1, {}}, Setting{kGb10SmemBytes, -1, {}}, Setting{0, 0, {}},
-          Setting{0, 1 << 20, {}}, Setting{0, 1 << 20, {1, 16}}, Setting{0, 1 << 20, {2, 4}},
-          Setting{0, 1 << 20, {4, 8}}, Setting{0, 1 << 20, {8, 4}}}) {
+          Setting{0, 1 << 20, {}}, Setting{0, 1 << 20, {1, 16, 3}}, Setting{0, 1 << 20, {2, 4, 1}},
+          Setting{0, 1 << 20, {4, 8, 2}}, Setting{0, 1 << 20, {8, 4, 3}}}) {
       auto table = MoeConfigTable::Create(Device(), setting.cap);
       ASSERT_TRUE(table.ok()) << table.status().ToString();
       if (setting.gemv_max_tokens >= 0) table->SetGemvMaxTokens(setting.gemv_max_tokens);
@@ -383,7 +383,8 @@ TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
           c.shape.name, MoeWeightFormatName(c.format), static_cast<long long>(tokens),
           static_cast<long long>(setting.cap), table->gemv_max_tokens(),
           r.plan.gemv ? ("GEMV k" + std::to_string(r.plan.gemv_tiling.gate_up_k_splits) + " d" +
-                         std::to_string(r.plan.gemv_tiling.down_outputs))
+                         std::to_string(r.plan.gemv_tiling.down_outputs) + " v" +
+                         std::to_string(r.plan.gemv_tiling.down_vectors))
                             .c_str()
                       : (r.plan.gate_up.ToString() + " | " + r.plan.down.ToString()).c_str(),
           e.mirror, e.plain, e.route_mismatches, rows.size());
@@ -391,6 +392,7 @@ TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
       if (r.plan.gemv && setting.tiling.gate_up_k_splits > 0) {
         EXPECT_EQ(r.plan.gemv_tiling.gate_up_k_splits, setting.tiling.gate_up_k_splits);
         EXPECT_EQ(r.plan.gemv_tiling.down_outputs, setting.tiling.down_outputs);
+        EXPECT_EQ(r.plan.gemv_tiling.down_vectors, setting.tiling.down_vectors);
       }
       EXPECT_LE(r.plan.gate_up.SmemBytes(), table->smem_limit_bytes());
       EXPECT_LE(r.plan.down.SmemBytes(), table->smem_limit_bytes());

@@ -54,10 +54,11 @@ PY
 export -f model_cuda
 step model_cuda 30 bash -c model_cuda
 step moe_air 60 $B/bin/gpu_moe_test --gtest_filter='MoeRouterTest.*:MoePackTest.*:MoeForwardMiscTest.*:Shapes/MoeForwardTest.*glm45air*'
-# The GEMV path's work split: every gate/up K split and down block width at 1, 2, 4 and 8
-# tokens (k0/d0: chosen per shape), both FP8 formats' per-channel layout.
-step moe_gemv_sweep 90 $B/bin/bench_moe --formats fp8-per-channel --caps 0 --batches 1,2,4,8 \
-  --gemv-max-tokens 8 --gemv-k-splits 0,1,2,4,8 --gemv-down-outputs 0,4,8,16 --iters 30
+# The GEMV path's work split: every gate/up K split, down block width and down vectors in
+# flight at 1, 2, 4 and 8 tokens, FP8 per-channel (picks MoeGemvTiling's defaults).
+step moe_gemv_sweep 120 $B/bin/bench_moe --formats fp8-per-channel --caps 0 --batches 1,2,4,8 \
+  --gemv-max-tokens 8 --gemv-k-splits 1,2,4,8 --gemv-down-outputs 4,8,16 \
+  --gemv-down-vectors 1,2,3 --iters 20
 grep -vE '^device:|^$' "$OUT/moe_gemv_sweep.log" >>$S
 # The dense one-row FP8 GEMV (batch-1 qkv / o) at every K split.
 step gemv_splits 60 $B/bin/gpu_kernels_test --gtest_filter='*EveryKSplit*'
