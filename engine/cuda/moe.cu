@@ -762,8 +762,8 @@ struct MoeWorkspaceAccess {
     p.ids = w.topk_ids_;
     p.weights = w.topk_weights_;
     p.tiling = table.gemv_tiling();
-    w.last_plan_ = MoePlan{tokens, MoeTileConfig{}, MoeTileConfig{}, true,
-                           moe_internal::MoeGemvResolveTiling(p)};
+    p.tiling = moe_internal::MoeGemvResolveTiling(p);
+    w.last_plan_ = MoePlan{tokens, MoeTileConfig{}, MoeTileConfig{}, true, p.tiling};
     cudaError_t err = mark(0);
     if (err != cudaSuccess) return err;
     err = Route(layer, s, x, tokens, w.logits_, w.topk_ids_, w.topk_weights_, w.route_counter_,

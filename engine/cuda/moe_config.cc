@@ -342,22 +342,27 @@ Result<MoeLaunch> MoeConfigTable::PlanLaunch(MoeWeightFormat format, int experts
   return plan;
 }
 
-Status MoeConfigTable::SetGemvTiling(const MoeGemvTiling& tiling) {
+Status CheckMoeGemvTiling(const MoeGemvTiling& tiling) {
   const int k = tiling.gate_up_k_splits;
   const int d = tiling.down_outputs;
+  const int v = tiling.down_vectors;
   if (k != 0 && k != 1 && k != 2 && k != 4 && k != 8) {
     return InvalidArgument("MoE GEMV gate/up K splits " + std::to_string(k) +
-                           " not supported: use 1, 2, 4 or 8 (0 = chosen per shape)");
+                           " not supported: use 1, 2, 4 or 8 (0 = the default)");
   }
   if (d != 0 && d != 4 && d != 8 && d != 16) {
     return InvalidArgument("MoE GEMV down outputs per block " + std::to_string(d) +
-                           " not supported: use 4, 8 or 16 (0 = chosen per shape)");
+                           " not supported: use 4, 8 or 16 (0 = the default)");
   }
-  if (tiling.down_vectors < 0 || tiling.down_vectors > 3) {
-    return InvalidArgument("MoE GEMV down vectors in flight " +
-                           std::to_string(tiling.down_vectors) +
-                           " not supported: use 1, 2 or 3 (0 = chosen per shape)");
+  if (v < 0 || v > 3) {
+    return InvalidArgument("MoE GEMV down vectors in flight " + std::to_string(v) +
+                           " not supported: use 1, 2 or 3 (0 = the default)");
   }
+  return Status::Ok();
+}
+
+Status MoeConfigTable::SetGemvTiling(const MoeGemvTiling& tiling) {
+  SPARK_RETURN_IF_ERROR(CheckMoeGemvTiling(tiling));
   gemv_tiling_ = tiling;
   return Status::Ok();
 }

@@ -53,6 +53,8 @@ struct MoeGemvTiling {
   int down_outputs = 0;      // hidden columns of one down block: 4, 8, 16
   int down_vectors = 0;      // 16-byte vectors per weight row and lane in flight in down: 1, 2, 3
 };
+// InvalidArgument naming the value and the ones allowed when a field is outside those listed.
+Status CheckMoeGemvTiling(const MoeGemvTiling& tiling);
 
 struct MoeTileConfig {
   int kernel = -1;        // index of the compiled variant (MoeKernelVariants())
@@ -140,8 +142,8 @@ class MoeConfigTable {
   // Forwards with explicit tile configs (MoeForwardWithConfigs) always run the tiles.
   int gemv_max_tokens() const { return gemv_max_tokens_; }
   void SetGemvMaxTokens(int tokens) { gemv_max_tokens_ = tokens < 0 ? 0 : tokens; }
-  // The GEMV kernels' work split; InvalidArgument for a value outside those listed in
-  // MoeGemvTiling.
+  // The GEMV kernels' work split; CheckMoeGemvTiling's error (and the previous split kept) for a
+  // value outside those listed in MoeGemvTiling.
   const MoeGemvTiling& gemv_tiling() const { return gemv_tiling_; }
   Status SetGemvTiling(const MoeGemvTiling& tiling);
 

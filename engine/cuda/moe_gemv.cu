@@ -241,13 +241,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 }
 
 bool Valid(const MoeGemvParams& p) {
-  const int k = p.tiling.gate_up_k_splits;
-  const int d = p.tiling.down_outputs;
-  const int v = p.tiling.down_vectors;
-  if ((k != 0 && k != 1 && k != 2 && k != 4 && k != 8) || (d != 0 && d != 4 && d != 8 && d != 16) ||
-      v < 0 || v > 3)
-    return false;
-  return p.tokens > 0 && p.pairs_per_token > 0 && p.pairs_per_token <= kMoeMaxPairsPerToken &&
+  return CheckMoeGemvTiling(p.tiling).ok() && p.tokens > 0 && p.pairs_per_token > 0 &&
+         p.pairs_per_token <= kMoeMaxPairsPerToken &&
          MoeGemvSupports(p.format, p.hidden, p.inter) && p.tokens <= 65535 &&
          p.tokens * p.pairs_per_token <= 65535;
 }

@@ -257,6 +257,7 @@ TEST(DenseLinearTest, OneRowFp8GemvEveryKSplit) {
                           {"glm47_o_tp4", 5120, 3072}};
   constexpr int kCopies = 4;
   constexpr int kMaxSplits = 8;
+  constexpr int kCounters = 8192;
   for (const Shape& s : shapes) {
     const LinearWeight w = MakeWeight(s.out, s.in, Fmt::kFp8Channel, 11);
     std::vector<Uploaded> copies;
@@ -267,7 +268,7 @@ TEST(DenseLinearTest, OneRowFp8GemvEveryKSplit) {
     for (auto& v : hx) v = __float2bfloat16(dist(rng));
     DeviceBuffer<__nv_bfloat16> dx(hx);
     DeviceBuffer<float> dy(s.out), partial(kMaxSplits * s.out);
-    DeviceBuffer<int32_t> counters(std::vector<int32_t>(8192, 0));
+    DeviceBuffer<int32_t> counters(std::vector<int32_t>(kCounters, 0));
     std::vector<float> first;
     const int picked = GemvKSplits(copies[0].view, dev->multiprocessors, 1);
     for (int splits = 1; splits <= kMaxSplits; ++splits) {
@@ -275,7 +276,7 @@ TEST(DenseLinearTest, OneRowFp8GemvEveryKSplit) {
         if (splits == 1 && !in_kernel) continue;
         auto run = [&](int c) {
           return Gemv(copies[c].view, dx.get(), 1, nullptr, splits, partial.get(), dy.get(),
-                      nullptr, in_kernel ? counters.get() : nullptr, in_kernel ? 8192 : 0);
+                      nullptr, in_kernel ? counters.get() : nullptr, in_kernel ? kCounters : 0);
         };
         ASSERT_EQ(run(0), cudaSuccess);
         ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
