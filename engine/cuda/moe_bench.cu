@@ -6,13 +6,14 @@
 // (distinct routed experts x their weight and scale bytes), and the ratio of the roofline time
 // (bytes / peak copy bandwidth measured in the same run) to the GEMM time. With --tune it also
 // runs the autotuner (engine/cuda/moe_tuner.h) over the batches and reports, through the serving
-// path with the tuned table, the GEMM time of the tuned configs and the tuning time. graph_us is
+// path with the tuned table, the GEMM time of the tuned configs and the tuning time; --tune-log
+// also prints every candidate the tuner timed. graph_us is
 // the whole forward (router included) replayed from a CUDA graph with programmatic launch, as a
 // decode step runs it (no events between the kernels). Random weights
 // are generated on the GPU; the L2 cache is flushed before every timed run.
 //
 //   bench_moe [--shapes glm47-tp4,glm45-air] [--formats fp8-per-channel,bf16,fp8-block128]
-//             [--batches 1,8,64,256,1024] [--iters 20] [--tune] [--caps 0,101376]
+//             [--batches 1,8,64,256,1024] [--iters 20] [--tune] [--tune-log] [--caps 0,101376]
 //             [--gemv-max-tokens N]   (batches up to N on the GEMV path; default: the table's)
 //             [--gemv-k-splits 0,1,2,4,8] [--gemv-down-outputs 0,4,8,16]
 //             [--gemv-down-vectors 0,1,2,3]
@@ -99,7 +100,7 @@ double MeasureCopyBandwidth() {
 }
 
 struct Timing {
-  double total_us = 0, gemm_us = 0;
+  double total_us = 0, gemm_us = 0, gate_up_us = 0, down_us = 0;
 };
 
 struct Runner {
@@ -132,9 +133,13 @@ struct Runner {
       if (i == 0) continue;  // warm-up
       t.total_us += 1e3 * (pt->route_ms + pt->gate_up_ms + pt->down_ms + pt->combine_ms);
       t.gemm_us += 1e3 * (pt->gate_up_ms + pt->down_ms);
+      t.gate_up_us += 1e3 * pt->gate_up_ms;
+      t.down_us += 1e3 * pt->down_ms;
     }
     t.total_us /= iters;
     t.gemm_us /= iters;
+    t.gate_up_us /= iters;
+    t.down_us /= iters;
     return t;
   }
 
@@ -191,6 +196,7 @@ int Main(int argc, char** argv) {
   std::vector<int64_t> caps = {0, 101376};
   int iters = 20;
   bool tune = false;
+  bool tune_log = false;
   int gemv_max_tokens = -1;  // the table's default
   std::vector<int> gemv_k_splits = {0}, gemv_down_outputs = {0}, gemv_down_vectors = {0};
   for (int i = 1; i < argc; ++i) {
@@ -216,6 +222,9 @@ int Main(int argc, char** argv) {
       iters = std::max(1, std::atoi(next().c_str()));
     } else if (a == "--tune") {
       tune = true;
+    } else if (a == "--tune-log") {
+      tune = true;
+      tune_log = true;
     } else if (a == "--gemv-max-tokens") {
       gemv_max_tokens = std::max(0, std::atoi(next().c_str()));
     } else if (a == "--gemv-k-splits" || a == "--gemv-down-outputs" || a == "--gemv-down-vectors") {
@@ -225,11 +234,12 @@ int Main(int argc, char** argv) {
       list.clear();
       for (const auto& v : Split(next())) list.push_back(std::atoi(v.c_str()));
     } else {
-      std::fprintf(stderr,
-                   "usage: bench_moe [--shapes glm47-tp4,glm45-air] [--formats "
-                   "fp8-per-channel,bf16,fp8-block128] [--batches 1,8,...] [--caps 0,101376] "
-                   "[--iters N] [--tune] [--gemv-max-tokens N] [--gemv-k-splits 0,1,2,4,8] "
-                   "[--gemv-down-outputs 0,4,8,16] [--gemv-down-vectors 0,1,2,3]\n");
+      std::fprintf(
+          stderr,
+          "usage: bench_moe [--shapes glm47-tp4,glm45-air] [--formats "
+          "fp8-per-channel,bf16,fp8-block128] [--batches 1,8,...] [--caps 0,101376] "
+          "[--iters N] [--tune] [--tune-log] [--gemv-max-tokens N] [--gemv-k-splits 0,1,2,4,8] "
+          "[--gemv-down-outputs 0,4,8,16] [--gemv-down-vectors 0,1,2,3]\n");
       return 2;
     }
   }
@@ -299,8 +309,9 @@ int Main(int argc, char** argv) {
       Runner runner{layer, *ws, x, out, flush, flush_bytes, inputs, max_tokens};
       std::vector<double> roof_us(batches.size(), 0.0), mb_read(batches.size(), 0.0);
       std::printf("\n%s, %s weights\n", s.name.c_str(), fname.c_str());
-      std::printf("%-7s %-6s %10s %10s %9s %8s %9s  %s\n", "smem", "batch", "total_us", "gemms_us",
-                  "MB_read", "roofl%", "graph_us", "configs (gate_up | down)");
+      std::printf("%-7s %-6s %10s %10s %9s %9s %9s %8s %9s  %s\n", "smem", "batch", "total_us",
+                  "gemms_us", "gate_up", "down", "MB_read", "roofl%", "graph_us",
+                  "configs (gate_up | down)");
       for (int64_t cap : caps) {
         auto table = MoeConfigTable::Create(*dev, cap);
         if (!table.ok()) {
@@ -336,9 +347,10 @@ int Main(int argc, char** argv) {
                                 std::to_string(used.down_vectors)
                           : plan.gate_up.ToString() + " | " + plan.down.ToString();
             const double graph_us = runner.GraphUs(b, *table, iters);
-            std::printf("%-7s %-6lld %10.1f %10.1f %9.1f %7.1f%% %9.1f  %s\n", cap_name.c_str(),
-                        static_cast<long long>(b), t.total_us, t.gemm_us, mb_read[bi],
-                        100.0 * roof_us[bi] / t.gemm_us, graph_us, configs.c_str());
+            std::printf("%-7s %-6lld %10.1f %10.1f %9.1f %9.1f %9.1f %7.1f%% %9.1f  %s\n",
+                        cap_name.c_str(), static_cast<long long>(b), t.total_us, t.gemm_us,
+                        t.gate_up_us, t.down_us, mb_read[bi], 100.0 * roof_us[bi] / t.gemm_us,
+                        graph_us, configs.c_str());
           }
         }
         (void)table->SetGemvTiling(MoeGemvTiling{});
@@ -347,6 +359,11 @@ int Main(int argc, char** argv) {
         // with the tuned table.
         MoeTunerOptions options;
         options.batches = batches;
+        if (tune_log) {
+          options.candidate_log = [&](const std::string& line) {
+            std::printf("%-7s   %s\n", cap_name.c_str(), line.c_str());
+          };
+        }
         auto tuned = TuneMoe(*dev, *table, shape, format, options);
         if (!tuned.ok()) {
           std::fprintf(stderr, "bench_moe: %s\n", tuned.status().ToString().c_str());
@@ -369,9 +386,9 @@ int Main(int argc, char** argv) {
         }
         for (size_t bi = 0; bi < compared->size(); ++bi) {
           const MoeTableComparison& c = (*compared)[bi];
-          std::printf("%-7s %-6lld %10s %10.1f %9.1f %7.1f%%  tuned%s: %s | %s\n", cap_name.c_str(),
-                      static_cast<long long>(c.batch), "-", c.tuned_gemm_us, mb_read[bi],
-                      100.0 * roof_us[bi] / c.tuned_gemm_us,
+          std::printf("%-7s %-6lld %10s %10.1f %9s %9s %9.1f %7.1f%%  tuned%s: %s | %s\n",
+                      cap_name.c_str(), static_cast<long long>(c.batch), "-", c.tuned_gemm_us, "-",
+                      "-", mb_read[bi], 100.0 * roof_us[bi] / c.tuned_gemm_us,
                       c.launched_expected ? "" : " (NOT LAUNCHED)",
                       c.gemv ? "GEMV" : c.tuned_gate_up.ToString().c_str(),
                       c.gemv ? "GEMV" : c.tuned_down.ToString().c_str());

@@ -93,6 +93,15 @@ __global__ void __launch_bounds__(WARPS * 32) MoeGemmKernel(GemmParams p, int st
   }
   __syncthreads();
 
+  // Which of this warp's 16-row mma groups hold a routed row (padding rows are zero-filled and
+  // never stored): groups of padding only skip their A fragments and mmas. Warp-uniform.
+  uint32_t live_groups = 0;
+#pragma unroll
+  for (int mi = 0; mi < T::kMmaM; ++mi) {
+    const bool live = row_pair[wm * T::kWarpTileM + mi * 16 + (lane & 15)] >= 0;
+    if (__any_sync(0xffffffffu, live)) live_groups |= 1u << mi;
+  }
+
   const int ktiles_total = static_cast<int>((k_bytes + BK - 1) / BK);
   const int per_split = (ktiles_total + split_k - 1) / split_k;
   const int kt_begin = min(ktiles_total, split * per_split);
@@ -152,6 +161,7 @@ __global__ void __launch_bounds__(WARPS * 32) MoeGemmKernel(GemmParams p, int st
   }
 
   auto compute = [&](int slot) {
+    if (live_groups == 0) return;
     const uint8_t* sa = tiles + slot * kStageBytes;
     const uint8_t* sb = sa + BM * BK;
 #pragma unroll
@@ -160,6 +170,7 @@ __global__ void __launch_bounds__(WARPS * 32) MoeGemmKernel(GemmParams p, int st
       uint32_t bf[T::kMmaN][2];
 #pragma unroll
       for (int mi = 0; mi < T::kMmaM; ++mi) {
+        if (!(live_groups >> mi & 1u)) continue;
         const int row = wm * T::kWarpTileM + mi * 16 + (lane & 15);
         const int ch = ks * 2 + (lane >> 4);
         LdMatrixX4(SmemAddr(sa + row * BK + ((ch ^ (row & 7)) << 4)), af[mi][0], af[mi][1],
@@ -173,7 +184,8 @@ __global__ void __launch_bounds__(WARPS * 32) MoeGemmKernel(GemmParams p, int st
                    bf[2 * nj + 1][0], bf[2 * nj + 1][1]);
       }
 #pragma unroll
-      for (int mi = 0; mi < T::kMmaM; ++mi)
+      for (int mi = 0; mi < T::kMmaM; ++mi) {
+        if (!(live_groups >> mi & 1u)) continue;
 #pragma unroll
         for (int ni = 0; ni < T::kMmaN; ++ni) {
           if constexpr (kBlock) {
@@ -182,6 +194,7 @@ __global__ void __launch_bounds__(WARPS * 32) MoeGemmKernel(GemmParams p, int st
             Mma<kFp8>(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
           }
         }
+      }
     }
   };
 

@@ -182,6 +182,14 @@ Result<Timed> SearchGemm(ForwardTimer& timer, const MoeConfigTable& table, int64
       if (i == 0 && us[0] > best.us * options.prune_ratio) break;
     }
     const double m = Median(us);
+    if (options.candidate_log) {
+      char line[256];
+      std::snprintf(line, sizeof(line), "batch %lld %s %s: %.1f us%s",
+                    static_cast<long long>(tokens), gemm == MoeGemm::kGateUp ? "gate_up" : "down",
+                    launched.ToString().c_str(), m,
+                    us.size() == 1 && options.iters > 1 ? " (pruned after one run)" : "");
+      options.candidate_log(line);
+    }
     if (it == best_of_tile.end()) {
       best_of_tile[tile] = m;
     } else if (m > it->second) {

@@ -102,6 +102,9 @@ struct MoeTunerOptions {
   double max_seconds = 600;      // stop before a bucket once this much time has passed
   // One line per finished bucket (time, chosen configs), for logs and the command line.
   std::function<void(const std::string&)> progress;
+  // One line per timed candidate (batch, GEMM, config as launched, median us or "pruned"), for
+  // studying the tile kernels; unset = silent.
+  std::function<void(const std::string&)> candidate_log;
 };
 
 struct MoeTuneResult {

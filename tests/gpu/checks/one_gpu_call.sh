@@ -92,6 +92,17 @@ step ncu_gemv 120 ncu --cache-control all --clock-control none \
   $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy --backend cuda --layers 2 \
   --batch-sizes 1 --input-len 16 --output-len 4 --no-cuda-graphs
 grep -E '^  [A-Za-z].*(Kernel|Gemv)|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Achieved Occupancy|Theoretical Occupancy|Registers Per|Waves Per SM|Stall|cycles being stalled|Block Limit' "$OUT/ncu_gemv.log" | head -120 >>$S
+# The tile GEMMs at 8, 256 and 1,024 tokens: every candidate the tuner times (gate/up and down
+# apart), then ncu of the default tiles at 1,024 tokens (GLM-4.5-Air): tensor, L2 and DRAM
+# throughput and stalls (where the large batches lose against the anchor).
+step moe_tile_sweep 200 $B/bin/bench_moe --formats fp8-per-channel --caps 0 --batches 8,256,1024 \
+  --iters 10 --tune-log
+grep -vE '^device:|^$' "$OUT/moe_tile_sweep.log" >>$S
+step ncu_tiles 120 ncu --cache-control all --clock-control none -k 'regex:MoeGemmKernel' -c 4 \
+  --section SpeedOfLight --section WarpStateStats --section Occupancy --section LaunchStats \
+  --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+  $B/bin/bench_moe --shapes glm45-air --formats fp8-per-channel --caps 0 --batches 1024 --iters 1
+grep -E '^  [A-Za-z].*Kernel|Duration|Memory Throughput|DRAM Throughput|L2 Cache Throughput|L1/TEX Hit|L2 Hit|Compute \(SM\)|Achieved Occupancy|Theoretical Occupancy|Registers Per|Waves Per SM|Stall|cycles being stalled|Block Limit|Executed Ipc|Issue Slots Busy|Pipe' "$OUT/ncu_tiles.log" | head -120 >>$S
 # spark-bench as above with MoE tile configs tuned first (buckets up to 256 tokens), with the
 # tuning time.
 step bench_tuned 240 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
