@@ -236,6 +236,22 @@ __global__ void ReduceKernel(const float* __restrict__ partial, int k_splits, in
   }
 }
 
+// The K chunk of each split (whole 16-byte vectors, whole scale blocks) and the splits that
+// remain after rounding.
+struct Chunking {
+  int64_t k_chunk;
+  int splits;
+};
+Chunking GemvChunking(const DeviceLinear& w, int k_splits) {
+  const int64_t elems = w.type == WeightType::kBF16 ? 8 : 16;
+  int64_t k_chunk = (w.in + k_splits - 1) / k_splits;
+  k_chunk = (k_chunk + elems - 1) / elems * elems;
+  if (w.type == WeightType::kFP8 && w.scale_kind == WeightScale::kBlock) {
+    k_chunk = (k_chunk + w.block_k - 1) / w.block_k * w.block_k;
+  }
+  return {k_chunk, static_cast<int>((w.in + k_chunk - 1) / k_chunk)};
+}
+
 // Outputs one block computes: kRowsPerWarp per warp for one row of FP8 activations
 // (GemvFp8OneRowKernel), one per warp otherwise (GemvKernel).
 int64_t OutputsPerBlock(const DeviceLinear& w, int rows) {
@@ -288,6 +304,31 @@ bool GemvSupports(const DeviceLinear& w) {
   return w.scale_kind == WeightScale::kPerChannel;
 }
 
+int GemvResidentBlocksPerSm(const DeviceLinear& w, int rows) {
+  int blocks = 0;
+  const int threads = kWarps * 32;
+  cudaError_t err;
+  if (w.type == WeightType::kFP8 && rows <= 1) {
+    err = w.scale_kind == WeightScale::kBlock
+              ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, GemvFp8OneRowKernel<true>,
+                                                              threads, 0)
+              : cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, GemvFp8OneRowKernel<false>,
+                                                              threads, 0);
+  } else if (w.type == WeightType::kFP8) {
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, GemvKernel<WeightType::kFP8, 16>,
+                                                        threads, 0);
+  } else {
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, GemvKernel<WeightType::kBF16, 16>,
+                                                        threads, 0);
+  }
+  return err == cudaSuccess ? blocks : 0;
+}
+
+int64_t GemvBlocks(const DeviceLinear& w, int rows, int k_splits) {
+  const int64_t per_block = OutputsPerBlock(w, rows);
+  return (w.out + per_block - 1) / per_block * GemvChunking(w, k_splits).splits;
+}
+
 int GemvKSplits(const DeviceLinear& w, int sms, int rows) {
   const int64_t per_block = OutputsPerBlock(w, rows);
   const int64_t ctas = (w.out + per_block - 1) / per_block;
@@ -306,13 +347,7 @@ cudaError_t Gemv(const DeviceLinear& w, const __nv_bfloat16* x, int rows, const 
       (k_splits > 1 && partial == nullptr)) {
     return cudaErrorInvalidValue;
   }
-  const int64_t elems = w.type == WeightType::kBF16 ? 8 : 16;
-  int64_t k_chunk = (w.in + k_splits - 1) / k_splits;
-  k_chunk = (k_chunk + elems - 1) / elems * elems;
-  if (w.type == WeightType::kFP8 && w.scale_kind == WeightScale::kBlock) {
-    k_chunk = (k_chunk + w.block_k - 1) / w.block_k * w.block_k;
-  }
-  const int splits = static_cast<int>((w.in + k_chunk - 1) / k_chunk);
+  const auto [k_chunk, splits] = GemvChunking(w, k_splits);
   // The one-row FP8 kernel reduces its splits itself when there is a counter per output block.
   const int64_t out_blocks = (w.out + kWarps * kRowsPerWarp - 1) / (kWarps * kRowsPerWarp);
   const bool in_kernel = w.type == WeightType::kFP8 && rows <= 1 && splits > 1 &&

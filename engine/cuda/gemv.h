@@ -28,6 +28,13 @@ constexpr int kGemvMaxRows = 16;
 // rows.
 int GemvKSplits(const DeviceLinear& w, int sms, int rows);
 
+// Thread blocks of the kernel that Gemv launches for `w` and `rows` that fit on one
+// multiprocessor at once (registers, threads); 0 when the occupancy query fails.
+int GemvResidentBlocksPerSm(const DeviceLinear& w, int rows);
+
+// Thread blocks Gemv launches for `w`, `rows` and `k_splits` (the K chunk rounded as Gemv does).
+int64_t GemvBlocks(const DeviceLinear& w, int rows, int k_splits);
+
 // True when the GEMV kernel supports this weight's shape and layout.
 bool GemvSupports(const DeviceLinear& w);
 

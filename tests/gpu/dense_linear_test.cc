@@ -243,9 +243,10 @@ TEST(DenseLinearTest, DecodeTimingsGemvVersusCublasLt) {
   }
 }
 
-// The one-row FP8 GEMV (decode at batch 1) at every K split from 1 to 8, with and without the
+// The one-row FP8 GEMV (decode at batch 1) at every K split from 1 to 16, with and without the
 // in-kernel split reduction: every split gives split 1's result up to fp32 summation order, and
-// its time is printed next to the split GemvKSplits picks. Four copies of the weights are cycled
+// its time is printed with its grid in waves (blocks / (SMs x resident blocks per SM)) next to
+// the split GemvKSplits picks. Four copies of the weights are cycled
 // so that the timed reads come from HBM, not from the L2 cache.
 TEST(DenseLinearTest, OneRowFp8GemvEveryKSplit) {
   if (Quick()) GTEST_SKIP() << "timings skipped in quick mode";
@@ -256,7 +257,7 @@ TEST(DenseLinearTest, OneRowFp8GemvEveryKSplit) {
                           {"glm47_qkv_tp4", 3584, 5120},
                           {"glm47_o_tp4", 5120, 3072}};
   constexpr int kCopies = 4;
-  constexpr int kMaxSplits = 8;
+  constexpr int kMaxSplits = 16;
   constexpr int kCounters = 8192;
   for (const Shape& s : shapes) {
     const LinearWeight w = MakeWeight(s.out, s.in, Fmt::kFp8Channel, 11);
@@ -271,6 +272,8 @@ TEST(DenseLinearTest, OneRowFp8GemvEveryKSplit) {
     DeviceBuffer<int32_t> counters(std::vector<int32_t>(kCounters, 0));
     std::vector<float> first;
     const int picked = GemvKSplits(copies[0].view, dev->multiprocessors, 1);
+    const int per_sm = GemvResidentBlocksPerSm(copies[0].view, 1);
+    ASSERT_GT(per_sm, 0);
     for (int splits = 1; splits <= kMaxSplits; ++splits) {
       for (const bool in_kernel : {true, false}) {
         if (splits == 1 && !in_kernel) continue;
@@ -301,10 +304,15 @@ TEST(DenseLinearTest, OneRowFp8GemvEveryKSplit) {
         cudaEventDestroy(a);
         cudaEventDestroy(b);
         const double us = ms * 1000.0 / iters;
-        std::printf("[gemv-splits] %-14s splits %d %-12s %8.2f us %7.0f GB/s%s\n", s.name, splits,
-                    in_kernel ? "in-kernel" : "reduce-kernel", us,
-                    static_cast<double>(w.data.size()) / (us * 1e3),
-                    splits == picked && in_kernel ? "  <- GemvKSplits" : "");
+        const int64_t blocks = GemvBlocks(copies[0].view, 1, splits);
+        std::printf(
+            "[gemv-splits] %-14s splits %2d %-13s %5lld blocks %5.2f waves %8.2f us %7.0f "
+            "GB/s%s\n",
+            s.name, splits, in_kernel ? "in-kernel" : "reduce-kernel",
+            static_cast<long long>(blocks),
+            static_cast<double>(blocks) / (per_sm * dev->multiprocessors), us,
+            static_cast<double>(w.data.size()) / (us * 1e3),
+            splits == picked && in_kernel ? "  <- GemvKSplits" : "");
       }
     }
   }
