@@ -21,6 +21,47 @@ __device__ __forceinline__ float Fp8ToFloat(uint8_t bits) {
   return static_cast<float>(v);
 }
 
+// Scale of the floats Fp8x4ScaledFloats makes: float(q) = kFp8ScaledFloatUnscale * f.
+constexpr float kFp8ScaledFloatUnscale = 0x1p120f;
+
+// The four E4M3 bytes of `q` (byte e = element e) as floats times 2^-120, exactly, from integer
+// shifts and masks alone: sign to bit 31, the exponent and mantissa bits to bits 26..20 of an
+// fp32 (an E4M3 subnormal becomes an fp32 subnormal of the same scaled value; NaN is not kept).
+// The conversion instructions cost more per weight byte than a GEMV can spend at the memory
+// bandwidth; products and sums scaled by a power of two round as the unscaled ones do while
+// they stay above fp32's normal minimum.
+__device__ __forceinline__ void Fp8x4ScaledFloats(uint32_t q, float (&f)[4]) {
+  f[0] = __uint_as_float(((q << 24) & 0x80000000u) | ((q << 20) & 0x07F00000u));
+  f[1] = __uint_as_float(((q << 16) & 0x80000000u) | ((q << 12) & 0x07F00000u));
+  f[2] = __uint_as_float(((q << 8) & 0x80000000u) | ((q << 4) & 0x07F00000u));
+  f[3] = __uint_as_float((q & 0x80000000u) | ((q >> 4) & 0x07F00000u));
+}
+
+// a += float(w[e]) * x[e] for the 16 E4M3 weights of one 16-byte vector, in element order. With
+// kScaled the weights come from Fp8x4ScaledFloats and `a` accumulates 2^-120 times the sum
+// (multiply by kFp8ScaledFloatUnscale once at the end); otherwise from the hardware conversion.
+template <bool kScaled>
+__device__ __forceinline__ void Fp8x16Dot(const uint4& raw, const float* xv, float& a) {
+  if constexpr (kScaled) {
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      float f[4];
+      Fp8x4ScaledFloats(words[j], f);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) a = fmaf(f[e], xv[4 * j + e], a);
+    }
+  } else {
+    const __nv_fp8x2_storage_t* q2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&raw);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(q2[e], __NV_E4M3)));
+      a = fmaf(f.x, xv[2 * e], a);
+      a = fmaf(f.y, xv[2 * e + 1], a);
+    }
+  }
+}
+
 // Round-to-nearest-even float -> FP8 E4M3 with saturation to +-448.
 __device__ __forceinline__ uint8_t FloatToFp8(float v) {
   return static_cast<uint8_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));

@@ -1,6 +1,7 @@
 #include "engine/cuda/gemv.h"
 
 #include <algorithm>
+#include <atomic>
 
 #include "engine/cuda/device_math.cuh"
 #include "engine/cuda/programmatic_launch.cuh"
@@ -116,7 +117,7 @@ constexpr int kRowsPerWarp = 4;
 // With k_splits > 1 and `counters` (one per output block, zero on entry and exit), the last
 // block of an output range to finish sums the splits' partials in split order (the result of
 // ReduceKernel, without its launch); otherwise ReduceKernel does.
-template <bool kBlock>
+template <bool kBlock, bool kScaled>
 __global__ void __launch_bounds__(kWarps * 32)
     GemvFp8OneRowKernel(DeviceLinear w, const __nv_bfloat16* __restrict__ x, int64_t k_chunk,
                         float* __restrict__ partial, float* __restrict__ y,
@@ -152,17 +153,12 @@ __global__ void __launch_bounds__(kWarps * 32)
     LoadX8(x + k0 + 8, xv + 8);
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
-      const __nv_fp8x2_storage_t* q2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&raw[r]);
       float d = 0.f;
       float& a = kBlock ? d : acc[r];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(q2[e], __NV_E4M3)));
-        a = fmaf(f.x, xv[2 * e], a);
-        a = fmaf(f.y, xv[2 * e + 1], a);
-      }
+      Fp8x16Dot<kScaled>(raw[r], xv, a);
       if constexpr (kBlock) {
         const int64_t n = min(n0 + r, w.out - 1);
+        if constexpr (kScaled) d *= kFp8ScaledFloatUnscale;
         acc[r] = fmaf(__ldg(w.scale + (n / w.block_n) * kb + k0 / w.block_k), d, acc[r]);
       }
     }
@@ -197,7 +193,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int64_t n = n0 + r;
     float v = WarpSum(acc[r]);
     if (lane != 0 || n >= w.out) continue;
-    if (!kBlock) v *= w.scale[n];
+    if (!kBlock) v = (kScaled ? v * kFp8ScaledFloatUnscale : v) * w.scale[n];
     if (k_splits == 1) {
       y[n] = v + (bias ? bias[n] : 0.f);
     } else {
@@ -258,23 +254,30 @@ int64_t OutputsPerBlock(const DeviceLinear& w, int rows) {
   return w.type == WeightType::kFP8 && rows <= 1 ? int64_t{kWarps} * kRowsPerWarp : kWarps;
 }
 
+using OneRowKernelFn = void (*)(DeviceLinear, const __nv_bfloat16*, int64_t, float*, float*,
+                                const float*, int, int32_t*);
+
+// The one-row FP8 kernel for a weight's scales and a dequantisation.
+OneRowKernelFn OneRowKernel(const DeviceLinear& w, Fp8Dequant dequant) {
+  const bool scaled = dequant == Fp8Dequant::kScaledBits;
+  if (w.scale_kind == WeightScale::kBlock) {
+    return scaled ? GemvFp8OneRowKernel<true, true> : GemvFp8OneRowKernel<true, false>;
+  }
+  return scaled ? GemvFp8OneRowKernel<false, true> : GemvFp8OneRowKernel<false, false>;
+}
+
 template <WeightType T>
 cudaError_t LaunchRows(const DeviceLinear& w, const __nv_bfloat16* x, int rows, int64_t k_chunk,
                        int k_splits, float* partial, float* y, const float* bias, int32_t* counters,
-                       cudaStream_t stream) {
+                       Fp8Dequant dequant, cudaStream_t stream) {
   const unsigned threads = kWarps * 32;
   const int64_t per_block = OutputsPerBlock(w, rows);
   const dim3 grid(static_cast<unsigned>((w.out + per_block - 1) / per_block),
                   static_cast<unsigned>(k_splits));
   if (rows <= 1) {
     if constexpr (T == WeightType::kFP8) {
-      if (w.scale_kind == WeightScale::kBlock) {
-        LaunchKernel(GemvFp8OneRowKernel<true>, grid, threads, 0, stream, w, x, k_chunk, partial, y,
-                     bias, k_splits, counters);
-      } else {
-        LaunchKernel(GemvFp8OneRowKernel<false>, grid, threads, 0, stream, w, x, k_chunk, partial,
-                     y, bias, k_splits, counters);
-      }
+      LaunchKernel(OneRowKernel(w, dequant), grid, threads, 0, stream, w, x, k_chunk, partial, y,
+                   bias, k_splits, counters);
     } else {
       LaunchKernel(GemvKernel<T, 1>, grid, threads, 0, stream, w, x, rows, k_chunk, partial, y,
                    bias, k_splits);
@@ -304,16 +307,19 @@ bool GemvSupports(const DeviceLinear& w) {
   return w.scale_kind == WeightScale::kPerChannel;
 }
 
-int GemvResidentBlocksPerSm(const DeviceLinear& w, int rows) {
+int GemvResidentBlocksPerSm(const DeviceLinear& w, int rows, Fp8Dequant dequant) {
   int blocks = 0;
   const int threads = kWarps * 32;
   cudaError_t err;
   if (w.type == WeightType::kFP8 && rows <= 1) {
-    err = w.scale_kind == WeightScale::kBlock
-              ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, GemvFp8OneRowKernel<true>,
-                                                              threads, 0)
-              : cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, GemvFp8OneRowKernel<false>,
-                                                              threads, 0);
+    // Asked once per kernel (GemvKSplits runs for every one-row linear of an eager step).
+    static std::atomic<int> cached[2][2] = {};
+    std::atomic<int>& c = cached[w.scale_kind == WeightScale::kBlock ? 1 : 0]
+                                [dequant == Fp8Dequant::kScaledBits ? 1 : 0];
+    if (const int known = c.load(std::memory_order_relaxed); known > 0) return known;
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, OneRowKernel(w, dequant), threads,
+                                                        0);
+    if (err == cudaSuccess && blocks > 0) c.store(blocks, std::memory_order_relaxed);
   } else if (w.type == WeightType::kFP8) {
     err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, GemvKernel<WeightType::kFP8, 16>,
                                                         threads, 0);
@@ -332,6 +338,16 @@ int64_t GemvBlocks(const DeviceLinear& w, int rows, int k_splits) {
 int GemvKSplits(const DeviceLinear& w, int sms, int rows) {
   const int64_t per_block = OutputsPerBlock(w, rows);
   const int64_t ctas = (w.out + per_block - 1) / per_block;
+  if (w.type == WeightType::kFP8 && rows <= 1) {
+    // One row of FP8 (measured on an H100, 2026-12-07, at GLM-4.5-Air and GLM-4.7 tp=4 q/k/v and
+    // o widths): more blocks than fit at once never paid, and neither did chunks of fewer than
+    // 4,096 elements; within both, splitting a long row over otherwise idle SMs does (o_proj of
+    // GLM-4.5-Air, K = 12,288: 3 splits, 9% faster than 1).
+    const int per_sm = std::max(1, GemvResidentBlocksPerSm(w, rows));
+    const int64_t by_length = w.in / 4096;
+    const int64_t by_room = int64_t{per_sm} * sms / std::max<int64_t>(1, ctas);
+    return static_cast<int>(std::clamp<int64_t>(std::min(by_length, by_room), 1, 32));
+  }
   const int64_t elems = w.type == WeightType::kBF16 ? 8 : 16;
   const int64_t step = 32 * elems * 4;  // at least four vectors per lane and split
   const int64_t max_splits = std::max<int64_t>(1, w.in / step);
@@ -341,7 +357,7 @@ int GemvKSplits(const DeviceLinear& w, int sms, int rows) {
 
 cudaError_t Gemv(const DeviceLinear& w, const __nv_bfloat16* x, int rows, const float* bias,
                  int k_splits, float* partial, float* y, cudaStream_t stream, int32_t* counters,
-                 int64_t num_counters) {
+                 int64_t num_counters, Fp8Dequant dequant) {
   if (rows <= 0 || w.out == 0) return cudaSuccess;
   if (rows > kGemvMaxRows || k_splits < 1 || !GemvSupports(w) ||
       (k_splits > 1 && partial == nullptr)) {
@@ -355,9 +371,9 @@ cudaError_t Gemv(const DeviceLinear& w, const __nv_bfloat16* x, int rows, const 
   int32_t* used_counters = in_kernel ? counters : nullptr;
   cudaError_t err = w.type == WeightType::kBF16
                         ? LaunchRows<WeightType::kBF16>(w, x, rows, k_chunk, splits, partial, y,
-                                                        bias, used_counters, stream)
+                                                        bias, used_counters, dequant, stream)
                         : LaunchRows<WeightType::kFP8>(w, x, rows, k_chunk, splits, partial, y,
-                                                       bias, used_counters, stream);
+                                                       bias, used_counters, dequant, stream);
   if (err != cudaSuccess || splits == 1 || in_kernel) return err;
   const int64_t count = static_cast<int64_t>(rows) * w.out;
   const int64_t blocks = std::min<int64_t>((count + 255) / 256, 4096);

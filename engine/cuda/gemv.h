@@ -24,13 +24,21 @@ namespace spark::cuda {
 
 constexpr int kGemvMaxRows = 16;
 
+// How the one-row FP8 kernel turns E4M3 weights into floats: the hardware conversion
+// (E4M3x2 -> half2 -> float2) or integer bit placement (Fp8x4ScaledFloats in device_math.cuh,
+// sums scaled back by 2^120). Both give float(q) exactly; the sums differ only where partial sums
+// fall below fp32's normal range.
+enum class Fp8Dequant { kConvert, kScaledBits };
+constexpr Fp8Dequant kGemvFp8DequantDefault = Fp8Dequant::kConvert;
+
 // Chooses the K split for a weight on a device with `sms` multiprocessors and `rows` activation
 // rows.
 int GemvKSplits(const DeviceLinear& w, int sms, int rows);
 
 // Thread blocks of the kernel that Gemv launches for `w` and `rows` that fit on one
 // multiprocessor at once (registers, threads); 0 when the occupancy query fails.
-int GemvResidentBlocksPerSm(const DeviceLinear& w, int rows);
+int GemvResidentBlocksPerSm(const DeviceLinear& w, int rows,
+                            Fp8Dequant dequant = kGemvFp8DequantDefault);
 
 // Thread blocks Gemv launches for `w`, `rows` and `k_splits` (the K chunk rounded as Gemv does).
 int64_t GemvBlocks(const DeviceLinear& w, int rows, int k_splits);
@@ -43,6 +51,7 @@ bool GemvSupports(const DeviceLinear& w);
 // order: the same result) instead of a second kernel.
 cudaError_t Gemv(const DeviceLinear& w, const __nv_bfloat16* x, int rows, const float* bias,
                  int k_splits, float* partial, float* y, cudaStream_t stream,
-                 int32_t* counters = nullptr, int64_t num_counters = 0);
+                 int32_t* counters = nullptr, int64_t num_counters = 0,
+                 Fp8Dequant dequant = kGemvFp8DequantDefault);
 
 }  // namespace spark::cuda

@@ -16,7 +16,7 @@
 //             [--batches 1,8,64,256,1024] [--iters 20] [--tune] [--tune-log] [--caps 0,101376]
 //             [--gemv-max-tokens N]   (batches up to N on the GEMV path; default: the table's)
 //             [--gemv-k-splits 0,1,2,4,8] [--gemv-down-outputs 0,4,8,16]
-//             [--gemv-down-vectors 0,1,2,3]
+//             [--gemv-down-vectors 0,1,2,3] [--gemv-fp8-dequant 0,1,2]
 //                 (the GEMV kernels' work split, every combination in turn; 0 = the default)
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
@@ -198,7 +198,8 @@ int Main(int argc, char** argv) {
   bool tune = false;
   bool tune_log = false;
   int gemv_max_tokens = -1;  // the table's default
-  std::vector<int> gemv_k_splits = {0}, gemv_down_outputs = {0}, gemv_down_vectors = {0};
+  std::vector<int> gemv_k_splits = {0}, gemv_down_outputs = {0}, gemv_down_vectors = {0},
+                   gemv_fp8_dequant = {0};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -227,10 +228,12 @@ int Main(int argc, char** argv) {
       tune_log = true;
     } else if (a == "--gemv-max-tokens") {
       gemv_max_tokens = std::max(0, std::atoi(next().c_str()));
-    } else if (a == "--gemv-k-splits" || a == "--gemv-down-outputs" || a == "--gemv-down-vectors") {
-      auto& list = a == "--gemv-k-splits"
-                       ? gemv_k_splits
-                       : (a == "--gemv-down-outputs" ? gemv_down_outputs : gemv_down_vectors);
+    } else if (a == "--gemv-k-splits" || a == "--gemv-down-outputs" || a == "--gemv-down-vectors" ||
+               a == "--gemv-fp8-dequant") {
+      auto& list = a == "--gemv-k-splits"       ? gemv_k_splits
+                   : a == "--gemv-down-outputs" ? gemv_down_outputs
+                   : a == "--gemv-down-vectors" ? gemv_down_vectors
+                                                : gemv_fp8_dequant;
       list.clear();
       for (const auto& v : Split(next())) list.push_back(std::atoi(v.c_str()));
     } else {
@@ -239,7 +242,8 @@ int Main(int argc, char** argv) {
           "usage: bench_moe [--shapes glm47-tp4,glm45-air] [--formats "
           "fp8-per-channel,bf16,fp8-block128] [--batches 1,8,...] [--caps 0,101376] "
           "[--iters N] [--tune] [--tune-log] [--gemv-max-tokens N] [--gemv-k-splits 0,1,2,4,8] "
-          "[--gemv-down-outputs 0,4,8,16] [--gemv-down-vectors 0,1,2,3]\n");
+          "[--gemv-down-outputs 0,4,8,16] [--gemv-down-vectors 0,1,2,3] "
+          "[--gemv-fp8-dequant 0,1,2]\n");
       return 2;
     }
   }
@@ -323,7 +327,9 @@ int Main(int argc, char** argv) {
         std::vector<MoeGemvTiling> tilings;
         for (const int k : gemv_k_splits) {
           for (const int d : gemv_down_outputs) {
-            for (const int v : gemv_down_vectors) tilings.push_back(MoeGemvTiling{k, d, v});
+            for (const int v : gemv_down_vectors) {
+              for (const int q : gemv_fp8_dequant) tilings.push_back(MoeGemvTiling{k, d, v, q});
+            }
           }
         }
         for (const MoeGemvTiling& tiling : tilings) {
@@ -344,7 +350,8 @@ int Main(int argc, char** argv) {
             const std::string configs =
                 plan.gemv ? "GEMV k" + std::to_string(used.gate_up_k_splits) + " | GEMV d" +
                                 std::to_string(used.down_outputs) + " v" +
-                                std::to_string(used.down_vectors)
+                                std::to_string(used.down_vectors) +
+                                (used.fp8_dequant == kMoeGemvScaledBits ? " scaled-bits" : "")
                           : plan.gate_up.ToString() + " | " + plan.down.ToString();
             const double graph_us = runner.GraphUs(b, *table, iters);
             std::printf("%-7s %-6lld %10.1f %10.1f %9.1f %9.1f %9.1f %7.1f%% %9.1f  %s\n",

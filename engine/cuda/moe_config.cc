@@ -358,6 +358,12 @@ Status CheckMoeGemvTiling(const MoeGemvTiling& tiling) {
     return InvalidArgument("MoE GEMV down vectors in flight " + std::to_string(v) +
                            " not supported: use 1, 2 or 3 (0 = the default)");
   }
+  const int q = tiling.fp8_dequant;
+  if (q < 0 || q > kMoeGemvScaledBits) {
+    return InvalidArgument("MoE GEMV FP8 dequantisation " + std::to_string(q) +
+                           " not supported: use 1 (hardware conversion) or 2 (scaled bits), 0 = "
+                           "the default");
+  }
   return Status::Ok();
 }
 

@@ -47,12 +47,19 @@ enum class MoeGemm : uint8_t {
 constexpr int kMoeGemvMaxTokensDefault = 4;
 
 // Work split of the GEMV path's kernels (engine/cuda/moe_gemv.h); 0 = the default: 1 K split,
-// 16 outputs, min(2, Im / 512 rounded up) vectors (the split measured on an H100, 2026-12-07).
+// 8 outputs up to 2 tokens and 16 from 4, 1 vector in flight (each the fastest or within 5% of it
+// at every token count in bench_moe's sweep on an H100, 2026-12-07), hardware conversion.
 struct MoeGemvTiling {
   int gate_up_k_splits = 0;  // warps of a gate/up block that split H for one row group: 1, 2, 4, 8
   int down_outputs = 0;      // hidden columns of one down block: 4, 8, 16
   int down_vectors = 0;      // 16-byte vectors per weight row and lane in flight in down: 1, 2, 3
+  // How FP8 weights become floats: kMoeGemvHardwareConvert (E4M3x2 -> half2 -> float2) or
+  // kMoeGemvScaledBits (integer bit placement, engine/cuda/device_math.cuh Fp8x4ScaledFloats).
+  int fp8_dequant = 0;
 };
+constexpr int kMoeGemvHardwareConvert = 1;
+constexpr int kMoeGemvScaledBits = 2;
+constexpr int kMoeGemvFp8DequantDefault = kMoeGemvHardwareConvert;
 // InvalidArgument naming the value and the ones allowed when a field is outside those listed.
 Status CheckMoeGemvTiling(const MoeGemvTiling& tiling);
 

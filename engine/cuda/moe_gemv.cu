@@ -3,6 +3,7 @@
 #include <cuda_fp8.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "engine/cuda/device_math.cuh"
 #include "engine/cuda/programmatic_launch.cuh"
@@ -23,7 +24,7 @@ constexpr int ElemBytes(MoeWeightFormat f) { return IsFp8(f) ? 1 : 2; }
 
 // acc[r] += w[r][k .. k+kE) · x[k .. k+kE) for one 16-byte vector per row. Block scales are
 // applied per vector (srow[r][k / 128]); per-channel scales by the caller after the sum.
-template <MoeWeightFormat F, int kRows>
+template <MoeWeightFormat F, int kRows, bool kScaled>
 __device__ __forceinline__ void ConsumeVector(const uint4 (&raw)[kRows],
                                               const float* const (&srow)[kRows],
                                               const __nv_bfloat16* __restrict__ x, int k,
@@ -39,17 +40,13 @@ __device__ __forceinline__ void ConsumeVector(const uint4 (&raw)[kRows],
 #pragma unroll
       for (int e = 0; e < 8; ++e) acc[r] = fmaf(__bfloat162float(b[e]), xv[e], acc[r]);
     } else {
-      const __nv_fp8x2_storage_t* q2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&raw[r]);
       float d = 0.f;
       float& a = F == MoeWeightFormat::kFp8Block ? d : acc[r];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(q2[e], __NV_E4M3)));
-        a = fmaf(f.x, xv[2 * e], a);
-        a = fmaf(f.y, xv[2 * e + 1], a);
-      }
-      if constexpr (F == MoeWeightFormat::kFp8Block)
+      Fp8x16Dot<kScaled>(raw[r], xv, a);
+      if constexpr (F == MoeWeightFormat::kFp8Block) {
+        if constexpr (kScaled) d *= kFp8ScaledFloatUnscale;
         acc[r] = fmaf(__ldg(srow[r] + k / 128), d, acc[r]);
+      }
     }
   }
 }
@@ -60,7 +57,7 @@ __device__ __forceinline__ void ConsumeVector(const uint4 (&raw)[kRows],
 // 16-byte loads in flight per lane), out-of-range ones predicated off, so a short range is one
 // round trip. The round loop is warp-uniform: `before_use` runs once in every lane, after the
 // first round's loads are issued and before x is read.
-template <MoeWeightFormat F, int kRows, int kUnroll, class BeforeUse>
+template <MoeWeightFormat F, int kRows, int kUnroll, bool kScaled, class BeforeUse>
 __device__ __forceinline__ void DotRows(const uint4* const (&w)[kRows],
                                         const float* const (&srow)[kRows],
                                         const __nv_bfloat16* __restrict__ x, int k_begin, int k_end,
@@ -87,7 +84,7 @@ __device__ __forceinline__ void DotRows(const uint4* const (&w)[kRows],
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int k = base + u * kStride;
-      if (k < k_end) ConsumeVector<F, kRows>(raw[u], srow, x, k, acc);
+      if (k < k_end) ConsumeVector<F, kRows, kScaled>(raw[u], srow, x, k, acc);
     }
   }
 }
@@ -95,7 +92,7 @@ __device__ __forceinline__ void DotRows(const uint4* const (&w)[kRows],
 // grid (ceil(Im / (2 * kWarps / k_splits)), pairs): the warps of a block form kWarps / k_splits
 // row groups, each the rows (gate_i, up_i, gate_i+1, up_i+1), and the k_splits warps of a group
 // take consecutive k_chunk-element ranges of H; their sums meet in shared memory (split order).
-template <MoeWeightFormat F>
+template <MoeWeightFormat F, bool kScaled>
 __global__ void __launch_bounds__(kWarps * 32)
     GateUpKernel(MoeGemvParams p, int k_splits, int k_chunk, const __nv_bfloat16* __restrict__ x,
                  const uint8_t* __restrict__ w13, const float* __restrict__ scale,
@@ -133,8 +130,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int k_begin = split * k_chunk;
   const int k_end = min(p.hidden, k_begin + k_chunk);
   if (active) {
-    DotRows<F, kRowsPerWarp, kVectorsInFlight>(w, srow, x + token * p.hidden, k_begin, k_end, acc,
-                                               [] {});
+    DotRows<F, kRowsPerWarp, kVectorsInFlight, kScaled>(w, srow, x + token * p.hidden, k_begin,
+                                                        k_end, acc, [] {});
   }
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) acc[r] = WarpSum(acc[r]);
@@ -155,7 +152,10 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (!active || lane != 0) return;
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
-    if constexpr (F == MoeWeightFormat::kFp8PerChannel) acc[r] *= __ldg(srow[r]);
+    if constexpr (F == MoeWeightFormat::kFp8PerChannel) {
+      if constexpr (kScaled) acc[r] *= kFp8ScaledFloatUnscale;
+      acc[r] *= __ldg(srow[r]);
+    }
   }
 #pragma unroll
   for (int q = 0; q < 2; ++q) {
@@ -180,7 +180,7 @@ constexpr int kMaxDownOutputs = 16;
 // The expert ids come from the router, which completed before the gate/up kernel got past its
 // own wait: each warp issues its first weight loads before waiting for gate/up (programmatic
 // launch), reading the ids through L2 (never a stale L1 line of an earlier layer).
-template <MoeWeightFormat F, int kUnroll, class T>
+template <MoeWeightFormat F, int kUnroll, class T, bool kScaled>
 __global__ void __launch_bounds__(kWarps * 32)
     DownKernel(MoeGemvParams p, int outputs, const __nv_bfloat16* __restrict__ inter,
                const uint8_t* __restrict__ w2, const float* __restrict__ scale,
@@ -220,12 +220,16 @@ __global__ void __launch_bounds__(kWarps * 32)
       }
     }
     float acc[kRowsPerWarp] = {};
-    DotRows<F, kRowsPerWarp, kUnroll>(w, srow, inter + pair * p.inter, 0, p.inter, acc, wait_once);
+    DotRows<F, kRowsPerWarp, kUnroll, kScaled>(w, srow, inter + pair * p.inter, 0, p.inter, acc,
+                                               wait_once);
     const float weight = p.weights[pair];
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
       float v = WarpSum(acc[r]);
-      if constexpr (F == MoeWeightFormat::kFp8PerChannel) v *= __ldg(srow[r]);
+      if constexpr (F == MoeWeightFormat::kFp8PerChannel) {
+        if constexpr (kScaled) v *= kFp8ScaledFloatUnscale;
+        v *= __ldg(srow[r]);
+      }
       if (lane == 0) part[j][n0 - n_base + r] = v * weight;
     }
   }
@@ -248,14 +252,24 @@ bool Valid(const MoeGemvParams& p) {
 }
 
 // The down kernel with `vectors` 16-byte vectors per row and lane in flight (1, 2 or 3).
-template <MoeWeightFormat F, class T, class Launch>
+template <MoeWeightFormat F, class T, bool kScaled, class Launch>
 void WithDownVectors(int vectors, Launch&& launch) {
   if (vectors == 1) {
-    launch(DownKernel<F, 1, T>);
+    launch(DownKernel<F, 1, T, kScaled>);
   } else if (vectors == 2) {
-    launch(DownKernel<F, 2, T>);
+    launch(DownKernel<F, 2, T, kScaled>);
   } else {
-    launch(DownKernel<F, 3, T>);
+    launch(DownKernel<F, 3, T, kScaled>);
+  }
+}
+
+// FP8 kernels with the tiling's dequantisation (kMoeGemvScaledBits: integer bit placement).
+template <MoeWeightFormat F, class Launch>
+void WithDequant(const MoeGemvTiling& tiling, Launch&& launch) {
+  if (tiling.fp8_dequant == kMoeGemvScaledBits) {
+    launch(std::true_type{});
+  } else {
+    launch(std::false_type{});
   }
 }
 
@@ -274,13 +288,19 @@ cudaError_t LaunchDown(const MoeGemvParams& p, const __nv_bfloat16* inter, const
   };
   switch (p.format) {
     case MoeWeightFormat::kBf16:
-      WithDownVectors<MoeWeightFormat::kBf16, T>(tiling.down_vectors, launch);
+      WithDownVectors<MoeWeightFormat::kBf16, T, false>(tiling.down_vectors, launch);
       break;
     case MoeWeightFormat::kFp8PerChannel:
-      WithDownVectors<MoeWeightFormat::kFp8PerChannel, T>(tiling.down_vectors, launch);
+      WithDequant<MoeWeightFormat::kFp8PerChannel>(tiling, [&](auto scaled) {
+        WithDownVectors<MoeWeightFormat::kFp8PerChannel, T, decltype(scaled)::value>(
+            tiling.down_vectors, launch);
+      });
       break;
     case MoeWeightFormat::kFp8Block:
-      WithDownVectors<MoeWeightFormat::kFp8Block, T>(tiling.down_vectors, launch);
+      WithDequant<MoeWeightFormat::kFp8Block>(tiling, [&](auto scaled) {
+        WithDownVectors<MoeWeightFormat::kFp8Block, T, decltype(scaled)::value>(tiling.down_vectors,
+                                                                                launch);
+      });
       break;
   }
   return cudaGetLastError();
@@ -302,11 +322,9 @@ bool MoeGemvServes(const MoeConfigTable& table, MoeWeightFormat format, int hidd
 MoeGemvTiling MoeGemvResolveTiling(const MoeGemvParams& p) {
   MoeGemvTiling t = p.tiling;
   if (t.gate_up_k_splits <= 0) t.gate_up_k_splits = 1;
-  if (t.down_outputs <= 0) t.down_outputs = 16;
-  if (t.down_vectors <= 0) {
-    const int vectors = p.inter / VecElems(p.format);
-    t.down_vectors = vectors <= 32 ? 1 : 2;
-  }
+  if (t.down_outputs <= 0) t.down_outputs = p.tokens <= 2 ? 8 : 16;
+  if (t.down_vectors <= 0) t.down_vectors = 1;
+  if (t.fp8_dequant <= 0) t.fp8_dequant = kMoeGemvFp8DequantDefault;
   return t;
 }
 
@@ -314,7 +332,8 @@ cudaError_t MoeGemvGateUp(const MoeGemvParams& p, const __nv_bfloat16* x, const 
                           const float* w13_scale, __nv_bfloat16* inter, cudaStream_t stream) {
   if (p.tokens == 0) return cudaSuccess;
   if (!Valid(p)) return cudaErrorInvalidValue;
-  const int k_splits = MoeGemvResolveTiling(p).gate_up_k_splits;
+  const MoeGemvTiling tiling = MoeGemvResolveTiling(p);
+  const int k_splits = tiling.gate_up_k_splits;
   const int elems = VecElems(p.format);
   const int k_chunk = (p.hidden + k_splits * elems - 1) / (k_splits * elems) * elems;
   const int per_block = 2 * (kWarps / k_splits);
@@ -327,13 +346,17 @@ cudaError_t MoeGemvGateUp(const MoeGemvParams& p, const __nv_bfloat16* x, const 
   };
   switch (p.format) {
     case MoeWeightFormat::kBf16:
-      launch(GateUpKernel<MoeWeightFormat::kBf16>);
+      launch(GateUpKernel<MoeWeightFormat::kBf16, false>);
       break;
     case MoeWeightFormat::kFp8PerChannel:
-      launch(GateUpKernel<MoeWeightFormat::kFp8PerChannel>);
+      WithDequant<MoeWeightFormat::kFp8PerChannel>(tiling, [&](auto scaled) {
+        launch(GateUpKernel<MoeWeightFormat::kFp8PerChannel, decltype(scaled)::value>);
+      });
       break;
     case MoeWeightFormat::kFp8Block:
-      launch(GateUpKernel<MoeWeightFormat::kFp8Block>);
+      WithDequant<MoeWeightFormat::kFp8Block>(tiling, [&](auto scaled) {
+        launch(GateUpKernel<MoeWeightFormat::kFp8Block, decltype(scaled)::value>);
+      });
       break;
   }
   return cudaGetLastError();

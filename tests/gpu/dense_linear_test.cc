@@ -315,6 +315,51 @@ TEST(DenseLinearTest, OneRowFp8GemvEveryKSplit) {
             splits == picked && in_kernel ? "  <- GemvKSplits" : "");
       }
     }
+    // Both dequantisations (hardware conversion, integer bit placement) at split 1 and the
+    // picked split: the same outputs (up to fp32 rounding), timed from HBM (copies cycled) and
+    // with one weight copy read again and again, from the L2 cache where the weights fit (the
+    // GLM-4.7 tp=4 shapes): against the HBM rate that shows whether the kernel's own
+    // instructions or the memory bound it.
+    for (const Fp8Dequant dequant : {Fp8Dequant::kConvert, Fp8Dequant::kScaledBits}) {
+      const char* dq = dequant == Fp8Dequant::kConvert ? "convert" : "scaled-bits";
+      for (const int splits : {1, picked}) {
+        for (const bool one_copy : {false, true}) {
+          auto run = [&](int c) {
+            return Gemv(copies[one_copy ? 0 : c].view, dx.get(), 1, nullptr, splits, partial.get(),
+                        dy.get(), nullptr, counters.get(), kCounters, dequant);
+          };
+          ASSERT_EQ(run(0), cudaSuccess);
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          const std::vector<float> y = dy.Download();
+          float scale = 0.f, diff = 0.f;
+          for (size_t i = 0; i < y.size(); ++i) {
+            scale = std::max(scale, std::fabs(first[i]));
+            diff = std::max(diff, std::fabs(y[i] - first[i]));
+          }
+          EXPECT_LE(diff, 1e-5f * scale) << s.name << " " << dq << " splits " << splits;
+          cudaEvent_t a, b;
+          cudaEventCreate(&a);
+          cudaEventCreate(&b);
+          const int iters = 64;
+          cudaEventRecord(a);
+          for (int i = 0; i < iters; ++i) ASSERT_EQ(run(i % kCopies), cudaSuccess);
+          cudaEventRecord(b);
+          cudaEventSynchronize(b);
+          float ms = 0;
+          cudaEventElapsedTime(&ms, a, b);
+          cudaEventDestroy(a);
+          cudaEventDestroy(b);
+          const double us = ms * 1000.0 / iters;
+          const bool fits_l2 = w.data.size() <= (size_t{40} << 20);
+          std::printf(
+              "[gemv-dequant] %-14s %-11s splits %2d %-20s %8.2f us %7.0f GB/s "
+              "(%d blocks/SM)\n",
+              s.name, dq, splits, !one_copy ? "HBM" : (fits_l2 ? "one copy, L2" : "one copy, > L2"),
+              us, static_cast<double>(w.data.size()) / (us * 1e3),
+              GemvResidentBlocksPerSm(copies[0].view, 1, dequant));
+        }
+      }
+    }
   }
 }
 

@@ -361,7 +361,8 @@ TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
     const MoeReference ref = ComputeMoeReference(f->config, f->layer, c.format, x, rows, Pool());
     // Each shared-memory limit with the table's GEMV threshold, then both paths forced: tiles
     // only (threshold 0) and GEMVs at every token count, with the per-shape work split and each
-    // gate/up K split and down block width.
+    // gate/up K split and down block width, FP8 weights converted by the hardware and by bit
+    // placement.
     struct Setting {
       int64_t cap;
       int gemv_max_tokens;
@@ -370,7 +371,10 @@ TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
     for (const Setting& setting :
          {Setting{0, -1, {}}, Setting{kGb10SmemBytes, -1, {}}, Setting{0, 0, {}},
           Setting{0, 1 << 20, {}}, Setting{0, 1 << 20, {1, 16, 3}}, Setting{0, 1 << 20, {2, 4, 1}},
-          Setting{0, 1 << 20, {4, 8, 2}}, Setting{0, 1 << 20, {8, 4, 3}}}) {
+          Setting{0, 1 << 20, {4, 8, 2}}, Setting{0, 1 << 20, {8, 4, 3}},
+          Setting{0, 1 << 20, {1, 8, 1, kMoeGemvScaledBits}},
+          Setting{0, 1 << 20, {2, 16, 2, kMoeGemvScaledBits}},
+          Setting{0, 1 << 20, {1, 8, 1, kMoeGemvHardwareConvert}}}) {
       auto table = MoeConfigTable::Create(Device(), setting.cap);
       ASSERT_TRUE(table.ok()) << table.status().ToString();
       if (setting.gemv_max_tokens >= 0) table->SetGemvMaxTokens(setting.gemv_max_tokens);
@@ -382,17 +386,22 @@ TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
           "mismatches %d/%zu\n",
           c.shape.name, MoeWeightFormatName(c.format), static_cast<long long>(tokens),
           static_cast<long long>(setting.cap), table->gemv_max_tokens(),
-          r.plan.gemv ? ("GEMV k" + std::to_string(r.plan.gemv_tiling.gate_up_k_splits) + " d" +
-                         std::to_string(r.plan.gemv_tiling.down_outputs) + " v" +
-                         std::to_string(r.plan.gemv_tiling.down_vectors))
-                            .c_str()
-                      : (r.plan.gate_up.ToString() + " | " + r.plan.down.ToString()).c_str(),
+          r.plan.gemv
+              ? ("GEMV k" + std::to_string(r.plan.gemv_tiling.gate_up_k_splits) + " d" +
+                 std::to_string(r.plan.gemv_tiling.down_outputs) + " v" +
+                 std::to_string(r.plan.gemv_tiling.down_vectors) +
+                 (r.plan.gemv_tiling.fp8_dequant == kMoeGemvScaledBits ? " scaled-bits" : ""))
+                    .c_str()
+              : (r.plan.gate_up.ToString() + " | " + r.plan.down.ToString()).c_str(),
           e.mirror, e.plain, e.route_mismatches, rows.size());
       EXPECT_EQ(r.plan.gemv, tokens <= table->gemv_max_tokens());
       if (r.plan.gemv && setting.tiling.gate_up_k_splits > 0) {
         EXPECT_EQ(r.plan.gemv_tiling.gate_up_k_splits, setting.tiling.gate_up_k_splits);
         EXPECT_EQ(r.plan.gemv_tiling.down_outputs, setting.tiling.down_outputs);
         EXPECT_EQ(r.plan.gemv_tiling.down_vectors, setting.tiling.down_vectors);
+        if (setting.tiling.fp8_dequant > 0) {
+          EXPECT_EQ(r.plan.gemv_tiling.fp8_dequant, setting.tiling.fp8_dequant);
+        }
       }
       EXPECT_LE(r.plan.gate_up.SmemBytes(), table->smem_limit_bytes());
       EXPECT_LE(r.plan.down.SmemBytes(), table->smem_limit_bytes());

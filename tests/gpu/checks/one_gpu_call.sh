@@ -62,7 +62,11 @@ step moe_gemv_sweep 120 $B/bin/bench_moe --formats fp8-per-channel --caps 0 --ba
 grep -vE '^device:|^$' "$OUT/moe_gemv_sweep.log" >>$S
 # The dense one-row FP8 GEMV (batch-1 qkv / o) at every K split.
 step gemv_splits 60 $B/bin/gpu_kernels_test --gtest_filter='*EveryKSplit*'
-grep -E '^\[gemv-splits' "$OUT/gemv_splits.log" >>$S
+grep -E '^\[gemv-(splits|dequant)' "$OUT/gemv_splits.log" >>$S
+# The MoE GEMVs with FP8 weights converted by the hardware and by integer bit placement.
+step moe_gemv_dequant 90 $B/bin/bench_moe --formats fp8-per-channel,fp8-block128 --caps 0 \
+  --batches 1,2,4 --gemv-max-tokens 4 --gemv-fp8-dequant 1,2 --iters 20
+grep -vE '^device:|^$' "$OUT/moe_gemv_dequant.log" >>$S
 # The whole MoE suite (every shape and format, tiles and the GEMV path) and the tuner.
 step moe_all 240 $B/bin/gpu_moe_test
 step moe_tuner 120 $B/bin/gpu_moe_tuner_test
@@ -89,9 +93,10 @@ step ncu 90 ncu --cache-control none --clock-control none --metrics gpu__time_du
 step ncu_gemv 120 ncu --cache-control all --clock-control none \
   -k 'regex:GateUpKernel|DownKernel|GemvFp8OneRow' -c 12 \
   --section SpeedOfLight --section WarpStateStats --section Occupancy --section LaunchStats \
+  --section ComputeWorkloadAnalysis --section InstructionStats \
   $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy --backend cuda --layers 2 \
   --batch-sizes 1 --input-len 16 --output-len 4 --no-cuda-graphs
-grep -E '^  [A-Za-z].*(Kernel|Gemv)|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Achieved Occupancy|Theoretical Occupancy|Registers Per|Waves Per SM|Stall|cycles being stalled|Block Limit' "$OUT/ncu_gemv.log" | head -120 >>$S
+grep -E '^  [A-Za-z].*(Kernel|Gemv)|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Achieved Occupancy|Theoretical Occupancy|Registers Per|Waves Per SM|Stall|cycles being stalled|Block Limit|Issue Slots|Executed Ipc|SM Busy|pipeline|Pipe' "$OUT/ncu_gemv.log" | head -120 >>$S
 # The tile GEMMs at 8, 256 and 1,024 tokens: every candidate the tuner times (gate/up and down
 # apart), then ncu of the default tiles at 1,024 tokens (GLM-4.5-Air): tensor, L2 and DRAM
 # throughput and stalls (where the large batches lose against the anchor).
