@@ -216,6 +216,10 @@ TEST(MoeConfigTest, GemvTilingAcceptsTheCompiledSplitsOnly) {
   const Status bad_v = table->SetGemvTiling(MoeGemvTiling{2, 8, 4});
   EXPECT_EQ(bad_v.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(bad_v.message().find("use 1, 2 or 3"), std::string::npos) << bad_v.message();
+  // A rejected tiling leaves the previous one in place.
+  EXPECT_EQ(table->gemv_tiling().gate_up_k_splits, 8);
+  EXPECT_EQ(table->gemv_tiling().down_outputs, 16);
+  EXPECT_EQ(table->gemv_tiling().down_vectors, 3);
   for (const int q : {0, kMoeGemvHardwareConvert, kMoeGemvScaledBits}) {
     EXPECT_TRUE(table->SetGemvTiling(MoeGemvTiling{1, 8, 1, q}).ok()) << q;
     EXPECT_EQ(table->gemv_tiling().fp8_dequant, q);
@@ -223,10 +227,7 @@ TEST(MoeConfigTest, GemvTilingAcceptsTheCompiledSplitsOnly) {
   const Status bad_q = table->SetGemvTiling(MoeGemvTiling{1, 8, 1, 3});
   EXPECT_EQ(bad_q.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(bad_q.message().find("2 (scaled bits)"), std::string::npos) << bad_q.message();
-  // A rejected tiling leaves the previous one in place.
-  EXPECT_EQ(table->gemv_tiling().gate_up_k_splits, 8);
-  EXPECT_EQ(table->gemv_tiling().down_outputs, 16);
-  EXPECT_EQ(table->gemv_tiling().down_vectors, 3);
+  EXPECT_EQ(table->gemv_tiling().fp8_dequant, kMoeGemvScaledBits);
 }
 
 TEST(MoeConfigTest, TableWithoutRoomForAnyConfigIsRejected) {
