@@ -109,37 +109,44 @@ __global__ void __launch_bounds__(WARPS * 32) MoeGemmKernel(GemmParams p, int st
   const int ktiles = kt_end - kt_begin;
   constexpr int kStageBytes = (BM + BN) * BK;
 
-  // Each thread copies the same chunks of every stage: their source rows, K offsets and smem
-  // offsets are fixed for the whole K loop.
-  constexpr int kLoads = (BM + BN) * T::kChunks / T::kThreads;
-  static_assert(kLoads * T::kThreads == (BM + BN) * T::kChunks, "uneven tile loads");
-  const uint8_t* load_src[kLoads];
-  int load_dst[kLoads];
-  int load_koff[kLoads];
+  // Each thread copies the same 16-byte chunk column of every stage: row r0 + j * kRowsPerPass
+  // for j = 0, 1, ... (A rows first, then B rows), so the K offset, the swizzled shared-memory
+  // offset (a multiple of 8 rows apart keeps the XOR pattern) and the B source advance by
+  // constants; only the gathered A rows need a pointer each. Holding one address per copy for
+  // the whole K loop cost the large tiles a third of their registers.
+  constexpr int kRowsPerPass = T::kThreads / T::kChunks;
+  static_assert(T::kThreads % T::kChunks == 0 && kRowsPerPass % 8 == 0, "copy passes");
+  static_assert(BM % kRowsPerPass == 0 && BN % kRowsPerPass == 0, "a pass spans one operand");
+  constexpr int kAPasses = BM / kRowsPerPass;
+  constexpr int kBPasses = BN / kRowsPerPass;
+  const int chunk = tid % T::kChunks;
+  const int r0 = tid / T::kChunks;
+  const int koff = chunk * 16;
+  const uint32_t dst0 = static_cast<uint32_t>(r0 * BK + ((chunk ^ (r0 & 7)) << 4));
+  const uint8_t* a_src[kAPasses];
 #pragma unroll
-  for (int j = 0; j < kLoads; ++j) {
-    const int i = tid + j * T::kThreads;
-    const int row = i / T::kChunks;
-    const int c = i % T::kChunks;
-    load_koff[j] = c * 16;
-    if (row < BM) {
-      load_src[j] = a_rows[row] != nullptr ? a_rows[row] + c * 16 : nullptr;
-      load_dst[j] = row * BK + ((c ^ (row & 7)) << 4);
-    } else {
-      const int r = row - BM;
-      load_src[j] = n0 + r < p.n ? b_base + int64_t{n0 + r} * k_bytes + c * 16 : nullptr;
-      load_dst[j] = BM * BK + r * BK + ((c ^ (r & 7)) << 4);
-    }
+  for (int j = 0; j < kAPasses; ++j) {
+    const uint8_t* row = a_rows[r0 + j * kRowsPerPass];
+    a_src[j] = row != nullptr ? row + koff : nullptr;
   }
+  const uint8_t* b_src0 = b_base + int64_t{n0 + r0} * k_bytes + koff;
+  const int b_rows_left = p.n - n0 - r0;  // B rows of this thread's passes below p.n: j * R < left
   const uint32_t tiles_smem = SmemAddr(tiles);
 
   auto load = [&](int slot, int kt) {
     const int64_t kb0 = int64_t{kt} * BK;
-    const uint32_t stage = tiles_smem + slot * kStageBytes;
+    const bool k_ok = kb0 + koff < k_bytes;
+    const uint32_t stage = tiles_smem + slot * kStageBytes + dst0;
 #pragma unroll
-    for (int j = 0; j < kLoads; ++j) {
-      const bool valid = load_src[j] != nullptr && kb0 + load_koff[j] < k_bytes;
-      CpAsync16(stage + load_dst[j], valid ? load_src[j] + kb0 : b_base, valid);
+    for (int j = 0; j < kAPasses; ++j) {
+      const bool valid = k_ok && a_src[j] != nullptr;
+      CpAsync16(stage + j * kRowsPerPass * BK, valid ? a_src[j] + kb0 : b_base, valid);
+    }
+#pragma unroll
+    for (int j = 0; j < kBPasses; ++j) {
+      const bool valid = k_ok && j * kRowsPerPass < b_rows_left;
+      CpAsync16(stage + (BM + j * kRowsPerPass) * BK,
+                valid ? b_src0 + int64_t{j} * kRowsPerPass * k_bytes + kb0 : b_base, valid);
     }
   };
 
