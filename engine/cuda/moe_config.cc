@@ -204,12 +204,16 @@ MoeTileConfig MoeConfigTable::Select(MoeWeightFormat format, MoeGemm gemm, int64
       break;
   }
   const auto& variants = MoeKernelVariants();
-  // Shallow pipelines with more resident thread blocks per SM measured faster than deep ones;
-  // 32-row tiles (the 1,024-token decode and prefill chunks) fastest with two stages (H100:
-  // 361 against 384 us for GLM-4.7 tp=4 gate/up, 931 against 1,030 for GLM-4.5-Air).
-  const int max_stages = bm == 32 ? 2 : 3;
+  // Shallow pipelines with more resident thread blocks per SM measured faster than deep ones:
+  // the deepest pipeline of at most 3 stages within kPreferredSmemBytes first (H100, every
+  // candidate of bench_moe --tune-log, 2026-12-07: m16n64k256 with 2 stages against 3, 83 / 91 us
+  // of GLM-4.7 tp=4 gate/up at 8 tokens, 449 / 521 us of GLM-4.5-Air at 256; m32n128 with 2
+  // against 3 at 1,024 tokens, 361 / 384 and 931 / 1,030 us), then any pipeline of 2-3 stages.
+  constexpr int kSelectMaxStages = 3;
+  constexpr int64_t kPreferredSmemBytes = 42 * 1024;
   MoeTileConfig chosen;
-  for (int min_stages : {max_stages, kMinStages}) {
+  for (const int64_t limit :
+       {std::min(smem_limit_bytes_, kPreferredSmemBytes), smem_limit_bytes_}) {
     for (const Pref& pref : prefs) {
       for (int v = 0; v < static_cast<int>(variants.size()); ++v) {
         const MoeKernelVariant& var = variants[v];
@@ -217,8 +221,8 @@ MoeTileConfig MoeConfigTable::Select(MoeWeightFormat format, MoeGemm gemm, int64
             var.block_k_bytes != pref.block_k_bytes || var.warps != pref.warps ||
             !MoeVariantServes(var, format))
           continue;
-        const int s = DeepestStages(v, smem_limit_bytes_, max_stages);
-        if (s >= min_stages) {
+        const int s = DeepestStages(v, limit, kSelectMaxStages);
+        if (s >= kMinStages) {
           chosen = MoeVariantConfig(v, s, 1);
           break;
         }
