@@ -27,7 +27,8 @@ constexpr int kGemvMaxRows = 16;
 // How the one-row FP8 kernel turns E4M3 weights into floats: the hardware conversion
 // (E4M3x2 -> half2 -> float2) or integer bit placement (Fp8x4ScaledFloats in device_math.cuh,
 // sums scaled back by 2^120). Both give float(q) exactly; the sums differ only where partial sums
-// fall below fp32's normal range.
+// fall below fp32's normal range. The conversion is the default: bit placement measured 10-35%
+// slower on an H100 (2026-12-07).
 enum class Fp8Dequant { kConvert, kScaledBits };
 constexpr Fp8Dequant kGemvFp8DequantDefault = Fp8Dequant::kConvert;
 
