@@ -4,9 +4,11 @@
 // The model comes from a checkpoint directory (--model, real or dummy weights) or from a config
 // alone (--config: a built-in name such as glm-4.5-air, or a config.json path; dummy weights).
 // For each batch size B it prefills B sequences of input_len tokens (in steps of at most
-// max_batch_tokens tokens), then runs output_len decode steps of one token per sequence, and
-// reports prefill tokens/s, time to first token (the prefill of the whole batch), decode
-// tokens/s, inter-token latency (mean step time), and the roofline: the bytes one rank reads per
+// max_batch_tokens tokens), then one decode step that is not timed with the others (its time is
+// first_step_ms: on the CUDA backend it captures the batch's decode graph, once per bucket in
+// serving), then output_len timed decode steps of one token per sequence, and reports prefill
+// tokens/s, time to first token (the prefill of the whole batch), decode tokens/s, inter-token
+// latency (mean step time), and the roofline: the bytes one rank reads per
 // decode step (DecodeStepBytes) over the device's peak bandwidth, the measured step time, the
 // achieved bandwidth and its ratio to the peak. On the CUDA backend a decode step is timed as
 // serving runs it: the forward pass with the logits left on the device, then greedy GPU
@@ -80,6 +82,7 @@ struct BatchResult {
   double ttft_ms = 0;
   double itl_ms = 0;  // mean decode step
   double itl_p50_ms = 0;
+  double first_step_ms = 0;  // the untimed first decode step (graph capture on CUDA)
   // Mean time a decode step spends in Backend::Forward. On the CUDA backend with device logits
   // that is the host's cost of queueing the step (the GPU then runs while the sampler waits):
   // close to itl_ms means the step is bound by the host. On the CPU backend, the whole pass.
