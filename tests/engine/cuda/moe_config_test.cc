@@ -230,6 +230,44 @@ TEST(MoeConfigTest, GemvTilingAcceptsTheCompiledSplitsOnly) {
   EXPECT_EQ(table->gemv_tiling().fp8_dequant, kMoeGemvScaledBits);
 }
 
+// The heuristic's measured preferences (H100 candidate sweep): 16-row tiles up to 16 rows per
+// expert, 32-row tiles above; the deepest pipeline of up to 3 stages within 42 KiB first, so the
+// 256-byte-K 16-row gate/up tile and the 32-row tile run 2 stages, the 128-byte-K 16-row tile 3;
+// the same under GB10's cap.
+TEST(MoeConfigTest, HeuristicPrefersResidentBlocksOverDeepPipelines) {
+  const Shape& glm47 = kShapes[4];
+  for (const int64_t cap : {kHopperSmemBytes, kGb10SmemBytes}) {
+    Result<MoeConfigTable> table = MoeConfigTable::ForLimit(cap, 132);
+    ASSERT_TRUE(table.ok());
+    const MoeWeightFormat f = MoeWeightFormat::kFp8PerChannel;
+    const int64_t h = glm47.hidden, im = glm47.inter;
+    // 256 tokens: 12.8 rows per expert.
+    const int64_t pairs_256 = 256 * glm47.top_k;
+    EXPECT_EQ(table->BlockMFor(f, pairs_256, glm47.experts), 16);
+    const MoeTileConfig gu =
+        table->Select(f, MoeGemm::kGateUp, pairs_256, glm47.experts, 2 * im, h, 8);
+    EXPECT_EQ(gu.block_n, 64);
+    EXPECT_EQ(gu.block_k_bytes, 256);
+    EXPECT_EQ(gu.stages, 2) << gu.ToString();
+    const MoeTileConfig dn = table->Select(f, MoeGemm::kDown, pairs_256, glm47.experts, h, im, 8);
+    EXPECT_EQ(dn.block_k_bytes, 128);
+    EXPECT_EQ(dn.stages, 3) << dn.ToString();
+    EXPECT_LE(dn.SmemBytes(), 42 * 1024);
+    // 1,024 tokens: 51 rows per expert.
+    const int64_t pairs_1024 = 1024 * glm47.top_k;
+    EXPECT_EQ(table->BlockMFor(f, pairs_1024, glm47.experts), 32);
+    const MoeTileConfig big =
+        table->Select(f, MoeGemm::kGateUp, pairs_1024, glm47.experts, 2 * im, h, 8);
+    EXPECT_EQ(big.block_m, 32);
+    EXPECT_EQ(big.stages, 2) << big.ToString();
+    // 64-row tiles (no variant within 42 KiB) keep their 3-stage pipeline.
+    const int64_t pairs_64rows = int64_t{200} * glm47.experts;
+    EXPECT_EQ(table->BlockMFor(f, pairs_64rows, glm47.experts), 64);
+    EXPECT_EQ(table->Select(f, MoeGemm::kGateUp, pairs_64rows, glm47.experts, 2 * im, h, 8).stages,
+              3);
+  }
+}
+
 TEST(MoeConfigTest, TableWithoutRoomForAnyConfigIsRejected) {
   EXPECT_EQ(MoeConfigTable::ForLimit(0, 132).status().code(), StatusCode::kInvalidArgument);
   Result<MoeConfigTable> tiny = MoeConfigTable::ForLimit(16 * 1024, 132);
