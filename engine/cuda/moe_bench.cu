@@ -2,7 +2,7 @@
 // expert shapes, per batch size, with and without GB10's 101,376-byte shared-memory cap.
 //
 // Prints, per (shape, format, cap, batch): time of the whole routed-expert forward, time of the
-// two expert GEMMs (with their FP8 activation quantisation), the expert bytes actually read
+// two expert GEMMs (with their FP8 activation quantisation; then gate/up and down apart), the expert bytes actually read
 // (distinct routed experts x their weight and scale bytes), and the ratio of the roofline time
 // (bytes / peak copy bandwidth measured in the same run) to the GEMM time. With --tune it also
 // runs the autotuner (engine/cuda/moe_tuner.h) over the batches and reports, through the serving
