@@ -2,15 +2,15 @@
 // expert shapes, per batch size, with and without GB10's 101,376-byte shared-memory cap.
 //
 // Prints, per (shape, format, cap, batch): time of the whole routed-expert forward, time of the
-// two expert GEMMs (with their FP8 activation quantisation; then gate/up and down apart), the expert bytes actually read
-// (distinct routed experts x their weight and scale bytes), and the ratio of the roofline time
-// (bytes / peak copy bandwidth measured in the same run) to the GEMM time. With --tune it also
-// runs the autotuner (engine/cuda/moe_tuner.h) over the batches and reports, through the serving
-// path with the tuned table, the GEMM time of the tuned configs and the tuning time; --tune-log
-// also prints every candidate the tuner timed. graph_us is
-// the whole forward (router included) replayed from a CUDA graph with programmatic launch, as a
-// decode step runs it (no events between the kernels). Random weights
-// are generated on the GPU; the L2 cache is flushed before every timed run.
+// two expert GEMMs (with their FP8 activation quantisation; then gate/up and down apart), the
+// expert bytes actually read (distinct routed experts x their weight and scale bytes), and the
+// ratio of the roofline time (bytes / peak copy bandwidth measured in the same run) to the GEMM
+// time. With --tune it also runs the autotuner (engine/cuda/moe_tuner.h) over the batches and
+// reports, through the serving path with the tuned table, the GEMM time of the tuned configs and
+// the tuning time; --tune-log also prints every candidate the tuner timed. graph_us is the whole
+// forward (router included) replayed from a CUDA graph with programmatic launch, as a decode step
+// runs it (no events between the kernels). Random weights are generated on the GPU; the L2 cache is
+// flushed before every timed run.
 //
 //   bench_moe [--shapes glm47-tp4,glm45-air] [--formats fp8-per-channel,bf16,fp8-block128]
 //             [--batches 1,8,64,256,1024] [--iters 20] [--tune] [--tune-log] [--caps 0,101376]
