@@ -62,6 +62,12 @@ __device__ __forceinline__ void Fp8x16Dot(const uint4& raw, const float* xv, flo
   }
 }
 
+// A sum Fp8x16Dot<kScaled> accumulated, at the weights' true scale.
+template <bool kScaled>
+__device__ __forceinline__ float Fp8DotValue(float sum) {
+  return kScaled ? sum * kFp8ScaledFloatUnscale : sum;
+}
+
 // Round-to-nearest-even float -> FP8 E4M3 with saturation to +-448.
 __device__ __forceinline__ uint8_t FloatToFp8(float v) {
   return static_cast<uint8_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));

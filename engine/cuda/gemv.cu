@@ -158,8 +158,8 @@ __global__ void __launch_bounds__(kWarps * 32)
       Fp8x16Dot<kScaled>(raw[r], xv, a);
       if constexpr (kBlock) {
         const int64_t n = min(n0 + r, w.out - 1);
-        if constexpr (kScaled) d *= kFp8ScaledFloatUnscale;
-        acc[r] = fmaf(__ldg(w.scale + (n / w.block_n) * kb + k0 / w.block_k), d, acc[r]);
+        acc[r] = fmaf(__ldg(w.scale + (n / w.block_n) * kb + k0 / w.block_k),
+                      Fp8DotValue<kScaled>(d), acc[r]);
       }
     }
   };
@@ -193,7 +193,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int64_t n = n0 + r;
     float v = WarpSum(acc[r]);
     if (lane != 0 || n >= w.out) continue;
-    if (!kBlock) v = (kScaled ? v * kFp8ScaledFloatUnscale : v) * w.scale[n];
+    if (!kBlock) v = Fp8DotValue<kScaled>(v) * w.scale[n];
     if (k_splits == 1) {
       y[n] = v + (bias ? bias[n] : 0.f);
     } else {

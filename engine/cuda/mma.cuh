@@ -21,8 +21,7 @@ __device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, bool va
 }
 __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
 // Waits until at most N committed groups are still in flight. A compiler memory barrier too:
-// shared memory changes under it, and loads are not hoisted above it (an epilogue's scale loads
-// moved in front of a K loop hold their registers for the whole loop).
+// shared memory changes under it.
 template <int N>
 __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");

@@ -44,8 +44,7 @@ __device__ __forceinline__ void ConsumeVector(const uint4 (&raw)[kRows],
       float& a = F == MoeWeightFormat::kFp8Block ? d : acc[r];
       Fp8x16Dot<kScaled>(raw[r], xv, a);
       if constexpr (F == MoeWeightFormat::kFp8Block) {
-        if constexpr (kScaled) d *= kFp8ScaledFloatUnscale;
-        acc[r] = fmaf(__ldg(srow[r] + k / 128), d, acc[r]);
+        acc[r] = fmaf(__ldg(srow[r] + k / 128), Fp8DotValue<kScaled>(d), acc[r]);
       }
     }
   }
@@ -153,8 +152,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     if constexpr (F == MoeWeightFormat::kFp8PerChannel) {
-      if constexpr (kScaled) acc[r] *= kFp8ScaledFloatUnscale;
-      acc[r] *= __ldg(srow[r]);
+      acc[r] = Fp8DotValue<kScaled>(acc[r]) * __ldg(srow[r]);
     }
   }
 #pragma unroll
@@ -226,10 +224,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
       float v = WarpSum(acc[r]);
-      if constexpr (F == MoeWeightFormat::kFp8PerChannel) {
-        if constexpr (kScaled) v *= kFp8ScaledFloatUnscale;
-        v *= __ldg(srow[r]);
-      }
+      if constexpr (F == MoeWeightFormat::kFp8PerChannel)
+        v = Fp8DotValue<kScaled>(v) * __ldg(srow[r]);
       if (lane == 0) part[j][n0 - n_base + r] = v * weight;
     }
   }
@@ -264,7 +260,7 @@ void WithDownVectors(int vectors, Launch&& launch) {
 }
 
 // FP8 kernels with the tiling's dequantisation (kMoeGemvScaledBits: integer bit placement).
-template <MoeWeightFormat F, class Launch>
+template <class Launch>
 void WithDequant(const MoeGemvTiling& tiling, Launch&& launch) {
   if (tiling.fp8_dequant == kMoeGemvScaledBits) {
     launch(std::true_type{});
@@ -291,13 +287,13 @@ cudaError_t LaunchDown(const MoeGemvParams& p, const __nv_bfloat16* inter, const
       WithDownVectors<MoeWeightFormat::kBf16, T, false>(tiling.down_vectors, launch);
       break;
     case MoeWeightFormat::kFp8PerChannel:
-      WithDequant<MoeWeightFormat::kFp8PerChannel>(tiling, [&](auto scaled) {
+      WithDequant(tiling, [&](auto scaled) {
         WithDownVectors<MoeWeightFormat::kFp8PerChannel, T, decltype(scaled)::value>(
             tiling.down_vectors, launch);
       });
       break;
     case MoeWeightFormat::kFp8Block:
-      WithDequant<MoeWeightFormat::kFp8Block>(tiling, [&](auto scaled) {
+      WithDequant(tiling, [&](auto scaled) {
         WithDownVectors<MoeWeightFormat::kFp8Block, T, decltype(scaled)::value>(tiling.down_vectors,
                                                                                 launch);
       });
@@ -349,12 +345,12 @@ cudaError_t MoeGemvGateUp(const MoeGemvParams& p, const __nv_bfloat16* x, const 
       launch(GateUpKernel<MoeWeightFormat::kBf16, false>);
       break;
     case MoeWeightFormat::kFp8PerChannel:
-      WithDequant<MoeWeightFormat::kFp8PerChannel>(tiling, [&](auto scaled) {
+      WithDequant(tiling, [&](auto scaled) {
         launch(GateUpKernel<MoeWeightFormat::kFp8PerChannel, decltype(scaled)::value>);
       });
       break;
     case MoeWeightFormat::kFp8Block:
-      WithDequant<MoeWeightFormat::kFp8Block>(tiling, [&](auto scaled) {
+      WithDequant(tiling, [&](auto scaled) {
         launch(GateUpKernel<MoeWeightFormat::kFp8Block, decltype(scaled)::value>);
       });
       break;

@@ -243,6 +243,39 @@ TEST(DenseLinearTest, DecodeTimingsGemvVersusCublasLt) {
   }
 }
 
+// Largest |ref| and largest |y - ref| of a GEMV output against a reference output.
+struct MaxDiff {
+  float scale = 0.f, diff = 0.f;
+};
+MaxDiff Compare(const std::vector<float>& y, const std::vector<float>& ref) {
+  MaxDiff d;
+  for (size_t i = 0; i < y.size(); ++i) {
+    d.scale = std::max(d.scale, std::fabs(ref[i]));
+    d.diff = std::max(d.diff, std::fabs(y[i] - ref[i]));
+  }
+  return d;
+}
+
+// Mean microseconds of `iters` back-to-back calls launch(i) (each returns cudaError_t), timed
+// with events on the default stream; the first launch error, if any.
+template <class Launch>
+cudaError_t MeanLaunchUs(int iters, Launch&& launch, double* us) {
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  cudaEventRecord(a);
+  cudaError_t err = cudaSuccess;
+  for (int i = 0; i < iters && err == cudaSuccess; ++i) err = launch(i);
+  cudaEventRecord(b);
+  cudaEventSynchronize(b);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, a, b);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  *us = ms * 1000.0 / iters;
+  return err;
+}
+
 // The one-row FP8 GEMV (decode at batch 1) at every K split from 1 to 16, with and without the
 // in-kernel split reduction: every split gives split 1's result up to fp32 summation order, and
 // its time is printed with its grid in waves (blocks / (SMs x resident blocks per SM)) next to
@@ -259,6 +292,7 @@ TEST(DenseLinearTest, OneRowFp8GemvEveryKSplit) {
   constexpr int kCopies = 4;
   constexpr int kMaxSplits = 16;
   constexpr int kCounters = 8192;
+  constexpr int kIters = 64;
   for (const Shape& s : shapes) {
     const LinearWeight w = MakeWeight(s.out, s.in, Fmt::kFp8Channel, 11);
     std::vector<Uploaded> copies;
@@ -285,25 +319,12 @@ TEST(DenseLinearTest, OneRowFp8GemvEveryKSplit) {
         ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
         const std::vector<float> y = dy.Download();
         if (first.empty()) first = y;
-        float scale = 0.f, diff = 0.f;
-        for (size_t i = 0; i < y.size(); ++i) {
-          scale = std::max(scale, std::fabs(first[i]));
-          diff = std::max(diff, std::fabs(y[i] - first[i]));
-        }
-        EXPECT_LE(diff, 1e-5f * scale) << s.name << " splits " << splits;
-        cudaEvent_t a, b;
-        cudaEventCreate(&a);
-        cudaEventCreate(&b);
-        const int iters = 64;
-        cudaEventRecord(a);
-        for (int i = 0; i < iters; ++i) ASSERT_EQ(run(i % kCopies), cudaSuccess);
-        cudaEventRecord(b);
-        cudaEventSynchronize(b);
-        float ms = 0;
-        cudaEventElapsedTime(&ms, a, b);
-        cudaEventDestroy(a);
-        cudaEventDestroy(b);
-        const double us = ms * 1000.0 / iters;
+        const MaxDiff d = Compare(y, first);
+        EXPECT_LE(d.diff, 1e-5f * d.scale) << s.name << " splits " << splits;
+        double us = 0;
+        ASSERT_EQ(MeanLaunchUs(
+                      kIters, [&](int i) { return run(i % kCopies); }, &us),
+                  cudaSuccess);
         const int64_t blocks = GemvBlocks(copies[0].view, 1, splits);
         std::printf(
             "[gemv-splits] %-14s splits %2d %-13s %5lld blocks %5.2f waves %8.2f us %7.0f "
@@ -330,26 +351,12 @@ TEST(DenseLinearTest, OneRowFp8GemvEveryKSplit) {
           };
           ASSERT_EQ(run(0), cudaSuccess);
           ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-          const std::vector<float> y = dy.Download();
-          float scale = 0.f, diff = 0.f;
-          for (size_t i = 0; i < y.size(); ++i) {
-            scale = std::max(scale, std::fabs(first[i]));
-            diff = std::max(diff, std::fabs(y[i] - first[i]));
-          }
-          EXPECT_LE(diff, 1e-5f * scale) << s.name << " " << dq << " splits " << splits;
-          cudaEvent_t a, b;
-          cudaEventCreate(&a);
-          cudaEventCreate(&b);
-          const int iters = 64;
-          cudaEventRecord(a);
-          for (int i = 0; i < iters; ++i) ASSERT_EQ(run(i % kCopies), cudaSuccess);
-          cudaEventRecord(b);
-          cudaEventSynchronize(b);
-          float ms = 0;
-          cudaEventElapsedTime(&ms, a, b);
-          cudaEventDestroy(a);
-          cudaEventDestroy(b);
-          const double us = ms * 1000.0 / iters;
+          const MaxDiff d = Compare(dy.Download(), first);
+          EXPECT_LE(d.diff, 1e-5f * d.scale) << s.name << " " << dq << " splits " << splits;
+          double us = 0;
+          ASSERT_EQ(MeanLaunchUs(
+                        kIters, [&](int i) { return run(i % kCopies); }, &us),
+                    cudaSuccess);
           const bool fits_l2 = w.data.size() <= (size_t{40} << 20);
           std::printf(
               "[gemv-dequant] %-14s %-11s splits %2d %-20s %8.2f us %7.0f GB/s "
