@@ -52,6 +52,7 @@ struct EngineBenchOptions {
   bool programmatic_launch = false;     // CUDA: kernels with programmatic dependent launch
   bool moe_tune = false;                // CUDA: tune the MoE tile configs first (as a shard does)
   int moe_gemv_max_tokens = -1;         // CUDA: MoE GEMV path up to this many tokens (-1: default)
+  bool gemv_tensor_cores = false;       // CUDA: one-token FP8 GEMVs on the tensor cores
 };
 
 // Bytes one rank reads in a decode step of `batch` sequences at context length `context`.

@@ -92,6 +92,9 @@ int main(int argc, char** argv) {
                    "(token, expert) pairs, larger ones the grouped tile GEMMs (default: the "
                    "backend's, as a shard; 0 = never)")
       ->check(CLI::NonNegativeNumber);
+  engine->add_flag("--gemv-tensor-cores,!--no-gemv-tensor-cores", o.gemv_tensor_cores,
+                   "CUDA: one-token FP8 GEMVs (dense and MoE) on the tensor cores, E4M3 weights as "
+                   "f16 mma fragments (default: off, as a shard)");
   CLI::Option* pdl_flag = engine->add_flag(
       "--programmatic-launch,!--no-programmatic-launch", o.programmatic_launch,
       "CUDA: launch kernels with programmatic dependent launch (sm_90+), each scheduled while "

@@ -995,6 +995,8 @@ Status CudaBackend::Impl::Finish() {
   limits.gemv_max_rows = options.gemv_max_rows;
   limits.gemv_bf16_rows = options.gemv_bf16_rows;
   limits.gemv_fp8_rows = options.gemv_fp8_rows;
+  limits.gemv_fp8_dequant =
+      options.gemv_tensor_cores ? Fp8Dequant::kHalfMma : kGemvFp8DequantDefault;
   limits.fp8_activations = options.fp8_activations;
   auto note = [&](const DeviceLinear& w) {
     limits.max_in = std::max(limits.max_in, w.in);
@@ -1023,6 +1025,11 @@ Status CudaBackend::Impl::Finish() {
     SPARK_ASSIGN_OR_RETURN(MoeConfigTable table,
                            MoeConfigTable::Create(device, options.smem_cap_bytes));
     table.SetGemvMaxTokens(options.moe_gemv_max_tokens);
+    if (options.gemv_tensor_cores) {
+      MoeGemvTiling tiling = table.gemv_tiling();
+      tiling.fp8_dequant = kMoeGemvHalfMma;
+      SPARK_RETURN_IF_ERROR(table.SetGemvTiling(tiling));
+    }
     SPARK_RETURN_IF_ERROR(ApplyMoeTunedChoices(options.moe_tuned, table)
                               .WithContext("applying the tuned MoE tile configs"));
     moe_table.emplace(std::move(table));

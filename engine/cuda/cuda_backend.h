@@ -115,6 +115,11 @@ struct CudaBackendOptions {
   int gemv_max_rows = 4;
   int gemv_bf16_rows = 0;
   int gemv_fp8_rows = 1;
+  // One-token FP8 GEMVs (dense one-row linears and the MoE GEMV path) on the tensor cores:
+  // E4M3x2 -> f16x2 mma.sync fragments with the activations staged as scaled f16
+  // (engine/cuda/fp8_mma_dot.cuh; Fp8Dequant::kHalfMma, kMoeGemvHalfMma) instead of conversions
+  // and FMAs on the CUDA cores. Same products, fp32 sums in another order.
+  bool gemv_tensor_cores = false;
   // FP8 per-channel linears: quantise activations per token and run cuBLASLt FP8 (true, W8A8),
   // or keep BF16 activations with the GEMV / dequantised weights (false; closer to the fp32
   // reference, slower prefill).

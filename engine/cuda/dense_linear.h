@@ -24,6 +24,7 @@
 
 #include "common/status.h"
 #include "engine/cuda/device_linear.h"
+#include "engine/cuda/gemv.h"
 #include "engine/cuda/lt_gemm.h"
 
 namespace spark::cuda {
@@ -39,6 +40,7 @@ struct DenseLinearLimits {
   int gemv_bf16_rows = 0;
   int gemv_fp8_rows = 1;
   bool fp8_activations = true;
+  Fp8Dequant gemv_fp8_dequant = kGemvFp8DequantDefault;  // the one-row FP8 GEMV's (gemv.h)
 };
 
 enum class LinearPath : int { kGemv, kLtBf16, kLtFp8, kDequantLtBf16, kGemvSlices, kCount };

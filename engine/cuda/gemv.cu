@@ -4,6 +4,7 @@
 #include <atomic>
 
 #include "engine/cuda/device_math.cuh"
+#include "engine/cuda/fp8_mma_dot.cuh"
 #include "engine/cuda/programmatic_launch.cuh"
 
 namespace spark::cuda {
@@ -114,6 +115,33 @@ __global__ void __launch_bounds__(kWarps * 32)
 // spends most of its instructions per weight byte on activation conversions and the scale.
 constexpr int kRowsPerWarp = 4;
 
+// The in-kernel reduction of a split one-row GEMV: after every thread of the block has stored its
+// partials ([k_splits, out]), the last block of the output range [blockIdx.x * outputs, + outputs)
+// to arrive sums the splits in split order (+ bias) into y and resets its counter. Every thread
+// of the block calls it.
+__device__ __forceinline__ void ReduceSplitsInKernel(const float* __restrict__ partial,
+                                                     float* __restrict__ y,
+                                                     const float* __restrict__ bias, int64_t out,
+                                                     int k_splits, int32_t* __restrict__ counters,
+                                                     int outputs) {
+  __shared__ bool last;
+  __threadfence();  // this block's partials, visible before its arrival is counted
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(counters + blockIdx.x, 1) == k_splits - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int i = threadIdx.x; i < outputs; i += blockDim.x) {
+    const int64_t n = static_cast<int64_t>(blockIdx.x) * outputs + i;
+    if (n < out) {
+      float s = 0.f;
+      for (int k = 0; k < k_splits; ++k) s += __ldcg(partial + k * out + n);
+      y[n] = s + (bias ? bias[n] : 0.f);
+    }
+  }
+  if (threadIdx.x == 0) counters[blockIdx.x] = 0;
+}
+
 // With k_splits > 1 and `counters` (one per output block, zero on entry and exit), the last
 // block of an output range to finish sums the splits' partials in split order (the result of
 // ReduceKernel, without its launch); otherwise ReduceKernel does.
@@ -201,23 +229,104 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
   }
   if (!block_reduce) return;
-  __shared__ bool last;
-  __threadfence();  // this block's partials, visible before its arrival is counted
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(counters + blockIdx.x, 1) == k_splits - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  constexpr int kOutputs = kWarps * kRowsPerWarp;
-  if (threadIdx.x < kOutputs) {
-    const int64_t n = static_cast<int64_t>(blockIdx.x) * kOutputs + threadIdx.x;
-    if (n < w.out) {
-      float s = 0.f;
-      for (int k = 0; k < k_splits; ++k) s += __ldcg(partial + k * w.out + n);
-      y[n] = s + (bias ? bias[n] : 0.f);
+  ReduceSplitsInKernel(partial, y, bias, w.out, k_splits, counters, kWarps * kRowsPerWarp);
+}
+
+// One activation row against FP8 weights on the tensor cores (Fp8Dequant::kHalfMma,
+// engine/cuda/fp8_mma_dot.cuh). grid (ceil(out / (16 * groups)), k_splits), kWarps warps forming
+// groups = kWarps / slices row groups of 16 rows; the `slices` warps of a group take consecutive
+// step ranges of the block's K chunk and their sums meet in shared memory in slice order. Each
+// lane keeps kMmaUnroll steps (2 x 16 bytes each) in flight, the first before the programmatic
+// wait (weights do not come from the preceding kernels). Dynamic shared memory: the K chunk as
+// f16.
+constexpr int kMmaUnroll = 4;
+// Longest K chunk one block stages (f16 in dynamic shared memory, within the 48 KB a launch gets
+// without opting in); longer rows need K splits.
+constexpr int64_t kMmaMaxChunk = 20480;
+
+template <bool kBlock>
+__global__ void __launch_bounds__(kWarps * 32)
+    GemvFp8MmaKernel(DeviceLinear w, const __nv_bfloat16* __restrict__ x, int64_t k_chunk,
+                     int slices, float* __restrict__ partial, float* __restrict__ y,
+                     const float* __restrict__ bias, int k_splits,
+                     int32_t* __restrict__ counters) {
+  extern __shared__ uint4 gemv_mma_smem[];
+  __half* xs = reinterpret_cast<__half*>(gemv_mma_smem);
+  __shared__ float scratch[32];
+  __shared__ float part[kWarps][fp8_mma::kRows];
+  constexpr int kStep = fp8_mma::kStepElems;
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int g = lane >> 2;
+  const int groups = kWarps / slices;
+  const int group = warp % groups;
+  const int slice = warp / groups;
+  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * groups + group) * fp8_mma::kRows;
+  const int64_t k_begin = blockIdx.y * k_chunk;
+  const int k_len = static_cast<int>(min(w.in, k_begin + k_chunk) - k_begin);
+  const int steps = k_len / kStep;
+  const int per_slice = (steps + slices - 1) / slices;
+  const int s_begin = min(steps, slice * per_slice);
+  // Groups past the last output load nothing but stay for the block's barriers.
+  const int s_end = n0 < w.out ? min(steps, s_begin + per_slice) : s_begin;
+  // Rows past the end re-read the last row; their sums are never stored.
+  const int64_t row_g = min(n0 + g, w.out - 1);
+  const int64_t row_g8 = min(n0 + g + 8, w.out - 1);
+  const uint8_t* wg = static_cast<const uint8_t*>(w.data) + row_g * w.in + k_begin;
+  const uint8_t* wg8 = static_cast<const uint8_t*>(w.data) + row_g8 * w.in + k_begin;
+  // Block scales: rows g and g + 8 share a block (block_n % 16 == 0, n0 % 16 == 0).
+  const float* srow = kBlock ? w.scale + (row_g / w.block_n) * ((w.in + w.block_k - 1) / w.block_k)
+                             : nullptr;
+  fp8_mma::StepBytes buf[kMmaUnroll];
+#pragma unroll
+  for (int u = 0; u < kMmaUnroll; ++u) {
+    if (s_begin + u < s_end) buf[u] = fp8_mma::LoadStep(wg, wg8, int64_t{s_begin + u} * kStep);
+  }
+  PdlBegin();
+  const float unscale = fp8_mma::StageScaledHalf(x + k_begin, k_len, xs, scratch);
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int s = s_begin; s < s_end; s += kMmaUnroll) {
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; ++u) {
+      const int st = s + u;
+      if (st >= s_end) break;
+      if constexpr (kBlock) {
+        float c[4] = {0.f, 0.f, 0.f, 0.f};
+        fp8_mma::MmaStep(buf[u], xs + st * kStep, c);
+        const float sc = __ldg(srow + (k_begin + int64_t{st} * kStep) / w.block_k);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[i] = fmaf(sc, c[i], acc[i]);
+      } else {
+        fp8_mma::MmaStep(buf[u], xs + st * kStep, acc);
+      }
+      if (st + kMmaUnroll < s_end) {
+        buf[u] = fp8_mma::LoadStep(wg, wg8, int64_t{st + kMmaUnroll} * kStep);
+      }
     }
   }
-  if (threadIdx.x == 0) counters[blockIdx.x] = 0;
+  if ((lane & 3) == 0) {
+    part[warp][g] = acc[0];
+    part[warp][g + 8] = acc[2];
+  }
+  __syncthreads();
+  const int outputs = groups * fp8_mma::kRows;
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * outputs + threadIdx.x;
+  if (static_cast<int>(threadIdx.x) < outputs && n < w.out) {
+    const int grp = threadIdx.x / fp8_mma::kRows;
+    const int r = threadIdx.x % fp8_mma::kRows;
+    float v = 0.f;
+    for (int sl = 0; sl < slices; ++sl) v += part[grp + sl * groups][r];
+    v *= unscale;
+    if (!kBlock) v *= w.scale[n];
+    if (k_splits == 1) {
+      y[n] = v + (bias ? bias[n] : 0.f);
+    } else {
+      partial[static_cast<int64_t>(blockIdx.y) * w.out + n] = v;
+    }
+  }
+  if (k_splits > 1 && counters != nullptr) {
+    ReduceSplitsInKernel(partial, y, bias, w.out, k_splits, counters, outputs);
+  }
 }
 
 __global__ void ReduceKernel(const float* __restrict__ partial, int k_splits, int64_t count,
@@ -232,14 +341,14 @@ __global__ void ReduceKernel(const float* __restrict__ partial, int k_splits, in
   }
 }
 
-// The K chunk of each split (whole 16-byte vectors, whole scale blocks) and the splits that
-// remain after rounding.
+// The K chunk of each split (whole 16-byte vectors or tensor-core steps, whole scale blocks) and
+// the splits that remain after rounding.
 struct Chunking {
   int64_t k_chunk;
   int splits;
 };
-Chunking GemvChunking(const DeviceLinear& w, int k_splits) {
-  const int64_t elems = w.type == WeightType::kBF16 ? 8 : 16;
+Chunking GemvChunking(const DeviceLinear& w, int k_splits, bool mma) {
+  const int64_t elems = mma ? fp8_mma::kStepElems : w.type == WeightType::kBF16 ? 8 : 16;
   int64_t k_chunk = (w.in + k_splits - 1) / k_splits;
   k_chunk = (k_chunk + elems - 1) / elems * elems;
   if (w.type == WeightType::kFP8 && w.scale_kind == WeightScale::kBlock) {
@@ -248,16 +357,62 @@ Chunking GemvChunking(const DeviceLinear& w, int k_splits) {
   return {k_chunk, static_cast<int>((w.in + k_chunk - 1) / k_chunk)};
 }
 
-// Outputs one block computes: kRowsPerWarp per warp for one row of FP8 activations
-// (GemvFp8OneRowKernel), one per warp otherwise (GemvKernel).
-int64_t OutputsPerBlock(const DeviceLinear& w, int rows) {
-  return w.type == WeightType::kFP8 && rows <= 1 ? int64_t{kWarps} * kRowsPerWarp : kWarps;
+// Whether the tensor-core kernel serves this weight's layout (any K split on top).
+bool MmaLayout(const DeviceLinear& w) {
+  if (w.type != WeightType::kFP8 || w.in % fp8_mma::kStepElems != 0) return false;
+  if (w.scale_kind == WeightScale::kBlock) {
+    return w.block_k % fp8_mma::kStepElems == 0 && w.block_n % fp8_mma::kRows == 0;
+  }
+  return w.scale_kind == WeightScale::kPerChannel;
+}
+
+int DeviceMultiprocessors() {
+  static std::atomic<int> cached{0};
+  if (const int known = cached.load(std::memory_order_relaxed); known > 0) return known;
+  int device = 0;
+  int sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    return 1;
+  }
+  cached.store(sms, std::memory_order_relaxed);
+  return sms;
+}
+
+// How Gemv runs a weight: the kernel, its outputs per block and the K chunking.
+struct Plan {
+  bool mma = false;  // GemvFp8MmaKernel
+  int slices = 1;    // its warps per row group
+  int64_t per_block = kWarps;
+  Chunking chunking{};
+};
+
+Plan MakePlan(const DeviceLinear& w, int rows, int k_splits, Fp8Dequant dequant,
+              int mma_slices) {
+  Plan plan;
+  if (w.type == WeightType::kFP8 && rows <= 1 && dequant == Fp8Dequant::kHalfMma &&
+      MmaLayout(w)) {
+    const Chunking c = GemvChunking(w, k_splits, true);
+    if (c.k_chunk <= kMmaMaxChunk) {
+      plan.mma = true;
+      plan.slices = mma_slices > 0 ? mma_slices : GemvMmaSlices(w, DeviceMultiprocessors());
+      plan.per_block = int64_t{kWarps} / plan.slices * fp8_mma::kRows;
+      plan.chunking = c;
+      return plan;
+    }
+  }
+  // Outputs one block computes: kRowsPerWarp per warp for one row of FP8 activations
+  // (GemvFp8OneRowKernel), one per warp otherwise (GemvKernel).
+  plan.per_block = w.type == WeightType::kFP8 && rows <= 1 ? int64_t{kWarps} * kRowsPerWarp
+                                                           : int64_t{kWarps};
+  plan.chunking = GemvChunking(w, k_splits, false);
+  return plan;
 }
 
 using OneRowKernelFn = void (*)(DeviceLinear, const __nv_bfloat16*, int64_t, float*, float*,
                                 const float*, int, int32_t*);
 
-// The one-row FP8 kernel for a weight's scales and a dequantisation.
+// The one-row FP8 CUDA-core kernel for a weight's scales and a dequantisation.
 OneRowKernelFn OneRowKernel(const DeviceLinear& w, Fp8Dequant dequant) {
   const bool scaled = dequant == Fp8Dequant::kScaledBits;
   if (w.scale_kind == WeightScale::kBlock) {
@@ -266,15 +421,26 @@ OneRowKernelFn OneRowKernel(const DeviceLinear& w, Fp8Dequant dequant) {
   return scaled ? GemvFp8OneRowKernel<false, true> : GemvFp8OneRowKernel<false, false>;
 }
 
+using MmaKernelFn = void (*)(DeviceLinear, const __nv_bfloat16*, int64_t, int, float*, float*,
+                             const float*, int, int32_t*);
+MmaKernelFn MmaKernel(const DeviceLinear& w) {
+  return w.scale_kind == WeightScale::kBlock ? GemvFp8MmaKernel<true> : GemvFp8MmaKernel<false>;
+}
+
 template <WeightType T>
-cudaError_t LaunchRows(const DeviceLinear& w, const __nv_bfloat16* x, int rows, int64_t k_chunk,
-                       int k_splits, float* partial, float* y, const float* bias, int32_t* counters,
+cudaError_t LaunchRows(const DeviceLinear& w, const __nv_bfloat16* x, int rows, const Plan& plan,
+                       float* partial, float* y, const float* bias, int32_t* counters,
                        Fp8Dequant dequant, cudaStream_t stream) {
   const unsigned threads = kWarps * 32;
-  const int64_t per_block = OutputsPerBlock(w, rows);
-  const dim3 grid(static_cast<unsigned>((w.out + per_block - 1) / per_block),
+  const int64_t k_chunk = plan.chunking.k_chunk;
+  const int k_splits = plan.chunking.splits;
+  const dim3 grid(static_cast<unsigned>((w.out + plan.per_block - 1) / plan.per_block),
                   static_cast<unsigned>(k_splits));
-  if (rows <= 1) {
+  if (plan.mma) {
+    const size_t smem = static_cast<size_t>(k_chunk) * sizeof(__half);
+    LaunchKernel(MmaKernel(w), grid, threads, smem, stream, w, x, k_chunk, plan.slices, partial, y,
+                 bias, k_splits, counters);
+  } else if (rows <= 1) {
     if constexpr (T == WeightType::kFP8) {
       LaunchKernel(OneRowKernel(w, dequant), grid, threads, 0, stream, w, x, k_chunk, partial, y,
                    bias, k_splits, counters);
@@ -307,18 +473,31 @@ bool GemvSupports(const DeviceLinear& w) {
   return w.scale_kind == WeightScale::kPerChannel;
 }
 
+int GemvMmaSlices(const DeviceLinear& w, int sms) {
+  // Two row groups of 16 per block while that gives two blocks per SM or more; else one group
+  // (more blocks, each staging its activations once).
+  const int64_t two_group_blocks = (w.out + 2 * fp8_mma::kRows - 1) / (2 * fp8_mma::kRows);
+  return two_group_blocks >= int64_t{2} * sms ? 4 : 8;
+}
+
 int GemvResidentBlocksPerSm(const DeviceLinear& w, int rows, Fp8Dequant dequant) {
   int blocks = 0;
   const int threads = kWarps * 32;
   cudaError_t err;
   if (w.type == WeightType::kFP8 && rows <= 1) {
     // Asked once per kernel (GemvKSplits runs for every one-row linear of an eager step).
-    static std::atomic<int> cached[2][2] = {};
-    std::atomic<int>& c = cached[w.scale_kind == WeightScale::kBlock ? 1 : 0]
-                                [dequant == Fp8Dequant::kScaledBits ? 1 : 0];
+    static std::atomic<int> cached[2][3] = {};
+    std::atomic<int>& c =
+        cached[w.scale_kind == WeightScale::kBlock ? 1 : 0][static_cast<int>(dequant)];
     if (const int known = c.load(std::memory_order_relaxed); known > 0) return known;
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, OneRowKernel(w, dequant), threads,
-                                                        0);
+    if (dequant == Fp8Dequant::kHalfMma && MmaLayout(w)) {
+      // Shared memory of a 4,096-element chunk (the K splits keep chunks near that).
+      err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, MmaKernel(w), threads,
+                                                          4096 * sizeof(__half));
+    } else {
+      err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, OneRowKernel(w, dequant),
+                                                          threads, 0);
+    }
     if (err == cudaSuccess && blocks > 0) c.store(blocks, std::memory_order_relaxed);
   } else if (w.type == WeightType::kFP8) {
     err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, GemvKernel<WeightType::kFP8, 16>,
@@ -330,23 +509,29 @@ int GemvResidentBlocksPerSm(const DeviceLinear& w, int rows, Fp8Dequant dequant)
   return err == cudaSuccess ? blocks : 0;
 }
 
-int64_t GemvBlocks(const DeviceLinear& w, int rows, int k_splits) {
-  const int64_t per_block = OutputsPerBlock(w, rows);
-  return (w.out + per_block - 1) / per_block * GemvChunking(w, k_splits).splits;
+int64_t GemvBlocks(const DeviceLinear& w, int rows, int k_splits, Fp8Dequant dequant,
+                   int mma_slices) {
+  const Plan plan = MakePlan(w, rows, k_splits, dequant, mma_slices);
+  return (w.out + plan.per_block - 1) / plan.per_block * plan.chunking.splits;
 }
 
-int GemvKSplits(const DeviceLinear& w, int sms, int rows) {
-  const int64_t per_block = OutputsPerBlock(w, rows);
-  const int64_t ctas = (w.out + per_block - 1) / per_block;
+int GemvKSplits(const DeviceLinear& w, int sms, int rows, Fp8Dequant dequant) {
+  const Plan one = MakePlan(w, rows, 1, dequant, 0);
+  const int64_t ctas = (w.out + one.per_block - 1) / one.per_block;
   if (w.type == WeightType::kFP8 && rows <= 1) {
     // One row of FP8 (measured on an H100, 2026-12-07, at GLM-4.5-Air and GLM-4.7 tp=4 q/k/v and
     // o widths): more blocks than fit at once never paid, and neither did chunks of fewer than
     // 4,096 elements; within both, splitting a long row over otherwise idle SMs does (o_proj of
-    // GLM-4.5-Air, K = 12,288: 3 splits, 9% faster than 1).
-    const int per_sm = std::max(1, GemvResidentBlocksPerSm(w, rows));
+    // GLM-4.5-Air, K = 12,288: 3 splits, 9% faster than 1). The tensor-core kernel stages at
+    // most kMmaMaxChunk elements per block.
+    const int per_sm = std::max(1, GemvResidentBlocksPerSm(w, rows, dequant));
     const int64_t by_length = w.in / 4096;
     const int64_t by_room = int64_t{per_sm} * sms / std::max<int64_t>(1, ctas);
-    return static_cast<int>(std::clamp<int64_t>(std::min(by_length, by_room), 1, 32));
+    const int64_t at_least =
+        dequant == Fp8Dequant::kHalfMma && MmaLayout(w) ? (w.in + kMmaMaxChunk - 1) / kMmaMaxChunk
+                                                        : 1;
+    return static_cast<int>(
+        std::clamp<int64_t>(std::max(std::min(by_length, by_room), at_least), 1, 32));
   }
   const int64_t elems = w.type == WeightType::kBF16 ? 8 : 16;
   const int64_t step = 32 * elems * 4;  // at least four vectors per lane and split
@@ -357,23 +542,27 @@ int GemvKSplits(const DeviceLinear& w, int sms, int rows) {
 
 cudaError_t Gemv(const DeviceLinear& w, const __nv_bfloat16* x, int rows, const float* bias,
                  int k_splits, float* partial, float* y, cudaStream_t stream, int32_t* counters,
-                 int64_t num_counters, Fp8Dequant dequant) {
+                 int64_t num_counters, Fp8Dequant dequant, int mma_slices) {
   if (rows <= 0 || w.out == 0) return cudaSuccess;
   if (rows > kGemvMaxRows || k_splits < 1 || !GemvSupports(w) ||
-      (k_splits > 1 && partial == nullptr)) {
+      (k_splits > 1 && partial == nullptr) ||
+      (mma_slices != 0 && mma_slices != 1 && mma_slices != 2 && mma_slices != 4 &&
+       mma_slices != 8)) {
     return cudaErrorInvalidValue;
   }
-  const auto [k_chunk, splits] = GemvChunking(w, k_splits);
-  // The one-row FP8 kernel reduces its splits itself when there is a counter per output block.
-  const int64_t out_blocks = (w.out + kWarps * kRowsPerWarp - 1) / (kWarps * kRowsPerWarp);
+  const Plan plan = MakePlan(w, rows, k_splits, dequant, mma_slices);
+  const int splits = plan.chunking.splits;
+  // The one-row FP8 kernels reduce their splits themselves when there is a counter per output
+  // block.
+  const int64_t out_blocks = (w.out + plan.per_block - 1) / plan.per_block;
   const bool in_kernel = w.type == WeightType::kFP8 && rows <= 1 && splits > 1 &&
                          counters != nullptr && out_blocks <= num_counters;
   int32_t* used_counters = in_kernel ? counters : nullptr;
   cudaError_t err = w.type == WeightType::kBF16
-                        ? LaunchRows<WeightType::kBF16>(w, x, rows, k_chunk, splits, partial, y,
-                                                        bias, used_counters, dequant, stream)
-                        : LaunchRows<WeightType::kFP8>(w, x, rows, k_chunk, splits, partial, y,
-                                                       bias, used_counters, dequant, stream);
+                        ? LaunchRows<WeightType::kBF16>(w, x, rows, plan, partial, y, bias,
+                                                        used_counters, dequant, stream)
+                        : LaunchRows<WeightType::kFP8>(w, x, rows, plan, partial, y, bias,
+                                                       used_counters, dequant, stream);
   if (err != cudaSuccess || splits == 1 || in_kernel) return err;
   const int64_t count = static_cast<int64_t>(rows) * w.out;
   const int64_t blocks = std::min<int64_t>((count + 255) / 256, 4096);

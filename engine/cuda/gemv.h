@@ -24,17 +24,26 @@ namespace spark::cuda {
 
 constexpr int kGemvMaxRows = 16;
 
-// How the one-row FP8 kernel turns E4M3 weights into floats: the hardware conversion
-// (E4M3x2 -> half2 -> float2) or integer bit placement (Fp8x4ScaledFloats in device_math.cuh,
-// sums scaled back by 2^120). Both give float(q) exactly; the sums differ only where partial sums
-// fall below fp32's normal range. The conversion is the default: bit placement measured 10-35%
-// slower on an H100 (2026-12-07).
-enum class Fp8Dequant { kConvert, kScaledBits };
+// How the one-row FP8 kernel turns E4M3 weights into products: the hardware conversion
+// (E4M3x2 -> half2 -> float2, FMAs on the CUDA cores), integer bit placement (Fp8x4ScaledFloats
+// in device_math.cuh, sums scaled back by 2^120), or kHalfMma: E4M3x2 -> f16x2 into mma.sync
+// fragments, the activations staged as f16 times a power of two, fp32 sums on the tensor cores
+// (engine/cuda/fp8_mma_dot.cuh; weights with K % 64 == 0, block scales of whole 64-element
+// steps and 16 rows, else the conversion kernel runs). All give float(q) * x exactly and differ
+// only in fp32 summation order (and where partial sums leave fp32's normal range). Bit placement
+// measured 10-35% slower than the conversion on an H100 (2026-12-07).
+enum class Fp8Dequant { kConvert, kScaledBits, kHalfMma };
 constexpr Fp8Dequant kGemvFp8DequantDefault = Fp8Dequant::kConvert;
 
 // Chooses the K split for a weight on a device with `sms` multiprocessors and `rows` activation
 // rows.
-int GemvKSplits(const DeviceLinear& w, int sms, int rows);
+int GemvKSplits(const DeviceLinear& w, int sms, int rows,
+                Fp8Dequant dequant = kGemvFp8DequantDefault);
+
+// Warps per 16-row group of the tensor-core kernel (Fp8Dequant::kHalfMma) by default on a device
+// with `sms` multiprocessors: 4 (two groups per block) while that makes two blocks per SM, else
+// 8 (one group).
+int GemvMmaSlices(const DeviceLinear& w, int sms);
 
 // Thread blocks of the kernel that Gemv launches for `w` and `rows` that fit on one
 // multiprocessor at once (registers, threads); 0 when the occupancy query fails.
@@ -42,17 +51,19 @@ int GemvResidentBlocksPerSm(const DeviceLinear& w, int rows,
                             Fp8Dequant dequant = kGemvFp8DequantDefault);
 
 // Thread blocks Gemv launches for `w`, `rows` and `k_splits` (the K chunk rounded as Gemv does).
-int64_t GemvBlocks(const DeviceLinear& w, int rows, int k_splits);
+int64_t GemvBlocks(const DeviceLinear& w, int rows, int k_splits,
+                   Fp8Dequant dequant = kGemvFp8DequantDefault, int mma_slices = 0);
 
 // True when the GEMV kernel supports this weight's shape and layout.
 bool GemvSupports(const DeviceLinear& w);
 
 // `counters` (optional, `num_counters` ints, zero on entry and left zero): with them the
 // one-row FP8 kernel sums its K splits itself (the last block of each output range, in split
-// order: the same result) instead of a second kernel.
+// order: the same result) instead of a second kernel. `mma_slices` (1, 2, 4 or 8; 0 = GemvMmaSlices)
+// sets the tensor-core kernel's warps per row group.
 cudaError_t Gemv(const DeviceLinear& w, const __nv_bfloat16* x, int rows, const float* bias,
                  int k_splits, float* partial, float* y, cudaStream_t stream,
                  int32_t* counters = nullptr, int64_t num_counters = 0,
-                 Fp8Dequant dequant = kGemvFp8DequantDefault);
+                 Fp8Dequant dequant = kGemvFp8DequantDefault, int mma_slices = 0);
 
 }  // namespace spark::cuda

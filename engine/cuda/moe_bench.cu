@@ -16,7 +16,7 @@
 //             [--batches 1,8,64,256,1024] [--iters 20] [--tune] [--tune-log] [--caps 0,101376]
 //             [--gemv-max-tokens N]   (batches up to N on the GEMV path; default: the table's)
 //             [--gemv-k-splits 0,1,2,4,8] [--gemv-down-outputs 0,4,8,16]
-//             [--gemv-down-vectors 0,1,2,3] [--gemv-fp8-dequant 0,1,2]
+//             [--gemv-down-vectors 0,1,2,3] [--gemv-fp8-dequant 0,1,2,3]
 //                 (the GEMV kernels' work split, every combination in turn; 0 = the default)
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
@@ -243,7 +243,7 @@ int Main(int argc, char** argv) {
           "fp8-per-channel,bf16,fp8-block128] [--batches 1,8,...] [--caps 0,101376] "
           "[--iters N] [--tune] [--tune-log] [--gemv-max-tokens N] [--gemv-k-splits 0,1,2,4,8] "
           "[--gemv-down-outputs 0,4,8,16] [--gemv-down-vectors 0,1,2,3] "
-          "[--gemv-fp8-dequant 0,1,2]\n");
+          "[--gemv-fp8-dequant 0,1,2,3]\n");
       return 2;
     }
   }
@@ -351,7 +351,9 @@ int Main(int argc, char** argv) {
                 plan.gemv ? "GEMV k" + std::to_string(used.gate_up_k_splits) + " | GEMV d" +
                                 std::to_string(used.down_outputs) + " v" +
                                 std::to_string(used.down_vectors) +
-                                (used.fp8_dequant == kMoeGemvScaledBits ? " scaled-bits" : "")
+                                (used.fp8_dequant == kMoeGemvScaledBits
+                                     ? " scaled-bits"
+                                     : (used.fp8_dequant == kMoeGemvHalfMma ? " half-mma" : ""))
                           : plan.gate_up.ToString() + " | " + plan.down.ToString();
             const double graph_us = runner.GraphUs(b, *table, iters);
             std::printf("%-7s %-6lld %10.1f %10.1f %9.1f %9.1f %9.1f %7.1f%% %9.1f  %s\n",

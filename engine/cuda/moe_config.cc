@@ -367,10 +367,10 @@ Status CheckMoeGemvTiling(const MoeGemvTiling& tiling) {
                            " not supported: use 1, 2 or 3 (0 = the default)");
   }
   const int q = tiling.fp8_dequant;
-  if (q < 0 || q > kMoeGemvScaledBits) {
+  if (q < 0 || q > kMoeGemvHalfMma) {
     return InvalidArgument("MoE GEMV FP8 dequantisation " + std::to_string(q) +
-                           " not supported: use 1 (hardware conversion) or 2 (scaled bits), 0 = "
-                           "the default");
+                           " not supported: use 1 (hardware conversion), 2 (scaled bits) or 3 "
+                           "(f16 tensor-core fragments), 0 = the default");
   }
   return Status::Ok();
 }

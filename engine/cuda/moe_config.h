@@ -53,13 +53,18 @@ struct MoeGemvTiling {
   int gate_up_k_splits = 0;  // warps of a gate/up block that split H for one row group: 1, 2, 4, 8
   int down_outputs = 0;      // hidden columns of one down block: 4, 8, 16
   int down_vectors = 0;      // 16-byte vectors per weight row and lane in flight in down: 1, 2, 3
-  // How FP8 weights become floats: kMoeGemvHardwareConvert (E4M3x2 -> half2 -> float2) or
+  // How FP8 weights become products: kMoeGemvHardwareConvert (E4M3x2 -> half2 -> float2, FMAs),
   // kMoeGemvScaledBits (integer bit placement, engine/cuda/device_math.cuh Fp8x4ScaledFloats;
-  // 2-10% slower on an H100, 2026-12-07).
+  // 2-10% slower on an H100, 2026-12-07) or kMoeGemvHalfMma (E4M3x2 -> f16x2 into mma.sync
+  // fragments, activations staged as f16 times a power of two, fp32 sums on the tensor cores:
+  // engine/cuda/fp8_mma_dot.cuh; gate/up splits H over gate_up_k_splits warps per 16-row group,
+  // down takes 16 hidden columns per block and ignores down_outputs / down_vectors; shapes with
+  // H or Im not a multiple of 64, or more than 20,480 staged elements, run the conversion).
   int fp8_dequant = 0;
 };
 constexpr int kMoeGemvHardwareConvert = 1;
 constexpr int kMoeGemvScaledBits = 2;
+constexpr int kMoeGemvHalfMma = 3;
 constexpr int kMoeGemvFp8DequantDefault = kMoeGemvHardwareConvert;
 // InvalidArgument naming the value and the ones allowed when a field is outside those listed.
 Status CheckMoeGemvTiling(const MoeGemvTiling& tiling);

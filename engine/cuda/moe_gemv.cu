@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "engine/cuda/device_math.cuh"
+#include "engine/cuda/fp8_mma_dot.cuh"
 #include "engine/cuda/programmatic_launch.cuh"
 
 namespace spark::cuda::moe_internal {
@@ -240,6 +241,238 @@ __global__ void __launch_bounds__(kWarps * 32)
   Store(out + t * p.hidden + n, s);
 }
 
+// ---- FP8 weights on the tensor cores (kMoeGemvHalfMma, engine/cuda/fp8_mma_dot.cuh) ----
+
+// Steps (2 x 16 bytes per lane each) a lane keeps in flight.
+constexpr int kMmaUnroll = 4;
+// Most activation elements a block stages as f16 (dynamic shared memory within the 48 KB a launch
+// gets without opting in): H for gate/up, pairs x Im for down.
+constexpr int kMmaMaxStaged = 20480;
+
+bool MmaServesGateUp(const MoeGemvParams& p) {
+  return IsFp8(p.format) && p.hidden % fp8_mma::kStepElems == 0 && p.hidden <= kMmaMaxStaged;
+}
+bool MmaServesDown(const MoeGemvParams& p) {
+  return IsFp8(p.format) && p.inter % fp8_mma::kStepElems == 0 &&
+         int64_t{p.pairs_per_token} * p.inter <= kMmaMaxStaged;
+}
+
+// grid (ceil(2 Im / (16 * groups)), pairs), groups = kWarps / k_splits groups of 16 interleaved
+// rows (gate_i, up_i, gate_i+1, ...) per block; the k_splits warps of a group take consecutive
+// step ranges of H and their sums meet in shared memory in split order. Dynamic shared memory:
+// the pair's token row of x as f16 (H elements).
+template <MoeWeightFormat F>
+__global__ void __launch_bounds__(kWarps * 32)
+    GateUpMmaKernel(MoeGemvParams p, int k_splits, const __nv_bfloat16* __restrict__ x,
+                    const uint8_t* __restrict__ w13, const float* __restrict__ scale,
+                    __nv_bfloat16* __restrict__ inter) {
+  extern __shared__ uint4 gate_up_mma_smem[];
+  __half* xs = reinterpret_cast<__half*>(gate_up_mma_smem);
+  __shared__ float scratch[32];
+  __shared__ float part[kWarps][fp8_mma::kRows];
+  __shared__ float vals[kWarps * fp8_mma::kRows];
+  constexpr int kStep = fp8_mma::kStepElems;
+  PdlBegin();  // the expert ids come from the router, the preceding kernel
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int g = lane >> 2;
+  const int groups = kWarps / k_splits;
+  const int group = warp % groups;
+  const int split = warp / groups;
+  const int64_t pair = blockIdx.y;
+  const int64_t e = __ldg(p.ids + pair);
+  const int64_t token = pair / p.pairs_per_token;
+  const int rows = 2 * p.inter;
+  const int block_rows = groups * fp8_mma::kRows;
+  const int n0 = static_cast<int>(blockIdx.x) * block_rows + group * fp8_mma::kRows;
+  const int steps = p.hidden / kStep;
+  const int per_split = (steps + k_splits - 1) / k_splits;
+  const int s_begin = min(steps, split * per_split);
+  const int s_end = n0 < rows ? min(steps, s_begin + per_split) : s_begin;
+  // Rows past the end re-read the last row; their sums are never stored.
+  const int ng = min(n0 + g, rows - 1);
+  const int ng8 = min(n0 + g + 8, rows - 1);
+  const uint8_t* wg = w13 + (e * rows + ng) * p.hidden;
+  const uint8_t* wg8 = w13 + (e * rows + ng8) * p.hidden;
+  // Block scales: rows g and g + 8 are both gate or both up rows, of one 128-row block.
+  const float* srow =
+      F == MoeWeightFormat::kFp8Block
+          ? scale + ((e * 2 + (ng & 1)) * (p.inter / 128) + (ng >> 1) / 128) * (p.hidden / 128)
+          : nullptr;
+  fp8_mma::StepBytes buf[kMmaUnroll];
+#pragma unroll
+  for (int u = 0; u < kMmaUnroll; ++u) {
+    if (s_begin + u < s_end) buf[u] = fp8_mma::LoadStep(wg, wg8, int64_t{s_begin + u} * kStep);
+  }
+  const float unscale =
+      fp8_mma::StageScaledHalf(x + token * p.hidden, p.hidden, xs, scratch);
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int s = s_begin; s < s_end; s += kMmaUnroll) {
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; ++u) {
+      const int st = s + u;
+      if (st >= s_end) break;
+      if constexpr (F == MoeWeightFormat::kFp8Block) {
+        float c[4] = {0.f, 0.f, 0.f, 0.f};
+        fp8_mma::MmaStep(buf[u], xs + st * kStep, c);
+        const float sc = __ldg(srow + st * kStep / 128);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[i] = fmaf(sc, c[i], acc[i]);
+      } else {
+        fp8_mma::MmaStep(buf[u], xs + st * kStep, acc);
+      }
+      if (st + kMmaUnroll < s_end) {
+        buf[u] = fp8_mma::LoadStep(wg, wg8, int64_t{st + kMmaUnroll} * kStep);
+      }
+    }
+  }
+  if ((lane & 3) == 0) {
+    part[warp][g] = acc[0];
+    part[warp][g + 8] = acc[2];
+  }
+  __syncthreads();
+  const int t = threadIdx.x;
+  const int n = static_cast<int>(blockIdx.x) * block_rows + t;
+  if (t < block_rows) {
+    float v = 0.f;
+    for (int sp = 0; sp < k_splits; ++sp) {
+      v += part[t / fp8_mma::kRows + sp * groups][t % fp8_mma::kRows];
+    }
+    v *= unscale;
+    if constexpr (F == MoeWeightFormat::kFp8PerChannel) {
+      v *= __ldg(scale + e * rows + min(n, rows - 1));
+    }
+    vals[t] = v;
+  }
+  __syncthreads();
+  const int i = static_cast<int>(blockIdx.x) * (block_rows / 2) + t;
+  if (t < block_rows / 2 && i < p.inter) {
+    const float gate = vals[2 * t];
+    const float up = vals[2 * t + 1];
+    inter[pair * p.inter + i] = __float2bfloat16(gate / (1.f + expf(-gate)) * up);
+  }
+}
+
+// grid (ceil(H / 16), tokens): a block's 16 hidden columns for every pair of its token. Its warps
+// split the sequence of (pair, 64-element step of Im) evenly; each sums weight * (channel scale)
+// * dot over its steps in pair order, and the warps' sums meet in shared memory in warp order
+// (+ the addend). Dynamic shared memory: the token's P intermediate rows as f16 (one power-of-two
+// scale for all). The expert ids and routing weights come from the router, which completed before
+// the gate/up kernel got past its own wait: the first weight loads are issued before waiting for
+// gate/up (programmatic launch), with the ids read through L2.
+template <MoeWeightFormat F, class T>
+__global__ void __launch_bounds__(kWarps * 32)
+    DownMmaKernel(MoeGemvParams p, const __nv_bfloat16* __restrict__ inter,
+                  const uint8_t* __restrict__ w2, const float* __restrict__ scale,
+                  const T* __restrict__ addend, T* __restrict__ out) {
+  extern __shared__ uint4 down_mma_smem[];
+  __half* xs = reinterpret_cast<__half*>(down_mma_smem);
+  __shared__ float scratch[32];
+  __shared__ float part[kWarps][fp8_mma::kRows];
+  __shared__ int64_t experts[kMoeMaxPairsPerToken];
+  __shared__ float weights[kMoeMaxPairsPerToken];
+  constexpr int kStep = fp8_mma::kStepElems;
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int g = lane >> 2;
+  const int64_t t = blockIdx.y;
+  const int pairs = p.pairs_per_token;
+  if (static_cast<int>(threadIdx.x) < pairs) {
+    experts[threadIdx.x] = __ldcg(p.ids + t * pairs + threadIdx.x);
+    weights[threadIdx.x] = __ldcg(p.weights + t * pairs + threadIdx.x);
+  }
+  __syncthreads();
+  const int n0 = static_cast<int>(blockIdx.x) * fp8_mma::kRows;
+  const int ng = min(n0 + g, p.hidden - 1);
+  const int ng8 = min(n0 + g + 8, p.hidden - 1);
+  const int steps = p.inter / kStep;  // per pair
+  const int total = pairs * steps;
+  const int per_warp = (total + kWarps - 1) / kWarps;
+  const int f_begin = min(total, warp * per_warp);
+  const int f_end = min(total, f_begin + per_warp);
+  const int kb_i = p.inter / 128;
+  // Row pointers of pair j at element 0.
+  auto rows_of = [&](int j, const uint8_t*& a, const uint8_t*& b) {
+    const int64_t e = experts[j];
+    a = w2 + (e * p.hidden + ng) * p.inter;
+    b = w2 + (e * p.hidden + ng8) * p.inter;
+  };
+  // Load cursor: pair lj, step ls (advances kMmaUnroll steps ahead of the consumer).
+  int lj = f_begin / max(steps, 1);
+  int ls = f_begin - lj * steps;
+  const uint8_t* la = nullptr;
+  const uint8_t* lb = nullptr;
+  if (f_begin < f_end) rows_of(lj, la, lb);
+  auto load_next = [&](fp8_mma::StepBytes& slot) {
+    slot = fp8_mma::LoadStep(la, lb, int64_t{ls} * kStep);
+    if (++ls == steps) {
+      ls = 0;
+      if (++lj < pairs) rows_of(lj, la, lb);
+    }
+  };
+  fp8_mma::StepBytes buf[kMmaUnroll];
+#pragma unroll
+  for (int u = 0; u < kMmaUnroll; ++u) {
+    if (f_begin + u < f_end) load_next(buf[u]);
+  }
+  PdlBegin();
+  const float unscale = fp8_mma::StageScaledHalf(inter + t * pairs * p.inter, pairs * p.inter,
+                                                 xs, scratch);
+  // Consumer cursor: pair cj, step cs; c sums the current pair.
+  int cj = f_begin / max(steps, 1);
+  int cs = f_begin - cj * steps;
+  float c[4] = {0.f, 0.f, 0.f, 0.f};
+  float acc_g = 0.f;   // rows g (column 0 of the product: lanes with q == 0)
+  float acc_g8 = 0.f;  // rows g + 8
+  for (int f = f_begin; f < f_end; f += kMmaUnroll) {
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; ++u) {
+      const int fu = f + u;
+      if (fu >= f_end) break;
+      const __half* xs_step = xs + cj * p.inter + cs * kStep;
+      if constexpr (F == MoeWeightFormat::kFp8Block) {
+        float d[4] = {0.f, 0.f, 0.f, 0.f};
+        fp8_mma::MmaStep(buf[u], xs_step, d);
+        const float sc =
+            __ldg(scale + (experts[cj] * (p.hidden / 128) + ng / 128) * kb_i + cs * kStep / 128);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) c[i] = fmaf(sc, d[i], c[i]);
+      } else {
+        fp8_mma::MmaStep(buf[u], xs_step, c);
+      }
+      if (fu + kMmaUnroll < f_end) load_next(buf[u]);
+      if (++cs == steps || fu + 1 == f_end) {
+        // The pair's last step in this warp: its weighted sums join the warp's.
+        float wg = weights[cj];
+        float wg8 = wg;
+        if constexpr (F == MoeWeightFormat::kFp8PerChannel) {
+          const int64_t base = experts[cj] * p.hidden;
+          wg *= __ldg(scale + base + ng);
+          wg8 *= __ldg(scale + base + ng8);
+        }
+        acc_g = fmaf(wg, c[0], acc_g);
+        acc_g8 = fmaf(wg8, c[2], acc_g8);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) c[i] = 0.f;
+        cs = 0;
+        ++cj;
+      }
+    }
+  }
+  if ((lane & 3) == 0) {
+    part[warp][g] = acc_g;
+    part[warp][g + 8] = acc_g8;
+  }
+  __syncthreads();
+  const int n = n0 + static_cast<int>(threadIdx.x);
+  if (static_cast<int>(threadIdx.x) >= fp8_mma::kRows || n >= p.hidden) return;
+  float s = 0.f;
+  for (int w = 0; w < kWarps; ++w) s += part[w][threadIdx.x];
+  s *= unscale;
+  if (addend != nullptr) s += ToFloat(addend[t * p.hidden + n]);
+  Store(out + t * p.hidden + n, s);
+}
+
 bool Valid(const MoeGemvParams& p) {
   return CheckMoeGemvTiling(p.tiling).ok() && p.tokens > 0 && p.pairs_per_token > 0 &&
          p.pairs_per_token <= kMoeMaxPairsPerToken &&
@@ -279,6 +512,16 @@ cudaError_t LaunchDown(const MoeGemvParams& p, const __nv_bfloat16* inter, const
   const dim3 grid(static_cast<unsigned>((p.hidden + outputs - 1) / outputs),
                   static_cast<unsigned>(p.tokens));
   const auto* w = static_cast<const uint8_t*>(w2);
+  if (tiling.fp8_dequant == kMoeGemvHalfMma && MmaServesDown(p)) {
+    const dim3 mma_grid(static_cast<unsigned>((p.hidden + fp8_mma::kRows - 1) / fp8_mma::kRows),
+                        static_cast<unsigned>(p.tokens));
+    const size_t smem = static_cast<size_t>(p.pairs_per_token) * p.inter * sizeof(__half);
+    auto kernel = p.format == MoeWeightFormat::kFp8Block
+                      ? DownMmaKernel<MoeWeightFormat::kFp8Block, T>
+                      : DownMmaKernel<MoeWeightFormat::kFp8PerChannel, T>;
+    LaunchKernel(kernel, mma_grid, kWarps * 32, smem, stream, p, inter, w, w2_scale, addend, out);
+    return cudaGetLastError();
+  }
   auto launch = [&](auto kernel) {
     LaunchKernel(kernel, grid, kWarps * 32, 0, stream, p, outputs, inter, w, w2_scale, addend, out);
   };
@@ -336,6 +579,17 @@ cudaError_t MoeGemvGateUp(const MoeGemvParams& p, const __nv_bfloat16* x, const 
   const dim3 grid(static_cast<unsigned>((p.inter + per_block - 1) / per_block),
                   static_cast<unsigned>(p.tokens * p.pairs_per_token));
   const auto* w = static_cast<const uint8_t*>(w13);
+  if (tiling.fp8_dequant == kMoeGemvHalfMma && MmaServesGateUp(p)) {
+    const int block_rows = kWarps / k_splits * fp8_mma::kRows;
+    const dim3 mma_grid(static_cast<unsigned>((2 * p.inter + block_rows - 1) / block_rows),
+                        static_cast<unsigned>(p.tokens * p.pairs_per_token));
+    const size_t smem = static_cast<size_t>(p.hidden) * sizeof(__half);
+    auto kernel = p.format == MoeWeightFormat::kFp8Block
+                      ? GateUpMmaKernel<MoeWeightFormat::kFp8Block>
+                      : GateUpMmaKernel<MoeWeightFormat::kFp8PerChannel>;
+    LaunchKernel(kernel, mma_grid, kWarps * 32, smem, stream, p, k_splits, x, w, w13_scale, inter);
+    return cudaGetLastError();
+  }
   auto launch = [&](auto kernel) {
     LaunchKernel(kernel, grid, kWarps * 32, 0, stream, p, k_splits, k_chunk, x, w, w13_scale,
                  inter);

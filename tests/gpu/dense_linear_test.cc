@@ -256,6 +256,72 @@ MaxDiff Compare(const std::vector<float>& y, const std::vector<float>& ref) {
   return d;
 }
 
+// The one-row FP8 GEMV on the tensor cores (Fp8Dequant::kHalfMma) against the CPU backend's
+// Linear: both weight formats, every warp split of a row group and K split (reduced in the kernel
+// and by the second kernel), outputs not a multiple of 16, and activations far beyond f16's range
+// (|x| ~ 1e6) or far below its normal range (|x| ~ 1e-7), which the power-of-two staging scale
+// must bring in exactly. A K that is not a multiple of 64 runs the conversion kernel instead.
+TEST(DenseLinearTest, OneRowFp8TensorCoreGemvMatchesCpu) {
+  Result<DeviceInfo> dev = QueryDevice(0);
+  ASSERT_TRUE(dev.ok());
+  engine::ThreadPool pool(0);
+  const Shape shapes[] = {{"glm47_o_tp8", 5120, 1536},
+                          {"odd_out", 1003, 1536},
+                          {"air_o_tp1", 4096, 12288},
+                          {"long_k", 512, 24576},
+                          {"k_not_64", 200, 1040}};
+  constexpr int kCounters = 8192;
+  DeviceBuffer<int32_t> counters(std::vector<int32_t>(kCounters, 0));
+  for (const Shape& s : shapes) {
+    for (const Fmt fmt : {Fmt::kFp8Channel, Fmt::kFp8Block}) {
+      if (fmt == Fmt::kFp8Block && s.in % 128 != 0) continue;
+      const LinearWeight w = MakeWeight(s.out, s.in, fmt, static_cast<uint32_t>(s.out * 7 + s.in));
+      Uploaded dw = Upload(w);
+      for (const float magnitude : {1.f, 1e6f, 1e-7f}) {
+        std::mt19937 rng(static_cast<uint32_t>(s.in));
+        std::normal_distribution<float> dist(0.f, magnitude);
+        std::vector<float> x(static_cast<size_t>(s.in));
+        std::vector<__nv_bfloat16> xb(x.size());
+        for (size_t i = 0; i < x.size(); ++i) {
+          xb[i] = __float2bfloat16(dist(rng));
+          x[i] = __bfloat162float(xb[i]);
+        }
+        std::vector<float> want(static_cast<size_t>(s.out));
+        engine::Linear(x.data(), 1, w, want.data(), &pool);
+        DeviceBuffer<__nv_bfloat16> dx(xb);
+        DeviceBuffer<float> dy(s.out);
+        DeviceBuffer<float> partial(8 * s.out);
+        const int picked = GemvKSplits(dw.view, dev->multiprocessors, 1, Fp8Dequant::kHalfMma);
+        for (const int slices : {0, 1, 2, 4, 8}) {
+          for (const int splits : {1, 2, picked}) {
+            for (const bool in_kernel : {true, false}) {
+              if (splits == 1 && !in_kernel) continue;
+              ASSERT_EQ(Gemv(dw.view, dx.get(), 1, nullptr, splits, partial.get(), dy.get(),
+                             nullptr, in_kernel ? counters.get() : nullptr,
+                             in_kernel ? kCounters : 0, Fp8Dequant::kHalfMma, slices),
+                        cudaSuccess);
+              ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+              const MaxDiff d = Compare(dy.Download(), want);
+              EXPECT_LE(d.diff, 1e-4f * d.scale)
+                  << s.name << " " << FmtName(fmt) << " |x|~" << magnitude << " slices " << slices
+                  << " splits " << splits << (in_kernel ? " in-kernel" : " reduce-kernel");
+              if (slices == 0 && splits == picked && in_kernel) {
+                std::printf("[gemv-mma] %-12s %-11s |x|~%-6g picked splits %d slices %d rel err "
+                            "%.3g\n",
+                            s.name, FmtName(fmt), magnitude, picked,
+                            GemvMmaSlices(dw.view, dev->multiprocessors), d.diff / d.scale);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  // The counters are left at zero for the next user.
+  std::vector<int32_t> left = counters.Download();
+  for (int32_t c : left) ASSERT_EQ(c, 0);
+}
+
 // Mean microseconds of `iters` back-to-back calls launch(i) (each returns cudaError_t), timed
 // with events on the default stream; the first launch error, if any.
 template <class Launch>
@@ -341,9 +407,13 @@ TEST(DenseLinearTest, OneRowFp8GemvEveryKSplit) {
     // with one weight copy read again and again, from the L2 cache where the weights fit (the
     // GLM-4.7 tp=4 shapes): against the HBM rate that shows whether the kernel's own
     // instructions or the memory bound it.
-    for (const Fp8Dequant dequant : {Fp8Dequant::kConvert, Fp8Dequant::kScaledBits}) {
-      const char* dq = dequant == Fp8Dequant::kConvert ? "convert" : "scaled-bits";
-      for (const int splits : {1, picked}) {
+    for (const Fp8Dequant dequant :
+         {Fp8Dequant::kConvert, Fp8Dequant::kScaledBits, Fp8Dequant::kHalfMma}) {
+      const char* dq = dequant == Fp8Dequant::kConvert
+                           ? "convert"
+                           : (dequant == Fp8Dequant::kScaledBits ? "scaled-bits" : "half-mma");
+      const int dq_picked = GemvKSplits(copies[0].view, dev->multiprocessors, 1, dequant);
+      for (const int splits : {1, dq_picked}) {
         for (const bool one_copy : {false, true}) {
           auto run = [&](int c) {
             return Gemv(copies[one_copy ? 0 : c].view, dx.get(), 1, nullptr, splits, partial.get(),
@@ -352,7 +422,9 @@ TEST(DenseLinearTest, OneRowFp8GemvEveryKSplit) {
           ASSERT_EQ(run(0), cudaSuccess);
           ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
           const MaxDiff d = Compare(dy.Download(), first);
-          EXPECT_LE(d.diff, 1e-5f * d.scale) << s.name << " " << dq << " splits " << splits;
+          // The tensor cores sum in another order (and may truncate their fp32 sums).
+          const float tol = dequant == Fp8Dequant::kHalfMma ? 1e-4f : 1e-5f;
+          EXPECT_LE(d.diff, tol * d.scale) << s.name << " " << dq << " splits " << splits;
           double us = 0;
           ASSERT_EQ(MeanLaunchUs(
                         kIters, [&](int i) { return run(i % kCopies); }, &us),
@@ -365,6 +437,28 @@ TEST(DenseLinearTest, OneRowFp8GemvEveryKSplit) {
               us, static_cast<double>(w.data.size()) / (us * 1e3),
               GemvResidentBlocksPerSm(copies[0].view, 1, dequant));
         }
+      }
+    }
+    // The tensor-core kernel's warps per 16-row group (its blocks hold 8 / slices groups) at
+    // every K split up to 4, from HBM.
+    const int mma_picked = GemvKSplits(copies[0].view, dev->multiprocessors, 1, Fp8Dequant::kHalfMma);
+    const int default_slices = GemvMmaSlices(copies[0].view, dev->multiprocessors);
+    for (const int slices : {1, 2, 4, 8}) {
+      for (int splits = 1; splits <= 4; ++splits) {
+        auto run = [&](int c) {
+          return Gemv(copies[c].view, dx.get(), 1, nullptr, splits, partial.get(), dy.get(),
+                      nullptr, counters.get(), kCounters, Fp8Dequant::kHalfMma, slices);
+        };
+        double us = 0;
+        ASSERT_EQ(MeanLaunchUs(
+                      kIters, [&](int i) { return run(i % kCopies); }, &us),
+                  cudaSuccess);
+        const int64_t blocks =
+            GemvBlocks(copies[0].view, 1, splits, Fp8Dequant::kHalfMma, slices);
+        std::printf("[gemv-mma-slices] %-14s slices %d splits %d %5lld blocks %8.2f us %7.0f GB/s%s\n",
+                    s.name, slices, splits, static_cast<long long>(blocks), us,
+                    static_cast<double>(w.data.size()) / (us * 1e3),
+                    slices == default_slices && splits == mma_picked ? "  <- default" : "");
       }
     }
   }

@@ -361,8 +361,8 @@ TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
     const MoeReference ref = ComputeMoeReference(f->config, f->layer, c.format, x, rows, Pool());
     // Each shared-memory limit with the table's GEMV threshold, then both paths forced: tiles
     // only (threshold 0) and GEMVs at every token count, with the per-shape work split and each
-    // gate/up K split and down block width, FP8 weights converted by the hardware and by bit
-    // placement.
+    // gate/up K split and down block width, FP8 weights converted by the hardware, by bit
+    // placement and into f16 tensor-core fragments.
     struct Setting {
       int64_t cap;
       int gemv_max_tokens;
@@ -374,7 +374,10 @@ TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
           Setting{0, 1 << 20, {4, 8, 2}}, Setting{0, 1 << 20, {8, 4, 3}},
           Setting{0, 1 << 20, {1, 8, 1, kMoeGemvScaledBits}},
           Setting{0, 1 << 20, {2, 16, 2, kMoeGemvScaledBits}},
-          Setting{0, 1 << 20, {1, 8, 1, kMoeGemvHardwareConvert}}}) {
+          Setting{0, 1 << 20, {1, 8, 1, kMoeGemvHardwareConvert}},
+          Setting{0, 1 << 20, {1, 8, 1, kMoeGemvHalfMma}},
+          Setting{0, 1 << 20, {4, 16, 1, kMoeGemvHalfMma}},
+          Setting{0, 1 << 20, {8, 16, 1, kMoeGemvHalfMma}}}) {
       auto table = MoeConfigTable::Create(Device(), setting.cap);
       ASSERT_TRUE(table.ok()) << table.status().ToString();
       if (setting.gemv_max_tokens >= 0) table->SetGemvMaxTokens(setting.gemv_max_tokens);
@@ -390,7 +393,9 @@ TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
               ? ("GEMV k" + std::to_string(r.plan.gemv_tiling.gate_up_k_splits) + " d" +
                  std::to_string(r.plan.gemv_tiling.down_outputs) + " v" +
                  std::to_string(r.plan.gemv_tiling.down_vectors) +
-                 (r.plan.gemv_tiling.fp8_dequant == kMoeGemvScaledBits ? " scaled-bits" : ""))
+                 (r.plan.gemv_tiling.fp8_dequant == kMoeGemvScaledBits
+                      ? " scaled-bits"
+                      : (r.plan.gemv_tiling.fp8_dequant == kMoeGemvHalfMma ? " half-mma" : "")))
                     .c_str()
               : (r.plan.gate_up.ToString() + " | " + r.plan.down.ToString()).c_str(),
           e.mirror, e.plain, e.route_mismatches, rows.size());

@@ -220,13 +220,14 @@ TEST(MoeConfigTest, GemvTilingAcceptsTheCompiledSplitsOnly) {
   EXPECT_EQ(table->gemv_tiling().gate_up_k_splits, 8);
   EXPECT_EQ(table->gemv_tiling().down_outputs, 16);
   EXPECT_EQ(table->gemv_tiling().down_vectors, 3);
-  for (const int q : {0, kMoeGemvHardwareConvert, kMoeGemvScaledBits}) {
+  for (const int q : {0, kMoeGemvHardwareConvert, kMoeGemvHalfMma, kMoeGemvScaledBits}) {
     EXPECT_TRUE(table->SetGemvTiling(MoeGemvTiling{1, 8, 1, q}).ok()) << q;
     EXPECT_EQ(table->gemv_tiling().fp8_dequant, q);
   }
-  const Status bad_q = table->SetGemvTiling(MoeGemvTiling{1, 8, 1, 3});
+  const Status bad_q = table->SetGemvTiling(MoeGemvTiling{1, 8, 1, 4});
   EXPECT_EQ(bad_q.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(bad_q.message().find("2 (scaled bits)"), std::string::npos) << bad_q.message();
+  EXPECT_NE(bad_q.message().find("3 (f16 tensor-core fragments)"), std::string::npos)
+      << bad_q.message();
   EXPECT_EQ(table->gemv_tiling().fp8_dequant, kMoeGemvScaledBits);
 }
 

@@ -62,7 +62,23 @@ step moe_gemv_sweep 120 $B/bin/bench_moe --formats fp8-per-channel --caps 0 --ba
 grep -vE '^device:|^$' "$OUT/moe_gemv_sweep.log" >>$S
 # The dense one-row FP8 GEMV (batch-1 qkv / o) at every K split.
 step gemv_splits 60 $B/bin/gpu_kernels_test --gtest_filter='*EveryKSplit*'
-grep -E '^\[gemv-(splits|dequant)' "$OUT/gemv_splits.log" >>$S
+grep -E '^\[gemv-(splits|dequant|mma-slices)' "$OUT/gemv_splits.log" >>$S
+# The one-token FP8 GEMVs on the tensor cores: the dense kernel against the CPU (formats, warp
+# and K splits, activations beyond f16's range), the MoE GEMVs against the CPU (every shape and
+# format), then the MoE GEMVs timed against the CUDA-core ones (every gate/up warp split), and
+# decode with both.
+step mma_gemv 60 $B/bin/gpu_kernels_test --gtest_filter='*TensorCoreGemv*'
+grep -E '^\[gemv-mma\]' "$OUT/mma_gemv.log" >>$S
+step mma_moe 240 $B/bin/gpu_moe_test --gtest_filter='Shapes/MoeForwardTest.*'
+grep -E 'half-mma' "$OUT/mma_moe.log" | head -40 >>$S
+step moe_gemv_mma 120 $B/bin/bench_moe --formats fp8-per-channel,fp8-block128 --caps 0 \
+  --batches 1,2,4 --gemv-max-tokens 4 --gemv-fp8-dequant 1,3 --gemv-k-splits 1,2,4,8 --iters 20
+grep -vE '^device:|^$' "$OUT/moe_gemv_mma.log" >>$S
+for g in --gemv-tensor-cores --no-gemv-tensor-cores; do
+  step bench$g 90 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
+    --backend cuda --layers 24 --batch-sizes 1,8 --input-len 128 --output-len 32 --cuda-graphs $g
+  tail -n 3 "$OUT/bench$g.log" >>$S
+done
 # The MoE GEMVs with FP8 weights converted by the hardware and by integer bit placement.
 step moe_gemv_dequant 90 $B/bin/bench_moe --formats fp8-per-channel,fp8-block128 --caps 0 \
   --batches 1,2,4 --gemv-max-tokens 4 --gemv-fp8-dequant 1,2 --iters 20

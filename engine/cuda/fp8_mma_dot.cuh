@@ -1,0 +1,136 @@
+// Tensor-core dot products of FP8 E4M3 weight rows with one activation vector, for the one-token
+// GEMVs (engine/cuda/gemv.cu, engine/cuda/moe_gemv.cu).
+//
+// The CUDA-core GEMVs spend about three instructions per weight byte on conversions and FMAs
+// (E4M3x2 -> half2, half -> float, one FMA per weight), more than an H100 can issue at its memory
+// bandwidth. Here the weights go E4M3x2 -> f16x2 (one hardware conversion per two weights)
+// straight into mma.sync m16n8k16 A fragments and the tensor cores form and sum the products in
+// fp32: one conversion per two weights and one mma per 256.
+//
+// Activations: a block stages its slice of x in shared memory as f16 times 2^e, e chosen so the
+// largest magnitude lands in [2^14, 2^15) (StageScaledHalf); every BF16 value within 2^29 of that
+// largest one is exact in f16, the products of two f16 are exact in fp32, so the sums equal the
+// CUDA-core kernels' up to fp32 summation order. Multiply the sums by the returned 2^-e.
+//
+// Layout: a warp takes 16 weight rows in 64-element steps. Lane (g, q) = (lane / 4, lane % 4)
+// loads 16 bytes of rows g and g + 8 at K offset 16q of the step (LoadStep); the four mmas of a
+// step use a permutation of K within the step that the activation fragment (16 f16 at offset
+// 16q, the same for every g) follows. Column 0 of the product is the dot product: lane 4g holds
+// rows g (c[0]) and g + 8 (c[2]); the other columns repeat it and are ignored.
+//
+// Device-only inline functions; no state. Shared memory is the caller's.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "engine/cuda/device_math.cuh"
+
+namespace spark::cuda::fp8_mma {
+
+constexpr int kStepElems = 64;  // K elements of a row one warp step covers (4 lanes x 16)
+constexpr int kRows = 16;       // weight rows of one warp
+
+// Block-wide: xs[i] = f16(x[i] * 2^e) for i < count (count % 8 == 0; x and xs 16-byte aligned),
+// with e such that max |x| * 2^e is in [2^14, 2^15) (0 for an all-zero or non-finite x, which
+// then propagates as in fp32). Returns 2^-e. Every thread of the block calls it; `scratch` is
+// 32 floats of shared memory; ends with a barrier, after which xs is ready.
+__device__ __forceinline__ float StageScaledHalf(const __nv_bfloat16* __restrict__ x, int count,
+                                                 __half* __restrict__ xs, float* scratch) {
+  const int chunks = count / 8;
+  const uint4* src = reinterpret_cast<const uint4*>(x);
+  uint4* dst = reinterpret_cast<uint4*>(xs);
+  float amax = 0.f;
+  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+    const uint4 raw = __ldg(src + c);
+    dst[c] = raw;  // BF16 bits for now; this thread converts them below
+    const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float2 f = __bfloat1622float2(b[e]);
+      amax = fmaxf(amax, fmaxf(fabsf(f.x), fabsf(f.y)));
+    }
+  }
+  amax = WarpMax(amax);
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  if (lane == 0) scratch[warp] = amax;
+  __syncthreads();
+  amax = lane < static_cast<int>(blockDim.x >> 5) ? scratch[lane] : 0.f;
+  amax = WarpMax(amax);
+  int exponent = 0;
+  if (amax > 0.f && isfinite(amax)) {
+    int e2 = 0;
+    frexpf(amax, &e2);  // amax = m * 2^e2, m in [0.5, 1)
+    exponent = min(max(15 - e2, -126), 126);
+  }
+  const float scale = ldexpf(1.f, exponent);
+  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+    uint4 raw = dst[c];
+    __nv_bfloat162* b = reinterpret_cast<__nv_bfloat162*>(&raw);
+    uint32_t* h = reinterpret_cast<uint32_t*>(&raw);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float2 f = __bfloat1622float2(b[e]);
+      const __half2 v = __floats2half2_rn(f.x * scale, f.y * scale);
+      h[e] = *reinterpret_cast<const uint32_t*>(&v);
+    }
+    dst[c] = raw;
+  }
+  __syncthreads();
+  return ldexpf(1.f, -exponent);
+}
+
+// The 32 weight bytes one lane takes of a step: rows g and g + 8.
+struct StepBytes {
+  uint4 lo;  // row g
+  uint4 hi;  // row g + 8
+};
+
+// Loads the step at element `k` of rows g (`row_g`) and g + 8 (`row_g8`) for this lane.
+__device__ __forceinline__ StepBytes LoadStep(const uint8_t* row_g, const uint8_t* row_g8,
+                                              int64_t k) {
+  const int q = threadIdx.x & 3;
+  return {__ldg(reinterpret_cast<const uint4*>(row_g + k + 16 * q)),
+          __ldg(reinterpret_cast<const uint4*>(row_g8 + k + 16 * q))};
+}
+
+// The two E4M3 pairs of a 32-bit word as f16x2: bytes 0-1 -> lo, 2-3 -> hi (low byte to the low
+// half).
+__device__ __forceinline__ void E4m3WordToHalf2x2(uint32_t word, uint32_t& lo, uint32_t& hi) {
+  asm("{\n"
+      "  .reg .b16 l, h;\n"
+      "  mov.b32 {l, h}, %2;\n"
+      "  cvt.rn.f16x2.e4m3x2 %0, l;\n"
+      "  cvt.rn.f16x2.e4m3x2 %1, h;\n"
+      "}\n"
+      : "=r"(lo), "=r"(hi)
+      : "r"(word));
+}
+
+// c += (rows g, g + 8 of the step) x (xs_step[0 .. 64)), fp32 sums; xs_step in shared memory at
+// the step's first element.
+__device__ __forceinline__ void MmaStep(const StepBytes& w, const __half* xs_step, float (&c)[4]) {
+  const int q = threadIdx.x & 3;
+  const uint4 x0 = *reinterpret_cast<const uint4*>(xs_step + 16 * q);
+  const uint4 x1 = *reinterpret_cast<const uint4*>(xs_step + 16 * q + 8);
+  const uint32_t xb[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+  const uint32_t wl[4] = {w.lo.x, w.lo.y, w.lo.z, w.lo.w};
+  const uint32_t wh[4] = {w.hi.x, w.hi.y, w.hi.z, w.hi.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    // Word j holds elements 4j .. 4j+3: (4j, 4j+1) fill K slots 2q, 2q+1 and (4j+2, 4j+3) slots
+    // 2q+8, 2q+9 of mma j, as x's pairs xb[2j] and xb[2j+1] do in the B fragment.
+    uint32_t a[4];
+    E4m3WordToHalf2x2(wl[j], a[0], a[2]);
+    E4m3WordToHalf2x2(wh[j], a[1], a[3]);
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(xb[2 * j]), "r"(xb[2 * j + 1]));
+  }
+}
+
+}  // namespace spark::cuda::fp8_mma
