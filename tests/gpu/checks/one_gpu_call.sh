@@ -113,6 +113,14 @@ step ncu_gemv 120 ncu --cache-control all --clock-control none \
   $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy --backend cuda --layers 2 \
   --batch-sizes 1 --input-len 16 --output-len 4 --no-cuda-graphs
 grep -E '^  [A-Za-z].*(Kernel|Gemv)|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Achieved Occupancy|Theoretical Occupancy|Registers Per|Waves Per SM|Stall|cycles being stalled|Block Limit|Issue Slots|Executed Ipc|SM Busy|pipeline|Pipe' "$OUT/ncu_gemv.log" | head -120 >>$S
+# The same for the tensor-core GEMVs (--gemv-tensor-cores).
+step ncu_gemv_mma 120 ncu --cache-control all --clock-control none \
+  -k 'regex:GateUpMma|DownMma|GemvFp8Mma' -c 12 \
+  --section SpeedOfLight --section WarpStateStats --section Occupancy --section LaunchStats \
+  --section ComputeWorkloadAnalysis --section InstructionStats \
+  $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy --backend cuda --layers 2 \
+  --batch-sizes 1 --input-len 16 --output-len 4 --no-cuda-graphs --gemv-tensor-cores
+grep -E '^  [A-Za-z].*(Kernel|Gemv)|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Achieved Occupancy|Theoretical Occupancy|Registers Per|Waves Per SM|Stall|cycles being stalled|Block Limit|Issue Slots|Executed Ipc|SM Busy|pipeline|Pipe' "$OUT/ncu_gemv_mma.log" | head -120 >>$S
 # The tile GEMMs at 8, 256 and 1,024 tokens: every candidate the tuner times (gate/up and down
 # apart), then ncu of the default tiles at 1,024 tokens (GLM-4.5-Air): tensor, L2 and DRAM
 # throughput and stalls (where the large batches lose against the anchor).
