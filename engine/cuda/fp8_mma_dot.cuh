@@ -36,7 +36,9 @@ constexpr int kRows = 16;       // weight rows of one warp
 // Block-wide: xs[i] = f16(x[i] * 2^e) for i < count (count % 8 == 0; x and xs 16-byte aligned),
 // with e such that max |x| * 2^e is in [2^14, 2^15) (0 for an all-zero or non-finite x, which
 // then propagates as in fp32). Returns 2^-e. Every thread of the block calls it; `scratch` is
-// 32 floats of shared memory; ends with a barrier, after which xs is ready.
+// 32 floats of shared memory; ends with a barrier, after which xs is ready. x is read through L2
+// (never a stale L1 line), so a kernel may stage an input completed two launches back before its
+// programmatic wait.
 __device__ __forceinline__ float StageScaledHalf(const __nv_bfloat16* __restrict__ x, int count,
                                                  __half* __restrict__ xs, float* scratch) {
   const int chunks = count / 8;
@@ -44,7 +46,7 @@ __device__ __forceinline__ float StageScaledHalf(const __nv_bfloat16* __restrict
   uint4* dst = reinterpret_cast<uint4*>(xs);
   float amax = 0.f;
   for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
-    const uint4 raw = __ldg(src + c);
+    const uint4 raw = __ldcg(src + c);  // through L2: callers may stage before their PDL wait
     dst[c] = raw;  // BF16 bits for now; this thread converts them below
     const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&raw);
 #pragma unroll

@@ -272,6 +272,11 @@ __global__ void __launch_bounds__(kWarps * 32)
   __shared__ float part[kWarps][fp8_mma::kRows];
   __shared__ float vals[kWarps * fp8_mma::kRows];
   constexpr int kStep = fp8_mma::kStepElems;
+  const int64_t pair = blockIdx.y;
+  const int64_t token = pair / p.pairs_per_token;
+  // x is the router's input: complete once the router got past its own wait, which it did
+  // before this kernel could start (programmatic launch), so x is staged while the router runs.
+  const float unscale = fp8_mma::StageScaledHalf(x + token * p.hidden, p.hidden, xs, scratch);
   PdlBegin();  // the expert ids come from the router, the preceding kernel
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
@@ -279,9 +284,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int groups = kWarps / k_splits;
   const int group = warp % groups;
   const int split = warp / groups;
-  const int64_t pair = blockIdx.y;
-  const int64_t e = __ldg(p.ids + pair);
-  const int64_t token = pair / p.pairs_per_token;
+  // Through L2: with programmatic launch this kernel started before the router wrote the ids,
+  // and an L1 line of an earlier layer's ids may still be there.
+  const int64_t e = __ldcg(p.ids + pair);
   const int rows = 2 * p.inter;
   const int block_rows = groups * fp8_mma::kRows;
   const int n0 = static_cast<int>(blockIdx.x) * block_rows + group * fp8_mma::kRows;
@@ -304,8 +309,6 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int u = 0; u < kMmaUnroll; ++u) {
     if (s_begin + u < s_end) buf[u] = fp8_mma::LoadStep(wg, wg8, int64_t{s_begin + u} * kStep);
   }
-  const float unscale =
-      fp8_mma::StageScaledHalf(x + token * p.hidden, p.hidden, xs, scratch);
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
   for (int s = s_begin; s < s_end; s += kMmaUnroll) {
 #pragma unroll
