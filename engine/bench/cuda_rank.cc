@@ -81,6 +81,9 @@ Status MakeCudaRank(const CudaRankSpec& spec, int rank, int tp, engine::KeyValue
   options.programmatic_launch = spec.programmatic_launch;
   if (spec.moe_gemv_max_tokens >= 0) options.moe_gemv_max_tokens = spec.moe_gemv_max_tokens;
   options.gemv_tensor_cores = spec.gemv_tensor_cores;
+  if (spec.moe_grouped_max_tokens >= 0) {
+    options.moe_grouped_max_tokens = spec.moe_grouped_max_tokens;
+  }
   if (spec.kv_cache_fp8) options.kv_cache_dtype = cuda::KvCacheDtype::kFp8E4m3;
   engine::NcclOptions n;
   n.prefix = spec.prefix;

@@ -35,6 +35,7 @@ struct CudaRankSpec {
   bool programmatic_launch = false;  // CudaBackendOptions::programmatic_launch
   int moe_gemv_max_tokens = -1;      // CudaBackendOptions::moe_gemv_max_tokens (-1: its default)
   bool gemv_tensor_cores = false;    // CudaBackendOptions::gemv_tensor_cores
+  int moe_grouped_max_tokens = -1;   // CudaBackendOptions::moe_grouped_max_tokens (-1: default)
   // Tune the MoE tile configs on each rank's GPU for the model's expert shapes (batch buckets up
   // to max_batch_tokens) before the backend is made, as a shard does at its first load; rank 0
   // stores the tuning time in *moe_tune_seconds.

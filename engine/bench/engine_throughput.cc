@@ -241,6 +241,10 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     return InvalidArgument(
         "--programmatic-launch is a CUDA launch mode; use it with --backend cuda");
   }
+  if (o.moe_grouped_max_tokens >= 0 && o.backend != "cuda") {
+    return InvalidArgument(
+        "--moe-grouped-max-tokens selects a CUDA MoE kernel; use it with --backend cuda");
+  }
   if (o.gemv_tensor_cores && o.backend != "cuda") {
     return InvalidArgument(
         "--gemv-tensor-cores selects the CUDA GEMV kernels; use it with --backend cuda");
@@ -326,6 +330,7 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     spec.programmatic_launch = o.programmatic_launch;
     spec.moe_gemv_max_tokens = o.moe_gemv_max_tokens;
     spec.gemv_tensor_cores = o.gemv_tensor_cores;
+    spec.moe_grouped_max_tokens = o.moe_grouped_max_tokens;
     spec.moe_tune = o.moe_tune;
     spec.moe_tune_seconds = &report.moe_tune_s;
     factory = [spec, &store](int rank, int tp, RankParts* parts) {
@@ -340,6 +345,10 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     if (spec.fuse_shared_experts) report.device += ", shared expert in the MoE kernels";
     if (spec.programmatic_launch) report.device += ", programmatic launch";
     if (spec.gemv_tensor_cores) report.device += ", one-token FP8 GEMVs on tensor cores";
+    if (spec.moe_grouped_max_tokens > 0) {
+      report.device += ", expert-grouped MoE up to " +
+                       std::to_string(spec.moe_grouped_max_tokens) + " tokens";
+    }
     if (spec.moe_gemv_max_tokens >= 0) {
       report.device += ", MoE GEMV up to " + std::to_string(spec.moe_gemv_max_tokens) + " tokens";
     }

@@ -53,6 +53,7 @@ struct EngineBenchOptions {
   bool moe_tune = false;                // CUDA: tune the MoE tile configs first (as a shard does)
   int moe_gemv_max_tokens = -1;         // CUDA: MoE GEMV path up to this many tokens (-1: default)
   bool gemv_tensor_cores = false;       // CUDA: one-token FP8 GEMVs on the tensor cores
+  int moe_grouped_max_tokens = -1;      // CUDA: expert-grouped MoE kernels up to this many tokens
 };
 
 // Bytes one rank reads in a decode step of `batch` sequences at context length `context`.

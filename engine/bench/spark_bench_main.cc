@@ -92,6 +92,13 @@ int main(int argc, char** argv) {
                    "(token, expert) pairs, larger ones the grouped tile GEMMs (default: the "
                    "backend's, as a shard; 0 = never)")
       ->check(CLI::NonNegativeNumber);
+  engine
+      ->add_option("--moe-grouped-max-tokens", o.moe_grouped_max_tokens,
+                   "CUDA: MoE forwards above the GEMV path's token count and up to N tokens run "
+                   "the expert-grouped tensor-core kernels (each expert's FP8 weights read once "
+                   "for up to 8 of its tokens, BF16 activations; default: the backend's, as a "
+                   "shard; 0 = never)")
+      ->check(CLI::NonNegativeNumber);
   engine->add_flag("--gemv-tensor-cores,!--no-gemv-tensor-cores", o.gemv_tensor_cores,
                    "CUDA: one-token FP8 GEMVs (dense and MoE) on the tensor cores, E4M3 weights as "
                    "f16 mma fragments (default: off, as a shard)");

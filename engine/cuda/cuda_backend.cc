@@ -1025,6 +1025,7 @@ Status CudaBackend::Impl::Finish() {
     SPARK_ASSIGN_OR_RETURN(MoeConfigTable table,
                            MoeConfigTable::Create(device, options.smem_cap_bytes));
     table.SetGemvMaxTokens(options.moe_gemv_max_tokens);
+    table.SetGroupedMaxTokens(options.moe_grouped_max_tokens);
     if (options.gemv_tensor_cores) {
       MoeGemvTiling tiling = table.gemv_tiling();
       tiling.fp8_dequant = kMoeGemvHalfMma;

@@ -104,6 +104,10 @@ struct CudaBackendOptions {
   // MoE forwards of at most this many tokens run the expert GEMMs as GEMVs over the router's
   // (token, expert) pairs (engine/cuda/moe_gemv.h) instead of the grouped tile GEMMs; 0 = never.
   int moe_gemv_max_tokens = kMoeGemvMaxTokensDefault;
+  // MoE forwards above moe_gemv_max_tokens and up to this many tokens run the expert-grouped
+  // tensor-core kernels (engine/cuda/moe_grouped.h; FP8 weights read once per expert for up to 8
+  // of its pairs, BF16 activations) where they fit the shared-memory limit; 0 = never.
+  int moe_grouped_max_tokens = 0;
   // Tokens (summed over the chunks) one Forward may carry; sizes the activation workspace.
   int64_t max_batch_tokens = 4096;
   // Caps the shared memory per block a kernel may use (0 = the device's opt-in limit);

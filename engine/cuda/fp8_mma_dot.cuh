@@ -33,6 +33,68 @@ namespace spark::cuda::fp8_mma {
 constexpr int kStepElems = 64;  // K elements of a row one warp step covers (4 lanes x 16)
 constexpr int kRows = 16;       // weight rows of one warp
 
+// Largest |v| of eight BF16 values (raw) folded into amax.
+__device__ __forceinline__ float AbsMax8(const uint4& raw, float amax) {
+  const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const float2 f = __bfloat1622float2(b[e]);
+    amax = fmaxf(amax, fmaxf(fabsf(f.x), fabsf(f.y)));
+  }
+  return amax;
+}
+
+// The staging exponent e for a largest magnitude amax: amax * 2^e in [2^14, 2^15); 0 for zero or
+// a non-finite amax.
+__device__ __forceinline__ int StagingExponent(float amax) {
+  if (!(amax > 0.f) || !isfinite(amax)) return 0;
+  int e2 = 0;
+  frexpf(amax, &e2);  // amax = m * 2^e2, m in [0.5, 1)
+  return min(max(15 - e2, -126), 126);
+}
+
+// Eight BF16 values (raw, in place) -> f16(v * scale).
+__device__ __forceinline__ void ScaleToHalf8(uint4& raw, float scale) {
+  const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&raw);
+  uint32_t h[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const float2 f = __bfloat1622float2(b[e]);
+    const __half2 v = __floats2half2_rn(f.x * scale, f.y * scale);
+    h[e] = *reinterpret_cast<const uint32_t*>(&v);
+  }
+  raw = make_uint4(h[0], h[1], h[2], h[3]);
+}
+
+// xs[c] = raw BF16 chunks c = first, first + stride, ... of x (through L2: callers may stage an
+// input completed two launches back before their programmatic wait); returns their largest
+// magnitude.
+__device__ __forceinline__ float CopyChunks(const __nv_bfloat16* __restrict__ x, int chunks,
+                                            int first, int stride, __half* __restrict__ xs) {
+  const uint4* src = reinterpret_cast<const uint4*>(x);
+  uint4* dst = reinterpret_cast<uint4*>(xs);
+  float amax = 0.f;
+  for (int c = first; c < chunks; c += stride) {
+    const uint4 raw = __ldcg(src + c);
+    dst[c] = raw;  // BF16 bits for now; the same thread converts them (ConvertChunks)
+    amax = AbsMax8(raw, amax);
+  }
+  return amax;
+}
+
+// The chunks CopyChunks copied, converted in place to f16 times 2^exponent; returns 2^-exponent.
+__device__ __forceinline__ float ConvertChunks(int chunks, int first, int stride, int exponent,
+                                               __half* __restrict__ xs) {
+  uint4* dst = reinterpret_cast<uint4*>(xs);
+  const float scale = ldexpf(1.f, exponent);
+  for (int c = first; c < chunks; c += stride) {
+    uint4 raw = dst[c];
+    ScaleToHalf8(raw, scale);
+    dst[c] = raw;
+  }
+  return ldexpf(1.f, -exponent);
+}
+
 // Block-wide: xs[i] = f16(x[i] * 2^e) for i < count (count % 8 == 0; x and xs 16-byte aligned),
 // with e such that max |x| * 2^e is in [2^14, 2^15) (0 for an all-zero or non-finite x, which
 // then propagates as in fp32). Returns 2^-e. Every thread of the block calls it; `scratch` is
@@ -42,47 +104,25 @@ constexpr int kRows = 16;       // weight rows of one warp
 __device__ __forceinline__ float StageScaledHalf(const __nv_bfloat16* __restrict__ x, int count,
                                                  __half* __restrict__ xs, float* scratch) {
   const int chunks = count / 8;
-  const uint4* src = reinterpret_cast<const uint4*>(x);
-  uint4* dst = reinterpret_cast<uint4*>(xs);
-  float amax = 0.f;
-  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
-    const uint4 raw = __ldcg(src + c);  // through L2: callers may stage before their PDL wait
-    dst[c] = raw;  // BF16 bits for now; this thread converts them below
-    const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const float2 f = __bfloat1622float2(b[e]);
-      amax = fmaxf(amax, fmaxf(fabsf(f.x), fabsf(f.y)));
-    }
-  }
-  amax = WarpMax(amax);
+  float amax = WarpMax(CopyChunks(x, chunks, threadIdx.x, blockDim.x, xs));
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
   if (lane == 0) scratch[warp] = amax;
   __syncthreads();
-  amax = lane < static_cast<int>(blockDim.x >> 5) ? scratch[lane] : 0.f;
-  amax = WarpMax(amax);
-  int exponent = 0;
-  if (amax > 0.f && isfinite(amax)) {
-    int e2 = 0;
-    frexpf(amax, &e2);  // amax = m * 2^e2, m in [0.5, 1)
-    exponent = min(max(15 - e2, -126), 126);
-  }
-  const float scale = ldexpf(1.f, exponent);
-  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
-    uint4 raw = dst[c];
-    __nv_bfloat162* b = reinterpret_cast<__nv_bfloat162*>(&raw);
-    uint32_t* h = reinterpret_cast<uint32_t*>(&raw);
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const float2 f = __bfloat1622float2(b[e]);
-      const __half2 v = __floats2half2_rn(f.x * scale, f.y * scale);
-      h[e] = *reinterpret_cast<const uint32_t*>(&v);
-    }
-    dst[c] = raw;
-  }
+  amax = WarpMax(lane < static_cast<int>(blockDim.x >> 5) ? scratch[lane] : 0.f);
+  const float unscale = ConvertChunks(chunks, threadIdx.x, blockDim.x, StagingExponent(amax), xs);
   __syncthreads();
-  return ldexpf(1.f, -exponent);
+  return unscale;
+}
+
+// Warp-wide StageScaledHalf of one vector (its own exponent), without a barrier: the caller syncs
+// before other warps read xs. Returns 2^-e in every lane.
+__device__ __forceinline__ float StageScaledHalfWarp(const __nv_bfloat16* __restrict__ x, int count,
+                                                     __half* __restrict__ xs) {
+  const int lane = threadIdx.x & 31;
+  const int chunks = count / 8;
+  const float amax = WarpMax(CopyChunks(x, chunks, lane, 32, xs));
+  return ConvertChunks(chunks, lane, 32, StagingExponent(amax), xs);
 }
 
 // The 32 weight bytes one lane takes of a step: rows g and g + 8.
@@ -112,8 +152,9 @@ __device__ __forceinline__ void E4m3WordToHalf2x2(uint32_t word, uint32_t& lo, u
       : "r"(word));
 }
 
-// c += (rows g, g + 8 of the step) x (xs_step[0 .. 64)), fp32 sums; xs_step in shared memory at
-// the step's first element.
+// c += (rows g, g + 8 of the step) x (xs_step[0 .. 64)), fp32 sums. xs_step: the activation
+// column this lane supplies to the B fragment (column g), in shared memory at the step's first
+// element; the same for every lane when there is one activation vector.
 __device__ __forceinline__ void MmaStep(const StepBytes& w, const __half* xs_step, float (&c)[4]) {
   const int q = threadIdx.x & 3;
   const uint4 x0 = *reinterpret_cast<const uint4*>(xs_step + 16 * q);

@@ -11,6 +11,7 @@
 #include "engine/cuda/device_math.cuh"
 #include "engine/cuda/moe_gemm.h"
 #include "engine/cuda/moe_gemv.h"
+#include "engine/cuda/moe_grouped.h"
 #include "engine/cuda/programmatic_launch.cuh"
 
 namespace spark::cuda {
@@ -776,6 +777,51 @@ struct MoeWorkspaceAccess {
     return mark(4);
   }
 
+  // The expert-grouped path (moe_grouped.h): router, permutation into groups of
+  // kMoeGroupedBlockM pairs per expert, gate/up and down on the tensor cores, combine.
+  template <class T, class Mark>
+  static cudaError_t RunGrouped(const MoeLayerDevice& layer, const MoeShape& s,
+                                const __nv_bfloat16* x, int64_t tokens, T* out, const T* addend,
+                                MoeWorkspace& w, const MoeConfigTable& table, cudaStream_t stream,
+                                Mark& mark) {
+    const int64_t pairs = tokens * s.pairs_per_token();
+    const int bm = kMoeGroupedBlockM;
+    moe_internal::MoeGroupedParams p;
+    p.format = layer.format;
+    p.pairs_per_token = s.pairs_per_token();
+    p.hidden = s.hidden;
+    p.inter = s.inter;
+    p.mblocks = static_cast<int>(MoeMaxMblocks(pairs, s.gemm_experts(), bm));
+    p.sorted_pairs = w.sorted_pairs_;
+    p.mblock_expert = w.mblock_expert_;
+    p.num_rows = w.num_rows_;
+    p.weights = w.topk_weights_;
+    moe_internal::MoeGemvParams gp;
+    gp.tiling = table.gemv_tiling();
+    const MoeGemvTiling tiling = moe_internal::MoeGemvResolveTiling(gp);
+    p.warps_per_group = tiling.gate_up_k_splits;
+    if (p.mblocks > w.max_mblocks_) return cudaErrorInvalidValue;
+    w.last_plan_ = MoePlan{tokens, MoeTileConfig{}, MoeTileConfig{}, false, tiling, true};
+    cudaError_t err = mark(0);
+    if (err != cudaSuccess) return err;
+    err = Route(layer, s, x, tokens, w.logits_, w.topk_ids_, w.topk_weights_, w.route_counter_,
+                stream);
+    if (err != cudaSuccess) return err;
+    const size_t perm_smem = size_t{3} * s.gemm_experts() * sizeof(int);
+    LaunchKernel(PermuteKernel, 1, 1024, perm_smem, stream, w.topk_ids_, static_cast<int>(pairs),
+                 s.gemm_experts(), bm, w.sorted_pairs_, w.mblock_expert_, w.num_rows_);
+    if ((err = cudaGetLastError()) != cudaSuccess || (err = mark(1)) != cudaSuccess) return err;
+    err = moe_internal::MoeGroupedGateUp(p, x, layer.w13, layer.w13_scale, w.inter_, stream);
+    if (err != cudaSuccess || (err = mark(2)) != cudaSuccess) return err;
+    err = moe_internal::MoeGroupedDown(p, w.inter_, layer.w2, layer.w2_scale, w.out_pairs_, stream);
+    if (err != cudaSuccess || (err = mark(3)) != cudaSuccess) return err;
+    const int64_t quads = tokens * (s.hidden / 4);
+    LaunchKernel(CombineKernel<T>, static_cast<unsigned>((quads + 255) / 256), 256, 0, stream,
+                 w.out_pairs_, tokens, s.pairs_per_token(), s.hidden, addend, out);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    return mark(4);
+  }
+
   template <class T>
   static cudaError_t Run(const MoeLayerDevice& layer, const __nv_bfloat16* x, int64_t tokens,
                          T* out, const T* addend, MoeWorkspace& w, const MoeConfigTable& table,
@@ -799,6 +845,11 @@ struct MoeWorkspaceAccess {
     if (forced_gate_up == nullptr && forced_down == nullptr &&
         moe_internal::MoeGemvServes(table, format, s.hidden, s.inter, tokens)) {
       return RunGemv(layer, s, x, tokens, out, addend, w, table, stream, mark);
+    }
+    if (forced_gate_up == nullptr && forced_down == nullptr &&
+        tokens <= table.grouped_max_tokens() &&
+        moe_internal::MoeGroupedSupports(format, s.hidden, s.inter, table.smem_limit_bytes())) {
+      return RunGrouped(layer, s, x, tokens, out, addend, w, table, stream, mark);
     }
 
     MoeScratchSizes scratch;

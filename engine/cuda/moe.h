@@ -96,6 +96,9 @@ struct MoePlan {
   // The expert GEMMs ran as GEMVs over the pairs (MoeConfigTable::gemv_max_tokens).
   bool gemv = false;
   MoeGemvTiling gemv_tiling;  // the GEMV kernels' work split, resolved (GEMV path only)
+  // The expert GEMMs ran on the expert-grouped tensor-core kernels
+  // (MoeConfigTable::grouped_max_tokens); gemv_tiling.gate_up_k_splits is their warps per group.
+  bool grouped = false;
 };
 
 // Device scratch for up to `max_tokens` tokens of one layer shape and format. Rows and row

@@ -15,6 +15,8 @@
 //   bench_moe [--shapes glm47-tp4,glm45-air] [--formats fp8-per-channel,bf16,fp8-block128]
 //             [--batches 1,8,64,256,1024] [--iters 20] [--tune] [--tune-log] [--caps 0,101376]
 //             [--gemv-max-tokens N]   (batches up to N on the GEMV path; default: the table's)
+//             [--grouped-max-tokens N]  (batches above the GEMV path's and up to N on the
+//                                        expert-grouped tensor-core kernels; default 0: off)
 //             [--gemv-k-splits 0,1,2,4,8] [--gemv-down-outputs 0,4,8,16]
 //             [--gemv-down-vectors 0,1,2,3] [--gemv-fp8-dequant 0,1,2,3]
 //                 (the GEMV kernels' work split, every combination in turn; 0 = the default)
@@ -198,6 +200,7 @@ int Main(int argc, char** argv) {
   bool tune = false;
   bool tune_log = false;
   int gemv_max_tokens = -1;  // the table's default
+  int grouped_max_tokens = 0;
   std::vector<int> gemv_k_splits = {0}, gemv_down_outputs = {0}, gemv_down_vectors = {0},
                    gemv_fp8_dequant = {0};
   for (int i = 1; i < argc; ++i) {
@@ -228,6 +231,8 @@ int Main(int argc, char** argv) {
       tune_log = true;
     } else if (a == "--gemv-max-tokens") {
       gemv_max_tokens = std::max(0, std::atoi(next().c_str()));
+    } else if (a == "--grouped-max-tokens") {
+      grouped_max_tokens = std::max(0, std::atoi(next().c_str()));
     } else if (a == "--gemv-k-splits" || a == "--gemv-down-outputs" || a == "--gemv-down-vectors" ||
                a == "--gemv-fp8-dequant") {
       auto& list = a == "--gemv-k-splits"       ? gemv_k_splits
@@ -241,7 +246,8 @@ int Main(int argc, char** argv) {
           stderr,
           "usage: bench_moe [--shapes glm47-tp4,glm45-air] [--formats "
           "fp8-per-channel,bf16,fp8-block128] [--batches 1,8,...] [--caps 0,101376] "
-          "[--iters N] [--tune] [--tune-log] [--gemv-max-tokens N] [--gemv-k-splits 0,1,2,4,8] "
+          "[--iters N] [--tune] [--tune-log] [--gemv-max-tokens N] [--grouped-max-tokens N] "
+          "[--gemv-k-splits 0,1,2,4,8] "
           "[--gemv-down-outputs 0,4,8,16] [--gemv-down-vectors 0,1,2,3] "
           "[--gemv-fp8-dequant 0,1,2,3]\n");
       return 2;
@@ -323,6 +329,7 @@ int Main(int argc, char** argv) {
           return 1;
         }
         if (gemv_max_tokens >= 0) table->SetGemvMaxTokens(gemv_max_tokens);
+        table->SetGroupedMaxTokens(grouped_max_tokens);
         const std::string cap_name = cap > 0 ? std::to_string(cap) : "device";
         std::vector<MoeGemvTiling> tilings;
         for (const int k : gemv_k_splits) {
@@ -348,7 +355,8 @@ int Main(int argc, char** argv) {
             mb_read[bi] = bytes / 1e6;
             const MoeGemvTiling& used = plan.gemv_tiling;
             const std::string configs =
-                plan.gemv ? "GEMV k" + std::to_string(used.gate_up_k_splits) + " | GEMV d" +
+                plan.grouped ? "grouped w" + std::to_string(used.gate_up_k_splits)
+                : plan.gemv  ? "GEMV k" + std::to_string(used.gate_up_k_splits) + " | GEMV d" +
                                 std::to_string(used.down_outputs) + " v" +
                                 std::to_string(used.down_vectors) +
                                 (used.fp8_dequant == kMoeGemvScaledBits

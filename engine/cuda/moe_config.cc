@@ -3,6 +3,12 @@
 #include <algorithm>
 
 namespace spark::cuda {
+
+// Each expert used pads its rows up to a whole block.
+int64_t MoeMaxMblocks(int64_t pairs, int experts, int block_m) {
+  return (pairs + block_m - 1) / block_m + std::min<int64_t>(experts, pairs);
+}
+
 namespace {
 
 constexpr int kMinStages = 2;
@@ -13,12 +19,6 @@ constexpr int64_t kSplitPartialFloats = int64_t{4} << 20;
 constexpr int64_t kSplitCounters = 16384;
 // Split-K the heuristic may ask for (what the workspace's partial tiles are sized for).
 constexpr int kSelectMaxSplitK = 8;
-
-// Row blocks of `block_m` rows that `pairs` token-expert pairs over `experts` experts can need:
-// each expert used pads its rows up to a whole block.
-int64_t MaxMblocks(int64_t pairs, int experts, int block_m) {
-  return (pairs + block_m - 1) / block_m + std::min<int64_t>(experts, pairs);
-}
 
 // Deepest pipeline of variant `index` within `limit` and `max_stages`; 0 if none fits.
 int DeepestStages(int index, int64_t limit, int max_stages) {
@@ -71,11 +71,13 @@ const std::vector<MoeKernelVariant>& MoeKernelVariants() {
 MoeScratchSizes MoeScratchFor(int experts, int hidden, int inter, int top_k, int64_t max_tokens) {
   const int64_t pairs = std::max<int64_t>(0, max_tokens) * std::max(0, top_k);
   MoeScratchSizes s;
-  for (const MoeKernelVariant& v : MoeKernelVariants()) {
-    const int64_t mblocks = MaxMblocks(pairs, experts, v.block_m);
+  auto cover = [&](int block_m) {
+    const int64_t mblocks = MoeMaxMblocks(pairs, experts, block_m);
     s.max_mblocks = std::max(s.max_mblocks, mblocks);
-    s.max_rows = std::max(s.max_rows, mblocks * v.block_m);
-  }
+    s.max_rows = std::max(s.max_rows, mblocks * block_m);
+  };
+  for (const MoeKernelVariant& v : MoeKernelVariants()) cover(v.block_m);
+  cover(kMoeGroupedBlockM);
   s.split_partial_floats = std::min<int64_t>(
       kSplitPartialFloats, s.max_rows * std::max<int64_t>(hidden, int64_t{2} * inter) * 8);
   s.split_counters = kSplitCounters;
@@ -287,7 +289,7 @@ MoeScratchSizes MoeConfigTable::ScratchFor(MoeWeightFormat format, int experts, 
   for (int64_t tokens = 1; tokens <= max_tokens; ++tokens) {
     const int64_t pairs = tokens * top_k;
     const int bm = BlockMFor(format, pairs, experts);
-    const int64_t mblocks = MaxMblocks(pairs, experts, bm);
+    const int64_t mblocks = MoeMaxMblocks(pairs, experts, bm);
     for (const MoeGemm gemm : {MoeGemm::kGateUp, MoeGemm::kDown}) {
       const int64_t n = gemm == MoeGemm::kGateUp ? int64_t{2} * inter : hidden;
       const int64_t k = gemm == MoeGemm::kGateUp ? hidden : inter;
@@ -328,7 +330,7 @@ Result<MoeLaunch> MoeConfigTable::PlanLaunch(MoeWeightFormat format, int experts
                            " must share block_m (the permutation's row padding)");
   }
   const int bm = plan.gate_up.block_m;
-  plan.mblocks = MaxMblocks(pairs, experts, bm);
+  plan.mblocks = MoeMaxMblocks(pairs, experts, bm);
   plan.rows = plan.mblocks * bm;
   if (plan.mblocks > scratch.max_mblocks || plan.rows > scratch.max_rows) {
     return OutOfRange("MoE launch of " + std::to_string(tokens) + " tokens with " +

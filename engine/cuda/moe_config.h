@@ -46,6 +46,13 @@ enum class MoeGemm : uint8_t {
 // the tiles at 8 (Air).
 constexpr int kMoeGemvMaxTokensDefault = 4;
 
+// Pairs per group of the expert-grouped kernels (engine/cuda/moe_grouped.h): the permutation's
+// block_m on that path.
+constexpr int kMoeGroupedBlockM = 8;
+// Groups the permutation can make of `pairs` pairs over `experts` expert slots with block_m rows
+// per group (each expert's segment padded to whole groups).
+int64_t MoeMaxMblocks(int64_t pairs, int experts, int block_m);
+
 // Work split of the GEMV path's kernels (engine/cuda/moe_gemv.h); 0 = the default: 1 K split,
 // 8 outputs up to 2 tokens and 16 from 4, 1 vector in flight (each the fastest or within 5% of it
 // at every token count in bench_moe's sweep on an H100, 2026-12-07), hardware conversion.
@@ -159,6 +166,13 @@ class MoeConfigTable {
   // value outside those listed in MoeGemvTiling.
   const MoeGemvTiling& gemv_tiling() const { return gemv_tiling_; }
   Status SetGemvTiling(const MoeGemvTiling& tiling);
+  // Forwards of more than gemv_max_tokens and at most this many tokens run the expert-grouped
+  // tensor-core kernels (engine/cuda/moe_grouped.h: each expert's FP8 weights read once for up to
+  // kMoeGroupedBlockM of its pairs, BF16 activations) where they fit the shared-memory limit;
+  // 0 (the default) turns that path off. Their warps per 16-row group: gemv_tiling's
+  // gate_up_k_splits.
+  int grouped_max_tokens() const { return grouped_max_tokens_; }
+  void SetGroupedMaxTokens(int tokens) { grouped_max_tokens_ = tokens < 0 ? 0 : tokens; }
 
   // Whether `config` may be launched here (within the limit, valid for the format).
   Status Check(MoeWeightFormat format, const MoeTileConfig& config) const;
@@ -191,6 +205,7 @@ class MoeConfigTable {
   int64_t smem_limit_bytes_ = 0;
   int multiprocessors_ = 0;
   int gemv_max_tokens_ = kMoeGemvMaxTokensDefault;
+  int grouped_max_tokens_ = 0;
   MoeGemvTiling gemv_tiling_;
   std::vector<Tuned> tuned_;
 };

@@ -24,6 +24,7 @@
 #include "engine/cpu/thread_pool.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/device_info.h"
+#include "engine/cuda/moe_grouped.h"
 #include "engine/cuda/moe_pack.h"
 #include "engine/model/dtype.h"
 #include "tests/gpu/moe_test_util.h"
@@ -146,8 +147,10 @@ Errors Compare(const Fixture& f, const RunResult& r, const MoeReference& ref,
       ++e.route_mismatches;
       continue;
     }
-    // The GEMV path keeps BF16 activations: its mirror has no FP8 activation rounding.
-    const std::vector<float>& mirror = r.plan.gemv ? ref.mirror_gemv : ref.mirror;
+    // The GEMV and grouped paths keep BF16 activations: their mirror has no FP8 activation
+    // rounding.
+    const std::vector<float>& mirror =
+        r.plan.gemv || r.plan.grouped ? ref.mirror_gemv : ref.mirror;
     e.mirror = std::max(e.mirror, RowRelError(r.out.data() + t * h, mirror.data() + i * h, h));
     e.plain = std::max(e.plain, RowRelError(r.out.data() + t * h, ref.plain.data() + i * h, h));
   }
@@ -367,6 +370,7 @@ TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
       int64_t cap;
       int gemv_max_tokens;
       MoeGemvTiling tiling;
+      int grouped_max_tokens = 0;
     };
     for (const Setting& setting :
          {Setting{0, -1, {}}, Setting{kGb10SmemBytes, -1, {}}, Setting{0, 0, {}},
@@ -377,10 +381,14 @@ TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
           Setting{0, 1 << 20, {1, 8, 1, kMoeGemvHardwareConvert}},
           Setting{0, 1 << 20, {1, 8, 1, kMoeGemvHalfMma}},
           Setting{0, 1 << 20, {4, 16, 1, kMoeGemvHalfMma}},
-          Setting{0, 1 << 20, {8, 16, 1, kMoeGemvHalfMma}}}) {
+          Setting{0, 1 << 20, {8, 16, 1, kMoeGemvHalfMma}},
+          // The expert-grouped kernels at every token count (GEMVs off), each warp split.
+          Setting{0, 0, {}, 1 << 20}, Setting{0, 0, {2, 0, 0}, 1 << 20},
+          Setting{kGb10SmemBytes, 0, {4, 0, 0}, 1 << 20}, Setting{0, 0, {8, 0, 0}, 1 << 20}}) {
       auto table = MoeConfigTable::Create(Device(), setting.cap);
       ASSERT_TRUE(table.ok()) << table.status().ToString();
       if (setting.gemv_max_tokens >= 0) table->SetGemvMaxTokens(setting.gemv_max_tokens);
+      table->SetGroupedMaxTokens(setting.grouped_max_tokens);
       ASSERT_TRUE(table->SetGemvTiling(setting.tiling).ok());
       const RunResult r = RunGpu(*f, x, tokens, *table, *ws);
       const Errors e = Compare(*f, r, ref, rows);
@@ -389,7 +397,9 @@ TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
           "mismatches %d/%zu\n",
           c.shape.name, MoeWeightFormatName(c.format), static_cast<long long>(tokens),
           static_cast<long long>(setting.cap), table->gemv_max_tokens(),
-          r.plan.gemv
+          r.plan.grouped
+              ? ("grouped w" + std::to_string(r.plan.gemv_tiling.gate_up_k_splits)).c_str()
+          : r.plan.gemv
               ? ("GEMV k" + std::to_string(r.plan.gemv_tiling.gate_up_k_splits) + " d" +
                  std::to_string(r.plan.gemv_tiling.down_outputs) + " v" +
                  std::to_string(r.plan.gemv_tiling.down_vectors) +
@@ -400,6 +410,16 @@ TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
               : (r.plan.gate_up.ToString() + " | " + r.plan.down.ToString()).c_str(),
           e.mirror, e.plain, e.route_mismatches, rows.size());
       EXPECT_EQ(r.plan.gemv, tokens <= table->gemv_max_tokens());
+      // The grouped kernels serve FP8 wherever their staged activations fit the limit.
+      const bool grouped_fits =
+          c.format != MoeWeightFormat::kBf16 &&
+          moe_internal::MoeGroupedSupports(c.format, c.shape.hidden, c.shape.inter,
+                                           table->smem_limit_bytes());
+      EXPECT_EQ(r.plan.grouped,
+                !r.plan.gemv && tokens <= table->grouped_max_tokens() && grouped_fits);
+      if (r.plan.grouped && setting.tiling.gate_up_k_splits > 0) {
+        EXPECT_EQ(r.plan.gemv_tiling.gate_up_k_splits, setting.tiling.gate_up_k_splits);
+      }
       if (r.plan.gemv && setting.tiling.gate_up_k_splits > 0) {
         EXPECT_EQ(r.plan.gemv_tiling.gate_up_k_splits, setting.tiling.gate_up_k_splits);
         EXPECT_EQ(r.plan.gemv_tiling.down_outputs, setting.tiling.down_outputs);
@@ -416,7 +436,8 @@ TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
       }
       // Near-ties of the fp32 logits may pick differently; they must stay rare.
       EXPECT_LE(e.route_mismatches, static_cast<int>(rows.size() / 20));
-      EXPECT_LE(e.mirror, r.plan.gemv ? MirrorTol(MoeWeightFormat::kBf16) : MirrorTol(c.format))
+      EXPECT_LE(e.mirror, r.plan.gemv || r.plan.grouped ? MirrorTol(MoeWeightFormat::kBf16)
+                                                        : MirrorTol(c.format))
           << c.shape.name << " T=" << tokens;
       EXPECT_LE(e.plain, PlainTol(c.format)) << c.shape.name << " T=" << tokens;
     }
