@@ -74,6 +74,14 @@ grep -E 'half-mma' "$OUT/mma_moe.log" | head -40 >>$S
 step moe_gemv_mma 120 $B/bin/bench_moe --formats fp8-per-channel,fp8-block128 --caps 0 \
   --batches 1,2,4 --gemv-max-tokens 4 --gemv-fp8-dequant 1,3 --gemv-k-splits 1,2,4,8 --iters 20
 grep -vE '^device:|^$' "$OUT/moe_gemv_mma.log" >>$S
+# The expert-grouped tensor-core MoE kernels against the tiles at 8 to 64 tokens, every warp
+# split, with and without the GB10 cap (both formats of the FP8 checkpoints).
+step moe_grouped 150 $B/bin/bench_moe --formats fp8-per-channel,fp8-block128 --caps 0,101376 \
+  --batches 8,16,32,64 --grouped-max-tokens 64 --gemv-k-splits 1,2,4,8 --iters 10
+grep -vE '^device:|^$' "$OUT/moe_grouped.log" >>$S
+step moe_tiles_small 90 $B/bin/bench_moe --formats fp8-per-channel,fp8-block128 --caps 0 \
+  --batches 8,16,32,64 --iters 10
+grep -vE '^device:|^$' "$OUT/moe_tiles_small.log" >>$S
 for g in --gemv-tensor-cores --no-gemv-tensor-cores; do
   step bench$g 90 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
     --backend cuda --layers 24 --batch-sizes 1,8 --input-len 128 --output-len 32 --cuda-graphs $g
