@@ -139,6 +139,27 @@ __device__ __forceinline__ StepBytes LoadStep(const uint8_t* row_g, const uint8_
           __ldg(reinterpret_cast<const uint4*>(row_g8 + k + 16 * q))};
 }
 
+// Bytes of one warp's ring slot: 32 lanes x the 32 bytes of a step.
+constexpr int kSlotBytes = 32 * 32;
+
+// Copies the step at element `k` of rows g and g + 8 for this lane into its 32 bytes of a ring
+// slot (`slot`: the slot's shared address + 32 * lane) with cp.async, bypassing the registers
+// and L1 (the caller commits and waits; weights only, so it may run before the programmatic
+// wait).
+__device__ __forceinline__ void CopyStepAsync(uint32_t slot, const uint8_t* row_g,
+                                              const uint8_t* row_g8, int64_t k) {
+  const int q = threadIdx.x & 3;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(slot),
+               "l"(row_g + k + 16 * q));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(slot + 16),
+               "l"(row_g8 + k + 16 * q));
+}
+
+// This lane's step from its 32 bytes of a ring slot (after the copy's group completed).
+__device__ __forceinline__ StepBytes ReadStep(const uint8_t* slot) {
+  return {*reinterpret_cast<const uint4*>(slot), *reinterpret_cast<const uint4*>(slot + 16)};
+}
+
 // The two E4M3 pairs of a 32-bit word as f16x2: bytes 0-1 -> lo, 2-3 -> hi (low byte to the low
 // half).
 __device__ __forceinline__ void E4m3WordToHalf2x2(uint32_t word, uint32_t& lo, uint32_t& hi) {

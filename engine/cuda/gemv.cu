@@ -5,6 +5,7 @@
 
 #include "engine/cuda/device_math.cuh"
 #include "engine/cuda/fp8_mma_dot.cuh"
+#include "engine/cuda/mma.cuh"
 #include "engine/cuda/programmatic_launch.cuh"
 
 namespace spark::cuda {
@@ -235,23 +236,30 @@ __global__ void __launch_bounds__(kWarps * 32)
 // One activation row against FP8 weights on the tensor cores (Fp8Dequant::kHalfMma,
 // engine/cuda/fp8_mma_dot.cuh). grid (ceil(out / (16 * groups)), k_splits), kWarps warps forming
 // groups = kWarps / slices row groups of 16 rows; the `slices` warps of a group take consecutive
-// step ranges of the block's K chunk and their sums meet in shared memory in slice order. Each
-// lane keeps kMmaUnroll steps (2 x 16 bytes each) in flight, the first before the programmatic
-// wait (weights do not come from the preceding kernels). Dynamic shared memory: the K chunk as
-// f16.
-constexpr int kMmaUnroll = 4;
-// Longest K chunk one block stages (f16 in dynamic shared memory, within the 48 KB a launch gets
-// without opting in); longer rows need K splits.
+// step ranges of the block's K chunk and their sums meet in shared memory in slice order.
+// The weights stream through a ring of kMmaStages steps per warp in shared memory filled by
+// cp.async (bytes in flight without registers: a register-bound GEMV is latency-bound on an
+// H100), the first kMmaStages - 1 steps before the programmatic wait (weights do not come from
+// the preceding kernels). Dynamic shared memory: the rings, then the K chunk as f16.
+// Ring depths compiled (Gemv's mma_stages); the default.
+constexpr int kMmaStagesDefault = 6;
+constexpr int RingBytes(int stages) { return kWarps * stages * fp8_mma::kSlotBytes; }
+// Longest K chunk one block stages (f16 in dynamic shared memory); longer rows need K splits.
 constexpr int64_t kMmaMaxChunk = 20480;
 
-template <bool kBlock>
+size_t MmaSmemBytes(int64_t k_chunk, int stages) {
+  return RingBytes(stages) + static_cast<size_t>(k_chunk) * sizeof(__half);
+}
+
+template <bool kBlock, int kMmaStages>
 __global__ void __launch_bounds__(kWarps * 32)
     GemvFp8MmaKernel(DeviceLinear w, const __nv_bfloat16* __restrict__ x, int64_t k_chunk,
                      int slices, float* __restrict__ partial, float* __restrict__ y,
                      const float* __restrict__ bias, int k_splits,
                      int32_t* __restrict__ counters) {
   extern __shared__ uint4 gemv_mma_smem[];
-  __half* xs = reinterpret_cast<__half*>(gemv_mma_smem);
+  uint8_t* rings = reinterpret_cast<uint8_t*>(gemv_mma_smem);
+  __half* xs = reinterpret_cast<__half*>(rings + RingBytes(kMmaStages));
   __shared__ float scratch[32];
   __shared__ float part[kWarps][fp8_mma::kRows];
   constexpr int kStep = fp8_mma::kStepElems;
@@ -277,33 +285,43 @@ __global__ void __launch_bounds__(kWarps * 32)
   // Block scales: rows g and g + 8 share a block (block_n % 16 == 0, n0 % 16 == 0).
   const float* srow = kBlock ? w.scale + (row_g / w.block_n) * ((w.in + w.block_k - 1) / w.block_k)
                              : nullptr;
-  fp8_mma::StepBytes buf[kMmaUnroll];
+  uint8_t* ring = rings + warp * (kMmaStages * fp8_mma::kSlotBytes) + lane * 32;
+  const uint32_t ring_addr = mma::SmemAddr(ring);
+  // Step s_begin + i goes to slot i % kMmaStages; one commit group per step (empty past the end).
 #pragma unroll
-  for (int u = 0; u < kMmaUnroll; ++u) {
-    if (s_begin + u < s_end) buf[u] = fp8_mma::LoadStep(wg, wg8, int64_t{s_begin + u} * kStep);
+  for (int i = 0; i < kMmaStages - 1; ++i) {
+    if (s_begin + i < s_end) {
+      fp8_mma::CopyStepAsync(ring_addr + i * fp8_mma::kSlotBytes, wg, wg8,
+                             int64_t{s_begin + i} * kStep);
+    }
+    mma::CpAsyncCommit();
   }
   PdlBegin();
   const float unscale = fp8_mma::StageScaledHalf(x + k_begin, k_len, xs, scratch);
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  for (int s = s_begin; s < s_end; s += kMmaUnroll) {
-#pragma unroll
-    for (int u = 0; u < kMmaUnroll; ++u) {
-      const int st = s + u;
-      if (st >= s_end) break;
-      if constexpr (kBlock) {
-        float c[4] = {0.f, 0.f, 0.f, 0.f};
-        fp8_mma::MmaStep(buf[u], xs + st * kStep, c);
-        const float sc = __ldg(srow + (k_begin + int64_t{st} * kStep) / w.block_k);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) acc[i] = fmaf(sc, c[i], acc[i]);
-      } else {
-        fp8_mma::MmaStep(buf[u], xs + st * kStep, acc);
-      }
-      if (st + kMmaUnroll < s_end) {
-        buf[u] = fp8_mma::LoadStep(wg, wg8, int64_t{st + kMmaUnroll} * kStep);
-      }
+  int slot = 0;  // of the step consumed next
+  for (int st = s_begin; st < s_end; ++st) {
+    const int ahead = st + kMmaStages - 1;
+    const int ahead_slot = slot == 0 ? kMmaStages - 1 : slot - 1;  // consumed last iteration
+    if (ahead < s_end) {
+      fp8_mma::CopyStepAsync(ring_addr + ahead_slot * fp8_mma::kSlotBytes, wg, wg8,
+                             int64_t{ahead} * kStep);
     }
+    mma::CpAsyncCommit();
+    mma::CpAsyncWait<kMmaStages - 1>();  // step st's group is complete
+    const fp8_mma::StepBytes bytes = fp8_mma::ReadStep(ring + slot * fp8_mma::kSlotBytes);
+    if constexpr (kBlock) {
+      float c[4] = {0.f, 0.f, 0.f, 0.f};
+      fp8_mma::MmaStep(bytes, xs + st * kStep, c);
+      const float sc = __ldg(srow + (k_begin + int64_t{st} * kStep) / w.block_k);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[i] = fmaf(sc, c[i], acc[i]);
+    } else {
+      fp8_mma::MmaStep(bytes, xs + st * kStep, acc);
+    }
+    slot = slot == kMmaStages - 1 ? 0 : slot + 1;
   }
+  mma::CpAsyncWait<0>();
   if ((lane & 3) == 0) {
     part[warp][g] = acc[0];
     part[warp][g + 8] = acc[2];
@@ -383,12 +401,13 @@ int DeviceMultiprocessors() {
 struct Plan {
   bool mma = false;  // GemvFp8MmaKernel
   int slices = 1;    // its warps per row group
+  int stages = kMmaStagesDefault;  // its weight ring depth
   int64_t per_block = kWarps;
   Chunking chunking{};
 };
 
-Plan MakePlan(const DeviceLinear& w, int rows, int k_splits, Fp8Dequant dequant,
-              int mma_slices) {
+Plan MakePlan(const DeviceLinear& w, int rows, int k_splits, Fp8Dequant dequant, int mma_slices,
+              int mma_stages = 0) {
   Plan plan;
   if (w.type == WeightType::kFP8 && rows <= 1 && dequant == Fp8Dequant::kHalfMma &&
       MmaLayout(w)) {
@@ -396,6 +415,7 @@ Plan MakePlan(const DeviceLinear& w, int rows, int k_splits, Fp8Dequant dequant,
     if (c.k_chunk <= kMmaMaxChunk) {
       plan.mma = true;
       plan.slices = mma_slices > 0 ? mma_slices : GemvMmaSlices(w, DeviceMultiprocessors());
+      plan.stages = mma_stages > 0 ? mma_stages : kMmaStagesDefault;
       plan.per_block = int64_t{kWarps} / plan.slices * fp8_mma::kRows;
       plan.chunking = c;
       return plan;
@@ -423,8 +443,17 @@ OneRowKernelFn OneRowKernel(const DeviceLinear& w, Fp8Dequant dequant) {
 
 using MmaKernelFn = void (*)(DeviceLinear, const __nv_bfloat16*, int64_t, int, float*, float*,
                              const float*, int, int32_t*);
-MmaKernelFn MmaKernel(const DeviceLinear& w) {
-  return w.scale_kind == WeightScale::kBlock ? GemvFp8MmaKernel<true> : GemvFp8MmaKernel<false>;
+// The tensor-core kernel for a weight's scales and a ring depth (4, 6 or 8 steps).
+MmaKernelFn MmaKernel(const DeviceLinear& w, int stages) {
+  const bool block = w.scale_kind == WeightScale::kBlock;
+  switch (stages) {
+    case 4:
+      return block ? GemvFp8MmaKernel<true, 4> : GemvFp8MmaKernel<false, 4>;
+    case 8:
+      return block ? GemvFp8MmaKernel<true, 8> : GemvFp8MmaKernel<false, 8>;
+    default:
+      return block ? GemvFp8MmaKernel<true, 6> : GemvFp8MmaKernel<false, 6>;
+  }
 }
 
 template <WeightType T>
@@ -437,9 +466,15 @@ cudaError_t LaunchRows(const DeviceLinear& w, const __nv_bfloat16* x, int rows, 
   const dim3 grid(static_cast<unsigned>((w.out + plan.per_block - 1) / plan.per_block),
                   static_cast<unsigned>(k_splits));
   if (plan.mma) {
-    const size_t smem = static_cast<size_t>(k_chunk) * sizeof(__half);
-    LaunchKernel(MmaKernel(w), grid, threads, smem, stream, w, x, k_chunk, plan.slices, partial, y,
-                 bias, k_splits, counters);
+    const size_t smem = MmaSmemBytes(k_chunk, plan.stages);
+    const MmaKernelFn kernel = MmaKernel(w, plan.stages);
+    if (smem > 48 * 1024) {
+      const cudaError_t err = cudaFuncSetAttribute(
+          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      if (err != cudaSuccess) return err;
+    }
+    LaunchKernel(kernel, grid, threads, smem, stream, w, x, k_chunk, plan.slices, partial, y, bias,
+                 k_splits, counters);
   } else if (rows <= 1) {
     if constexpr (T == WeightType::kFP8) {
       LaunchKernel(OneRowKernel(w, dequant), grid, threads, 0, stream, w, x, k_chunk, partial, y,
@@ -492,8 +527,9 @@ int GemvResidentBlocksPerSm(const DeviceLinear& w, int rows, Fp8Dequant dequant)
     if (const int known = c.load(std::memory_order_relaxed); known > 0) return known;
     if (dequant == Fp8Dequant::kHalfMma && MmaLayout(w)) {
       // Shared memory of a 4,096-element chunk (the K splits keep chunks near that).
-      err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, MmaKernel(w), threads,
-                                                          4096 * sizeof(__half));
+      err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &blocks, MmaKernel(w, kMmaStagesDefault), threads,
+          MmaSmemBytes(4096, kMmaStagesDefault));
     } else {
       err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, OneRowKernel(w, dequant),
                                                           threads, 0);
@@ -542,15 +578,16 @@ int GemvKSplits(const DeviceLinear& w, int sms, int rows, Fp8Dequant dequant) {
 
 cudaError_t Gemv(const DeviceLinear& w, const __nv_bfloat16* x, int rows, const float* bias,
                  int k_splits, float* partial, float* y, cudaStream_t stream, int32_t* counters,
-                 int64_t num_counters, Fp8Dequant dequant, int mma_slices) {
+                 int64_t num_counters, Fp8Dequant dequant, int mma_slices, int mma_stages) {
   if (rows <= 0 || w.out == 0) return cudaSuccess;
   if (rows > kGemvMaxRows || k_splits < 1 || !GemvSupports(w) ||
       (k_splits > 1 && partial == nullptr) ||
       (mma_slices != 0 && mma_slices != 1 && mma_slices != 2 && mma_slices != 4 &&
-       mma_slices != 8)) {
+       mma_slices != 8) ||
+      (mma_stages != 0 && mma_stages != 4 && mma_stages != 6 && mma_stages != 8)) {
     return cudaErrorInvalidValue;
   }
-  const Plan plan = MakePlan(w, rows, k_splits, dequant, mma_slices);
+  const Plan plan = MakePlan(w, rows, k_splits, dequant, mma_slices, mma_stages);
   const int splits = plan.chunking.splits;
   // The one-row FP8 kernels reduce their splits themselves when there is a counter per output
   // block.

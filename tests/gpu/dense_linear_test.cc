@@ -439,26 +439,36 @@ TEST(DenseLinearTest, OneRowFp8GemvEveryKSplit) {
         }
       }
     }
-    // The tensor-core kernel's warps per 16-row group (its blocks hold 8 / slices groups) at
-    // every K split up to 4, from HBM.
+    // The tensor-core kernel's warps per 16-row group (its blocks hold 8 / slices groups), ring
+    // depth and K split, from HBM.
     const int mma_picked = GemvKSplits(copies[0].view, dev->multiprocessors, 1, Fp8Dequant::kHalfMma);
     const int default_slices = GemvMmaSlices(copies[0].view, dev->multiprocessors);
-    for (const int slices : {1, 2, 4, 8}) {
-      for (int splits = 1; splits <= 4; ++splits) {
-        auto run = [&](int c) {
-          return Gemv(copies[c].view, dx.get(), 1, nullptr, splits, partial.get(), dy.get(),
-                      nullptr, counters.get(), kCounters, Fp8Dequant::kHalfMma, slices);
-        };
-        double us = 0;
-        ASSERT_EQ(MeanLaunchUs(
-                      kIters, [&](int i) { return run(i % kCopies); }, &us),
-                  cudaSuccess);
-        const int64_t blocks =
-            GemvBlocks(copies[0].view, 1, splits, Fp8Dequant::kHalfMma, slices);
-        std::printf("[gemv-mma-slices] %-14s slices %d splits %d %5lld blocks %8.2f us %7.0f GB/s%s\n",
-                    s.name, slices, splits, static_cast<long long>(blocks), us,
-                    static_cast<double>(w.data.size()) / (us * 1e3),
-                    slices == default_slices && splits == mma_picked ? "  <- default" : "");
+    for (const int slices : {2, 4, 8}) {
+      for (const int stages : {4, 6, 8}) {
+        for (int splits = 1; splits <= 3; ++splits) {
+          auto run = [&](int c) {
+            return Gemv(copies[c].view, dx.get(), 1, nullptr, splits, partial.get(), dy.get(),
+                        nullptr, counters.get(), kCounters, Fp8Dequant::kHalfMma, slices, stages);
+          };
+          ASSERT_EQ(run(0), cudaSuccess);
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          const MaxDiff d = Compare(dy.Download(), first);
+          EXPECT_LE(d.diff, 1e-4f * d.scale)
+              << s.name << " slices " << slices << " stages " << stages << " splits " << splits;
+          double us = 0;
+          ASSERT_EQ(MeanLaunchUs(
+                        kIters, [&](int i) { return run(i % kCopies); }, &us),
+                    cudaSuccess);
+          const int64_t blocks =
+              GemvBlocks(copies[0].view, 1, splits, Fp8Dequant::kHalfMma, slices);
+          std::printf(
+              "[gemv-mma-slices] %-14s slices %d stages %d splits %d %5lld blocks %8.2f us %7.0f "
+              "GB/s%s\n",
+              s.name, slices, stages, splits, static_cast<long long>(blocks), us,
+              static_cast<double>(w.data.size()) / (us * 1e3),
+              slices == default_slices && stages == 6 && splits == mma_picked ? "  <- default"
+                                                                              : "");
+        }
       }
     }
   }
