@@ -160,6 +160,42 @@ __device__ __forceinline__ StepBytes ReadStep(const uint8_t* slot) {
   return {*reinterpret_cast<const uint4*>(slot), *reinterpret_cast<const uint4*>(slot + 16)};
 }
 
+// A warp's ring of kStages steps in shared memory (kStages * kSlotBytes bytes at `warp_ring`, 16-byte
+// aligned), filled by cp.async: Push copies a step (or nothing) as one commit group, Pop waits for
+// the oldest group and returns this lane's step. Use: kStages - 1 Pushes, then per step one Push
+// (of the step kStages - 1 ahead, or nothing) before its Pop; each Pop frees the slot the next
+// Push fills. One group per Push keeps the wait count fixed.
+template <int kStages>
+class StepRing {
+ public:
+  __device__ explicit StepRing(uint8_t* warp_ring)
+      : lane_bytes_(warp_ring + 32 * (threadIdx.x & 31)),
+        addr_(static_cast<uint32_t>(__cvta_generic_to_shared(lane_bytes_))) {}
+
+  __device__ void Push(const uint8_t* row_g, const uint8_t* row_g8, int64_t k) {
+    CopyStepAsync(addr_ + tail_ * kSlotBytes, row_g, row_g8, k);
+    PushEmpty();
+  }
+  __device__ void PushEmpty() {
+    asm volatile("cp.async.commit_group;\n" ::);
+    tail_ = tail_ == kStages - 1 ? 0 : tail_ + 1;
+  }
+  __device__ StepBytes Pop() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 1) : "memory");
+    const StepBytes bytes = ReadStep(lane_bytes_ + head_ * kSlotBytes);
+    head_ = head_ == kStages - 1 ? 0 : head_ + 1;
+    return bytes;
+  }
+  // Waits for every copy (before the ring's memory is reused or the block exits).
+  __device__ void Drain() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+ private:
+  uint8_t* lane_bytes_;
+  uint32_t addr_;
+  int head_ = 0;
+  int tail_ = 0;
+};
+
 // The two E4M3 pairs of a 32-bit word as f16x2: bytes 0-1 -> lo, 2-3 -> hi (low byte to the low
 // half).
 __device__ __forceinline__ void E4m3WordToHalf2x2(uint32_t word, uint32_t& lo, uint32_t& hi) {

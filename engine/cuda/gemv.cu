@@ -5,7 +5,6 @@
 
 #include "engine/cuda/device_math.cuh"
 #include "engine/cuda/fp8_mma_dot.cuh"
-#include "engine/cuda/mma.cuh"
 #include "engine/cuda/programmatic_launch.cuh"
 
 namespace spark::cuda {
@@ -285,31 +284,25 @@ __global__ void __launch_bounds__(kWarps * 32)
   // Block scales: rows g and g + 8 share a block (block_n % 16 == 0, n0 % 16 == 0).
   const float* srow = kBlock ? w.scale + (row_g / w.block_n) * ((w.in + w.block_k - 1) / w.block_k)
                              : nullptr;
-  uint8_t* ring = rings + warp * (kMmaStages * fp8_mma::kSlotBytes) + lane * 32;
-  const uint32_t ring_addr = mma::SmemAddr(ring);
-  // Step s_begin + i goes to slot i % kMmaStages; one commit group per step (empty past the end).
+  fp8_mma::StepRing<kMmaStages> ring(rings + warp * (kMmaStages * fp8_mma::kSlotBytes));
 #pragma unroll
   for (int i = 0; i < kMmaStages - 1; ++i) {
     if (s_begin + i < s_end) {
-      fp8_mma::CopyStepAsync(ring_addr + i * fp8_mma::kSlotBytes, wg, wg8,
-                             int64_t{s_begin + i} * kStep);
+      ring.Push(wg, wg8, int64_t{s_begin + i} * kStep);
+    } else {
+      ring.PushEmpty();
     }
-    mma::CpAsyncCommit();
   }
   PdlBegin();
   const float unscale = fp8_mma::StageScaledHalf(x + k_begin, k_len, xs, scratch);
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  int slot = 0;  // of the step consumed next
   for (int st = s_begin; st < s_end; ++st) {
-    const int ahead = st + kMmaStages - 1;
-    const int ahead_slot = slot == 0 ? kMmaStages - 1 : slot - 1;  // consumed last iteration
-    if (ahead < s_end) {
-      fp8_mma::CopyStepAsync(ring_addr + ahead_slot * fp8_mma::kSlotBytes, wg, wg8,
-                             int64_t{ahead} * kStep);
+    if (st + kMmaStages - 1 < s_end) {
+      ring.Push(wg, wg8, int64_t{st + kMmaStages - 1} * kStep);
+    } else {
+      ring.PushEmpty();
     }
-    mma::CpAsyncCommit();
-    mma::CpAsyncWait<kMmaStages - 1>();  // step st's group is complete
-    const fp8_mma::StepBytes bytes = fp8_mma::ReadStep(ring + slot * fp8_mma::kSlotBytes);
+    const fp8_mma::StepBytes bytes = ring.Pop();
     if constexpr (kBlock) {
       float c[4] = {0.f, 0.f, 0.f, 0.f};
       fp8_mma::MmaStep(bytes, xs + st * kStep, c);
@@ -319,9 +312,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     } else {
       fp8_mma::MmaStep(bytes, xs + st * kStep, acc);
     }
-    slot = slot == kMmaStages - 1 ? 0 : slot + 1;
   }
-  mma::CpAsyncWait<0>();
+  ring.Drain();
   if ((lane & 3) == 0) {
     part[warp][g] = acc[0];
     part[warp][g + 8] = acc[2];

@@ -243,11 +243,21 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 // ---- FP8 weights on the tensor cores (kMoeGemvHalfMma, engine/cuda/fp8_mma_dot.cuh) ----
 
-// Steps (2 x 16 bytes per lane each) a lane keeps in flight.
-constexpr int kMmaUnroll = 4;
+// Depth of each warp's weight ring (engine/cuda/fp8_mma_dot.cuh StepRing): steps of 1 KB per
+// warp in flight, in shared memory rather than registers.
+constexpr int kMmaStages = 6;
+constexpr size_t kMmaRingBytes = size_t{kWarps} * kMmaStages * fp8_mma::kSlotBytes;
 // Most activation elements a block stages as f16 (dynamic shared memory within the 48 KB a launch
 // gets without opting in): H for gate/up, pairs x Im for down.
 constexpr int kMmaMaxStaged = 20480;
+
+// Opts `kernel` in to `bytes` of dynamic shared memory where that is above the default 48 KB.
+template <class Kernel>
+cudaError_t AllowSmem(Kernel kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(bytes));
+}
 
 bool MmaServesGateUp(const MoeGemvParams& p) {
   return IsFp8(p.format) && p.hidden % fp8_mma::kStepElems == 0 && p.hidden <= kMmaMaxStaged;
@@ -267,7 +277,8 @@ __global__ void __launch_bounds__(kWarps * 32)
                     const uint8_t* __restrict__ w13, const float* __restrict__ scale,
                     __nv_bfloat16* __restrict__ inter) {
   extern __shared__ uint4 gate_up_mma_smem[];
-  __half* xs = reinterpret_cast<__half*>(gate_up_mma_smem);
+  uint8_t* rings = reinterpret_cast<uint8_t*>(gate_up_mma_smem);
+  __half* xs = reinterpret_cast<__half*>(rings + kMmaRingBytes);
   __shared__ float scratch[32];
   __shared__ float part[kWarps][fp8_mma::kRows];
   __shared__ float vals[kWarps * fp8_mma::kRows];
@@ -304,31 +315,31 @@ __global__ void __launch_bounds__(kWarps * 32)
       F == MoeWeightFormat::kFp8Block
           ? scale + ((e * 2 + (ng & 1)) * (p.inter / 128) + (ng >> 1) / 128) * (p.hidden / 128)
           : nullptr;
-  fp8_mma::StepBytes buf[kMmaUnroll];
+  fp8_mma::StepRing<kMmaStages> ring(rings + warp * (kMmaStages * fp8_mma::kSlotBytes));
+  auto push = [&](int st) {
+    if (st < s_end) {
+      ring.Push(wg, wg8, int64_t{st} * kStep);
+    } else {
+      ring.PushEmpty();
+    }
+  };
 #pragma unroll
-  for (int u = 0; u < kMmaUnroll; ++u) {
-    if (s_begin + u < s_end) buf[u] = fp8_mma::LoadStep(wg, wg8, int64_t{s_begin + u} * kStep);
-  }
+  for (int i = 0; i < kMmaStages - 1; ++i) push(s_begin + i);
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  for (int s = s_begin; s < s_end; s += kMmaUnroll) {
+  for (int st = s_begin; st < s_end; ++st) {
+    push(st + kMmaStages - 1);
+    const fp8_mma::StepBytes bytes = ring.Pop();
+    if constexpr (F == MoeWeightFormat::kFp8Block) {
+      float c[4] = {0.f, 0.f, 0.f, 0.f};
+      fp8_mma::MmaStep(bytes, xs + st * kStep, c);
+      const float sc = __ldg(srow + st * kStep / 128);
 #pragma unroll
-    for (int u = 0; u < kMmaUnroll; ++u) {
-      const int st = s + u;
-      if (st >= s_end) break;
-      if constexpr (F == MoeWeightFormat::kFp8Block) {
-        float c[4] = {0.f, 0.f, 0.f, 0.f};
-        fp8_mma::MmaStep(buf[u], xs + st * kStep, c);
-        const float sc = __ldg(srow + st * kStep / 128);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) acc[i] = fmaf(sc, c[i], acc[i]);
-      } else {
-        fp8_mma::MmaStep(buf[u], xs + st * kStep, acc);
-      }
-      if (st + kMmaUnroll < s_end) {
-        buf[u] = fp8_mma::LoadStep(wg, wg8, int64_t{st + kMmaUnroll} * kStep);
-      }
+      for (int i = 0; i < 4; ++i) acc[i] = fmaf(sc, c[i], acc[i]);
+    } else {
+      fp8_mma::MmaStep(bytes, xs + st * kStep, acc);
     }
   }
+  ring.Drain();
   if ((lane & 3) == 0) {
     part[warp][g] = acc[0];
     part[warp][g + 8] = acc[2];
@@ -369,7 +380,8 @@ __global__ void __launch_bounds__(kWarps * 32)
                   const uint8_t* __restrict__ w2, const float* __restrict__ scale,
                   const T* __restrict__ addend, T* __restrict__ out) {
   extern __shared__ uint4 down_mma_smem[];
-  __half* xs = reinterpret_cast<__half*>(down_mma_smem);
+  uint8_t* rings = reinterpret_cast<uint8_t*>(down_mma_smem);
+  __half* xs = reinterpret_cast<__half*>(rings + kMmaRingBytes);
   __shared__ float scratch[32];
   __shared__ float part[kWarps][fp8_mma::kRows];
   __shared__ int64_t experts[kMoeMaxPairsPerToken];
@@ -400,24 +412,26 @@ __global__ void __launch_bounds__(kWarps * 32)
     a = w2 + (e * p.hidden + ng) * p.inter;
     b = w2 + (e * p.hidden + ng8) * p.inter;
   };
-  // Load cursor: pair lj, step ls (advances kMmaUnroll steps ahead of the consumer).
+  // Load cursor: pair lj, step ls (kMmaStages - 1 steps ahead of the consumer).
   int lj = f_begin / max(steps, 1);
   int ls = f_begin - lj * steps;
   const uint8_t* la = nullptr;
   const uint8_t* lb = nullptr;
   if (f_begin < f_end) rows_of(lj, la, lb);
-  auto load_next = [&](fp8_mma::StepBytes& slot) {
-    slot = fp8_mma::LoadStep(la, lb, int64_t{ls} * kStep);
+  fp8_mma::StepRing<kMmaStages> ring(rings + warp * (kMmaStages * fp8_mma::kSlotBytes));
+  auto push = [&](int f) {
+    if (f >= f_end) {
+      ring.PushEmpty();
+      return;
+    }
+    ring.Push(la, lb, int64_t{ls} * kStep);
     if (++ls == steps) {
       ls = 0;
       if (++lj < pairs) rows_of(lj, la, lb);
     }
   };
-  fp8_mma::StepBytes buf[kMmaUnroll];
 #pragma unroll
-  for (int u = 0; u < kMmaUnroll; ++u) {
-    if (f_begin + u < f_end) load_next(buf[u]);
-  }
+  for (int i = 0; i < kMmaStages - 1; ++i) push(f_begin + i);
   PdlBegin();
   const float unscale = fp8_mma::StageScaledHalf(inter + t * pairs * p.inter, pairs * p.inter,
                                                  xs, scratch);
@@ -427,41 +441,38 @@ __global__ void __launch_bounds__(kWarps * 32)
   float c[4] = {0.f, 0.f, 0.f, 0.f};
   float acc_g = 0.f;   // rows g (column 0 of the product: lanes with q == 0)
   float acc_g8 = 0.f;  // rows g + 8
-  for (int f = f_begin; f < f_end; f += kMmaUnroll) {
+  for (int f = f_begin; f < f_end; ++f) {
+    push(f + kMmaStages - 1);
+    const fp8_mma::StepBytes bytes = ring.Pop();
+    const __half* xs_step = xs + cj * p.inter + cs * kStep;
+    if constexpr (F == MoeWeightFormat::kFp8Block) {
+      float d[4] = {0.f, 0.f, 0.f, 0.f};
+      fp8_mma::MmaStep(bytes, xs_step, d);
+      const float sc =
+          __ldg(scale + (experts[cj] * (p.hidden / 128) + ng / 128) * kb_i + cs * kStep / 128);
 #pragma unroll
-    for (int u = 0; u < kMmaUnroll; ++u) {
-      const int fu = f + u;
-      if (fu >= f_end) break;
-      const __half* xs_step = xs + cj * p.inter + cs * kStep;
-      if constexpr (F == MoeWeightFormat::kFp8Block) {
-        float d[4] = {0.f, 0.f, 0.f, 0.f};
-        fp8_mma::MmaStep(buf[u], xs_step, d);
-        const float sc =
-            __ldg(scale + (experts[cj] * (p.hidden / 128) + ng / 128) * kb_i + cs * kStep / 128);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) c[i] = fmaf(sc, d[i], c[i]);
-      } else {
-        fp8_mma::MmaStep(buf[u], xs_step, c);
+      for (int i = 0; i < 4; ++i) c[i] = fmaf(sc, d[i], c[i]);
+    } else {
+      fp8_mma::MmaStep(bytes, xs_step, c);
+    }
+    if (++cs == steps || f + 1 == f_end) {
+      // The pair's last step in this warp: its weighted sums join the warp's.
+      float wg = weights[cj];
+      float wg8 = wg;
+      if constexpr (F == MoeWeightFormat::kFp8PerChannel) {
+        const int64_t base = experts[cj] * p.hidden;
+        wg *= __ldg(scale + base + ng);
+        wg8 *= __ldg(scale + base + ng8);
       }
-      if (fu + kMmaUnroll < f_end) load_next(buf[u]);
-      if (++cs == steps || fu + 1 == f_end) {
-        // The pair's last step in this warp: its weighted sums join the warp's.
-        float wg = weights[cj];
-        float wg8 = wg;
-        if constexpr (F == MoeWeightFormat::kFp8PerChannel) {
-          const int64_t base = experts[cj] * p.hidden;
-          wg *= __ldg(scale + base + ng);
-          wg8 *= __ldg(scale + base + ng8);
-        }
-        acc_g = fmaf(wg, c[0], acc_g);
-        acc_g8 = fmaf(wg8, c[2], acc_g8);
+      acc_g = fmaf(wg, c[0], acc_g);
+      acc_g8 = fmaf(wg8, c[2], acc_g8);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) c[i] = 0.f;
-        cs = 0;
-        ++cj;
-      }
+      for (int i = 0; i < 4; ++i) c[i] = 0.f;
+      cs = 0;
+      ++cj;
     }
   }
+  ring.Drain();
   if ((lane & 3) == 0) {
     part[warp][g] = acc_g;
     part[warp][g + 8] = acc_g8;
@@ -518,10 +529,12 @@ cudaError_t LaunchDown(const MoeGemvParams& p, const __nv_bfloat16* inter, const
   if (tiling.fp8_dequant == kMoeGemvHalfMma && MmaServesDown(p)) {
     const dim3 mma_grid(static_cast<unsigned>((p.hidden + fp8_mma::kRows - 1) / fp8_mma::kRows),
                         static_cast<unsigned>(p.tokens));
-    const size_t smem = static_cast<size_t>(p.pairs_per_token) * p.inter * sizeof(__half);
+    const size_t smem =
+        kMmaRingBytes + static_cast<size_t>(p.pairs_per_token) * p.inter * sizeof(__half);
     auto kernel = p.format == MoeWeightFormat::kFp8Block
                       ? DownMmaKernel<MoeWeightFormat::kFp8Block, T>
                       : DownMmaKernel<MoeWeightFormat::kFp8PerChannel, T>;
+    if (const cudaError_t err = AllowSmem(kernel, smem); err != cudaSuccess) return err;
     LaunchKernel(kernel, mma_grid, kWarps * 32, smem, stream, p, inter, w, w2_scale, addend, out);
     return cudaGetLastError();
   }
@@ -586,10 +599,11 @@ cudaError_t MoeGemvGateUp(const MoeGemvParams& p, const __nv_bfloat16* x, const 
     const int block_rows = kWarps / k_splits * fp8_mma::kRows;
     const dim3 mma_grid(static_cast<unsigned>((2 * p.inter + block_rows - 1) / block_rows),
                         static_cast<unsigned>(p.tokens * p.pairs_per_token));
-    const size_t smem = static_cast<size_t>(p.hidden) * sizeof(__half);
+    const size_t smem = kMmaRingBytes + static_cast<size_t>(p.hidden) * sizeof(__half);
     auto kernel = p.format == MoeWeightFormat::kFp8Block
                       ? GateUpMmaKernel<MoeWeightFormat::kFp8Block>
                       : GateUpMmaKernel<MoeWeightFormat::kFp8PerChannel>;
+    if (const cudaError_t err = AllowSmem(kernel, smem); err != cudaSuccess) return err;
     LaunchKernel(kernel, mma_grid, kWarps * 32, smem, stream, p, k_splits, x, w, w13_scale, inter);
     return cudaGetLastError();
   }
