@@ -120,14 +120,17 @@ TEST(MoeConfigTest, ScratchCoversEveryCompiledTileHeight) {
   const int64_t tokens = 300;
   const MoeScratchSizes scratch = MoeScratchFor(s.experts, s.hidden, s.inter, s.top_k, tokens);
   const int64_t pairs = tokens * s.top_k;
-  for (const MoeKernelVariant& v : MoeKernelVariants()) {
+  std::vector<int> heights = {kMoeGroupedBlockM};  // the expert-grouped kernels' groups
+  for (const MoeKernelVariant& v : MoeKernelVariants()) heights.push_back(v.block_m);
+  for (const int block_m : heights) {
     const int64_t mblocks =
-        (pairs + v.block_m - 1) / v.block_m + std::min<int64_t>(s.experts, pairs);
-    EXPECT_LE(mblocks, scratch.max_mblocks) << v.block_m;
-    EXPECT_LE(mblocks * v.block_m, scratch.max_rows) << v.block_m;
+        (pairs + block_m - 1) / block_m + std::min<int64_t>(s.experts, pairs);
+    EXPECT_EQ(MoeMaxMblocks(pairs, s.experts, block_m), mblocks) << block_m;
+    EXPECT_LE(mblocks, scratch.max_mblocks) << block_m;
+    EXPECT_LE(mblocks * block_m, scratch.max_rows) << block_m;
   }
-  // Exactly the worst case over the variants (16-row blocks, 128-row padding here).
-  EXPECT_EQ(scratch.max_mblocks, (pairs + 15) / 16 + s.experts);
+  // Exactly the worst case over the heights (8-row groups, 128-row padding here).
+  EXPECT_EQ(scratch.max_mblocks, (pairs + 7) / 8 + s.experts);
   EXPECT_EQ(scratch.max_rows, ((pairs + 127) / 128 + s.experts) * 128);
   EXPECT_EQ(scratch.split_partial_floats, int64_t{4} << 20);
   EXPECT_GT(scratch.split_counters, 0);
