@@ -346,8 +346,8 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     if (spec.programmatic_launch) report.device += ", programmatic launch";
     if (spec.gemv_tensor_cores) report.device += ", one-token FP8 GEMVs on tensor cores";
     if (spec.moe_grouped_max_tokens > 0) {
-      report.device += ", expert-grouped MoE up to " +
-                       std::to_string(spec.moe_grouped_max_tokens) + " tokens";
+      report.device +=
+          ", expert-grouped MoE up to " + std::to_string(spec.moe_grouped_max_tokens) + " tokens";
     }
     if (spec.moe_gemv_max_tokens >= 0) {
       report.device += ", MoE GEMV up to " + std::to_string(spec.moe_gemv_max_tokens) + " tokens";

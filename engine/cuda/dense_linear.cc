@@ -78,8 +78,7 @@ Status DenseLinear::RunGemv(const DeviceLinear& w, const __nv_bfloat16* x, int64
   splits = static_cast<int>(std::max<int64_t>(
       1, std::min<int64_t>(splits, gemv_partial_floats_ / std::max<int64_t>(per_split, 1))));
   SPARK_CUDA_RETURN_IF_ERROR(Gemv(w, x, static_cast<int>(rows), nullptr, splits, gemv_partial_, y,
-                                  stream, gemv_counters_, kGemvCounters,
-                                  limits_.gemv_fp8_dequant));
+                                  stream, gemv_counters_, kGemvCounters, limits_.gemv_fp8_dequant));
   return Status::Ok();
 }
 

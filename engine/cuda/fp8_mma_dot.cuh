@@ -149,8 +149,7 @@ constexpr int kSlotBytes = 32 * 32;
 __device__ __forceinline__ void CopyStepAsync(uint32_t slot, const uint8_t* row_g,
                                               const uint8_t* row_g8, int64_t k) {
   const int q = threadIdx.x & 3;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(slot),
-               "l"(row_g + k + 16 * q));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(slot), "l"(row_g + k + 16 * q));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(slot + 16),
                "l"(row_g8 + k + 16 * q));
 }
@@ -160,11 +159,11 @@ __device__ __forceinline__ StepBytes ReadStep(const uint8_t* slot) {
   return {*reinterpret_cast<const uint4*>(slot), *reinterpret_cast<const uint4*>(slot + 16)};
 }
 
-// A warp's ring of kStages steps in shared memory (kStages * kSlotBytes bytes at `warp_ring`, 16-byte
-// aligned), filled by cp.async: Push copies a step (or nothing) as one commit group, Pop waits for
-// the oldest group and returns this lane's step. Use: kStages - 1 Pushes, then per step one Push
-// (of the step kStages - 1 ahead, or nothing) before its Pop; each Pop frees the slot the next
-// Push fills. One group per Push keeps the wait count fixed.
+// A warp's ring of kStages steps in shared memory (kStages * kSlotBytes bytes at `warp_ring`,
+// 16-byte aligned), filled by cp.async: Push copies a step (or nothing) as one commit group, Pop
+// waits for the oldest group and returns this lane's step. Use: kStages - 1 Pushes, then per step
+// one Push (of the step kStages - 1 ahead, or nothing) before its Pop; each Pop frees the slot the
+// next Push fills. One group per Push keeps the wait count fixed.
 template <int kStages>
 class StepRing {
  public:

@@ -254,8 +254,7 @@ template <bool kBlock, int kMmaStages>
 __global__ void __launch_bounds__(kWarps * 32)
     GemvFp8MmaKernel(DeviceLinear w, const __nv_bfloat16* __restrict__ x, int64_t k_chunk,
                      int slices, float* __restrict__ partial, float* __restrict__ y,
-                     const float* __restrict__ bias, int k_splits,
-                     int32_t* __restrict__ counters) {
+                     const float* __restrict__ bias, int k_splits, int32_t* __restrict__ counters) {
   extern __shared__ uint4 gemv_mma_smem[];
   uint8_t* rings = reinterpret_cast<uint8_t*>(gemv_mma_smem);
   __half* xs = reinterpret_cast<__half*>(rings + RingBytes(kMmaStages));
@@ -282,8 +281,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   const uint8_t* wg = static_cast<const uint8_t*>(w.data) + row_g * w.in + k_begin;
   const uint8_t* wg8 = static_cast<const uint8_t*>(w.data) + row_g8 * w.in + k_begin;
   // Block scales: rows g and g + 8 share a block (block_n % 16 == 0, n0 % 16 == 0).
-  const float* srow = kBlock ? w.scale + (row_g / w.block_n) * ((w.in + w.block_k - 1) / w.block_k)
-                             : nullptr;
+  const float* srow =
+      kBlock ? w.scale + (row_g / w.block_n) * ((w.in + w.block_k - 1) / w.block_k) : nullptr;
   fp8_mma::StepRing<kMmaStages> ring(rings + warp * (kMmaStages * fp8_mma::kSlotBytes));
 #pragma unroll
   for (int i = 0; i < kMmaStages - 1; ++i) {
@@ -391,8 +390,8 @@ int DeviceMultiprocessors() {
 
 // How Gemv runs a weight: the kernel, its outputs per block and the K chunking.
 struct Plan {
-  bool mma = false;  // GemvFp8MmaKernel
-  int slices = 1;    // its warps per row group
+  bool mma = false;                // GemvFp8MmaKernel
+  int slices = 1;                  // its warps per row group
   int stages = kMmaStagesDefault;  // its weight ring depth
   int64_t per_block = kWarps;
   Chunking chunking{};
@@ -401,8 +400,7 @@ struct Plan {
 Plan MakePlan(const DeviceLinear& w, int rows, int k_splits, Fp8Dequant dequant, int mma_slices,
               int mma_stages = 0) {
   Plan plan;
-  if (w.type == WeightType::kFP8 && rows <= 1 && dequant == Fp8Dequant::kHalfMma &&
-      MmaLayout(w)) {
+  if (w.type == WeightType::kFP8 && rows <= 1 && dequant == Fp8Dequant::kHalfMma && MmaLayout(w)) {
     const Chunking c = GemvChunking(w, k_splits, true);
     if (c.k_chunk <= kMmaMaxChunk) {
       plan.mma = true;
@@ -415,8 +413,8 @@ Plan MakePlan(const DeviceLinear& w, int rows, int k_splits, Fp8Dequant dequant,
   }
   // Outputs one block computes: kRowsPerWarp per warp for one row of FP8 activations
   // (GemvFp8OneRowKernel), one per warp otherwise (GemvKernel).
-  plan.per_block = w.type == WeightType::kFP8 && rows <= 1 ? int64_t{kWarps} * kRowsPerWarp
-                                                           : int64_t{kWarps};
+  plan.per_block =
+      w.type == WeightType::kFP8 && rows <= 1 ? int64_t{kWarps} * kRowsPerWarp : int64_t{kWarps};
   plan.chunking = GemvChunking(w, k_splits, false);
   return plan;
 }
@@ -520,8 +518,7 @@ int GemvResidentBlocksPerSm(const DeviceLinear& w, int rows, Fp8Dequant dequant)
     if (dequant == Fp8Dequant::kHalfMma && MmaLayout(w)) {
       // Shared memory of a 4,096-element chunk (the K splits keep chunks near that).
       err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-          &blocks, MmaKernel(w, kMmaStagesDefault), threads,
-          MmaSmemBytes(4096, kMmaStagesDefault));
+          &blocks, MmaKernel(w, kMmaStagesDefault), threads, MmaSmemBytes(4096, kMmaStagesDefault));
     } else {
       err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, OneRowKernel(w, dequant),
                                                           threads, 0);
@@ -555,9 +552,9 @@ int GemvKSplits(const DeviceLinear& w, int sms, int rows, Fp8Dequant dequant) {
     const int per_sm = std::max(1, GemvResidentBlocksPerSm(w, rows, dequant));
     const int64_t by_length = w.in / 4096;
     const int64_t by_room = int64_t{per_sm} * sms / std::max<int64_t>(1, ctas);
-    const int64_t at_least =
-        dequant == Fp8Dequant::kHalfMma && MmaLayout(w) ? (w.in + kMmaMaxChunk - 1) / kMmaMaxChunk
-                                                        : 1;
+    const int64_t at_least = dequant == Fp8Dequant::kHalfMma && MmaLayout(w)
+                                 ? (w.in + kMmaMaxChunk - 1) / kMmaMaxChunk
+                                 : 1;
     return static_cast<int>(
         std::clamp<int64_t>(std::max(std::min(by_length, by_room), at_least), 1, 32));
   }

@@ -59,9 +59,9 @@ bool GemvSupports(const DeviceLinear& w);
 
 // `counters` (optional, `num_counters` ints, zero on entry and left zero): with them the
 // one-row FP8 kernel sums its K splits itself (the last block of each output range, in split
-// order: the same result) instead of a second kernel. `mma_slices` (1, 2, 4 or 8; 0 = GemvMmaSlices)
-// sets the tensor-core kernel's warps per row group, `mma_stages` (4, 6 or 8; 0 = 6) the depth of
-// its per-warp weight ring in shared memory (steps of 1 KB per warp in flight).
+// order: the same result) instead of a second kernel. `mma_slices` (1, 2, 4 or 8; 0 =
+// GemvMmaSlices) sets the tensor-core kernel's warps per row group, `mma_stages` (4, 6 or 8; 0 = 6)
+// the depth of its per-warp weight ring in shared memory (steps of 1 KB per warp in flight).
 cudaError_t Gemv(const DeviceLinear& w, const __nv_bfloat16* x, int rows, const float* bias,
                  int k_splits, float* partial, float* y, cudaStream_t stream,
                  int32_t* counters = nullptr, int64_t num_counters = 0,

@@ -357,12 +357,12 @@ int Main(int argc, char** argv) {
             const std::string configs =
                 plan.grouped ? "grouped w" + std::to_string(used.gate_up_k_splits)
                 : plan.gemv  ? "GEMV k" + std::to_string(used.gate_up_k_splits) + " | GEMV d" +
-                                std::to_string(used.down_outputs) + " v" +
-                                std::to_string(used.down_vectors) +
-                                (used.fp8_dequant == kMoeGemvScaledBits
-                                     ? " scaled-bits"
-                                     : (used.fp8_dequant == kMoeGemvHalfMma ? " half-mma" : ""))
-                          : plan.gate_up.ToString() + " | " + plan.down.ToString();
+                                  std::to_string(used.down_outputs) + " v" +
+                                  std::to_string(used.down_vectors) +
+                                  (used.fp8_dequant == kMoeGemvScaledBits
+                                       ? " scaled-bits"
+                                       : (used.fp8_dequant == kMoeGemvHalfMma ? " half-mma" : ""))
+                            : plan.gate_up.ToString() + " | " + plan.down.ToString();
             const double graph_us = runner.GraphUs(b, *table, iters);
             std::printf("%-7s %-6lld %10.1f %10.1f %9.1f %9.1f %9.1f %7.1f%% %9.1f  %s\n",
                         cap_name.c_str(), static_cast<long long>(b), t.total_us, t.gemm_us,

@@ -433,8 +433,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
   for (int i = 0; i < kMmaStages - 1; ++i) push(f_begin + i);
   PdlBegin();
-  const float unscale = fp8_mma::StageScaledHalf(inter + t * pairs * p.inter, pairs * p.inter,
-                                                 xs, scratch);
+  const float unscale =
+      fp8_mma::StageScaledHalf(inter + t * pairs * p.inter, pairs * p.inter, xs, scratch);
   // Consumer cursor: pair cj, step cs; c sums the current pair.
   int cj = f_begin / max(steps, 1);
   int cs = f_begin - cj * steps;

@@ -84,8 +84,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int pair = __ldcg(p.sorted_pairs + r);
     float us = 1.f;
     if (pair >= 0) {
-      const __nv_bfloat16* src = kUp ? act + int64_t{pair / p.pairs_per_token} * p.hidden
-                                     : act + int64_t{r} * p.inter;
+      const __nv_bfloat16* src =
+          kUp ? act + int64_t{pair / p.pairs_per_token} * p.hidden : act + int64_t{r} * p.inter;
       us = fp8_mma::StageScaledHalfWarp(src, k_len, xs + warp * stride);
     }
     if (lane == 0) {
@@ -191,8 +191,8 @@ cudaError_t Launch(const MoeGroupedParams& p, const __nv_bfloat16* act, const vo
 
 int64_t MoeGroupedSmemBytes(int hidden, int inter) {
   // Dynamic (the staged columns) plus the kernel's static arrays.
-  const size_t fixed = sizeof(float) * kWarps * kRows * kCols + sizeof(float) * kCols +
-                       sizeof(int32_t) * kCols;
+  const size_t fixed =
+      sizeof(float) * kWarps * kRows * kCols + sizeof(float) * kCols + sizeof(int32_t) * kCols;
   return static_cast<int64_t>(StagedBytes(std::max(hidden, inter)) + fixed);
 }
 

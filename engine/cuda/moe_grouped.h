@@ -9,8 +9,8 @@
 // Activations are staged per column as f16 times a power of two (exact for BF16 values within
 // 2^29 of the column's largest), products are exact, sums fp32: no activation quantisation,
 // against the W8A8 tiles' e4m3 rounding of every activation.
-//   GateUp: inter[r, i] = bf16(silu(g) * u), g/u = x[token(pair(r))] · w13[e(r), 2i / 2i+1] (x scale)
-//   Down:   pair_out[pair(r), n] = weight[pair(r)] * (inter[r] · w2[e(r), n]) (x scale)
+//   GateUp: inter[r, i] = bf16(silu(g) * u), g/u = x[token(pair(r))] · w13[e(r), 2i / 2i+1] (x
+//   scale) Down:   pair_out[pair(r), n] = weight[pair(r)] * (inter[r] · w2[e(r), n]) (x scale)
 // for every padded row r of a valid pair (padding rows are neither read for output nor written);
 // CombineKernel then sums each token's pairs.
 //
@@ -38,15 +38,15 @@ bool MoeGroupedSupports(MoeWeightFormat format, int hidden, int inter, int64_t s
 
 struct MoeGroupedParams {
   MoeWeightFormat format = MoeWeightFormat::kFp8PerChannel;
-  int pairs_per_token = 0;               // P: routed top-k plus shared slots in use
-  int hidden = 0;                        // H
-  int inter = 0;                         // Im
-  int mblocks = 0;                       // groups launched (the most the permutation can make)
+  int pairs_per_token = 0;                 // P: routed top-k plus shared slots in use
+  int hidden = 0;                          // H
+  int inter = 0;                           // Im
+  int mblocks = 0;                         // groups launched (the most the permutation can make)
   const int32_t* sorted_pairs = nullptr;   // [mblocks * 8] pair of each padded row, -1 = pad
   const int32_t* mblock_expert = nullptr;  // [mblocks] expert slot of each group
   const int32_t* num_rows = nullptr;       // padded rows in use (device scalar)
   const float* weights = nullptr;          // [pairs] routing weight of each pair
-  int warps_per_group = 1;               // warps splitting K for one 16-row group: 1, 2, 4, 8
+  int warps_per_group = 1;                 // warps splitting K for one 16-row group: 1, 2, 4, 8
 };
 
 // x [tokens, H] BF16, w13/w13_scale as in moe.h, inter [mblocks * 8, Im] BF16 (padded rows).

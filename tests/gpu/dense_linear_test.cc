@@ -306,10 +306,11 @@ TEST(DenseLinearTest, OneRowFp8TensorCoreGemvMatchesCpu) {
                   << s.name << " " << FmtName(fmt) << " |x|~" << magnitude << " slices " << slices
                   << " splits " << splits << (in_kernel ? " in-kernel" : " reduce-kernel");
               if (slices == 0 && splits == picked && in_kernel) {
-                std::printf("[gemv-mma] %-12s %-11s |x|~%-6g picked splits %d slices %d rel err "
-                            "%.3g\n",
-                            s.name, FmtName(fmt), magnitude, picked,
-                            GemvMmaSlices(dw.view, dev->multiprocessors), d.diff / d.scale);
+                std::printf(
+                    "[gemv-mma] %-12s %-11s |x|~%-6g picked splits %d slices %d rel err "
+                    "%.3g\n",
+                    s.name, FmtName(fmt), magnitude, picked,
+                    GemvMmaSlices(dw.view, dev->multiprocessors), d.diff / d.scale);
               }
             }
           }
@@ -441,7 +442,8 @@ TEST(DenseLinearTest, OneRowFp8GemvEveryKSplit) {
     }
     // The tensor-core kernel's warps per 16-row group (its blocks hold 8 / slices groups), ring
     // depth and K split, from HBM.
-    const int mma_picked = GemvKSplits(copies[0].view, dev->multiprocessors, 1, Fp8Dequant::kHalfMma);
+    const int mma_picked =
+        GemvKSplits(copies[0].view, dev->multiprocessors, 1, Fp8Dequant::kHalfMma);
     const int default_slices = GemvMmaSlices(copies[0].view, dev->multiprocessors);
     for (const int slices : {2, 4, 8}) {
       for (const int stages : {4, 6, 8}) {

@@ -149,8 +149,7 @@ Errors Compare(const Fixture& f, const RunResult& r, const MoeReference& ref,
     }
     // The GEMV and grouped paths keep BF16 activations: their mirror has no FP8 activation
     // rounding.
-    const std::vector<float>& mirror =
-        r.plan.gemv || r.plan.grouped ? ref.mirror_gemv : ref.mirror;
+    const std::vector<float>& mirror = r.plan.gemv || r.plan.grouped ? ref.mirror_gemv : ref.mirror;
     e.mirror = std::max(e.mirror, RowRelError(r.out.data() + t * h, mirror.data() + i * h, h));
     e.plain = std::max(e.plain, RowRelError(r.out.data() + t * h, ref.plain.data() + i * h, h));
   }

@@ -123,8 +123,7 @@ TEST(MoeConfigTest, ScratchCoversEveryCompiledTileHeight) {
   std::vector<int> heights = {kMoeGroupedBlockM};  // the expert-grouped kernels' groups
   for (const MoeKernelVariant& v : MoeKernelVariants()) heights.push_back(v.block_m);
   for (const int block_m : heights) {
-    const int64_t mblocks =
-        (pairs + block_m - 1) / block_m + std::min<int64_t>(s.experts, pairs);
+    const int64_t mblocks = (pairs + block_m - 1) / block_m + std::min<int64_t>(s.experts, pairs);
     EXPECT_EQ(MoeMaxMblocks(pairs, s.experts, block_m), mblocks) << block_m;
     EXPECT_LE(mblocks, scratch.max_mblocks) << block_m;
     EXPECT_LE(mblocks * block_m, scratch.max_rows) << block_m;
