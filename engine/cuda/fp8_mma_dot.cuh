@@ -149,9 +149,12 @@ constexpr int kSlotBytes = 32 * 32;
 __device__ __forceinline__ void CopyStepAsync(uint32_t slot, const uint8_t* row_g,
                                               const uint8_t* row_g8, int64_t k) {
   const int q = threadIdx.x & 3;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(slot), "l"(row_g + k + 16 * q));
+  // "memory": the compiler must not move this lane's earlier reads of the slot below the copy.
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(slot), "l"(row_g + k + 16 * q)
+               : "memory");
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(slot + 16),
-               "l"(row_g8 + k + 16 * q));
+               "l"(row_g8 + k + 16 * q)
+               : "memory");
 }
 
 // This lane's step from its 32 bytes of a ring slot (after the copy's group completed).
@@ -176,7 +179,7 @@ class StepRing {
     PushEmpty();
   }
   __device__ void PushEmpty() {
-    asm volatile("cp.async.commit_group;\n" ::);
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
     tail_ = tail_ == kStages - 1 ? 0 : tail_ + 1;
   }
   __device__ StepBytes Pop() {

@@ -370,10 +370,11 @@ __global__ void __launch_bounds__(kWarps * 32)
 // grid (ceil(H / 16), tokens): a block's 16 hidden columns for every pair of its token. Its warps
 // split the sequence of (pair, 64-element step of Im) evenly; each sums weight * (channel scale)
 // * dot over its steps in pair order, and the warps' sums meet in shared memory in warp order
-// (+ the addend). Dynamic shared memory: the token's P intermediate rows as f16 (one power-of-two
-// scale for all). The expert ids and routing weights come from the router, which completed before
-// the gate/up kernel got past its own wait: the first weight loads are issued before waiting for
-// gate/up (programmatic launch), with the ids read through L2.
+// (+ the addend). Dynamic shared memory: the warps' weight rings (StepRing), then the token's P
+// intermediate rows as f16 (one power-of-two scale for all). The expert ids and routing weights
+// come from the router, which completed before the gate/up kernel got past its own wait: the first
+// weight loads are issued before waiting for gate/up (programmatic launch), with the ids read
+// through L2.
 template <MoeWeightFormat F, class T>
 __global__ void __launch_bounds__(kWarps * 32)
     DownMmaKernel(MoeGemvParams p, const __nv_bfloat16* __restrict__ inter,
