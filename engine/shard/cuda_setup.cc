@@ -131,6 +131,7 @@ Result<std::unique_ptr<engine::Backend>> CreateShardCudaBackend(const spark::v1:
   tune.fuse_shared_experts = options.fuse_shared_experts;
   options.cuda_graphs = CudaGraphsFor(settings, world);
   if (settings.kv_cache_fp8) options.kv_cache_dtype = cuda::KvCacheDtype::kFp8E4m3;
+  options.moe_grouped_max_tokens = settings.moe_grouped_max_tokens;
   if (const char* file = std::getenv(engine::kMoeTuningFileEnv); file != nullptr) {
     tune.cache_file = file;
   }

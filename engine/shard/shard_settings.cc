@@ -11,7 +11,7 @@ namespace {
 constexpr int64_t kDefaultKvCacheBytes = int64_t{256} << 20;
 constexpr const char* kExtraKeys =
     "threads, max_batch_tokens, step_timeout_ms, keepalive_ms, kv_block_tokens, sampler, "
-    "moe_autotune, cuda_graphs, kv_cache_dtype";
+    "moe_autotune, cuda_graphs, kv_cache_dtype, moe_grouped_max_tokens";
 
 Result<int64_t> ParseExtraInt(const std::string& key, const std::string& value, int64_t min,
                               int64_t max) {
@@ -115,6 +115,9 @@ Result<EngineSettings> ResolveEngineSettings(const spark::v1::EngineOptions& opt
                                "'");
       }
       s.kv_cache_fp8 = value == "fp8";
+    } else if (key == "moe_grouped_max_tokens") {
+      SPARK_ASSIGN_OR_RETURN(int64_t v, ParseExtraInt(key, value, 0, int64_t{1} << 20));
+      s.moe_grouped_max_tokens = static_cast<int>(v);
     } else {
       return InvalidArgument("unknown engine option '" + key + "'; known options: " + kExtraKeys);
     }

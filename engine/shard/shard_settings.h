@@ -18,6 +18,11 @@
 //   kv_cache_dtype    "bf16" or "fp8": the KV cache's element type on the CUDA backend (default
 //                     bf16; fp8 = E4M3 with scale 1, twice the tokens per byte; the CPU backend
 //                     refuses fp8)
+//   moe_grouped_max_tokens  CUDA backend: MoE forwards above the GEMV path's token count and up
+//                     to this many tokens run the expert-grouped tensor-core kernels, BF16
+//                     activations instead of the FP8 tiles' per-token quantisation (default 0 =
+//                     never; CudaBackendOptions::moe_grouped_max_tokens; the CPU backend ignores
+//                     it)
 // Any other extra key is an error naming the accepted keys (a typo must not pass silently).
 //
 // EngineOptions.speculative (steps > 0) turns on speculative decoding with the checkpoint's MTP
@@ -69,6 +74,7 @@ struct EngineSettings {
   bool moe_autotune = true;         // CUDA backend only
   std::optional<bool> cuda_graphs;  // CUDA backend only; unset = auto (CudaGraphsFor)
   bool kv_cache_fp8 = false;        // CUDA backend only (kv_cache_dtype=fp8)
+  int moe_grouped_max_tokens = 0;   // CUDA backend only
   std::chrono::milliseconds step_timeout{30000};
   std::chrono::milliseconds keepalive{1000};
   // EngineOptions.speculative, resolved (topk 1: draft_tokens = steps + 1); steps 0 = off.

@@ -213,6 +213,15 @@ TEST(ShardSettingsTest, EngineOptionsAndExtraKeys) {
   EXPECT_NE(ResolveEngineSettings(options).status().message().find(
                 "kv_cache_dtype must be bf16 or fp8, got 'fp16'"),
             std::string::npos);
+  options.mutable_extra()->erase("kv_cache_dtype");
+
+  EXPECT_EQ(ResolveEngineSettings(options)->moe_grouped_max_tokens, 0);  // default: never
+  (*options.mutable_extra())["moe_grouped_max_tokens"] = "64";
+  EXPECT_EQ(ResolveEngineSettings(options)->moe_grouped_max_tokens, 64);
+  (*options.mutable_extra())["moe_grouped_max_tokens"] = "-1";
+  EXPECT_NE(ResolveEngineSettings(options).status().message().find(
+                "moe_grouped_max_tokens=\"-1\": must be an integer in [0, 1048576]"),
+            std::string::npos);
 }
 
 TEST(ShardSettingsTest, SpeculativeOptionsAreResolvedAsTheEngineDoes) {
