@@ -5,6 +5,7 @@
 
 #include "engine/cuda/device_math.cuh"
 #include "engine/cuda/fp8_mma_dot.cuh"
+#include "engine/cuda/kernel_smem.h"
 #include "engine/cuda/programmatic_launch.cuh"
 
 namespace spark::cuda {
@@ -458,11 +459,7 @@ cudaError_t LaunchRows(const DeviceLinear& w, const __nv_bfloat16* x, int rows, 
   if (plan.mma) {
     const size_t smem = MmaSmemBytes(k_chunk, plan.stages);
     const MmaKernelFn kernel = MmaKernel(w, plan.stages);
-    if (smem > 48 * 1024) {
-      const cudaError_t err = cudaFuncSetAttribute(
-          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-      if (err != cudaSuccess) return err;
-    }
+    if (const cudaError_t err = AllowDynamicSmem(kernel, smem); err != cudaSuccess) return err;
     LaunchKernel(kernel, grid, threads, smem, stream, w, x, k_chunk, plan.slices, partial, y, bias,
                  k_splits, counters);
   } else if (rows <= 1) {

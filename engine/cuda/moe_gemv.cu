@@ -7,6 +7,7 @@
 
 #include "engine/cuda/device_math.cuh"
 #include "engine/cuda/fp8_mma_dot.cuh"
+#include "engine/cuda/kernel_smem.h"
 #include "engine/cuda/programmatic_launch.cuh"
 
 namespace spark::cuda::moe_internal {
@@ -250,14 +251,6 @@ constexpr size_t kMmaRingBytes = size_t{kWarps} * kMmaStages * fp8_mma::kSlotByt
 // Most activation elements a block stages as f16 (dynamic shared memory within the 48 KB a launch
 // gets without opting in): H for gate/up, pairs x Im for down.
 constexpr int kMmaMaxStaged = 20480;
-
-// Opts `kernel` in to `bytes` of dynamic shared memory where that is above the default 48 KB.
-template <class Kernel>
-cudaError_t AllowSmem(Kernel kernel, size_t bytes) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              static_cast<int>(bytes));
-}
 
 bool MmaServesGateUp(const MoeGemvParams& p) {
   return IsFp8(p.format) && p.hidden % fp8_mma::kStepElems == 0 && p.hidden <= kMmaMaxStaged;
@@ -535,7 +528,7 @@ cudaError_t LaunchDown(const MoeGemvParams& p, const __nv_bfloat16* inter, const
     auto kernel = p.format == MoeWeightFormat::kFp8Block
                       ? DownMmaKernel<MoeWeightFormat::kFp8Block, T>
                       : DownMmaKernel<MoeWeightFormat::kFp8PerChannel, T>;
-    if (const cudaError_t err = AllowSmem(kernel, smem); err != cudaSuccess) return err;
+    if (const cudaError_t err = AllowDynamicSmem(kernel, smem); err != cudaSuccess) return err;
     LaunchKernel(kernel, mma_grid, kWarps * 32, smem, stream, p, inter, w, w2_scale, addend, out);
     return cudaGetLastError();
   }
@@ -604,7 +597,7 @@ cudaError_t MoeGemvGateUp(const MoeGemvParams& p, const __nv_bfloat16* x, const 
     auto kernel = p.format == MoeWeightFormat::kFp8Block
                       ? GateUpMmaKernel<MoeWeightFormat::kFp8Block>
                       : GateUpMmaKernel<MoeWeightFormat::kFp8PerChannel>;
-    if (const cudaError_t err = AllowSmem(kernel, smem); err != cudaSuccess) return err;
+    if (const cudaError_t err = AllowDynamicSmem(kernel, smem); err != cudaSuccess) return err;
     LaunchKernel(kernel, mma_grid, kWarps * 32, smem, stream, p, k_splits, x, w, w13_scale, inter);
     return cudaGetLastError();
   }

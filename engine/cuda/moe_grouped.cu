@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "engine/cuda/fp8_mma_dot.cuh"
+#include "engine/cuda/kernel_smem.h"
 #include "engine/cuda/programmatic_launch.cuh"
 
 namespace spark::cuda::moe_internal {
@@ -177,11 +178,7 @@ cudaError_t Launch(const MoeGroupedParams& p, const __nv_bfloat16* act, const vo
   auto kernel = p.format == MoeWeightFormat::kFp8Block
                     ? GroupedKernel<MoeWeightFormat::kFp8Block, G>
                     : GroupedKernel<MoeWeightFormat::kFp8PerChannel, G>;
-  if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-  }
+  if (const cudaError_t err = AllowDynamicSmem(kernel, smem); err != cudaSuccess) return err;
   LaunchKernel(kernel, grid, kWarps * 32, smem, stream, p, act, static_cast<const uint8_t*>(w),
                scale, inter_out, pair_out);
   return cudaGetLastError();
