@@ -376,17 +376,28 @@ bool MmaLayout(const DeviceLinear& w) {
   return w.scale_kind == WeightScale::kPerChannel;
 }
 
-int DeviceMultiprocessors() {
-  static std::atomic<int> cached{0};
+// An attribute of the current device, asked once per process (`fallback` when the query fails).
+int CachedDeviceAttribute(std::atomic<int>& cached, cudaDeviceAttr attr, int fallback) {
   if (const int known = cached.load(std::memory_order_relaxed); known > 0) return known;
   int device = 0;
-  int sms = 0;
+  int value = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-    return 1;
+      cudaDeviceGetAttribute(&value, attr, device) != cudaSuccess || value <= 0) {
+    return fallback;
   }
-  cached.store(sms, std::memory_order_relaxed);
-  return sms;
+  cached.store(value, std::memory_order_relaxed);
+  return value;
+}
+
+int DeviceMultiprocessors() {
+  static std::atomic<int> cached{0};
+  return CachedDeviceAttribute(cached, cudaDevAttrMultiProcessorCount, 1);
+}
+
+// Shared memory one block may opt in to (101,376 bytes less the static use on GB10).
+int DeviceSmemOptin() {
+  static std::atomic<int> cached{0};
+  return CachedDeviceAttribute(cached, cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 * 1024);
 }
 
 // How Gemv runs a weight: the kernel, its outputs per block and the K chunking.
@@ -403,10 +414,15 @@ Plan MakePlan(const DeviceLinear& w, int rows, int k_splits, Fp8Dequant dequant,
   Plan plan;
   if (w.type == WeightType::kFP8 && rows <= 1 && dequant == Fp8Dequant::kHalfMma && MmaLayout(w)) {
     const Chunking c = GemvChunking(w, k_splits, true);
-    if (c.k_chunk <= kMmaMaxChunk) {
+    const int stages = mma_stages > 0 ? mma_stages : kMmaStagesDefault;
+    // The rings and the staged chunk within what a block may opt in to (GB10: 99 KB), with room
+    // for the kernel's static arrays.
+    const bool fits =
+        static_cast<int64_t>(MmaSmemBytes(c.k_chunk, stages)) + 1024 <= int64_t{DeviceSmemOptin()};
+    if (c.k_chunk <= kMmaMaxChunk && fits) {
       plan.mma = true;
       plan.slices = mma_slices > 0 ? mma_slices : GemvMmaSlices(w, DeviceMultiprocessors());
-      plan.stages = mma_stages > 0 ? mma_stages : kMmaStagesDefault;
+      plan.stages = stages;
       plan.per_block = int64_t{kWarps} / plan.slices * fp8_mma::kRows;
       plan.chunking = c;
       return plan;
