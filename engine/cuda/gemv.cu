@@ -389,11 +389,6 @@ int CachedDeviceAttribute(std::atomic<int>& cached, cudaDeviceAttr attr, int fal
   return value;
 }
 
-int DeviceMultiprocessors() {
-  static std::atomic<int> cached{0};
-  return CachedDeviceAttribute(cached, cudaDevAttrMultiProcessorCount, 1);
-}
-
 // Shared memory one block may opt in to (101,376 bytes less the static use on GB10).
 int DeviceSmemOptin() {
   static std::atomic<int> cached{0};
@@ -421,7 +416,7 @@ Plan MakePlan(const DeviceLinear& w, int rows, int k_splits, Fp8Dequant dequant,
         static_cast<int64_t>(MmaSmemBytes(c.k_chunk, stages)) + 1024 <= int64_t{DeviceSmemOptin()};
     if (c.k_chunk <= kMmaMaxChunk && fits) {
       plan.mma = true;
-      plan.slices = mma_slices > 0 ? mma_slices : GemvMmaSlices(w, DeviceMultiprocessors());
+      plan.slices = mma_slices > 0 ? mma_slices : kGemvMmaSlicesDefault;
       plan.stages = stages;
       plan.per_block = int64_t{kWarps} / plan.slices * fp8_mma::kRows;
       plan.chunking = c;
@@ -509,13 +504,6 @@ bool GemvSupports(const DeviceLinear& w) {
   if (w.in % 16 != 0) return false;
   if (w.scale_kind == WeightScale::kBlock) return w.block_k % 16 == 0 && w.block_n > 0;
   return w.scale_kind == WeightScale::kPerChannel;
-}
-
-int GemvMmaSlices(const DeviceLinear& w, int sms) {
-  // Two row groups of 16 per block while that gives two blocks per SM or more; else one group
-  // (more blocks, each staging its activations once).
-  const int64_t two_group_blocks = (w.out + 2 * fp8_mma::kRows - 1) / (2 * fp8_mma::kRows);
-  return two_group_blocks >= int64_t{2} * sms ? 4 : 8;
 }
 
 int GemvResidentBlocksPerSm(const DeviceLinear& w, int rows, Fp8Dequant dequant) {

@@ -40,10 +40,10 @@ constexpr Fp8Dequant kGemvFp8DequantDefault = Fp8Dequant::kConvert;
 int GemvKSplits(const DeviceLinear& w, int sms, int rows,
                 Fp8Dequant dequant = kGemvFp8DequantDefault);
 
-// Warps per 16-row group of the tensor-core kernel (Fp8Dequant::kHalfMma) by default on a device
-// with `sms` multiprocessors: 4 (two groups per block) while that makes two blocks per SM, else
-// 8 (one group).
-int GemvMmaSlices(const DeviceLinear& w, int sms);
+// Warps per 16-row group of the tensor-core kernel (Fp8Dequant::kHalfMma) by default: 8, one
+// group per block (H100, 2026-12-08, weights in registers: the fastest at three of the four
+// GLM-4.5-Air / GLM-4.7 tp=4 q/k/v and o shapes, within 4% at the fourth).
+constexpr int kGemvMmaSlicesDefault = 8;
 
 // Thread blocks of the kernel that Gemv launches for `w` and `rows` that fit on one
 // multiprocessor at once (registers, threads); 0 when the occupancy query fails.
@@ -60,8 +60,9 @@ bool GemvSupports(const DeviceLinear& w);
 // `counters` (optional, `num_counters` ints, zero on entry and left zero): with them the
 // one-row FP8 kernel sums its K splits itself (the last block of each output range, in split
 // order: the same result) instead of a second kernel. `mma_slices` (1, 2, 4 or 8; 0 =
-// GemvMmaSlices) sets the tensor-core kernel's warps per row group, `mma_stages` (4, 6 or 8; 0 = 6)
-// the depth of its per-warp weight ring in shared memory (steps of 1 KB per warp in flight).
+// kGemvMmaSlicesDefault) sets the tensor-core kernel's warps per row group, `mma_stages` (4, 6 or
+// 8; 0 = 6) the depth of its per-warp weight ring in shared memory (steps of 1 KB per warp in
+// flight).
 cudaError_t Gemv(const DeviceLinear& w, const __nv_bfloat16* x, int rows, const float* bias,
                  int k_splits, float* partial, float* y, cudaStream_t stream,
                  int32_t* counters = nullptr, int64_t num_counters = 0,
