@@ -41,7 +41,7 @@ int GemvKSplits(const DeviceLinear& w, int sms, int rows,
                 Fp8Dequant dequant = kGemvFp8DequantDefault);
 
 // Warps per 16-row group of the tensor-core kernel (Fp8Dequant::kHalfMma) by default: 8, one
-// group per block (H100, 2026-12-08, weights in registers: the fastest at three of the four
+// group per block (H100, 2026-12-07, weights in registers: the fastest at three of the four
 // GLM-4.5-Air / GLM-4.7 tp=4 q/k/v and o shapes, within 4% at the fourth).
 constexpr int kGemvMmaSlicesDefault = 8;
 
