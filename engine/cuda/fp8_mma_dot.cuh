@@ -235,4 +235,57 @@ __device__ __forceinline__ void MmaStep(const StepBytes& w, const __half* xs_ste
   }
 }
 
+// A warp's 16 rows streamed over the steps [s_begin, s_end) (step st at element st * kStepElems
+// of `row_g` / `row_g8`, this lane's rows g and g + 8) through `ring`: PrimeSteps pushes the first
+// kStages - 1 (weights only, so a kernel may prime before its programmatic wait), StreamSteps
+// pushes the rest kStages - 1 ahead as it sums: acc += rows x xs[st * kStepElems ..) per step,
+// each step's sums times step_scale(st) when kScaled (block scales), then drains the ring.
+template <int kStages>
+__device__ __forceinline__ void PushStep(StepRing<kStages>& ring, const uint8_t* row_g,
+                                         const uint8_t* row_g8, int st, int s_end) {
+  if (st < s_end) {
+    ring.Push(row_g, row_g8, int64_t{st} * kStepElems);
+  } else {
+    ring.PushEmpty();
+  }
+}
+
+template <int kStages>
+__device__ __forceinline__ void PrimeSteps(StepRing<kStages>& ring, const uint8_t* row_g,
+                                           const uint8_t* row_g8, int s_begin, int s_end) {
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) PushStep(ring, row_g, row_g8, s_begin + i, s_end);
+}
+
+template <bool kScaled, int kStages, class StepScale>
+__device__ __forceinline__ void StreamSteps(StepRing<kStages>& ring, const uint8_t* row_g,
+                                            const uint8_t* row_g8, int s_begin, int s_end,
+                                            const __half* xs, float (&acc)[4],
+                                            StepScale&& step_scale) {
+  for (int st = s_begin; st < s_end; ++st) {
+    PushStep(ring, row_g, row_g8, st + kStages - 1, s_end);
+    const StepBytes bytes = ring.Pop();
+    if constexpr (kScaled) {
+      float c[4] = {0.f, 0.f, 0.f, 0.f};
+      MmaStep(bytes, xs + st * kStepElems, c);
+      const float sc = step_scale(st);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[i] = fmaf(sc, c[i], acc[i]);
+    } else {
+      MmaStep(bytes, xs + st * kStepElems, acc);
+    }
+  }
+  ring.Drain();
+}
+
+// Column 0 of a warp's 16 x 8 product (rows g: v_g, g + 8: v_g8, held by the lanes with
+// q == 0) into `rows` (16 floats of shared memory).
+__device__ __forceinline__ void StoreColumn0(float* rows, float v_g, float v_g8) {
+  const int lane = threadIdx.x & 31;
+  if ((lane & 3) == 0) {
+    rows[lane >> 2] = v_g;
+    rows[(lane >> 2) + 8] = v_g8;
+  }
+}
+
 }  // namespace spark::cuda::fp8_mma

@@ -285,39 +285,14 @@ __global__ void __launch_bounds__(kWarps * 32)
   const float* srow =
       kBlock ? w.scale + (row_g / w.block_n) * ((w.in + w.block_k - 1) / w.block_k) : nullptr;
   fp8_mma::StepRing<kMmaStages> ring(rings + warp * (kMmaStages * fp8_mma::kSlotBytes));
-#pragma unroll
-  for (int i = 0; i < kMmaStages - 1; ++i) {
-    if (s_begin + i < s_end) {
-      ring.Push(wg, wg8, int64_t{s_begin + i} * kStep);
-    } else {
-      ring.PushEmpty();
-    }
-  }
+  fp8_mma::PrimeSteps(ring, wg, wg8, s_begin, s_end);
   PdlBegin();
   const float unscale = fp8_mma::StageScaledHalf(x + k_begin, k_len, xs, scratch);
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  for (int st = s_begin; st < s_end; ++st) {
-    if (st + kMmaStages - 1 < s_end) {
-      ring.Push(wg, wg8, int64_t{st + kMmaStages - 1} * kStep);
-    } else {
-      ring.PushEmpty();
-    }
-    const fp8_mma::StepBytes bytes = ring.Pop();
-    if constexpr (kBlock) {
-      float c[4] = {0.f, 0.f, 0.f, 0.f};
-      fp8_mma::MmaStep(bytes, xs + st * kStep, c);
-      const float sc = __ldg(srow + (k_begin + int64_t{st} * kStep) / w.block_k);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[i] = fmaf(sc, c[i], acc[i]);
-    } else {
-      fp8_mma::MmaStep(bytes, xs + st * kStep, acc);
-    }
-  }
-  ring.Drain();
-  if ((lane & 3) == 0) {
-    part[warp][g] = acc[0];
-    part[warp][g + 8] = acc[2];
-  }
+  fp8_mma::StreamSteps<kBlock>(ring, wg, wg8, s_begin, s_end, xs, acc, [&](int st) {
+    return __ldg(srow + (k_begin + int64_t{st} * kStep) / w.block_k);
+  });
+  fp8_mma::StoreColumn0(part[warp], acc[0], acc[2]);
   __syncthreads();
   const int outputs = groups * fp8_mma::kRows;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * outputs + threadIdx.x;

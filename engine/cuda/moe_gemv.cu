@@ -309,34 +309,12 @@ __global__ void __launch_bounds__(kWarps * 32)
           ? scale + ((e * 2 + (ng & 1)) * (p.inter / 128) + (ng >> 1) / 128) * (p.hidden / 128)
           : nullptr;
   fp8_mma::StepRing<kMmaStages> ring(rings + warp * (kMmaStages * fp8_mma::kSlotBytes));
-  auto push = [&](int st) {
-    if (st < s_end) {
-      ring.Push(wg, wg8, int64_t{st} * kStep);
-    } else {
-      ring.PushEmpty();
-    }
-  };
-#pragma unroll
-  for (int i = 0; i < kMmaStages - 1; ++i) push(s_begin + i);
+  fp8_mma::PrimeSteps(ring, wg, wg8, s_begin, s_end);
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  for (int st = s_begin; st < s_end; ++st) {
-    push(st + kMmaStages - 1);
-    const fp8_mma::StepBytes bytes = ring.Pop();
-    if constexpr (F == MoeWeightFormat::kFp8Block) {
-      float c[4] = {0.f, 0.f, 0.f, 0.f};
-      fp8_mma::MmaStep(bytes, xs + st * kStep, c);
-      const float sc = __ldg(srow + st * kStep / 128);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[i] = fmaf(sc, c[i], acc[i]);
-    } else {
-      fp8_mma::MmaStep(bytes, xs + st * kStep, acc);
-    }
-  }
-  ring.Drain();
-  if ((lane & 3) == 0) {
-    part[warp][g] = acc[0];
-    part[warp][g + 8] = acc[2];
-  }
+  fp8_mma::StreamSteps<F == MoeWeightFormat::kFp8Block>(
+      ring, wg, wg8, s_begin, s_end, xs, acc,
+      [&](int st) { return __ldg(srow + st * kStep / 128); });
+  fp8_mma::StoreColumn0(part[warp], acc[0], acc[2]);
   __syncthreads();
   const int t = threadIdx.x;
   const int n = static_cast<int>(blockIdx.x) * block_rows + t;
@@ -467,10 +445,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
   }
   ring.Drain();
-  if ((lane & 3) == 0) {
-    part[warp][g] = acc_g;
-    part[warp][g + 8] = acc_g8;
-  }
+  fp8_mma::StoreColumn0(part[warp], acc_g, acc_g8);
   __syncthreads();
   const int n = n0 + static_cast<int>(threadIdx.x);
   if (static_cast<int>(threadIdx.x) >= fp8_mma::kRows || n >= p.hidden) return;
