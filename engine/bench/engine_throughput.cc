@@ -245,6 +245,10 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     return InvalidArgument(
         "--moe-grouped-max-tokens selects a CUDA MoE kernel; use it with --backend cuda");
   }
+  if (o.l2_prefetch_percent >= 0 && o.backend != "cuda") {
+    return InvalidArgument(
+        "--l2-prefetch-percent prefetches into a GPU's L2; use it with --backend cuda");
+  }
   if (o.gemv_tensor_cores && o.backend != "cuda") {
     return InvalidArgument(
         "--gemv-tensor-cores selects the CUDA GEMV kernels; use it with --backend cuda");
@@ -331,6 +335,7 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     spec.moe_gemv_max_tokens = o.moe_gemv_max_tokens;
     spec.gemv_tensor_cores = o.gemv_tensor_cores;
     spec.moe_grouped_max_tokens = o.moe_grouped_max_tokens;
+    spec.l2_prefetch_percent = o.l2_prefetch_percent;
     spec.moe_tune = o.moe_tune;
     spec.moe_tune_seconds = &report.moe_tune_s;
     factory = [spec, &store](int rank, int tp, RankParts* parts) {
@@ -345,6 +350,10 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     if (spec.fuse_shared_experts) report.device += ", shared expert in the MoE kernels";
     if (spec.programmatic_launch) report.device += ", programmatic launch";
     if (spec.gemv_tensor_cores) report.device += ", one-token FP8 GEMVs on tensor cores";
+    if (spec.l2_prefetch_percent > 0) {
+      report.device +=
+          ", weight prefetch into L2 (" + std::to_string(spec.l2_prefetch_percent) + "% each)";
+    }
     if (spec.moe_grouped_max_tokens > 0) {
       report.device +=
           ", expert-grouped MoE up to " + std::to_string(spec.moe_grouped_max_tokens) + " tokens";

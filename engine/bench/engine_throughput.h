@@ -54,6 +54,7 @@ struct EngineBenchOptions {
   int moe_gemv_max_tokens = -1;         // CUDA: MoE GEMV path up to this many tokens (-1: default)
   bool gemv_tensor_cores = false;       // CUDA: one-token FP8 GEMVs on the tensor cores
   int moe_grouped_max_tokens = -1;      // CUDA: expert-grouped MoE kernels up to this many tokens
+  int l2_prefetch_percent = -1;         // CUDA: weight prefetch into L2 (-1: the default)
 };
 
 // Bytes one rank reads in a decode step of `batch` sequences at context length `context`.

@@ -99,6 +99,13 @@ int main(int argc, char** argv) {
                    "for up to 8 of its tokens, BF16 activations; default: the backend's, as a "
                    "shard; 0 = never)")
       ->check(CLI::NonNegativeNumber);
+  engine
+      ->add_option("--l2-prefetch-percent", o.l2_prefetch_percent,
+                   "CUDA: steps of up to 64 tokens prefetch the next weights into L2 beside the "
+                   "latency-bound kernels (norms, RoPE, attention, router), each prefetch up to "
+                   "this percentage of the device's L2 (default: the backend's, as a shard; 0 = "
+                   "off)")
+      ->check(CLI::Range(0, 100));
   engine->add_flag("--gemv-tensor-cores,!--no-gemv-tensor-cores", o.gemv_tensor_cores,
                    "CUDA: one-token FP8 GEMVs (dense and MoE) on the tensor cores, E4M3 weights as "
                    "f16 mma fragments (default: off, as a shard)");

@@ -20,6 +20,7 @@
 #include "engine/cuda/embedding.h"
 #include "engine/cuda/kv_cache.h"
 #include "engine/cuda/kv_compact.h"
+#include "engine/cuda/l2_prefetch.h"
 #include "engine/cuda/moe.h"
 #include "engine/cuda/moe_pack.h"
 #include "engine/cuda/programmatic_launch.h"
@@ -163,6 +164,24 @@ int64_t EstimateWeightBytes(const ModelConfig& cfg, int tp, int local_q, int loc
   }
   if (mtp) bytes += 2 * hsz * hsz * 2 + 3 * hsz * 4;
   return bytes;
+}
+
+// The bytes a GEMV streams of a device weight (its scales aside).
+L2Range WeightRange(const DeviceLinear& w) {
+  return {w.data, w.out * w.in * (w.type == WeightType::kFP8 ? 1 : 2)};
+}
+
+// The router's fp32 weights of an MoE layer.
+L2Range RouterRange(const MoeLayerDevice& m) {
+  return {m.router, int64_t{m.shape.num_experts} * m.shape.hidden * int64_t{sizeof(float)}};
+}
+
+// The gate/up (or down) weights of an MoE layer's shared-expert slots (E .. E + shared - 1).
+L2Range SharedExpertRange(const MoeLayerDevice& m, bool gate_up) {
+  const int64_t elem = m.format == MoeWeightFormat::kBf16 ? 2 : 1;
+  const int64_t per_expert = (gate_up ? 2 : 1) * int64_t{m.shape.inter} * m.shape.hidden * elem;
+  const auto* base = static_cast<const uint8_t*>(gate_up ? m.w13 : m.w2);
+  return {base + m.shape.num_experts * per_expert, per_expert * m.shape.shared_experts};
 }
 
 int64_t LinearBytes(const LinearWeight& w) {
@@ -412,6 +431,8 @@ struct CudaBackend::Impl {
   int64_t graph_meta_bytes = 0;
   PinnedBuffer graph_meta_host;
   CudaGraphStats graph_stats;
+  // Weight prefetches into L2 beside the latency-bound kernels (options.l2_prefetch_percent).
+  L2Prefetcher prefetcher;
 
   ~Impl() {
     if (stream) cudaStreamSynchronize(stream);
@@ -536,6 +557,12 @@ Status CudaBackend::Impl::Init(const ModelConfig& cfg, int rank, int size, Commu
     SPARK_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     own_stream = true;
   }
+  if (opts.l2_prefetch_percent < 0 || opts.l2_prefetch_percent > 100) {
+    return InvalidArgument("l2_prefetch_percent " + std::to_string(opts.l2_prefetch_percent) +
+                           " must be within 0..100 (0 = off)");
+  }
+  SPARK_CUDA_RETURN_IF_ERROR(L2Prefetcher::Create(
+      device.l2_cache_bytes * opts.l2_prefetch_percent / 100, &prefetcher));
   // RoPE frequencies from the CPU backend's definition (Llama-3 scaling included).
   engine::ModelConfig rope_cfg = cfg;
   rope_cfg.rotary_dim = rd;
@@ -1466,9 +1493,18 @@ Status CudaBackend::Impl::RunLayer(const LayerDev& D, CudaKvCache& cache, int ca
   void* kc = cache.keys(cache_layer);
   void* vc = cache.values(cache_layer);
 
+  // A fused shared expert runs inside the MoE kernels for small batches (decode), its dense copy
+  // for large ones (prefill).
+  const bool shared_in_moe =
+      D.is_moe && D.moe.shape.shared_experts > 0 && total <= kSharedInMoeMaxTokens;
+  // Weights into L2 beside the latency-bound kernels of small steps (options.l2_prefetch_percent):
+  // each prefetch starts once the kernels queued before it are done.
+  const bool prefetch = prefetcher.enabled() && total <= kL2PrefetchMaxTokens;
+  if (prefetch) SPARK_CUDA_RETURN_IF_ERROR(prefetcher.Prefetch(stream, {WeightRange(D.qkv)}));
   SPARK_CUDA_RETURN_IF_ERROR(RmsNormF32(pending, x, D.input_norm, h, nullptr, total,
                                         static_cast<int>(hsz), eps, nullptr, stream));
   SPARK_RETURN_IF_ERROR(linear->Run(D.qkv, h, total, qkv, stream));
+  if (prefetch) SPARK_CUDA_RETURN_IF_ERROR(prefetcher.Prefetch(stream, {WeightRange(D.o)}));
   SPARK_CUDA_RETURN_IF_ERROR(
       QkvRopeCacheWrite(qkv, total, plan.pos, plan.slots, rp, q, kc, vc, stream));
   SPARK_CUDA_RETURN_IF_ERROR(PagedAttention(q, kc, vc, plan.attention, plan.shape, plan.splits,
@@ -1477,13 +1513,16 @@ Status CudaBackend::Impl::RunLayer(const LayerDev& D, CudaKvCache& cache, int ca
   SPARK_RETURN_IF_ERROR(linear->Run(D.o, attn, total, o, stream));
   Status st = AllReduce(o, total * hsz);
   if (!st.ok()) return st.WithContext("all-reduce after o_proj of " + name());
+  if (prefetch && D.is_moe) {
+    SPARK_CUDA_RETURN_IF_ERROR(prefetcher.Prefetch(
+        stream, {RouterRange(D.moe), shared_in_moe ? SharedExpertRange(D.moe, true) : L2Range{},
+                 shared_in_moe ? SharedExpertRange(D.moe, false) : WeightRange(D.gate_up)}));
+  } else if (prefetch && D.has_mlp) {
+    SPARK_CUDA_RETURN_IF_ERROR(prefetcher.Prefetch(stream, {WeightRange(D.gate_up)}));
+  }
   SPARK_CUDA_RETURN_IF_ERROR(RmsNormF32(o, x, D.post_norm, h, nullptr, total, static_cast<int>(hsz),
                                         eps, nullptr, stream));
   const float* addend = nullptr;
-  // A fused shared expert runs inside the MoE kernels for small batches (decode), its dense copy
-  // for large ones (prefill).
-  const bool shared_in_moe =
-      D.is_moe && D.moe.shape.shared_experts > 0 && total <= kSharedInMoeMaxTokens;
   if (D.has_mlp && !shared_in_moe) {
     float* dst = D.is_moe ? shared : mlp;
     const int64_t inter = D.gate_up.out / 2;
@@ -1599,6 +1638,7 @@ Status CudaBackend::Impl::RunLayers(const BatchPlan& plan, const float*& pending
   for (int l = 0; l < config.num_hidden_layers; ++l) {
     SPARK_RETURN_IF_ERROR(RunLayer(layers[static_cast<size_t>(l)], *kv, l, plan, pending, l));
   }
+  SPARK_CUDA_RETURN_IF_ERROR(prefetcher.Join(stream));
   return Status::Ok();
 }
 
@@ -1738,6 +1778,7 @@ Result<ForwardOutput> CudaBackend::Impl::ForwardMtp(const MtpBatch& batch) {
   SPARK_RETURN_IF_ERROR(linear->Run(mtp.eh_proj, eh_in, total, x, stream));
   const float* pending = nullptr;
   SPARK_RETURN_IF_ERROR(RunLayer(mtp.layer, *mtp_kv, 0, plan, pending, -1));
+  SPARK_CUDA_RETURN_IF_ERROR(prefetcher.Join(stream));
   SPARK_RETURN_IF_ERROR(RunHead(mtp.shared_head_norm, pending, plan, output));
   return output;
 }

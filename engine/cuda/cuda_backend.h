@@ -68,6 +68,10 @@ enum class CollectiveMode {
   kHost,    // backend copies to host, synchronises, calls the Communicator, copies back (Gloo)
 };
 
+// Steps of at most this many tokens prefetch weights into L2 (CudaBackendOptions::
+// l2_prefetch_percent); larger ones keep the memory busy without it.
+constexpr int64_t kL2PrefetchMaxTokens = 64;
+
 struct CudaBackendOptions {
   int device = 0;
   // Stream for every kernel of the backend; nullptr = the backend creates its own.
@@ -124,6 +128,12 @@ struct CudaBackendOptions {
   // (engine/cuda/fp8_mma_dot.cuh; Fp8Dequant::kHalfMma, kMoeGemvHalfMma) instead of conversions
   // and FMAs on the CUDA cores. Same products, fp32 sums in another order.
   bool gemv_tensor_cores = false;
+  // Steps of at most kL2PrefetchMaxTokens tokens prefetch weights into L2 on a side stream while
+  // the latency-bound kernels run (engine/cuda/l2_prefetch.h): the o_proj weights beside RoPE and
+  // attention, the router and fused shared expert (or a dense MLP's gate/up) beside the
+  // post-attention norm, q/k/v beside the input norm; each up to this percentage of the device's
+  // L2 (0 = off, at most 100).
+  int l2_prefetch_percent = 0;
   // FP8 per-channel linears: quantise activations per token and run cuBLASLt FP8 (true, W8A8),
   // or keep BF16 activations with the GEMV / dequantised weights (false; closer to the fp32
   // reference, slower prefill).

@@ -28,6 +28,7 @@ Result<DeviceInfo> QueryDevice(int index) {
   info.total_memory_bytes = static_cast<int64_t>(prop.totalGlobalMem);
   info.multiprocessors = prop.multiProcessorCount;
   info.unified_memory = prop.integrated != 0;
+  info.l2_cache_bytes = prop.l2CacheSize;
   int smem = 0;
   SPARK_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, index));

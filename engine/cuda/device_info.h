@@ -1,5 +1,5 @@
 // DeviceInfo: the facts of a CUDA device that placement, preflight and kernel selection need
-// (name, compute capability, memory, opt-in shared memory per block, SM count).
+// (name, compute capability, memory, opt-in shared memory per block, SM count, L2 size).
 //
 // `smem_cap_bytes` lets a caller emulate a smaller device (e.g. GB10's 101,376 bytes on an H100):
 // EffectiveSmemPerBlock() returns the smaller of the device limit and the cap.
@@ -23,6 +23,7 @@ struct DeviceInfo {
   int64_t free_memory_bytes = 0;
   int64_t smem_optin_per_block_bytes = 0;  // cudaDevAttrMaxSharedMemoryPerBlockOptin
   int multiprocessors = 0;
+  int64_t l2_cache_bytes = 0;
   bool unified_memory = false;  // integrated GPU sharing memory with the CPU (GB10)
 
   int64_t EffectiveSmemPerBlock(int64_t smem_cap_bytes) const {

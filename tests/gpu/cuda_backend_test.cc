@@ -803,7 +803,12 @@ TEST(CudaBackendTest, DeviceLogitsEqualHostLogitsAndFeedTheGpuSampler) {
 // CudaBackendOptions::programmatic_launch changes when kernels are scheduled, never what they
 // compute: logits bit for bit equal to plain launches, for prefill and mixed batches (eager) and
 // decode steps (eager and replayed from CUDA graphs), FP8 and BF16 weights.
-TEST(CudaBackendTest, ProgrammaticLaunchGivesBitIdenticalLogits) {
+// Two backends on the same weights, with options `base` and `changed` (applied to SmallOptions),
+// give bit-identical logits over mixed batches, prefill chunks and decode steps (eager and from
+// CUDA graphs), for FP8 and BF16 weights; `tag` names the change in the log line.
+void ExpectBitIdenticalLogits(const char* tag,
+                              const std::function<void(CudaBackendOptions&)>& base,
+                              const std::function<void(CudaBackendOptions&)>& changed) {
   for (bool fp8 : {true, false}) {
     for (bool graphs : {false, true}) {
       SCOPED_TRACE(std::string(fp8 ? "fp8_channel" : "bf16") + (graphs ? " graphs" : " eager"));
@@ -813,12 +818,13 @@ TEST(CudaBackendTest, ProgrammaticLaunchGivesBitIdenticalLogits) {
       CudaBackendOptions opts = SmallOptions();
       opts.kv_cache_bytes = int64_t{256} << 20;
       opts.cuda_graphs = graphs;
-      CudaBackendOptions pdl_opts = opts;
-      pdl_opts.programmatic_launch = true;
+      base(opts);
+      CudaBackendOptions changed_opts = opts;
+      changed(changed_opts);
       Result<std::unique_ptr<CudaBackend>> a = CudaBackend::CreateDummy(cfg, spec, nullptr, opts);
       ASSERT_TRUE(a.ok()) << a.status().ToString();
       Result<std::unique_ptr<CudaBackend>> b =
-          CudaBackend::CreateDummy(cfg, spec, nullptr, pdl_opts);
+          CudaBackend::CreateDummy(cfg, spec, nullptr, changed_opts);
       ASSERT_TRUE(b.ok()) << b.status().ToString();
       const int64_t vocab = cfg.vocab_size;
       std::vector<int32_t> next(4, 0);
@@ -867,11 +873,24 @@ TEST(CudaBackendTest, ProgrammaticLaunchGivesBitIdenticalLogits) {
         EXPECT_GT((*a)->graph_stats().launches, 0);
         EXPECT_EQ((*a)->graph_stats().launches, (*b)->graph_stats().launches);
       }
-      std::printf("[pdl] %s %s: %lld rows bit-identical with programmatic launch\n",
-                  fp8 ? "fp8_channel" : "bf16", graphs ? "graphs" : "eager",
-                  static_cast<long long>(rows));
+      std::printf("[%s] %s %s: %lld rows bit-identical\n", tag, fp8 ? "fp8_channel" : "bf16",
+                  graphs ? "graphs" : "eager", static_cast<long long>(rows));
     }
   }
+}
+
+TEST(CudaBackendTest, ProgrammaticLaunchGivesBitIdenticalLogits) {
+  ExpectBitIdenticalLogits(
+      "pdl", [](CudaBackendOptions& o) { o.programmatic_launch = false; },
+      [](CudaBackendOptions& o) { o.programmatic_launch = true; });
+}
+
+// The L2 prefetches run on a side stream forked from and joined to the backend's stream (and
+// captured into the decode graphs with it); they read weights only.
+TEST(CudaBackendTest, L2PrefetchGivesBitIdenticalLogits) {
+  ExpectBitIdenticalLogits(
+      "l2_prefetch", [](CudaBackendOptions& o) { o.l2_prefetch_percent = 0; },
+      [](CudaBackendOptions& o) { o.l2_prefetch_percent = 50; });
 }
 
 // AttentionShape::tensor_cores through the whole backend: prefill chunks and decode steps (with

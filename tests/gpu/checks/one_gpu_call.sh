@@ -87,6 +87,17 @@ for g in --gemv-tensor-cores --no-gemv-tensor-cores; do
     --backend cuda --layers 24 --batch-sizes 1,8 --input-len 128 --output-len 32 --cuda-graphs $g
   tail -n 3 "$OUT/bench$g.log" >>$S
 done
+# Weight prefetch into L2 beside the latency-bound kernels: its checks (argument checks, graph
+# fork and join, bit-identical logits eager and in graphs), then decode at 0 / 30 / 60% of L2
+# per prefetch.
+step l2_prefetch 150 bash -c "$B/bin/gpu_kernels_test --gtest_filter='L2Prefetch*' && \
+  $B/bin/gpu_backend_test --gtest_filter='*L2Prefetch*:*ProgrammaticLaunch*'"
+for p in 0 30 60; do
+  step bench_l2_$p 90 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
+    --backend cuda --layers 24 --batch-sizes 1,8 --input-len 128 --output-len 32 --cuda-graphs \
+    --l2-prefetch-percent $p
+  tail -n 3 "$OUT/bench_l2_$p.log" >>$S
+done
 # The MoE GEMVs with FP8 weights converted by the hardware and by integer bit placement.
 step moe_gemv_dequant 90 $B/bin/bench_moe --formats fp8-per-channel,fp8-block128 --caps 0 \
   --batches 1,2,4 --gemv-max-tokens 4 --gemv-fp8-dequant 1,2 --iters 20
