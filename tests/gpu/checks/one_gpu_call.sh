@@ -140,6 +140,21 @@ step ncu_gemv_mma 120 ncu --cache-control all --clock-control none \
   $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy --backend cuda --layers 2 \
   --batch-sizes 1 --input-len 16 --output-len 4 --no-cuda-graphs --gemv-tensor-cores
 grep -E '^  [A-Za-z].*(Kernel|Gemv)|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Achieved Occupancy|Theoretical Occupancy|Registers Per|Waves Per SM|Stall|cycles being stalled|Block Limit|Issue Slots|Executed Ipc|SM Busy|pipeline|Pipe' "$OUT/ncu_gemv_mma.log" | head -120 >>$S
+# The MoE GEMVs at GLM-4.7 tp=4 widths (1 token, both dequant paths) and the router + top-k
+# kernel at GLM-4.5-Air's: DRAM and L2 throughput, occupancy, waves, stalls.
+step ncu_moe_gemv47 120 ncu --cache-control all --clock-control none \
+  -k 'regex:GateUp|Down' -c 8 \
+  --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
+  --section Occupancy --section LaunchStats \
+  $B/bin/bench_moe --shapes glm47-tp4 --formats fp8-per-channel --caps 0 --batches 1 --iters 1 \
+  --gemv-max-tokens 4 --gemv-fp8-dequant 1,3
+grep -E '^  [A-Za-z].*(Kernel|Gemv)|Duration|Memory Throughput|DRAM Throughput|L2 Hit|Achieved Occupancy|Theoretical Occupancy|Registers Per|Waves Per SM|Grid Size|Block Limit|cycles being stalled|Stall Long' "$OUT/ncu_moe_gemv47.log" | head -80 >>$S
+step ncu_router 90 ncu --cache-control none --clock-control none -k 'regex:RouterTopK' -c 2 \
+  --section SpeedOfLight --section WarpStateStats --section Occupancy --section LaunchStats \
+  --section SchedulerStats \
+  $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy --backend cuda --layers 2 \
+  --batch-sizes 1 --input-len 16 --output-len 4 --no-cuda-graphs
+grep -E '^  [A-Za-z].*Kernel|Duration|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size|Block Size|cycles being stalled|Stall|Issue Slots|Eligible' "$OUT/ncu_router.log" | head -40 >>$S
 # The tile GEMMs at 8, 256 and 1,024 tokens: every candidate the tuner times (gate/up and down
 # apart), then ncu of the default tiles at 1,024 tokens (GLM-4.5-Air): tensor, L2 and DRAM
 # throughput and stalls (where the large batches lose against the anchor).
