@@ -85,6 +85,7 @@ Status MakeCudaRank(const CudaRankSpec& spec, int rank, int tp, engine::KeyValue
     options.moe_grouped_max_tokens = spec.moe_grouped_max_tokens;
   }
   if (spec.l2_prefetch_percent >= 0) options.l2_prefetch_percent = spec.l2_prefetch_percent;
+  options.smem_cap_bytes = spec.smem_cap_bytes;
   if (spec.kv_cache_fp8) options.kv_cache_dtype = cuda::KvCacheDtype::kFp8E4m3;
   engine::NcclOptions n;
   n.prefix = spec.prefix;

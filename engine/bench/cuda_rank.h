@@ -37,6 +37,7 @@ struct CudaRankSpec {
   bool gemv_tensor_cores = false;    // CudaBackendOptions::gemv_tensor_cores
   int moe_grouped_max_tokens = -1;   // CudaBackendOptions::moe_grouped_max_tokens (-1: default)
   int l2_prefetch_percent = -1;      // CudaBackendOptions::l2_prefetch_percent (-1: default)
+  int64_t smem_cap_bytes = 0;        // CudaBackendOptions::smem_cap_bytes (0: the device's)
   // Tune the MoE tile configs on each rank's GPU for the model's expert shapes (batch buckets up
   // to max_batch_tokens) before the backend is made, as a shard does at its first load; rank 0
   // stores the tuning time in *moe_tune_seconds.

@@ -245,6 +245,10 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     return InvalidArgument(
         "--moe-grouped-max-tokens selects a CUDA MoE kernel; use it with --backend cuda");
   }
+  if (o.smem_cap_bytes > 0 && o.backend != "cuda") {
+    return InvalidArgument(
+        "--smem-cap-bytes caps a GPU's shared memory per block; use it with --backend cuda");
+  }
   if (o.l2_prefetch_percent >= 0 && o.backend != "cuda") {
     return InvalidArgument(
         "--l2-prefetch-percent prefetches into a GPU's L2; use it with --backend cuda");
@@ -336,6 +340,7 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     spec.gemv_tensor_cores = o.gemv_tensor_cores;
     spec.moe_grouped_max_tokens = o.moe_grouped_max_tokens;
     spec.l2_prefetch_percent = o.l2_prefetch_percent;
+    spec.smem_cap_bytes = o.smem_cap_bytes;
     spec.moe_tune = o.moe_tune;
     spec.moe_tune_seconds = &report.moe_tune_s;
     factory = [spec, &store](int rank, int tp, RankParts* parts) {
@@ -350,6 +355,10 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     if (spec.fuse_shared_experts) report.device += ", shared expert in the MoE kernels";
     if (spec.programmatic_launch) report.device += ", programmatic launch";
     if (spec.gemv_tensor_cores) report.device += ", one-token FP8 GEMVs on tensor cores";
+    if (spec.smem_cap_bytes > 0) {
+      report.device +=
+          ", shared memory capped at " + std::to_string(spec.smem_cap_bytes) + " bytes per block";
+    }
     if (spec.l2_prefetch_percent > 0) {
       report.device +=
           ", weight prefetch into L2 (" + std::to_string(spec.l2_prefetch_percent) + "% each)";

@@ -55,6 +55,7 @@ struct EngineBenchOptions {
   bool gemv_tensor_cores = false;       // CUDA: one-token FP8 GEMVs on the tensor cores
   int moe_grouped_max_tokens = -1;      // CUDA: expert-grouped MoE kernels up to this many tokens
   int l2_prefetch_percent = -1;         // CUDA: weight prefetch into L2 (-1: the default)
+  int64_t smem_cap_bytes = 0;           // CUDA: shared memory per block cap (0: the device's)
 };
 
 // Bytes one rank reads in a decode step of `batch` sequences at context length `context`.

@@ -100,6 +100,11 @@ int main(int argc, char** argv) {
                    "shard; 0 = never)")
       ->check(CLI::NonNegativeNumber);
   engine
+      ->add_option("--smem-cap-bytes", o.smem_cap_bytes,
+                   "CUDA: cap the shared memory per block every kernel may use (101376 emulates "
+                   "GB10 on an H100/H200; default 0: the device's limit)")
+      ->check(CLI::NonNegativeNumber);
+  engine
       ->add_option("--l2-prefetch-percent", o.l2_prefetch_percent,
                    "CUDA: steps of up to 64 tokens prefetch the next weights into L2 beside the "
                    "latency-bound kernels (norms, RoPE, attention, router), each prefetch up to "

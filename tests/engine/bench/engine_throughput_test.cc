@@ -188,6 +188,16 @@ TEST(RunEngineBenchTest, BadOptionsAreRejected) {
   EXPECT_EQ(pdl.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(pdl.status().message().find("--programmatic-launch"), std::string::npos);
   o.programmatic_launch = false;
+  o.l2_prefetch_percent = 30;  // a GPU cache
+  Result<EngineBenchReport> l2 = RunEngineBench(o, nullptr);
+  EXPECT_EQ(l2.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(l2.status().message().find("--l2-prefetch-percent"), std::string::npos);
+  o.l2_prefetch_percent = -1;
+  o.smem_cap_bytes = 101376;  // a GPU's shared memory
+  Result<EngineBenchReport> cap = RunEngineBench(o, nullptr);
+  EXPECT_EQ(cap.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(cap.status().message().find("--smem-cap-bytes"), std::string::npos);
+  o.smem_cap_bytes = 0;
 #if !defined(SPARK_HAVE_CUDA)
   o.tp = 1;
   o.backend = "cuda";

@@ -98,6 +98,11 @@ for p in 0 30 60; do
     --l2-prefetch-percent $p
   tail -n 3 "$OUT/bench_l2_$p.log" >>$S
 done
+# Decode under GB10's shared-memory cap (against bench_l2_0, the defaults, in the same run).
+step bench_cap 90 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
+  --backend cuda --layers 24 --batch-sizes 1,8 --input-len 128 --output-len 32 --cuda-graphs \
+  --smem-cap-bytes 101376
+tail -n 3 "$OUT/bench_cap.log" >>$S
 # The MoE GEMVs with FP8 weights converted by the hardware and by integer bit placement.
 step moe_gemv_dequant 90 $B/bin/bench_moe --formats fp8-per-channel,fp8-block128 --caps 0 \
   --batches 1,2,4 --gemv-max-tokens 4 --gemv-fp8-dequant 1,2 --iters 20
