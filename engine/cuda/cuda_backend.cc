@@ -561,8 +561,8 @@ Status CudaBackend::Impl::Init(const ModelConfig& cfg, int rank, int size, Commu
     return InvalidArgument("l2_prefetch_percent " + std::to_string(opts.l2_prefetch_percent) +
                            " must be within 0..100 (0 = off)");
   }
-  SPARK_CUDA_RETURN_IF_ERROR(L2Prefetcher::Create(
-      device.l2_cache_bytes * opts.l2_prefetch_percent / 100, &prefetcher));
+  SPARK_CUDA_RETURN_IF_ERROR(
+      L2Prefetcher::Create(device.l2_cache_bytes * opts.l2_prefetch_percent / 100, &prefetcher));
   // RoPE frequencies from the CPU backend's definition (Llama-3 scaling included).
   engine::ModelConfig rope_cfg = cfg;
   rope_cfg.rotary_dim = rd;

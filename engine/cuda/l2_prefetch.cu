@@ -12,7 +12,7 @@ constexpr int64_t kMaxBlocks = 512;
 
 struct Ranges {
   const uint8_t* begin[kL2PrefetchMaxRanges];
-  int64_t bytes[kL2PrefetchMaxRanges];  // whole 16-byte units from begin
+  int64_t bytes[kL2PrefetchMaxRanges];            // whole 16-byte units from begin
   int64_t first_chunk[kL2PrefetchMaxRanges + 1];  // prefix sums of each range's chunks
   int count;
 };
@@ -36,8 +36,8 @@ __global__ void __launch_bounds__(kThreads) L2PrefetchKernel(Ranges r) {
     int i = 0;
     while (c >= r.first_chunk[i + 1]) ++i;
     const int64_t off = (c - r.first_chunk[i]) * kL2PrefetchChunkBytes;
-    const int64_t n = r.bytes[i] - off < kL2PrefetchChunkBytes ? r.bytes[i] - off
-                                                                : kL2PrefetchChunkBytes;
+    const int64_t n =
+        r.bytes[i] - off < kL2PrefetchChunkBytes ? r.bytes[i] - off : kL2PrefetchChunkBytes;
     PrefetchChunk(r.begin[i] + off, static_cast<uint32_t>(n));
   }
 }
@@ -59,7 +59,8 @@ cudaError_t L2Prefetch(const L2Range* ranges, int count, cudaStream_t stream) {
     r.begin[r.count] = reinterpret_cast<const uint8_t*>(begin);
     r.bytes[r.count] = static_cast<int64_t>(end - begin);
     r.first_chunk[r.count + 1] =
-        r.first_chunk[r.count] + (r.bytes[r.count] + kL2PrefetchChunkBytes - 1) / kL2PrefetchChunkBytes;
+        r.first_chunk[r.count] +
+        (r.bytes[r.count] + kL2PrefetchChunkBytes - 1) / kL2PrefetchChunkBytes;
     ++r.count;
   }
   if (r.count == 0) return cudaSuccess;

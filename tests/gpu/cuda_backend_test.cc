@@ -806,8 +806,7 @@ TEST(CudaBackendTest, DeviceLogitsEqualHostLogitsAndFeedTheGpuSampler) {
 // Two backends on the same weights, with options `base` and `changed` (applied to SmallOptions),
 // give bit-identical logits over mixed batches, prefill chunks and decode steps (eager and from
 // CUDA graphs), for FP8 and BF16 weights; `tag` names the change in the log line.
-void ExpectBitIdenticalLogits(const char* tag,
-                              const std::function<void(CudaBackendOptions&)>& base,
+void ExpectBitIdenticalLogits(const char* tag, const std::function<void(CudaBackendOptions&)>& base,
                               const std::function<void(CudaBackendOptions&)>& changed) {
   for (bool fp8 : {true, false}) {
     for (bool graphs : {false, true}) {

@@ -32,9 +32,9 @@ TEST(L2PrefetchTest, RangesOfEveryAlignmentLeaveMemoryUntouched) {
   for (int64_t i = 0; i < n; ++i) host[static_cast<size_t>(i)] = static_cast<uint8_t>(i * 37 + 11);
   DeviceBuffer<uint8_t> buf(host);
   const uint8_t* p = buf.get();
-  const L2Range ranges[4] = {{p + 3, n - 3},          // unaligned start, whole buffer
-                             {p + 1, 14},             // no whole 16-byte unit inside
-                             {nullptr, 1 << 20},      // skipped
+  const L2Range ranges[4] = {{p + 3, n - 3},               // unaligned start, whole buffer
+                             {p + 1, 14},                  // no whole 16-byte unit inside
+                             {nullptr, 1 << 20},           // skipped
                              {p + 4096, 16 * 1024 + 16}};  // one chunk and a tail
   ASSERT_EQ(L2Prefetch(ranges, 4, nullptr), cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
