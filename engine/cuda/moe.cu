@@ -273,9 +273,85 @@ __global__ void TopKKernel(const float* __restrict__ logits, const float* __rest
   if (t < tokens) TopKWarp<kPerLane>(logits, bias, t, a, ids, weights, scratch[warp]);
 }
 
+// The whole block selects token t's experts at once for sigmoid scoring without expert groups
+// (GLM-4): every expert's rank (the choices c greater than its own, ties to the lower index)
+// comes from one pass over c in shared memory, the experts of rank < top_k take the output slots
+// in ascending index order. The same choice and the same weights, bit for bit, as TopKWarp (the
+// same score expressions, the selected scores summed in ascending index order), in a few hundred
+// cycles instead of top_k rounds of warp reductions and a one-lane sort. Every thread of the
+// block calls it; it ends with a barrier.
+constexpr int kTopKBlockMaxExperts = kMaxExpertsPerLane * 32;
+
+struct TopKBlockScratch {
+  float score[kTopKBlockMaxExperts];
+  float choice[kTopKBlockMaxExperts];
+  unsigned chosen_mask[kTopKBlockMaxExperts / 32];  // bit e % 32 of word e / 32: chosen
+  int selected[kMaxTopK];                           // expert ids, ascending
+};
+
+__device__ __forceinline__ bool TopKBlockSupports(const TopKArgs& a) {
+  return !a.softmax && a.n_group <= 1 && a.experts <= kTopKBlockMaxExperts;
+}
+
+__device__ void TopKBlock(const float* __restrict__ logits, const float* __restrict__ bias,
+                          int64_t t, const TopKArgs& a, int32_t* __restrict__ ids,
+                          float* __restrict__ weights, TopKBlockScratch& sc) {
+  const float* l = logits + t * a.experts;
+  for (int e = threadIdx.x; e < a.experts; e += blockDim.x) {
+    const float score = 1.0f / (1.0f + expf(-__ldcg(l + e)));
+    sc.score[e] = score;
+    sc.choice[e] = bias != nullptr ? score + bias[e] : score;
+  }
+  __syncthreads();
+  // Whole warps cover [0, experts rounded up to 32), so every ballot has all its lanes.
+  const int span = (a.experts + 31) & ~31;
+  for (int e = threadIdx.x; e < span; e += blockDim.x) {
+    bool chosen = false;
+    if (e < a.experts) {
+      const float c = sc.choice[e];
+      int rank = 0;
+      for (int j = 0; j < a.experts && rank < a.top_k; ++j) {
+        const float o = sc.choice[j];
+        rank += (o > c || (o == c && j < e)) ? 1 : 0;
+      }
+      chosen = rank < a.top_k;
+    }
+    const unsigned mask = __ballot_sync(0xffffffffu, chosen);
+    if ((threadIdx.x & 31) == 0) sc.chosen_mask[e >> 5] = mask;
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < a.experts; e += blockDim.x) {
+    const unsigned mask = sc.chosen_mask[e >> 5];
+    if ((mask >> (e & 31)) & 1u) {
+      int slot = __popc(mask & ((1u << (e & 31)) - 1u));
+      for (int w = 0; w < (e >> 5); ++w) slot += __popc(sc.chosen_mask[w]);
+      sc.selected[slot] = e;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float sum = 0.f;
+    for (int i = 0; i < a.top_k; ++i) sum += sc.score[sc.selected[i]];
+    const float denom = sum + 1e-20f;
+    const int64_t row = t * (a.top_k + a.shared);
+    for (int i = 0; i < a.top_k; ++i) {
+      float w = sc.score[sc.selected[i]];
+      if (a.norm_topk_prob) w = w / denom;
+      ids[row + i] = sc.selected[i];
+      weights[row + i] = w * a.scaling;
+    }
+    for (int i = 0; i < a.shared; ++i) {
+      ids[row + a.top_k + i] = a.experts + i;
+      weights[row + a.top_k + i] = 1.0f;
+    }
+  }
+  __syncthreads();
+}
+
 // Router logits and top-k in one launch for up to kRouterTopKMaxTokens tokens: one block per
 // expert computes its logits (RouterLogitsBlock), and the last block to finish (an arrival
-// counter, zero on entry and left zero) selects every token's experts, one warp per token.
+// counter, zero on entry and left zero) selects every token's experts: the whole block per token
+// where TopKBlock applies, else one warp per token.
 constexpr int kRouterTopKMaxTokens = 8;
 
 template <int kPerLane>
@@ -292,9 +368,14 @@ __global__ void __launch_bounds__(256)
   __syncthreads();
   if (!last) return;
   __threadfence();
-  __shared__ TopKScratch scratch[kRouterTopKMaxTokens];
-  const int warp = threadIdx.x >> 5;
-  if (warp < tokens) TopKWarp<kPerLane>(logits, bias, warp, a, ids, weights, scratch[warp]);
+  if (TopKBlockSupports(a)) {
+    __shared__ TopKBlockScratch block_scratch;
+    for (int64_t t = 0; t < tokens; ++t) TopKBlock(logits, bias, t, a, ids, weights, block_scratch);
+  } else {
+    __shared__ TopKScratch scratch[kRouterTopKMaxTokens];
+    const int warp = threadIdx.x >> 5;
+    if (warp < tokens) TopKWarp<kPerLane>(logits, bias, warp, a, ids, weights, scratch[warp]);
+  }
   if (threadIdx.x == 0) *counter = 0;
 }
 

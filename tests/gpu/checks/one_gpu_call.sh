@@ -87,6 +87,9 @@ for g in --gemv-tensor-cores --no-gemv-tensor-cores; do
     --backend cuda --layers 24 --batch-sizes 1,8 --input-len 128 --output-len 32 --cuda-graphs $g
   tail -n 3 "$OUT/bench$g.log" >>$S
 done
+# The router's top-k (block-wide selection in the fused router kernel) against the CPU and the
+# two-kernel path.
+step moe_router 60 $B/bin/gpu_moe_test --gtest_filter='MoeRouterTest.*'
 # Weight prefetch into L2 beside the latency-bound kernels: its checks (argument checks, graph
 # fork and join, bit-identical logits eager and in graphs), then decode at 0 / 30 / 60% of L2
 # per prefetch.
