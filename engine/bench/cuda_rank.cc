@@ -81,6 +81,7 @@ Status MakeCudaRank(const CudaRankSpec& spec, int rank, int tp, engine::KeyValue
   options.programmatic_launch = spec.programmatic_launch;
   if (spec.moe_gemv_max_tokens >= 0) options.moe_gemv_max_tokens = spec.moe_gemv_max_tokens;
   options.gemv_tensor_cores = spec.gemv_tensor_cores;
+  options.gemv_row_sweep = spec.gemv_row_sweep;
   if (spec.moe_grouped_max_tokens >= 0) {
     options.moe_grouped_max_tokens = spec.moe_grouped_max_tokens;
   }

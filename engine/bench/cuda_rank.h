@@ -35,6 +35,7 @@ struct CudaRankSpec {
   bool programmatic_launch = false;  // CudaBackendOptions::programmatic_launch
   int moe_gemv_max_tokens = -1;      // CudaBackendOptions::moe_gemv_max_tokens (-1: its default)
   bool gemv_tensor_cores = false;    // CudaBackendOptions::gemv_tensor_cores
+  bool gemv_row_sweep = false;       // CudaBackendOptions::gemv_row_sweep
   int moe_grouped_max_tokens = -1;   // CudaBackendOptions::moe_grouped_max_tokens (-1: default)
   int l2_prefetch_percent = -1;      // CudaBackendOptions::l2_prefetch_percent (-1: default)
   int64_t smem_cap_bytes = 0;        // CudaBackendOptions::smem_cap_bytes (0: the device's)

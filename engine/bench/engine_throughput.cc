@@ -253,6 +253,10 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     return InvalidArgument(
         "--l2-prefetch-percent prefetches into a GPU's L2; use it with --backend cuda");
   }
+  if (o.gemv_row_sweep && o.backend != "cuda") {
+    return InvalidArgument(
+        "--gemv-row-sweep selects the CUDA GEMV kernels; use it with --backend cuda");
+  }
   if (o.gemv_tensor_cores && o.backend != "cuda") {
     return InvalidArgument(
         "--gemv-tensor-cores selects the CUDA GEMV kernels; use it with --backend cuda");
@@ -338,6 +342,7 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     spec.programmatic_launch = o.programmatic_launch;
     spec.moe_gemv_max_tokens = o.moe_gemv_max_tokens;
     spec.gemv_tensor_cores = o.gemv_tensor_cores;
+    spec.gemv_row_sweep = o.gemv_row_sweep;
     spec.moe_grouped_max_tokens = o.moe_grouped_max_tokens;
     spec.l2_prefetch_percent = o.l2_prefetch_percent;
     spec.smem_cap_bytes = o.smem_cap_bytes;
@@ -355,6 +360,7 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     if (spec.fuse_shared_experts) report.device += ", shared expert in the MoE kernels";
     if (spec.programmatic_launch) report.device += ", programmatic launch";
     if (spec.gemv_tensor_cores) report.device += ", one-token FP8 GEMVs on tensor cores";
+    if (spec.gemv_row_sweep) report.device += ", one-token FP8 GEMVs as row sweeps";
     if (spec.smem_cap_bytes > 0) {
       report.device +=
           ", shared memory capped at " + std::to_string(spec.smem_cap_bytes) + " bytes per block";

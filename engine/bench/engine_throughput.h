@@ -53,6 +53,7 @@ struct EngineBenchOptions {
   bool moe_tune = false;                // CUDA: tune the MoE tile configs first (as a shard does)
   int moe_gemv_max_tokens = -1;         // CUDA: MoE GEMV path up to this many tokens (-1: default)
   bool gemv_tensor_cores = false;       // CUDA: one-token FP8 GEMVs on the tensor cores
+  bool gemv_row_sweep = false;          // CUDA: dense one-token FP8 GEMVs as row sweeps
   int moe_grouped_max_tokens = -1;      // CUDA: expert-grouped MoE kernels up to this many tokens
   int l2_prefetch_percent = -1;         // CUDA: weight prefetch into L2 (-1: the default)
   int64_t smem_cap_bytes = 0;           // CUDA: shared memory per block cap (0: the device's)

@@ -111,6 +111,9 @@ int main(int argc, char** argv) {
                    "this percentage of the device's L2 (default: the backend's, as a shard; 0 = "
                    "off)")
       ->check(CLI::Range(0, 100));
+  engine->add_flag("--gemv-row-sweep,!--no-gemv-row-sweep", o.gemv_row_sweep,
+                   "CUDA: dense one-token FP8 GEMVs with whole rows per block swept by a "
+                   "persistent grid (default: off, as a shard)");
   engine->add_flag("--gemv-tensor-cores,!--no-gemv-tensor-cores", o.gemv_tensor_cores,
                    "CUDA: one-token FP8 GEMVs (dense and MoE) on the tensor cores, E4M3 weights as "
                    "f16 mma fragments (default: off, as a shard)");

@@ -1022,8 +1022,9 @@ Status CudaBackend::Impl::Finish() {
   limits.gemv_max_rows = options.gemv_max_rows;
   limits.gemv_bf16_rows = options.gemv_bf16_rows;
   limits.gemv_fp8_rows = options.gemv_fp8_rows;
-  limits.gemv_fp8_dequant =
-      options.gemv_tensor_cores ? Fp8Dequant::kHalfMma : kGemvFp8DequantDefault;
+  limits.gemv_fp8_dequant = options.gemv_tensor_cores ? Fp8Dequant::kHalfMma
+                            : options.gemv_row_sweep  ? Fp8Dequant::kConvertSweep
+                                                      : kGemvFp8DequantDefault;
   limits.fp8_activations = options.fp8_activations;
   auto note = [&](const DeviceLinear& w) {
     limits.max_in = std::max(limits.max_in, w.in);

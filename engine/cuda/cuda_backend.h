@@ -128,6 +128,9 @@ struct CudaBackendOptions {
   // (engine/cuda/fp8_mma_dot.cuh; Fp8Dequant::kHalfMma, kMoeGemvHalfMma) instead of conversions
   // and FMAs on the CUDA cores. Same products, fp32 sums in another order.
   bool gemv_tensor_cores = false;
+  // Dense one-token FP8 GEMVs with whole rows per block swept by a persistent grid
+  // (Fp8Dequant::kConvertSweep) instead of K-split blocks of 32 rows; gemv_tensor_cores wins.
+  bool gemv_row_sweep = false;
   // Steps of at most kL2PrefetchMaxTokens tokens prefetch weights into L2 on a side stream while
   // the latency-bound kernels run (engine/cuda/l2_prefetch.h): the o_proj weights beside RoPE and
   // attention, the router and fused shared expert (or a dense MLP's gate/up) beside the

@@ -233,6 +233,91 @@ __global__ void __launch_bounds__(kWarps * 32)
   ReduceSplitsInKernel(partial, y, bias, w.out, k_splits, counters, kWarps * kRowsPerWarp);
 }
 
+// One activation row against FP8 weights with whole rows per block (Fp8Dequant::kConvertSweep):
+// a pass of a block takes kSweepRows consecutive rows, its 256 threads splitting each row's K
+// (thread t: 16-byte vectors t, t + 256, ...), and the grid is persistent: pass p of block b takes
+// row group b + p * gridDim.x, so at any time the blocks read one compact stretch of the weights
+// (as a copy kernel does) instead of every row at once, with no K splits and no partial sums.
+// Sums: per thread in vector order, then warps (shuffles) and the block's warps in warp order;
+// per-channel scales once per output, block scales per vector. K <= kSweepVecs * 256 * 16.
+constexpr int kSweepRows = 4;
+constexpr int kSweepMaxVecs = 4;
+
+template <bool kBlock, int kVecs>
+__global__ void __launch_bounds__(kWarps * 32)
+    GemvFp8SweepKernel(DeviceLinear w, const __nv_bfloat16* __restrict__ x,
+                       const float* __restrict__ bias, float* __restrict__ y) {
+  constexpr int kThreads = kWarps * 32;
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int64_t vecs = w.in / 16;
+  const int64_t groups = (w.out + kSweepRows - 1) / kSweepRows;
+  const int64_t kb = kBlock ? (w.in + w.block_k - 1) / w.block_k : 0;
+  __shared__ float part[2][kWarps][kSweepRows];
+  const uint8_t* base = static_cast<const uint8_t*>(w.data);
+  uint4 raw[kSweepRows][kVecs];
+  auto load = [&](int64_t group) {
+#pragma unroll
+    for (int r = 0; r < kSweepRows; ++r) {
+      // Rows past the end re-read the last row; their sums are never stored.
+      const int64_t n = min(group * kSweepRows + r, w.out - 1);
+      const uint4* row = reinterpret_cast<const uint4*>(base + n * w.in);
+#pragma unroll
+      for (int i = 0; i < kVecs; ++i) {
+        const int64_t v = threadIdx.x + int64_t{i} * kThreads;
+        if (v < vecs) raw[r][i] = __ldg(row + v);
+      }
+    }
+  };
+  int64_t group = blockIdx.x;
+  // Weights do not come from the preceding kernels: the first pass's loads are in flight before
+  // the programmatic wait; x is read after it.
+  if (group < groups) load(group);
+  PdlBegin();
+  for (int pass = 0; group < groups; ++pass, group += gridDim.x) {
+    if (pass > 0) load(group);
+    float acc[kSweepRows];
+#pragma unroll
+    for (int r = 0; r < kSweepRows; ++r) acc[r] = 0.f;
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+      const int64_t v = threadIdx.x + int64_t{i} * kThreads;
+      if (v >= vecs) break;
+      float xv[16];
+      LoadX8(x + v * 16, xv);
+      LoadX8(x + v * 16 + 8, xv + 8);
+#pragma unroll
+      for (int r = 0; r < kSweepRows; ++r) {
+        if constexpr (kBlock) {
+          float d = 0.f;
+          Fp8x16Dot<false>(raw[r][i], xv, d);
+          const int64_t n = min(group * kSweepRows + r, w.out - 1);
+          acc[r] = fmaf(__ldg(w.scale + (n / w.block_n) * kb + v * 16 / w.block_k), d, acc[r]);
+        } else {
+          Fp8x16Dot<false>(raw[r][i], xv, acc[r]);
+        }
+      }
+    }
+    float(&slot)[kWarps][kSweepRows] = part[pass & 1];
+#pragma unroll
+    for (int r = 0; r < kSweepRows; ++r) {
+      const float v = WarpSum(acc[r]);
+      if (lane == 0) slot[warp][r] = v;
+    }
+    // One barrier per pass: the other buffer's readers of pass - 1 are past it.
+    __syncthreads();
+    if (threadIdx.x < kSweepRows) {
+      const int64_t n = group * kSweepRows + threadIdx.x;
+      if (n < w.out) {
+        float v = 0.f;
+        for (int wi = 0; wi < kWarps; ++wi) v += slot[wi][threadIdx.x];
+        if (!kBlock) v *= w.scale[n];
+        y[n] = v + (bias ? bias[n] : 0.f);
+      }
+    }
+  }
+}
+
 // One activation row against FP8 weights on the tensor cores (Fp8Dequant::kHalfMma,
 // engine/cuda/fp8_mma_dot.cuh). grid (ceil(out / (16 * groups)), k_splits), kWarps warps forming
 // groups = kWarps / slices row groups of 16 rows; the `slices` warps of a group take consecutive
@@ -342,6 +427,12 @@ Chunking GemvChunking(const DeviceLinear& w, int k_splits, bool mma) {
   return {k_chunk, static_cast<int>((w.in + k_chunk - 1) / k_chunk)};
 }
 
+// Whether the row-sweep kernel serves this weight (K within its vectors per thread).
+bool SweepLayout(const DeviceLinear& w) {
+  return w.type == WeightType::kFP8 && w.in / 16 <= int64_t{kSweepMaxVecs} * kWarps * 32 &&
+         (w.scale_kind == WeightScale::kPerChannel || w.scale_kind == WeightScale::kBlock);
+}
+
 // Whether the tensor-core kernel serves this weight's layout (any K split on top).
 bool MmaLayout(const DeviceLinear& w) {
   if (w.type != WeightType::kFP8 || w.in % fp8_mma::kStepElems != 0) return false;
@@ -372,6 +463,7 @@ int DeviceSmemOptin() {
 
 // How Gemv runs a weight: the kernel, its outputs per block and the K chunking.
 struct Plan {
+  bool sweep = false;              // GemvFp8SweepKernel (one K chunk, persistent grid)
   bool mma = false;                // GemvFp8MmaKernel
   int slices = 1;                  // its warps per row group
   int stages = kMmaStagesDefault;  // its weight ring depth
@@ -397,6 +489,13 @@ Plan MakePlan(const DeviceLinear& w, int rows, int k_splits, Fp8Dequant dequant,
       plan.chunking = c;
       return plan;
     }
+  }
+  if (w.type == WeightType::kFP8 && rows <= 1 && dequant == Fp8Dequant::kConvertSweep &&
+      SweepLayout(w)) {
+    plan.sweep = true;
+    plan.per_block = kSweepRows;
+    plan.chunking = {w.in, 1};
+    return plan;
   }
   // Outputs one block computes: kRowsPerWarp per warp for one row of FP8 activations
   // (GemvFp8OneRowKernel), one per warp otherwise (GemvKernel).
@@ -433,6 +532,47 @@ MmaKernelFn MmaKernel(const DeviceLinear& w, int stages) {
   }
 }
 
+using SweepKernelFn = void (*)(DeviceLinear, const __nv_bfloat16*, const float*, float*);
+// The row-sweep kernel for a weight's scales and its vectors per thread.
+SweepKernelFn SweepKernel(const DeviceLinear& w) {
+  const int64_t per_thread = (w.in / 16 + kWarps * 32 - 1) / (kWarps * 32);
+  const bool block = w.scale_kind == WeightScale::kBlock;
+  switch (per_thread) {
+    case 1:
+      return block ? GemvFp8SweepKernel<true, 1> : GemvFp8SweepKernel<false, 1>;
+    case 2:
+      return block ? GemvFp8SweepKernel<true, 2> : GemvFp8SweepKernel<false, 2>;
+    case 3:
+      return block ? GemvFp8SweepKernel<true, 3> : GemvFp8SweepKernel<false, 3>;
+    default:
+      return block ? GemvFp8SweepKernel<true, 4> : GemvFp8SweepKernel<false, 4>;
+  }
+}
+
+// The row-sweep kernel's persistent grid: every multiprocessor's resident blocks at most, the row
+// groups spread evenly over the passes.
+int64_t SweepGrid(const DeviceLinear& w) {
+  static std::atomic<int> sms{0};
+  static std::atomic<int> per_sm[2][kSweepMaxVecs] = {};
+  const int multiprocessors = CachedDeviceAttribute(sms, cudaDevAttrMultiProcessorCount, 1);
+  const int64_t per_thread = (w.in / 16 + kWarps * 32 - 1) / (kWarps * 32);
+  std::atomic<int>& c = per_sm[w.scale_kind == WeightScale::kBlock ? 1 : 0][per_thread - 1];
+  int resident = c.load(std::memory_order_relaxed);
+  if (resident <= 0) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, SweepKernel(w), kWarps * 32, 0) !=
+            cudaSuccess ||
+        resident <= 0) {
+      resident = 1;
+    } else {
+      c.store(resident, std::memory_order_relaxed);
+    }
+  }
+  const int64_t groups = (w.out + kSweepRows - 1) / kSweepRows;
+  const int64_t slots = int64_t{resident} * multiprocessors;
+  const int64_t passes = (groups + slots - 1) / slots;
+  return (groups + passes - 1) / passes;
+}
+
 template <WeightType T>
 cudaError_t LaunchRows(const DeviceLinear& w, const __nv_bfloat16* x, int rows, const Plan& plan,
                        float* partial, float* y, const float* bias, int32_t* counters,
@@ -442,7 +582,10 @@ cudaError_t LaunchRows(const DeviceLinear& w, const __nv_bfloat16* x, int rows, 
   const int k_splits = plan.chunking.splits;
   const dim3 grid(static_cast<unsigned>((w.out + plan.per_block - 1) / plan.per_block),
                   static_cast<unsigned>(k_splits));
-  if (plan.mma) {
+  if (plan.sweep) {
+    LaunchKernel(SweepKernel(w), static_cast<unsigned>(SweepGrid(w)), threads, 0, stream, w, x,
+                 bias, y);
+  } else if (plan.mma) {
     const size_t smem = MmaSmemBytes(k_chunk, plan.stages);
     const MmaKernelFn kernel = MmaKernel(w, plan.stages);
     if (const cudaError_t err = AllowDynamicSmem(kernel, smem); err != cudaSuccess) return err;
@@ -487,11 +630,13 @@ int GemvResidentBlocksPerSm(const DeviceLinear& w, int rows, Fp8Dequant dequant)
   cudaError_t err;
   if (w.type == WeightType::kFP8 && rows <= 1) {
     // Asked once per kernel (GemvKSplits runs for every one-row linear of an eager step).
-    static std::atomic<int> cached[2][3] = {};
+    static std::atomic<int> cached[2][4] = {};
     std::atomic<int>& c =
         cached[w.scale_kind == WeightScale::kBlock ? 1 : 0][static_cast<int>(dequant)];
     if (const int known = c.load(std::memory_order_relaxed); known > 0) return known;
-    if (dequant == Fp8Dequant::kHalfMma && MmaLayout(w)) {
+    if (dequant == Fp8Dequant::kConvertSweep && SweepLayout(w)) {
+      err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, SweepKernel(w), threads, 0);
+    } else if (dequant == Fp8Dequant::kHalfMma && MmaLayout(w)) {
       // Shared memory of a 4,096-element chunk (the K splits keep chunks near that).
       err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
           &blocks, MmaKernel(w, kMmaStagesDefault), threads, MmaSmemBytes(4096, kMmaStagesDefault));
@@ -513,11 +658,13 @@ int GemvResidentBlocksPerSm(const DeviceLinear& w, int rows, Fp8Dequant dequant)
 int64_t GemvBlocks(const DeviceLinear& w, int rows, int k_splits, Fp8Dequant dequant,
                    int mma_slices) {
   const Plan plan = MakePlan(w, rows, k_splits, dequant, mma_slices);
+  if (plan.sweep) return SweepGrid(w);
   return (w.out + plan.per_block - 1) / plan.per_block * plan.chunking.splits;
 }
 
 int GemvKSplits(const DeviceLinear& w, int sms, int rows, Fp8Dequant dequant) {
   const Plan one = MakePlan(w, rows, 1, dequant, 0);
+  if (one.sweep) return 1;  // whole rows per block
   const int64_t ctas = (w.out + one.per_block - 1) / one.per_block;
   if (w.type == WeightType::kFP8 && rows <= 1) {
     // One row of FP8 (measured on an H100, 2026-12-07, at GLM-4.5-Air and GLM-4.7 tp=4 q/k/v and

@@ -32,7 +32,10 @@ constexpr int kGemvMaxRows = 16;
 // steps and 16 rows, else the conversion kernel runs). All give float(q) * x exactly and differ
 // only in fp32 summation order (and where partial sums leave fp32's normal range). Bit placement
 // measured 10-35% slower than the conversion on an H100 (2026-12-07).
-enum class Fp8Dequant { kConvert, kScaledBits, kHalfMma };
+// kConvertSweep: the hardware conversion with whole rows per block and the row groups swept by a
+// persistent grid (blocks read one compact stretch of the weights at a time; no K splits, K up
+// to 16,384), else kConvert.
+enum class Fp8Dequant { kConvert, kScaledBits, kHalfMma, kConvertSweep };
 constexpr Fp8Dequant kGemvFp8DequantDefault = Fp8Dequant::kConvert;
 
 // Chooses the K split for a weight on a device with `sms` multiprocessors and `rows` activation

@@ -323,6 +323,50 @@ TEST(DenseLinearTest, OneRowFp8TensorCoreGemvMatchesCpu) {
   for (int32_t c : left) ASSERT_EQ(c, 0);
 }
 
+// The one-row FP8 GEMV as row sweeps (Fp8Dequant::kConvertSweep) against the CPU backend's
+// Linear: both weight formats, 1 to 4 vectors per thread (ragged: K = 5,120 and 1,040), outputs
+// not a multiple of the rows per pass, more row groups than the persistent grid holds, and a K
+// beyond the sweep (24,576: the conversion kernel runs). Any k_splits is ignored.
+TEST(DenseLinearTest, OneRowFp8RowSweepGemvMatchesCpu) {
+  engine::ThreadPool pool(0);
+  const Shape shapes[] = {{"air_qkv_tp1", 14336, 4096},  {"air_o_tp1", 4096, 12288},
+                          {"glm47_qkv_tp4", 3584, 5120}, {"odd_out", 1003, 1536},
+                          {"k_16k", 300, 16384},         {"long_k", 512, 24576},
+                          {"k_1040", 202, 1040}};
+  for (const Shape& s : shapes) {
+    for (const Fmt fmt : {Fmt::kFp8Channel, Fmt::kFp8Block}) {
+      if (fmt == Fmt::kFp8Block && s.in % 128 != 0) continue;
+      const LinearWeight w = MakeWeight(s.out, s.in, fmt, static_cast<uint32_t>(s.out * 3 + s.in));
+      Uploaded dw = Upload(w);
+      std::mt19937 rng(static_cast<uint32_t>(s.in + 1));
+      std::normal_distribution<float> dist(0.f, 1.f);
+      std::vector<float> x(static_cast<size_t>(s.in));
+      std::vector<__nv_bfloat16> xb(x.size());
+      for (size_t i = 0; i < x.size(); ++i) {
+        xb[i] = __float2bfloat16(dist(rng));
+        x[i] = __bfloat162float(xb[i]);
+      }
+      std::vector<float> want(static_cast<size_t>(s.out));
+      engine::Linear(x.data(), 1, w, want.data(), &pool);
+      std::vector<float> bias(static_cast<size_t>(s.out));
+      for (size_t i = 0; i < bias.size(); ++i) bias[i] = 0.01f * static_cast<float>(i % 7);
+      for (size_t i = 0; i < want.size(); ++i) want[i] += bias[i];
+      DeviceBuffer<__nv_bfloat16> dx(xb);
+      DeviceBuffer<float> dy(s.out), dbias(bias), partial(4 * s.out);
+      for (const int splits : {1, 3}) {
+        ASSERT_EQ(Gemv(dw.view, dx.get(), 1, dbias.get(), splits, partial.get(), dy.get(), nullptr,
+                       nullptr, 0, Fp8Dequant::kConvertSweep),
+                  cudaSuccess);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        const MaxDiff d = Compare(dy.Download(), want);
+        EXPECT_LE(d.diff, 1e-5f * d.scale) << s.name << " " << FmtName(fmt) << " splits " << splits;
+      }
+      std::printf("[gemv-sweep] %-14s %-11s %lld blocks\n", s.name, FmtName(fmt),
+                  static_cast<long long>(GemvBlocks(dw.view, 1, 1, Fp8Dequant::kConvertSweep)));
+    }
+  }
+}
+
 // Mean microseconds of `iters` back-to-back calls launch(i) (each returns cudaError_t), timed
 // with events on the default stream; the first launch error, if any.
 template <class Launch>
@@ -408,11 +452,12 @@ TEST(DenseLinearTest, OneRowFp8GemvEveryKSplit) {
     // with one weight copy read again and again, from the L2 cache where the weights fit (the
     // GLM-4.7 tp=4 shapes): against the HBM rate that shows whether the kernel's own
     // instructions or the memory bound it.
-    for (const Fp8Dequant dequant :
-         {Fp8Dequant::kConvert, Fp8Dequant::kScaledBits, Fp8Dequant::kHalfMma}) {
-      const char* dq = dequant == Fp8Dequant::kConvert
-                           ? "convert"
-                           : (dequant == Fp8Dequant::kScaledBits ? "scaled-bits" : "half-mma");
+    for (const Fp8Dequant dequant : {Fp8Dequant::kConvert, Fp8Dequant::kScaledBits,
+                                     Fp8Dequant::kHalfMma, Fp8Dequant::kConvertSweep}) {
+      const char* dq = dequant == Fp8Dequant::kConvert      ? "convert"
+                       : dequant == Fp8Dequant::kScaledBits ? "scaled-bits"
+                       : dequant == Fp8Dequant::kHalfMma    ? "half-mma"
+                                                            : "row-sweep";
       const int dq_picked = GemvKSplits(copies[0].view, dev->multiprocessors, 1, dequant);
       for (const int splits : {1, dq_picked}) {
         for (const bool one_copy : {false, true}) {

@@ -101,6 +101,13 @@ for p in 0 30 60; do
     --l2-prefetch-percent $p
   tail -n 3 "$OUT/bench_l2_$p.log" >>$S
 done
+# The dense one-row FP8 GEMV as row sweeps over a persistent grid: against the CPU, then decode.
+step gemv_sweep 60 $B/bin/gpu_kernels_test --gtest_filter='*RowSweep*'
+grep -E '^\[gemv-sweep\]' "$OUT/gemv_sweep.log" >>$S
+step bench_sweep 90 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
+  --backend cuda --layers 24 --batch-sizes 1,8 --input-len 128 --output-len 32 --cuda-graphs \
+  --gemv-row-sweep
+tail -n 3 "$OUT/bench_sweep.log" >>$S
 # Decode under GB10's shared-memory cap (against bench_l2_0, the defaults, in the same run).
 step bench_cap 90 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
   --backend cuda --layers 24 --batch-sizes 1,8 --input-len 128 --output-len 32 --cuda-graphs \
