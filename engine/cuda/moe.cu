@@ -325,7 +325,8 @@ __device__ void TopKBlock(const float* __restrict__ logits, const float* __restr
     if ((mask >> (e & 31)) & 1u) {
       int slot = __popc(mask & ((1u << (e & 31)) - 1u));
       for (int w = 0; w < (e >> 5); ++w) slot += __popc(sc.chosen_mask[w]);
-      sc.selected[slot] = e;
+      // Exactly top_k ranks are below top_k for finite choices; NaN logits must not write past.
+      if (slot < a.top_k) sc.selected[slot] = e;
     }
   }
   __syncthreads();
