@@ -256,6 +256,20 @@ MaxDiff Compare(const std::vector<float>& y, const std::vector<float>& ref) {
   return d;
 }
 
+// n BF16 activations drawn from N(0, magnitude^2) with `seed`; *exact holds their float values.
+std::vector<__nv_bfloat16> NormalBf16(int64_t n, uint32_t seed, float magnitude,
+                                      std::vector<float>* exact) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.f, magnitude);
+  std::vector<__nv_bfloat16> xb(static_cast<size_t>(n));
+  exact->resize(xb.size());
+  for (size_t i = 0; i < xb.size(); ++i) {
+    xb[i] = __float2bfloat16(dist(rng));
+    (*exact)[i] = __bfloat162float(xb[i]);
+  }
+  return xb;
+}
+
 // The one-row FP8 GEMV on the tensor cores (Fp8Dequant::kHalfMma) against the CPU backend's
 // Linear: both weight formats, every warp split of a row group and K split (reduced in the kernel
 // and by the second kernel), outputs not a multiple of 16, and activations far beyond f16's range
@@ -278,14 +292,9 @@ TEST(DenseLinearTest, OneRowFp8TensorCoreGemvMatchesCpu) {
       const LinearWeight w = MakeWeight(s.out, s.in, fmt, static_cast<uint32_t>(s.out * 7 + s.in));
       Uploaded dw = Upload(w);
       for (const float magnitude : {1.f, 1e6f, 1e-7f}) {
-        std::mt19937 rng(static_cast<uint32_t>(s.in));
-        std::normal_distribution<float> dist(0.f, magnitude);
-        std::vector<float> x(static_cast<size_t>(s.in));
-        std::vector<__nv_bfloat16> xb(x.size());
-        for (size_t i = 0; i < x.size(); ++i) {
-          xb[i] = __float2bfloat16(dist(rng));
-          x[i] = __bfloat162float(xb[i]);
-        }
+        std::vector<float> x;
+        const std::vector<__nv_bfloat16> xb =
+            NormalBf16(s.in, static_cast<uint32_t>(s.in), magnitude, &x);
         std::vector<float> want(static_cast<size_t>(s.out));
         engine::Linear(x.data(), 1, w, want.data(), &pool);
         DeviceBuffer<__nv_bfloat16> dx(xb);
@@ -338,14 +347,9 @@ TEST(DenseLinearTest, OneRowFp8RowSweepGemvMatchesCpu) {
       if (fmt == Fmt::kFp8Block && s.in % 128 != 0) continue;
       const LinearWeight w = MakeWeight(s.out, s.in, fmt, static_cast<uint32_t>(s.out * 3 + s.in));
       Uploaded dw = Upload(w);
-      std::mt19937 rng(static_cast<uint32_t>(s.in + 1));
-      std::normal_distribution<float> dist(0.f, 1.f);
-      std::vector<float> x(static_cast<size_t>(s.in));
-      std::vector<__nv_bfloat16> xb(x.size());
-      for (size_t i = 0; i < x.size(); ++i) {
-        xb[i] = __float2bfloat16(dist(rng));
-        x[i] = __bfloat162float(xb[i]);
-      }
+      std::vector<float> x;
+      const std::vector<__nv_bfloat16> xb =
+          NormalBf16(s.in, static_cast<uint32_t>(s.in + 1), 1.f, &x);
       std::vector<float> want(static_cast<size_t>(s.out));
       engine::Linear(x.data(), 1, w, want.data(), &pool);
       std::vector<float> bias(static_cast<size_t>(s.out));
