@@ -132,6 +132,9 @@ Result<std::unique_ptr<engine::Backend>> CreateShardCudaBackend(const spark::v1:
   options.cuda_graphs = CudaGraphsFor(settings, world);
   if (settings.kv_cache_fp8) options.kv_cache_dtype = cuda::KvCacheDtype::kFp8E4m3;
   options.moe_grouped_max_tokens = settings.moe_grouped_max_tokens;
+  options.gemv_row_sweep = settings.gemv_fp8 == "row_sweep";
+  options.gemv_tensor_cores = settings.gemv_fp8 == "tensor_cores";
+  options.l2_prefetch_percent = settings.l2_prefetch_percent;
   if (const char* file = std::getenv(engine::kMoeTuningFileEnv); file != nullptr) {
     tune.cache_file = file;
   }

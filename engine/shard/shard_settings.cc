@@ -11,7 +11,8 @@ namespace {
 constexpr int64_t kDefaultKvCacheBytes = int64_t{256} << 20;
 constexpr const char* kExtraKeys =
     "threads, max_batch_tokens, step_timeout_ms, keepalive_ms, kv_block_tokens, sampler, "
-    "moe_autotune, cuda_graphs, kv_cache_dtype, moe_grouped_max_tokens";
+    "moe_autotune, cuda_graphs, kv_cache_dtype, moe_grouped_max_tokens, gemv_fp8, "
+    "l2_prefetch_percent";
 
 Result<int64_t> ParseExtraInt(const std::string& key, const std::string& value, int64_t min,
                               int64_t max) {
@@ -118,6 +119,17 @@ Result<EngineSettings> ResolveEngineSettings(const spark::v1::EngineOptions& opt
     } else if (key == "moe_grouped_max_tokens") {
       SPARK_ASSIGN_OR_RETURN(int64_t v, ParseExtraInt(key, value, 0, int64_t{1} << 20));
       s.moe_grouped_max_tokens = static_cast<int>(v);
+    } else if (key == "gemv_fp8") {
+      if (value != "convert" && value != "row_sweep" && value != "tensor_cores") {
+        return InvalidArgument(
+            "engine option gemv_fp8 must be convert, row_sweep or tensor_cores, "
+            "got '" +
+            value + "'");
+      }
+      s.gemv_fp8 = value;
+    } else if (key == "l2_prefetch_percent") {
+      SPARK_ASSIGN_OR_RETURN(int64_t v, ParseExtraInt(key, value, 0, 100));
+      s.l2_prefetch_percent = static_cast<int>(v);
     } else {
       return InvalidArgument("unknown engine option '" + key + "'; known options: " + kExtraKeys);
     }

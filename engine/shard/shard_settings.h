@@ -23,6 +23,15 @@
 //                     activations instead of the FP8 tiles' per-token quantisation (default 0 =
 //                     never; CudaBackendOptions::moe_grouped_max_tokens; the CPU backend ignores
 //                     it)
+//   gemv_fp8          CUDA backend: how one-token FP8 GEMVs run: "convert" (the default; FP8 ->
+//                     float on the CUDA cores, K-split blocks), "row_sweep" (dense linears with
+//                     whole rows per block over a persistent grid) or "tensor_cores" (dense and
+//                     MoE GEMVs on mma.sync); CudaBackendOptions::gemv_row_sweep /
+//                     gemv_tensor_cores; the CPU backend ignores it
+//   l2_prefetch_percent  CUDA backend: steps of up to 64 tokens prefetch the next weights into
+//                     L2 beside the latency-bound kernels, each prefetch up to this percentage of
+//                     the device's L2 (default 0 = off, at most 100;
+//                     CudaBackendOptions::l2_prefetch_percent); the CPU backend ignores it
 // Any other extra key is an error naming the accepted keys (a typo must not pass silently).
 //
 // EngineOptions.speculative (steps > 0) turns on speculative decoding with the checkpoint's MTP
@@ -70,11 +79,13 @@ struct EngineSettings {
   int max_running = 64;
   int64_t max_model_len = 0;  // 0 = the model's max_position_embeddings
   int kv_block_tokens = 16;
-  bool gpu_sampling = true;         // CUDA backend only
-  bool moe_autotune = true;         // CUDA backend only
-  std::optional<bool> cuda_graphs;  // CUDA backend only; unset = auto (CudaGraphsFor)
-  bool kv_cache_fp8 = false;        // CUDA backend only (kv_cache_dtype=fp8)
-  int moe_grouped_max_tokens = 0;   // CUDA backend only
+  bool gpu_sampling = true;          // CUDA backend only
+  bool moe_autotune = true;          // CUDA backend only
+  std::optional<bool> cuda_graphs;   // CUDA backend only; unset = auto (CudaGraphsFor)
+  bool kv_cache_fp8 = false;         // CUDA backend only (kv_cache_dtype=fp8)
+  int moe_grouped_max_tokens = 0;    // CUDA backend only
+  std::string gemv_fp8 = "convert";  // CUDA backend only: convert, row_sweep or tensor_cores
+  int l2_prefetch_percent = 0;       // CUDA backend only
   std::chrono::milliseconds step_timeout{30000};
   std::chrono::milliseconds keepalive{1000};
   // EngineOptions.speculative, resolved (topk 1: draft_tokens = steps + 1); steps 0 = off.

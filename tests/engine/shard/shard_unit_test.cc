@@ -222,6 +222,26 @@ TEST(ShardSettingsTest, EngineOptionsAndExtraKeys) {
   EXPECT_NE(ResolveEngineSettings(options).status().message().find(
                 "moe_grouped_max_tokens=\"-1\": must be an integer in [0, 1048576]"),
             std::string::npos);
+  options.mutable_extra()->erase("moe_grouped_max_tokens");
+
+  EXPECT_EQ(ResolveEngineSettings(options)->gemv_fp8, "convert");  // default
+  for (const char* kernel : {"convert", "row_sweep", "tensor_cores"}) {
+    (*options.mutable_extra())["gemv_fp8"] = kernel;
+    EXPECT_EQ(ResolveEngineSettings(options)->gemv_fp8, kernel);
+  }
+  (*options.mutable_extra())["gemv_fp8"] = "mma";
+  EXPECT_NE(ResolveEngineSettings(options).status().message().find(
+                "gemv_fp8 must be convert, row_sweep or tensor_cores, got 'mma'"),
+            std::string::npos);
+  options.mutable_extra()->erase("gemv_fp8");
+
+  EXPECT_EQ(ResolveEngineSettings(options)->l2_prefetch_percent, 0);  // default: off
+  (*options.mutable_extra())["l2_prefetch_percent"] = "30";
+  EXPECT_EQ(ResolveEngineSettings(options)->l2_prefetch_percent, 30);
+  (*options.mutable_extra())["l2_prefetch_percent"] = "101";
+  EXPECT_NE(ResolveEngineSettings(options).status().message().find(
+                "l2_prefetch_percent=\"101\": must be an integer in [0, 100]"),
+            std::string::npos);
 }
 
 TEST(ShardSettingsTest, SpeculativeOptionsAreResolvedAsTheEngineDoes) {
