@@ -92,8 +92,18 @@ Status MakeCudaRank(const CudaRankSpec& spec, int rank, int tp, engine::KeyValue
   n.prefix = spec.prefix;
   n.init_timeout_ms = 120000;
   n.op_timeout_ms = 600000;  // loading a large model on another rank may take minutes
+  n.one_shot_max_bytes = spec.one_shot_all_reduce_bytes;
   SPARK_ASSIGN_OR_RETURN(engine::Communicator * nccl,
                          JoinCudaRank(rank, tp, n, store, &options, parts));
+  if (rank == 0 && nccl != nullptr) {
+    const auto* group = static_cast<const engine::NcclCommunicator*>(nccl);
+    if (spec.one_shot_max_bytes != nullptr) *spec.one_shot_max_bytes = group->one_shot_max_bytes();
+    if (spec.all_reduce != nullptr) {
+      for (const engine::AllReduceTiming& t : group->all_reduce_timings()) {
+        spec.all_reduce->push_back({t.bytes, t.nccl_us, t.one_shot_us});
+      }
+    }
+  }
   if (spec.moe_tune) SPARK_RETURN_IF_ERROR(TuneMoeOfRank(spec, rank, tp, &options));
   if (spec.dummy || spec.model_dir.empty()) {
     cuda::DummyWeightsSpec dummy;

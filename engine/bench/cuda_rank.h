@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "engine/bench/engine_throughput.h"
@@ -39,6 +40,10 @@ struct CudaRankSpec {
   int moe_grouped_max_tokens = -1;   // CudaBackendOptions::moe_grouped_max_tokens (-1: default)
   int l2_prefetch_percent = -1;      // CudaBackendOptions::l2_prefetch_percent (-1: default)
   int64_t smem_cap_bytes = 0;        // CudaBackendOptions::smem_cap_bytes (0: the device's)
+  int64_t one_shot_all_reduce_bytes = 0;  // NcclOptions::one_shot_max_bytes
+  // Rank 0 stores the NCCL group's all-reduce calibration and one-shot limit here (tp > 1).
+  std::vector<AllReduceRow>* all_reduce = nullptr;
+  int64_t* one_shot_max_bytes = nullptr;
   // Tune the MoE tile configs on each rank's GPU for the model's expert shapes (batch buckets up
   // to max_batch_tokens) before the backend is made, as a shard does at its first load; rank 0
   // stores the tuning time in *moe_tune_seconds.

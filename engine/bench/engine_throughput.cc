@@ -245,6 +245,11 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     return InvalidArgument(
         "--moe-grouped-max-tokens selects a CUDA MoE kernel; use it with --backend cuda");
   }
+  if (o.one_shot_all_reduce_bytes != 0 && (o.backend != "cuda" || o.tp < 2)) {
+    return InvalidArgument(
+        "--one-shot-all-reduce-bytes chooses the NCCL all-reduce of a CUDA group; use it with "
+        "--backend cuda and --tp 2 or more");
+  }
   if (o.smem_cap_bytes > 0 && o.backend != "cuda") {
     return InvalidArgument(
         "--smem-cap-bytes caps a GPU's shared memory per block; use it with --backend cuda");
@@ -348,6 +353,9 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     spec.smem_cap_bytes = o.smem_cap_bytes;
     spec.moe_tune = o.moe_tune;
     spec.moe_tune_seconds = &report.moe_tune_s;
+    spec.one_shot_all_reduce_bytes = o.one_shot_all_reduce_bytes;
+    spec.all_reduce = &report.all_reduce;
+    spec.one_shot_max_bytes = &report.one_shot_max_bytes;
     factory = [spec, &store](int rank, int tp, RankParts* parts) {
       return MakeCudaRank(spec, rank, tp, &store, parts);
     };
@@ -524,6 +532,17 @@ void PrintEngineBenchReport(const EngineBenchReport& r, bool json, std::ostream&
   if (r.moe_tune_s >= 0) {
     std::snprintf(line, sizeof(line), "MoE tile configs tuned in %.1f s (within the load)\n",
                   r.moe_tune_s);
+    out << line;
+  }
+  for (const AllReduceRow& a : r.all_reduce) {
+    std::snprintf(line, sizeof(line),
+                  "all-reduce of %lld bytes: NCCL %.2f us, one-shot %.2f us (slowest rank)\n",
+                  static_cast<long long>(a.bytes), a.nccl_us, a.one_shot_us);
+    out << line;
+  }
+  if (r.one_shot_max_bytes > 0) {
+    std::snprintf(line, sizeof(line), "one-shot all-reduce up to %lld bytes\n",
+                  static_cast<long long>(r.one_shot_max_bytes));
     out << line;
   }
   if (r.peak_tflops > 0) {

@@ -57,6 +57,9 @@ struct EngineBenchOptions {
   int moe_grouped_max_tokens = -1;      // CUDA: expert-grouped MoE kernels up to this many tokens
   int l2_prefetch_percent = -1;         // CUDA: weight prefetch into L2 (-1: the default)
   int64_t smem_cap_bytes = 0;           // CUDA: shared memory per block cap (0: the device's)
+  // CUDA, tp > 1: fp32 all-reduces up to this many bytes run one-shot (all-gather + rank-order
+  // sum); 0 = never, -1 = timed against NCCL's at start (NcclOptions::one_shot_max_bytes).
+  int64_t one_shot_all_reduce_bytes = 0;
 };
 
 // Bytes one rank reads in a decode step of `batch` sequences at context length `context`.
@@ -103,6 +106,13 @@ struct BatchResult {
   double compute_ratio = 0;        // achieved_tflops / peak (0 when unknown)
 };
 
+// One message size of the all-reduce calibration (engine/comm/nccl_communicator.h).
+struct AllReduceRow {
+  int64_t bytes = 0;
+  double nccl_us = 0;
+  double one_shot_us = 0;
+};
+
 struct EngineBenchReport {
   std::string model;   // name or path
   std::string device;  // e.g. "NVIDIA H200" or "CPU (16 threads)"
@@ -114,6 +124,10 @@ struct EngineBenchReport {
   std::string quant;  // bf16 | fp8-channel | fp8-block
   double load_s = 0;
   double moe_tune_s = -1;  // MoE tuning time inside load_s (--moe-tune), -1 = not tuned
+  // CUDA, tp > 1, --one-shot-all-reduce-bytes -1: rank 0's calibration of the all-reduce
+  // (NCCL against one-shot, the slowest rank's mean per call) and the one-shot limit kept.
+  std::vector<AllReduceRow> all_reduce;
+  int64_t one_shot_max_bytes = 0;
   std::vector<BatchResult> batches;
 };
 

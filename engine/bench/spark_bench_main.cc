@@ -100,6 +100,12 @@ int main(int argc, char** argv) {
                    "shard; 0 = never)")
       ->check(CLI::NonNegativeNumber);
   engine
+      ->add_option("--one-shot-all-reduce-bytes", o.one_shot_all_reduce_bytes,
+                   "CUDA, --tp 2+: fp32 all-reduces up to N bytes run one-shot (all-gather + "
+                   "rank-order sum); -1 times both at 4 KB..1 MB at start, prints the times and "
+                   "keeps one-shot where it wins (default 0: NCCL's all-reduce only)")
+      ->check(CLI::Range(int64_t{-1}, int64_t{1} << 30));
+  engine
       ->add_option("--smem-cap-bytes", o.smem_cap_bytes,
                    "CUDA: cap the shared memory per block every kernel may use (101376 emulates "
                    "GB10 on an H100/H200; default 0: the device's limit)")

@@ -8,11 +8,13 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <iterator>
 #include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "engine/comm/rank_order_sum.h"
 #include "engine/cuda/cuda_check.h"
 
 namespace spark::engine {
@@ -104,6 +106,10 @@ struct NcclCommunicator::Impl {
 
   void* staging = nullptr;  // device buffer for host-pointer collectives
   size_t staging_bytes = 0;
+  // One-shot all-reduce: the limit and the all-gather's [world, count] scratch.
+  int64_t one_shot_max_bytes = 0;
+  float* gathered = nullptr;
+  std::vector<AllReduceTiming> timings;
 
   ~Impl() {
     {
@@ -130,6 +136,7 @@ struct NcclCommunicator::Impl {
     if (stream != nullptr) cudaStreamSynchronize(stream);
     for (cudaEvent_t e : all_events) cudaEventDestroy(e);
     if (staging != nullptr) cudaFree(staging);
+    if (gathered != nullptr) cudaFree(gathered);
     if (owns_stream && stream != nullptr) cudaStreamDestroy(stream);
   }
 
@@ -396,7 +403,106 @@ Result<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(int rank, int
                                           " to its peers failed: " + connected.message());
     }
   }
+  if (options.one_shot_max_bytes != 0 && world > 1) {
+    const int64_t largest = options.one_shot_max_bytes > 0
+                                ? options.one_shot_max_bytes
+                                : std::end(kAllReduceCalibrationBytes)[-1];
+    SPARK_CUDA_RETURN_IF_ERROR(
+        cudaMalloc(&raw->gathered, static_cast<size_t>(largest) * static_cast<size_t>(world)));
+    raw->one_shot_max_bytes = largest;
+    if (options.one_shot_max_bytes < 0) {
+      Status measured = self->CalibrateOneShot();
+      if (!measured.ok()) {
+        return Status(measured.code(),
+                      "NCCL group: timing the one-shot all-reduce failed: " + measured.message());
+      }
+    }
+  }
   return self;
+}
+
+Status NcclCommunicator::CalibrateOneShot() {
+  Impl& m = *impl_;
+  const int64_t largest = std::end(kAllReduceCalibrationBytes)[-1];
+  float* data = nullptr;
+  SPARK_CUDA_RETURN_IF_ERROR(cudaMalloc(&data, static_cast<size_t>(largest)));
+  cudaEvent_t begin = nullptr, end = nullptr;
+  if (cudaEventCreate(&begin) != cudaSuccess || cudaEventCreate(&end) != cudaSuccess) {
+    if (begin != nullptr) cudaEventDestroy(begin);
+    cudaFree(data);
+    return Internal("creating the calibration events failed");
+  }
+  constexpr int kWarmup = 3;
+  constexpr int kIters = 20;
+  const int sizes = static_cast<int>(std::size(kAllReduceCalibrationBytes));
+  // [size][method] mean microseconds on this rank, then the maximum over the ranks.
+  std::vector<float> us(static_cast<size_t>(2 * sizes), 0.f);
+  Status st = Status::Ok();
+  auto time_one = [&](size_t count, bool one_shot, float* out_us) -> Status {
+    m.one_shot_max_bytes = one_shot ? largest : 0;
+    for (int i = 0; i < kWarmup; ++i) {
+      SPARK_RETURN_IF_ERROR(AllReduceSumDevice(data, count, DeviceDtype::kFloat32));
+    }
+    SPARK_RETURN_IF_ERROR(m.Synchronize());
+    SPARK_CUDA_RETURN_IF_ERROR(cudaEventRecord(begin, m.stream));
+    for (int i = 0; i < kIters; ++i) {
+      SPARK_RETURN_IF_ERROR(AllReduceSumDevice(data, count, DeviceDtype::kFloat32));
+    }
+    SPARK_CUDA_RETURN_IF_ERROR(cudaEventRecord(end, m.stream));
+    SPARK_RETURN_IF_ERROR(m.Synchronize());
+    SPARK_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(end));
+    float ms = 0.f;
+    SPARK_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, begin, end));
+    *out_us = ms * 1000.f / kIters;
+    return Status::Ok();
+  };
+  if (cudaMemsetAsync(data, 0, static_cast<size_t>(largest), m.stream) != cudaSuccess) {
+    st = Internal("cudaMemsetAsync of the calibration buffer failed");
+  }
+  for (int s = 0; s < sizes && st.ok(); ++s) {
+    const size_t count = static_cast<size_t>(kAllReduceCalibrationBytes[s]) / sizeof(float);
+    st = time_one(count, false, &us[static_cast<size_t>(2 * s)]);
+    if (st.ok()) st = time_one(count, true, &us[static_cast<size_t>(2 * s + 1)]);
+  }
+  // Every rank takes the same decision: the slowest rank's time of each size and method.
+  if (st.ok() && cudaMemcpyAsync(data, us.data(), us.size() * sizeof(float), cudaMemcpyHostToDevice,
+                                 m.stream) != cudaSuccess) {
+    st = Internal("uploading the calibration times failed");
+  }
+  if (st.ok()) {
+    st = m.Enqueue("all-reduce (calibration)", [&](ncclComm_t c) {
+      return ncclAllReduce(data, data, us.size(), ncclFloat32, ncclMax, c, m.stream);
+    });
+  }
+  if (st.ok() && cudaMemcpyAsync(us.data(), data, us.size() * sizeof(float), cudaMemcpyDeviceToHost,
+                                 m.stream) != cudaSuccess) {
+    st = Internal("reading the calibration times failed");
+  }
+  if (st.ok()) st = m.Synchronize();
+  if (st.ok() && cudaStreamSynchronize(m.stream) != cudaSuccess) {
+    st = Internal("reading the calibration times failed");
+  }
+  cudaEventDestroy(begin);
+  cudaEventDestroy(end);
+  cudaFree(data);
+  if (!st.ok()) return st;
+  int64_t keep = 0;
+  m.timings.clear();
+  for (int s = 0; s < sizes; ++s) {
+    const float nccl = us[static_cast<size_t>(2 * s)];
+    const float one_shot = us[static_cast<size_t>(2 * s + 1)];
+    m.timings.push_back({kAllReduceCalibrationBytes[s], nccl, one_shot});
+    if (keep == (s == 0 ? 0 : kAllReduceCalibrationBytes[s - 1]) && one_shot < nccl) {
+      keep = kAllReduceCalibrationBytes[s];
+    }
+  }
+  m.one_shot_max_bytes = keep;
+  return Status::Ok();
+}
+
+int64_t NcclCommunicator::one_shot_max_bytes() const { return impl_->one_shot_max_bytes; }
+const std::vector<AllReduceTiming>& NcclCommunicator::all_reduce_timings() const {
+  return impl_->timings;
 }
 
 int NcclCommunicator::rank() const { return impl_->rank; }
@@ -414,6 +520,16 @@ Status NcclCommunicator::Synchronize() { return impl_->Synchronize(); }
 Status NcclCommunicator::AllReduceSumDevice(void* data, size_t count, DeviceDtype dtype) {
   const ncclDataType_t type = dtype == DeviceDtype::kFloat32 ? ncclFloat32 : ncclBfloat16;
   cudaStream_t s = impl_->stream;
+  if (dtype == DeviceDtype::kFloat32 && impl_->world > 1 &&
+      static_cast<int64_t>(count * sizeof(float)) <= impl_->one_shot_max_bytes) {
+    float* gathered = impl_->gathered;
+    SPARK_RETURN_IF_ERROR(impl_->Enqueue("all-reduce (one-shot all-gather)", [&](ncclComm_t c) {
+      return ncclAllGather(data, gathered, count, ncclFloat32, c, s);
+    }));
+    SPARK_CUDA_RETURN_IF_ERROR(
+        RankOrderSum(gathered, impl_->world, count, static_cast<float*>(data), s));
+    return Status::Ok();
+  }
   return impl_->Enqueue("all-reduce", [&](ncclComm_t c) {
     return ncclAllReduce(data, data, count, type, ncclSum, c, s);
   });

@@ -16,6 +16,15 @@
 // kernels waiting on the stream). From then on every call returns the Status naming the
 // operation and the cause (DeadlineExceeded or Unavailable); the group must be recreated.
 //
+// One-shot all-reduce (NcclOptions::one_shot_max_bytes): an fp32 device all-reduce of at most
+// that many bytes runs as ncclAllGather into a scratch buffer ([world, count]) and a sum over the
+// ranks in rank order (RankOrderSum): one step of the network instead of a ring's reduce-scatter
+// and all-gather, at world times the bytes, for the small messages of decode steps (a token's
+// hidden state: tens of KB). Every rank gets the same bits; they may differ from ncclAllReduce's
+// in the last place (another summation order). With one_shot_max_bytes = -1 Create measures both
+// at kAllReduceCalibrationBytes (all_reduce_timings(), the slower rank's time counts) and keeps
+// the one-shot path up to the largest size from which down both sizes it won.
+//
 // Thread safety: one thread per communicator (its rank's engine loop); the watchdog thread is
 // internal. Ownership: the communicator owns its NCCL communicator, its staging buffer, its
 // watchdog thread and (unless NcclOptions::stream is given) its stream. `store` is used during
@@ -28,6 +37,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "engine/comm/communicator.h"
@@ -44,6 +54,20 @@ struct NcclOptions {
   int64_t op_timeout_ms = 60000;
   // Key prefix in the store (e.g. deployment/generation), so a stale group never mixes in.
   std::string prefix = "spark";
+  // fp32 device all-reduces of at most this many bytes run one-shot (all-gather + rank-order
+  // sum); 0 = never, -1 = measured at Create (see the contract above).
+  int64_t one_shot_max_bytes = 0;
+};
+
+// Message sizes the one-shot calibration times (bytes of fp32 data).
+inline constexpr int64_t kAllReduceCalibrationBytes[] = {4 << 10, 16 << 10, 64 << 10, 256 << 10,
+                                                         1 << 20};
+
+// One calibrated size: mean microseconds per all-reduce, the slowest rank's.
+struct AllReduceTiming {
+  int64_t bytes = 0;
+  double nccl_us = 0;
+  double one_shot_us = 0;
 };
 
 enum class DeviceDtype { kFloat32, kBFloat16 };
@@ -74,6 +98,9 @@ class NcclCommunicator final : public Communicator {
   Status AllReduceSumDevice(void* data, size_t count, DeviceDtype dtype);
   // Waits until every collective enqueued so far has completed (or the group was aborted).
   Status Synchronize();
+  // The one-shot limit in force (bytes; 0 = never) and, when it was measured, the timings.
+  int64_t one_shot_max_bytes() const;
+  const std::vector<AllReduceTiming>& all_reduce_timings() const;
   // OK while the group works; afterwards the Status that broke it.
   Status health() const;
   cudaStream_t stream() const;
@@ -82,6 +109,9 @@ class NcclCommunicator final : public Communicator {
  private:
   struct Impl;
   explicit NcclCommunicator(std::unique_ptr<Impl> impl);
+  // Times ncclAllReduce and the one-shot path at kAllReduceCalibrationBytes (every rank) and sets
+  // the one-shot limit from the slowest rank's times.
+  Status CalibrateOneShot();
   std::unique_ptr<Impl> impl_;
 };
 

@@ -88,6 +88,7 @@ Result<std::unique_ptr<engine::Communicator>> JoinNcclGroup(int rank, int world,
   n.init_timeout_ms = options.connect_timeout_ms;
   n.op_timeout_ms = options.op_timeout_ms;
   n.prefix = options.prefix;
+  n.one_shot_max_bytes = options.one_shot_max_bytes;
   SPARK_ASSIGN_OR_RETURN(std::unique_ptr<engine::NcclCommunicator> comm,
                          engine::NcclCommunicator::Create(rank, world, store, n));
   return std::unique_ptr<engine::Communicator>(std::move(comm));

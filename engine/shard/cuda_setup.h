@@ -39,6 +39,7 @@ struct NcclGroupOptions {
   int64_t connect_timeout_ms = 60000;
   int64_t op_timeout_ms = 60000;
   std::string prefix;
+  int64_t one_shot_max_bytes = 0;  // NcclOptions::one_shot_max_bytes
 };
 
 // Joins the rank's NCCL group. DeadlineExceeded names the ranks that never joined.

@@ -324,6 +324,7 @@ int ShardRun::Run() {
         nccl.connect_timeout_ms = gloo.connect_timeout_ms;
         nccl.op_timeout_ms = gloo.op_timeout_ms;
         nccl.prefix = gloo.prefix;
+        nccl.one_shot_max_bytes = settings_.one_shot_all_reduce_bytes;
         return JoinNcclGroup(rank, world, store_.get(), nccl);
       }
       SPARK_ASSIGN_OR_RETURN(std::unique_ptr<engine::GlooCommunicator> joined,

@@ -12,7 +12,7 @@ constexpr int64_t kDefaultKvCacheBytes = int64_t{256} << 20;
 constexpr const char* kExtraKeys =
     "threads, max_batch_tokens, step_timeout_ms, keepalive_ms, kv_block_tokens, sampler, "
     "moe_autotune, cuda_graphs, kv_cache_dtype, moe_grouped_max_tokens, gemv_fp8, "
-    "l2_prefetch_percent";
+    "l2_prefetch_percent, one_shot_all_reduce_bytes";
 
 Result<int64_t> ParseExtraInt(const std::string& key, const std::string& value, int64_t min,
                               int64_t max) {
@@ -130,6 +130,9 @@ Result<EngineSettings> ResolveEngineSettings(const spark::v1::EngineOptions& opt
     } else if (key == "l2_prefetch_percent") {
       SPARK_ASSIGN_OR_RETURN(int64_t v, ParseExtraInt(key, value, 0, 100));
       s.l2_prefetch_percent = static_cast<int>(v);
+    } else if (key == "one_shot_all_reduce_bytes") {
+      SPARK_ASSIGN_OR_RETURN(s.one_shot_all_reduce_bytes,
+                             ParseExtraInt(key, value, -1, int64_t{1} << 30));
     } else {
       return InvalidArgument("unknown engine option '" + key + "'; known options: " + kExtraKeys);
     }

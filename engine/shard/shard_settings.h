@@ -32,6 +32,11 @@
 //                     L2 beside the latency-bound kernels, each prefetch up to this percentage of
 //                     the device's L2 (default 0 = off, at most 100;
 //                     CudaBackendOptions::l2_prefetch_percent); the CPU backend ignores it
+//   one_shot_all_reduce_bytes  CUDA backend with tp > 1: fp32 all-reduces up to this many bytes
+//                     run as an NCCL all-gather and a rank-order sum (one network step for a
+//                     token's hidden state); -1 = time both against NCCL's all-reduce when the
+//                     group forms and keep the faster per size; default 0 = NCCL's all-reduce
+//                     (NcclOptions::one_shot_max_bytes)
 // Any other extra key is an error naming the accepted keys (a typo must not pass silently).
 //
 // EngineOptions.speculative (steps > 0) turns on speculative decoding with the checkpoint's MTP
@@ -79,13 +84,14 @@ struct EngineSettings {
   int max_running = 64;
   int64_t max_model_len = 0;  // 0 = the model's max_position_embeddings
   int kv_block_tokens = 16;
-  bool gpu_sampling = true;          // CUDA backend only
-  bool moe_autotune = true;          // CUDA backend only
-  std::optional<bool> cuda_graphs;   // CUDA backend only; unset = auto (CudaGraphsFor)
-  bool kv_cache_fp8 = false;         // CUDA backend only (kv_cache_dtype=fp8)
-  int moe_grouped_max_tokens = 0;    // CUDA backend only
-  std::string gemv_fp8 = "convert";  // CUDA backend only: convert, row_sweep or tensor_cores
-  int l2_prefetch_percent = 0;       // CUDA backend only
+  bool gpu_sampling = true;               // CUDA backend only
+  bool moe_autotune = true;               // CUDA backend only
+  std::optional<bool> cuda_graphs;        // CUDA backend only; unset = auto (CudaGraphsFor)
+  bool kv_cache_fp8 = false;              // CUDA backend only (kv_cache_dtype=fp8)
+  int moe_grouped_max_tokens = 0;         // CUDA backend only
+  std::string gemv_fp8 = "convert";       // CUDA backend only: convert, row_sweep or tensor_cores
+  int l2_prefetch_percent = 0;            // CUDA backend only
+  int64_t one_shot_all_reduce_bytes = 0;  // CUDA backend only
   std::chrono::milliseconds step_timeout{30000};
   std::chrono::milliseconds keepalive{1000};
   // EngineOptions.speculative, resolved (topk 1: draft_tokens = steps + 1); steps 0 = off.

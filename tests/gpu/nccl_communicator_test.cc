@@ -11,13 +11,16 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "engine/comm/gloo_communicator.h"
+#include "engine/comm/rank_order_sum.h"
 #include "tests/gpu/device_buffer.h"
 
 namespace spark::engine {
@@ -47,7 +50,7 @@ NcclOptions Options(int device, const std::string& prefix) {
 
 // Runs `body(rank, comm)` on two threads, rank r on device r.
 void RunTwoRanks(const std::string& name, const std::function<void(int, NcclCommunicator&)>& body,
-                 int64_t op_timeout_ms = 30000) {
+                 int64_t op_timeout_ms = 30000, int64_t one_shot_max_bytes = 0) {
   LocalKeyValueStore store;
   std::vector<std::string> errors(2);
   std::vector<std::thread> threads;
@@ -55,6 +58,7 @@ void RunTwoRanks(const std::string& name, const std::function<void(int, NcclComm
     threads.emplace_back([&, r] {
       NcclOptions o = Options(r, Prefix(name));
       o.op_timeout_ms = op_timeout_ms;
+      o.one_shot_max_bytes = one_shot_max_bytes;
       auto comm = NcclCommunicator::Create(r, 2, &store, o);
       if (!comm.ok()) {
         errors[r] = comm.status().ToString();
@@ -138,6 +142,78 @@ TEST(NcclCommunicatorTest, TwoRanksCollectivesMatchHostArithmetic) {
       EXPECT_TRUE(comm.health().ok());
     });
   }
+}
+
+// The one-shot all-reduce's reduction: every rank's vector summed in rank order, exactly.
+TEST(NcclCommunicatorTest, RankOrderSumAddsTheRanksInOrder) {
+  ASSERT_GE(DeviceCount(), 1);
+  for (const int world : {1, 2, 3, 8}) {
+    const size_t count = 5000;
+    std::vector<float> gathered(static_cast<size_t>(world) * count);
+    for (size_t i = 0; i < gathered.size(); ++i) {
+      gathered[i] = static_cast<float>(static_cast<int>(i * 7919 % 2003) - 1001) * 1.0e-3f;
+    }
+    DeviceBuffer<float> dg(gathered);
+    DeviceBuffer<float> out(static_cast<int64_t>(count));
+    ASSERT_EQ(RankOrderSum(dg.get(), world, count, out.get(), nullptr), cudaSuccess);
+    const std::vector<float> got = out.Download();
+    for (size_t i = 0; i < count; ++i) {
+      float want = gathered[i];
+      for (int r = 1; r < world; ++r) want += gathered[static_cast<size_t>(r) * count + i];
+      ASSERT_EQ(got[i], want) << "world " << world << " element " << i;
+    }
+  }
+  EXPECT_EQ(RankOrderSum(nullptr, 2, 4, nullptr, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(RankOrderSum(nullptr, 2, 0, nullptr, nullptr), cudaSuccess);
+}
+
+// Device all-reduces up to one_shot_max_bytes run as all-gather + rank-order sum, larger ones on
+// ncclAllReduce: both give the host's sums (two ranks: one addition, exact). With -1 both ranks
+// time the two at every calibration size and agree on the limit.
+TEST(NcclCommunicatorTest, OneShotAllReduceMatchesHostArithmetic) {
+  if (DeviceCount() < 2) GTEST_SKIP() << "needs two GPUs";
+  RunTwoRanks(
+      "oneshot",
+      [&](int rank, NcclCommunicator& comm) {
+        EXPECT_EQ(comm.one_shot_max_bytes(), 64 << 10);
+        for (size_t count :
+             {size_t{1}, size_t{5120}, size_t{16384}, size_t{16385}, size_t{100000}}) {
+          std::vector<float> mine(count);
+          for (size_t i = 0; i < count; ++i) {
+            mine[i] = static_cast<float>((i % 89) * (rank + 1)) * 0.37f;
+          }
+          DeviceBuffer<float> dev(mine);
+          ASSERT_TRUE(comm.AllReduceSum(dev.get(), count).ok());
+          ASSERT_TRUE(comm.Synchronize().ok());
+          const std::vector<float> sum = dev.Download();
+          for (size_t i = 0; i < count; ++i) {
+            const float a = static_cast<float>(i % 89) * 0.37f;
+            const float b = static_cast<float>((i % 89) * 2) * 0.37f;
+            ASSERT_EQ(sum[i], a + b) << "count " << count << " element " << i;
+          }
+        }
+        EXPECT_TRUE(comm.health().ok());
+      },
+      30000, 64 << 10);
+  std::vector<int64_t> limits(2, -2);
+  RunTwoRanks(
+      "oneshot_calibrated",
+      [&](int rank, NcclCommunicator& comm) {
+        limits[static_cast<size_t>(rank)] = comm.one_shot_max_bytes();
+        const std::vector<AllReduceTiming>& t = comm.all_reduce_timings();
+        ASSERT_EQ(t.size(), std::size(kAllReduceCalibrationBytes));
+        for (const AllReduceTiming& row : t) {
+          EXPECT_GT(row.nccl_us, 0.0);
+          EXPECT_GT(row.one_shot_us, 0.0);
+          if (rank == 0) {
+            std::printf("[all-reduce] %7lld bytes  nccl %7.2f us  one-shot %7.2f us\n",
+                        static_cast<long long>(row.bytes), row.nccl_us, row.one_shot_us);
+          }
+        }
+      },
+      30000, -1);
+  EXPECT_EQ(limits[0], limits[1]);
+  std::printf("[all-reduce] one-shot up to %lld bytes\n", static_cast<long long>(limits[0]));
 }
 
 TEST(NcclCommunicatorTest, InitDeadlineNamesTheMissingRank) {

@@ -198,6 +198,11 @@ TEST(RunEngineBenchTest, BadOptionsAreRejected) {
   EXPECT_EQ(cap.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(cap.status().message().find("--smem-cap-bytes"), std::string::npos);
   o.smem_cap_bytes = 0;
+  o.one_shot_all_reduce_bytes = -1;  // an NCCL group's collective
+  Result<EngineBenchReport> one_shot = RunEngineBench(o, nullptr);
+  EXPECT_EQ(one_shot.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(one_shot.status().message().find("--one-shot-all-reduce-bytes"), std::string::npos);
+  o.one_shot_all_reduce_bytes = 0;
 #if !defined(SPARK_HAVE_CUDA)
   o.tp = 1;
   o.backend = "cuda";

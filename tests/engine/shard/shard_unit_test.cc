@@ -242,6 +242,17 @@ TEST(ShardSettingsTest, EngineOptionsAndExtraKeys) {
   EXPECT_NE(ResolveEngineSettings(options).status().message().find(
                 "l2_prefetch_percent=\"101\": must be an integer in [0, 100]"),
             std::string::npos);
+  options.mutable_extra()->erase("l2_prefetch_percent");
+
+  EXPECT_EQ(ResolveEngineSettings(options)->one_shot_all_reduce_bytes, 0);  // default: NCCL's
+  (*options.mutable_extra())["one_shot_all_reduce_bytes"] = "-1";
+  EXPECT_EQ(ResolveEngineSettings(options)->one_shot_all_reduce_bytes, -1);
+  (*options.mutable_extra())["one_shot_all_reduce_bytes"] = "65536";
+  EXPECT_EQ(ResolveEngineSettings(options)->one_shot_all_reduce_bytes, 65536);
+  (*options.mutable_extra())["one_shot_all_reduce_bytes"] = "-2";
+  EXPECT_NE(ResolveEngineSettings(options).status().message().find(
+                "one_shot_all_reduce_bytes=\"-2\": must be an integer in [-1, 1073741824]"),
+            std::string::npos);
 }
 
 TEST(ShardSettingsTest, SpeculativeOptionsAreResolvedAsTheEngineDoes) {

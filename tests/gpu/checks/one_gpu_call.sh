@@ -4,7 +4,7 @@
 # MoE kernel alone), then the rest (backend suite, timings, sanitizers, speculative decoding on
 # CUDA). ONLY="step ..." runs a subset within a short budget. Bundle: scripts/gpu-bundle
 # gpu_speculation_test gpu_backend_test gpu_kernels_test gpu_moe_test gpu_moe_tuner_test
-# gpu_sampling_test spark-model spark-bench bench_moe; then, from the repository root:
+# gpu_sampling_test gpu_nccl_test spark-model spark-bench bench_moe; then, from the repository root:
 #   run(carry=["bundle"], command="OUT=$OUT bash tests/gpu/checks/one_gpu_call.sh")
 set -uo pipefail
 export B=bundle
@@ -90,6 +90,9 @@ done
 # The router's top-k (block-wide selection in the fused router kernel) against the CPU and the
 # two-kernel path.
 step moe_router 60 $B/bin/gpu_moe_test --gtest_filter='MoeRouterTest.*'
+# The one-shot all-reduce's rank-order sum and the single-rank group (the two-rank checks are in
+# two_gpu_all_reduce.sh).
+step rank_order_sum 60 $B/bin/gpu_nccl_test --gtest_filter='*RankOrderSum*:*SingleRank*'
 # Weight prefetch into L2 beside the latency-bound kernels: its checks (argument checks, graph
 # fork and join, bit-identical logits eager and in graphs), then decode at 0 / 30 / 60% of L2
 # per prefetch.
