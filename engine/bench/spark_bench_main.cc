@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
                    "CUDA, --tp 2+: fp32 all-reduces up to N bytes run one-shot (all-gather + "
                    "rank-order sum); -1 times both at 4 KB..1 MB at start, prints the times and "
                    "keeps one-shot where it wins (default 0: NCCL's all-reduce only)")
-      ->check(CLI::Range(int64_t{-1}, int64_t{1} << 30));
+      ->check(CLI::Range(int64_t{-1}, int64_t{16} << 20));
   engine
       ->add_option("--smem-cap-bytes", o.smem_cap_bytes,
                    "CUDA: cap the shared memory per block every kernel may use (101376 emulates "

@@ -299,6 +299,12 @@ Result<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(int rank, int
   if (options.init_timeout_ms <= 0 || options.op_timeout_ms <= 0) {
     return InvalidArgument("NCCL group: init_timeout_ms and op_timeout_ms must be > 0");
   }
+  if (options.one_shot_max_bytes < -1 || options.one_shot_max_bytes > kOneShotMaxBytesLimit) {
+    return InvalidArgument("NCCL group: one_shot_max_bytes " +
+                           std::to_string(options.one_shot_max_bytes) + " is outside [-1, " +
+                           std::to_string(kOneShotMaxBytesLimit) +
+                           "] (-1 = measure, 0 = NCCL's all-reduce only)");
+  }
   int devices = 0;
   SPARK_CUDA_RETURN_IF_ERROR(cudaGetDeviceCount(&devices));
   if (options.device < 0 || options.device >= devices) {

@@ -55,9 +55,13 @@ struct NcclOptions {
   // Key prefix in the store (e.g. deployment/generation), so a stale group never mixes in.
   std::string prefix = "spark";
   // fp32 device all-reduces of at most this many bytes run one-shot (all-gather + rank-order
-  // sum); 0 = never, -1 = measured at Create (see the contract above).
+  // sum); 0 = never, -1 = measured at Create (see the contract above); at most
+  // kOneShotMaxBytesLimit.
   int64_t one_shot_max_bytes = 0;
 };
+
+// Largest one-shot limit accepted (its scratch buffer holds world times the limit).
+inline constexpr int64_t kOneShotMaxBytesLimit = int64_t{16} << 20;
 
 // Message sizes the one-shot calibration times (bytes of fp32 data).
 inline constexpr int64_t kAllReduceCalibrationBytes[] = {4 << 10, 16 << 10, 64 << 10, 256 << 10,

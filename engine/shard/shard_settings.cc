@@ -132,7 +132,7 @@ Result<EngineSettings> ResolveEngineSettings(const spark::v1::EngineOptions& opt
       s.l2_prefetch_percent = static_cast<int>(v);
     } else if (key == "one_shot_all_reduce_bytes") {
       SPARK_ASSIGN_OR_RETURN(s.one_shot_all_reduce_bytes,
-                             ParseExtraInt(key, value, -1, int64_t{1} << 30));
+                             ParseExtraInt(key, value, -1, int64_t{16} << 20));
     } else {
       return InvalidArgument("unknown engine option '" + key + "'; known options: " + kExtraKeys);
     }

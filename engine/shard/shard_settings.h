@@ -36,7 +36,7 @@
 //                     run as an NCCL all-gather and a rank-order sum (one network step for a
 //                     token's hidden state); -1 = time both against NCCL's all-reduce when the
 //                     group forms and keep the faster per size; default 0 = NCCL's all-reduce
-//                     (NcclOptions::one_shot_max_bytes)
+//                     (at most 16 MiB; NcclOptions::one_shot_max_bytes)
 // Any other extra key is an error naming the accepted keys (a typo must not pass silently).
 //
 // EngineOptions.speculative (steps > 0) turns on speculative decoding with the checkpoint's MTP

@@ -92,6 +92,11 @@ TEST(NcclCommunicatorTest, BadArgumentsAreNamed) {
   auto bad_rank = NcclCommunicator::Create(2, 2, &store, Options(0, Prefix("bad")));
   ASSERT_FALSE(bad_rank.ok());
   EXPECT_EQ(bad_rank.status().code(), StatusCode::kInvalidArgument);
+  NcclOptions too_big = Options(0, Prefix("bad_one_shot"));
+  too_big.one_shot_max_bytes = kOneShotMaxBytesLimit + 1;
+  auto bad_one_shot = NcclCommunicator::Create(0, 1, &store, too_big);
+  ASSERT_FALSE(bad_one_shot.ok());
+  EXPECT_NE(bad_one_shot.status().message().find("one_shot_max_bytes"), std::string::npos);
   auto bad_device = NcclCommunicator::Create(0, 1, &store, Options(DeviceCount() + 3, "x"));
   ASSERT_FALSE(bad_device.ok());
   EXPECT_NE(bad_device.status().message().find("CUDA_VISIBLE_DEVICES"), std::string::npos)

@@ -251,7 +251,7 @@ TEST(ShardSettingsTest, EngineOptionsAndExtraKeys) {
   EXPECT_EQ(ResolveEngineSettings(options)->one_shot_all_reduce_bytes, 65536);
   (*options.mutable_extra())["one_shot_all_reduce_bytes"] = "-2";
   EXPECT_NE(ResolveEngineSettings(options).status().message().find(
-                "one_shot_all_reduce_bytes=\"-2\": must be an integer in [-1, 1073741824]"),
+                "one_shot_all_reduce_bytes=\"-2\": must be an integer in [-1, 16777216]"),
             std::string::npos);
 }
 
