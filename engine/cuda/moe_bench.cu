@@ -18,7 +18,7 @@
 //             [--grouped-max-tokens N]  (batches above the GEMV path's and up to N on the
 //                                        expert-grouped tensor-core kernels; default 0: off)
 //             [--gemv-k-splits 0,1,2,4,8] [--gemv-down-outputs 0,4,8,16]
-//             [--gemv-down-vectors 0,1,2,3] [--gemv-fp8-dequant 0,1,2,3]
+//             [--gemv-down-vectors 0,1,2,3,4] [--gemv-fp8-dequant 0,1,2,3]
 //                 (the GEMV kernels' work split, every combination in turn; 0 = the default)
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
@@ -248,7 +248,7 @@ int Main(int argc, char** argv) {
           "fp8-per-channel,bf16,fp8-block128] [--batches 1,8,...] [--caps 0,101376] "
           "[--iters N] [--tune] [--tune-log] [--gemv-max-tokens N] [--grouped-max-tokens N] "
           "[--gemv-k-splits 0,1,2,4,8] "
-          "[--gemv-down-outputs 0,4,8,16] [--gemv-down-vectors 0,1,2,3] "
+          "[--gemv-down-outputs 0,4,8,16] [--gemv-down-vectors 0,1,2,3,4] "
           "[--gemv-fp8-dequant 0,1,2,3]\n");
       return 2;
     }

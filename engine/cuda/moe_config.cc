@@ -364,9 +364,10 @@ Status CheckMoeGemvTiling(const MoeGemvTiling& tiling) {
     return InvalidArgument("MoE GEMV down outputs per block " + std::to_string(d) +
                            " not supported: use 4, 8 or 16 (0 = the default)");
   }
-  if (v < 0 || v > 3) {
+  if (v < 0 || v > 4) {
     return InvalidArgument("MoE GEMV down vectors in flight " + std::to_string(v) +
-                           " not supported: use 1, 2 or 3 (0 = the default)");
+                           " not supported: use 1, 2, 3, or 4 for every item of a warp at once "
+                           "(0 = the default)");
   }
   const int q = tiling.fp8_dequant;
   if (q < 0 || q > kMoeGemvHalfMma) {

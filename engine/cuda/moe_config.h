@@ -59,7 +59,10 @@ int64_t MoeMaxMblocks(int64_t pairs, int experts, int block_m);
 struct MoeGemvTiling {
   int gate_up_k_splits = 0;  // warps of a gate/up block that split H for one row group: 1, 2, 4, 8
   int down_outputs = 0;      // hidden columns of one down block: 4, 8, 16
-  int down_vectors = 0;      // 16-byte vectors per weight row and lane in flight in down: 1, 2, 3
+  // 16-byte vectors per weight row and lane in flight in down: 1, 2, 3; or 4: every (pair, 4
+  // outputs) item of a warp loaded at once, for rows of at most one vector per lane (Im <= 512
+  // FP8 elements, e.g. GLM-4.7 at tp 4; other shapes run 1).
+  int down_vectors = 0;
   // How FP8 weights become products: kMoeGemvHardwareConvert (E4M3x2 -> half2 -> float2, FMAs),
   // kMoeGemvScaledBits (integer bit placement, engine/cuda/device_math.cuh Fp8x4ScaledFloats;
   // 2-10% slower on an H100, 2026-12-07) or kMoeGemvHalfMma (E4M3x2 -> f16x2 into mma.sync

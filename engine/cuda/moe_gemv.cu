@@ -174,6 +174,92 @@ __device__ __forceinline__ void Store(__nv_bfloat16* p, float v) { *p = __float2
 
 constexpr int kMaxDownOutputs = 16;
 
+// MoeGemvTiling::down_vectors value: every item of a warp in flight at once (DownAllItems).
+constexpr int kDownAllItems = 4;
+// Items per warp DownAllItems holds (4 rows x 16 bytes each per lane).
+constexpr int kDownAllItemsMax = 4;
+
+// Whether DownAllItems serves a shape: each weight row within one 16-byte vector per lane
+// (Im <= 512 FP8 / 256 BF16 elements, e.g. GLM-4.7 at tp 4 and 8) and at most kDownAllItemsMax
+// items per warp.
+bool DownAllItemsServes(const MoeGemvParams& p, int outputs) {
+  return p.inter <= 32 * VecElems(p.format) &&
+         (outputs / kRowsPerWarp) * p.pairs_per_token <= kWarps * kDownAllItemsMax;
+}
+
+// The down kernel's items (pair, 4 outputs) of one warp with short rows (DownAllItemsServes):
+// the expert ids of all its items, then every item's weight vectors are loaded before any is
+// used (and before the programmatic wait), so the warp's items cost one memory round trip
+// instead of one each. The weighted sums go to part[pair][output] as in the item loop.
+template <MoeWeightFormat F, bool kScaled, class Wait>
+__device__ __forceinline__ void DownAllItems(const MoeGemvParams& p, int quads, int n_base,
+                                             int64_t t, const __nv_bfloat16* __restrict__ inter,
+                                             const uint8_t* __restrict__ w2,
+                                             const float* __restrict__ scale,
+                                             float (*part)[kMaxDownOutputs], Wait&& wait_once) {
+  constexpr int kE = VecElems(F);
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int pairs = p.pairs_per_token;
+  const int items = quads * pairs;
+  const int kb_i = p.inter / 128;
+  const bool has_vector = lane * kE < p.inter;
+  int64_t e[kDownAllItemsMax];
+#pragma unroll
+  for (int it = 0; it < kDownAllItemsMax; ++it) {
+    const int item = warp + it * kWarps;
+    e[it] = item < items ? __ldcg(p.ids + t * pairs + item / quads) : 0;
+  }
+  uint4 raw[kDownAllItemsMax][kRowsPerWarp];
+#pragma unroll
+  for (int it = 0; it < kDownAllItemsMax; ++it) {
+    const int item = warp + it * kWarps;
+    if (item >= items || !has_vector) continue;
+    const int n0 = n_base + (item % quads) * kRowsPerWarp;
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const int64_t n = min(n0 + r, p.hidden - 1);
+      raw[it][r] = __ldg(
+          reinterpret_cast<const uint4*>(w2 + (e[it] * p.hidden + n) * p.inter * ElemBytes(F)) +
+          lane);
+    }
+  }
+  wait_once();
+#pragma unroll
+  for (int it = 0; it < kDownAllItemsMax; ++it) {
+    const int item = warp + it * kWarps;
+    if (item >= items) break;
+    const int j = item / quads;
+    const int n0 = n_base + (item % quads) * kRowsPerWarp;
+    const int64_t pair = t * pairs + j;
+    const float* srow[kRowsPerWarp];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const int64_t n = min(n0 + r, p.hidden - 1);
+      if constexpr (F == MoeWeightFormat::kFp8Block) {
+        srow[r] = scale + (e[it] * (p.hidden / 128) + n / 128) * kb_i;
+      } else if constexpr (F == MoeWeightFormat::kFp8PerChannel) {
+        srow[r] = scale + e[it] * p.hidden + n;
+      } else {
+        srow[r] = nullptr;
+      }
+    }
+    float acc[kRowsPerWarp] = {};
+    if (has_vector) {
+      ConsumeVector<F, kRowsPerWarp, kScaled>(raw[it], srow, inter + pair * p.inter, lane * kE,
+                                              acc);
+    }
+    const float weight = p.weights[pair];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      float v = WarpSum(acc[r]);
+      if constexpr (F == MoeWeightFormat::kFp8PerChannel)
+        v = Fp8DotValue<kScaled>(v) * __ldg(srow[r]);
+      if (lane == 0) part[j][n0 - n_base + r] = v * weight;
+    }
+  }
+}
+
 // grid (ceil(H / outputs), tokens): a block's warps take (pair, 4 outputs) items; each pair's
 // weighted outputs go to shared memory and are summed over the pairs in order. kUnroll vectors
 // per row and lane are in flight (Im in one round where kUnroll * 32 vectors reach it).
@@ -200,35 +286,39 @@ __global__ void __launch_bounds__(kWarps * 32)
       waited = true;
     }
   };
-  for (int item = warp; item < quads * pairs; item += kWarps) {
-    const int j = item / quads;
-    const int n0 = n_base + (item % quads) * kRowsPerWarp;
-    const int64_t pair = t * pairs + j;
-    const int64_t e = __ldcg(p.ids + pair);
-    const uint4* w[kRowsPerWarp];
-    const float* srow[kRowsPerWarp];
+  if constexpr (kUnroll == kDownAllItems) {
+    DownAllItems<F, kScaled>(p, quads, n_base, t, inter, w2, scale, part, wait_once);
+  } else {
+    for (int item = warp; item < quads * pairs; item += kWarps) {
+      const int j = item / quads;
+      const int n0 = n_base + (item % quads) * kRowsPerWarp;
+      const int64_t pair = t * pairs + j;
+      const int64_t e = __ldcg(p.ids + pair);
+      const uint4* w[kRowsPerWarp];
+      const float* srow[kRowsPerWarp];
 #pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) {
-      const int64_t n = min(n0 + r, p.hidden - 1);
-      w[r] = reinterpret_cast<const uint4*>(w2 + (e * p.hidden + n) * p.inter * ElemBytes(F));
-      if constexpr (F == MoeWeightFormat::kFp8Block) {
-        srow[r] = scale + (e * (p.hidden / 128) + n / 128) * kb_i;
-      } else if constexpr (F == MoeWeightFormat::kFp8PerChannel) {
-        srow[r] = scale + e * p.hidden + n;
-      } else {
-        srow[r] = nullptr;
+      for (int r = 0; r < kRowsPerWarp; ++r) {
+        const int64_t n = min(n0 + r, p.hidden - 1);
+        w[r] = reinterpret_cast<const uint4*>(w2 + (e * p.hidden + n) * p.inter * ElemBytes(F));
+        if constexpr (F == MoeWeightFormat::kFp8Block) {
+          srow[r] = scale + (e * (p.hidden / 128) + n / 128) * kb_i;
+        } else if constexpr (F == MoeWeightFormat::kFp8PerChannel) {
+          srow[r] = scale + e * p.hidden + n;
+        } else {
+          srow[r] = nullptr;
+        }
       }
-    }
-    float acc[kRowsPerWarp] = {};
-    DotRows<F, kRowsPerWarp, kUnroll, kScaled>(w, srow, inter + pair * p.inter, 0, p.inter, acc,
-                                               wait_once);
-    const float weight = p.weights[pair];
+      float acc[kRowsPerWarp] = {};
+      DotRows<F, kRowsPerWarp, kUnroll, kScaled>(w, srow, inter + pair * p.inter, 0, p.inter, acc,
+                                                 wait_once);
+      const float weight = p.weights[pair];
 #pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) {
-      float v = WarpSum(acc[r]);
-      if constexpr (F == MoeWeightFormat::kFp8PerChannel)
-        v = Fp8DotValue<kScaled>(v) * __ldg(srow[r]);
-      if (lane == 0) part[j][n0 - n_base + r] = v * weight;
+      for (int r = 0; r < kRowsPerWarp; ++r) {
+        float v = WarpSum(acc[r]);
+        if constexpr (F == MoeWeightFormat::kFp8PerChannel)
+          v = Fp8DotValue<kScaled>(v) * __ldg(srow[r]);
+        if (lane == 0) part[j][n0 - n_base + r] = v * weight;
+      }
     }
   }
   wait_once();  // warps without an item
@@ -463,13 +553,16 @@ bool Valid(const MoeGemvParams& p) {
          p.tokens * p.pairs_per_token <= 65535;
 }
 
-// The down kernel with `vectors` 16-byte vectors per row and lane in flight (1, 2 or 3).
+// The down kernel with `vectors` 16-byte vectors per row and lane in flight (1, 2 or 3), or
+// every item of a warp in flight (kDownAllItems).
 template <MoeWeightFormat F, class T, bool kScaled, class Launch>
 void WithDownVectors(int vectors, Launch&& launch) {
   if (vectors == 1) {
     launch(DownKernel<F, 1, T, kScaled>);
   } else if (vectors == 2) {
     launch(DownKernel<F, 2, T, kScaled>);
+  } else if (vectors == kDownAllItems) {
+    launch(DownKernel<F, kDownAllItems, T, kScaled>);
   } else {
     launch(DownKernel<F, 3, T, kScaled>);
   }
@@ -548,6 +641,10 @@ MoeGemvTiling MoeGemvResolveTiling(const MoeGemvParams& p) {
   if (t.gate_up_k_splits <= 0) t.gate_up_k_splits = 1;
   if (t.down_outputs <= 0) t.down_outputs = p.tokens <= 2 ? 8 : 16;
   if (t.down_vectors <= 0) t.down_vectors = 1;
+  // Every item in flight needs rows of one vector per lane; other shapes keep one vector.
+  if (t.down_vectors == kDownAllItems && !DownAllItemsServes(p, t.down_outputs)) {
+    t.down_vectors = 1;
+  }
   if (t.fp8_dequant <= 0) t.fp8_dequant = kMoeGemvFp8DequantDefault;
   return t;
 }

@@ -201,7 +201,7 @@ TEST(MoeConfigTest, GemvTilingAcceptsTheCompiledSplitsOnly) {
   EXPECT_EQ(table->gemv_tiling().down_vectors, 0);
   for (const int k : {0, 1, 2, 4, 8}) {
     for (const int d : {0, 4, 8, 16}) {
-      for (const int v : {0, 1, 2, 3}) {
+      for (const int v : {0, 1, 2, 3, 4}) {
         EXPECT_TRUE(table->SetGemvTiling(MoeGemvTiling{k, d, v}).ok()) << k << " " << d << " " << v;
         EXPECT_EQ(table->gemv_tiling().gate_up_k_splits, k);
         EXPECT_EQ(table->gemv_tiling().down_outputs, d);
@@ -215,13 +215,13 @@ TEST(MoeConfigTest, GemvTilingAcceptsTheCompiledSplitsOnly) {
   const Status bad_d = table->SetGemvTiling(MoeGemvTiling{2, 32});
   EXPECT_EQ(bad_d.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(bad_d.message().find("use 4, 8 or 16"), std::string::npos) << bad_d.message();
-  const Status bad_v = table->SetGemvTiling(MoeGemvTiling{2, 8, 4});
+  const Status bad_v = table->SetGemvTiling(MoeGemvTiling{2, 8, 5});
   EXPECT_EQ(bad_v.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(bad_v.message().find("use 1, 2 or 3"), std::string::npos) << bad_v.message();
+  EXPECT_NE(bad_v.message().find("use 1, 2, 3, or 4"), std::string::npos) << bad_v.message();
   // A rejected tiling leaves the previous one in place.
   EXPECT_EQ(table->gemv_tiling().gate_up_k_splits, 8);
   EXPECT_EQ(table->gemv_tiling().down_outputs, 16);
-  EXPECT_EQ(table->gemv_tiling().down_vectors, 3);
+  EXPECT_EQ(table->gemv_tiling().down_vectors, 4);
   for (const int q : {0, kMoeGemvHardwareConvert, kMoeGemvHalfMma, kMoeGemvScaledBits}) {
     EXPECT_TRUE(table->SetGemvTiling(MoeGemvTiling{1, 8, 1, q}).ok()) << q;
     EXPECT_EQ(table->gemv_tiling().fp8_dequant, q);
