@@ -19,6 +19,7 @@
 //                                        expert-grouped tensor-core kernels; default 0: off)
 //             [--gemv-k-splits 0,1,2,4,8] [--gemv-down-outputs 0,4,8,16]
 //             [--gemv-down-vectors 0,1,2,3,4] [--gemv-fp8-dequant 0,1,2,3]
+//             [--gemv-gate-up-sweep 0,1]
 //                 (the GEMV kernels' work split, every combination in turn; 0 = the default)
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
@@ -202,7 +203,7 @@ int Main(int argc, char** argv) {
   int gemv_max_tokens = -1;  // the table's default
   int grouped_max_tokens = 0;
   std::vector<int> gemv_k_splits = {0}, gemv_down_outputs = {0}, gemv_down_vectors = {0},
-                   gemv_fp8_dequant = {0};
+                   gemv_fp8_dequant = {0}, gemv_gate_up_sweep = {0};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -234,11 +235,12 @@ int Main(int argc, char** argv) {
     } else if (a == "--grouped-max-tokens") {
       grouped_max_tokens = std::max(0, std::atoi(next().c_str()));
     } else if (a == "--gemv-k-splits" || a == "--gemv-down-outputs" || a == "--gemv-down-vectors" ||
-               a == "--gemv-fp8-dequant") {
+               a == "--gemv-fp8-dequant" || a == "--gemv-gate-up-sweep") {
       auto& list = a == "--gemv-k-splits"       ? gemv_k_splits
                    : a == "--gemv-down-outputs" ? gemv_down_outputs
                    : a == "--gemv-down-vectors" ? gemv_down_vectors
-                                                : gemv_fp8_dequant;
+                   : a == "--gemv-fp8-dequant"  ? gemv_fp8_dequant
+                                                : gemv_gate_up_sweep;
       list.clear();
       for (const auto& v : Split(next())) list.push_back(std::atoi(v.c_str()));
     } else {
@@ -249,7 +251,7 @@ int Main(int argc, char** argv) {
           "[--iters N] [--tune] [--tune-log] [--gemv-max-tokens N] [--grouped-max-tokens N] "
           "[--gemv-k-splits 0,1,2,4,8] "
           "[--gemv-down-outputs 0,4,8,16] [--gemv-down-vectors 0,1,2,3,4] "
-          "[--gemv-fp8-dequant 0,1,2,3]\n");
+          "[--gemv-fp8-dequant 0,1,2,3] [--gemv-gate-up-sweep 0,1]\n");
       return 2;
     }
   }
@@ -335,7 +337,11 @@ int Main(int argc, char** argv) {
         for (const int k : gemv_k_splits) {
           for (const int d : gemv_down_outputs) {
             for (const int v : gemv_down_vectors) {
-              for (const int q : gemv_fp8_dequant) tilings.push_back(MoeGemvTiling{k, d, v, q});
+              for (const int q : gemv_fp8_dequant) {
+                for (const int sw : gemv_gate_up_sweep) {
+                  tilings.push_back(MoeGemvTiling{k, d, v, q, sw});
+                }
+              }
             }
           }
         }
@@ -356,7 +362,8 @@ int Main(int argc, char** argv) {
             const MoeGemvTiling& used = plan.gemv_tiling;
             const std::string configs =
                 plan.grouped ? "grouped w" + std::to_string(used.gate_up_k_splits)
-                : plan.gemv  ? "GEMV k" + std::to_string(used.gate_up_k_splits) + " | GEMV d" +
+                : plan.gemv  ? "GEMV k" + std::to_string(used.gate_up_k_splits) +
+                                  (used.gate_up_sweep == 1 ? " sweep" : "") + " | GEMV d" +
                                   std::to_string(used.down_outputs) + " v" +
                                   std::to_string(used.down_vectors) +
                                   (used.fp8_dequant == kMoeGemvScaledBits

@@ -364,6 +364,10 @@ Status CheckMoeGemvTiling(const MoeGemvTiling& tiling) {
     return InvalidArgument("MoE GEMV down outputs per block " + std::to_string(d) +
                            " not supported: use 4, 8 or 16 (0 = the default)");
   }
+  if (tiling.gate_up_sweep != 0 && tiling.gate_up_sweep != 1) {
+    return InvalidArgument("MoE GEMV gate_up_sweep " + std::to_string(tiling.gate_up_sweep) +
+                           " not supported: use 0 (row-group blocks) or 1 (row sweep)");
+  }
   if (v < 0 || v > 4) {
     return InvalidArgument("MoE GEMV down vectors in flight " + std::to_string(v) +
                            " not supported: use 1, 2, 3, or 4 for every item of a warp at once "

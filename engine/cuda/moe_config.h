@@ -71,6 +71,10 @@ struct MoeGemvTiling {
   // down takes 16 hidden columns per block and ignores down_outputs / down_vectors; shapes with
   // H or Im not a multiple of 64, or more than 20,480 staged elements, run the conversion).
   int fp8_dequant = 0;
+  // 1: gate/up with whole rows per block over a persistent grid (consecutive row groups of one
+  // expert read together; engine/cuda/moe_gemv.cu GateUpSweepKernel; H up to 1,024 vectors per
+  // row), for the CUDA-core dequantisations; 0: the row-group blocks (default).
+  int gate_up_sweep = 0;
 };
 constexpr int kMoeGemvHardwareConvert = 1;
 constexpr int kMoeGemvScaledBits = 2;

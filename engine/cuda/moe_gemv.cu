@@ -167,6 +167,98 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+// Gate/up with whole rows per block over a persistent grid (MoeGemvTiling::gate_up_sweep): an
+// item is (pair, 2 intermediate columns), i.e. the 4 interleaved rows gate_i, up_i, gate_i+1,
+// up_i+1; a pass of a block takes one item, its 256 threads splitting H (thread t: vectors t,
+// t + 256, ...), and pass p of block b takes item b + p * gridDim.x. Consecutive items are
+// consecutive rows of one expert, so the blocks read one compact stretch of each expert's weights
+// at a time instead of every row group at once. Sums: per thread in vector order, then warps and
+// the block's warps in warp order (another order than GateUpKernel's).
+constexpr int kGateUpSweepMaxVecs = 4;
+
+template <MoeWeightFormat F, bool kScaled, int kVecs>
+__global__ void __launch_bounds__(kWarps * 32)
+    GateUpSweepKernel(MoeGemvParams p, const __nv_bfloat16* __restrict__ x,
+                      const uint8_t* __restrict__ w13, const float* __restrict__ scale,
+                      __nv_bfloat16* __restrict__ inter) {
+  constexpr int kThreads = kWarps * 32;
+  constexpr int kE = VecElems(F);
+  __shared__ float part[2][kWarps][kRowsPerWarp];
+  PdlBegin();  // the expert ids come from the router, the preceding kernel
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int vecs = p.hidden / kE;
+  const int64_t per_pair = (p.inter + 1) / 2;
+  const int64_t items = p.tokens * p.pairs_per_token * per_pair;
+  const int64_t rows = 2 * int64_t{p.inter};
+  const int kb_h = p.hidden / 128;
+  auto scale_row = [&](int64_t e, int64_t n) -> const float* {
+    if constexpr (F == MoeWeightFormat::kFp8Block) {
+      return scale + ((e * 2 + (n & 1)) * (p.inter / 128) + (n >> 1) / 128) * kb_h;
+    } else if constexpr (F == MoeWeightFormat::kFp8PerChannel) {
+      return scale + e * rows + n;
+    } else {
+      return nullptr;
+    }
+  };
+  int pass = 0;
+  for (int64_t item = blockIdx.x; item < items; item += gridDim.x, ++pass) {
+    const int64_t pair = item / per_pair;
+    const int i0 = static_cast<int>(item % per_pair) * 2;
+    const int64_t e = __ldcg(p.ids + pair);
+    const int64_t token = pair / p.pairs_per_token;
+    const uint4* w[kRowsPerWarp];
+    const float* srow[kRowsPerWarp];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      // Rows past the end re-read the last row; their sums are never stored.
+      const int64_t n = min(int64_t{2} * i0 + r, rows - 1);
+      w[r] = reinterpret_cast<const uint4*>(w13 + (e * rows + n) * p.hidden * ElemBytes(F));
+      srow[r] = scale_row(e, n);
+    }
+    uint4 raw[kVecs][kRowsPerWarp];
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+      const int v = static_cast<int>(threadIdx.x) + i * kThreads;
+      if (v < vecs) {
+#pragma unroll
+        for (int r = 0; r < kRowsPerWarp; ++r) raw[i][r] = __ldg(w[r] + v);
+      }
+    }
+    float acc[kRowsPerWarp] = {};
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+      const int v = static_cast<int>(threadIdx.x) + i * kThreads;
+      if (v >= vecs) break;
+      ConsumeVector<F, kRowsPerWarp, kScaled>(raw[i], srow, x + token * p.hidden, v * kE, acc);
+    }
+    float(&slot)[kWarps][kRowsPerWarp] = part[pass & 1];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const float v = WarpSum(acc[r]);
+      if (lane == 0) slot[warp][r] = v;
+    }
+    // One barrier per pass: the other buffer's readers of pass - 1 are past it.
+    __syncthreads();
+    if (threadIdx.x < 2) {
+      const int q = static_cast<int>(threadIdx.x);
+      const int i = i0 + q;
+      if (i < p.inter) {
+        float g = 0.f, u = 0.f;
+        for (int wi = 0; wi < kWarps; ++wi) {
+          g += slot[wi][2 * q];
+          u += slot[wi][2 * q + 1];
+        }
+        if constexpr (F == MoeWeightFormat::kFp8PerChannel) {
+          g = Fp8DotValue<kScaled>(g) * __ldg(srow[2 * q]);
+          u = Fp8DotValue<kScaled>(u) * __ldg(srow[2 * q + 1]);
+        }
+        inter[pair * p.inter + i] = __float2bfloat16(g / (1.f + expf(-g)) * u);
+      }
+    }
+  }
+}
+
 __device__ __forceinline__ float ToFloat(float v) { return v; }
 __device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ void Store(float* p, float v) { *p = v; }
@@ -546,6 +638,26 @@ __global__ void __launch_bounds__(kWarps * 32)
   Store(out + t * p.hidden + n, s);
 }
 
+// Whether GateUpSweepKernel serves a shape (H within its vectors per thread).
+bool GateUpSweepServes(const MoeGemvParams& p) {
+  return p.hidden / VecElems(p.format) <= kGateUpSweepMaxVecs * kWarps * 32;
+}
+
+// The sweep kernel's template for a format, dequantisation and vectors per thread.
+template <MoeWeightFormat F, bool kScaled>
+auto GateUpSweepFor(int vecs_per_thread) {
+  switch (vecs_per_thread) {
+    case 1:
+      return GateUpSweepKernel<F, kScaled, 1>;
+    case 2:
+      return GateUpSweepKernel<F, kScaled, 2>;
+    case 3:
+      return GateUpSweepKernel<F, kScaled, 3>;
+    default:
+      return GateUpSweepKernel<F, kScaled, 4>;
+  }
+}
+
 bool Valid(const MoeGemvParams& p) {
   return CheckMoeGemvTiling(p.tiling).ok() && p.tokens > 0 && p.pairs_per_token > 0 &&
          p.pairs_per_token <= kMoeMaxPairsPerToken &&
@@ -576,6 +688,54 @@ void WithDequant(const MoeGemvTiling& tiling, Launch&& launch) {
   } else {
     launch(std::false_type{});
   }
+}
+
+// GateUpSweepKernel on a persistent grid: at most every SM's resident blocks, the items spread
+// evenly over the passes.
+cudaError_t LaunchGateUpSweep(const MoeGemvParams& p, const MoeGemvTiling& tiling,
+                              const __nv_bfloat16* x, const uint8_t* w, const float* w13_scale,
+                              __nv_bfloat16* inter, cudaStream_t stream) {
+  const int threads = kWarps * 32;
+  const int vecs_per_thread = (p.hidden / VecElems(p.format) + threads - 1) / threads;
+  auto launch = [&](auto kernel) -> cudaError_t {
+    int device = 0, sms = 0, resident = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess) {
+      err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    }
+    if (err == cudaSuccess) {
+      err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, threads, 0);
+    }
+    if (err != cudaSuccess) return err;
+    const int64_t items = p.tokens * p.pairs_per_token * ((p.inter + 1) / 2);
+    const int64_t slots = std::max<int64_t>(1, int64_t{resident} * sms);
+    const int64_t passes = (items + slots - 1) / slots;
+    const int64_t grid = (items + passes - 1) / passes;
+    LaunchKernel(kernel, static_cast<unsigned>(grid), threads, 0, stream, p, x, w, w13_scale,
+                 inter);
+    return cudaGetLastError();
+  };
+  switch (p.format) {
+    case MoeWeightFormat::kBf16:
+      return launch(GateUpSweepFor<MoeWeightFormat::kBf16, false>(vecs_per_thread));
+    case MoeWeightFormat::kFp8PerChannel: {
+      cudaError_t err = cudaSuccess;
+      WithDequant(tiling, [&](auto scaled) {
+        err = launch(GateUpSweepFor<MoeWeightFormat::kFp8PerChannel, decltype(scaled)::value>(
+            vecs_per_thread));
+      });
+      return err;
+    }
+    case MoeWeightFormat::kFp8Block: {
+      cudaError_t err = cudaSuccess;
+      WithDequant(tiling, [&](auto scaled) {
+        err = launch(
+            GateUpSweepFor<MoeWeightFormat::kFp8Block, decltype(scaled)::value>(vecs_per_thread));
+      });
+      return err;
+    }
+  }
+  return cudaErrorInvalidValue;
 }
 
 template <class T>
@@ -672,6 +832,9 @@ cudaError_t MoeGemvGateUp(const MoeGemvParams& p, const __nv_bfloat16* x, const 
     if (const cudaError_t err = AllowDynamicSmem(kernel, smem); err != cudaSuccess) return err;
     LaunchKernel(kernel, mma_grid, kWarps * 32, smem, stream, p, k_splits, x, w, w13_scale, inter);
     return cudaGetLastError();
+  }
+  if (tiling.gate_up_sweep == 1 && GateUpSweepServes(p)) {
+    return LaunchGateUpSweep(p, tiling, x, w, w13_scale, inter, stream);
   }
   auto launch = [&](auto kernel) {
     LaunchKernel(kernel, grid, kWarps * 32, 0, stream, p, k_splits, k_chunk, x, w, w13_scale,

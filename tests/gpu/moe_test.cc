@@ -377,6 +377,9 @@ TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
           Setting{0, 1 << 20, {4, 8, 2}}, Setting{0, 1 << 20, {8, 4, 3}},
           // Every down item of a warp in flight (rows of one vector per lane; else 1 vector).
           Setting{0, 1 << 20, {1, 8, 4}}, Setting{0, 1 << 20, {2, 4, 4}},
+          // Gate/up as row sweeps over a persistent grid, both CUDA-core dequantisations.
+          Setting{0, 1 << 20, {0, 8, 4, kMoeGemvHardwareConvert, 1}},
+          Setting{0, 1 << 20, {0, 16, 1, kMoeGemvScaledBits, 1}},
           Setting{0, 1 << 20, {1, 8, 1, kMoeGemvScaledBits}},
           Setting{0, 1 << 20, {2, 16, 2, kMoeGemvScaledBits}},
           Setting{0, 1 << 20, {1, 8, 1, kMoeGemvHardwareConvert}},
@@ -411,6 +414,9 @@ TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
               : (r.plan.gate_up.ToString() + " | " + r.plan.down.ToString()).c_str(),
           e.mirror, e.plain, e.route_mismatches, rows.size());
       EXPECT_EQ(r.plan.gemv, tokens <= table->gemv_max_tokens());
+      if (r.plan.gemv) {
+        EXPECT_EQ(r.plan.gemv_tiling.gate_up_sweep, setting.tiling.gate_up_sweep);
+      }
       // The grouped kernels serve FP8 wherever their staged activations fit the limit.
       const bool grouped_fits =
           c.format != MoeWeightFormat::kBf16 &&

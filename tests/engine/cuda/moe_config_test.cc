@@ -215,6 +215,13 @@ TEST(MoeConfigTest, GemvTilingAcceptsTheCompiledSplitsOnly) {
   const Status bad_d = table->SetGemvTiling(MoeGemvTiling{2, 32});
   EXPECT_EQ(bad_d.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(bad_d.message().find("use 4, 8 or 16"), std::string::npos) << bad_d.message();
+  const Status bad_sweep = table->SetGemvTiling(MoeGemvTiling{2, 8, 1, 0, 2});
+  EXPECT_EQ(bad_sweep.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad_sweep.message().find("use 0 (row-group blocks) or 1 (row sweep)"),
+            std::string::npos)
+      << bad_sweep.message();
+  EXPECT_TRUE(table->SetGemvTiling(MoeGemvTiling{8, 16, 4, 0, 1}).ok());
+  EXPECT_EQ(table->gemv_tiling().gate_up_sweep, 1);
   const Status bad_v = table->SetGemvTiling(MoeGemvTiling{2, 8, 5});
   EXPECT_EQ(bad_v.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(bad_v.message().find("use 1, 2, 3, or 4"), std::string::npos) << bad_v.message();

@@ -60,10 +60,12 @@ step moe_gemv_sweep 120 $B/bin/bench_moe --formats fp8-per-channel --caps 0 --ba
   --gemv-max-tokens 8 --gemv-k-splits 1,2,4,8 --gemv-down-outputs 4,8,16 \
   --gemv-down-vectors 1,2,3 --iters 20
 grep -vE '^device:|^$' "$OUT/moe_gemv_sweep.log" >>$S
-# The MoE down GEMV with every item of a warp in flight (down_vectors 4: GLM-4.7 tp=4's rows of
-# one vector per lane) against one vector (moe_all / mma_moe check it at every shape).
-step moe_down_items 90 $B/bin/bench_moe --formats fp8-per-channel,fp8-block128 --caps 0 \
-  --batches 1,2,4 --gemv-max-tokens 4 --gemv-down-vectors 1,4 --iters 20
+# The MoE GEMVs' new work splits: down with every item of a warp in flight (down_vectors 4:
+# GLM-4.7 tp=4's rows of one vector per lane) and gate/up as row sweeps over a persistent grid,
+# each against the defaults (moe_all / mma_moe check them at every shape).
+step moe_down_items 120 $B/bin/bench_moe --formats fp8-per-channel,fp8-block128 --caps 0 \
+  --batches 1,2,4 --gemv-max-tokens 4 --gemv-down-vectors 1,4 --gemv-gate-up-sweep 0,1 \
+  --iters 20
 grep -vE '^device:|^$' "$OUT/moe_down_items.log" >>$S
 # The dense one-row FP8 GEMV (batch-1 qkv / o) at every K split.
 step gemv_splits 60 $B/bin/gpu_kernels_test --gtest_filter='*EveryKSplit*'
