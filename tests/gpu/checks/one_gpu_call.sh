@@ -76,7 +76,7 @@ grep -E '^\[gemv-(splits|dequant|mma-slices)' "$OUT/gemv_splits.log" >>$S
 # decode with both.
 step mma_gemv 60 $B/bin/gpu_kernels_test --gtest_filter='*TensorCoreGemv*'
 grep -E '^\[gemv-mma\]' "$OUT/mma_gemv.log" >>$S
-step mma_moe 240 $B/bin/gpu_moe_test --gtest_filter='Shapes/MoeForwardTest.*'
+step mma_moe 300 $B/bin/gpu_moe_test --gtest_filter='Shapes/MoeForwardTest.*'
 grep -E 'half-mma' "$OUT/mma_moe.log" | head -40 >>$S
 step moe_gemv_mma 120 $B/bin/bench_moe --formats fp8-per-channel,fp8-block128 --caps 0 \
   --batches 1,2,4 --gemv-max-tokens 4 --gemv-fp8-dequant 1,3 --gemv-k-splits 1,2,4,8 --iters 20
@@ -128,7 +128,7 @@ step moe_gemv_dequant 90 $B/bin/bench_moe --formats fp8-per-channel,fp8-block128
   --batches 1,2,4 --gemv-max-tokens 4 --gemv-fp8-dequant 1,2 --iters 20
 grep -vE '^device:|^$' "$OUT/moe_gemv_dequant.log" >>$S
 # The whole MoE suite (every shape and format, tiles and the GEMV path) and the tuner.
-step moe_all 240 $B/bin/gpu_moe_test
+step moe_all 300 $B/bin/gpu_moe_test
 step moe_tuner 120 $B/bin/gpu_moe_tuner_test
 # Performance.
 # Decode steps from CUDA graphs against eager steps: GLM-4.5-Air shapes, FP8, 24 of 46 layers
