@@ -90,6 +90,37 @@ __device__ __forceinline__ void DotRows(const uint4* const (&w)[kRows],
   }
 }
 
+// The scale row of interleaved gate/up weight row n (gate_i = 2i, up_i = 2i + 1) of expert e
+// (nullptr for BF16).
+template <MoeWeightFormat F>
+__device__ __forceinline__ const float* GateUpScaleRow(const MoeGemvParams& p,
+                                                       const float* __restrict__ scale, int64_t e,
+                                                       int64_t n) {
+  if constexpr (F == MoeWeightFormat::kFp8Block) {
+    return scale + ((e * 2 + (n & 1)) * (p.inter / 128) + (n >> 1) / 128) * (p.hidden / 128);
+  } else if constexpr (F == MoeWeightFormat::kFp8PerChannel) {
+    return scale + e * 2 * int64_t{p.inter} + n;
+  } else {
+    return nullptr;
+  }
+}
+
+// The 4 interleaved rows gate_i0, up_i0, gate_i0+1, up_i0+1 of expert e and their scale rows.
+// Rows past the end re-read the last row; their sums are never stored.
+template <MoeWeightFormat F>
+__device__ __forceinline__ void GateUpRows(const MoeGemvParams& p, const uint8_t* __restrict__ w13,
+                                           const float* __restrict__ scale, int64_t e, int i0,
+                                           const uint4* (&w)[kRowsPerWarp],
+                                           const float* (&srow)[kRowsPerWarp]) {
+  const int64_t rows = 2 * int64_t{p.inter};
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int64_t n = min(int64_t{2} * i0 + r, rows - 1);
+    w[r] = reinterpret_cast<const uint4*>(w13 + (e * rows + n) * p.hidden * ElemBytes(F));
+    srow[r] = GateUpScaleRow<F>(p, scale, e, n);
+  }
+}
+
 // grid (ceil(Im / (2 * kWarps / k_splits)), pairs): the warps of a block form kWarps / k_splits
 // row groups, each the rows (gate_i, up_i, gate_i+1, up_i+1), and the k_splits warps of a group
 // take consecutive k_chunk-element ranges of H; their sums meet in shared memory (split order).
@@ -110,23 +141,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   const bool active = i0 < p.inter;
   const int64_t e = p.ids[pair];
   const int64_t token = pair / p.pairs_per_token;
-  const int64_t rows = 2 * int64_t{p.inter};
-  const int kb_h = p.hidden / 128;
   const uint4* w[kRowsPerWarp];
   const float* srow[kRowsPerWarp];
-#pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) {
-    // Rows past the end re-read the last row; their sums are never stored.
-    const int64_t n = min(int64_t{2} * i0 + r, rows - 1);
-    w[r] = reinterpret_cast<const uint4*>(w13 + (e * rows + n) * p.hidden * ElemBytes(F));
-    if constexpr (F == MoeWeightFormat::kFp8Block) {
-      srow[r] = scale + ((e * 2 + (n & 1)) * (p.inter / 128) + (n >> 1) / 128) * kb_h;
-    } else if constexpr (F == MoeWeightFormat::kFp8PerChannel) {
-      srow[r] = scale + e * rows + n;
-    } else {
-      srow[r] = nullptr;
-    }
-  }
+  GateUpRows<F>(p, w13, scale, e, i0, w, srow);
   float acc[kRowsPerWarp] = {};
   const int k_begin = split * k_chunk;
   const int k_end = min(p.hidden, k_begin + k_chunk);
@@ -190,17 +207,6 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int vecs = p.hidden / kE;
   const int64_t per_pair = (p.inter + 1) / 2;
   const int64_t items = p.tokens * p.pairs_per_token * per_pair;
-  const int64_t rows = 2 * int64_t{p.inter};
-  const int kb_h = p.hidden / 128;
-  auto scale_row = [&](int64_t e, int64_t n) -> const float* {
-    if constexpr (F == MoeWeightFormat::kFp8Block) {
-      return scale + ((e * 2 + (n & 1)) * (p.inter / 128) + (n >> 1) / 128) * kb_h;
-    } else if constexpr (F == MoeWeightFormat::kFp8PerChannel) {
-      return scale + e * rows + n;
-    } else {
-      return nullptr;
-    }
-  };
   int pass = 0;
   for (int64_t item = blockIdx.x; item < items; item += gridDim.x, ++pass) {
     const int64_t pair = item / per_pair;
@@ -209,13 +215,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int64_t token = pair / p.pairs_per_token;
     const uint4* w[kRowsPerWarp];
     const float* srow[kRowsPerWarp];
-#pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) {
-      // Rows past the end re-read the last row; their sums are never stored.
-      const int64_t n = min(int64_t{2} * i0 + r, rows - 1);
-      w[r] = reinterpret_cast<const uint4*>(w13 + (e * rows + n) * p.hidden * ElemBytes(F));
-      srow[r] = scale_row(e, n);
-    }
+    GateUpRows<F>(p, w13, scale, e, i0, w, srow);
     uint4 raw[kVecs][kRowsPerWarp];
 #pragma unroll
     for (int i = 0; i < kVecs; ++i) {
@@ -271,6 +271,36 @@ constexpr int kDownAllItems = 4;
 // Items per warp DownAllItems holds (4 rows x 16 bytes each per lane).
 constexpr int kDownAllItemsMax = 4;
 
+// The scale row of down weight row n of expert e (nullptr for BF16).
+template <MoeWeightFormat F>
+__device__ __forceinline__ const float* DownScaleRow(const MoeGemvParams& p,
+                                                     const float* __restrict__ scale, int64_t e,
+                                                     int64_t n) {
+  if constexpr (F == MoeWeightFormat::kFp8Block) {
+    return scale + (e * (p.hidden / 128) + n / 128) * (p.inter / 128);
+  } else if constexpr (F == MoeWeightFormat::kFp8PerChannel) {
+    return scale + e * p.hidden + n;
+  } else {
+    return nullptr;
+  }
+}
+
+// One down item's 4 sums (per lane) into part[j][col .. col + 4): warp sums, per-channel scales,
+// the pair's routing weight.
+template <MoeWeightFormat F, bool kScaled>
+__device__ __forceinline__ void StoreDownItem(const float (&acc)[kRowsPerWarp],
+                                              const float* const (&srow)[kRowsPerWarp],
+                                              float weight, float* part_row) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    float v = WarpSum(acc[r]);
+    if constexpr (F == MoeWeightFormat::kFp8PerChannel)
+      v = Fp8DotValue<kScaled>(v) * __ldg(srow[r]);
+    if (lane == 0) part_row[r] = v * weight;
+  }
+}
+
 // Whether DownAllItems serves a shape: each weight row within one 16-byte vector per lane
 // (Im <= 512 FP8 / 256 BF16 elements, e.g. GLM-4.7 at tp 4 and 8) and at most kDownAllItemsMax
 // items per warp.
@@ -294,7 +324,6 @@ __device__ __forceinline__ void DownAllItems(const MoeGemvParams& p, int quads, 
   const int lane = threadIdx.x & 31;
   const int pairs = p.pairs_per_token;
   const int items = quads * pairs;
-  const int kb_i = p.inter / 128;
   const bool has_vector = lane * kE < p.inter;
   int64_t e[kDownAllItemsMax];
 #pragma unroll
@@ -327,28 +356,14 @@ __device__ __forceinline__ void DownAllItems(const MoeGemvParams& p, int quads, 
     const float* srow[kRowsPerWarp];
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
-      const int64_t n = min(n0 + r, p.hidden - 1);
-      if constexpr (F == MoeWeightFormat::kFp8Block) {
-        srow[r] = scale + (e[it] * (p.hidden / 128) + n / 128) * kb_i;
-      } else if constexpr (F == MoeWeightFormat::kFp8PerChannel) {
-        srow[r] = scale + e[it] * p.hidden + n;
-      } else {
-        srow[r] = nullptr;
-      }
+      srow[r] = DownScaleRow<F>(p, scale, e[it], min(n0 + r, p.hidden - 1));
     }
     float acc[kRowsPerWarp] = {};
     if (has_vector) {
       ConsumeVector<F, kRowsPerWarp, kScaled>(raw[it], srow, inter + pair * p.inter, lane * kE,
                                               acc);
     }
-    const float weight = p.weights[pair];
-#pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) {
-      float v = WarpSum(acc[r]);
-      if constexpr (F == MoeWeightFormat::kFp8PerChannel)
-        v = Fp8DotValue<kScaled>(v) * __ldg(srow[r]);
-      if (lane == 0) part[j][n0 - n_base + r] = v * weight;
-    }
+    StoreDownItem<F, kScaled>(acc, srow, p.weights[pair], &part[j][n0 - n_base]);
   }
 }
 
@@ -365,12 +380,10 @@ __global__ void __launch_bounds__(kWarps * 32)
                const T* __restrict__ addend, T* __restrict__ out) {
   __shared__ float part[kMoeMaxPairsPerToken][kMaxDownOutputs];
   const int warp = threadIdx.x >> 5;
-  const int lane = threadIdx.x & 31;
   const int64_t t = blockIdx.y;
   const int n_base = static_cast<int>(blockIdx.x) * outputs;
   const int pairs = p.pairs_per_token;
   const int quads = outputs / kRowsPerWarp;
-  const int kb_i = p.inter / 128;
   bool waited = false;
   auto wait_once = [&waited] {
     if (!waited) {
@@ -392,25 +405,12 @@ __global__ void __launch_bounds__(kWarps * 32)
       for (int r = 0; r < kRowsPerWarp; ++r) {
         const int64_t n = min(n0 + r, p.hidden - 1);
         w[r] = reinterpret_cast<const uint4*>(w2 + (e * p.hidden + n) * p.inter * ElemBytes(F));
-        if constexpr (F == MoeWeightFormat::kFp8Block) {
-          srow[r] = scale + (e * (p.hidden / 128) + n / 128) * kb_i;
-        } else if constexpr (F == MoeWeightFormat::kFp8PerChannel) {
-          srow[r] = scale + e * p.hidden + n;
-        } else {
-          srow[r] = nullptr;
-        }
+        srow[r] = DownScaleRow<F>(p, scale, e, n);
       }
       float acc[kRowsPerWarp] = {};
       DotRows<F, kRowsPerWarp, kUnroll, kScaled>(w, srow, inter + pair * p.inter, 0, p.inter, acc,
                                                  wait_once);
-      const float weight = p.weights[pair];
-#pragma unroll
-      for (int r = 0; r < kRowsPerWarp; ++r) {
-        float v = WarpSum(acc[r]);
-        if constexpr (F == MoeWeightFormat::kFp8PerChannel)
-          v = Fp8DotValue<kScaled>(v) * __ldg(srow[r]);
-        if (lane == 0) part[j][n0 - n_base + r] = v * weight;
-      }
+      StoreDownItem<F, kScaled>(acc, srow, p.weights[pair], &part[j][n0 - n_base]);
     }
   }
   wait_once();  // warps without an item
