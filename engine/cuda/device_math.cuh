@@ -86,6 +86,23 @@ __device__ __forceinline__ float WarpSum(float v) {
   return v;
 }
 
+// Block-wide: each warp's sums of its lanes' kN values (WarpSum) into slot[warp][0 .. kN) (lane 0
+// writes), then a barrier, after which any thread may read slot. Every thread of the block calls
+// it. Persistent kernels alternate two slots per pass, so one barrier per pass suffices: the
+// readers of one slot are past the next pass's barrier before that slot is written again.
+template <int kBlockWarps, int kN>
+__device__ __forceinline__ void WarpSumsToShared(const float (&acc)[kN],
+                                                 float (&slot)[kBlockWarps][kN]) {
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int r = 0; r < kN; ++r) {
+    const float v = WarpSum(acc[r]);
+    if (lane == 0) slot[warp][r] = v;
+  }
+  __syncthreads();
+}
+
 __device__ __forceinline__ float WarpMax(float v) {
   for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
   return v;

@@ -6,6 +6,7 @@
 #include "engine/cuda/device_math.cuh"
 #include "engine/cuda/fp8_mma_dot.cuh"
 #include "engine/cuda/kernel_smem.h"
+#include "engine/cuda/persistent_grid.h"
 #include "engine/cuda/programmatic_launch.cuh"
 
 namespace spark::cuda {
@@ -248,8 +249,6 @@ __global__ void __launch_bounds__(kWarps * 32)
     GemvFp8SweepKernel(DeviceLinear w, const __nv_bfloat16* __restrict__ x,
                        const float* __restrict__ bias, float* __restrict__ y) {
   constexpr int kThreads = kWarps * 32;
-  const int warp = threadIdx.x >> 5;
-  const int lane = threadIdx.x & 31;
   const int64_t vecs = w.in / 16;
   const int64_t groups = (w.out + kSweepRows - 1) / kSweepRows;
   const int64_t kb = kBlock ? (w.in + w.block_k - 1) / w.block_k : 0;
@@ -299,13 +298,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       }
     }
     float(&slot)[kWarps][kSweepRows] = part[pass & 1];
-#pragma unroll
-    for (int r = 0; r < kSweepRows; ++r) {
-      const float v = WarpSum(acc[r]);
-      if (lane == 0) slot[warp][r] = v;
-    }
-    // One barrier per pass: the other buffer's readers of pass - 1 are past it.
-    __syncthreads();
+    WarpSumsToShared(acc, slot);
     if (threadIdx.x < kSweepRows) {
       const int64_t n = group * kSweepRows + threadIdx.x;
       if (n < w.out) {
@@ -552,25 +545,12 @@ SweepKernelFn SweepKernel(const DeviceLinear& w) {
 // The row-sweep kernel's persistent grid: every multiprocessor's resident blocks at most, the row
 // groups spread evenly over the passes.
 int64_t SweepGrid(const DeviceLinear& w) {
-  static std::atomic<int> sms{0};
-  static std::atomic<int> per_sm[2][kSweepMaxVecs] = {};
-  const int multiprocessors = CachedDeviceAttribute(sms, cudaDevAttrMultiProcessorCount, 1);
-  const int64_t per_thread = (w.in / 16 + kWarps * 32 - 1) / (kWarps * 32);
-  std::atomic<int>& c = per_sm[w.scale_kind == WeightScale::kBlock ? 1 : 0][per_thread - 1];
-  int resident = c.load(std::memory_order_relaxed);
-  if (resident <= 0) {
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, SweepKernel(w), kWarps * 32, 0) !=
-            cudaSuccess ||
-        resident <= 0) {
-      resident = 1;
-    } else {
-      c.store(resident, std::memory_order_relaxed);
-    }
+  int64_t slots = 0;
+  if (ResidentBlocks(SweepKernel(w), kWarps * 32, &slots) != cudaSuccess || slots <= 0) {
+    static std::atomic<int> sms{0};  // one block per multiprocessor
+    slots = CachedDeviceAttribute(sms, cudaDevAttrMultiProcessorCount, 1);
   }
-  const int64_t groups = (w.out + kSweepRows - 1) / kSweepRows;
-  const int64_t slots = int64_t{resident} * multiprocessors;
-  const int64_t passes = (groups + slots - 1) / slots;
-  return (groups + passes - 1) / passes;
+  return BalancedPersistentGrid((w.out + kSweepRows - 1) / kSweepRows, slots);
 }
 
 template <WeightType T>

@@ -8,6 +8,7 @@ add_library(spark_engine_cuda_moe STATIC
   ${CMAKE_CURRENT_LIST_DIR}/moe_gemv.cu
   ${CMAKE_CURRENT_LIST_DIR}/moe_grouped.cu
   ${CMAKE_CURRENT_LIST_DIR}/kernel_smem.cc
+  ${CMAKE_CURRENT_LIST_DIR}/persistent_grid.cc
   ${CMAKE_CURRENT_LIST_DIR}/moe_pack.cc
 )
 target_include_directories(spark_engine_cuda_moe PUBLIC ${PROJECT_SOURCE_DIR})

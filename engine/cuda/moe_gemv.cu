@@ -8,6 +8,7 @@
 #include "engine/cuda/device_math.cuh"
 #include "engine/cuda/fp8_mma_dot.cuh"
 #include "engine/cuda/kernel_smem.h"
+#include "engine/cuda/persistent_grid.h"
 #include "engine/cuda/programmatic_launch.cuh"
 
 namespace spark::cuda::moe_internal {
@@ -202,8 +203,6 @@ __global__ void __launch_bounds__(kWarps * 32)
   constexpr int kE = VecElems(F);
   __shared__ float part[2][kWarps][kRowsPerWarp];
   PdlBegin();  // the expert ids come from the router, the preceding kernel
-  const int warp = threadIdx.x >> 5;
-  const int lane = threadIdx.x & 31;
   const int vecs = p.hidden / kE;
   const int64_t per_pair = (p.inter + 1) / 2;
   const int64_t items = p.tokens * p.pairs_per_token * per_pair;
@@ -233,13 +232,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       ConsumeVector<F, kRowsPerWarp, kScaled>(raw[i], srow, x + token * p.hidden, v * kE, acc);
     }
     float(&slot)[kWarps][kRowsPerWarp] = part[pass & 1];
-#pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) {
-      const float v = WarpSum(acc[r]);
-      if (lane == 0) slot[warp][r] = v;
-    }
-    // One barrier per pass: the other buffer's readers of pass - 1 are past it.
-    __syncthreads();
+    WarpSumsToShared(acc, slot);
     if (threadIdx.x < 2) {
       const int q = static_cast<int>(threadIdx.x);
       const int i = i0 + q;
@@ -698,19 +691,12 @@ cudaError_t LaunchGateUpSweep(const MoeGemvParams& p, const MoeGemvTiling& tilin
   const int threads = kWarps * 32;
   const int vecs_per_thread = (p.hidden / VecElems(p.format) + threads - 1) / threads;
   auto launch = [&](auto kernel) -> cudaError_t {
-    int device = 0, sms = 0, resident = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess) {
-      err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    int64_t slots = 0;
+    if (const cudaError_t err = ResidentBlocks(kernel, threads, &slots); err != cudaSuccess) {
+      return err;
     }
-    if (err == cudaSuccess) {
-      err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, threads, 0);
-    }
-    if (err != cudaSuccess) return err;
-    const int64_t items = p.tokens * p.pairs_per_token * ((p.inter + 1) / 2);
-    const int64_t slots = std::max<int64_t>(1, int64_t{resident} * sms);
-    const int64_t passes = (items + slots - 1) / slots;
-    const int64_t grid = (items + passes - 1) / passes;
+    const int64_t grid =
+        BalancedPersistentGrid(p.tokens * p.pairs_per_token * ((p.inter + 1) / 2), slots);
     LaunchKernel(kernel, static_cast<unsigned>(grid), threads, 0, stream, p, x, w, w13_scale,
                  inter);
     return cudaGetLastError();
