@@ -230,49 +230,34 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
         "--kv-cache-dtype fp8 is not supported on the CPU backend yet (its cache is fp32); use "
         "--backend cuda");
   }
-  if (o.moe_tune && o.backend != "cuda") {
-    return InvalidArgument("--moe-tune tunes the CUDA MoE kernels; use it with --backend cuda");
-  }
-  if (o.attention_tensor_cores && o.backend != "cuda") {
-    return InvalidArgument(
-        "--attention-tensor-cores selects a CUDA attention kernel; use it with --backend cuda");
-  }
-  if (o.programmatic_launch && o.backend != "cuda") {
-    return InvalidArgument(
-        "--programmatic-launch is a CUDA launch mode; use it with --backend cuda");
-  }
-  if (o.moe_grouped_max_tokens >= 0 && o.backend != "cuda") {
-    return InvalidArgument(
-        "--moe-grouped-max-tokens selects a CUDA MoE kernel; use it with --backend cuda");
-  }
   if (o.one_shot_all_reduce_bytes != 0 && (o.backend != "cuda" || o.tp < 2)) {
     return InvalidArgument(
         "--one-shot-all-reduce-bytes chooses the NCCL all-reduce of a CUDA group; use it with "
         "--backend cuda and --tp 2 or more");
   }
-  if (o.smem_cap_bytes > 0 && o.backend != "cuda") {
-    return InvalidArgument(
-        "--smem-cap-bytes caps a GPU's shared memory per block; use it with --backend cuda");
-  }
-  if (o.l2_prefetch_percent >= 0 && o.backend != "cuda") {
-    return InvalidArgument(
-        "--l2-prefetch-percent prefetches into a GPU's L2; use it with --backend cuda");
-  }
-  if (o.gemv_row_sweep && o.backend != "cuda") {
-    return InvalidArgument(
-        "--gemv-row-sweep selects the CUDA GEMV kernels; use it with --backend cuda");
-  }
-  if (o.gemv_tensor_cores && o.backend != "cuda") {
-    return InvalidArgument(
-        "--gemv-tensor-cores selects the CUDA GEMV kernels; use it with --backend cuda");
-  }
-  if (o.moe_gemv_max_tokens >= 0 && o.backend != "cuda") {
-    return InvalidArgument(
-        "--moe-gemv-max-tokens selects a CUDA MoE kernel; use it with --backend cuda");
-  }
-  if (o.fuse_shared_experts && o.backend != "cuda") {
-    return InvalidArgument(
-        "--fuse-shared-experts selects the CUDA MoE kernels' layout; use it with --backend cuda");
+  // Options of the CUDA backend only: set with another backend, each names itself and the fix.
+  struct CudaOnly {
+    bool set;
+    const char* what;
+  };
+  for (const CudaOnly& c : {
+           CudaOnly{o.moe_tune, "--moe-tune tunes the CUDA MoE kernels"},
+           CudaOnly{o.attention_tensor_cores,
+                    "--attention-tensor-cores selects a CUDA attention kernel"},
+           CudaOnly{o.programmatic_launch, "--programmatic-launch is a CUDA launch mode"},
+           CudaOnly{o.moe_grouped_max_tokens >= 0,
+                    "--moe-grouped-max-tokens selects a CUDA MoE kernel"},
+           CudaOnly{o.smem_cap_bytes > 0, "--smem-cap-bytes caps a GPU's shared memory per block"},
+           CudaOnly{o.l2_prefetch_percent >= 0, "--l2-prefetch-percent prefetches into a GPU's L2"},
+           CudaOnly{o.gemv_row_sweep, "--gemv-row-sweep selects the CUDA GEMV kernels"},
+           CudaOnly{o.gemv_tensor_cores, "--gemv-tensor-cores selects the CUDA GEMV kernels"},
+           CudaOnly{o.moe_gemv_max_tokens >= 0, "--moe-gemv-max-tokens selects a CUDA MoE kernel"},
+           CudaOnly{o.fuse_shared_experts,
+                    "--fuse-shared-experts selects the CUDA MoE kernels' layout"},
+       }) {
+    if (c.set && o.backend != "cuda") {
+      return InvalidArgument(std::string(c.what) + "; use it with --backend cuda");
+    }
   }
 #if !defined(SPARK_HAVE_CUDA)
   if (o.backend == "cuda") {
