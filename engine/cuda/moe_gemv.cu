@@ -8,6 +8,7 @@
 #include "engine/cuda/device_math.cuh"
 #include "engine/cuda/fp8_mma_dot.cuh"
 #include "engine/cuda/kernel_smem.h"
+#include "engine/cuda/moe_scale_rows.cuh"
 #include "engine/cuda/persistent_grid.h"
 #include "engine/cuda/programmatic_launch.cuh"
 
@@ -98,7 +99,7 @@ __device__ __forceinline__ const float* GateUpScaleRow(const MoeGemvParams& p,
                                                        const float* __restrict__ scale, int64_t e,
                                                        int64_t n) {
   if constexpr (F == MoeWeightFormat::kFp8Block) {
-    return scale + ((e * 2 + (n & 1)) * (p.inter / 128) + (n >> 1) / 128) * (p.hidden / 128);
+    return W13BlockScaleRow(scale, e, n, p.hidden, p.inter);
   } else if constexpr (F == MoeWeightFormat::kFp8PerChannel) {
     return scale + e * 2 * int64_t{p.inter} + n;
   } else {
@@ -270,7 +271,7 @@ __device__ __forceinline__ const float* DownScaleRow(const MoeGemvParams& p,
                                                      const float* __restrict__ scale, int64_t e,
                                                      int64_t n) {
   if constexpr (F == MoeWeightFormat::kFp8Block) {
-    return scale + (e * (p.hidden / 128) + n / 128) * (p.inter / 128);
+    return W2BlockScaleRow(scale, e, n, p.hidden, p.inter);
   } else if constexpr (F == MoeWeightFormat::kFp8PerChannel) {
     return scale + e * p.hidden + n;
   } else {
@@ -480,9 +481,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const uint8_t* wg8 = w13 + (e * rows + ng8) * p.hidden;
   // Block scales: rows g and g + 8 are both gate or both up rows, of one 128-row block.
   const float* srow =
-      F == MoeWeightFormat::kFp8Block
-          ? scale + ((e * 2 + (ng & 1)) * (p.inter / 128) + (ng >> 1) / 128) * (p.hidden / 128)
-          : nullptr;
+      F == MoeWeightFormat::kFp8Block ? W13BlockScaleRow(scale, e, ng, p.hidden, p.inter) : nullptr;
   fp8_mma::StepRing<kMmaStages> ring(rings + warp * (kMmaStages * fp8_mma::kSlotBytes));
   fp8_mma::PrimeSteps(ring, wg, wg8, s_begin, s_end);
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
@@ -552,7 +551,6 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int per_warp = (total + kWarps - 1) / kWarps;
   const int f_begin = min(total, warp * per_warp);
   const int f_end = min(total, f_begin + per_warp);
-  const int kb_i = p.inter / 128;
   // Row pointers of pair j at element 0.
   auto rows_of = [&](int j, const uint8_t*& a, const uint8_t*& b) {
     const int64_t e = experts[j];
@@ -596,7 +594,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       float d[4] = {0.f, 0.f, 0.f, 0.f};
       fp8_mma::MmaStep(bytes, xs_step, d);
       const float sc =
-          __ldg(scale + (experts[cj] * (p.hidden / 128) + ng / 128) * kb_i + cs * kStep / 128);
+          __ldg(W2BlockScaleRow(scale, experts[cj], ng, p.hidden, p.inter) + cs * kStep / 128);
 #pragma unroll
       for (int i = 0; i < 4; ++i) c[i] = fmaf(sc, d[i], c[i]);
     } else {

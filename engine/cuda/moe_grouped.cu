@@ -4,6 +4,7 @@
 
 #include "engine/cuda/fp8_mma_dot.cuh"
 #include "engine/cuda/kernel_smem.h"
+#include "engine/cuda/moe_scale_rows.cuh"
 #include "engine/cuda/programmatic_launch.cuh"
 
 namespace spark::cuda::moe_internal {
@@ -70,8 +71,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   // Block scales: rows g and g + 8 share one (for gate/up both gate or both up rows).
   const float* srow = nullptr;
   if constexpr (F == MoeWeightFormat::kFp8Block) {
-    srow = kUp ? scale + ((e * 2 + (ng & 1)) * (p.inter / 128) + (ng >> 1) / 128) * (p.hidden / 128)
-               : scale + (e * (p.hidden / 128) + ng / 128) * (p.inter / 128);
+    srow = kUp ? W13BlockScaleRow(scale, e, ng, p.hidden, p.inter)
+               : W2BlockScaleRow(scale, e, ng, p.hidden, p.inter);
   }
   fp8_mma::StepBytes buf[kUnroll];
 #pragma unroll
