@@ -55,6 +55,7 @@ Status TuneMoeOfRank(const CudaRankSpec& spec, int rank, int tp,
   SPARK_ASSIGN_OR_RETURN(cuda::DeviceInfo device, cuda::QueryDevice(rank));
   SPARK_ASSIGN_OR_RETURN(cuda::MoeConfigTable table,
                          cuda::MoeConfigTable::Create(device, options->smem_cap_bytes));
+  table.SetGemvMaxTokens(options->moe_gemv_max_tokens);
   cuda::MoeTunerOptions tuner;
   tuner.batches = engine::MoeBatchBuckets(spec.max_batch_tokens);
   tuner.max_seconds = spec.moe_tune_max_seconds;

@@ -1059,8 +1059,13 @@ Status CudaBackend::Impl::Finish() {
       tiling.fp8_dequant = kMoeGemvHalfMma;
       SPARK_RETURN_IF_ERROR(table.SetGemvTiling(tiling));
     }
-    SPARK_RETURN_IF_ERROR(ApplyMoeTunedChoices(options.moe_tuned, table)
-                              .WithContext("applying the tuned MoE tile configs"));
+    std::vector<MoeTunedChoice> tuned = options.moe_tuned;
+    if (options.gemv_tensor_cores) {
+      // An explicit GEMV choice wins over the tuned splits.
+      std::erase_if(tuned, [](const MoeTunedChoice& c) { return c.gemv; });
+    }
+    SPARK_RETURN_IF_ERROR(
+        ApplyMoeTunedChoices(tuned, table).WithContext("applying the tuned MoE tile configs"));
     moe_table.emplace(std::move(table));
     SPARK_ASSIGN_OR_RETURN(moe_ws, MoeWorkspace::Create(moe_shape, moe_format, t, &*moe_table));
   }

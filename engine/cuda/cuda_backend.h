@@ -141,8 +141,10 @@ struct CudaBackendOptions {
   // or keep BF16 activations with the GEMV / dequantised weights (false; closer to the fp32
   // reference, slower prefill).
   bool fp8_activations = true;
-  // Tuned MoE tile configs (engine/cuda/moe_tuner.h) set on the MoE config table before the
-  // workspace is sized; buckets without one use the heuristic.
+  // Tuned MoE tile configs and GEMV-path splits (engine/cuda/moe_tuner.h) set on the MoE config
+  // table before the workspace is sized; buckets without one use the heuristic. With
+  // gemv_tensor_cores the GEMV path's split is that option's for every bucket (tuned GEMV splits
+  // are not applied).
   std::vector<MoeTunedChoice> moe_tuned;
   // Decode steps (every chunk one token, causal, logits of that token only, no hidden rows)
   // replay one CUDA graph per batch-size bucket (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, ... up

@@ -844,7 +844,7 @@ struct MoeWorkspaceAccess {
     p.inter = s.inter;
     p.ids = w.topk_ids_;
     p.weights = w.topk_weights_;
-    p.tiling = table.gemv_tiling();
+    p.tiling = table.GemvTilingFor(layer.format, tokens);
     p.tiling = moe_internal::MoeGemvResolveTiling(p);
     w.last_plan_ = MoePlan{tokens, MoeTileConfig{}, MoeTileConfig{}, true, p.tiling};
     cudaError_t err = mark(0);

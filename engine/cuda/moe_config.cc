@@ -382,10 +382,55 @@ Status CheckMoeGemvTiling(const MoeGemvTiling& tiling) {
   return Status::Ok();
 }
 
+const char* MoeGemvDequantName(int fp8_dequant) {
+  switch (fp8_dequant <= 0 ? kMoeGemvFp8DequantDefault : fp8_dequant) {
+    case kMoeGemvScaledBits:
+      return "scaled_bits";
+    case kMoeGemvHalfMma:
+      return "half_mma";
+    default:
+      return "convert";
+  }
+}
+
+Result<int> ParseMoeGemvDequant(std::string_view name) {
+  for (int q : {kMoeGemvHardwareConvert, kMoeGemvScaledBits, kMoeGemvHalfMma}) {
+    if (name == MoeGemvDequantName(q)) return q;
+  }
+  return InvalidArgument("MoE GEMV FP8 dequantisation '" + std::string(name) +
+                         "' not known: use convert, scaled_bits or half_mma");
+}
+
 Status MoeConfigTable::SetGemvTiling(const MoeGemvTiling& tiling) {
   SPARK_RETURN_IF_ERROR(CheckMoeGemvTiling(tiling));
   gemv_tiling_ = tiling;
   return Status::Ok();
+}
+
+Status MoeConfigTable::SetTunedGemv(MoeWeightFormat format, int64_t tokens,
+                                    const MoeGemvTiling& tiling) {
+  SPARK_RETURN_IF_ERROR(CheckMoeGemvTiling(tiling));
+  if (tokens < 1) {
+    return InvalidArgument("a tuned MoE GEMV split needs a batch of at least 1 token, got " +
+                           std::to_string(tokens));
+  }
+  const int bucket = Bucket(tokens);
+  for (TunedGemv& t : tuned_gemv_) {
+    if (t.format == format && t.bucket == bucket) {
+      t.tiling = tiling;
+      return Status::Ok();
+    }
+  }
+  tuned_gemv_.push_back({format, bucket, tiling});
+  return Status::Ok();
+}
+
+const MoeGemvTiling& MoeConfigTable::GemvTilingFor(MoeWeightFormat format, int64_t tokens) const {
+  const int bucket = Bucket(tokens);
+  for (const TunedGemv& t : tuned_gemv_) {
+    if (t.format == format && t.bucket == bucket) return t.tiling;
+  }
+  return gemv_tiling_;
 }
 
 Status MoeConfigTable::SetTuned(MoeWeightFormat format, MoeGemm gemm, int64_t pairs,

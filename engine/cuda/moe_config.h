@@ -14,12 +14,13 @@
 // Host code only (no CUDA calls) except MoeConfigTable::Create (defined in moe_gemm.cu), so CPU
 // tests cover the selection and sizing; ForLimit builds a table without a device.
 //
-// Thread safety: a table is immutable after Create except SetTuned, which callers must not race
-// with MoeForward. Ownership: a value type.
+// Thread safety: a table is immutable after Create except the setters (SetTuned, SetTunedGemv,
+// ...), which callers must not race with MoeForward. Ownership: a value type.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
@@ -82,6 +83,11 @@ constexpr int kMoeGemvHalfMma = 3;
 constexpr int kMoeGemvFp8DequantDefault = kMoeGemvHardwareConvert;
 // InvalidArgument naming the value and the ones allowed when a field is outside those listed.
 Status CheckMoeGemvTiling(const MoeGemvTiling& tiling);
+// Names of the FP8 dequantisations in tuning records: "convert", "scaled_bits", "half_mma"
+// (0, the default, is named as the default's).
+const char* MoeGemvDequantName(int fp8_dequant);
+// The value of a name; InvalidArgument naming the known ones.
+Result<int> ParseMoeGemvDequant(std::string_view name);
 
 struct MoeTileConfig {
   int kernel = -1;        // index of the compiled variant (MoeKernelVariants())
@@ -162,7 +168,10 @@ class MoeConfigTable {
   // Records a tuned config for (format, gemm, batch-size bucket of `pairs`); rejects one above
   // the shared-memory limit or not valid for the format.
   Status SetTuned(MoeWeightFormat format, MoeGemm gemm, int64_t pairs, const MoeTileConfig& config);
-  void ClearTuned() { tuned_.clear(); }
+  void ClearTuned() {
+    tuned_.clear();
+    tuned_gemv_.clear();
+  }
 
   // Forwards of at most this many tokens run the expert GEMMs as GEMVs over the (token, expert)
   // pairs (engine/cuda/moe_gemv.h) instead of the grouped tile GEMM; 0 turns that path off.
@@ -173,6 +182,13 @@ class MoeConfigTable {
   // value outside those listed in MoeGemvTiling.
   const MoeGemvTiling& gemv_tiling() const { return gemv_tiling_; }
   Status SetGemvTiling(const MoeGemvTiling& tiling);
+  // A tuned GEMV split for (format, bucket of `tokens`: the smallest power of two >= tokens);
+  // it replaces gemv_tiling() for forwards of that bucket. CheckMoeGemvTiling's error otherwise.
+  Status SetTunedGemv(MoeWeightFormat format, int64_t tokens, const MoeGemvTiling& tiling);
+  // The split a GEMV-path forward of `tokens` tokens uses: the bucket's tuned one, else
+  // gemv_tiling(). Zero fields are resolved by the kernels (MoeGemvResolveTiling).
+  const MoeGemvTiling& GemvTilingFor(MoeWeightFormat format, int64_t tokens) const;
+  bool HasTunedGemv() const { return !tuned_gemv_.empty(); }
   // Forwards of more than gemv_max_tokens and at most this many tokens run the expert-grouped
   // tensor-core kernels (engine/cuda/moe_grouped.h: each expert's FP8 weights read once for up to
   // kMoeGroupedBlockM of its pairs, BF16 activations) where they fit the shared-memory limit;
@@ -207,6 +223,11 @@ class MoeConfigTable {
     int bucket;
     MoeTileConfig config;
   };
+  struct TunedGemv {
+    MoeWeightFormat format;
+    int bucket;  // Bucket(tokens)
+    MoeGemvTiling tiling;
+  };
   static int Bucket(int64_t pairs);
 
   int64_t smem_limit_bytes_ = 0;
@@ -215,6 +236,7 @@ class MoeConfigTable {
   int grouped_max_tokens_ = 0;
   MoeGemvTiling gemv_tiling_;
   std::vector<Tuned> tuned_;
+  std::vector<TunedGemv> tuned_gemv_;
 };
 
 }  // namespace spark::cuda

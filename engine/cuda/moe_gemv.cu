@@ -793,6 +793,28 @@ MoeGemvTiling MoeGemvResolveTiling(const MoeGemvParams& p) {
   return t;
 }
 
+MoeGemvTiling MoeGemvEffectiveTiling(const MoeGemvParams& p) {
+  MoeGemvTiling t = MoeGemvResolveTiling(p);
+  if (!IsFp8(p.format)) t.fp8_dequant = kMoeGemvHardwareConvert;
+  const bool mma = t.fp8_dequant == kMoeGemvHalfMma;
+  const bool mma_gate_up = mma && MmaServesGateUp(p);
+  const bool mma_down = mma && MmaServesDown(p);
+  if (mma && !mma_gate_up && !mma_down) t.fp8_dequant = kMoeGemvHardwareConvert;
+  if (mma_gate_up || !GateUpSweepServes(p)) t.gate_up_sweep = 0;
+  if (t.gate_up_sweep == 1) t.gate_up_k_splits = 1;
+  if (mma_down) {
+    t.down_outputs = 16;
+    t.down_vectors = 1;
+  }
+  return t;
+}
+
+bool SameMoeGemvTiling(const MoeGemvTiling& a, const MoeGemvTiling& b) {
+  return a.gate_up_k_splits == b.gate_up_k_splits && a.down_outputs == b.down_outputs &&
+         a.down_vectors == b.down_vectors && a.fp8_dequant == b.fp8_dequant &&
+         a.gate_up_sweep == b.gate_up_sweep;
+}
+
 cudaError_t MoeGemvGateUp(const MoeGemvParams& p, const __nv_bfloat16* x, const void* w13,
                           const float* w13_scale, __nv_bfloat16* inter, cudaStream_t stream) {
   if (p.tokens == 0) return cudaSuccess;

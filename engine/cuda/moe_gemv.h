@@ -51,6 +51,12 @@ struct MoeGemvParams {
 // The tiling a launch of `p` uses: p.tiling's non-zero values, MoeGemvTiling's defaults for the
 // rest.
 MoeGemvTiling MoeGemvResolveTiling(const MoeGemvParams& p);
+// MoeGemvResolveTiling with the fields the launch of `p` ignores set to fixed values (BF16: the
+// dequantisation; a row sweep: the K splits; the tensor-core kernels: the down outputs and
+// vectors; a variant the shape cannot run: the one that runs instead), so two tilings launch the
+// same kernels exactly when their effective tilings are equal (the tuner's candidates).
+MoeGemvTiling MoeGemvEffectiveTiling(const MoeGemvParams& p);
+bool SameMoeGemvTiling(const MoeGemvTiling& a, const MoeGemvTiling& b);
 
 // x [tokens, H] BF16, w13/w13_scale as in moe.h, inter [tokens * P, Im] BF16.
 cudaError_t MoeGemvGateUp(const MoeGemvParams& p, const __nv_bfloat16* x, const void* w13,

@@ -84,6 +84,8 @@ class ForwardTimer {
     SPARK_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
     t.flush_bytes_ = std::max<size_t>(size_t{2} * static_cast<size_t>(l2), size_t{64} << 20);
     SPARK_CUDA_RETURN_IF_ERROR(cudaMalloc(&t.flush_, t.flush_bytes_));
+    SPARK_CUDA_RETURN_IF_ERROR(cudaEventCreate(&t.start_));
+    SPARK_CUDA_RETURN_IF_ERROR(cudaEventCreate(&t.stop_));
     SPARK_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
     return std::move(t);
   }
@@ -97,6 +99,8 @@ class ForwardTimer {
       x_ = std::exchange(o.x_, nullptr);
       out_ = std::exchange(o.out_, nullptr);
       flush_ = std::exchange(o.flush_, nullptr);
+      start_ = std::exchange(o.start_, nullptr);
+      stop_ = std::exchange(o.stop_, nullptr);
       flush_bytes_ = o.flush_bytes_;
       max_tokens_ = o.max_tokens_;
       hidden_ = o.hidden_;
@@ -124,6 +128,41 @@ class ForwardTimer {
     return ws_.PhaseTimes();
   }
 
+  // One forward of `tokens` tokens with `table`'s choice timed as a whole, without events between
+  // its kernels (so programmatic launches overlap them as when serving); microseconds.
+  Result<double> RunWhole(int64_t tokens, const MoeConfigTable& table) {
+    SPARK_CUDA_RETURN_IF_ERROR(
+        cudaMemsetAsync(flush_, static_cast<int>(runs_ & 0xff), flush_bytes_));
+    const __nv_bfloat16* x = x_ + (runs_ % kInputs) * max_tokens_ * hidden_;
+    ++runs_;
+    SPARK_RETURN_IF_ERROR(ws_.SetPhaseTiming(false));
+    SPARK_CUDA_RETURN_IF_ERROR(cudaEventRecord(start_));
+    const cudaError_t err =
+        MoeForward(layer_.view(), x, tokens, out_, nullptr, ws_, table, nullptr);
+    SPARK_RETURN_IF_ERROR(ws_.SetPhaseTiming(true));
+    if (err != cudaSuccess) {
+      return Internal(std::string("MoE forward while tuning: ") + cudaGetErrorString(err));
+    }
+    SPARK_CUDA_RETURN_IF_ERROR(cudaEventRecord(stop_));
+    SPARK_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(stop_));
+    float ms = 0;
+    SPARK_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, start_, stop_));
+    return 1e3 * static_cast<double>(ms);
+  }
+
+  // The output [tokens, H] of one forward of the first input set with `table`'s choice.
+  Result<std::vector<float>> Output(int64_t tokens, const MoeConfigTable& table) {
+    const cudaError_t err =
+        MoeForward(layer_.view(), x_, tokens, out_, nullptr, ws_, table, nullptr);
+    if (err != cudaSuccess) {
+      return Internal(std::string("MoE forward while tuning: ") + cudaGetErrorString(err));
+    }
+    std::vector<float> host(static_cast<size_t>(tokens * hidden_));
+    SPARK_CUDA_RETURN_IF_ERROR(
+        cudaMemcpy(host.data(), out_, host.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    return host;
+  }
+
   const MoePlan& last_plan() const { return ws_.last_plan(); }
   int64_t runs() const { return runs_; }
 
@@ -133,15 +172,21 @@ class ForwardTimer {
     if (x_ != nullptr) cudaFree(x_);
     if (out_ != nullptr) cudaFree(out_);
     if (flush_ != nullptr) cudaFree(flush_);
+    if (start_ != nullptr) cudaEventDestroy(start_);
+    if (stop_ != nullptr) cudaEventDestroy(stop_);
     x_ = nullptr;
     out_ = nullptr;
     flush_ = nullptr;
+    start_ = nullptr;
+    stop_ = nullptr;
   }
   MoeRandomLayer layer_;
   MoeWorkspace ws_;
   __nv_bfloat16* x_ = nullptr;
   float* out_ = nullptr;
   void* flush_ = nullptr;
+  cudaEvent_t start_ = nullptr;
+  cudaEvent_t stop_ = nullptr;
   size_t flush_bytes_ = 0;
   int64_t max_tokens_ = 0;
   int64_t hidden_ = 0;
@@ -206,7 +251,169 @@ Result<Timed> SearchGemm(ForwardTimer& timer, const MoeConfigTable& table, int64
   return best;
 }
 
+moe_internal::MoeGemvParams GemvParamsOf(const MoeShape& shape, MoeWeightFormat format,
+                                         int64_t tokens, const MoeGemvTiling& tiling) {
+  moe_internal::MoeGemvParams p;
+  p.format = format;
+  p.tokens = tokens;
+  p.pairs_per_token = shape.pairs_per_token();
+  p.hidden = shape.hidden;
+  p.inter = shape.inter;
+  p.tiling = tiling;
+  return p;
+}
+
+// Every split CheckMoeGemvTiling allows, one per distinct launch (MoeGemvEffectiveTiling), with
+// `baseline` (the untuned table's) first.
+std::vector<MoeGemvTiling> GemvCandidates(const MoeShape& shape, MoeWeightFormat format,
+                                          int64_t tokens, const MoeGemvTiling& baseline) {
+  std::vector<MoeGemvTiling> out = {baseline};
+  const bool fp8 = format != MoeWeightFormat::kBf16;
+  for (int q : {kMoeGemvHardwareConvert, kMoeGemvScaledBits, kMoeGemvHalfMma}) {
+    if (!fp8 && q != kMoeGemvHardwareConvert) continue;
+    for (int sweep : {0, 1}) {
+      for (int k : {1, 2, 4, 8}) {
+        for (int d : {4, 8, 16}) {
+          for (int v : {1, 2, 3, 4}) {
+            MoeGemvTiling t{k, d, v, q, sweep};
+            t = moe_internal::MoeGemvEffectiveTiling(GemvParamsOf(shape, format, tokens, t));
+            bool seen = false;
+            for (const MoeGemvTiling& o : out) seen = seen || moe_internal::SameMoeGemvTiling(o, t);
+            if (!seen) out.push_back(t);
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+// Relative L2 distance of `got` from `want`; infinity when `got` holds a non-finite value.
+double RelativeError(const std::vector<float>& got, const std::vector<float>& want) {
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (!std::isfinite(got[i])) return HUGE_VAL;
+    const double d = static_cast<double>(got[i]) - want[i];
+    diff += d * d;
+    norm += static_cast<double>(want[i]) * want[i];
+  }
+  return std::sqrt(diff / std::max(norm, 1e-30));
+}
+
+struct TimedGemv {
+  MoeGemvTiling tiling;
+  double us = 1e30;
+};
+
+// The GEMV path's split for a bucket of `tokens`: every candidate's output checked against the
+// baseline's (a split whose kernels compute something else is refused), timed as whole forwards
+// with pruning, then the fastest few and the baseline timed again in turns; the baseline is kept
+// unless another is more than 1% faster.
+Result<TimedGemv> SearchGemv(ForwardTimer& timer, const MoeConfigTable& table,
+                             const MoeShape& shape, MoeWeightFormat format, int64_t tokens,
+                             const MoeTunerOptions& options) {
+  const MoeGemvTiling baseline = moe_internal::MoeGemvEffectiveTiling(
+      GemvParamsOf(shape, format, tokens, table.GemvTilingFor(format, tokens)));
+  const std::vector<MoeGemvTiling> cands = GemvCandidates(shape, format, tokens, baseline);
+  auto table_with = [&](const MoeGemvTiling& t) -> Result<MoeConfigTable> {
+    MoeConfigTable copy = table;
+    SPARK_RETURN_IF_ERROR(copy.SetTunedGemv(format, tokens, t));
+    return copy;
+  };
+  auto describe = [&](const MoeGemvTiling& t) { return MoeGemvChoiceOf(t).ToString(); };
+  auto log = [&](const std::string& line) {
+    if (options.candidate_log)
+      options.candidate_log("batch " + std::to_string(tokens) + " gemv " + line);
+  };
+  SPARK_ASSIGN_OR_RETURN(MoeConfigTable base_table, table_with(baseline));
+  SPARK_ASSIGN_OR_RETURN(std::vector<float> reference, timer.Output(tokens, base_table));
+  std::vector<TimedGemv> timed;
+  double best = 1e30;
+  for (const MoeGemvTiling& c : cands) {
+    SPARK_ASSIGN_OR_RETURN(MoeConfigTable t, table_with(c));
+    SPARK_ASSIGN_OR_RETURN(std::vector<float> out, timer.Output(tokens, t));
+    const double err = RelativeError(out, reference);
+    if (!(err <= options.gemv_max_relative_error)) {
+      char line[256];
+      std::snprintf(line, sizeof(line), "%s: refused, output differs from %s by %.3g (relative L2)",
+                    describe(c).c_str(), describe(baseline).c_str(), err);
+      log(line);
+      continue;
+    }
+    SPARK_RETURN_IF_ERROR(timer.RunWhole(tokens, t).status());  // warm-up
+    std::vector<double> us;
+    for (int i = 0; i < std::max(1, options.iters); ++i) {
+      SPARK_ASSIGN_OR_RETURN(double u, timer.RunWhole(tokens, t));
+      us.push_back(u);
+      if (i == 0 && u > best * options.prune_ratio) break;
+    }
+    const double m = Median(us);
+    char line[256];
+    std::snprintf(line, sizeof(line), "%s: %.1f us%s", describe(c).c_str(), m,
+                  us.size() == 1 && options.iters > 1 ? " (pruned after one run)" : "");
+    log(line);
+    best = std::min(best, m);
+    timed.push_back({c, m});
+  }
+  if (timed.empty() || !moe_internal::SameMoeGemvTiling(timed.front().tiling, baseline)) {
+    return Internal("MoE GEMV tuning: the baseline split " + describe(baseline) +
+                    " did not run at batch " + std::to_string(tokens));
+  }
+  // The fastest few and the baseline again, in turns, so that drift and noise hit all alike.
+  std::vector<TimedGemv> finalists(timed.begin() + 1, timed.end());
+  std::sort(finalists.begin(), finalists.end(),
+            [](const TimedGemv& a, const TimedGemv& b) { return a.us < b.us; });
+  if (finalists.size() > 3) finalists.resize(3);
+  finalists.insert(finalists.begin(), timed.front());
+  std::vector<MoeConfigTable> tables;
+  for (const TimedGemv& f : finalists) {
+    SPARK_ASSIGN_OR_RETURN(MoeConfigTable t, table_with(f.tiling));
+    tables.push_back(std::move(t));
+  }
+  std::vector<std::vector<double>> rounds(finalists.size());
+  for (int i = 0; i < 3 * std::max(1, options.iters); ++i) {
+    for (size_t f = 0; f < finalists.size(); ++f) {
+      SPARK_ASSIGN_OR_RETURN(double u, timer.RunWhole(tokens, tables[f]));
+      rounds[f].push_back(u);
+    }
+  }
+  TimedGemv chosen{finalists.front().tiling, Median(rounds.front())};
+  const double baseline_us = chosen.us;
+  for (size_t f = 1; f < finalists.size(); ++f) {
+    const double m = Median(rounds[f]);
+    if (m < chosen.us && m * 1.01 < baseline_us) chosen = {finalists[f].tiling, m};
+  }
+  return chosen;
+}
+
 }  // namespace
+
+int64_t MoeGemvBatchLimit(const MoeConfigTable& table, const MoeShape& shape,
+                          MoeWeightFormat format) {
+  return moe_internal::MoeGemvSupports(format, shape.hidden, shape.inter) ? table.gemv_max_tokens()
+                                                                          : 0;
+}
+
+engine::MoeGemvChoice MoeGemvChoiceOf(const MoeGemvTiling& t) {
+  engine::MoeGemvChoice c;
+  c.gate_up_k_splits = t.gate_up_k_splits;
+  c.gate_up_sweep = t.gate_up_sweep;
+  c.down_outputs = t.down_outputs;
+  c.down_vectors = t.down_vectors;
+  c.fp8_dequant = MoeGemvDequantName(t.fp8_dequant);
+  return c;
+}
+
+Result<MoeGemvTiling> MoeGemvTilingOf(const engine::MoeGemvChoice& c) {
+  MoeGemvTiling t;
+  t.gate_up_k_splits = c.gate_up_k_splits;
+  t.gate_up_sweep = c.gate_up_sweep;
+  t.down_outputs = c.down_outputs;
+  t.down_vectors = c.down_vectors;
+  SPARK_ASSIGN_OR_RETURN(t.fp8_dequant, ParseMoeGemvDequant(c.fp8_dequant));
+  SPARK_RETURN_IF_ERROR(CheckMoeGemvTiling(t));
+  return t;
+}
 
 Result<MoeWeightFormat> ParseMoeWeightFormat(std::string_view name) {
   if (name == "bf16") return MoeWeightFormat::kBf16;
@@ -294,6 +501,19 @@ Result<std::vector<MoeTunedChoice>> MoeTunedChoicesOf(
     if (r.device != device || r.format != gemm_shape.format || r.experts != gemm_shape.experts ||
         r.top_k != gemm_shape.top_k)
       continue;
+    if (r.gemm == "gemv") {
+      if (r.n != 2 * gemm_shape.inter || r.k != gemm_shape.hidden) continue;
+      Result<MoeGemvTiling> tiling = MoeGemvTilingOf(r.gemv);
+      if (!tiling.ok()) return tiling.status().WithContext("MoE tuning record " + r.Key());
+      MoeTunedChoice c;
+      c.format = format;
+      c.gemv = true;
+      c.tokens = r.batch;
+      c.pairs = r.batch * shape.pairs_per_token();
+      c.gemv_tiling = *tiling;
+      out.push_back(c);
+      continue;
+    }
     const engine::MoeGemmDims* d = nullptr;
     for (const auto& x : dims) {
       if (x.gemm == r.gemm && x.n == r.n && x.k == r.k) d = &x;
@@ -314,7 +534,8 @@ Result<std::vector<MoeTunedChoice>> MoeTunedChoicesOf(
 
 Status ApplyMoeTunedChoices(const std::vector<MoeTunedChoice>& choices, MoeConfigTable& table) {
   for (const MoeTunedChoice& c : choices) {
-    SPARK_RETURN_IF_ERROR(table.SetTuned(c.format, c.gemm, c.pairs, c.config));
+    SPARK_RETURN_IF_ERROR(c.gemv ? table.SetTunedGemv(c.format, c.tokens, c.gemv_tiling)
+                                 : table.SetTuned(c.format, c.gemm, c.pairs, c.config));
   }
   return Status::Ok();
 }
@@ -429,19 +650,42 @@ Result<MoeTuneResult> TuneMoe(const DeviceInfo& device, const MoeConfigTable& ta
   MoeTuneResult result;
   const int64_t now_ms = WallMs();
   for (int64_t tokens : batches) {
-    if (moe_internal::MoeGemvServes(table, format, shape.hidden, shape.inter, tokens)) {
-      result.gemv_batches.push_back(tokens);
-      if (options.progress) {
-        options.progress("batch " + std::to_string(tokens) +
-                         ": GEMV path (no tile configs to tune)");
-      }
-      continue;
-    }
     if (elapsed_s() > options.max_seconds) {
       result.skipped_batches.push_back(tokens);
       continue;
     }
     const auto bucket_start = std::chrono::steady_clock::now();
+    auto bucket_seconds = [&] {
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - bucket_start).count();
+    };
+    if (moe_internal::MoeGemvServes(table, format, shape.hidden, shape.inter, tokens)) {
+      SPARK_ASSIGN_OR_RETURN(TimedGemv best,
+                             SearchGemv(timer, table, shape, format, tokens, options));
+      engine::MoeTuningRecord r;
+      r.device = device_class;
+      r.format = gemm_shape.format;
+      r.gemm = "gemv";
+      r.experts = gemm_shape.experts;
+      r.n = int64_t{2} * shape.inter;
+      r.k = shape.hidden;
+      r.top_k = gemm_shape.top_k;
+      r.batch = tokens;
+      r.gemv = MoeGemvChoiceOf(best.tiling);
+      r.measured_us = best.us;
+      r.tuned_unix_ms = now_ms;
+      r.source = "tuner";
+      SPARK_RETURN_IF_ERROR(r.Validate());
+      result.records.push_back(std::move(r));
+      result.gemv_batches.push_back(tokens);
+      if (options.progress) {
+        char line[512];
+        std::snprintf(line, sizeof(line), "batch %5lld: GEMV path %s %.1f us forward (%.1f s)",
+                      static_cast<long long>(tokens),
+                      MoeGemvChoiceOf(best.tiling).ToString().c_str(), best.us, bucket_seconds());
+        options.progress(line);
+      }
+      continue;
+    }
     const int64_t pairs = tokens * shape.pairs_per_token();
     const int64_t rows_per_expert = (pairs + shape.gemm_experts() - 1) / shape.gemm_experts();
     const int64_t max_bm = std::max<int64_t>(32, 2 * rows_per_expert);
@@ -518,11 +762,10 @@ Result<MoeTuneResult> TuneMoe(const DeviceInfo& device, const MoeConfigTable& ta
     }
     if (options.progress) {
       char line[512];
-      std::snprintf(
-          line, sizeof(line), "batch %5lld: gate_up %s %.1f us | down %s %.1f us (%.1f s)",
-          static_cast<long long>(tokens), best_gu.config.ToString().c_str(), best_gu.us,
-          best_dn.config.ToString().c_str(), best_dn.us,
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - bucket_start).count());
+      std::snprintf(line, sizeof(line),
+                    "batch %5lld: gate_up %s %.1f us | down %s %.1f us (%.1f s)",
+                    static_cast<long long>(tokens), best_gu.config.ToString().c_str(), best_gu.us,
+                    best_dn.config.ToString().c_str(), best_dn.us, bucket_seconds());
       options.progress(line);
     }
   }
@@ -544,35 +787,56 @@ Result<std::vector<MoeTableComparison>> CompareMoeTables(
     c.batch = tokens;
     for (int which = 0; which < 2; ++which) {
       const MoeConfigTable& table = which == 0 ? heuristic : tuned;
-      std::vector<double> us;
-      SPARK_RETURN_IF_ERROR(timer.Run(tokens, table, nullptr, nullptr).status());  // warm-up
-      for (int i = 0; i < std::max(1, iters); ++i) {
+      const bool gemv =
+          moe_internal::MoeGemvServes(table, format, shape.hidden, shape.inter, tokens);
+      // GEMV-path forwards are timed whole (as tuned), tile forwards by their GEMM phases.
+      auto run = [&]() -> Result<double> {
+        if (gemv) return timer.RunWhole(tokens, table);
         SPARK_ASSIGN_OR_RETURN(MoePhaseTimes t, timer.Run(tokens, table, nullptr, nullptr));
-        us.push_back(1e3 * (t.gate_up_ms + t.down_ms));
+        return 1e3 * (t.gate_up_ms + t.down_ms);
+      };
+      std::vector<double> us;
+      SPARK_RETURN_IF_ERROR(run().status());  // warm-up
+      for (int i = 0; i < std::max(1, iters); ++i) {
+        SPARK_ASSIGN_OR_RETURN(double u, run());
+        us.push_back(u);
       }
       const MoePlan& plan = timer.last_plan();
       if (which == 0) {
         c.heuristic_gemm_us = Median(us);
         c.heuristic_gate_up = plan.gate_up;
         c.heuristic_down = plan.down;
+        c.heuristic_gemv = plan.gemv_tiling;
       } else {
         c.tuned_gemm_us = Median(us);
         c.tuned_gate_up = plan.gate_up;
         c.tuned_down = plan.down;
+        c.tuned_gemv = plan.gemv_tiling;
       }
     }
     const int64_t pairs = tokens * shape.pairs_per_token();
     const MoeTunedChoice* gu = nullptr;
     const MoeTunedChoice* dn = nullptr;
+    const MoeTunedChoice* gv = nullptr;
     for (const MoeTunedChoice& e : expected) {
       if (e.format != format || engine::MoeBatchBucket(e.pairs) != engine::MoeBatchBucket(pairs))
         continue;
-      (e.gemm == MoeGemm::kGateUp ? gu : dn) = &e;
+      (e.gemv ? gv : e.gemm == MoeGemm::kGateUp ? gu : dn) = &e;
     }
     c.gemv = timer.last_plan().gemv;
-    c.launched_expected =
-        c.gemv || (gu != nullptr && dn != nullptr && SameConfig(gu->config, c.tuned_gate_up) &&
-                   SameConfig(dn->config, c.tuned_down));
+    if (c.gemv) {
+      // Compared as launched: fields the kernels ignore for this shape do not count.
+      auto effective = [&](const MoeGemvTiling& t) {
+        return moe_internal::MoeGemvEffectiveTiling(GemvParamsOf(shape, format, tokens, t));
+      };
+      c.launched_expected =
+          gv != nullptr &&
+          moe_internal::SameMoeGemvTiling(effective(gv->gemv_tiling), effective(c.tuned_gemv));
+    } else {
+      c.launched_expected = gu != nullptr && dn != nullptr &&
+                            SameConfig(gu->config, c.tuned_gate_up) &&
+                            SameConfig(dn->config, c.tuned_down);
+    }
     out.push_back(c);
   }
   return out;

@@ -3,12 +3,20 @@
 // and keeps the best per GEMM and batch-size bucket as tuning records
 // (engine/runtime/moe_tuning_cache.h), which MoeConfigTable::SetTuned then serves.
 //
-// Search, per bucket of `tokens` tokens (pairs = tokens * top_k): for every block_m that can pay
-// at this batch (block_m <= max(32, 2 * pairs / E)), first the gate/up GEMM over every candidate
-// of that block_m (down fixed), then the down GEMM (gate/up at its best); the block_m with the
-// smallest sum wins. Candidates are the table's Candidates(format) with split-K only where the
-// unsplit grid has fewer than two thread blocks per SM. Each candidate: one warm-up forward, then
-// up to `iters` timed forwards (cudaEvent phase times, L2 flushed before each), median kept;
+// Buckets the table sends down the MoE GEMV path (MoeConfigTable::gemv_max_tokens) get the split
+// of its kernels instead (MoeGemvTiling): every split the kernels accept, one per distinct launch;
+// each candidate's output is compared with the untuned split's (relative L2 distance at most
+// gemv_max_relative_error, else refused: a split must compute the same layer), then it is timed
+// as whole forwards (no events between the kernels, so programmatic launches overlap as when
+// serving); the three fastest and the untuned split are timed again in turns, and the untuned one
+// stays unless another is more than 1% faster.
+//
+// Search, per tile bucket of `tokens` tokens (pairs = tokens * top_k): for every block_m that can
+// pay at this batch (block_m <= max(32, 2 * pairs / E)), first the gate/up GEMM over every
+// candidate of that block_m (down fixed), then the down GEMM (gate/up at its best); the block_m
+// with the smallest sum wins. Candidates are the table's Candidates(format) with split-K only where
+// the unsplit grid has fewer than two thread blocks per SM. Each candidate: one warm-up forward,
+// then up to `iters` timed forwards (cudaEvent phase times, L2 flushed before each), median kept;
 // a candidate whose first timed run is `prune_ratio` times slower than the best so far is
 // dropped, and deeper pipelines of a tile are not tried once a deeper one was slower. What is
 // recorded is the config the forward actually launched (split-K as the workspace allowed).
@@ -57,12 +65,24 @@ Result<MoeTileConfig> MoeTileConfigOf(const engine::MoeTileChoice& choice, MoeWe
 // The compiled tile shapes that serve `format` (for ImportSglangMoeConfig).
 std::vector<engine::MoeTileShape> MoeTileShapesFor(MoeWeightFormat format);
 
-// A tuned choice for MoeConfigTable::SetTuned.
+// The largest bucket the GEMV path serves for `shape`/`format` with `table` (its gemv_max_tokens,
+// or 0 when the kernels cannot run the shape): MoeTuningCache::MissingBatches' gemv_max_tokens.
+int64_t MoeGemvBatchLimit(const MoeConfigTable& table, const MoeShape& shape,
+                          MoeWeightFormat format);
+// Conversions between the GEMV split and its record form (MoeGemvTilingOf checks the values).
+engine::MoeGemvChoice MoeGemvChoiceOf(const MoeGemvTiling& tiling);
+Result<MoeGemvTiling> MoeGemvTilingOf(const engine::MoeGemvChoice& choice);
+
+// A tuned choice for MoeConfigTable::SetTuned (a tile config), or SetTunedGemv (gemv: the GEMV
+// path's split for the bucket of `tokens`).
 struct MoeTunedChoice {
   MoeWeightFormat format = MoeWeightFormat::kBf16;
   MoeGemm gemm = MoeGemm::kGateUp;
   int64_t pairs = 0;  // token-expert pairs of the bucket (tokens * top_k)
   MoeTileConfig config;
+  bool gemv = false;
+  int64_t tokens = 0;  // gemv: tokens of the bucket
+  MoeGemvTiling gemv_tiling;
 };
 // The choices of the records of `shape`/`format` on `device` (other records are skipped);
 // InvalidArgument when a matching record names a tile this build has not compiled or one the
@@ -103,14 +123,18 @@ struct MoeTunerOptions {
   // One line per finished bucket (time, chosen configs), for logs and the command line.
   std::function<void(const std::string&)> progress;
   // One line per timed candidate (batch, GEMM, config as launched, median us or "pruned"), for
-  // studying the tile kernels; unset = silent.
+  // studying the kernels; unset = silent.
   std::function<void(const std::string&)> candidate_log;
+  // GEMV path: the largest relative L2 distance of a candidate's output from the untuned split's
+  // (both round the intermediate to BF16; the f16 tensor-core staging adds its own rounding).
+  double gemv_max_relative_error = 0.02;
 };
 
 struct MoeTuneResult {
-  std::vector<engine::MoeTuningRecord> records;  // both GEMMs of every bucket tuned
-  std::vector<int64_t> skipped_batches;          // not tuned: max_seconds ran out
-  // Not tuned: served by the GEMV path at or below the table's gemv_max_tokens (no tiles run).
+  // Both GEMMs of every tile bucket tuned, and one "gemv" record per GEMV-path bucket.
+  std::vector<engine::MoeTuningRecord> records;
+  std::vector<int64_t> skipped_batches;  // not tuned: max_seconds ran out
+  // Tuned as the GEMV path (at or below the table's gemv_max_tokens: no tiles run).
   std::vector<int64_t> gemv_batches;
   double seconds = 0;
   int64_t timed_forwards = 0;
@@ -118,7 +142,7 @@ struct MoeTuneResult {
 
 // Tunes `shape`/`format` on `device` (current device) within `table`'s limit; records carry the
 // table's device class, tuned_unix_ms = now and source "tuner". Batches the table sends down the
-// GEMV path (MoeConfigTable::gemv_max_tokens) launch no tile config and are not tuned.
+// GEMV path (MoeConfigTable::gemv_max_tokens) get a "gemv" record (the split of its kernels).
 Result<MoeTuneResult> TuneMoe(const DeviceInfo& device, const MoeConfigTable& table,
                               const MoeShape& shape, MoeWeightFormat format,
                               const MoeTunerOptions& options);
@@ -130,9 +154,12 @@ struct MoeTableComparison {
   double heuristic_gemm_us = 0;
   double tuned_gemm_us = 0;
   MoeTileConfig heuristic_gate_up, heuristic_down;
-  MoeTileConfig tuned_gate_up, tuned_down;  // what MoeForward launched with the tuned table
-  bool launched_expected = false;           // tuned_* equal the expected choices
-  bool gemv = false;  // the tuned table ran the GEMV path (no tile configs; launched_expected)
+  MoeTileConfig tuned_gate_up, tuned_down;   // what MoeForward launched with the tuned table
+  MoeGemvTiling heuristic_gemv, tuned_gemv;  // GEMV path: the splits launched (resolved)
+  bool launched_expected = false;            // tuned_* equal the expected choices
+  // The tuned table ran the GEMV path (no tile configs; the times are whole forwards, and
+  // launched_expected compares the split with the bucket's expected gemv choice).
+  bool gemv = false;
 };
 // Runs MoeForward (the serving path, not explicit configs) on random weights with `heuristic`
 // and with `tuned` for every bucket; `expected` are the choices applied to `tuned`.

@@ -92,12 +92,20 @@ Json RecordJson(const MoeTuningRecord& r) {
   j["k"] = r.k;
   j["top_k"] = r.top_k;
   j["batch"] = r.batch;
-  j["config"] = {{"block_m", r.config.block_m},
-                 {"block_n", r.config.block_n},
-                 {"block_k_bytes", r.config.block_k_bytes},
-                 {"warps", r.config.warps},
-                 {"stages", r.config.stages},
-                 {"split_k", r.config.split_k}};
+  if (r.gemm == "gemv") {
+    j["gemv"] = {{"gate_up_k_splits", r.gemv.gate_up_k_splits},
+                 {"gate_up_sweep", r.gemv.gate_up_sweep},
+                 {"down_outputs", r.gemv.down_outputs},
+                 {"down_vectors", r.gemv.down_vectors},
+                 {"fp8_dequant", r.gemv.fp8_dequant}};
+  } else {
+    j["config"] = {{"block_m", r.config.block_m},
+                   {"block_n", r.config.block_n},
+                   {"block_k_bytes", r.config.block_k_bytes},
+                   {"warps", r.config.warps},
+                   {"stages", r.config.stages},
+                   {"split_k", r.config.split_k}};
+  }
   j["measured_us"] = r.measured_us;
   j["tuned_unix_ms"] = r.tuned_unix_ms;
   j["source"] = r.source;
@@ -132,13 +140,22 @@ Result<MoeTuningRecord> RecordFromJson(const Json& j) {
   SPARK_ASSIGN_OR_RETURN(r.k, f.Int("k"));
   SPARK_ASSIGN_OR_RETURN(r.top_k, IntField(f, "top_k"));
   SPARK_ASSIGN_OR_RETURN(r.batch, f.Int("batch"));
-  SPARK_ASSIGN_OR_RETURN(Fields config, f.Object("config"));
-  SPARK_ASSIGN_OR_RETURN(r.config.block_m, IntField(config, "block_m"));
-  SPARK_ASSIGN_OR_RETURN(r.config.block_n, IntField(config, "block_n"));
-  SPARK_ASSIGN_OR_RETURN(r.config.block_k_bytes, IntField(config, "block_k_bytes"));
-  SPARK_ASSIGN_OR_RETURN(r.config.warps, IntField(config, "warps"));
-  SPARK_ASSIGN_OR_RETURN(r.config.stages, IntField(config, "stages"));
-  SPARK_ASSIGN_OR_RETURN(r.config.split_k, IntField(config, "split_k"));
+  if (r.gemm == "gemv") {
+    SPARK_ASSIGN_OR_RETURN(Fields gemv, f.Object("gemv"));
+    SPARK_ASSIGN_OR_RETURN(r.gemv.gate_up_k_splits, IntField(gemv, "gate_up_k_splits"));
+    SPARK_ASSIGN_OR_RETURN(r.gemv.gate_up_sweep, IntField(gemv, "gate_up_sweep"));
+    SPARK_ASSIGN_OR_RETURN(r.gemv.down_outputs, IntField(gemv, "down_outputs"));
+    SPARK_ASSIGN_OR_RETURN(r.gemv.down_vectors, IntField(gemv, "down_vectors"));
+    SPARK_ASSIGN_OR_RETURN(r.gemv.fp8_dequant, gemv.String("fp8_dequant"));
+  } else {
+    SPARK_ASSIGN_OR_RETURN(Fields config, f.Object("config"));
+    SPARK_ASSIGN_OR_RETURN(r.config.block_m, IntField(config, "block_m"));
+    SPARK_ASSIGN_OR_RETURN(r.config.block_n, IntField(config, "block_n"));
+    SPARK_ASSIGN_OR_RETURN(r.config.block_k_bytes, IntField(config, "block_k_bytes"));
+    SPARK_ASSIGN_OR_RETURN(r.config.warps, IntField(config, "warps"));
+    SPARK_ASSIGN_OR_RETURN(r.config.stages, IntField(config, "stages"));
+    SPARK_ASSIGN_OR_RETURN(r.config.split_k, IntField(config, "split_k"));
+  }
   SPARK_ASSIGN_OR_RETURN(r.measured_us, f.Number("measured_us"));
   SPARK_ASSIGN_OR_RETURN(r.tuned_unix_ms, f.Int("tuned_unix_ms"));
   SPARK_ASSIGN_OR_RETURN(r.source, f.String("source"));
@@ -192,6 +209,10 @@ std::map<std::string, std::string> SplitSglangName(std::string_view name) {
   return out;
 }
 
+Status BadField(const std::string& field, const std::string& value, const std::string& rule) {
+  return InvalidArgument("field '" + field + "' " + rule + ", got " + value);
+}
+
 double Log2Ratio(double a, double b) { return std::fabs(std::log2(a / b)); }
 
 }  // namespace
@@ -206,10 +227,17 @@ bool MoeTileChoice::operator==(const MoeTileChoice& o) const {
          warps == o.warps && stages == o.stages && split_k == o.split_k;
 }
 
+bool MoeGemvChoice::operator==(const MoeGemvChoice& o) const {
+  return gate_up_k_splits == o.gate_up_k_splits && gate_up_sweep == o.gate_up_sweep &&
+         down_outputs == o.down_outputs && down_vectors == o.down_vectors &&
+         fp8_dequant == o.fp8_dequant;
+}
+
 bool MoeTuningRecord::operator==(const MoeTuningRecord& o) const {
   return device == o.device && format == o.format && gemm == o.gemm && experts == o.experts &&
          n == o.n && k == o.k && top_k == o.top_k && batch == o.batch && config == o.config &&
-         measured_us == o.measured_us && tuned_unix_ms == o.tuned_unix_ms && source == o.source;
+         gemv == o.gemv && measured_us == o.measured_us && tuned_unix_ms == o.tuned_unix_ms &&
+         source == o.source;
 }
 
 std::string MoeDeviceClass::Key() const {
@@ -227,7 +255,20 @@ bool IsMoeTuningFormat(std::string_view format) {
   return format == "bf16" || format == "fp8-per-channel" || format == "fp8-block128";
 }
 
-bool IsMoeTuningGemm(std::string_view gemm) { return gemm == "gate_up" || gemm == "down"; }
+std::string MoeGemvChoice::ToString() const {
+  return "gate_up " +
+         (gate_up_sweep == 1 ? std::string("sweep") : "k" + std::to_string(gate_up_k_splits)) +
+         " | down o" + std::to_string(down_outputs) + " v" + std::to_string(down_vectors) + " | " +
+         fp8_dequant;
+}
+
+bool IsMoeGemvDequant(std::string_view name) {
+  return name == "convert" || name == "scaled_bits" || name == "half_mma";
+}
+
+bool IsMoeTuningGemm(std::string_view gemm) {
+  return gemm == "gate_up" || gemm == "down" || gemm == "gemv";
+}
 
 std::string MoeTuningRecord::Key() const {
   return "moe/" + format + "/" + gemm + "/e" + std::to_string(experts) + "/n" + std::to_string(n) +
@@ -236,7 +277,7 @@ std::string MoeTuningRecord::Key() const {
 
 Status MoeTuningRecord::Validate() const {
   auto bad = [](const std::string& field, const std::string& value, const std::string& rule) {
-    return InvalidArgument("field '" + field + "' " + rule + ", got " + value);
+    return BadField(field, value, rule);
   };
   if (device.name.empty()) return bad("device.name", "\"\"", "must name the CUDA device");
   if (device.cc_major < 1 || device.cc_major > 99 || device.cc_minor < 0 || device.cc_minor > 9) {
@@ -251,7 +292,7 @@ Status MoeTuningRecord::Validate() const {
   if (!IsMoeTuningFormat(format)) {
     return bad("format", Quote(format), "must be bf16, fp8-per-channel or fp8-block128");
   }
-  if (!IsMoeTuningGemm(gemm)) return bad("gemm", Quote(gemm), "must be gate_up or down");
+  if (!IsMoeTuningGemm(gemm)) return bad("gemm", Quote(gemm), "must be gate_up, down or gemv");
   if (experts < 1) return bad("experts", std::to_string(experts), "must be >= 1");
   if (n < 1 || k < 1) {
     return bad("n/k", std::to_string(n) + "/" + std::to_string(k), "must both be >= 1");
@@ -260,6 +301,47 @@ Status MoeTuningRecord::Validate() const {
     return bad("top_k", std::to_string(top_k), "must be 1.." + std::to_string(experts));
   }
   if (!IsPowerOfTwo(batch)) return bad("batch", std::to_string(batch), "must be a power of two");
+  if (gemm == "gemv") {
+    SPARK_RETURN_IF_ERROR(ValidateGemv());
+  } else {
+    SPARK_RETURN_IF_ERROR(ValidateTile());
+  }
+  if (!std::isfinite(measured_us) || measured_us < 0) {
+    return bad("measured_us", std::to_string(measured_us), "must be a finite number >= 0");
+  }
+  if (tuned_unix_ms < 0) {
+    return bad("tuned_unix_ms", std::to_string(tuned_unix_ms), "must be >= 0");
+  }
+  return Status::Ok();
+}
+
+Status MoeTuningRecord::ValidateGemv() const {
+  const MoeGemvChoice& g = gemv;
+  if (g.gate_up_k_splits != 1 && g.gate_up_k_splits != 2 && g.gate_up_k_splits != 4 &&
+      g.gate_up_k_splits != 8) {
+    return BadField("gemv.gate_up_k_splits", std::to_string(g.gate_up_k_splits),
+                    "must be 1, 2, 4 or 8");
+  }
+  if (g.gate_up_sweep != 0 && g.gate_up_sweep != 1) {
+    return BadField("gemv.gate_up_sweep", std::to_string(g.gate_up_sweep), "must be 0 or 1");
+  }
+  if (g.down_outputs != 4 && g.down_outputs != 8 && g.down_outputs != 16) {
+    return BadField("gemv.down_outputs", std::to_string(g.down_outputs), "must be 4, 8 or 16");
+  }
+  if (g.down_vectors < 1 || g.down_vectors > 4) {
+    return BadField("gemv.down_vectors", std::to_string(g.down_vectors), "must be 1..4");
+  }
+  if (!IsMoeGemvDequant(g.fp8_dequant)) {
+    return BadField("gemv.fp8_dequant", Quote(g.fp8_dequant),
+                    "must be convert, scaled_bits or half_mma");
+  }
+  return Status::Ok();
+}
+
+Status MoeTuningRecord::ValidateTile() const {
+  auto bad = [](const std::string& field, const std::string& value, const std::string& rule) {
+    return BadField(field, value, rule);
+  };
   const MoeTileChoice& c = config;
   if (c.block_m != 16 && c.block_m != 32 && c.block_m != 64 && c.block_m != 128) {
     return bad("config.block_m", std::to_string(c.block_m), "must be 16, 32, 64 or 128");
@@ -284,12 +366,6 @@ Status MoeTuningRecord::Validate() const {
     return bad("config", c.ToString() + " (" + std::to_string(c.SmemBytes()) + " B)",
                "must fit the device class's shared-memory limit of " +
                    std::to_string(device.smem_limit_bytes) + " bytes per block");
-  }
-  if (!std::isfinite(measured_us) || measured_us < 0) {
-    return bad("measured_us", std::to_string(measured_us), "must be a finite number >= 0");
-  }
-  if (tuned_unix_ms < 0) {
-    return bad("tuned_unix_ms", std::to_string(tuned_unix_ms), "must be >= 0");
   }
   return Status::Ok();
 }
@@ -334,12 +410,21 @@ spark::v1::MoeTuningRecord MoeTuningRecordToProto(const MoeTuningRecord& r) {
   p.set_k(static_cast<uint64_t>(r.k));
   p.set_top_k(static_cast<uint32_t>(r.top_k));
   p.set_batch(static_cast<uint64_t>(r.batch));
-  p.set_block_m(static_cast<uint32_t>(r.config.block_m));
-  p.set_block_n(static_cast<uint32_t>(r.config.block_n));
-  p.set_block_k_bytes(static_cast<uint32_t>(r.config.block_k_bytes));
-  p.set_warps(static_cast<uint32_t>(r.config.warps));
-  p.set_stages(static_cast<uint32_t>(r.config.stages));
-  p.set_split_k(static_cast<uint32_t>(r.config.split_k));
+  if (r.gemm == "gemv") {
+    spark::v1::MoeGemvChoice* g = p.mutable_gemv();
+    g->set_gate_up_k_splits(static_cast<uint32_t>(r.gemv.gate_up_k_splits));
+    g->set_gate_up_sweep(static_cast<uint32_t>(r.gemv.gate_up_sweep));
+    g->set_down_outputs(static_cast<uint32_t>(r.gemv.down_outputs));
+    g->set_down_vectors(static_cast<uint32_t>(r.gemv.down_vectors));
+    g->set_fp8_dequant(r.gemv.fp8_dequant);
+  } else {
+    p.set_block_m(static_cast<uint32_t>(r.config.block_m));
+    p.set_block_n(static_cast<uint32_t>(r.config.block_n));
+    p.set_block_k_bytes(static_cast<uint32_t>(r.config.block_k_bytes));
+    p.set_warps(static_cast<uint32_t>(r.config.warps));
+    p.set_stages(static_cast<uint32_t>(r.config.stages));
+    p.set_split_k(static_cast<uint32_t>(r.config.split_k));
+  }
   p.set_measured_us(r.measured_us);
   p.set_tuned_unix_ms(r.tuned_unix_ms);
   p.set_source(r.source);
@@ -361,12 +446,23 @@ Result<MoeTuningRecord> MoeTuningRecordFromProto(const spark::v1::MoeTuningRecor
   r.k = to_i64(p.k());
   r.top_k = to_int(p.top_k());
   r.batch = to_i64(p.batch());
-  r.config.block_m = to_int(p.block_m());
-  r.config.block_n = to_int(p.block_n());
-  r.config.block_k_bytes = to_int(p.block_k_bytes());
-  r.config.warps = to_int(p.warps());
-  r.config.stages = to_int(p.stages());
-  r.config.split_k = to_int(p.split_k());
+  if (r.gemm == "gemv") {
+    if (!p.has_gemv()) {
+      return InvalidArgument("field 'gemv' is missing from a MoE tuning record of gemm gemv");
+    }
+    r.gemv.gate_up_k_splits = to_int(p.gemv().gate_up_k_splits());
+    r.gemv.gate_up_sweep = to_int(p.gemv().gate_up_sweep());
+    r.gemv.down_outputs = to_int(p.gemv().down_outputs());
+    r.gemv.down_vectors = to_int(p.gemv().down_vectors());
+    r.gemv.fp8_dequant = p.gemv().fp8_dequant();
+  } else {
+    r.config.block_m = to_int(p.block_m());
+    r.config.block_n = to_int(p.block_n());
+    r.config.block_k_bytes = to_int(p.block_k_bytes());
+    r.config.warps = to_int(p.warps());
+    r.config.stages = to_int(p.stages());
+    r.config.split_k = to_int(p.split_k());
+  }
   r.measured_us = p.measured_us();
   r.tuned_unix_ms = p.tuned_unix_ms();
   r.source = p.source();
@@ -393,7 +489,7 @@ Result<MoeTuningCache> MoeTuningCache::Parse(std::string_view json_text, std::st
   if (!version.ok()) return InvalidArgument(where + version.status().message());
   if (*version < 1 || *version > kMoeTuningFileVersion) {
     return InvalidArgument(where + "version " + std::to_string(*version) +
-                           " is not supported (this build reads version " +
+                           " is not supported (this build reads versions 1 to " +
                            std::to_string(kMoeTuningFileVersion) +
                            "); upgrade spark or delete the file to retune");
   }
@@ -435,7 +531,10 @@ std::string MoeTuningCache::Serialize() const {
   for (const auto* r : sorted) records.push_back(RecordJson(*r));
   Json j;
   j["format"] = kFileFormat;
-  j["version"] = kMoeTuningFileVersion;
+  // The oldest version that holds these records, so that older builds read what they can.
+  const bool has_gemv = std::any_of(records_.begin(), records_.end(),
+                                    [](const MoeTuningRecord& r) { return r.gemm == "gemv"; });
+  j["version"] = has_gemv ? kMoeTuningFileVersion : 1;
   j["records"] = std::move(records);
   return j.dump(1) + "\n";
 }
@@ -515,15 +614,28 @@ std::vector<MoeTuningRecord> MoeTuningCache::ForShape(const MoeDeviceClass& devi
         out.push_back(*r);
       }
     }
+    if (auto r = FindGemv(device, shape, b)) out.push_back(*r);
   }
   return out;
 }
 
+std::optional<MoeTuningRecord> MoeTuningCache::FindGemv(const MoeDeviceClass& device,
+                                                        const MoeGemmShape& shape,
+                                                        int64_t batch) const {
+  return Find(device, shape.format, "gemv", shape.experts, 2 * shape.inter, shape.hidden,
+              shape.top_k, batch);
+}
+
 std::vector<int64_t> MoeTuningCache::MissingBatches(const MoeDeviceClass& device,
                                                     const MoeGemmShape& shape,
-                                                    const std::vector<int64_t>& batches) const {
+                                                    const std::vector<int64_t>& batches,
+                                                    int64_t gemv_max_tokens) const {
   std::vector<int64_t> out;
   for (int64_t b : batches) {
+    if (b <= gemv_max_tokens) {
+      if (!FindGemv(device, shape, b)) out.push_back(b);
+      continue;
+    }
     for (const MoeGemmDims& d : MoeGemmDimsOf(shape)) {
       if (!Find(device, shape.format, d.gemm, shape.experts, d.n, d.k, shape.top_k, b)) {
         out.push_back(b);

@@ -1,5 +1,6 @@
 // MoE tuning records: the measured best tile config of the fused MoE grouped GEMMs
-// (engine/cuda/moe.h) per device class, GEMM shape and batch-size bucket, their versioned JSON
+// (engine/cuda/moe.h) per device class, GEMM shape and batch-size bucket, or, for the buckets the
+// MoE GEMV path serves (a few tokens), the best work split of its kernels; their versioned JSON
 // file, their wire form (spark.v1.MoeTuningRecord) and the import of SGLang/vLLM fused_moe
 // tuning files. Host-only (no CUDA), so the agent, the controller and CPU tests use it.
 //
@@ -14,6 +15,12 @@
 //      "config": {"block_m": 32, "block_n": 128, "block_k_bytes": 128, "warps": 4, "stages": 3,
 //                 "split_k": 1},
 //      "measured_us": 41.5, "tuned_unix_ms": 1767225600000, "source": "tuner"}]}
+// A GEMV-path record has "gemm": "gemv" (both expert GEMMs of the bucket; n = 2*Im, k = H as for
+// gate_up) and, in place of "config",
+//      "gemv": {"gate_up_k_splits": 1, "gate_up_sweep": 0, "down_outputs": 8, "down_vectors": 1,
+//               "fp8_dequant": "convert"}
+// with "measured_us" the whole MoE forward of the bucket. Files holding one are version 2 (an
+// older build refuses them by version instead of by record); others stay version 1.
 // Merging: of two records with the same device class and problem key the newer (tuned_unix_ms)
 // wins; at equal times the faster one.
 //
@@ -39,8 +46,9 @@ namespace spark::engine {
 inline constexpr char kMoeTuningFileEnv[] = "SPARK_MOE_TUNING_FILE";
 // Name of the cache file in the agent's state directory.
 inline constexpr char kMoeTuningFileName[] = "moe_tuning.json";
-// Version of the cache file format this build reads and writes.
-inline constexpr int kMoeTuningFileVersion = 1;
+// Newest version of the cache file format this build reads (and writes when a record needs it:
+// version 2 adds GEMV-path records).
+inline constexpr int kMoeTuningFileVersion = 2;
 
 struct MoeDeviceClass {
   std::string name;  // CUDA device name, "NVIDIA H100 80GB HBM3"
@@ -74,6 +82,22 @@ struct MoeTileChoice {
   bool operator!=(const MoeTileChoice& other) const { return !(*this == other); }
 };
 
+// The work split of the MoE GEMV path's kernels, as MoeGemvTiling (engine/cuda/moe_config.h)
+// with every field resolved (no zeros) and the FP8 dequantisation by name.
+struct MoeGemvChoice {
+  int gate_up_k_splits = 1;             // 1, 2, 4, 8
+  int gate_up_sweep = 0;                // 0, 1
+  int down_outputs = 8;                 // 4, 8, 16
+  int down_vectors = 1;                 // 1, 2, 3, 4 (4: every item of a warp in flight)
+  std::string fp8_dequant = "convert";  // "convert", "scaled_bits", "half_mma"
+
+  std::string ToString() const;  // "gate_up k1 rows | down o8 v1 | convert"
+  bool operator==(const MoeGemvChoice& other) const;
+  bool operator!=(const MoeGemvChoice& other) const { return !(*this == other); }
+};
+// Known names of MoeGemvChoice::fp8_dequant.
+bool IsMoeGemvDequant(std::string_view name);
+
 // The routed-expert GEMMs of one model on one tensor-parallel rank.
 struct MoeGemmShape {
   std::string format;  // "bf16", "fp8-per-channel", "fp8-block128"
@@ -86,13 +110,16 @@ struct MoeGemmShape {
 struct MoeTuningRecord {
   MoeDeviceClass device;
   std::string format;  // as MoeGemmShape::format
-  std::string gemm;    // "gate_up" (N = 2*Im, K = H) or "down" (N = H, K = Im)
+  // "gate_up" (N = 2*Im, K = H), "down" (N = H, K = Im) or "gemv" (the GEMV path's two kernels;
+  // N = 2*Im, K = H)
+  std::string gemm;
   int experts = 0;
   int64_t n = 0;
   int64_t k = 0;
   int top_k = 0;
-  int64_t batch = 0;  // tokens of the bucket, a power of two
-  MoeTileChoice config;
+  int64_t batch = 0;       // tokens of the bucket, a power of two
+  MoeTileChoice config;    // gate_up and down records
+  MoeGemvChoice gemv;      // gemv records
   double measured_us = 0;  // 0 = not measured here (imported)
   int64_t tuned_unix_ms = 0;
   std::string source;  // "tuner", "sglang:<file name>"
@@ -102,11 +129,13 @@ struct MoeTuningRecord {
   std::string Key() const;
   // InvalidArgument naming the field, the value and the rule.
   Status Validate() const;
+  Status ValidateTile() const;  // the config of a gate_up or down record
+  Status ValidateGemv() const;  // the gemv choice of a gemv record
   bool operator==(const MoeTuningRecord& other) const;
   bool operator!=(const MoeTuningRecord& other) const { return !(*this == other); }
 };
 
-// Known names of formats and GEMMs.
+// Known names of formats and GEMMs ("gate_up", "down", "gemv").
 bool IsMoeTuningFormat(std::string_view format);
 bool IsMoeTuningGemm(std::string_view gemm);
 
@@ -151,12 +180,18 @@ class MoeTuningCache {
   std::optional<MoeTuningRecord> Find(const MoeDeviceClass& device, std::string_view format,
                                       std::string_view gemm, int experts, int64_t n, int64_t k,
                                       int top_k, int64_t batch) const;
-  // Every record of `shape` on `device` for the buckets in `batches` (both GEMMs).
+  // The GEMV-path record of `shape` on `device` for bucket `batch`, if any.
+  std::optional<MoeTuningRecord> FindGemv(const MoeDeviceClass& device, const MoeGemmShape& shape,
+                                          int64_t batch) const;
+  // Every record of `shape` on `device` for the buckets in `batches` (both GEMMs, and the GEMV
+  // path's record).
   std::vector<MoeTuningRecord> ForShape(const MoeDeviceClass& device, const MoeGemmShape& shape,
                                         const std::vector<int64_t>& batches) const;
-  // The buckets of `batches` for which either GEMM of `shape` has no record on `device`.
+  // The buckets of `batches` that lack a record on `device`: buckets up to `gemv_max_tokens`
+  // (the GEMV path's, 0 = none) their "gemv" record, the others either GEMM's.
   std::vector<int64_t> MissingBatches(const MoeDeviceClass& device, const MoeGemmShape& shape,
-                                      const std::vector<int64_t>& batches) const;
+                                      const std::vector<int64_t>& batches,
+                                      int64_t gemv_max_tokens = 0) const;
 
   const std::vector<MoeTuningRecord>& records() const { return records_; }
   size_t size() const { return records_.size(); }

@@ -130,6 +130,7 @@ Result<std::unique_ptr<engine::Backend>> CreateShardCudaBackend(const spark::v1:
   tune.max_batch_tokens = setup.max_batch_tokens;
   tune.autotune = settings.moe_autotune;
   tune.fuse_shared_experts = options.fuse_shared_experts;
+  tune.gemv_max_tokens = options.moe_gemv_max_tokens;
   options.cuda_graphs = CudaGraphsFor(settings, world);
   if (settings.kv_cache_fp8) options.kv_cache_dtype = cuda::KvCacheDtype::kFp8E4m3;
   options.moe_grouped_max_tokens = settings.moe_grouped_max_tokens;

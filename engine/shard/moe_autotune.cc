@@ -18,6 +18,8 @@ Result<MoeAutotuneOutcome> PrepareMoeTuning(const spark::v1::ShardAssignment& a,
   SPARK_ASSIGN_OR_RETURN(cuda::DeviceInfo device, cuda::QueryDevice(setup.device));
   SPARK_ASSIGN_OR_RETURN(cuda::MoeConfigTable table,
                          cuda::MoeConfigTable::Create(device, setup.smem_cap_bytes));
+  table.SetGemvMaxTokens(setup.gemv_max_tokens);
+  const int64_t gemv_limit = cuda::MoeGemvBatchLimit(table, shape, format);
   const engine::MoeDeviceClass device_class = cuda::MoeDeviceClassOf(device, table);
   const engine::MoeGemmShape gemm_shape = cuda::MoeGemmShapeOf(shape, format);
   const std::vector<int64_t> batches = engine::MoeBatchBuckets(setup.max_batch_tokens);
@@ -47,8 +49,13 @@ Result<MoeAutotuneOutcome> PrepareMoeTuning(const spark::v1::ShardAssignment& a,
   // as missing: they are tuned again.
   engine::MoeTuningCache usable;
   for (const engine::MoeTuningRecord& r : cache.ForShape(device_class, gemm_shape, batches)) {
-    Result<cuda::MoeTileConfig> config = cuda::MoeTileConfigOf(r.config, format);
-    const Status st = config.ok() ? table.Check(format, *config) : config.status();
+    Status st;
+    if (r.gemm == "gemv") {
+      st = cuda::MoeGemvTilingOf(r.gemv).status();
+    } else {
+      Result<cuda::MoeTileConfig> config = cuda::MoeTileConfigOf(r.config, format);
+      st = config.ok() ? table.Check(format, *config) : config.status();
+    }
     if (!st.ok()) {
       SPARK_LOG(WARN).With("record", r.Key()).With("error", st)
           << "skipped a MoE tuning record this build cannot launch";
@@ -56,7 +63,8 @@ Result<MoeAutotuneOutcome> PrepareMoeTuning(const spark::v1::ShardAssignment& a,
     }
     usable.Add(r).status().IgnoreError();
   }
-  const std::vector<int64_t> missing = usable.MissingBatches(device_class, gemm_shape, batches);
+  const std::vector<int64_t> missing =
+      usable.MissingBatches(device_class, gemm_shape, batches, gemv_limit);
   if (!missing.empty() && !setup.autotune) {
     SPARK_LOG(INFO).With("device_class", device_class.Key()).With("untuned_buckets", missing.size())
         << "MoE autotuning is off (moe_autotune=off): untuned batch buckets use the heuristic";

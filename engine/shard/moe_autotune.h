@@ -1,4 +1,5 @@
-// MoE tile configs of a CUDA shard at load (docs/moe-tuning.md): the records of the shard's
+// MoE tile configs (and GEMV-path splits) of a CUDA shard at load (docs/moe-tuning.md): the
+// records of the shard's
 // device class (device name, compute capability, shared-memory limit after the deployment's cap)
 // come from (a) the assignment (the controller's store) and (b) the node's cache file (the
 // agent's SPARK_MOE_TUNING_FILE); the batch buckets 1 .. max_batch_tokens that neither covers are
@@ -29,6 +30,9 @@ struct MoeAutotuneSetup {
   std::string cache_file;  // the agent's cache file; "" = none
   double max_seconds = 600;
   bool fuse_shared_experts = true;  // CudaBackendOptions::fuse_shared_experts (the tuned shape)
+  // CudaBackendOptions::moe_gemv_max_tokens: buckets up to it run the MoE GEMV path, whose split
+  // (a "gemv" record) is tuned instead of tile configs.
+  int gemv_max_tokens = cuda::kMoeGemvMaxTokensDefault;
 };
 
 // What was found and done (for logs and tests).

@@ -207,11 +207,13 @@ int RunTuneMoe(const TuneMoeArgs& args) {
   bool all_launched = true;
   for (const cuda::MoeTableComparison& c : *compared) {
     all_launched = all_launched && c.launched_expected;
-    std::printf("%-6lld %12.1f %12.1f %7.2fx  %-8s %s | %s\n", static_cast<long long>(c.batch),
+    const std::string configs =
+        c.gemv ? "GEMV path " + cuda::MoeGemvChoiceOf(c.tuned_gemv).ToString() + " (whole forward)"
+               : c.tuned_gate_up.ToString() + " | " + c.tuned_down.ToString();
+    std::printf("%-6lld %12.1f %12.1f %7.2fx  %-8s %s\n", static_cast<long long>(c.batch),
                 c.heuristic_gemm_us, c.tuned_gemm_us,
                 c.tuned_gemm_us > 0 ? c.heuristic_gemm_us / c.tuned_gemm_us : 0.0,
-                c.launched_expected ? "tuned" : "OTHER", c.tuned_gate_up.ToString().c_str(),
-                c.tuned_down.ToString().c_str());
+                c.launched_expected ? "tuned" : "OTHER", configs.c_str());
   }
   if (!all_launched) {
     std::fprintf(stderr,

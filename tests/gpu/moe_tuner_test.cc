@@ -1,4 +1,5 @@
-// The MoE autotuner on the GPU (engine/cuda/moe_tuner.h): records for every bucket and GEMM,
+// The MoE autotuner on the GPU (engine/cuda/moe_tuner.h): records for every bucket and GEMM (and
+// the GEMV path's split for its buckets),
 // within the shared-memory limit (also GB10's cap), valid against the table, launched by the
 // serving path once set, and giving the heuristic's results up to summation order.
 #include "engine/cuda/moe_tuner.h"
@@ -9,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "engine/runtime/moe_tuning_cache.h"
@@ -75,11 +77,14 @@ TEST_P(MoeTunerTest, TunedRecordsAreValidLaunchedAndMatchTheHeuristicResults) {
     MoeTunerOptions options;
     options.batches = {1, 16, 256};
     options.iters = 2;
-    // With the table's GEMV threshold batch 1 runs no tiles and is not tuned.
+    // With the table's GEMV threshold batch 1 runs no tiles: its record is the GEMV split.
     Result<MoeTuneResult> with_gemv = TuneMoe(device_, *table, shape, format, options);
     ASSERT_TRUE(with_gemv.ok()) << with_gemv.status().ToString();
-    EXPECT_EQ(with_gemv->records.size(), 4u);
+    EXPECT_EQ(with_gemv->records.size(), 5u);
     EXPECT_EQ(with_gemv->gemv_batches, std::vector<int64_t>{1});
+    EXPECT_EQ(std::count_if(with_gemv->records.begin(), with_gemv->records.end(),
+                            [](const engine::MoeTuningRecord& r) { return r.gemm == "gemv"; }),
+              1);
     // The tiles at every batch from here on.
     table->SetGemvMaxTokens(0);
     Result<MoeTuneResult> tuned = TuneMoe(device_, *table, shape, format, options);
@@ -138,6 +143,86 @@ TEST_P(MoeTunerTest, TunedRecordsAreValidLaunchedAndMatchTheHeuristicResults) {
     ASSERT_GT(max_ref, 0.f);
     EXPECT_LE(max_diff, 2e-2f * max_ref)
         << heuristic_gu.ToString() << " vs tuned " << tuned_gu.ToString();
+  }
+}
+
+// The GEMV path's buckets: one "gemv" record each, valid, through the cache file onto a table,
+// launched by the serving path, and giving the untuned split's results up to summation order.
+TEST_P(MoeTunerTest, GemvBucketsGetTheirSplitTunedAndLaunched) {
+  const MoeWeightFormat format = GetParam();
+  const MoeShape shape = SmallShape();  // Im 256: the down kernel's every-item variant serves
+  Result<MoeConfigTable> table = MoeConfigTable::Create(device_, 101376);
+  ASSERT_TRUE(table.ok()) << table.status().ToString();
+  ASSERT_EQ(MoeGemvBatchLimit(*table, shape, format), kMoeGemvMaxTokensDefault);
+  MoeTunerOptions options;
+  options.batches = {1, 2, 4};
+  options.iters = 3;
+  int candidates = 0, refused = 0;
+  options.candidate_log = [&](const std::string& line) {
+    ++candidates;
+    if (line.find("refused") != std::string::npos) {
+      ++refused;
+      std::printf("[moe-tuner] %s\n", line.c_str());
+    }
+  };
+  options.progress = [](const std::string& line) { std::printf("[moe-tuner] %s\n", line.c_str()); };
+  Result<MoeTuneResult> tuned = TuneMoe(device_, *table, shape, format, options);
+  ASSERT_TRUE(tuned.ok()) << tuned.status().ToString();
+  EXPECT_EQ(tuned->gemv_batches, options.batches);
+  ASSERT_EQ(tuned->records.size(), 3u);
+  // Every split the kernels accept was tried: BF16 has no dequantisation choice.
+  EXPECT_GT(candidates, format == MoeWeightFormat::kBf16 ? 3 * 20 : 3 * 50);
+  EXPECT_EQ(refused, 0) << "a GEMV split computed another layer";
+  const engine::MoeDeviceClass device_class = MoeDeviceClassOf(device_, *table);
+  engine::MoeTuningCache cache;
+  for (const engine::MoeTuningRecord& r : tuned->records) {
+    EXPECT_EQ(r.gemm, "gemv");
+    EXPECT_TRUE(r.Validate().ok()) << r.Validate().ToString();
+    EXPECT_GT(r.measured_us, 0.0);
+    EXPECT_EQ(r.n, 2 * shape.inter);
+    EXPECT_EQ(r.k, shape.hidden);
+    if (format == MoeWeightFormat::kBf16) {
+      EXPECT_EQ(r.gemv.fp8_dequant, "convert");
+    }
+    ASSERT_TRUE(cache.Add(r).ok());
+  }
+  Result<engine::MoeTuningCache> parsed = engine::MoeTuningCache::Parse(cache.Serialize(), "t");
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  EXPECT_TRUE(parsed
+                  ->MissingBatches(device_class, MoeGemmShapeOf(shape, format), options.batches,
+                                   MoeGemvBatchLimit(*table, shape, format))
+                  .empty());
+  Result<std::vector<MoeTunedChoice>> choices =
+      MoeTunedChoicesOf(parsed->records(), device_class, shape, format, *table);
+  ASSERT_TRUE(choices.ok()) << choices.status().ToString();
+  ASSERT_EQ(choices->size(), 3u);
+  Result<MoeConfigTable> tuned_table = MoeConfigTable::Create(device_, 101376);
+  ASSERT_TRUE(tuned_table.ok());
+  ASSERT_TRUE(ApplyMoeTunedChoices(*choices, *tuned_table).ok());
+  Result<std::vector<MoeTableComparison>> compared =
+      CompareMoeTables(*table, *tuned_table, *choices, shape, format, options.batches, 3);
+  ASSERT_TRUE(compared.ok()) << compared.status().ToString();
+  for (const MoeTableComparison& c : *compared) {
+    EXPECT_TRUE(c.gemv) << "batch " << c.batch;
+    EXPECT_TRUE(c.launched_expected)
+        << "batch " << c.batch << ": launched " << MoeGemvChoiceOf(c.tuned_gemv).ToString();
+    std::printf("[moe-tuner] %s batch %lld: untuned %.1f us, tuned %.1f us (%s)\n",
+                MoeWeightFormatName(format), static_cast<long long>(c.batch), c.heuristic_gemm_us,
+                c.tuned_gemm_us, MoeGemvChoiceOf(c.tuned_gemv).ToString().c_str());
+  }
+  Result<MoeRandomLayer> layer = MoeRandomLayer::Create(shape, format, 5);
+  ASSERT_TRUE(layer.ok()) << layer.status().ToString();
+  for (int64_t tokens : {1, 2, 3, 4}) {
+    MoeTileConfig unused;
+    const std::vector<float> a = Forward(*layer, *table, tokens, &unused);
+    const std::vector<float> b = Forward(*layer, *tuned_table, tokens, &unused);
+    float max_ref = 0, max_diff = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      max_ref = std::max(max_ref, std::fabs(a[i]));
+      max_diff = std::max(max_diff, std::fabs(a[i] - b[i]));
+    }
+    ASSERT_GT(max_ref, 0.f);
+    EXPECT_LE(max_diff, 2e-2f * max_ref) << "tokens " << tokens;
   }
 }
 

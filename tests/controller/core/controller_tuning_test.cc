@@ -198,6 +198,45 @@ TEST_F(ControllerTuningTest, AnOlderReportDoesNotReplaceANewerRecord) {
   }
 }
 
+TEST_F(ControllerTuningTest, GemvPathRecordsAreStoredAndHandedOutLikeTileRecords) {
+  std::unique_ptr<FakeAgent> tuner = Agent("h100-a", kH100);
+  std::unique_ptr<FakeAgent> sibling = Agent("h100-b", kH100);
+  engine::MoeTuningRecord gemv = Record("gate_up", 1, 232448);
+  gemv.gemm = "gemv";
+  gemv.config = {};
+  gemv.gemv = {4, 0, 16, 4, "scaled_bits"};
+  spark::v1::MoeTuningRecord no_split = engine::MoeTuningRecordToProto(gemv);
+  no_split.set_batch(2);
+  no_split.clear_gemv();  // a gemv record without its split: rejected
+  Report(*tuner, {gemv, Record("gate_up", 8, 232448), Record("down", 8, 232448)}, {no_split});
+
+  const std::string h100_class = "NVIDIA H100 80GB HBM3/sm90/smem232448";
+  ASSERT_TRUE(WaitUntil([&] { return Stored(h100_class).size() == 3; }));
+  EXPECT_EQ(Stats().moe_tunings_rejected, 1u);
+  bool found = false;
+  for (const store::KernelTuning& row : Stored(h100_class)) {
+    if (row.key != "moe/fp8-per-channel/gemv/e128/n2816/k4096/top8/b1") continue;
+    found = true;
+    Result<engine::MoeTuningRecord> r = engine::MoeTuningRecordFromJson(row.config_json);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(*r, gemv);
+  }
+  EXPECT_TRUE(found);
+
+  spark::v1::ShardAssignment a = DeployOn(*sibling, "air-b");
+  ASSERT_EQ(a.moe_tunings_size(), 3);
+  int gemv_records = 0;
+  for (const auto& wire : a.moe_tunings()) {
+    if (wire.gemm() != "gemv") continue;
+    ++gemv_records;
+    EXPECT_EQ(wire.gemv().fp8_dequant(), "scaled_bits");
+    Result<engine::MoeTuningRecord> r = engine::MoeTuningRecordFromProto(wire);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(*r, gemv);
+  }
+  EXPECT_EQ(gemv_records, 1);
+}
+
 TEST_F(ControllerTuningTest, ReportsFromUnregisteredPeersAreDropped) {
   std::unique_ptr<FakeAgent> agent = Agent("h100-a", kH100);
   Envelope e;

@@ -74,5 +74,48 @@ TEST(MoeTunedTableTest, ConfigsAboveTheLimitAreRefused) {
   EXPECT_EQ(table->BlockMFor(kFormat, 8, kExperts), 16);
 }
 
+TEST(MoeTunedTableTest, TunedGemvSplitServesItsBucketOnly) {
+  Result<MoeConfigTable> table = MoeConfigTable::ForLimit(232448, 132);
+  ASSERT_TRUE(table.ok()) << table.status().ToString();
+  MoeGemvTiling base;
+  base.gate_up_k_splits = 2;
+  ASSERT_TRUE(table->SetGemvTiling(base).ok());
+  const MoeGemvTiling tuned{4, 16, 4, kMoeGemvHalfMma, 0};
+  ASSERT_TRUE(table->SetTunedGemv(kFormat, 2, tuned).ok());
+  EXPECT_TRUE(table->HasTunedGemv());
+  // Bucket 2 serves 2 tokens; 1 and 3 tokens are other buckets (1 and 4).
+  EXPECT_EQ(table->GemvTilingFor(kFormat, 2).down_vectors, 4);
+  EXPECT_EQ(table->GemvTilingFor(kFormat, 2).fp8_dequant, kMoeGemvHalfMma);
+  EXPECT_EQ(table->GemvTilingFor(kFormat, 1).gate_up_k_splits, 2);
+  EXPECT_EQ(table->GemvTilingFor(kFormat, 3).down_vectors, 0);
+  // Another format keeps the table-wide split.
+  EXPECT_EQ(table->GemvTilingFor(MoeWeightFormat::kFp8Block, 2).gate_up_k_splits, 2);
+  // Setting the bucket again replaces the split.
+  MoeGemvTiling again = tuned;
+  again.down_vectors = 2;
+  ASSERT_TRUE(table->SetTunedGemv(kFormat, 2, again).ok());
+  EXPECT_EQ(table->GemvTilingFor(kFormat, 2).down_vectors, 2);
+  // Bad splits and batches are refused, and the stored one is kept.
+  const Status bad = table->SetTunedGemv(kFormat, 2, MoeGemvTiling{3, 8, 1, 1, 0});
+  EXPECT_EQ(bad.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.message().find("K splits 3"), std::string::npos) << bad.message();
+  EXPECT_EQ(table->SetTunedGemv(kFormat, 0, tuned).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(table->GemvTilingFor(kFormat, 2).down_vectors, 2);
+  table->ClearTuned();
+  EXPECT_FALSE(table->HasTunedGemv());
+  EXPECT_EQ(table->GemvTilingFor(kFormat, 2).gate_up_k_splits, 2);
+}
+
+TEST(MoeTunedTableTest, GemvDequantNamesRoundTrip) {
+  for (int q : {kMoeGemvHardwareConvert, kMoeGemvScaledBits, kMoeGemvHalfMma}) {
+    Result<int> parsed = ParseMoeGemvDequant(MoeGemvDequantName(q));
+    ASSERT_TRUE(parsed.ok()) << q;
+    EXPECT_EQ(*parsed, q);
+  }
+  EXPECT_STREQ(MoeGemvDequantName(0), MoeGemvDequantName(kMoeGemvFp8DequantDefault));
+  const Status bad = ParseMoeGemvDequant("fast").status();
+  EXPECT_NE(bad.message().find("use convert, scaled_bits or half_mma"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace spark::cuda

@@ -34,6 +34,16 @@ MoeTuningRecord Record(std::string gemm, int64_t batch, int stages = 3, int64_t 
   return r;
 }
 
+// The GEMV path's record of bucket `batch` (n = 2*Im, k = H as for gate_up).
+MoeTuningRecord GemvRecord(int64_t batch, int down_vectors = 4, int64_t tuned_ms = 1000,
+                           double us = 35.0) {
+  MoeTuningRecord r = Record("gate_up", batch, 3, tuned_ms, us);
+  r.gemm = "gemv";
+  r.config = {};
+  r.gemv = {2, 1, 16, down_vectors, "half_mma"};
+  return r;
+}
+
 std::filesystem::path TempDir() {
   std::filesystem::path dir = std::filesystem::temp_directory_path() /
                               ("moe_tuning_test_" + std::to_string(::getpid()) + "_" +
@@ -97,7 +107,7 @@ TEST(MoeTuningCacheTest, ValidationNamesTheField) {
   r.batch = 24;
   EXPECT_NE(r.Validate().message().find("'batch' must be a power of two"), std::string::npos);
   r = Record("sideways", 8);
-  EXPECT_NE(r.Validate().message().find("gate_up or down"), std::string::npos);
+  EXPECT_NE(r.Validate().message().find("must be gate_up, down or gemv"), std::string::npos);
   // A config above the device class's shared-memory limit is refused.
   r = Record("gate_up", 8);
   r.device.smem_limit_bytes = 101376;
@@ -130,9 +140,11 @@ TEST(MoeTuningCacheTest, FileRoundTripAndParseErrors) {
   };
   EXPECT_NE(error_of("[1,2]").find("not a JSON object"), std::string::npos);
   EXPECT_NE(error_of(R"({"1": {"BLOCK_SIZE_M": 16}})").find("--import"), std::string::npos);
-  const std::string newer = error_of(R"({"format": "spark-moe-tuning", "version": 2,
+  const std::string newer = error_of(R"({"format": "spark-moe-tuning", "version": 3,
                                          "records": []})");
-  EXPECT_NE(newer.find("version 2 is not supported"), std::string::npos) << newer;
+  EXPECT_NE(newer.find("version 3 is not supported (this build reads versions 1 to 2)"),
+            std::string::npos)
+      << newer;
   EXPECT_NE(newer.find("/s/moe_tuning.json"), std::string::npos);
   std::string bad = text;
   bad.replace(bad.find("\"stages\": 3"), 11, "\"stages\": \"3\"");
@@ -322,6 +334,110 @@ TEST(MoeTuningCacheTest, SglangImportRefusesAMismatchedFile) {
                 .message()
                 .find("'8.BLOCK_SIZE_N' is missing"),
             std::string::npos);
+}
+
+}  // namespace
+}  // namespace spark::engine
+
+namespace spark::engine {
+namespace {
+
+TEST(MoeTuningCacheTest, GemvRecordRoundTripsThroughJsonProtoAndFile) {
+  const MoeTuningRecord r = GemvRecord(2, 3, 1767225600123, 31.5);
+  EXPECT_EQ(r.Key(), "moe/fp8-per-channel/gemv/e128/n2816/k4096/top8/b2");
+  ASSERT_TRUE(r.Validate().ok()) << r.Validate().ToString();
+  const std::string json = MoeTuningRecordToJson(r);
+  EXPECT_NE(json.find(R"("gemv":{"down_outputs":16,"down_vectors":3,"fp8_dequant":"half_mma",)"
+                      R"("gate_up_k_splits":2,"gate_up_sweep":1})"),
+            std::string::npos)
+      << json;
+  EXPECT_EQ(json.find("\"config\""), std::string::npos) << json;
+  Result<MoeTuningRecord> from_json = MoeTuningRecordFromJson(json);
+  ASSERT_TRUE(from_json.ok()) << from_json.status().ToString();
+  EXPECT_EQ(*from_json, r);
+
+  spark::v1::MoeTuningRecord wire;
+  ASSERT_TRUE(wire.ParseFromString(MoeTuningRecordToProto(r).SerializeAsString()));
+  EXPECT_EQ(wire.gemm(), "gemv");
+  EXPECT_EQ(wire.gemv().down_vectors(), 3u);
+  EXPECT_EQ(wire.gemv().fp8_dequant(), "half_mma");
+  EXPECT_EQ(wire.block_m(), 0u);
+  Result<MoeTuningRecord> from_proto = MoeTuningRecordFromProto(wire);
+  ASSERT_TRUE(from_proto.ok()) << from_proto.status().ToString();
+  EXPECT_EQ(*from_proto, r);
+  wire.clear_gemv();
+  EXPECT_NE(MoeTuningRecordFromProto(wire).status().message().find("field 'gemv' is missing"),
+            std::string::npos);
+
+  // A file holding a gemv record is version 2 (older builds refuse it by version); one without
+  // stays version 1.
+  MoeTuningCache cache;
+  ASSERT_TRUE(cache.Add(Record("gate_up", 8)).ok());
+  EXPECT_NE(cache.Serialize().find("\"version\": 1"), std::string::npos);
+  ASSERT_TRUE(cache.Add(r).ok());
+  const std::string text = cache.Serialize();
+  EXPECT_NE(text.find("\"version\": 2"), std::string::npos) << text;
+  Result<MoeTuningCache> parsed = MoeTuningCache::Parse(text, "x.json");
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  EXPECT_EQ(parsed->Serialize(), text);
+  ASSERT_TRUE(parsed->FindGemv(H100(), Air(), 2).has_value());
+  EXPECT_EQ(parsed->FindGemv(H100(), Air(), 2)->gemv, r.gemv);
+}
+
+TEST(MoeTuningCacheTest, GemvValidationNamesTheField) {
+  auto error_of = [](MoeTuningRecord r) { return r.Validate().message(); };
+  MoeTuningRecord r = GemvRecord(1);
+  r.gemv.gate_up_k_splits = 3;
+  EXPECT_NE(error_of(r).find("'gemv.gate_up_k_splits' must be 1, 2, 4 or 8, got 3"),
+            std::string::npos)
+      << error_of(r);
+  r = GemvRecord(1);
+  r.gemv.gate_up_sweep = 2;
+  EXPECT_NE(error_of(r).find("gemv.gate_up_sweep"), std::string::npos);
+  r = GemvRecord(1);
+  r.gemv.down_outputs = 32;
+  EXPECT_NE(error_of(r).find("gemv.down_outputs"), std::string::npos);
+  r = GemvRecord(1);
+  r.gemv.down_vectors = 0;
+  EXPECT_NE(error_of(r).find("gemv.down_vectors"), std::string::npos);
+  r = GemvRecord(1);
+  r.gemv.fp8_dequant = "fast";
+  EXPECT_NE(error_of(r).find("'gemv.fp8_dequant' must be convert, scaled_bits or half_mma"),
+            std::string::npos)
+      << error_of(r);
+  // A gemv record's unused tile config is not checked; a tile record's config still is.
+  EXPECT_TRUE(GemvRecord(4).Validate().ok());
+  // A gemv record without its "gemv" object names it.
+  std::string json = MoeTuningRecordToJson(GemvRecord(1));
+  json.replace(json.find("\"gemv\":{"), 8, "\"gemx\":{");
+  EXPECT_NE(MoeTuningRecordFromJson(json).status().message().find("field 'gemv' is missing"),
+            std::string::npos);
+}
+
+TEST(MoeTuningCacheTest, GemvBucketsNeedTheirGemvRecordOnly) {
+  MoeTuningCache cache;
+  ASSERT_TRUE(cache.Add(GemvRecord(1)).ok());
+  ASSERT_TRUE(cache.Add(GemvRecord(4)).ok());
+  for (int64_t b : {8, 16}) {
+    ASSERT_TRUE(cache.Add(Record("gate_up", b)).ok());
+    ASSERT_TRUE(cache.Add(Record("down", b)).ok());
+  }
+  const std::vector<int64_t> batches = {1, 2, 4, 8, 16};
+  // Up to 4 tokens the GEMV path serves: bucket 2 lacks its gemv record.
+  EXPECT_EQ(cache.MissingBatches(H100(), Air(), batches, 4), (std::vector<int64_t>{2}));
+  // Without the GEMV path every bucket needs both tile records.
+  EXPECT_EQ(cache.MissingBatches(H100(), Air(), batches, 0), (std::vector<int64_t>{1, 2, 4}));
+  // With it up to 8, bucket 8's tile records do not stand in for its gemv record.
+  EXPECT_EQ(cache.MissingBatches(H100(), Air(), batches, 8), (std::vector<int64_t>{2, 8}));
+  // ForShape hands out the gemv records with the tile ones.
+  EXPECT_EQ(cache.ForShape(H100(), Air(), batches).size(), 6u);
+  // A gemv record of another tp (Im) is another shape.
+  MoeGemmShape tp2 = Air();
+  tp2.inter = 704;
+  EXPECT_FALSE(cache.FindGemv(H100(), tp2, 1).has_value());
+  // Merging: the newer record of the bucket wins.
+  EXPECT_TRUE(*cache.Add(GemvRecord(1, 2, 2000, 40.0)));
+  EXPECT_EQ(cache.FindGemv(H100(), Air(), 1)->gemv.down_vectors, 2);
 }
 
 }  // namespace

@@ -130,6 +130,16 @@ grep -vE '^device:|^$' "$OUT/moe_gemv_dequant.log" >>$S
 # The whole MoE suite (every shape and format, tiles and the GEMV path) and the tuner.
 step moe_all 300 $B/bin/gpu_moe_test
 step moe_tuner 120 $B/bin/gpu_moe_tuner_test
+# The GEMV path's split tuned per bucket (1, 2, 4 tokens): the tuner's test, then spark-model
+# tune-moe at GLM-4.7 tp=4 and GLM-4.5-Air widths (untuned against tuned whole forwards, and the
+# split each bucket chose on this device).
+step tuner_gemv 90 $B/bin/gpu_moe_tuner_test --gtest_filter='*Gemv*'
+for m in "glm-4.7 --tp 4" "glm-4.5-air --tp 1"; do
+  n=tune_gemv_$(echo "$m" | cut -d' ' -f1 | tr -d '.-')
+  step $n 90 $B/bin/spark-model tune-moe --config $m --format fp8-channel --batches 1,2,4 \
+    --out "$OUT/$n.json"
+  grep -E '^(batch|[0-9]|  batch|verified|tuned)' "$OUT/$n.log" >>$S
+done
 # Performance.
 # Decode steps from CUDA graphs against eager steps: GLM-4.5-Air shapes, FP8, 24 of 46 layers
 # (fits an H100 80GB), same machine, same run.
