@@ -83,6 +83,7 @@ Status MakeCudaRank(const CudaRankSpec& spec, int rank, int tp, engine::KeyValue
   if (spec.moe_gemv_max_tokens >= 0) options.moe_gemv_max_tokens = spec.moe_gemv_max_tokens;
   options.gemv_tensor_cores = spec.gemv_tensor_cores;
   options.gemv_row_sweep = spec.gemv_row_sweep;
+  options.gemv_fp8_auto = spec.gemv_fp8_auto;
   if (spec.moe_grouped_max_tokens >= 0) {
     options.moe_grouped_max_tokens = spec.moe_grouped_max_tokens;
   }
@@ -122,6 +123,12 @@ Status MakeCudaRank(const CudaRankSpec& spec, int rank, int tp, engine::KeyValue
     load.max_layers = spec.max_layers;
     SPARK_ASSIGN_OR_RETURN(parts->backend,
                            cuda::CudaBackend::Load(spec.model_dir, load, nccl, options));
+  }
+  if (rank == 0 && spec.dense_gemv != nullptr) {
+    const auto& backend = static_cast<const cuda::CudaBackend&>(*parts->backend);
+    for (const cuda::DenseGemvChoice& c : backend.dense_gemv_choices()) {
+      spec.dense_gemv->push_back(cuda::DenseGemvChoiceLine(c));
+    }
   }
   if (rank == 0 && spec.sample_rows > 0) {
     const auto& backend = static_cast<const cuda::CudaBackend&>(*parts->backend);

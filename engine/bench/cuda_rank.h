@@ -37,9 +37,12 @@ struct CudaRankSpec {
   int moe_gemv_max_tokens = -1;      // CudaBackendOptions::moe_gemv_max_tokens (-1: its default)
   bool gemv_tensor_cores = false;    // CudaBackendOptions::gemv_tensor_cores
   bool gemv_row_sweep = false;       // CudaBackendOptions::gemv_row_sweep
-  int moe_grouped_max_tokens = -1;   // CudaBackendOptions::moe_grouped_max_tokens (-1: default)
-  int l2_prefetch_percent = -1;      // CudaBackendOptions::l2_prefetch_percent (-1: default)
-  int64_t smem_cap_bytes = 0;        // CudaBackendOptions::smem_cap_bytes (0: the device's)
+  bool gemv_fp8_auto = false;        // CudaBackendOptions::gemv_fp8_auto
+  // Rank 0 stores one line per dense FP8 weight shape that gemv_fp8_auto tuned here.
+  std::vector<std::string>* dense_gemv = nullptr;
+  int moe_grouped_max_tokens = -1;  // CudaBackendOptions::moe_grouped_max_tokens (-1: default)
+  int l2_prefetch_percent = -1;     // CudaBackendOptions::l2_prefetch_percent (-1: default)
+  int64_t smem_cap_bytes = 0;       // CudaBackendOptions::smem_cap_bytes (0: the device's)
   int64_t one_shot_all_reduce_bytes = 0;  // NcclOptions::one_shot_max_bytes
   // Rank 0 stores the NCCL group's all-reduce calibration and one-shot limit here (tp > 1).
   std::vector<AllReduceRow>* all_reduce = nullptr;

@@ -251,6 +251,7 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
            CudaOnly{o.l2_prefetch_percent >= 0, "--l2-prefetch-percent prefetches into a GPU's L2"},
            CudaOnly{o.gemv_row_sweep, "--gemv-row-sweep selects the CUDA GEMV kernels"},
            CudaOnly{o.gemv_tensor_cores, "--gemv-tensor-cores selects the CUDA GEMV kernels"},
+           CudaOnly{o.gemv_fp8_auto, "--gemv-fp8-auto times the CUDA GEMV kernels"},
            CudaOnly{o.moe_gemv_max_tokens >= 0, "--moe-gemv-max-tokens selects a CUDA MoE kernel"},
            CudaOnly{o.fuse_shared_experts,
                     "--fuse-shared-experts selects the CUDA MoE kernels' layout"},
@@ -333,6 +334,8 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     spec.moe_gemv_max_tokens = o.moe_gemv_max_tokens;
     spec.gemv_tensor_cores = o.gemv_tensor_cores;
     spec.gemv_row_sweep = o.gemv_row_sweep;
+    spec.gemv_fp8_auto = o.gemv_fp8_auto;
+    spec.dense_gemv = &report.dense_gemv;
     spec.moe_grouped_max_tokens = o.moe_grouped_max_tokens;
     spec.l2_prefetch_percent = o.l2_prefetch_percent;
     spec.smem_cap_bytes = o.smem_cap_bytes;
@@ -354,6 +357,7 @@ Result<EngineBenchReport> RunEngineBench(const EngineBenchOptions& o, std::ostre
     if (spec.programmatic_launch) report.device += ", programmatic launch";
     if (spec.gemv_tensor_cores) report.device += ", one-token FP8 GEMVs on tensor cores";
     if (spec.gemv_row_sweep) report.device += ", one-token FP8 GEMVs as row sweeps";
+    if (spec.gemv_fp8_auto) report.device += ", dense one-token FP8 GEMVs tuned at load";
     if (spec.smem_cap_bytes > 0) {
       report.device +=
           ", shared memory capped at " + std::to_string(spec.smem_cap_bytes) + " bytes per block";
@@ -525,6 +529,7 @@ void PrintEngineBenchReport(const EngineBenchReport& r, bool json, std::ostream&
                   static_cast<long long>(a.bytes), a.nccl_us, a.one_shot_us);
     out << line;
   }
+  for (const std::string& d : r.dense_gemv) out << "dense GEMV " << d << "\n";
   if (r.one_shot_max_bytes > 0) {
     std::snprintf(line, sizeof(line), "one-shot all-reduce up to %lld bytes\n",
                   static_cast<long long>(r.one_shot_max_bytes));

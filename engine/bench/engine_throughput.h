@@ -54,6 +54,7 @@ struct EngineBenchOptions {
   int moe_gemv_max_tokens = -1;         // CUDA: MoE GEMV path up to this many tokens (-1: default)
   bool gemv_tensor_cores = false;       // CUDA: one-token FP8 GEMVs on the tensor cores
   bool gemv_row_sweep = false;          // CUDA: dense one-token FP8 GEMVs as row sweeps
+  bool gemv_fp8_auto = false;           // CUDA: each dense FP8 shape's GEMV variant timed at load
   int moe_grouped_max_tokens = -1;      // CUDA: expert-grouped MoE kernels up to this many tokens
   int l2_prefetch_percent = -1;         // CUDA: weight prefetch into L2 (-1: the default)
   int64_t smem_cap_bytes = 0;           // CUDA: shared memory per block cap (0: the device's)
@@ -128,6 +129,8 @@ struct EngineBenchReport {
   // (NCCL against one-shot, the slowest rank's mean per call) and the one-shot limit kept.
   std::vector<AllReduceRow> all_reduce;
   int64_t one_shot_max_bytes = 0;
+  // CUDA, --gemv-fp8-auto: rank 0's choice per dense FP8 weight shape (DenseGemvChoiceLine).
+  std::vector<std::string> dense_gemv;
   std::vector<BatchResult> batches;
 };
 

@@ -120,6 +120,9 @@ int main(int argc, char** argv) {
   engine->add_flag("--gemv-row-sweep,!--no-gemv-row-sweep", o.gemv_row_sweep,
                    "CUDA: dense one-token FP8 GEMVs with whole rows per block swept by a "
                    "persistent grid (default: off, as a shard)");
+  engine->add_flag("--gemv-fp8-auto,!--no-gemv-fp8-auto", o.gemv_fp8_auto,
+                   "CUDA: time each dense FP8 weight shape's one-token GEMV variants at load and "
+                   "keep the fastest (engine option gemv_fp8=auto; default: off, as a shard)");
   engine->add_flag("--gemv-tensor-cores,!--no-gemv-tensor-cores", o.gemv_tensor_cores,
                    "CUDA: one-token FP8 GEMVs (dense and MoE) on the tensor cores, E4M3 weights as "
                    "f16 mma fragments (default: off, as a shard)");

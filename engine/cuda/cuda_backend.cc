@@ -14,6 +14,7 @@
 #include "engine/cuda/activation.h"
 #include "engine/cuda/attention.h"
 #include "engine/cuda/cuda_check.h"
+#include "engine/cuda/dense_gemv_tuner.h"
 #include "engine/cuda/dense_linear.h"
 #include "engine/cuda/device_info.h"
 #include "engine/cuda/dummy_weights.h"
@@ -364,6 +365,7 @@ struct CudaBackend::Impl {
   DeviceInfo device;
   cudaStream_t stream = nullptr;
   bool own_stream = false;
+  std::vector<DenseGemvChoice> dense_gemv_choices;  // options.gemv_fp8_auto's
   int local_q = 0;
   int local_kv = 0;
   int64_t vocab_begin = 0;
@@ -1026,7 +1028,9 @@ Status CudaBackend::Impl::Finish() {
                             : options.gemv_row_sweep  ? Fp8Dequant::kConvertSweep
                                                       : kGemvFp8DequantDefault;
   limits.fp8_activations = options.fp8_activations;
+  std::vector<DeviceLinear> dense;  // every dense weight, for the GEMV tuner
   auto note = [&](const DeviceLinear& w) {
+    dense.push_back(w);
     limits.max_in = std::max(limits.max_in, w.in);
     limits.max_out = std::max(limits.max_out, w.out);
     if (w.type == WeightType::kFP8) {
@@ -1049,6 +1053,11 @@ Status CudaBackend::Impl::Finish() {
     note_layer(mtp.layer);
   }
   SPARK_ASSIGN_OR_RETURN(linear, DenseLinear::Create(limits));
+  if (options.gemv_fp8_auto && !options.gemv_tensor_cores && !options.gemv_row_sweep) {
+    // Before the KV cache takes what is free: the tuner's scratch is released on return.
+    SPARK_ASSIGN_OR_RETURN(dense_gemv_choices,
+                           TuneDenseGemv(*linear, dense, DenseGemvTunerOptions{}, stream));
+  }
   if (has_moe) {
     SPARK_ASSIGN_OR_RETURN(MoeConfigTable table,
                            MoeConfigTable::Create(device, options.smem_cap_bytes));
@@ -1996,5 +2005,8 @@ int64_t CudaBackend::workspace_bytes() const {
 int64_t CudaBackend::kv_cache_bytes() const { return impl_->kv->bytes(); }
 cudaStream_t CudaBackend::stream() const { return impl_->stream; }
 const CudaBackendOptions& CudaBackend::options() const { return impl_->options; }
+const std::vector<DenseGemvChoice>& CudaBackend::dense_gemv_choices() const {
+  return impl_->dense_gemv_choices;
+}
 
 }  // namespace spark::cuda

@@ -54,6 +54,7 @@
 
 #include "common/status.h"
 #include "engine/comm/communicator.h"
+#include "engine/cuda/dense_gemv_tuner.h"
 #include "engine/cuda/kv_dtype.h"
 #include "engine/cuda/moe_tuner.h"
 #include "engine/model/config.h"
@@ -131,6 +132,11 @@ struct CudaBackendOptions {
   // Dense one-token FP8 GEMVs with whole rows per block swept by a persistent grid
   // (Fp8Dequant::kConvertSweep) instead of K-split blocks of 32 rows; gemv_tensor_cores wins.
   bool gemv_row_sweep = false;
+  // Dense one-token FP8 GEMVs: each weight shape's variant chosen at load by timing the model's
+  // own weights on this device (engine/cuda/dense_gemv_tuner.h; the variants checked on a GPU,
+  // the default kept unless another is more than 1% faster); gemv_tensor_cores and
+  // gemv_row_sweep win.
+  bool gemv_fp8_auto = false;
   // Steps of at most kL2PrefetchMaxTokens tokens prefetch weights into L2 on a side stream while
   // the latency-bound kernels run (engine/cuda/l2_prefetch.h): the o_proj weights beside RoPE and
   // attention, the router and fused shared expert (or a dense MLP's gate/up) beside the
@@ -248,6 +254,8 @@ class CudaBackend final : public engine::Backend {
   int64_t kv_cache_bytes() const;
   cudaStream_t stream() const;
   const CudaBackendOptions& options() const;
+  // What gemv_fp8_auto chose per dense FP8 weight shape (empty without it), for logs.
+  const std::vector<DenseGemvChoice>& dense_gemv_choices() const;
 
   struct Impl;
 

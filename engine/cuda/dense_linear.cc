@@ -71,14 +71,42 @@ DenseLinear::~DenseLinear() {
   if (fp8_out_) cudaFree(fp8_out_);
 }
 
+namespace {
+
+bool SameShape(int64_t out, int64_t in, WeightScale scale_kind, int block_n, int block_k,
+               const DeviceLinear& w) {
+  return out == w.out && in == w.in && scale_kind == w.scale_kind && block_n == w.block_n &&
+         block_k == w.block_k;
+}
+
+}  // namespace
+
+void DenseLinear::SetGemvDequant(const DeviceLinear& w, Fp8Dequant dequant) {
+  for (ShapeDequant& e : gemv_dequant_) {
+    if (SameShape(e.out, e.in, e.scale_kind, e.block_n, e.block_k, w)) {
+      e.dequant = dequant;
+      return;
+    }
+  }
+  gemv_dequant_.push_back({w.out, w.in, w.scale_kind, w.block_n, w.block_k, dequant});
+}
+
+Fp8Dequant DenseLinear::GemvDequantFor(const DeviceLinear& w) const {
+  for (const ShapeDequant& e : gemv_dequant_) {
+    if (SameShape(e.out, e.in, e.scale_kind, e.block_n, e.block_k, w)) return e.dequant;
+  }
+  return limits_.gemv_fp8_dequant;
+}
+
 Status DenseLinear::RunGemv(const DeviceLinear& w, const __nv_bfloat16* x, int64_t rows, float* y,
                             cudaStream_t stream) {
-  int splits = GemvKSplits(w, limits_.sms, static_cast<int>(rows), limits_.gemv_fp8_dequant);
+  const Fp8Dequant dequant = GemvDequantFor(w);
+  int splits = GemvKSplits(w, limits_.sms, static_cast<int>(rows), dequant);
   const int64_t per_split = rows * w.out;
   splits = static_cast<int>(std::max<int64_t>(
       1, std::min<int64_t>(splits, gemv_partial_floats_ / std::max<int64_t>(per_split, 1))));
   SPARK_CUDA_RETURN_IF_ERROR(Gemv(w, x, static_cast<int>(rows), nullptr, splits, gemv_partial_, y,
-                                  stream, gemv_counters_, kGemvCounters, limits_.gemv_fp8_dequant));
+                                  stream, gemv_counters_, kGemvCounters, dequant));
   return Status::Ok();
 }
 

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "engine/cuda/device_linear.h"
@@ -59,10 +60,22 @@ class DenseLinear {
   LinearPath last_path() const { return last_path_; }
   int64_t path_count(LinearPath path) const { return counts_[static_cast<int>(path)]; }
   int64_t workspace_bytes() const { return workspace_bytes_; }
+
+  // The one-row FP8 GEMV's dequantisation for weights of `w`'s shape and scaling (out, in, scale
+  // kind and block): set by the dense GEMV tuner (engine/cuda/dense_gemv_tuner.h), else
+  // limits.gemv_fp8_dequant. Not while a Run is in flight on another thread.
+  void SetGemvDequant(const DeviceLinear& w, Fp8Dequant dequant);
+  Fp8Dequant GemvDequantFor(const DeviceLinear& w) const;
   // Why the last cuBLASLt FP8 attempt fell back (empty when it ran or was not tried).
   const std::string& fp8_fallback_reason() const { return fp8_fallback_reason_; }
 
  private:
+  struct ShapeDequant {
+    int64_t out, in;
+    WeightScale scale_kind;
+    int block_n, block_k;
+    Fp8Dequant dequant;
+  };
   DenseLinear() = default;
   Status RunGemv(const DeviceLinear& w, const __nv_bfloat16* x, int64_t rows, float* y,
                  cudaStream_t stream);
@@ -79,6 +92,7 @@ class DenseLinear {
   int64_t workspace_bytes_ = 0;
   LinearPath last_path_ = LinearPath::kGemv;
   std::string fp8_fallback_reason_;
+  std::vector<ShapeDequant> gemv_dequant_;  // a few entries: one per tuned weight shape
   int64_t counts_[static_cast<int>(LinearPath::kCount)] = {};
 };
 

@@ -4,7 +4,8 @@
 // (engine/runtime/moe_tuning_cache.h), which MoeConfigTable::SetTuned then serves.
 //
 // Buckets the table sends down the MoE GEMV path (MoeConfigTable::gemv_max_tokens) get the split
-// of its kernels instead (MoeGemvTiling): every split the kernels accept, one per distinct launch;
+// of its kernels instead (MoeGemvTiling): every split the kernels accept (those not yet checked on
+// a GPU only with gemv_unverified_variants), one per distinct launch;
 // each candidate's output is compared with the untuned split's (relative L2 distance at most
 // gemv_max_relative_error, else refused: a split must compute the same layer), then it is timed
 // as whole forwards (no events between the kernels, so programmatic launches overlap as when
@@ -128,6 +129,10 @@ struct MoeTunerOptions {
   // GEMV path: the largest relative L2 distance of a candidate's output from the untuned split's
   // (both round the intermediate to BF16; the f16 tensor-core staging adds its own rounding).
   double gemv_max_relative_error = 0.02;
+  // GEMV path: also try the variants not yet checked on a GPU (gate/up row sweep, down with every
+  // item in flight). Off by default: a kernel fault while loading would take the shard down,
+  // which the output check cannot prevent.
+  bool gemv_unverified_variants = false;
 };
 
 struct MoeTuneResult {

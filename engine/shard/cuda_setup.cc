@@ -136,6 +136,7 @@ Result<std::unique_ptr<engine::Backend>> CreateShardCudaBackend(const spark::v1:
   options.moe_grouped_max_tokens = settings.moe_grouped_max_tokens;
   options.gemv_row_sweep = settings.gemv_fp8 == "row_sweep";
   options.gemv_tensor_cores = settings.gemv_fp8 == "tensor_cores";
+  options.gemv_fp8_auto = settings.gemv_fp8 == "auto";
   options.l2_prefetch_percent = settings.l2_prefetch_percent;
   if (const char* file = std::getenv(engine::kMoeTuningFileEnv); file != nullptr) {
     tune.cache_file = file;
@@ -171,6 +172,9 @@ Result<std::unique_ptr<engine::Backend>> CreateShardCudaBackend(const spark::v1:
           .With("kv_cache_bytes", backend->kv_cache_bytes())
           .With("kv_capacity_tokens", backend->KvCapacityTokens())
       << "CUDA backend created";
+  for (const cuda::DenseGemvChoice& c : backend->dense_gemv_choices()) {
+    SPARK_LOG(INFO) << "dense FP8 GEMV tuned (gemv_fp8=auto): " << cuda::DenseGemvChoiceLine(c);
+  }
   return std::unique_ptr<engine::Backend>(std::move(backend));
 }
 

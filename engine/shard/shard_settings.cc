@@ -120,10 +120,10 @@ Result<EngineSettings> ResolveEngineSettings(const spark::v1::EngineOptions& opt
       SPARK_ASSIGN_OR_RETURN(int64_t v, ParseExtraInt(key, value, 0, int64_t{1} << 20));
       s.moe_grouped_max_tokens = static_cast<int>(v);
     } else if (key == "gemv_fp8") {
-      if (value != "convert" && value != "row_sweep" && value != "tensor_cores") {
+      if (value != "convert" && value != "row_sweep" && value != "tensor_cores" &&
+          value != "auto") {
         return InvalidArgument(
-            "engine option gemv_fp8 must be convert, row_sweep or tensor_cores, "
-            "got '" +
+            "engine option gemv_fp8 must be convert, row_sweep, tensor_cores or auto, got '" +
             value + "'");
       }
       s.gemv_fp8 = value;

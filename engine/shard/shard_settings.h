@@ -25,9 +25,11 @@
 //                     it)
 //   gemv_fp8          CUDA backend: how one-token FP8 GEMVs run: "convert" (the default; FP8 ->
 //                     float on the CUDA cores, K-split blocks), "row_sweep" (dense linears with
-//                     whole rows per block over a persistent grid) or "tensor_cores" (dense and
-//                     MoE GEMVs on mma.sync); CudaBackendOptions::gemv_row_sweep /
-//                     gemv_tensor_cores; the CPU backend ignores it
+//                     whole rows per block over a persistent grid), "tensor_cores" (dense and
+//                     MoE GEMVs on mma.sync) or "auto" (each dense FP8 weight shape timed at load
+//                     with every variant checked on a GPU, the fastest kept;
+//                     engine/cuda/dense_gemv_tuner.h); CudaBackendOptions::gemv_row_sweep /
+//                     gemv_tensor_cores / gemv_fp8_auto; the CPU backend ignores it
 //   l2_prefetch_percent  CUDA backend: steps of up to 64 tokens prefetch the next weights into
 //                     L2 beside the latency-bound kernels, each prefetch up to this percentage of
 //                     the device's L2 (default 0 = off, at most 100;
@@ -84,13 +86,13 @@ struct EngineSettings {
   int max_running = 64;
   int64_t max_model_len = 0;  // 0 = the model's max_position_embeddings
   int kv_block_tokens = 16;
-  bool gpu_sampling = true;               // CUDA backend only
-  bool moe_autotune = true;               // CUDA backend only
-  std::optional<bool> cuda_graphs;        // CUDA backend only; unset = auto (CudaGraphsFor)
-  bool kv_cache_fp8 = false;              // CUDA backend only (kv_cache_dtype=fp8)
-  int moe_grouped_max_tokens = 0;         // CUDA backend only
-  std::string gemv_fp8 = "convert";       // CUDA backend only: convert, row_sweep or tensor_cores
-  int l2_prefetch_percent = 0;            // CUDA backend only
+  bool gpu_sampling = true;          // CUDA backend only
+  bool moe_autotune = true;          // CUDA backend only
+  std::optional<bool> cuda_graphs;   // CUDA backend only; unset = auto (CudaGraphsFor)
+  bool kv_cache_fp8 = false;         // CUDA backend only (kv_cache_dtype=fp8)
+  int moe_grouped_max_tokens = 0;    // CUDA backend only
+  std::string gemv_fp8 = "convert";  // CUDA backend only: convert, row_sweep, tensor_cores, auto
+  int l2_prefetch_percent = 0;       // CUDA backend only
   int64_t one_shot_all_reduce_bytes = 0;  // CUDA backend only
   std::chrono::milliseconds step_timeout{30000};
   std::chrono::milliseconds keepalive{1000};

@@ -10,6 +10,7 @@
 #include <cuda_bf16.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -21,6 +22,7 @@
 
 #include "engine/cpu/kernels.h"
 #include "engine/cpu/thread_pool.h"
+#include "engine/cuda/dense_gemv_tuner.h"
 #include "engine/cuda/device_info.h"
 #include "engine/cuda/gemv.h"
 #include "engine/model/dtype.h"
@@ -368,6 +370,72 @@ TEST(DenseLinearTest, OneRowFp8RowSweepGemvMatchesCpu) {
       std::printf("[gemv-sweep] %-14s %-11s %lld blocks\n", s.name, FmtName(fmt),
                   static_cast<long long>(GemvBlocks(dw.view, 1, 1, Fp8Dequant::kConvertSweep)));
     }
+  }
+}
+
+// gemv_fp8=auto (engine/cuda/dense_gemv_tuner.h): one choice per distinct FP8 shape served by the
+// one-row GEMV, set on the DenseLinear, no variant refused, and one-row results with the chosen
+// variants still matching the CPU; BF16 weights and repeated shapes are not tuned.
+TEST(DenseLinearTest, DenseGemvTunerChoosesPerShapeAndKeepsResults) {
+  engine::ThreadPool pool(0);
+  struct Case {
+    Shape shape;
+    Fmt fmt;
+  };
+  const Case cases[] = {{{"air_qkv_tp1", 14336, 4096}, Fmt::kFp8Channel},
+                        {{"air_o_tp1", 4096, 12288}, Fmt::kFp8Channel},
+                        {{"glm47_qkv_tp4", 3584, 5120}, Fmt::kFp8Block},
+                        {{"air_qkv_again", 14336, 4096}, Fmt::kFp8Channel},
+                        {{"bf16", 1024, 4096}, Fmt::kBf16}};
+  std::vector<LinearWeight> host;
+  std::vector<Uploaded> device;
+  std::vector<DeviceLinear> views;
+  for (const Case& c : cases) {
+    host.push_back(MakeWeight(c.shape.out, c.shape.in, c.fmt,
+                              static_cast<uint32_t>(c.shape.out + 7 * c.shape.in)));
+    device.push_back(Upload(host.back()));
+    views.push_back(device.back().view);
+  }
+  Result<DeviceInfo> info = QueryDevice(0);
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  DenseLinearLimits limits;
+  limits.max_rows = 1;
+  limits.sms = info->multiprocessors;
+  for (const DeviceLinear& v : views) {
+    limits.max_in = std::max(limits.max_in, v.in);
+    limits.max_out = std::max(limits.max_out, v.out);
+    if (v.type == WeightType::kFP8) {
+      limits.max_fp8_weight_elems = std::max(limits.max_fp8_weight_elems, v.out * v.in);
+      limits.max_fp8_out = std::max(limits.max_fp8_out, v.out);
+    }
+  }
+  Result<std::unique_ptr<DenseLinear>> linear = DenseLinear::Create(limits);
+  ASSERT_TRUE(linear.ok()) << linear.status().ToString();
+  DenseGemvTunerOptions options;
+  options.unverified_variants = true;  // every variant, checked here
+  options.log = [](const std::string& line) { std::printf("[dense-gemv] %s\n", line.c_str()); };
+  Result<std::vector<DenseGemvChoice>> choices = TuneDenseGemv(**linear, views, options, nullptr);
+  ASSERT_TRUE(choices.ok()) << choices.status().ToString();
+  ASSERT_EQ(choices->size(), 3u);  // the repeated shape and the BF16 weight are not tuned
+  for (const DenseGemvChoice& c : *choices) {
+    EXPECT_EQ(c.refused, 0) << DenseGemvChoiceLine(c);
+    EXPECT_GT(c.us, 0.0);
+    EXPECT_LE(c.us, c.default_us) << DenseGemvChoiceLine(c);
+    EXPECT_EQ((*linear)->GemvDequantFor(c.weight), c.dequant);
+    std::printf("[dense-gemv] chose %s\n", DenseGemvChoiceLine(c).c_str());
+  }
+  for (size_t i = 0; i < host.size(); ++i) {
+    std::vector<float> x;
+    const std::vector<__nv_bfloat16> xb =
+        NormalBf16(host[i].in, static_cast<uint32_t>(i + 3), 1.f, &x);
+    std::vector<float> want(static_cast<size_t>(host[i].out));
+    engine::Linear(x.data(), 1, host[i], want.data(), &pool);
+    DeviceBuffer<__nv_bfloat16> dx(xb);
+    DeviceBuffer<float> dy(host[i].out);
+    ASSERT_TRUE((*linear)->Run(views[i], dx.get(), 1, dy.get(), nullptr).ok());
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const MaxDiff d = Compare(dy.Download(), want);
+    EXPECT_LE(d.diff, 1e-4f * d.scale) << cases[i].shape.name;
   }
 }
 

@@ -203,6 +203,11 @@ TEST(RunEngineBenchTest, BadOptionsAreRejected) {
   EXPECT_EQ(one_shot.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(one_shot.status().message().find("--one-shot-all-reduce-bytes"), std::string::npos);
   o.one_shot_all_reduce_bytes = 0;
+  o.gemv_fp8_auto = true;  // times CUDA kernels
+  Result<EngineBenchReport> gemv_auto = RunEngineBench(o, nullptr);
+  EXPECT_EQ(gemv_auto.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(gemv_auto.status().message().find("--gemv-fp8-auto"), std::string::npos);
+  o.gemv_fp8_auto = false;
 #if !defined(SPARK_HAVE_CUDA)
   o.tp = 1;
   o.backend = "cuda";

@@ -225,13 +225,13 @@ TEST(ShardSettingsTest, EngineOptionsAndExtraKeys) {
   options.mutable_extra()->erase("moe_grouped_max_tokens");
 
   EXPECT_EQ(ResolveEngineSettings(options)->gemv_fp8, "convert");  // default
-  for (const char* kernel : {"convert", "row_sweep", "tensor_cores"}) {
+  for (const char* kernel : {"convert", "row_sweep", "tensor_cores", "auto"}) {
     (*options.mutable_extra())["gemv_fp8"] = kernel;
     EXPECT_EQ(ResolveEngineSettings(options)->gemv_fp8, kernel);
   }
   (*options.mutable_extra())["gemv_fp8"] = "mma";
   EXPECT_NE(ResolveEngineSettings(options).status().message().find(
-                "gemv_fp8 must be convert, row_sweep or tensor_cores, got 'mma'"),
+                "gemv_fp8 must be convert, row_sweep, tensor_cores or auto, got 'mma'"),
             std::string::npos);
   options.mutable_extra()->erase("gemv_fp8");
 

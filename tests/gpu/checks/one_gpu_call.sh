@@ -118,6 +118,15 @@ step bench_sweep 90 $B/bin/spark-bench engine --config glm-4.5-air --load-format
   --backend cuda --layers 24 --batch-sizes 1,8 --input-len 128 --output-len 32 --cuda-graphs \
   --gemv-row-sweep
 tail -n 3 "$OUT/bench_sweep.log" >>$S
+# gemv_fp8=auto: the dense tuner's test (every variant, the CPU afterwards), then decode with each
+# dense FP8 shape's variant timed at load (against bench_l2_0, the defaults, in the same run).
+step dense_gemv_tuner 60 $B/bin/gpu_kernels_test --gtest_filter='*DenseGemvTuner*'
+grep -E '^\[dense-gemv\] chose' "$OUT/dense_gemv_tuner.log" >>$S
+step bench_gemv_auto 90 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
+  --backend cuda --layers 24 --batch-sizes 1,8 --input-len 128 --output-len 32 --cuda-graphs \
+  --gemv-fp8-auto
+grep -E '^dense GEMV' "$OUT/bench_gemv_auto.log" >>$S
+tail -n 3 "$OUT/bench_gemv_auto.log" >>$S
 # Decode under GB10's shared-memory cap (against bench_l2_0, the defaults, in the same run).
 step bench_cap 90 $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy \
   --backend cuda --layers 24 --batch-sizes 1,8 --input-len 128 --output-len 32 --cuda-graphs \
@@ -137,7 +146,7 @@ step tuner_gemv 90 $B/bin/gpu_moe_tuner_test --gtest_filter='*Gemv*'
 for m in "glm-4.7 --tp 4" "glm-4.5-air --tp 1"; do
   n=tune_gemv_$(echo "$m" | cut -d' ' -f1 | tr -d '.-')
   step $n 90 $B/bin/spark-model tune-moe --config $m --format fp8-channel --batches 1,2,4 \
-    --out "$OUT/$n.json"
+    --gemv-unverified-variants --out "$OUT/$n.json"
   grep -E '^(batch|[0-9]|  batch|verified|tuned)' "$OUT/$n.log" >>$S
 done
 # Performance.

@@ -7,7 +7,8 @@
 set -uo pipefail
 : "${OUT:?set OUT}"
 export OUT
-STEPS=${STEPS:-"moe_router tuner_gemv tune_gemv_glm47 tune_gemv_glm45air l2_prefetch gemv_sweep rank_order_sum bench_l2_0 bench_l2_30 bench_cap
+STEPS=${STEPS:-"moe_router tuner_gemv tune_gemv_glm47 tune_gemv_glm45air dense_gemv_tuner
+  bench_l2_0 bench_gemv_auto l2_prefetch gemv_sweep rank_order_sum bench_l2_30 bench_cap
   bench_sweep moe_down_items gemv_splits ncu_router ncu_moe_gemv47 mma_gemv moe_gemv_mma
   bench--gemv-tensor-cores bench_l2_60 bench_tuned mma_moe"}
 budget=${BUDGET_S:-540}
