@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "engine/cuda/cuda_check.h"
+#include "engine/cuda/tuning_stats.h"
 
 namespace spark::cuda {
 namespace {
@@ -61,22 +62,6 @@ class EventPair {
 bool SameShape(const DeviceLinear& a, const DeviceLinear& b) {
   return a.type == b.type && a.scale_kind == b.scale_kind && a.out == b.out && a.in == b.in &&
          a.block_n == b.block_n && a.block_k == b.block_k;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
-
-double RelativeError(const std::vector<float>& got, const std::vector<float>& want) {
-  double diff = 0, norm = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    if (!std::isfinite(got[i])) return HUGE_VAL;
-    const double d = static_cast<double>(got[i]) - want[i];
-    diff += d * d;
-    norm += static_cast<double>(want[i]) * want[i];
-  }
-  return std::sqrt(diff / std::max(norm, 1e-30));
 }
 
 std::string ShapeName(const DeviceLinear& w) {

@@ -15,6 +15,7 @@
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/moe_gemv.h"
 #include "engine/cuda/moe_pack.h"
+#include "engine/cuda/tuning_stats.h"
 
 namespace spark::cuda {
 namespace {
@@ -50,11 +51,6 @@ bool SameConfig(const MoeTileConfig& a, const MoeTileConfig& b) {
   return a.kernel == b.kernel && a.block_m == b.block_m && a.block_n == b.block_n &&
          a.block_k_bytes == b.block_k_bytes && a.warps == b.warps && a.stages == b.stages &&
          a.split_k == b.split_k;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
 int64_t WallMs() {
@@ -290,18 +286,6 @@ std::vector<MoeGemvTiling> GemvCandidates(const MoeShape& shape, MoeWeightFormat
     }
   }
   return out;
-}
-
-// Relative L2 distance of `got` from `want`; infinity when `got` holds a non-finite value.
-double RelativeError(const std::vector<float>& got, const std::vector<float>& want) {
-  double diff = 0, norm = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    if (!std::isfinite(got[i])) return HUGE_VAL;
-    const double d = static_cast<double>(got[i]) - want[i];
-    diff += d * d;
-    norm += static_cast<double>(want[i]) * want[i];
-  }
-  return std::sqrt(diff / std::max(norm, 1e-30));
 }
 
 struct TimedGemv {
@@ -654,6 +638,22 @@ Result<MoeTuneResult> TuneMoe(const DeviceInfo& device, const MoeConfigTable& ta
   const int sms = std::max(1, table.multiprocessors());
   MoeTuneResult result;
   const int64_t now_ms = WallMs();
+  // A record of this tuning run without its config or split.
+  auto tuner_record = [&](const char* gemm, int64_t n, int64_t k, int64_t tokens, double us) {
+    engine::MoeTuningRecord r;
+    r.device = device_class;
+    r.format = gemm_shape.format;
+    r.gemm = gemm;
+    r.experts = gemm_shape.experts;
+    r.n = n;
+    r.k = k;
+    r.top_k = gemm_shape.top_k;
+    r.batch = tokens;
+    r.measured_us = us;
+    r.tuned_unix_ms = now_ms;
+    r.source = "tuner";
+    return r;
+  };
   for (int64_t tokens : batches) {
     if (elapsed_s() > options.max_seconds) {
       result.skipped_batches.push_back(tokens);
@@ -666,19 +666,9 @@ Result<MoeTuneResult> TuneMoe(const DeviceInfo& device, const MoeConfigTable& ta
     if (moe_internal::MoeGemvServes(table, format, shape.hidden, shape.inter, tokens)) {
       SPARK_ASSIGN_OR_RETURN(TimedGemv best,
                              SearchGemv(timer, table, shape, format, tokens, options));
-      engine::MoeTuningRecord r;
-      r.device = device_class;
-      r.format = gemm_shape.format;
-      r.gemm = "gemv";
-      r.experts = gemm_shape.experts;
-      r.n = int64_t{2} * shape.inter;
-      r.k = shape.hidden;
-      r.top_k = gemm_shape.top_k;
-      r.batch = tokens;
+      engine::MoeTuningRecord r =
+          tuner_record("gemv", int64_t{2} * shape.inter, shape.hidden, tokens, best.us);
       r.gemv = MoeGemvChoiceOf(best.tiling);
-      r.measured_us = best.us;
-      r.tuned_unix_ms = now_ms;
-      r.source = "tuner";
       SPARK_RETURN_IF_ERROR(r.Validate());
       result.records.push_back(std::move(r));
       result.gemv_batches.push_back(tokens);
@@ -749,19 +739,11 @@ Result<MoeTuneResult> TuneMoe(const DeviceInfo& device, const MoeConfigTable& ta
     }
     for (const auto& [gemm, timed] :
          {std::make_pair(MoeGemm::kGateUp, best_gu), std::make_pair(MoeGemm::kDown, best_dn)}) {
-      engine::MoeTuningRecord r;
-      r.device = device_class;
-      r.format = gemm_shape.format;
-      r.gemm = gemm == MoeGemm::kGateUp ? "gate_up" : "down";
-      r.experts = gemm_shape.experts;
-      r.n = gemm == MoeGemm::kGateUp ? int64_t{2} * shape.inter : shape.hidden;
-      r.k = gemm == MoeGemm::kGateUp ? shape.hidden : shape.inter;
-      r.top_k = gemm_shape.top_k;
-      r.batch = tokens;
+      const bool gate_up = gemm == MoeGemm::kGateUp;
+      engine::MoeTuningRecord r = tuner_record(
+          gate_up ? "gate_up" : "down", gate_up ? int64_t{2} * shape.inter : shape.hidden,
+          gate_up ? shape.hidden : shape.inter, tokens, timed.us);
       r.config = MoeTileChoiceOf(timed.config);
-      r.measured_us = timed.us;
-      r.tuned_unix_ms = now_ms;
-      r.source = "tuner";
       SPARK_RETURN_IF_ERROR(r.Validate());
       result.records.push_back(std::move(r));
     }
