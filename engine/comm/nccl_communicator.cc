@@ -3,6 +3,7 @@
 #include <nccl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -110,6 +111,9 @@ struct NcclCommunicator::Impl {
   int64_t one_shot_max_bytes = 0;
   float* gathered = nullptr;
   std::vector<AllReduceTiming> timings;
+  // Device all-reduces enqueued by each method since Create (the calibration's not counted).
+  std::atomic<int64_t> one_shot_calls{0};
+  std::atomic<int64_t> nccl_calls{0};
 
   ~Impl() {
     {
@@ -503,10 +507,18 @@ Status NcclCommunicator::CalibrateOneShot() {
     }
   }
   m.one_shot_max_bytes = keep;
+  m.one_shot_calls = 0;
+  m.nccl_calls = 0;
   return Status::Ok();
 }
 
 int64_t NcclCommunicator::one_shot_max_bytes() const { return impl_->one_shot_max_bytes; }
+int64_t NcclCommunicator::one_shot_all_reduces() const {
+  return impl_->one_shot_calls.load(std::memory_order_relaxed);
+}
+int64_t NcclCommunicator::nccl_all_reduces() const {
+  return impl_->nccl_calls.load(std::memory_order_relaxed);
+}
 const std::vector<AllReduceTiming>& NcclCommunicator::all_reduce_timings() const {
   return impl_->timings;
 }
@@ -534,8 +546,10 @@ Status NcclCommunicator::AllReduceSumDevice(void* data, size_t count, DeviceDtyp
     }));
     SPARK_CUDA_RETURN_IF_ERROR(
         RankOrderSum(gathered, impl_->world, count, static_cast<float*>(data), s));
+    impl_->one_shot_calls.fetch_add(1, std::memory_order_relaxed);
     return Status::Ok();
   }
+  impl_->nccl_calls.fetch_add(1, std::memory_order_relaxed);
   return impl_->Enqueue("all-reduce", [&](ncclComm_t c) {
     return ncclAllReduce(data, data, count, type, ncclSum, c, s);
   });

@@ -105,6 +105,9 @@ class NcclCommunicator final : public Communicator {
   // The one-shot limit in force (bytes; 0 = never) and, when it was measured, the timings.
   int64_t one_shot_max_bytes() const;
   const std::vector<AllReduceTiming>& all_reduce_timings() const;
+  // Device all-reduces enqueued since Create by each method (the calibration's not counted).
+  int64_t one_shot_all_reduces() const;
+  int64_t nccl_all_reduces() const;
   // OK while the group works; afterwards the Status that broke it.
   Status health() const;
   cudaStream_t stream() const;

@@ -471,6 +471,7 @@ struct CudaBackend::Impl {
   // Embedding and every decoder layer over a planned target batch (pending: the output buffer
   // of the last layer).
   Status RunLayers(const BatchPlan& plan, const float*& pending);
+  Status RunLayersUnjoined(const BatchPlan& plan, const float*& pending);
   // Decode graphs: the buckets and the padding block (Finish), the bucket that serves a batch
   // (0 = run eagerly), the graph step, capture, and the metadata buffer for `table_blocks`.
   std::string GraphsOffReason() const;  // empty when decode graphs are possible
@@ -1648,12 +1649,21 @@ Result<ForwardOutput> CudaBackend::Impl::Forward(const ForwardBatch& batch) {
 }
 
 Status CudaBackend::Impl::RunLayers(const BatchPlan& plan, const float*& pending) {
+  Status st = RunLayersUnjoined(plan, pending);
+  // Every exit joins the prefetch stream, so that no fork outlives the step (or its capture).
+  const cudaError_t joined = prefetcher.Join(stream);
+  if (st.ok() && joined != cudaSuccess) {
+    st = CudaError(joined, "joining the L2 prefetch stream", __FILE__, __LINE__);
+  }
+  return st;
+}
+
+Status CudaBackend::Impl::RunLayersUnjoined(const BatchPlan& plan, const float*& pending) {
   SPARK_CUDA_RETURN_IF_ERROR(
       EmbeddingLookup(embed, config.hidden_size, plan.ids, plan.total, x, stream));
   for (int l = 0; l < config.num_hidden_layers; ++l) {
     SPARK_RETURN_IF_ERROR(RunLayer(layers[static_cast<size_t>(l)], *kv, l, plan, pending, l));
   }
-  SPARK_CUDA_RETURN_IF_ERROR(prefetcher.Join(stream));
   return Status::Ok();
 }
 
@@ -1719,6 +1729,7 @@ Status CudaBackend::Impl::CaptureDecode(const BatchPlan& plan, cudaGraphExec_t* 
   if (collectives) comm->SetCapturing(false);
   cudaGraph_t graph = nullptr;
   const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+  prefetcher.Forget();  // a fork left by a failed capture went with it
   if (st.ok() && ended != cudaSuccess) {
     st = CudaError(ended, "cudaStreamEndCapture", __FILE__, __LINE__);
   }
@@ -1792,8 +1803,10 @@ Result<ForwardOutput> CudaBackend::Impl::ForwardMtp(const MtpBatch& batch) {
                                                cudaMemcpyDeviceToDevice, stream));
   SPARK_RETURN_IF_ERROR(linear->Run(mtp.eh_proj, eh_in, total, x, stream));
   const float* pending = nullptr;
-  SPARK_RETURN_IF_ERROR(RunLayer(mtp.layer, *mtp_kv, 0, plan, pending, -1));
-  SPARK_CUDA_RETURN_IF_ERROR(prefetcher.Join(stream));
+  const Status layer = RunLayer(mtp.layer, *mtp_kv, 0, plan, pending, -1);
+  const cudaError_t joined = prefetcher.Join(stream);  // also after a failed layer
+  SPARK_RETURN_IF_ERROR(layer);
+  SPARK_CUDA_RETURN_IF_ERROR(joined);
   SPARK_RETURN_IF_ERROR(RunHead(mtp.shared_head_norm, pending, plan, output));
   return output;
 }

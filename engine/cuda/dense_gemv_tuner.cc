@@ -121,7 +121,7 @@ std::string DenseGemvChoiceLine(const DenseGemvChoice& c) {
   char line[256];
   std::snprintf(line, sizeof(line), "%s: %s %.2f us (%s %.2f us, %d refused)",
                 ShapeName(c.weight).c_str(), Fp8DequantName(c.dequant), c.us,
-                Fp8DequantName(kGemvFp8DequantDefault), c.default_us, c.refused);
+                Fp8DequantName(c.default_dequant), c.default_us, c.refused);
   return line;
 }
 
@@ -180,11 +180,19 @@ Result<std::vector<DenseGemvChoice>> TuneDenseGemv(DenseLinear& linear,
   if (options.unverified_variants) variants.push_back(Fp8Dequant::kConvertSweep);
   for (const DeviceLinear& w : shapes) {
     const Fp8Dequant fallback = linear.GemvDequantFor(w);
+    // Any early return leaves the shape on the variant it had.
+    struct Restore {
+      DenseLinear& linear;
+      const DeviceLinear& w;
+      Fp8Dequant dequant;
+      ~Restore() { linear.SetGemvDequant(w, dequant); }
+    } restore{linear, w, fallback};
     SPARK_ASSIGN_OR_RETURN(std::vector<float> reference, h.Output(w));
     if (linear.last_path() != LinearPath::kGemv) continue;  // cuBLASLt serves it at one row
     DenseGemvChoice choice;
     choice.weight = w;
     choice.dequant = fallback;
+    choice.default_dequant = fallback;
     std::vector<std::pair<Fp8Dequant, double>> timed;
     for (Fp8Dequant d : variants) {
       if (d != fallback) {
@@ -236,7 +244,7 @@ Result<std::vector<DenseGemvChoice>> TuneDenseGemv(DenseLinear& linear,
       choice.dequant = best->first;
       choice.us = Median(best_us);
     }
-    linear.SetGemvDequant(w, choice.dequant);
+    restore.dequant = choice.dequant;
     out.push_back(choice);
   }
   SPARK_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));

@@ -6,12 +6,14 @@
 // on the GPU (an H100's HBM3 and 132 SMs, GB10's LPDDR5X and 48), so the device decides.
 //
 // Per distinct shape (out, in, scale kind, block) among the weights that DenseLinear runs on the
-// GEMV at one row: a random BF16 row; the default's output (limits.gemv_fp8_dequant) is the
-// reference; every other candidate's output must be within max_relative_error of it (relative
-// L2; they differ in fp32 summation order only) or it is refused; each surviving candidate is
-// timed through DenseLinear::Run (L2 flushed before each run, warm-up, `iters` runs, median);
-// then the fastest other candidate and the default are timed again in turns, and the default
-// stays unless the other is more than 1% faster. Weights are read, never written.
+// GEMV at one row: a random BF16 row; the output of the shape's current variant (its
+// GemvDequantFor: limits.gemv_fp8_dequant unless set before) is the reference; every other
+// candidate's output must be within max_relative_error of it (relative L2; they differ in fp32
+// summation order only) or it is refused; each surviving candidate is timed through
+// DenseLinear::Run (L2 flushed before each run, warm-up, `iters` runs, median); then the fastest
+// other candidate and the default are timed again in turns, and the default stays unless the
+// other is more than 1% faster. Weights are read, never written; on an error
+// the shape being tuned keeps its variant.
 //
 // Thread safety: call on the thread that owns `linear`, with nothing else queued on `stream`
 // whose timing matters. Ownership: allocates its scratch (an input row, an output, an L2-sized
@@ -46,6 +48,7 @@ struct DenseGemvTunerOptions {
 struct DenseGemvChoice {
   DeviceLinear weight;  // the first weight of the shape (its pointers are the model's)
   Fp8Dequant dequant = kGemvFp8DequantDefault;
+  Fp8Dequant default_dequant = kGemvFp8DequantDefault;  // the shape's variant before tuning
   double us = 0;          // the chosen variant's median, from the final turns
   double default_us = 0;  // the default's, from the same turns
   int refused = 0;        // candidates whose output differed

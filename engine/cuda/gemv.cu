@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "engine/cuda/device_math.cuh"
 #include "engine/cuda/fp8_mma_dot.cuh"
@@ -609,22 +612,28 @@ int GemvResidentBlocksPerSm(const DeviceLinear& w, int rows, Fp8Dequant dequant)
   const int threads = kWarps * 32;
   cudaError_t err;
   if (w.type == WeightType::kFP8 && rows <= 1) {
-    // Asked once per kernel (GemvKSplits runs for every one-row linear of an eager step).
-    static std::atomic<int> cached[2][4] = {};
-    std::atomic<int>& c =
-        cached[w.scale_kind == WeightScale::kBlock ? 1 : 0][static_cast<int>(dequant)];
-    if (const int known = c.load(std::memory_order_relaxed); known > 0) return known;
+    // Asked once per kernel, shared memory and device (GemvKSplits runs for every one-row linear
+    // of an eager step): the kernel that Gemv would launch for this weight.
+    const void* kernel = nullptr;
+    size_t smem = 0;
     if (dequant == Fp8Dequant::kConvertSweep && SweepLayout(w)) {
-      err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, SweepKernel(w), threads, 0);
+      kernel = reinterpret_cast<const void*>(SweepKernel(w));
     } else if (dequant == Fp8Dequant::kHalfMma && MmaLayout(w)) {
       // Shared memory of a 4,096-element chunk (the K splits keep chunks near that).
-      err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-          &blocks, MmaKernel(w, kMmaStagesDefault), threads, MmaSmemBytes(4096, kMmaStagesDefault));
+      kernel = reinterpret_cast<const void*>(MmaKernel(w, kMmaStagesDefault));
+      smem = MmaSmemBytes(4096, kMmaStagesDefault);
     } else {
-      err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, OneRowKernel(w, dequant),
-                                                          threads, 0);
+      kernel = reinterpret_cast<const void*>(OneRowKernel(w, dequant));
     }
-    if (err == cudaSuccess && blocks > 0) c.store(blocks, std::memory_order_relaxed);
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) return 0;
+    static std::mutex mu;
+    static std::map<std::tuple<const void*, size_t, int>, int> known;
+    const auto key = std::make_tuple(kernel, smem, device);
+    std::lock_guard<std::mutex> lock(mu);
+    if (auto it = known.find(key); it != known.end()) return it->second;
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, smem);
+    if (err == cudaSuccess && blocks > 0) known.emplace(key, blocks);
   } else if (w.type == WeightType::kFP8) {
     err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, GemvKernel<WeightType::kFP8, 16>,
                                                         threads, 0);

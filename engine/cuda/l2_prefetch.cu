@@ -124,10 +124,14 @@ cudaError_t L2Prefetcher::Prefetch(cudaStream_t main, std::initializer_list<L2Ra
   if (count == 0) return cudaSuccess;
   cudaError_t err = cudaEventRecord(fork_, main);
   if (err == cudaSuccess) err = cudaStreamWaitEvent(stream_, fork_, 0);
-  if (err == cudaSuccess) err = L2Prefetch(clipped, count, stream_);
+  // From here the side stream follows `main` (and joins a capture of it): Join must follow, even
+  // when the prefetch itself fails to launch.
   if (err == cudaSuccess) forked_ = true;
+  if (err == cudaSuccess) err = L2Prefetch(clipped, count, stream_);
   return err;
 }
+
+void L2Prefetcher::Forget() { forked_ = false; }
 
 cudaError_t L2Prefetcher::Join(cudaStream_t main) {
   if (!forked_) return cudaSuccess;

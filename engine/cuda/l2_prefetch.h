@@ -52,6 +52,9 @@ class L2Prefetcher {
   int64_t budget_bytes() const { return budget_bytes_; }
   cudaError_t Prefetch(cudaStream_t main, std::initializer_list<L2Range> ranges);
   cudaError_t Join(cudaStream_t main);
+  // After a capture of `main` has ended (also a failed one): its forks went with the graph, so
+  // nothing is left to join (a later Join would wait on an event recorded outside any capture).
+  void Forget();
 
  private:
   void Reset();

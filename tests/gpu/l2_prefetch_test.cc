@@ -78,9 +78,17 @@ TEST(L2PrefetchTest, PrefetcherForksAndJoinsInsideAGraphCapture) {
   EXPECT_EQ(cudaStreamEndCapture(s, &graph), cudaErrorStreamCaptureUnjoined);
   if (graph != nullptr) cudaGraphDestroy(graph);
   (void)cudaGetLastError();
-  // A prefetcher whose capture failed starts clean again.
-  pf = L2Prefetcher();
-  ASSERT_EQ(L2Prefetcher::Create(int64_t{8} << 20, &pf), cudaSuccess);
+  // After the failed capture the fork went with it: Forget, and the same prefetcher serves the
+  // next captures, also one that forks nothing and only joins (a bucket above the prefetch's
+  // token limit), which a stale fork would break.
+  pf.Forget();
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  ASSERT_EQ(cudaMemsetAsync(out.get(), 3, 1024, s), cudaSuccess);
+  ASSERT_EQ(pf.Join(s), cudaSuccess);
+  ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+  ASSERT_NE(graph, nullptr);
+  cudaGraphDestroy(graph);
+  graph = nullptr;
 
   // memset, prefetch (forked after it), memset, join: memset -> {prefetch, memset} -> join.
   ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);

@@ -26,6 +26,7 @@
 #include "engine/cuda/device_info.h"
 #include "engine/cuda/moe_grouped.h"
 #include "engine/cuda/moe_pack.h"
+#include "engine/cuda/programmatic_launch.h"
 #include "engine/model/dtype.h"
 #include "tests/gpu/moe_test_util.h"
 
@@ -227,8 +228,21 @@ TEST(MoeRouterTest, TopKMatchesCpuRouteTokenExactly) {
 // The GEMV path's router (logits and top-k in one kernel, last block selects) chooses exactly
 // what MoeRoute's two kernels choose, for 1..8 tokens (then two kernels again).
 TEST(MoeRouterTest, FusedRouterTopKEqualsTwoKernels) {
-  for (const MoeTestShape& shape : {kTinyGrouped, kAir, kGlm47Tp4}) {
+  // GLM shapes, then the block-wide top-k's edges: 512 experts with tied logits, an expert count
+  // that is not a multiple of 32, top-k 6 and 16.
+  const MoeTestShape e512{"e512_ties", 512, 256, 128, 8, 1, 1, 2.5f};
+  const MoeTestShape e40{"e40_k6", 40, 256, 128, 6, 1, 1, 1.0f};
+  const MoeTestShape e33{"e33_k16", 33, 128, 128, 16, 1, 1, 1.0f};
+  for (const MoeTestShape& shape : {kTinyGrouped, kAir, kGlm47Tp4, e512, e40, e33}) {
     auto f = MakeFixture(shape, MoeWeightFormat::kFp8PerChannel, 5);
+    if (shape.experts == 512) {
+      // Router rows 2e+1 = 2e for the first 64 experts: tied logits, ties go to the lower index.
+      auto* router = const_cast<float*>(f->device.view().router);
+      for (int e = 0; e < 64; e += 2) {
+        SPARK_CUDA_CHECK(cudaMemcpy(router + (e + 1) * shape.hidden, router + e * shape.hidden,
+                                    shape.hidden * sizeof(float), cudaMemcpyDeviceToDevice));
+      }
+    }
     const int64_t max_tokens = 10, h = shape.hidden;
     const int pairs = shape.top_k;
     auto ws = MoeWorkspace::Create(f->device.view().shape, f->format, max_tokens);
@@ -377,6 +391,7 @@ TEST_P(MoeForwardTest, MatchesCpuReferenceWithAndWithoutSmemCap) {
           Setting{0, 1 << 20, {4, 8, 2}}, Setting{0, 1 << 20, {8, 4, 3}},
           // Every down item of a warp in flight (rows of one vector per lane; else 1 vector).
           Setting{0, 1 << 20, {1, 8, 4}}, Setting{0, 1 << 20, {2, 4, 4}},
+          Setting{0, 1 << 20, {1, 16, 4}}, Setting{0, 1 << 20, {1, 8, 4, kMoeGemvScaledBits}},
           // Gate/up as row sweeps over a persistent grid, both CUDA-core dequantisations.
           Setting{0, 1 << 20, {0, 8, 4, kMoeGemvHardwareConvert, 1}},
           Setting{0, 1 << 20, {0, 16, 1, kMoeGemvScaledBits, 1}},
@@ -588,6 +603,88 @@ TEST(MoeForwardMiscTest, AirWidthsEveryBatchSizeWithAndWithoutGb10Cap) {
   std::printf("[moe] glm45air fp8 T=1..%lld: capped vs uncapped worst row error %.2e\n",
               static_cast<long long>(max_tokens), worst);
   EXPECT_LE(worst, 1e-2f);
+}
+
+// The GEMV work splits not yet in the defaults, on a layer with a fused shared expert (P = top_k
+// + 1: more down items per warp, up to 32 at 16 outputs), with and without programmatic launch,
+// FP32 and BF16 + addend outputs: the every-item down equals the one-vector item loop bit for bit
+// (same per-lane sums), the row sweep equals the row-group gate/up up to summation order, and
+// programmatic launch changes no bit.
+TEST(MoeForwardMiscTest, NewGemvSplitsWithSharedSlotAndProgrammaticLaunch) {
+  for (MoeWeightFormat format :
+       {MoeWeightFormat::kBf16, MoeWeightFormat::kFp8PerChannel, MoeWeightFormat::kFp8Block}) {
+    const MoeTestShape shape = kGlm47Tp4;
+    engine::LayerWeights layer = MakeMoeTestLayer(shape, format, 9, Pool());
+    layer.has_shared_expert = true;
+    layer.shared = layer.experts[3];
+    auto packed = PackMoeLayer(layer, MoeTestConfig(shape), /*fuse_shared=*/true);
+    ASSERT_TRUE(packed.ok()) << packed.status().ToString();
+    ASSERT_EQ(packed->shape.shared_experts, 1);
+    auto dev = MoeDeviceLayer::Upload(*packed, nullptr);
+    ASSERT_TRUE(dev.ok()) << dev.status().ToString();
+    const int64_t max_tokens = 4, h = shape.hidden;
+    auto ws = MoeWorkspace::Create(dev->view().shape, format, max_tokens);
+    ASSERT_TRUE(ws.ok()) << ws.status().ToString();
+    const auto x = MakeMoeTestInput(max_tokens, h, 31);
+    const auto addend = MakeMoeTestInput(max_tokens, h, 32);
+    DeviceBuffer<__nv_bfloat16> dx(max_tokens * h), dadd(max_tokens * h), dbf(max_tokens * h);
+    DeviceBuffer<float> dout(max_tokens * h);
+    SPARK_CUDA_CHECK(cudaMemcpy(dx.ptr, x.data(), x.size() * 2, cudaMemcpyHostToDevice));
+    SPARK_CUDA_CHECK(
+        cudaMemcpy(dadd.ptr, addend.data(), addend.size() * 2, cudaMemcpyHostToDevice));
+    // fp32 output, then BF16 output plus the addend, as bytes.
+    auto run = [&](const MoeGemvTiling& tiling, int64_t tokens, bool pdl, MoePlan* plan) {
+      auto table = MoeConfigTable::Create(Device(), 0);
+      EXPECT_TRUE(table.ok());
+      EXPECT_TRUE(table->SetGemvTiling(tiling).ok());
+      ProgrammaticLaunchScope scope(pdl);
+      EXPECT_EQ(MoeForward(dev->view(), dx.ptr, tokens, dout.ptr, nullptr, *ws, *table, nullptr),
+                cudaSuccess);
+      *plan = ws->last_plan();
+      EXPECT_EQ(MoeForward(dev->view(), dx.ptr, tokens, dbf.ptr, dadd.ptr, *ws, *table, nullptr),
+                cudaSuccess);
+      SPARK_CUDA_CHECK(cudaDeviceSynchronize());
+      std::vector<uint8_t> bytes(static_cast<size_t>(tokens * h * 6));
+      SPARK_CUDA_CHECK(cudaMemcpy(bytes.data(), dout.ptr, tokens * h * 4, cudaMemcpyDeviceToHost));
+      SPARK_CUDA_CHECK(cudaMemcpy(bytes.data() + tokens * h * 4, dbf.ptr, tokens * h * 2,
+                                  cudaMemcpyDeviceToHost));
+      return bytes;
+    };
+    auto fp32_of = [&](const std::vector<uint8_t>& bytes, int64_t tokens) {
+      std::vector<float> v(static_cast<size_t>(tokens * h));
+      std::memcpy(v.data(), bytes.data(), v.size() * 4);
+      return v;
+    };
+    const bool fp8 = format != MoeWeightFormat::kBf16;
+    for (int64_t tokens = 1; tokens <= max_tokens; ++tokens) {
+      SCOPED_TRACE(std::string(MoeWeightFormatName(format)) + " T=" + std::to_string(tokens));
+      for (int dequant : {kMoeGemvHardwareConvert, kMoeGemvScaledBits}) {
+        if (!fp8 && dequant != kMoeGemvHardwareConvert) continue;
+        for (int outputs : {4, 8, 16}) {
+          MoePlan plan;
+          const auto one = run({1, outputs, 1, dequant}, tokens, false, &plan);
+          const auto all = run({1, outputs, 4, dequant}, tokens, false, &plan);
+          // FP8 rows of 384 elements are one vector on 24 lanes (BF16 rows need 48: never
+          // served); a warp holds up to 32 (pair, 4 outputs) items.
+          const bool serves = fp8 && outputs / 4 * (shape.top_k + 1) <= 32;
+          EXPECT_EQ(plan.gemv_tiling.down_vectors, serves ? 4 : 1) << "outputs " << outputs;
+          EXPECT_EQ(all, one) << "every-item down, outputs " << outputs << " dequant " << dequant;
+          EXPECT_EQ(run({1, outputs, 4, dequant}, tokens, true, &plan), all)
+              << "programmatic launch, outputs " << outputs;
+        }
+        MoePlan plan;
+        const auto rows = run({1, 8, 1, dequant}, tokens, false, &plan);
+        const auto sweep = run({0, 8, 1, dequant, 1}, tokens, false, &plan);
+        EXPECT_EQ(plan.gemv_tiling.gate_up_sweep, 1);
+        const std::vector<float> a = fp32_of(rows, tokens), b = fp32_of(sweep, tokens);
+        for (int64_t t = 0; t < tokens; ++t) {
+          EXPECT_LE(RowRelError(b.data() + t * h, a.data() + t * h, h), 5e-3f) << "row sweep";
+        }
+        EXPECT_EQ(run({0, 8, 1, dequant, 1}, tokens, true, &plan), sweep)
+            << "programmatic launch, row sweep";
+      }
+    }
+  }
 }
 
 TEST(MoeForwardMiscTest, DeterministicBf16OutputWithAddendAndLimits) {

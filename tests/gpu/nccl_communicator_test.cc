@@ -197,6 +197,9 @@ TEST(NcclCommunicatorTest, OneShotAllReduceMatchesHostArithmetic) {
             ASSERT_EQ(sum[i], a + b) << "count " << count << " element " << i;
           }
         }
+        // Up to 64 KB (16,384 floats) the one-shot path ran, above it NCCL's all-reduce.
+        EXPECT_EQ(comm.one_shot_all_reduces(), 3);
+        EXPECT_EQ(comm.nccl_all_reduces(), 2);
         EXPECT_TRUE(comm.health().ok());
       },
       30000, 64 << 10);
