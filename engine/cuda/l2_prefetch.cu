@@ -10,13 +10,6 @@ constexpr int kThreads = 32;
 // Blocks at most: enough to spread the chunks over every SM's copy engine.
 constexpr int64_t kMaxBlocks = 512;
 
-struct Ranges {
-  const uint8_t* begin[kL2PrefetchMaxRanges];
-  int64_t bytes[kL2PrefetchMaxRanges];            // whole 16-byte units from begin
-  int64_t first_chunk[kL2PrefetchMaxRanges + 1];  // prefix sums of each range's chunks
-  int count;
-};
-
 __device__ __forceinline__ void PrefetchChunk(const uint8_t* p, uint32_t bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
@@ -29,44 +22,23 @@ __device__ __forceinline__ void PrefetchChunk(const uint8_t* p, uint32_t bytes) 
 
 // One thread per chunk of kL2PrefetchChunkBytes; consecutive chunks go to consecutive blocks
 // (so to different SMs' copy engines), grid-stride.
-__global__ void __launch_bounds__(kThreads) L2PrefetchKernel(Ranges r) {
-  const int64_t total = r.first_chunk[r.count];
+__global__ void __launch_bounds__(kThreads) L2PrefetchKernel(L2PrefetchPlan plan) {
+  const int64_t total = plan.first_chunk[plan.count];
   for (int64_t c = int64_t{threadIdx.x} * gridDim.x + blockIdx.x; c < total;
        c += int64_t{gridDim.x} * kThreads) {
-    int i = 0;
-    while (c >= r.first_chunk[i + 1]) ++i;
-    const int64_t off = (c - r.first_chunk[i]) * kL2PrefetchChunkBytes;
-    const int64_t n =
-        r.bytes[i] - off < kL2PrefetchChunkBytes ? r.bytes[i] - off : kL2PrefetchChunkBytes;
-    PrefetchChunk(r.begin[i] + off, static_cast<uint32_t>(n));
+    const L2Chunk chunk = L2PrefetchChunkAt(plan, c);
+    PrefetchChunk(chunk.data, static_cast<uint32_t>(chunk.bytes));
   }
 }
 
 }  // namespace
 
 cudaError_t L2Prefetch(const L2Range* ranges, int count, cudaStream_t stream) {
-  if (count < 0 || count > kL2PrefetchMaxRanges || (count > 0 && ranges == nullptr)) {
-    return cudaErrorInvalidValue;
-  }
-  Ranges r{};
-  r.first_chunk[0] = 0;
-  for (int i = 0; i < count; ++i) {
-    if (ranges[i].bytes < 0) return cudaErrorInvalidValue;
-    const auto addr = reinterpret_cast<uintptr_t>(ranges[i].data);
-    const uintptr_t begin = (addr + 15) & ~uintptr_t{15};
-    const uintptr_t end = (addr + static_cast<uintptr_t>(ranges[i].bytes)) & ~uintptr_t{15};
-    if (ranges[i].data == nullptr || end <= begin) continue;
-    r.begin[r.count] = reinterpret_cast<const uint8_t*>(begin);
-    r.bytes[r.count] = static_cast<int64_t>(end - begin);
-    r.first_chunk[r.count + 1] =
-        r.first_chunk[r.count] +
-        (r.bytes[r.count] + kL2PrefetchChunkBytes - 1) / kL2PrefetchChunkBytes;
-    ++r.count;
-  }
-  if (r.count == 0) return cudaSuccess;
-  const int64_t chunks = r.first_chunk[r.count];
-  const auto blocks = static_cast<unsigned>(std::min<int64_t>(chunks, kMaxBlocks));
-  L2PrefetchKernel<<<blocks, kThreads, 0, stream>>>(r);
+  L2PrefetchPlan plan;
+  if (!PlanL2Prefetch(ranges, count, &plan)) return cudaErrorInvalidValue;
+  if (plan.count == 0) return cudaSuccess;
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>(plan.chunks(), kMaxBlocks));
+  L2PrefetchKernel<<<blocks, kThreads, 0, stream>>>(plan);
   return cudaGetLastError();
 }
 

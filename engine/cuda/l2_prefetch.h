@@ -17,15 +17,9 @@
 #include <initializer_list>
 #include <utility>
 
+#include "engine/cuda/l2_prefetch_plan.h"
+
 namespace spark::cuda {
-
-struct L2Range {
-  const void* data = nullptr;
-  int64_t bytes = 0;
-};
-
-constexpr int kL2PrefetchMaxRanges = 4;
-constexpr int64_t kL2PrefetchChunkBytes = 16 * 1024;
 
 // Prefetches up to kL2PrefetchMaxRanges ranges (empty ones are skipped); cudaErrorInvalidValue
 // for a negative count or size, or more ranges than that.
