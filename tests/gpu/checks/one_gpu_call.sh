@@ -250,6 +250,19 @@ tail -n 3 "$OUT/sanitize_attention.log" >>$S
 step memcheck_attention 120 env SPARK_GPU_QUICK=1 compute-sanitizer --tool memcheck \
   --error-exitcode 3 $B/bin/gpu_kernels_test --gtest_filter='PagedAttention*'
 tail -n 3 "$OUT/memcheck_attention.log" >>$S
+# The kernels first run in the waiting steps (row sweeps, every-item down, block-wide top-k,
+# L2 prefetch, rank-order sum) under racecheck and memcheck.
+for tool in racecheck memcheck; do
+  step sanitize_new_$tool 150 env SPARK_GPU_QUICK=1 compute-sanitizer --tool $tool \
+    --error-exitcode 3 $B/bin/gpu_kernels_test --gtest_filter='*RowSweep*:L2Prefetch*'
+  tail -n 3 "$OUT/sanitize_new_$tool.log" >>$S
+  step sanitize_new_moe_$tool 200 compute-sanitizer --tool $tool --error-exitcode 3 \
+    $B/bin/gpu_moe_test --gtest_filter='MoeRouterTest.Fused*:*NewGemvSplits*'
+  tail -n 3 "$OUT/sanitize_new_moe_$tool.log" >>$S
+done
+step sanitize_rank_order_sum 60 compute-sanitizer --tool memcheck --error-exitcode 3 \
+  $B/bin/gpu_nccl_test --gtest_filter='*RankOrderSum*'
+tail -n 3 "$OUT/sanitize_rank_order_sum.log" >>$S
 step speculation 100 $B/bin/gpu_speculation_test
 grep -iE 'us|ms' "$OUT/speculation.log" | grep -iE 'verify|draft|compact|decode step' | head -10 >>$S
 # Greedy equality with speculation through spark-model on CUDA (and its decode speeds).
