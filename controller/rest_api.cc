@@ -9,6 +9,7 @@
 #include "controller/http/auth.h"
 #include "controller/http/json.h"
 #include "controller/openai_error.h"
+#include "engine/runtime/moe_tuning_cache.h"
 
 namespace spark::controller {
 
@@ -230,6 +231,27 @@ json EventJson(const store::EventRecord& e) {
           {"data", ParseOr(e.data_json, json::object())}};
 }
 
+// One stored kernel tuning; MoE records (engine/runtime/moe_tuning_cache.h) also with their GEMM,
+// bucket, choice in words, source and tuning time.
+json TuningJson(const store::KernelTuning& t) {
+  json j = {{"device_class", t.device_class},
+            {"key", t.key},
+            {"measured_us", t.measured_us},
+            {"updated_at_ms", t.updated_at_ms},
+            {"record", ParseOr(t.config_json, json::object())}};
+  Result<engine::MoeTuningRecord> moe = engine::MoeTuningRecordFromJson(t.config_json);
+  if (moe.ok()) {
+    j["kernel"] = "moe";
+    j["format"] = moe->format;
+    j["gemm"] = moe->gemm;
+    j["batch"] = moe->batch;
+    j["choice"] = moe->gemm == "gemv" ? moe->gemv.ToString() : moe->config.ToString();
+    j["source"] = moe->source;
+    j["tuned_unix_ms"] = moe->tuned_unix_ms;
+  }
+  return j;
+}
+
 Status AddRestRoutes(http::HttpServer& server, Controller& controller, store::Store& store,
                      std::string api_token) {
   ApiAuth auth;
@@ -367,6 +389,17 @@ Status AddRestRoutes(http::HttpServer& server, Controller& controller, store::St
         });
         if (!runs.ok()) return ErrorFor(runs.status());
         return JsonResponse(200, {{"runs", *runs}});
+      })));
+
+  SPARK_RETURN_IF_ERROR(server.Add(
+      Method::kGet, "/api/v1/tunings", guarded_sync([s](const Request& r) -> Response {
+        const std::string device_class = r.Query("device_class").value_or("");
+        Result<std::vector<store::KernelTuning>> tunings =
+            s->Read([&](store::ReadTxn& txn) { return txn.ListKernelTunings(device_class); });
+        if (!tunings.ok()) return ErrorFor(tunings.status());
+        json list = json::array();
+        for (const store::KernelTuning& t : *tunings) list.push_back(TuningJson(t));
+        return JsonResponse(200, {{"tunings", list}});
       })));
 
   SPARK_RETURN_IF_ERROR(server.Add(

@@ -396,6 +396,13 @@ int RunSparkctl(const std::vector<std::string>& args, std::ostream& out, std::os
   events->add_option("--since", since, "only events after this id");
   events->add_option("--model", events_model, "only events of this model");
   events->add_option("--limit", events_limit, "at most N events");
+  CLI::App* tunings = app.add_subcommand(
+      "tunings",
+      "kernel tunings the controller shares per device class (MoE tile configs and "
+      "GEMV splits)");
+  std::string tunings_class;
+  tunings->add_option("--device-class", tunings_class,
+                      "only this device class (e.g. \"NVIDIA GB10/sm121/smem101376\")");
   CLI::App* wait = app.add_subcommand("wait", "wait until a model reaches a state");
   wait->add_option("name", name, "model name")->required();
   wait->add_option("--state", wait_state, "state to wait for (default ready)");
@@ -586,6 +593,27 @@ int RunSparkctl(const std::vector<std::string>& args, std::ostream& out, std::os
     for (const json& e : r.body["events"]) {
       table.Add({Str(e["id"]), Time(e["ts_ms"]), Str(e["kind"]), Str(e["model"]), Str(e["node"]),
                  Str(e["message"])});
+    }
+    table.Print(out);
+    return 0;
+  }
+
+  if (tunings->parsed()) {
+    std::string target = "/api/v1/tunings";
+    if (!tunings_class.empty()) target += "?device_class=" + http::PercentEncode(tunings_class);
+    Reply r = Call(ctx, http::Method::kGet, target);
+    if (r.exit_code != 0) return r.exit_code;
+    if (ctx.json_output) {
+      out << r.body.dump(2) << "\n";
+      return 0;
+    }
+    Table table({"DEVICE_CLASS", "KEY", "CHOICE", "US", "SOURCE", "TUNED"});
+    for (const json& t : r.body["tunings"]) {
+      char us[32];
+      std::snprintf(us, sizeof(us), "%.1f", t.value("measured_us", 0.0));
+      table.Add({Str(t["device_class"]), Str(t["key"]), Str(t.value("choice", json("-"))), us,
+                 Str(t.value("source", json("-"))),
+                 Time(t.value("tuned_unix_ms", t.value("updated_at_ms", json(0))))});
     }
     table.Print(out);
     return 0;

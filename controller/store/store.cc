@@ -406,6 +406,12 @@ Result<KernelTuning> ReadTxn::GetKernelTuning(std::string_view device_class, std
 }
 
 Result<std::vector<KernelTuning>> ReadTxn::ListKernelTunings(std::string_view device_class) {
+  if (device_class.empty()) {
+    return QueryAll<KernelTuning>(
+        connection_,
+        "SELECT " + std::string(kTuningColumns) + " FROM kernel_tunings ORDER BY device_class, key",
+        [](Statement&) {}, ReadTuning);
+  }
   return QueryAll<KernelTuning>(
       connection_,
       "SELECT " + std::string(kTuningColumns) +

@@ -125,7 +125,8 @@ class ReadTxn {
 
   // Kernel tunings. NotFound when no tuning is stored for (device_class, key).
   Result<KernelTuning> GetKernelTuning(std::string_view device_class, std::string_view key);
-  Result<std::vector<KernelTuning>> ListKernelTunings(std::string_view device_class);  // by key
+  // The tunings of one device class by key; "" = every class, by class and key.
+  Result<std::vector<KernelTuning>> ListKernelTunings(std::string_view device_class);
 
  protected:
   explicit ReadTxn(internal::Connection& connection) : connection_(connection) {}

@@ -18,6 +18,7 @@
 #include "controller/openai_api.h"
 #include "controller/openai_metrics.h"
 #include "controller/sparkctl.h"
+#include "engine/runtime/moe_tuning_cache.h"
 #include "tests/controller/core/fakes.h"
 
 namespace spark::controller {
@@ -463,6 +464,67 @@ TEST(OpenAiMetricsTest, NoSpeculativeFamiliesWithoutSpeculativeDeployments) {
   RenderSpeculative({plain, spec}, &out);
   EXPECT_THAT(out, HasSubstr("spark_spec_acceptance_length{model=\"a\\\"b\"} 0\n"));
   EXPECT_EQ(MetricLines(out, "spark_spec_").size(), 7u);
+}
+
+// The kernel tunings the controller keeps (kernel_tunings) through GET /api/v1/tunings and
+// sparkctl tunings: every device class, or one; MoE records with their choice in words.
+TEST_F(RestApiTest, TuningsListedPerDeviceClassThroughRestAndSparkctl) {
+  engine::MoeTuningRecord tile;
+  tile.device = {"NVIDIA H100 80GB HBM3", 9, 0, 232448};
+  tile.format = "fp8-per-channel";
+  tile.gemm = "gate_up";
+  tile.experts = 128;
+  tile.n = 2816;
+  tile.k = 4096;
+  tile.top_k = 8;
+  tile.batch = 64;
+  tile.config = {32, 128, 128, 4, 3, 1};
+  tile.measured_us = 41.5;
+  tile.tuned_unix_ms = 1767225600000;
+  tile.source = "tuner";
+  engine::MoeTuningRecord gemv = tile;
+  gemv.device = {"NVIDIA GB10", 12, 1, 101376};
+  gemv.gemm = "gemv";
+  gemv.batch = 1;
+  gemv.config = {};
+  gemv.gemv = {2, 0, 16, 4, "half_mma"};
+  gemv.measured_us = 180.25;
+  for (const engine::MoeTuningRecord& r : {tile, gemv}) {
+    store::KernelTuning t;
+    t.device_class = r.device.Key();
+    t.key = r.Key();
+    t.config_json = engine::MoeTuningRecordToJson(r);
+    t.measured_us = r.measured_us;
+    ASSERT_TRUE(
+        store_->Write([t](store::WriteTxn& txn) { return txn.UpsertKernelTuning(t); }).get().ok());
+  }
+  json all = Body(Get("/api/v1/tunings"));
+  ASSERT_EQ(all["tunings"].size(), 2u) << all.dump();
+  EXPECT_EQ(all["tunings"][0]["device_class"], "NVIDIA GB10/sm121/smem101376");  // by class
+  EXPECT_EQ(all["tunings"][0]["gemm"], "gemv");
+  EXPECT_EQ(all["tunings"][0]["choice"], "gate_up k2 | down o16 v4 | half_mma");
+  EXPECT_EQ(all["tunings"][0]["record"]["gemv"]["down_vectors"], 4);
+  EXPECT_EQ(all["tunings"][1]["choice"], "m32n128k128B w4 s3 split1");
+  EXPECT_EQ(all["tunings"][1]["batch"], 64);
+  EXPECT_EQ(all["tunings"][1]["tuned_unix_ms"], 1767225600000);
+  json one =
+      Body(Get("/api/v1/tunings?device_class=NVIDIA%20H100%2080GB%20HBM3%2Fsm90%2Fsmem232448"));
+  ASSERT_EQ(one["tunings"].size(), 1u) << one.dump();
+  EXPECT_EQ(one["tunings"][0]["key"], "moe/fp8-per-channel/gate_up/e128/n2816/k4096/top8/b64");
+  EXPECT_TRUE(Body(Get("/api/v1/tunings?device_class=nope"))["tunings"].empty());
+
+  std::string out, err;
+  ASSERT_EQ(Sparkctl({"tunings"}, &out, &err), 0) << err;
+  EXPECT_THAT(out, HasSubstr("DEVICE_CLASS"));
+  EXPECT_THAT(out, HasSubstr("gate_up k2 | down o16 v4 | half_mma"));
+  EXPECT_THAT(out, HasSubstr("180.2"));
+  EXPECT_THAT(out, HasSubstr("2026-01-01T00:00:00Z"));
+  ASSERT_EQ(Sparkctl({"tunings", "--device-class", "NVIDIA GB10/sm121/smem101376"}, &out, &err), 0)
+      << err;
+  EXPECT_THAT(out, HasSubstr("moe/fp8-per-channel/gemv/e128/n2816/k4096/top8/b1"));
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("gate_up/e128")));
+  ASSERT_EQ(Sparkctl({"--json", "tunings"}, &out, &err), 0) << err;
+  EXPECT_EQ(json::parse(out)["tunings"].size(), 2u);
 }
 
 TEST_F(RestApiTest, BearerTokenGuardsTheApiButNotTheProbes) {
