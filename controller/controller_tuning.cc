@@ -89,8 +89,8 @@ void Controller::HandleMoeTuningReport(const AgentPlane::Inbound& inbound) {
   stats_.moe_tunings_received += accepted.size();
   SPARK_LOG(INFO).With("node", node->name).With("records", accepted.size())
       << "received MoE tuning records";
-  // Stored under the cache file's merge rule: a record replaces the stored one only when it is
-  // newer (or equally new and faster).
+  // Stored under the cache file's merge rule: a record replaces the stored one only when it is of
+  // a newer kernel generation, or of the same one and newer (or equally new and faster).
   Fire(
       [accepted](store::WriteTxn& txn) -> Status {
         for (const engine::MoeTuningRecord& r : accepted) {

@@ -248,6 +248,7 @@ json TuningJson(const store::KernelTuning& t) {
     j["choice"] = moe->gemm == "gemv" ? moe->gemv.ToString() : moe->config.ToString();
     j["source"] = moe->source;
     j["tuned_unix_ms"] = moe->tuned_unix_ms;
+    j["kernel_generation"] = moe->kernel_generation;
   }
   return j;
 }

@@ -108,6 +108,7 @@ Json RecordJson(const MoeTuningRecord& r) {
   }
   j["measured_us"] = r.measured_us;
   j["tuned_unix_ms"] = r.tuned_unix_ms;
+  j["kernel_generation"] = r.kernel_generation;
   j["source"] = r.source;
   return j;
 }
@@ -159,6 +160,10 @@ Result<MoeTuningRecord> RecordFromJson(const Json& j) {
   SPARK_ASSIGN_OR_RETURN(r.measured_us, f.Number("measured_us"));
   SPARK_ASSIGN_OR_RETURN(r.tuned_unix_ms, f.Int("tuned_unix_ms"));
   SPARK_ASSIGN_OR_RETURN(r.source, f.String("source"));
+  r.kernel_generation = 1;  // records from before the field
+  if (j.contains("kernel_generation")) {
+    SPARK_ASSIGN_OR_RETURN(r.kernel_generation, IntField(f, "kernel_generation"));
+  }
   SPARK_RETURN_IF_ERROR(r.Validate());
   return r;
 }
@@ -170,6 +175,9 @@ std::tuple<std::string, std::string> Identity(const MoeTuningRecord& r) {
 
 // Whether `incoming` replaces `existing` (same identity).
 bool Replaces(const MoeTuningRecord& incoming, const MoeTuningRecord& existing) {
+  if (incoming.kernel_generation != existing.kernel_generation) {
+    return incoming.kernel_generation > existing.kernel_generation;
+  }
   if (incoming.tuned_unix_ms != existing.tuned_unix_ms) {
     return incoming.tuned_unix_ms > existing.tuned_unix_ms;
   }
@@ -237,7 +245,7 @@ bool MoeTuningRecord::operator==(const MoeTuningRecord& o) const {
   return device == o.device && format == o.format && gemm == o.gemm && experts == o.experts &&
          n == o.n && k == o.k && top_k == o.top_k && batch == o.batch && config == o.config &&
          gemv == o.gemv && measured_us == o.measured_us && tuned_unix_ms == o.tuned_unix_ms &&
-         source == o.source;
+         kernel_generation == o.kernel_generation && source == o.source;
 }
 
 std::string MoeDeviceClass::Key() const {
@@ -311,6 +319,9 @@ Status MoeTuningRecord::Validate() const {
   }
   if (tuned_unix_ms < 0) {
     return bad("tuned_unix_ms", std::to_string(tuned_unix_ms), "must be >= 0");
+  }
+  if (kernel_generation < 1) {
+    return bad("kernel_generation", std::to_string(kernel_generation), "must be >= 1");
   }
   return Status::Ok();
 }
@@ -427,6 +438,7 @@ spark::v1::MoeTuningRecord MoeTuningRecordToProto(const MoeTuningRecord& r) {
   }
   p.set_measured_us(r.measured_us);
   p.set_tuned_unix_ms(r.tuned_unix_ms);
+  p.set_kernel_generation(static_cast<uint32_t>(r.kernel_generation));
   p.set_source(r.source);
   return p;
 }
@@ -465,6 +477,8 @@ Result<MoeTuningRecord> MoeTuningRecordFromProto(const spark::v1::MoeTuningRecor
   }
   r.measured_us = p.measured_us();
   r.tuned_unix_ms = p.tuned_unix_ms();
+  // 0: a sender from before the field.
+  r.kernel_generation = p.kernel_generation() == 0 ? 1 : to_int(p.kernel_generation());
   r.source = p.source();
   SPARK_RETURN_IF_ERROR(r.Validate());
   return r;
@@ -629,15 +643,19 @@ std::optional<MoeTuningRecord> MoeTuningCache::FindGemv(const MoeDeviceClass& de
 std::vector<int64_t> MoeTuningCache::MissingBatches(const MoeDeviceClass& device,
                                                     const MoeGemmShape& shape,
                                                     const std::vector<int64_t>& batches,
-                                                    int64_t gemv_max_tokens) const {
+                                                    int64_t gemv_max_tokens,
+                                                    int min_kernel_generation) const {
   std::vector<int64_t> out;
   for (int64_t b : batches) {
+    auto current = [&](const std::optional<MoeTuningRecord>& r) {
+      return r.has_value() && r->kernel_generation >= min_kernel_generation;
+    };
     if (b <= gemv_max_tokens) {
-      if (!FindGemv(device, shape, b)) out.push_back(b);
+      if (!current(FindGemv(device, shape, b))) out.push_back(b);
       continue;
     }
     for (const MoeGemmDims& d : MoeGemmDimsOf(shape)) {
-      if (!Find(device, shape.format, d.gemm, shape.experts, d.n, d.k, shape.top_k, b)) {
+      if (!current(Find(device, shape.format, d.gemm, shape.experts, d.n, d.k, shape.top_k, b))) {
         out.push_back(b);
         break;
       }

@@ -21,8 +21,10 @@
 //               "fp8_dequant": "convert"}
 // with "measured_us" the whole MoE forward of the bucket. Files holding one are version 2 (an
 // older build refuses them by version instead of by record); others stay version 1.
-// Merging: of two records with the same device class and problem key the newer (tuned_unix_ms)
-// wins; at equal times the faster one.
+// Every record also carries "kernel_generation" (kMoeKernelGeneration when it was measured; a
+// record without it is generation 1).
+// Merging: of two records with the same device class and problem key the one of the newer kernel
+// generation wins, then the newer (tuned_unix_ms), then at equal times the faster one.
 //
 // The header is C++17 (CUDA sources include it).
 // Thread safety: values and pure functions; UpdateMoeTuningFile serialises writers of one file
@@ -46,6 +48,12 @@ namespace spark::engine {
 inline constexpr char kMoeTuningFileEnv[] = "SPARK_MOE_TUNING_FILE";
 // Name of the cache file in the agent's state directory.
 inline constexpr char kMoeTuningFileName[] = "moe_tuning.json";
+// Generation of the MoE kernels (tiles, GEMV path) and of the tuner's candidates that records are
+// measured with. Raised when a change to them can move which choice is fastest; a shard retunes
+// (and then replaces) records of an older generation, so an upgrade never keeps measurements of
+// kernels it no longer runs. Records from before the field are generation 1.
+inline constexpr int kMoeKernelGeneration = 2;
+
 // Newest version of the cache file format this build reads (and writes when a record needs it:
 // version 2 adds GEMV-path records).
 inline constexpr int kMoeTuningFileVersion = 2;
@@ -122,7 +130,8 @@ struct MoeTuningRecord {
   MoeGemvChoice gemv;      // gemv records
   double measured_us = 0;  // 0 = not measured here (imported)
   int64_t tuned_unix_ms = 0;
-  std::string source;  // "tuner", "sglang:<file name>"
+  std::string source;                            // "tuner", "sglang:<file name>"
+  int kernel_generation = kMoeKernelGeneration;  // the kernels it was measured with
 
   // Problem key within the device class: "moe/fp8-per-channel/gate_up/e128/n2816/k4096/top8/b64"
   // (the controller's key column).
@@ -188,10 +197,12 @@ class MoeTuningCache {
   std::vector<MoeTuningRecord> ForShape(const MoeDeviceClass& device, const MoeGemmShape& shape,
                                         const std::vector<int64_t>& batches) const;
   // The buckets of `batches` that lack a record on `device`: buckets up to `gemv_max_tokens`
-  // (the GEMV path's, 0 = none) their "gemv" record, the others either GEMM's.
+  // (the GEMV path's, 0 = none) their "gemv" record, the others either GEMM's. Records of a
+  // kernel generation below `min_kernel_generation` count as missing.
   std::vector<int64_t> MissingBatches(const MoeDeviceClass& device, const MoeGemmShape& shape,
                                       const std::vector<int64_t>& batches,
-                                      int64_t gemv_max_tokens = 0) const;
+                                      int64_t gemv_max_tokens = 0,
+                                      int min_kernel_generation = 0) const;
 
   const std::vector<MoeTuningRecord>& records() const { return records_; }
   size_t size() const { return records_.size(); }

@@ -63,11 +63,13 @@ Result<MoeAutotuneOutcome> PrepareMoeTuning(const spark::v1::ShardAssignment& a,
     }
     usable.Add(r).status().IgnoreError();
   }
-  const std::vector<int64_t> missing =
-      usable.MissingBatches(device_class, gemm_shape, batches, gemv_limit);
+  // Records measured with older kernels are retuned (and replaced) unless tuning is off.
+  const std::vector<int64_t> missing = usable.MissingBatches(
+      device_class, gemm_shape, batches, gemv_limit, engine::kMoeKernelGeneration);
   if (!missing.empty() && !setup.autotune) {
     SPARK_LOG(INFO).With("device_class", device_class.Key()).With("untuned_buckets", missing.size())
-        << "MoE autotuning is off (moe_autotune=off): untuned batch buckets use the heuristic";
+        << "MoE autotuning is off (moe_autotune=off): batch buckets without a record of this "
+           "kernel generation keep an older record or the heuristic";
   } else if (!missing.empty()) {
     SPARK_LOG(INFO)
             .With("device_class", device_class.Key())

@@ -237,6 +237,34 @@ TEST_F(ControllerTuningTest, GemvPathRecordsAreStoredAndHandedOutLikeTileRecords
   EXPECT_EQ(gemv_records, 1);
 }
 
+TEST_F(ControllerTuningTest, ANewerKernelGenerationReplacesWhateverItsTime) {
+  std::unique_ptr<FakeAgent> agent = Agent("h100-a", kH100);
+  engine::MoeTuningRecord old_kernels = Record("gate_up", 8, 232448, 4, 5000);
+  old_kernels.kernel_generation = 1;
+  Report(*agent, {old_kernels});
+  const std::string h100_class = "NVIDIA H100 80GB HBM3/sm90/smem232448";
+  ASSERT_TRUE(WaitUntil([&] { return Stored(h100_class).size() == 1; }));
+  // Measured earlier by the clock, but with the current kernels: it replaces the stored one.
+  Report(*agent, {Record("gate_up", 8, 232448, 2, 1000)});
+  ASSERT_TRUE(WaitUntil([&] {
+    const std::vector<store::KernelTuning> rows = Stored(h100_class);
+    Result<engine::MoeTuningRecord> r = engine::MoeTuningRecordFromJson(rows[0].config_json);
+    return r.ok() && r->kernel_generation == engine::kMoeKernelGeneration;
+  }));
+  Result<engine::MoeTuningRecord> r =
+      engine::MoeTuningRecordFromJson(Stored(h100_class)[0].config_json);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->config.stages, 2);
+  // The older generation does not come back (it is received, and merged away).
+  const uint64_t received = Stats().moe_tunings_received;
+  Report(*agent, {old_kernels});
+  ASSERT_TRUE(WaitUntil([&] { return Stats().moe_tunings_received > received; }));
+  std::this_thread::sleep_for(milliseconds(100));  // the store write after it
+  r = engine::MoeTuningRecordFromJson(Stored(h100_class)[0].config_json);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->kernel_generation, engine::kMoeKernelGeneration);
+}
+
 TEST_F(ControllerTuningTest, ReportsFromUnregisteredPeersAreDropped) {
   std::unique_ptr<FakeAgent> agent = Agent("h100-a", kH100);
   Envelope e;

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include <filesystem>
 #include <fstream>
@@ -438,6 +439,60 @@ TEST(MoeTuningCacheTest, GemvBucketsNeedTheirGemvRecordOnly) {
   // Merging: the newer record of the bucket wins.
   EXPECT_TRUE(*cache.Add(GemvRecord(1, 2, 2000, 40.0)));
   EXPECT_EQ(cache.FindGemv(H100(), Air(), 1)->gemv.down_vectors, 2);
+}
+
+}  // namespace
+}  // namespace spark::engine
+
+namespace spark::engine {
+namespace {
+
+// Records carry the kernel generation they were measured with: files and senders from before the
+// field read as generation 1, a newer generation replaces an older record whatever its time, and
+// records of older kernels count as missing when the current generation is asked for.
+TEST(MoeTuningCacheTest, KernelGenerationDecidesMergesAndWhatIsMissing) {
+  const MoeTuningRecord current = Record("gate_up", 8);
+  EXPECT_EQ(current.kernel_generation, kMoeKernelGeneration);
+  std::string json = MoeTuningRecordToJson(current);
+  EXPECT_NE(json.find("\"kernel_generation\":" + std::to_string(kMoeKernelGeneration)),
+            std::string::npos)
+      << json;
+  // A record written before the field.
+  nlohmann::json old = nlohmann::json::parse(json);
+  old.erase("kernel_generation");
+  Result<MoeTuningRecord> parsed = MoeTuningRecordFromJson(old.dump());
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  EXPECT_EQ(parsed->kernel_generation, 1);
+  spark::v1::MoeTuningRecord wire = MoeTuningRecordToProto(current);
+  EXPECT_EQ(wire.kernel_generation(), static_cast<uint32_t>(kMoeKernelGeneration));
+  wire.clear_kernel_generation();
+  EXPECT_EQ(MoeTuningRecordFromProto(wire)->kernel_generation, 1);
+  MoeTuningRecord bad = current;
+  bad.kernel_generation = 0;
+  EXPECT_NE(bad.Validate().message().find("kernel_generation"), std::string::npos);
+
+  // Merging: the newer generation wins even when older in time or slower.
+  MoeTuningCache cache;
+  MoeTuningRecord stale = Record("gate_up", 8, 4, 5000, 10.0);
+  stale.kernel_generation = 1;
+  ASSERT_TRUE(*cache.Add(stale));
+  MoeTuningRecord fresh = Record("gate_up", 8, 2, 1000, 50.0);
+  EXPECT_TRUE(*cache.Add(fresh));
+  EXPECT_EQ(cache.records()[0].kernel_generation, kMoeKernelGeneration);
+  EXPECT_FALSE(*cache.Add(stale));  // and an older generation never comes back
+
+  // Missing: a bucket whose record is of an older generation, when the current one is asked for.
+  MoeTuningCache mixed;
+  ASSERT_TRUE(mixed.Add(Record("gate_up", 8)).ok());
+  ASSERT_TRUE(mixed.Add(Record("down", 8)).ok());
+  MoeTuningRecord old_down = Record("down", 16);
+  old_down.kernel_generation = 1;
+  ASSERT_TRUE(mixed.Add(Record("gate_up", 16)).ok());
+  ASSERT_TRUE(mixed.Add(old_down).ok());
+  const std::vector<int64_t> batches = {8, 16};
+  EXPECT_TRUE(mixed.MissingBatches(H100(), Air(), batches).empty());
+  EXPECT_EQ(mixed.MissingBatches(H100(), Air(), batches, 0, kMoeKernelGeneration),
+            (std::vector<int64_t>{16}));
 }
 
 }  // namespace
