@@ -175,9 +175,8 @@ Result<std::vector<DenseGemvChoice>> TuneDenseGemv(DenseLinear& linear,
     if (options.log) options.log(line);
   };
 
-  std::vector<Fp8Dequant> variants = {Fp8Dequant::kConvert, Fp8Dequant::kScaledBits,
-                                      Fp8Dequant::kHalfMma};
-  if (options.unverified_variants) variants.push_back(Fp8Dequant::kConvertSweep);
+  const std::vector<Fp8Dequant> variants = {Fp8Dequant::kConvert, Fp8Dequant::kScaledBits,
+                                            Fp8Dequant::kHalfMma, Fp8Dequant::kConvertSweep};
   for (const DeviceLinear& w : shapes) {
     const Fp8Dequant fallback = linear.GemvDequantFor(w);
     // Any early return leaves the shape on the variant it had.

@@ -37,11 +37,8 @@ namespace spark::cuda {
 const char* Fp8DequantName(Fp8Dequant dequant);
 
 struct DenseGemvTunerOptions {
-  int iters = 9;                     // timed runs per candidate (median kept)
-  double max_relative_error = 1e-3;  // of a candidate's output from the default's
-  // Also try variants not yet checked on a GPU (the row sweep, kConvertSweep): a kernel fault
-  // while loading would take the shard down, which the output check cannot prevent.
-  bool unverified_variants = false;
+  int iters = 9;                                // timed runs per candidate (median kept)
+  double max_relative_error = 1e-3;             // of a candidate's output from the default's
   std::function<void(const std::string&)> log;  // one line per candidate; unset = silent
 };
 

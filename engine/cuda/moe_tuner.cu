@@ -260,21 +260,17 @@ moe_internal::MoeGemvParams GemvParamsOf(const MoeShape& shape, MoeWeightFormat 
 }
 
 // Every split CheckMoeGemvTiling allows, one per distinct launch (MoeGemvEffectiveTiling), with
-// `baseline` (the untuned table's) first; the row sweep and every-item down only with
-// `unverified` (MoeTunerOptions::gemv_unverified_variants).
+// `baseline` (the untuned table's) first.
 std::vector<MoeGemvTiling> GemvCandidates(const MoeShape& shape, MoeWeightFormat format,
-                                          int64_t tokens, const MoeGemvTiling& baseline,
-                                          bool unverified) {
+                                          int64_t tokens, const MoeGemvTiling& baseline) {
   std::vector<MoeGemvTiling> out = {baseline};
   const bool fp8 = format != MoeWeightFormat::kBf16;
   for (int q : {kMoeGemvHardwareConvert, kMoeGemvScaledBits, kMoeGemvHalfMma}) {
     if (!fp8 && q != kMoeGemvHardwareConvert) continue;
     for (int sweep : {0, 1}) {
-      if (sweep == 1 && !unverified) continue;
       for (int k : {1, 2, 4, 8}) {
         for (int d : {4, 8, 16}) {
           for (int v : {1, 2, 3, 4}) {
-            if (v == 4 && !unverified) continue;
             MoeGemvTiling t{k, d, v, q, sweep};
             t = moe_internal::MoeGemvEffectiveTiling(GemvParamsOf(shape, format, tokens, t));
             bool seen = false;
@@ -302,8 +298,7 @@ Result<TimedGemv> SearchGemv(ForwardTimer& timer, const MoeConfigTable& table,
                              const MoeTunerOptions& options) {
   const MoeGemvTiling baseline = moe_internal::MoeGemvEffectiveTiling(
       GemvParamsOf(shape, format, tokens, table.GemvTilingFor(format, tokens)));
-  const std::vector<MoeGemvTiling> cands =
-      GemvCandidates(shape, format, tokens, baseline, options.gemv_unverified_variants);
+  const std::vector<MoeGemvTiling> cands = GemvCandidates(shape, format, tokens, baseline);
   auto table_with = [&](const MoeGemvTiling& t) -> Result<MoeConfigTable> {
     MoeConfigTable copy = table;
     SPARK_RETURN_IF_ERROR(copy.SetTunedGemv(format, tokens, t));

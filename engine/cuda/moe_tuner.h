@@ -4,8 +4,7 @@
 // (engine/runtime/moe_tuning_cache.h), which MoeConfigTable::SetTuned then serves.
 //
 // Buckets the table sends down the MoE GEMV path (MoeConfigTable::gemv_max_tokens) get the split
-// of its kernels instead (MoeGemvTiling): every split the kernels accept (those not yet checked on
-// a GPU only with gemv_unverified_variants), one per distinct launch;
+// of its kernels instead (MoeGemvTiling): every split the kernels accept, one per distinct launch;
 // each candidate's output is compared with the untuned split's at the bucket's size and one token
 // fewer (relative L2 distance at most gemv_max_relative_error, else refused: a split must compute
 // the same layer), then it is timed
@@ -133,10 +132,6 @@ struct MoeTunerOptions {
   // (which rounds the activations on its own).
   double gemv_max_relative_error = 2e-3;
   double gemv_max_relative_error_half_mma = 2e-2;
-  // GEMV path: also try the variants not yet checked on a GPU (gate/up row sweep, down with every
-  // item in flight). Off by default: a kernel fault while loading would take the shard down,
-  // which the output check cannot prevent.
-  bool gemv_unverified_variants = false;
 };
 
 struct MoeTuneResult {

@@ -48,7 +48,6 @@ struct TuneMoeArgs {
   std::vector<std::string> imports;
   bool no_tune = false;
   bool no_verify = false;
-  bool gemv_unverified_variants = false;
   int iters = 5;
   int device = 0;
   double max_seconds = 600;
@@ -167,7 +166,6 @@ int RunTuneMoe(const TuneMoeArgs& args) {
     options.batches = *batches;
     options.iters = args.iters;
     options.max_seconds = args.max_seconds;
-    options.gemv_unverified_variants = args.gemv_unverified_variants;
     options.progress = [](const std::string& line) {
       std::printf("  %s\n", line.c_str());
       std::fflush(stdout);
@@ -276,9 +274,6 @@ SPARK_MODEL_COMMAND(kTuneMoeCommand, "tune-moe", [](CLI::App& app) -> std::funct
                   "SGLang/vLLM fused_moe config file (E=..,N=..,device_name=...json); repeatable");
   cmd->add_flag("--no-tune", args->no_tune, "only import, do not time");
   cmd->add_flag("--no-verify", args->no_verify, "skip the heuristic-vs-tuned check");
-  cmd->add_flag("--gemv-unverified-variants", args->gemv_unverified_variants,
-                "GEMV-path buckets: also try the kernel variants not yet checked on a GPU (gate/up "
-                "row sweep, down with every item in flight)");
   cmd->add_option("--iters", args->iters, "timed runs per candidate")
       ->capture_default_str()
       ->check(CLI::Range(1, 100));

@@ -412,7 +412,6 @@ TEST(DenseLinearTest, DenseGemvTunerChoosesPerShapeAndKeepsResults) {
   Result<std::unique_ptr<DenseLinear>> linear = DenseLinear::Create(limits);
   ASSERT_TRUE(linear.ok()) << linear.status().ToString();
   DenseGemvTunerOptions options;
-  options.unverified_variants = true;  // every variant, checked here
   options.log = [](const std::string& line) { std::printf("[dense-gemv] %s\n", line.c_str()); };
   Result<std::vector<DenseGemvChoice>> choices = TuneDenseGemv(**linear, views, options, nullptr);
   ASSERT_TRUE(choices.ok()) << choices.status().ToString();

@@ -157,7 +157,6 @@ TEST_P(MoeTunerTest, GemvBucketsGetTheirSplitTunedAndLaunched) {
   MoeTunerOptions options;
   options.batches = {1, 2, 4};
   options.iters = 3;
-  options.gemv_unverified_variants = true;  // every kernel variant, checked here
   int candidates = 0, refused = 0;
   options.candidate_log = [&](const std::string& line) {
     ++candidates;
