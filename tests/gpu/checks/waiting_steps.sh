@@ -7,12 +7,8 @@
 set -uo pipefail
 : "${OUT:?set OUT}"
 export OUT
-STEPS=${STEPS:-"moe_router tuner_gemv tune_gemv_glm47 tune_gemv_glm45air dense_gemv_tuner
-  bench_l2_0 bench_gemv_auto l2_prefetch gemv_sweep rank_order_sum bench_l2_30 bench_cap
-  bench_sweep moe_down_items gemv_splits ncu_router ncu_moe_gemv47 mma_gemv moe_gemv_mma
-  bench--gemv-tensor-cores bench_l2_60 bench_tuned mma_moe sanitize_new_racecheck
-  sanitize_new_moe_racecheck sanitize_new_memcheck sanitize_new_moe_memcheck
-  sanitize_rank_order_sum"}
+STEPS=${STEPS:-"bench_l2_0 bench_gemv_auto dense_gemv_tuner moe_tuner moe_all ncu ncu_gemv ncu_tiles
+  speculation backend"}
 budget=${BUDGET_S:-540}
 start=$(date +%s)
 for st in $STEPS; do
