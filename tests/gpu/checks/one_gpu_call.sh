@@ -181,6 +181,15 @@ step ncu_gemv 120 ncu --cache-control all --clock-control none \
   $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy --backend cuda --layers 2 \
   --batch-sizes 1 --input-len 16 --output-len 4 --no-cuda-graphs
 [ "$STEP_RAN" = 1 ] && grep -E '^  [A-Za-z].*(Kernel|Gemv)|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Achieved Occupancy|Theoretical Occupancy|Registers Per|Waves Per SM|Stall|cycles being stalled|Block Limit|Issue Slots|Executed Ipc|SM Busy|pipeline|Pipe' "$OUT/ncu_gemv.log" | head -120 >>$S
+# The dense row-sweep GEMV (--gemv-row-sweep): why it streams under 2 TB/s (memory workload,
+# stalls, issue load) where a copy reaches 3 TB/s.
+step ncu_gemv_sweep 120 ncu --cache-control all --clock-control none \
+  -k 'regex:GemvFp8Sweep' -c 6 \
+  --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
+  --section Occupancy --section LaunchStats --section InstructionStats \
+  $B/bin/spark-bench engine --config glm-4.5-air --load-format dummy --backend cuda --layers 2 \
+  --batch-sizes 1 --input-len 16 --output-len 4 --no-cuda-graphs --gemv-row-sweep
+[ "$STEP_RAN" = 1 ] && grep -E '^  [A-Za-z].*(Kernel|Gemv)|Duration|Memory Throughput|DRAM Throughput|L2 Hit|Achieved Occupancy|Theoretical Occupancy|Registers Per|Waves Per SM|Grid Size|Block Limit|Stall|cycles being stalled|Issue Slots|Executed Ipc' "$OUT/ncu_gemv_sweep.log" | head -80 >>$S
 # The same for the tensor-core GEMVs (--gemv-tensor-cores).
 step ncu_gemv_mma 120 ncu --cache-control all --clock-control none \
   -k 'regex:GateUpMma|DownMma|GemvFp8Mma' -c 12 \

@@ -7,7 +7,7 @@
 set -uo pipefail
 : "${OUT:?set OUT}"
 export OUT
-STEPS=${STEPS:-"bench_l2_0 bench_gemv_auto dense_gemv_tuner moe_tuner moe_all ncu ncu_gemv ncu_tiles
+STEPS=${STEPS:-"bench_l2_0 bench_gemv_auto dense_gemv_tuner ncu_gemv_sweep moe_tuner moe_all ncu ncu_gemv ncu_tiles
   speculation backend"}
 budget=${BUDGET_S:-540}
 start=$(date +%s)
