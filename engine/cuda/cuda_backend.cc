@@ -1064,13 +1064,11 @@ Status CudaBackend::Impl::Finish() {
                            MoeConfigTable::Create(device, options.smem_cap_bytes));
     table.SetGemvMaxTokens(options.moe_gemv_max_tokens);
     table.SetGroupedMaxTokens(options.moe_grouped_max_tokens);
+    std::vector<MoeTunedChoice> tuned = options.moe_tuned;
     if (options.gemv_tensor_cores) {
       MoeGemvTiling tiling = table.gemv_tiling();
       tiling.fp8_dequant = kMoeGemvHalfMma;
       SPARK_RETURN_IF_ERROR(table.SetGemvTiling(tiling));
-    }
-    std::vector<MoeTunedChoice> tuned = options.moe_tuned;
-    if (options.gemv_tensor_cores) {
       // An explicit GEMV choice wins over the tuned splits.
       std::erase_if(tuned, [](const MoeTunedChoice& c) { return c.gemv; });
     }

@@ -5,12 +5,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <random>
 #include <utility>
 
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/tuning_stats.h"
+#include "engine/model/dtype.h"
 
 namespace spark::cuda {
 namespace {
@@ -58,11 +58,6 @@ class EventPair {
   cudaEvent_t start_ = nullptr;
   cudaEvent_t stop_ = nullptr;
 };
-
-bool SameShape(const DeviceLinear& a, const DeviceLinear& b) {
-  return a.type == b.type && a.scale_kind == b.scale_kind && a.out == b.out && a.in == b.in &&
-         a.block_n == b.block_n && a.block_k == b.block_k;
-}
 
 std::string ShapeName(const DeviceLinear& w) {
   return "[" + std::to_string(w.out) + ", " + std::to_string(w.in) + "] " +
@@ -135,7 +130,7 @@ Result<std::vector<DenseGemvChoice>> TuneDenseGemv(DenseLinear& linear,
   for (const DeviceLinear& w : weights) {
     if (w.type != WeightType::kFP8 || w.data == nullptr || w.out == 0) continue;
     bool seen = false;
-    for (const DeviceLinear& s : shapes) seen = seen || SameShape(s, w);
+    for (const DeviceLinear& s : shapes) seen = seen || SameLayout(s, w);
     if (seen) continue;
     shapes.push_back(w);
     max_in = std::max(max_in, w.in);
@@ -159,12 +154,7 @@ Result<std::vector<DenseGemvChoice>> TuneDenseGemv(DenseLinear& linear,
     std::mt19937 rng(17);
     std::uniform_int_distribution<int> k(-127, 127);
     std::vector<uint16_t> host(static_cast<size_t>(max_in));
-    for (uint16_t& v : host) {
-      const float f = static_cast<float>(k(rng)) / 64.0f;
-      uint32_t bits = 0;
-      std::memcpy(&bits, &f, sizeof(bits));
-      v = static_cast<uint16_t>(bits >> 16);
-    }
+    for (uint16_t& v : host) v = engine::FloatToBf16(static_cast<float>(k(rng)) / 64.0f);
     SPARK_CUDA_RETURN_IF_ERROR(
         cudaMemcpyAsync(x.get(), host.data(), host.size() * 2, cudaMemcpyHostToDevice, stream));
   }

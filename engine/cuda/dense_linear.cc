@@ -71,29 +71,22 @@ DenseLinear::~DenseLinear() {
   if (fp8_out_) cudaFree(fp8_out_);
 }
 
-namespace {
-
-bool SameShape(int64_t out, int64_t in, WeightScale scale_kind, int block_n, int block_k,
-               const DeviceLinear& w) {
-  return out == w.out && in == w.in && scale_kind == w.scale_kind && block_n == w.block_n &&
-         block_k == w.block_k;
-}
-
-}  // namespace
-
 void DenseLinear::SetGemvDequant(const DeviceLinear& w, Fp8Dequant dequant) {
   for (ShapeDequant& e : gemv_dequant_) {
-    if (SameShape(e.out, e.in, e.scale_kind, e.block_n, e.block_k, w)) {
+    if (SameLayout(e.layout, w)) {
       e.dequant = dequant;
       return;
     }
   }
-  gemv_dequant_.push_back({w.out, w.in, w.scale_kind, w.block_n, w.block_k, dequant});
+  DeviceLinear layout = w;
+  layout.data = nullptr;  // only the layout is kept
+  layout.scale = nullptr;
+  gemv_dequant_.push_back({layout, dequant});
 }
 
 Fp8Dequant DenseLinear::GemvDequantFor(const DeviceLinear& w) const {
   for (const ShapeDequant& e : gemv_dequant_) {
-    if (SameShape(e.out, e.in, e.scale_kind, e.block_n, e.block_k, w)) return e.dequant;
+    if (SameLayout(e.layout, w)) return e.dequant;
   }
   return limits_.gemv_fp8_dequant;
 }

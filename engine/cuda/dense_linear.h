@@ -71,9 +71,7 @@ class DenseLinear {
 
  private:
   struct ShapeDequant {
-    int64_t out, in;
-    WeightScale scale_kind;
-    int block_n, block_k;
+    DeviceLinear layout;  // type, shape and scaling (no pointers)
     Fp8Dequant dequant;
   };
   DenseLinear() = default;

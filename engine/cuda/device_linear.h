@@ -23,4 +23,11 @@ struct DeviceLinear {
   int block_k = 0;
 };
 
+// Whether two weights have the same type, shape and scaling (the kernels a linear of either
+// launches are the same; the data may differ).
+inline bool SameLayout(const DeviceLinear& a, const DeviceLinear& b) {
+  return a.type == b.type && a.scale_kind == b.scale_kind && a.out == b.out && a.in == b.in &&
+         a.block_n == b.block_n && a.block_k == b.block_k;
+}
+
 }  // namespace spark::cuda

@@ -2,9 +2,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <map>
-#include <mutex>
-#include <tuple>
 
 #include "engine/cuda/device_math.cuh"
 #include "engine/cuda/fp8_mma_dot.cuh"
@@ -612,8 +609,8 @@ int GemvResidentBlocksPerSm(const DeviceLinear& w, int rows, Fp8Dequant dequant)
   const int threads = kWarps * 32;
   cudaError_t err;
   if (w.type == WeightType::kFP8 && rows <= 1) {
-    // Asked once per kernel, shared memory and device (GemvKSplits runs for every one-row linear
-    // of an eager step): the kernel that Gemv would launch for this weight.
+    // The kernel that Gemv would launch for this weight, its occupancy asked once
+    // (GemvKSplits runs for every one-row linear of an eager step).
     const void* kernel = nullptr;
     size_t smem = 0;
     if (dequant == Fp8Dequant::kConvertSweep && SweepLayout(w)) {
@@ -625,15 +622,7 @@ int GemvResidentBlocksPerSm(const DeviceLinear& w, int rows, Fp8Dequant dequant)
     } else {
       kernel = reinterpret_cast<const void*>(OneRowKernel(w, dequant));
     }
-    int device = 0;
-    if (cudaGetDevice(&device) != cudaSuccess) return 0;
-    static std::mutex mu;
-    static std::map<std::tuple<const void*, size_t, int>, int> known;
-    const auto key = std::make_tuple(kernel, smem, device);
-    std::lock_guard<std::mutex> lock(mu);
-    if (auto it = known.find(key); it != known.end()) return it->second;
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, smem);
-    if (err == cudaSuccess && blocks > 0) known.emplace(key, blocks);
+    err = OccupancyPerSm(kernel, threads, smem, &blocks);
   } else if (w.type == WeightType::kFP8) {
     err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, GemvKernel<WeightType::kFP8, 16>,
                                                         threads, 0);

@@ -109,10 +109,7 @@ class ForwardTimer {
   // One forward of `tokens` tokens: explicit configs when given, else `table`'s choice.
   Result<MoePhaseTimes> Run(int64_t tokens, const MoeConfigTable& table,
                             const MoeTileConfig* gate_up, const MoeTileConfig* down) {
-    SPARK_CUDA_RETURN_IF_ERROR(
-        cudaMemsetAsync(flush_, static_cast<int>(runs_ & 0xff), flush_bytes_));
-    const __nv_bfloat16* x = x_ + (runs_ % kInputs) * max_tokens_ * hidden_;
-    ++runs_;
+    SPARK_ASSIGN_OR_RETURN(const __nv_bfloat16* x, NextInput());
     const cudaError_t err =
         gate_up != nullptr
             ? MoeForwardWithConfigs(layer_.view(), x, tokens, out_, ws_, table, *gate_up, *down,
@@ -127,10 +124,7 @@ class ForwardTimer {
   // One forward of `tokens` tokens with `table`'s choice timed as a whole, without events between
   // its kernels (so programmatic launches overlap them as when serving); microseconds.
   Result<double> RunWhole(int64_t tokens, const MoeConfigTable& table) {
-    SPARK_CUDA_RETURN_IF_ERROR(
-        cudaMemsetAsync(flush_, static_cast<int>(runs_ & 0xff), flush_bytes_));
-    const __nv_bfloat16* x = x_ + (runs_ % kInputs) * max_tokens_ * hidden_;
-    ++runs_;
+    SPARK_ASSIGN_OR_RETURN(const __nv_bfloat16* x, NextInput());
     SPARK_RETURN_IF_ERROR(ws_.SetPhaseTiming(false));
     SPARK_CUDA_RETURN_IF_ERROR(cudaEventRecord(start_));
     const cudaError_t err =
@@ -164,6 +158,14 @@ class ForwardTimer {
 
  private:
   static constexpr int kInputs = 4;  // input sets rotated over, so activations are not cached
+  // Flushes L2 (on the default stream, before the forward) and returns the next input set.
+  Result<const __nv_bfloat16*> NextInput() {
+    SPARK_CUDA_RETURN_IF_ERROR(
+        cudaMemsetAsync(flush_, static_cast<int>(runs_ & 0xff), flush_bytes_));
+    const __nv_bfloat16* x = x_ + (runs_ % kInputs) * max_tokens_ * hidden_;
+    ++runs_;
+    return x;
+  }
   void Release() {
     if (x_ != nullptr) cudaFree(x_);
     if (out_ != nullptr) cudaFree(out_);
@@ -500,7 +502,8 @@ Result<std::vector<MoeTunedChoice>> MoeTunedChoicesOf(
         r.top_k != gemm_shape.top_k)
       continue;
     if (r.gemm == "gemv") {
-      if (r.n != 2 * gemm_shape.inter || r.k != gemm_shape.hidden) continue;
+      const engine::MoeGemmDims gemv = engine::MoeGemvDimsOf(gemm_shape);
+      if (r.n != gemv.n || r.k != gemv.k) continue;
       Result<MoeGemvTiling> tiling = MoeGemvTilingOf(r.gemv);
       if (!tiling.ok()) return tiling.status().WithContext("MoE tuning record " + r.Key());
       MoeTunedChoice c;
@@ -675,8 +678,8 @@ Result<MoeTuneResult> TuneMoe(const DeviceInfo& device, const MoeConfigTable& ta
     if (moe_internal::MoeGemvServes(table, format, shape.hidden, shape.inter, tokens)) {
       SPARK_ASSIGN_OR_RETURN(TimedGemv best,
                              SearchGemv(timer, table, shape, format, tokens, options));
-      engine::MoeTuningRecord r =
-          tuner_record("gemv", int64_t{2} * shape.inter, shape.hidden, tokens, best.us);
+      const engine::MoeGemmDims dims = engine::MoeGemvDimsOf(gemm_shape);
+      engine::MoeTuningRecord r = tuner_record(dims.gemm.c_str(), dims.n, dims.k, tokens, best.us);
       r.gemv = MoeGemvChoiceOf(best.tiling);
       SPARK_RETURN_IF_ERROR(r.Validate());
       result.records.push_back(std::move(r));

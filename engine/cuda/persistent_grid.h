@@ -7,6 +7,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace spark::cuda {
@@ -15,10 +16,14 @@ namespace spark::cuda {
 // counts): ceil(items / passes) with passes = ceil(items / slots).
 int64_t BalancedPersistentGrid(int64_t items, int64_t slots);
 
+// *blocks = the blocks of `kernel` (`threads` per block, `smem_bytes` of dynamic shared memory)
+// resident on one multiprocessor of the current device: asked once per kernel, block size, shared
+// memory and device (0 where the kernel cannot run, not recorded). CUDA's error when a query
+// fails.
+cudaError_t OccupancyPerSm(const void* kernel, int threads, size_t smem_bytes, int* blocks);
+
 // *slots = the blocks of `kernel` (`threads` per block, no dynamic shared memory) resident on the
-// current device at once: its occupancy per multiprocessor times the multiprocessors, asked once
-// per kernel, block size and device (0 where the kernel cannot run, not recorded). CUDA's error
-// when a query fails.
+// current device at once: OccupancyPerSm times the multiprocessors.
 cudaError_t ResidentBlocks(const void* kernel, int threads, int64_t* slots);
 
 template <class Kernel>

@@ -398,6 +398,10 @@ std::vector<MoeGemmDims> MoeGemmDimsOf(const MoeGemmShape& shape) {
   return {{"gate_up", 2 * shape.inter, shape.hidden}, {"down", shape.hidden, shape.inter}};
 }
 
+MoeGemmDims MoeGemvDimsOf(const MoeGemmShape& shape) {
+  return {"gemv", 2 * shape.inter, shape.hidden};
+}
+
 std::string MoeTuningRecordToJson(const MoeTuningRecord& record) {
   return RecordJson(record).dump();
 }
@@ -636,8 +640,8 @@ std::vector<MoeTuningRecord> MoeTuningCache::ForShape(const MoeDeviceClass& devi
 std::optional<MoeTuningRecord> MoeTuningCache::FindGemv(const MoeDeviceClass& device,
                                                         const MoeGemmShape& shape,
                                                         int64_t batch) const {
-  return Find(device, shape.format, "gemv", shape.experts, 2 * shape.inter, shape.hidden,
-              shape.top_k, batch);
+  const MoeGemmDims d = MoeGemvDimsOf(shape);
+  return Find(device, shape.format, d.gemm, shape.experts, d.n, d.k, shape.top_k, batch);
 }
 
 std::vector<int64_t> MoeTuningCache::MissingBatches(const MoeDeviceClass& device,

@@ -160,6 +160,8 @@ struct MoeGemmDims {
   int64_t k = 0;
 };
 std::vector<MoeGemmDims> MoeGemmDimsOf(const MoeGemmShape& shape);
+// The (gemm, n, k) a "gemv" record of `shape` is keyed by: {"gemv", 2*Im, H}.
+MoeGemmDims MoeGemvDimsOf(const MoeGemmShape& shape);
 
 // One record as JSON (the cache file's element, the controller's config_json) and back.
 std::string MoeTuningRecordToJson(const MoeTuningRecord& record);
